@@ -1,0 +1,118 @@
+"""aidr_gate: the access-policy gate for AI model serving.
+
+Who is calling, from where, under which agreement, for which model tier: decided from a versioned
+policy pack, enforced, and audited.
+"""
+
+from __future__ import annotations
+
+from aidr_gate.catalog import InMemoryCatalog, Model, ModelCatalog, Weights, load_catalog
+from aidr_gate.config import GateConfig, PolicyConfig, load_config
+from aidr_gate.decision import Decision, Effect, Evidence, Mode, Outcome, PolicyRef, ShadowResult
+from aidr_gate.errors import (
+    AidrGateError,
+    AuditUnavailable,
+    BodyIncomplete,
+    BodyNotJSON,
+    BodyTooLarge,
+    ConfigError,
+    GateNotReady,
+    IdentityError,
+    ModelMissing,
+    OriginError,
+    PolicyEvaluationError,
+    Problem,
+    RequestError,
+    TokenAlgorithmNotAllowed,
+    TokenAudienceInvalid,
+    TokenClaimInvalid,
+    TokenClaimMissing,
+    TokenExpired,
+    TokenIssuerInvalid,
+    TokenKeysUnavailable,
+    TokenKeyUnknown,
+    TokenMalformed,
+    TokenMissing,
+    TokenNotYetValid,
+    TokenSignatureInvalid,
+)
+from aidr_gate.facts import AnonymizerFlag, CountrySource, Identity, Origin, declared_origin
+from aidr_gate.gate import Gate, GateState, load_state, state_for
+from aidr_gate.policy.engine import PolicyEngine, PolicyFacts, Verdict
+from aidr_gate.policy.pack import Pack, load_pack
+from aidr_gate.registry import (
+    Agreement,
+    AgreementState,
+    AgreementStatus,
+    Entity,
+    EntityRegistry,
+    InMemoryRegistry,
+    load_registry,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agreement",
+    "AgreementState",
+    "AgreementStatus",
+    "AidrGateError",
+    "AnonymizerFlag",
+    "AuditUnavailable",
+    "BodyIncomplete",
+    "BodyNotJSON",
+    "BodyTooLarge",
+    "ConfigError",
+    "CountrySource",
+    "Decision",
+    "Effect",
+    "Entity",
+    "EntityRegistry",
+    "Evidence",
+    "Gate",
+    "GateConfig",
+    "GateNotReady",
+    "GateState",
+    "Identity",
+    "IdentityError",
+    "InMemoryCatalog",
+    "InMemoryRegistry",
+    "Mode",
+    "Model",
+    "ModelCatalog",
+    "ModelMissing",
+    "Origin",
+    "OriginError",
+    "Outcome",
+    "Pack",
+    "PolicyConfig",
+    "PolicyEngine",
+    "PolicyEvaluationError",
+    "PolicyFacts",
+    "PolicyRef",
+    "Problem",
+    "RequestError",
+    "ShadowResult",
+    "TokenAlgorithmNotAllowed",
+    "TokenAudienceInvalid",
+    "TokenClaimInvalid",
+    "TokenClaimMissing",
+    "TokenExpired",
+    "TokenIssuerInvalid",
+    "TokenKeyUnknown",
+    "TokenKeysUnavailable",
+    "TokenMalformed",
+    "TokenMissing",
+    "TokenNotYetValid",
+    "TokenSignatureInvalid",
+    "Verdict",
+    "Weights",
+    "__version__",
+    "declared_origin",
+    "load_catalog",
+    "load_config",
+    "load_pack",
+    "load_registry",
+    "load_state",
+    "state_for",
+]

@@ -1,0 +1,109 @@
+"""``aidr-gate check``: decide one request by hand and print the decision as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from aidr_gate.config import load_config
+from aidr_gate.countries import normalize_country
+from aidr_gate.decision import Effect
+from aidr_gate.document import parse_instant
+from aidr_gate.errors import ConfigError, Problem
+from aidr_gate.facts import AnonymizerFlag, Identity, declared_origin
+from aidr_gate.gate import Gate, GateState, load_state
+from aidr_gate.policy.engine import PolicyEngine
+from aidr_gate.policy.pack import load_pack
+
+
+def add_parser(sub: Any) -> None:
+    """Register the subcommand."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "check",
+        help="decide one request and print the decision as JSON",
+        description=(
+            "Decide one request from facts given on the command line. Exit code: 0 allow, "
+            "1 deny, 2 usage or configuration error, 3 log (allowed but flagged)."
+        ),
+    )
+    parser.add_argument(
+        "--config",
+        help="configuration file (default: $AIDR_GATE_CONFIG, then the embedded example)",
+    )
+    parser.add_argument("--entity", help="entity id, as the token's entity claim would give it")
+    parser.add_argument(
+        "--claimed-headquarters", metavar="CC", help="headquarters country claimed by the token"
+    )
+    parser.add_argument(
+        "--claimed-parent", metavar="CC", help="ultimate parent's country claimed by the token"
+    )
+    parser.add_argument(
+        "--country", metavar="CC", help="network country of the client (ISO 3166-1 alpha-2)"
+    )
+    parser.add_argument(
+        "--anonymizer",
+        action="append",
+        default=[],
+        choices=[f.value for f in AnonymizerFlag],
+        help="an anonymizer flag of the client address (repeatable)",
+    )
+    parser.add_argument("--model", help="model id as the request names it")
+    parser.add_argument("--at", help="evaluation time, a date or ISO 8601 date-time (default: now)")
+    parser.add_argument(
+        "--pack", help="decide under this pack (id or file) instead of the configured one"
+    )
+    parser.add_argument("--compact", action="store_true", help="print the JSON on one line")
+    parser.set_defaults(run=run)
+
+
+def _country(value: str | None, flag: str) -> str | None:
+    if value is None:
+        return None
+    code = normalize_country(value)
+    if code is None:
+        raise ConfigError(
+            Problem("<command line>", flag, f"{value!r} is not an ISO 3166-1 alpha-2 code")
+        )
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``check``."""
+    config = load_config(args.config)
+    state: GateState = load_state(config)
+    if args.pack:
+        state = GateState(
+            engine=PolicyEngine(load_pack(args.pack, config.policy.search)),
+            registry=state.registry,
+            catalog=state.catalog,
+            mode=state.mode,
+            shadow=state.shadow,
+        )
+    at = None
+    if args.at:
+        at = parse_instant(args.at)
+        if at is None:
+            raise ConfigError(
+                Problem("<command line>", "--at", f"{args.at!r} is not a date or ISO 8601 time")
+            )
+    identity = None
+    if args.entity:
+        identity = Identity(
+            entity_id=args.entity,
+            claimed_headquarters=_country(args.claimed_headquarters, "--claimed-headquarters"),
+            claimed_parent=_country(args.claimed_parent, "--claimed-parent"),
+            method="declared",
+        )
+    origin = declared_origin(
+        _country(args.country, "--country"),
+        frozenset(AnonymizerFlag(a) for a in args.anonymizer),
+    )
+    gate = Gate(state)
+    decision = gate.decide(identity=identity, origin=origin, model_id=args.model, at=at)
+    json.dump(decision.to_dict(), sys.stdout, indent=None if args.compact else 2)
+    sys.stdout.write("\n")
+    if decision.effect is Effect.DENY:
+        return 1
+    return 3 if decision.effect is Effect.LOG else 0

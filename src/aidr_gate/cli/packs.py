@@ -1,0 +1,24 @@
+"""``aidr-gate packs``: list the bundled policy packs with their status and legal window."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from aidr_gate.document import format_instant
+from aidr_gate.policy.pack import bundled_pack_dir, load_pack
+
+
+def add_parser(sub: Any) -> None:
+    """Register the subcommand."""
+    parser: argparse.ArgumentParser = sub.add_parser("packs", help="list the bundled policy packs")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print one line per bundled pack."""
+    for path in sorted(bundled_pack_dir().glob("*.yaml")):
+        pack = load_pack(path)
+        window = f"{format_instant(pack.effective_from) or '-'} .. {format_instant(pack.effective_until) or '-'}"
+        print(f"{pack.id:28} {pack.status:13} {window:25} {pack.title}")
+    return 0

@@ -1,0 +1,209 @@
+"""A decision is data: a frozen record of what was decided, by which rule of which pack, and why.
+
+Nothing here can turn a gate into allow-all: a missing answer is a deny (see ``gate``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from aidr_gate.document import format_instant
+
+if TYPE_CHECKING:
+    from aidr_gate.catalog import Model
+    from aidr_gate.facts import Identity, Origin
+    from aidr_gate.policy.engine import PolicyFacts
+    from aidr_gate.registry import Agreement, Entity
+
+
+class Effect(StrEnum):
+    """What the gate does with the request."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+    LOG = "log"  # allowed, but flagged in audit and metrics
+
+
+class Mode(StrEnum):
+    """How a decision is enforced; the record is the same in every mode."""
+
+    ENFORCE = "enforce"
+    DRY_RUN = "dry-run"  # decide and record, never block
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a rule (or the pack's default) says: effect, HTTP status for a deny, reason, rule id."""
+
+    effect: Effect
+    status: int | None
+    reason: str
+    rule: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form."""
+        return {
+            "effect": self.effect.value,
+            "status": self.status,
+            "reason": self.reason,
+            "rule": self.rule,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRef:
+    """Which pack decided: id, content digest, legal status and whether its window covered the time."""
+
+    id: str
+    digest: str
+    status: str
+    in_window: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form."""
+        return {
+            "id": self.id,
+            "digest": self.digest,
+            "status": self.status,
+            "in_window": self.in_window,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Every fact a decision used; identity and origin are ``None`` when a stage failed first."""
+
+    identity: Identity | None
+    origin: Origin | None
+    entity_id: str | None
+    entity: Entity | None
+    entity_source: str  # "registry", "claims" or "none"
+    claims_disagree: tuple[str, ...]  # which claims the registry overrode ("headquarters", ...)
+    model_requested: str | None
+    model: Model | None
+    model_tier_source: str  # "catalog", "thresholds", "unknown-model" or "not-evaluated"
+    facts: PolicyFacts | None
+    agreement: Agreement | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form, the shape ``check`` prints and audit records carry."""
+        facts = self.facts
+        entity = self.entity
+        return {
+            "identity": self.identity.to_dict() if self.identity else None,
+            "origin": self.origin.to_dict() if self.origin else None,
+            "entity": {
+                "id": self.entity_id,
+                "known": entity is not None,
+                "source": self.entity_source,
+                "name": entity.name if entity else None,
+                "headquarters": facts.headquarters if facts else None,
+                "parent": facts.parent if facts else None,
+                "denied": entity.denied if entity else False,
+                "denied_reason": entity.denied_reason if entity else None,
+                "claims_disagree": list(self.claims_disagree),
+                "agreements": [a.to_dict() for a in entity.agreements] if entity else [],
+            },
+            "model": {
+                "requested": self.model_requested,
+                "id": self.model.id if self.model else None,
+                "known": self.model is not None,
+                "training_ops": self.model.training_ops if self.model else None,
+                "weights": self.model.weights.value if self.model else None,
+                "catalog_tier": self.model.tier if self.model else None,
+                "tier": facts.model_tier if facts else None,
+                "tier_source": self.model_tier_source,
+            },
+            "jurisdiction": facts.jurisdiction_dict() if facts else None,
+            "agreement": {
+                "state": facts.agreement.value if facts else None,
+                "id": self.agreement.id if self.agreement else None,
+                "type": self.agreement.type if self.agreement else None,
+                "status": self.agreement.status.value if self.agreement else None,
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowResult:
+    """What the shadow pack would have decided, beside the enforced one."""
+
+    outcome: Outcome
+    policy: PolicyRef
+    agrees: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form."""
+        return {
+            **self.outcome.to_dict(),
+            "policy": self.policy.to_dict(),
+            "agrees": self.agrees,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One request's decision. ``status`` is the HTTP status to answer a deny with."""
+
+    decision_id: str
+    at: float
+    effect: Effect
+    status: int | None
+    reasons: tuple[str, ...]
+    rule: str
+    policy: PolicyRef
+    evidence: Evidence
+    mode: Mode = Mode.ENFORCE
+    shadow: ShadowResult | None = None
+
+    @property
+    def allowed(self) -> bool:
+        """True for ``allow`` and ``log``: the request may reach the model."""
+        return self.effect is not Effect.DENY
+
+    @property
+    def blocks(self) -> bool:
+        """True when the request must not reach the model (a deny, outside dry-run)."""
+        return self.effect is Effect.DENY and self.mode is Mode.ENFORCE
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form: what ``aidr-gate check`` prints."""
+        return {
+            "decision_id": self.decision_id,
+            "at": format_instant_precise(self.at),
+            "effect": self.effect.value,
+            "status": self.status,
+            "reasons": list(self.reasons),
+            "rule": self.rule,
+            "mode": self.mode.value,
+            "policy": self.policy.to_dict(),
+            "shadow": self.shadow.to_dict() if self.shadow else None,
+            "evidence": self.evidence.to_dict(),
+        }
+
+
+def format_instant_precise(seconds: float) -> str:
+    """ISO 8601 UTC with milliseconds, for decision times (never shortened to a date)."""
+    text = format_instant(seconds) or ""
+    return text if "T" in text else f"{text}T00:00:00.000Z"
+
+
+class DecisionIds:
+    """Time-ordered, process-unique decision ids: 12 hex of milliseconds, 8 random, 8 of counter.
+
+    Cheaper than ``uuid4`` (one ``os.urandom`` per process, not per request) and sortable by time.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(4).hex()
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        """A fresh decision id."""
+        ms = int(time.time() * 1000)
+        return f"{ms:012x}{self._prefix}{next(self._counter) & 0xFFFFFFFF:08x}"

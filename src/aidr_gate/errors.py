@@ -1,0 +1,217 @@
+"""One exception tree with stable reason codes.
+
+Every failure the gate can meet maps to a class here. Each class carries a stable ``reason`` code and
+the HTTP ``status`` the gate answers with; the same code appears in responses, audit records and
+metric labels, so renaming one is a breaking change. Reason codes a policy pack defines for its own
+rules are plain strings and live in the pack, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+class AidrGateError(Exception):
+    """Root of every error aidr_gate raises on purpose."""
+
+    reason: ClassVar[str] = "GATE_ERROR"
+    status: ClassVar[int] = 403
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.reason)
+        self.message = message or self.reason
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a configuration file, named by file, key path and what is wrong."""
+
+    file: str
+    path: str
+    message: str
+    line: int | None = None
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        key = f" {self.path}:" if self.path else ""
+        return f"{where}:{key} {self.message}"
+
+
+class ConfigError(AidrGateError):
+    """A configuration, policy pack, registry or catalogue is invalid; raised at load, never per request."""
+
+    reason = "CONFIG_INVALID"
+    status = 503
+
+    def __init__(self, problems: Sequence[Problem] | Problem) -> None:
+        self.problems: tuple[Problem, ...] = (
+            (problems,) if isinstance(problems, Problem) else tuple(problems)
+        )
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    @classmethod
+    def single(cls, file: str, path: str, message: str) -> ConfigError:
+        """Build an error holding one problem."""
+        return cls(Problem(file, path, message))
+
+    @classmethod
+    def merge(cls, errors: Iterable[ConfigError]) -> ConfigError:
+        """Join the problems of several errors into one."""
+        return cls([p for e in errors for p in e.problems])
+
+
+# --- the request itself (the caller's mistake, never a 500) ---------------------------------------
+
+
+class RequestError(AidrGateError):
+    """The request cannot be decided because of how it was sent."""
+
+    reason = "REQUEST_INVALID"
+    status = 400
+
+
+class BodyTooLarge(RequestError):
+    """The request body is longer than the configured limit for model extraction."""
+
+    reason = "BODY_TOO_LARGE"
+    status = 413
+
+
+class BodyNotJSON(RequestError):
+    """The body of a request whose model comes from JSON is not a JSON object."""
+
+    reason = "BODY_NOT_JSON"
+
+
+class BodyIncomplete(RequestError):
+    """The client disconnected before sending the whole body."""
+
+    reason = "BODY_INCOMPLETE"
+
+
+class ModelMissing(RequestError):
+    """A request on a path that needs a model id names none."""
+
+    reason = "MODEL_MISSING"
+
+
+# --- identity (401) -------------------------------------------------------------------------------
+
+
+class IdentityError(AidrGateError):
+    """The caller's identity could not be verified; answered with 401 and WWW-Authenticate."""
+
+    reason = "IDENTITY_INVALID"
+    status = 401
+
+
+class TokenMissing(IdentityError):
+    """No bearer token in the Authorization header."""
+
+    reason = "TOKEN_MISSING"
+
+
+class TokenMalformed(IdentityError):
+    """The Authorization header or the token is not a well-formed bearer JWT, or is oversized."""
+
+    reason = "TOKEN_MALFORMED"
+
+
+class TokenAlgorithmNotAllowed(IdentityError):
+    """The token's ``alg`` is not one of the algorithms pinned in configuration (``none`` never is)."""
+
+    reason = "TOKEN_ALGORITHM_NOT_ALLOWED"
+
+
+class TokenKeyUnknown(IdentityError):
+    """The token's ``kid`` is in no key set the gate has, even after the rate-limited refetch."""
+
+    reason = "TOKEN_KEY_UNKNOWN"
+
+
+class TokenKeysUnavailable(IdentityError):
+    """No key set has ever been loaded (the issuer was unreachable from start)."""
+
+    reason = "TOKEN_KEYS_UNAVAILABLE"
+
+
+class TokenSignatureInvalid(IdentityError):
+    """The signature does not verify with the key the token names."""
+
+    reason = "TOKEN_SIGNATURE_INVALID"
+
+
+class TokenExpired(IdentityError):
+    """The token's ``exp`` is in the past (beyond the configured leeway)."""
+
+    reason = "TOKEN_EXPIRED"
+
+
+class TokenNotYetValid(IdentityError):
+    """The token's ``nbf`` or ``iat`` is in the future (beyond the configured leeway)."""
+
+    reason = "TOKEN_NOT_YET_VALID"
+
+
+class TokenIssuerInvalid(IdentityError):
+    """The token's ``iss`` is not the configured issuer."""
+
+    reason = "TOKEN_ISSUER_INVALID"
+
+
+class TokenAudienceInvalid(IdentityError):
+    """The token's ``aud`` does not include the configured audience."""
+
+    reason = "TOKEN_AUDIENCE_INVALID"
+
+
+class TokenClaimMissing(IdentityError):
+    """A required claim (``exp``, ``iss``, ``aud``, the entity claim...) is absent or empty."""
+
+    reason = "TOKEN_CLAIM_MISSING"
+
+
+class TokenClaimInvalid(IdentityError):
+    """A mapped claim has the wrong type or value (a country claim that is not ISO 3166-1 alpha-2)."""
+
+    reason = "TOKEN_CLAIM_INVALID"
+
+
+# --- origin ---------------------------------------------------------------------------------------
+
+
+class OriginError(AidrGateError):
+    """The client's network origin could not be resolved; packs treat it as an unknown country."""
+
+    reason = "ORIGIN_UNRESOLVED"
+    status = 403
+
+
+# --- policy and the gate itself --------------------------------------------------------------------
+
+
+class PolicyEvaluationError(AidrGateError):
+    """Evaluating the policy raised; the request is denied (fail closed)."""
+
+    reason = "POLICY_EVALUATION_FAILED"
+    status = 403
+
+
+class AuditUnavailable(AidrGateError):
+    """The audit trail can be written nowhere, not even the local spool ("no audit, no access")."""
+
+    reason = "AUDIT_UNAVAILABLE"
+    status = 503
+
+
+class GateNotReady(AidrGateError):
+    """The gate has no loaded state to decide with."""
+
+    reason = "GATE_NOT_READY"
+    status = 503

@@ -1,0 +1,129 @@
+"""Frozen value objects: what the stages resolve about one request, and what a decision rests on.
+
+Stages (identity, client IP, GeoIP) produce :class:`Identity` and :class:`Origin`; the gate looks up
+the entity and the model and hands all of it to the pure policy engine. Everything here is immutable
+and cheap to build, because one of each is built per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class AnonymizerFlag(StrEnum):
+    """Why a network origin hides who is behind it (GeoIP2 Anonymous IP database attributes)."""
+
+    VPN = "vpn"
+    TOR = "tor"
+    PUBLIC_PROXY = "public_proxy"
+    HOSTING = "hosting"
+    RESIDENTIAL_PROXY = "residential_proxy"
+
+
+NO_FLAGS: frozenset[AnonymizerFlag] = frozenset()
+
+
+class CountrySource(StrEnum):
+    """Where a network country came from; registration data is not geolocation, and says so."""
+
+    GEOIP = "geoip"  # a GeoIP2/GeoLite2 Country or City database: geolocation
+    REGISTRATION = "registration"  # RIR delegation data (iptocc): where the block is registered
+    DECLARED = "declared"  # given by hand (``aidr-gate check --country``) or read back from audit
+    NONE = "none"  # no lookup possible (no IP, private or reserved address)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The verified caller: who the token says it is, and how the token was verified.
+
+    Never holds the token itself.
+    """
+
+    entity_id: str
+    subject: str | None = None
+    issuer: str | None = None
+    key_id: str | None = None
+    algorithm: str | None = None
+    expires_at: float | None = None
+    claimed_headquarters: str | None = None
+    claimed_parent: str | None = None
+    # "jwt" for a verified token, "declared" when given by hand to ``check`` or read from audit.
+    method: str = "jwt"
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form for evidence and audit."""
+        return {
+            "entity_id": self.entity_id,
+            "subject": self.subject,
+            "issuer": self.issuer,
+            "key_id": self.key_id,
+            "algorithm": self.algorithm,
+            "expires_at": self.expires_at,
+            "claimed_headquarters": self.claimed_headquarters,
+            "claimed_parent": self.claimed_parent,
+            "method": self.method,
+            "cached": self.cached,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where the request came from: the true client IP and what GeoIP says of it."""
+
+    ip: str | None
+    # How the IP was chosen: "peer", "x-forwarded-for[-2]" (the hop counted from the right),
+    # "forwarded[-1]", or "declared".
+    resolved_by: str = "peer"
+    peer: str | None = None
+    country: str | None = None
+    country_source: CountrySource = CountrySource.NONE
+    anonymizer: frozenset[AnonymizerFlag] = NO_FLAGS
+    # The database behind ``country`` and ``anonymizer``: type (e.g. "GeoIP2-Country") and build date.
+    database: str | None = None
+    database_build: str | None = None
+    anonymizer_database: str | None = None
+    anonymizer_database_build: str | None = None
+    # Anything odd met on the way (a garbage hop, a private address), recorded, never raised.
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form for evidence and audit."""
+        return {
+            "ip": self.ip,
+            "resolved_by": self.resolved_by,
+            "peer": self.peer,
+            "country": self.country,
+            "country_source": self.country_source.value,
+            "anonymizer": sorted(f.value for f in self.anonymizer),
+            "database": self.database,
+            "database_build": self.database_build,
+            "anonymizer_database": self.anonymizer_database,
+            "anonymizer_database_build": self.anonymizer_database_build,
+            "notes": list(self.notes),
+        }
+
+
+def declared_origin(
+    country: str | None, anonymizer: frozenset[AnonymizerFlag] = NO_FLAGS
+) -> Origin:
+    """An origin given by hand (``check --country``) rather than resolved from an IP."""
+    return Origin(
+        ip=None,
+        resolved_by="declared",
+        country=country,
+        country_source=CountrySource.DECLARED if country else CountrySource.NONE,
+        anonymizer=anonymizer,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """Everything the gate decides one request on, once the stages have run."""
+
+    identity: Identity | None
+    origin: Origin
+    model_id: str | None
+    at: float  # evaluation time, seconds since the epoch (UTC)

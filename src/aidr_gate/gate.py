@@ -1,0 +1,325 @@
+"""The transport-free core: resolved facts in, a :class:`Decision` out.
+
+Shared by the middleware, the sidecar, ``check`` and ``replay``; nothing here knows about HTTP. The
+loaded state (packs, registry, catalogue) is one immutable :class:`GateState`, swapped whole on reload,
+so a request sees either the old state or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aidr_gate import errors
+from aidr_gate.catalog import InMemoryCatalog, Model, ModelCatalog, load_catalog
+from aidr_gate.config import GateConfig, load_config
+from aidr_gate.decision import (
+    Decision,
+    DecisionIds,
+    Effect,
+    Evidence,
+    Mode,
+    PolicyRef,
+    ShadowResult,
+)
+from aidr_gate.errors import AidrGateError, ConfigError, PolicyEvaluationError, Problem
+from aidr_gate.facts import NO_FLAGS, Identity, Origin
+from aidr_gate.policy.engine import PolicyEngine, Verdict
+from aidr_gate.policy.pack import Pack, load_pack
+from aidr_gate.registry import Entity, EntityRegistry, InMemoryRegistry, load_registry
+
+logger = logging.getLogger("aidr_gate")
+
+
+@dataclass(frozen=True, slots=True)
+class GateState:
+    """Everything the gate decides with, loaded together and replaced together."""
+
+    engine: PolicyEngine
+    registry: EntityRegistry
+    catalog: ModelCatalog
+    mode: Mode = Mode.ENFORCE
+    shadow: PolicyEngine | None = None
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def pack(self) -> Pack:
+        """The enforced pack."""
+        return self.engine.pack
+
+
+def load_state(config: GateConfig, *, warnings: list[Problem] | None = None) -> GateState:
+    """Load the packs, registry and catalogue a configuration names; every problem in one error."""
+    errors: list[ConfigError] = []
+    engine = shadow = None
+    registry: EntityRegistry | None = None
+    catalog: ModelCatalog | None = None
+    try:
+        engine = PolicyEngine(
+            load_pack(config.policy.pack, config.policy.search, warnings=warnings)
+        )
+    except ConfigError as exc:
+        errors.append(exc)
+    if config.policy.shadow:
+        try:
+            shadow = PolicyEngine(
+                load_pack(config.policy.shadow, config.policy.search, warnings=warnings)
+            )
+        except ConfigError as exc:
+            errors.append(exc)
+    try:
+        registry = load_registry(config.registry)
+    except ConfigError as exc:
+        errors.append(exc)
+    try:
+        catalog = load_catalog(config.catalog)
+    except ConfigError as exc:
+        errors.append(exc)
+    if errors or engine is None or registry is None or catalog is None:
+        raise ConfigError.merge(errors)
+    return GateState(
+        engine=engine, registry=registry, catalog=catalog, mode=config.mode, shadow=shadow
+    )
+
+
+def state_for(
+    pack: Pack,
+    *,
+    entities: list[Entity] | None = None,
+    models: list[Model] | None = None,
+    mode: Mode = Mode.ENFORCE,
+    shadow: Pack | None = None,
+) -> GateState:
+    """An in-memory state (tests, embedding): no files involved."""
+    return GateState(
+        engine=PolicyEngine(pack),
+        registry=InMemoryRegistry(entities or []),
+        catalog=InMemoryCatalog(models or []),
+        mode=mode,
+        shadow=PolicyEngine(shadow) if shadow else None,
+    )
+
+
+class Gate:
+    """Decides requests with the current :class:`GateState`; safe to share across tasks."""
+
+    def __init__(self, state: GateState, *, clock: Callable[[], float] = time.time) -> None:
+        self._state = state
+        self._clock = clock
+        self._ids = DecisionIds()
+
+    @property
+    def state(self) -> GateState:
+        """The state decisions are made with now."""
+        return self._state
+
+    def swap(self, state: GateState) -> GateState:
+        """Replace the state atomically (one reference assignment); returns the old one."""
+        old, self._state = self._state, state
+        return old
+
+    @classmethod
+    def from_config(cls, config: GateConfig) -> Gate:
+        """Load everything the configuration names and build a gate."""
+        return cls(load_state(config))
+
+    @classmethod
+    def from_path(cls, path: str | Path | None = None) -> Gate:
+        """Load a configuration file (or the embedded default) and build a gate."""
+        return cls.from_config(load_config(path))
+
+    # -- deciding --------------------------------------------------------------------------------
+
+    def decide(
+        self,
+        *,
+        identity: Identity | None,
+        origin: Origin,
+        model_id: str | None,
+        at: float | None = None,
+        state: GateState | None = None,
+    ) -> Decision:
+        """Decide one request whose identity and origin are resolved. Never raises: fails closed."""
+        state = state or self._state
+        when = self._clock() if at is None else at
+        try:
+            return self._decide(state, identity, origin, model_id, when)
+        except Exception as exc:  # fail closed: a bug in evaluation is a deny, never an allow
+            logger.exception("policy evaluation failed; denying")
+            return self.refuse(
+                PolicyEvaluationError(type(exc).__name__),
+                identity=identity,
+                origin=origin,
+                model_id=model_id,
+                at=when,
+                state=state,
+            )
+
+    def _decide(
+        self,
+        state: GateState,
+        identity: Identity | None,
+        origin: Origin,
+        model_id: str | None,
+        at: float,
+    ) -> Decision:
+        entity_id = identity.entity_id if identity is not None else None
+        entity = state.registry.get(entity_id) if entity_id else None
+        headquarters, parent, source, disagree = _jurisdiction_of(entity, identity)
+        model = state.catalog.get(model_id) if model_id else None
+        anonymizer = origin.anonymizer if origin is not None else NO_FLAGS
+        verdict = state.engine.evaluate(
+            entity=entity,
+            headquarters=headquarters,
+            parent=parent,
+            model=model,
+            network_country=origin.country,
+            anonymizer=anonymizer,
+            at=at,
+        )
+        shadow = None
+        if state.shadow is not None:
+            other = state.shadow.evaluate(
+                entity=entity,
+                headquarters=headquarters,
+                parent=parent,
+                model=model,
+                network_country=origin.country,
+                anonymizer=anonymizer,
+                at=at,
+            )
+            shadow = ShadowResult(
+                outcome=other.outcome,
+                policy=other.policy,
+                agrees=other.outcome.effect is verdict.outcome.effect,
+            )
+        outcome = verdict.outcome
+        return Decision(
+            decision_id=self._ids.next(),
+            at=at,
+            effect=outcome.effect,
+            status=outcome.status,
+            reasons=verdict.reasons,
+            rule=outcome.rule,
+            policy=verdict.policy,
+            evidence=Evidence(
+                identity=identity,
+                origin=origin,
+                entity_id=entity_id,
+                entity=entity,
+                entity_source=source,
+                claims_disagree=disagree,
+                model_requested=model_id,
+                model=model,
+                model_tier_source=verdict.model_tier_source,
+                facts=verdict.facts,
+                agreement=verdict.agreement,
+            ),
+            mode=state.mode,
+            shadow=shadow,
+        )
+
+    def refuse(
+        self,
+        error: AidrGateError,
+        *,
+        identity: Identity | None = None,
+        origin: Origin | None = None,
+        model_id: str | None = None,
+        at: float | None = None,
+        state: GateState | None = None,
+    ) -> Decision:
+        """A deny for a stage that failed before the policy could run (bad token, bad body...)."""
+        state = state or self._state
+        when = self._clock() if at is None else at
+        pack = state.engine.pack
+        stage = _stage_of(error)
+        return Decision(
+            decision_id=self._ids.next(),
+            at=when,
+            effect=Effect.DENY,
+            status=error.status,
+            reasons=(error.reason,),
+            rule=f"gate/{stage}",
+            policy=PolicyRef(pack.id, pack.digest, pack.status, pack.in_window(when)),
+            evidence=Evidence(
+                identity=identity,
+                origin=origin,
+                entity_id=identity.entity_id if identity else None,
+                entity=None,
+                entity_source="none",
+                claims_disagree=(),
+                model_requested=model_id,
+                model=None,
+                model_tier_source="not-evaluated",
+                facts=None,
+                agreement=None,
+            ),
+            mode=state.mode,
+        )
+
+    def verdict(
+        self,
+        *,
+        identity: Identity | None,
+        origin: Origin,
+        model: Model | None,
+        at: float | None = None,
+    ) -> Verdict:
+        """The enforced pack's verdict for one model, without minting a decision (model listing)."""
+        state = self._state
+        entity_id = identity.entity_id if identity is not None else None
+        entity = state.registry.get(entity_id) if entity_id else None
+        headquarters, parent, _, _ = _jurisdiction_of(entity, identity)
+        return state.engine.evaluate(
+            entity=entity,
+            headquarters=headquarters,
+            parent=parent,
+            model=model,
+            network_country=origin.country,
+            anonymizer=origin.anonymizer,
+            at=self._clock() if at is None else at,
+        )
+
+    def allowed_models(
+        self, *, identity: Identity | None, origin: Origin, at: float | None = None
+    ) -> Iterator[Model]:
+        """The catalogue's models this caller may use now, under the enforced pack."""
+        when = self._clock() if at is None else at
+        for model in self._state.catalog:
+            verdict = self.verdict(identity=identity, origin=origin, model=model, at=when)
+            if verdict.outcome.effect is not Effect.DENY:
+                yield model
+
+
+def _jurisdiction_of(
+    entity: Entity | None, identity: Identity | None
+) -> tuple[str | None, str | None, str, tuple[str, ...]]:
+    """Headquarters and parent countries: the registry wins over token claims; note disagreements."""
+    claimed_hq = identity.claimed_headquarters if identity is not None else None
+    claimed_parent = identity.claimed_parent if identity is not None else None
+    if entity is not None:
+        disagree: list[str] = []
+        if claimed_hq is not None and claimed_hq != entity.headquarters:
+            disagree.append("headquarters")
+        if claimed_parent is not None and claimed_parent != entity.ultimate_parent:
+            disagree.append("parent")
+        return entity.headquarters, entity.parent, "registry", tuple(disagree)
+    if claimed_hq is not None:
+        return claimed_hq, claimed_parent, "claims", ()
+    return None, None, "none", ()
+
+
+def _stage_of(error: AidrGateError) -> str:
+    if isinstance(error, errors.IdentityError):
+        return "identity"
+    if isinstance(error, errors.RequestError):
+        return "request"
+    if isinstance(error, errors.OriginError):
+        return "origin"
+    if isinstance(error, errors.AuditUnavailable):
+        return "audit"
+    return "policy"

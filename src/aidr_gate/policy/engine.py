@@ -1,0 +1,348 @@
+"""The policy engine: resolved facts in, outcome out. Pure, synchronous, no I/O.
+
+A pack is compiled once: dated country lists become a short list of time segments, each a dict from
+country to (tier, groups); rules become predicates. Evaluating a request then costs a few dict
+lookups to reduce it to a small tuple of discrete facts, and one bounded-cache lookup on that tuple;
+the rules themselves only run for a combination not seen before.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from aidr_gate.catalog import Model
+from aidr_gate.decision import Outcome, PolicyRef
+from aidr_gate.facts import NO_FLAGS, AnonymizerFlag
+from aidr_gate.policy.pack import Condition, Membership, Pack
+from aidr_gate.registry import Agreement, AgreementState, Entity, evaluate_agreements
+
+DEFAULT_CACHE_SIZE = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFacts:
+    """The discrete facts rules test, derived from one request (and shared by identical ones)."""
+
+    network_country: str | None
+    headquarters: str | None
+    parent: str | None
+    network_tier: str | None
+    headquarters_tier: str | None
+    parent_tier: str | None
+    effective_tier: str | None
+    network_groups: frozenset[str]
+    headquarters_groups: frozenset[str]
+    parent_groups: frozenset[str]
+    anonymizer: frozenset[AnonymizerFlag]
+    model_tier: str
+    model_known: bool
+    model_weights: str | None
+    agreement: AgreementState
+    entity_known: bool
+    entity_denied: bool
+    origin_worse_than_headquarters: bool
+
+    def jurisdiction_dict(self) -> dict[str, Any]:
+        """The jurisdiction part of the evidence, JSON-ready."""
+        return {
+            "network_country": self.network_country,
+            "network_tier": self.network_tier,
+            "network_groups": sorted(self.network_groups),
+            "headquarters": self.headquarters,
+            "headquarters_tier": self.headquarters_tier,
+            "headquarters_groups": sorted(self.headquarters_groups),
+            "parent": self.parent,
+            "parent_tier": self.parent_tier,
+            "parent_groups": sorted(self.parent_groups),
+            "effective_tier": self.effective_tier,
+            "origin_worse_than_headquarters": self.origin_worse_than_headquarters,
+            "anonymizer": sorted(f.value for f in self.anonymizer),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The engine's answer: the outcome, every reason, and the facts it rested on."""
+
+    outcome: Outcome
+    reasons: tuple[str, ...]
+    facts: PolicyFacts
+    agreement: Agreement | None
+    model_tier_source: str
+    policy: PolicyRef
+
+
+Predicate = Callable[[PolicyFacts], bool]
+
+_BOOL_GETTERS: dict[str, Callable[[PolicyFacts], bool]] = {
+    "network_country_unknown": lambda f: f.network_country is None,
+    "headquarters_unknown": lambda f: f.headquarters is None,
+    "model_known": lambda f: f.model_known,
+    "entity_known": lambda f: f.entity_known,
+    "entity_denied": lambda f: f.entity_denied,
+    "agreement_valid": lambda f: f.agreement is AgreementState.VALID,
+    "origin_worse_than_headquarters": lambda f: f.origin_worse_than_headquarters,
+}
+_VALUE_GETTERS: dict[str, Callable[[PolicyFacts], object]] = {
+    "effective_tier": lambda f: f.effective_tier,
+    "network_tier": lambda f: f.network_tier,
+    "headquarters_tier": lambda f: f.headquarters_tier,
+    "parent_tier": lambda f: f.parent_tier,
+    "network_country": lambda f: f.network_country,
+    "headquarters_country": lambda f: f.headquarters,
+    "parent_country": lambda f: f.parent,
+    "model_tier": lambda f: f.model_tier,
+    "agreement": lambda f: f.agreement.value,
+}
+_GROUP_GETTERS: dict[str, Callable[[PolicyFacts], frozenset[str]]] = {
+    "network_group": lambda f: f.network_groups,
+    "headquarters_group": lambda f: f.headquarters_groups,
+    "parent_group": lambda f: f.parent_groups,
+    "any_group": lambda f: f.network_groups | f.headquarters_groups | f.parent_groups,
+}
+
+
+def _compile_test(key: str, value: Any) -> Predicate:
+    if key in _BOOL_GETTERS:
+        getter = _BOOL_GETTERS[key]
+        return lambda f: getter(f) is value
+    if key in _VALUE_GETTERS:
+        get_value = _VALUE_GETTERS[key]
+        return lambda f: get_value(f) in value
+    if key in _GROUP_GETTERS:
+        get_groups = _GROUP_GETTERS[key]
+        return lambda f: not get_groups(f).isdisjoint(value)
+    if key == "anonymizer":
+        if not value:
+            return lambda f: not f.anonymizer
+        return lambda f: not f.anonymizer.isdisjoint(value)
+    if key == "model_weights":
+        return lambda f: f.model_weights == value
+    raise ValueError(f"no compiler for condition {key!r}")  # unreachable: the loader validates keys
+
+
+def compile_condition(condition: Condition) -> Predicate:
+    """Turn a rule's condition into one predicate over :class:`PolicyFacts`."""
+    tests = [_compile_test(key, value) for key, value in condition.tests]
+    branches = [compile_condition(branch) for branch in condition.any_of]
+
+    def predicate(facts: PolicyFacts) -> bool:
+        return all(test(facts) for test in tests) and (
+            not branches or any(branch(facts) for branch in branches)
+        )
+
+    return predicate
+
+
+def _tests_key(condition: Condition, key: str) -> bool:
+    return any(k == key for k, _ in condition.tests) or any(
+        _tests_key(branch, key) for branch in condition.any_of
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """Country tiers and groups for one stretch of time in which no dated entry changes."""
+
+    tiers: dict[str, str]
+    groups: dict[str, frozenset[str]]
+
+
+class PolicyEngine:
+    """A compiled pack. Immutable; build a new one to change the pack."""
+
+    def __init__(self, pack: Pack, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+        self.pack = pack
+        self._default_tier = pack.tiers.default if pack.tiers else None
+        self._rank = {tier: i for i, tier in enumerate(pack.tiers.order)} if pack.tiers else {}
+        self._bounds, self._segments = self._build_segments(pack)
+        self._rules: list[tuple[Predicate, Outcome, tuple[str, ...]]] = []
+        for rule in pack.rules:
+            notes: list[str] = []
+            if _tests_key(rule.when, "agreement") or _tests_key(rule.when, "agreement_valid"):
+                notes.append("agreement")
+            if _tests_key(rule.when, "model_tier"):
+                notes.append("model")
+            self._rules.append((compile_condition(rule.when), rule.outcome, tuple(notes)))
+        self._model_tiers = pack.model_tiers
+        self._known_tiers = frozenset(t.id for t in pack.model_tiers.tiers)
+        self._accepted = pack.accepted_agreement_types
+        self._ref_in = PolicyRef(pack.id, pack.digest, pack.status, True)
+        self._ref_out = PolicyRef(pack.id, pack.digest, pack.status, False)
+        self._evaluate = lru_cache(maxsize=cache_size)(self._evaluate_uncached)
+
+    # -- compile ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _build_segments(pack: Pack) -> tuple[list[float], list[_Segment]]:
+        tier_members = pack.tiers.members if pack.tiers else {}
+        dated: list[Membership] = [m for g in pack.groups.values() for m in g.members]
+        dated += [m for ms in tier_members.values() for m in ms]
+        bounds = sorted({t for m in dated for t in (m.since, m.until) if t is not None})
+        segments: list[_Segment] = []
+        for index in range(len(bounds) + 1):
+            # A moment inside segment ``index``: ``[bounds[index-1], bounds[index])``.
+            probe = bounds[index - 1] if index > 0 else (bounds[0] - 1.0 if bounds else 0.0)
+            tiers: dict[str, str] = {}
+            for tier, members in tier_members.items():
+                for member in members:
+                    if member.holds_at(probe):
+                        tiers[member.country] = tier
+            groups: dict[str, set[str]] = {}
+            for group in pack.groups.values():
+                for member in group.members:
+                    if member.holds_at(probe):
+                        groups.setdefault(member.country, set()).add(group.id)
+            segments.append(_Segment(tiers, {c: frozenset(g) for c, g in groups.items()}))
+        return bounds, segments
+
+    # -- evaluate ---------------------------------------------------------------------------------
+
+    def model_tier(self, model: Model | None) -> tuple[str, str]:
+        """The model's tier under this pack and where it came from."""
+        spec = self._model_tiers
+        if model is None:
+            return spec.unknown_model, "unknown-model"
+        if model.tier is not None:
+            if model.tier in self._known_tiers:
+                return model.tier, "catalog"
+            # An explicit tier this pack does not define: fail closed.
+            return spec.unknown_model, "unknown-model"
+        ops = model.training_ops
+        for tier in spec.tiers:
+            if tier.weights is not None and model.weights is not tier.weights:
+                continue
+            if tier.min_training_ops is not None and (ops is None or ops < tier.min_training_ops):
+                continue
+            if tier.above_open_weight_frontier and (
+                ops is None
+                or spec.open_weight_frontier_ops is None
+                or ops <= spec.open_weight_frontier_ops
+            ):
+                continue
+            return tier.id, "thresholds"
+        return spec.tiers[-1].id, "thresholds"
+
+    def evaluate(
+        self,
+        *,
+        entity: Entity | None,
+        headquarters: str | None,
+        parent: str | None,
+        model: Model | None,
+        network_country: str | None,
+        anonymizer: frozenset[AnonymizerFlag] = NO_FLAGS,
+        at: float,
+    ) -> Verdict:
+        """Decide one request from resolved facts. Never raises for any combination of inputs."""
+        tier, tier_source = self.model_tier(model)
+        agreement: Agreement | None = None
+        state = AgreementState.NONE
+        if entity is not None and entity.agreements:
+            state, agreement = evaluate_agreements(
+                entity.agreements,
+                model_tier=tier,
+                country=network_country,
+                at=at,
+                accepted_types=self._accepted,
+            )
+        segment = bisect.bisect_right(self._bounds, at)
+        facts, outcome, reasons = self._evaluate(
+            segment,
+            network_country,
+            headquarters,
+            parent,
+            anonymizer,
+            tier,
+            model is not None,
+            model.weights.value if model is not None else None,
+            state,
+            entity is not None,
+            entity is not None and entity.denied,
+        )
+        return Verdict(
+            outcome=outcome,
+            reasons=reasons,
+            facts=facts,
+            agreement=agreement,
+            model_tier_source=tier_source,
+            policy=self._ref_in if self.pack.in_window(at) else self._ref_out,
+        )
+
+    def _evaluate_uncached(
+        self,
+        segment: int,
+        network_country: str | None,
+        headquarters: str | None,
+        parent: str | None,
+        anonymizer: frozenset[AnonymizerFlag],
+        model_tier: str,
+        model_known: bool,
+        model_weights: str | None,
+        agreement: AgreementState,
+        entity_known: bool,
+        entity_denied: bool,
+    ) -> tuple[PolicyFacts, Outcome, tuple[str, ...]]:
+        seg = self._segments[segment]
+        parent = parent if parent is not None else headquarters
+        network_tier = self._tier(seg, network_country)
+        hq_tier = self._tier(seg, headquarters)
+        parent_tier = self._tier(seg, parent)
+        known = [t for t in (network_tier, hq_tier, parent_tier) if t is not None]
+        effective = max(known, key=self._rank.__getitem__) if known else None
+        worse = (
+            network_tier is not None
+            and hq_tier is not None
+            and self._rank[network_tier] > self._rank[hq_tier]
+        )
+        empty: frozenset[str] = frozenset()
+        facts = PolicyFacts(
+            network_country=network_country,
+            headquarters=headquarters,
+            parent=parent,
+            network_tier=network_tier,
+            headquarters_tier=hq_tier,
+            parent_tier=parent_tier,
+            effective_tier=effective,
+            network_groups=seg.groups.get(network_country, empty) if network_country else empty,
+            headquarters_groups=seg.groups.get(headquarters, empty) if headquarters else empty,
+            parent_groups=seg.groups.get(parent, empty) if parent else empty,
+            anonymizer=anonymizer,
+            model_tier=model_tier,
+            model_known=model_known,
+            model_weights=model_weights,
+            agreement=agreement,
+            entity_known=entity_known,
+            entity_denied=entity_denied,
+            origin_worse_than_headquarters=worse,
+        )
+        for predicate, outcome, notes in self._rules:
+            if predicate(facts):
+                return facts, outcome, _reasons(outcome, notes, facts)
+        return facts, self.pack.default, (self.pack.default.reason,)
+
+    def _tier(self, segment: _Segment, country: str | None) -> str | None:
+        if country is None or self._default_tier is None:
+            return None
+        return segment.tiers.get(country, self._default_tier)
+
+    def cache_info(self) -> Any:
+        """Hits and misses of the evaluation cache (for metrics and benchmarks)."""
+        return self._evaluate.cache_info()
+
+    def countries_changing(self) -> Iterable[float]:
+        """The instants at which some country changes tier or group."""
+        return tuple(self._bounds)
+
+
+def _reasons(outcome: Outcome, notes: tuple[str, ...], facts: PolicyFacts) -> tuple[str, ...]:
+    reasons = [outcome.reason]
+    if "agreement" in notes and facts.agreement is not AgreementState.VALID:
+        reasons.append("AGREEMENT_" + facts.agreement.value.upper().replace("-", "_"))
+    if "model" in notes and not facts.model_known:
+        reasons.append("MODEL_UNKNOWN")
+    return tuple(reasons)

@@ -1,0 +1,34 @@
+"""Shared fixtures: paths to the bundled packs and examples, and tool checks that never skip in CI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "policies"
+EXAMPLES = POLICIES / "examples"
+SHARED_TESTDATA = ROOT.parent / "shared" / "testdata"
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_tool(name: str, *candidates: str) -> str:
+    """The path of an external program; skip when absent, but fail under CI (CI installs them)."""
+    for candidate in (name, *candidates):
+        found = shutil.which(candidate) or (candidate if Path(candidate).is_file() else None)
+        if found:
+            return found
+    message = f"{name} is not installed (.ci/run installs it)"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    """The bundled example configuration, registry and catalogue."""
+    return EXAMPLES
