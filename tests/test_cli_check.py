@@ -1,0 +1,234 @@
+"""``aidr-gate check``, ``validate`` and ``packs`` on the embedded defaults, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aidr_gate.cli import EXIT_DENY, EXIT_LOG, EXIT_OK, EXIT_USAGE, main
+
+
+def run_check(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, object]]:
+    """Run ``check`` in-process and parse its JSON."""
+    code = main(["check", "--compact", *args])
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "effect", "reason"),
+    [
+        (
+            ["--entity", "lab-us", "--country", "US", "--model", "aurora-frontier"],
+            EXIT_OK,
+            "allow",
+            "ALLOWED",
+        ),
+        (
+            ["--entity", "nordlys-se", "--country", "SE", "--model", "aurora-frontier"],
+            EXIT_DENY,
+            "deny",
+            "TIER3_CONTROLLED_MODEL",
+        ),
+        (
+            ["--entity", "sakura-jp", "--country", "SG", "--model", "llama-3.1-405b"],
+            EXIT_LOG,
+            "log",
+            "ORIGIN_TIER_WORSE_THAN_HEADQUARTERS",
+        ),
+        (
+            [
+                "--entity",
+                "merlion-sg",
+                "--country",
+                "SG",
+                "--model",
+                "aurora-frontier",
+                "--at",
+                "2026-06-01",
+            ],
+            EXIT_OK,
+            "allow",
+            "ALLOWED",
+        ),
+        (
+            [
+                "--entity",
+                "lumen-in",
+                "--country",
+                "IN",
+                "--model",
+                "aurora-frontier",
+                "--at",
+                "2026-06-01",
+            ],
+            EXIT_DENY,
+            "deny",
+            "NO_VALID_AGREEMENT",
+        ),
+        (
+            [
+                "--entity",
+                "lab-us",
+                "--country",
+                "US",
+                "--model",
+                "aurora-frontier",
+                "--anonymizer",
+                "vpn",
+            ],
+            EXIT_DENY,
+            "deny",
+            "ANONYMIZED_ORIGIN",
+        ),
+        (
+            [
+                "--entity",
+                "mekong-kh",
+                "--country",
+                "KH",
+                "--model",
+                "aurora-frontier",
+                "--at",
+                "2026-01-01",
+            ],
+            EXIT_DENY,
+            "deny",
+            "TIER3_CONTROLLED_MODEL",
+        ),
+        (
+            [
+                "--entity",
+                "mekong-kh",
+                "--country",
+                "KH",
+                "--model",
+                "aurora-frontier",
+                "--at",
+                "2026-03-01",
+            ],
+            EXIT_DENY,
+            "deny",
+            "NO_VALID_AGREEMENT",
+        ),
+        (
+            [
+                "--entity",
+                "nordlys-se",
+                "--country",
+                "se",
+                "--model",
+                "aurora-frontier",
+                "--pack",
+                "aidr-2025-05-rescinded",
+            ],
+            EXIT_DENY,
+            "deny",
+            "D5_HEADQUARTERED_CONTROLLED_MODEL",
+        ),
+        (
+            [
+                "--entity",
+                "andes-br",
+                "--country",
+                "BR",
+                "--model",
+                "aurora-frontier",
+                "--pack",
+                "aidr-2025-05-rescinded",
+            ],
+            EXIT_OK,
+            "allow",
+            "ALLOWED",
+        ),
+    ],
+)
+def test_check_decides(
+    capsys: pytest.CaptureFixture[str], args: list[str], code: int, effect: str, reason: str
+) -> None:
+    got_code, decision = run_check(capsys, *args)
+    assert got_code == code
+    assert decision["effect"] == effect
+    assert isinstance(decision["reasons"], list) and decision["reasons"][0] == reason
+
+
+def test_check_output_has_policy_and_evidence(capsys: pytest.CaptureFixture[str]) -> None:
+    _, decision = run_check(
+        capsys, "--entity", "nordlys-se", "--country", "SE", "--model", "aurora-frontier"
+    )
+    assert set(decision) >= {
+        "effect",
+        "status",
+        "reasons",
+        "rule",
+        "policy",
+        "evidence",
+        "decision_id",
+    }
+    policy = decision["policy"]
+    assert isinstance(policy, dict)
+    assert policy["id"] == "aidr-2025-01" and str(policy["digest"]).startswith("sha256:")
+    evidence = decision["evidence"]
+    assert isinstance(evidence, dict)
+    assert set(evidence) >= {"identity", "origin", "entity", "model", "jurisdiction", "agreement"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--country", "Sweden"],
+        ["--at", "yesterday"],
+        ["--claimed-headquarters", "XX", "--entity", "e"],
+        ["--pack", "no-such-pack"],
+        ["--config", "/nonexistent/config.yaml"],
+    ],
+)
+def test_check_usage_errors(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    assert main(["check", *args]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "configuration problems" in err and "Traceback" not in err
+
+
+def test_config_from_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, examples_dir: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"policy: aidr-2025-05-rescinded\nregistry: {examples_dir / 'entities.yaml'}\n"
+        f"catalog: {examples_dir / 'models.yaml'}\n"
+    )
+    monkeypatch.setenv("AIDR_GATE_CONFIG", str(config))
+    assert (
+        main(["check", "--entity", "andes-br", "--country", "BR", "--model", "aurora-frontier"])
+        == EXIT_OK
+    )
+
+
+def test_console_script_runs() -> None:
+    script = Path(sys.executable).with_name("aidr-gate")
+    result = subprocess.run(
+        [str(script), "check", "--entity", "pars-ir", "--country", "DE", "--model", "embed-small"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "AIDR_GATE_CONFIG": ""},
+    )
+    assert result.returncode == EXIT_DENY
+    assert json.loads(result.stdout)["reasons"] == ["EMBARGOED_JURISDICTION"]
+
+
+def test_packs_lists_bundled(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["packs"]) == 0
+    out = capsys.readouterr().out
+    for pack in (
+        "us-embargo-baseline",
+        "aidr-2025-01",
+        "aidr-2025-05-rescinded",
+        "strict-hypothetical",
+    ):
+        assert pack in out
