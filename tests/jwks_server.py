@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import jwt.api_jws
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -79,7 +80,16 @@ class SigningKey:
         chosen = self.kid if kid == "" else kid
         if chosen is not None:
             head["kid"] = chosen
-        return jwt.encode(dict(claims), self.private, algorithm=alg or self.alg, headers=head)
+        # Signed as raw JSON (not jwt.encode), so tests can craft claims jwt.encode would refuse.
+        return self.sign_raw(json.dumps(dict(claims)).encode(), alg=alg, headers=head)
+
+    def sign_raw(
+        self, payload: bytes, *, alg: str | None = None, headers: Mapping[str, Any] | None = None
+    ) -> str:
+        """A compact JWS over arbitrary payload bytes."""
+        return jwt.api_jws.encode(
+            payload, self.private, algorithm=alg or self.alg, headers=dict(headers or {})
+        )
 
     def with_kid(self, kid: str | None) -> SigningKey:
         """The same key published under another kid."""
