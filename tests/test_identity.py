@@ -364,6 +364,12 @@ def _short_signature(token: str) -> str:
     return f"{head}.{body}.{b64url(raw[:-6])}"
 
 
+def _cut_signature(token: str) -> str:
+    # Half the signature, cut on a 4-character boundary so the base64url stays canonical.
+    head, body, sig = token.split(".")
+    return f"{head}.{body}.{sig[: len(sig) // 8 * 4]}"
+
+
 def _non_canonical(token: str) -> str:
     # Flip the unused low bits of the last signature character: same bytes, different text.
     head, body, sig = token.split(".")
@@ -441,7 +447,8 @@ ATTACKS: list[tuple[str, Callable[[], str], type[IdentityError]]] = [
         TokenSignatureInvalid,
     ),
     ("signature-short-ec", lambda: _short_signature(EC.sign(claims())), TokenSignatureInvalid),
-    ("truncated", lambda: (t := RSA.sign(claims()))[: len(t) // 2], TokenMalformed),
+    ("truncated", lambda: (t := RSA.sign(claims()))[: t.index(".") + 12], TokenMalformed),
+    ("truncated-signature", lambda: _cut_signature(RSA.sign(claims())), TokenSignatureInvalid),
     ("two-segments", lambda: ".".join(RSA.sign(claims()).split(".")[:2]), TokenMalformed),
     ("four-segments", lambda: RSA.sign(claims()) + ".AAAA", TokenMalformed),
     ("not-base64", lambda: RSA.sign(claims()).replace(".", ".*", 1), TokenMalformed),
@@ -542,6 +549,7 @@ DIFFERENTIAL = [
         "signature-stripped",
         "signature-short-ec",
         "truncated",
+        "truncated-signature",
         "two-segments",
         "not-base64",
         "header-not-json",
