@@ -15,6 +15,7 @@ from typing import Any
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from aidr_gate import errors
 from aidr_gate.config import config_from_text
@@ -514,6 +515,15 @@ def test_leeway_accepts_slightly_expired_and_early_tokens() -> None:
     assert auth.authenticate_sync(_bearer(RSA.sign(claims(aud=["x", AUDIENCE]))))
     with pytest.raises(TokenExpired):
         auth.authenticate_sync(_bearer(RSA.sign(claims(exp=int(now) - 31))))
+
+
+def test_es384_with_a_p384_key() -> None:
+    p384 = SigningKey(ec.generate_private_key(ec.SECP384R1()), "ES384", "ec-384")
+    keys = StaticKeys(build_key_set(jwks_of(p384, EC), ("ES256", "ES384"), source="t"))
+    auth = Authenticator(_config(algorithms=("ES256", "ES384")), keys=keys)
+    assert auth.authenticate_sync(_bearer(p384.sign(claims()))).algorithm == "ES384"
+    with pytest.raises(TokenAlgorithmNotAllowed):  # a P-256 key never verifies ES384
+        auth.authenticate_sync(_bearer(p384.sign(claims(), kid="ec-1")))
 
 
 def test_ps256_key_verifies_ps256_tokens() -> None:
