@@ -843,3 +843,26 @@ def test_no_keys_yet_refuses_with_keys_unavailable() -> None:
                 assert _ready(auth)
 
         asyncio.run(scenario())
+
+
+class _BrokenKeys(StaticKeys):
+    """A key source with a bug: reading the current set raises."""
+
+    @property
+    def current(self) -> Any:
+        raise RuntimeError("bug in a key source")
+
+
+def test_a_bug_behind_the_hot_path_is_a_refusal_not_a_crash() -> None:
+    auth = Authenticator(
+        _config(), keys=_BrokenKeys(build_key_set(jwks_of(ED), PINNED, source="t"))
+    )
+    header = _bearer(ED.sign(claims()))
+    with pytest.raises(IdentityError) as caught:
+        asyncio.run(auth.authenticate(header))
+    with pytest.raises(IdentityError) as caught_sync:
+        auth.authenticate_sync(header)
+    for error in (caught.value, caught_sync.value):
+        assert type(error) is IdentityError
+        assert error.reason == "IDENTITY_INVALID"
+        assert "bug" not in www_authenticate(error)

@@ -25,7 +25,8 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
@@ -450,6 +451,20 @@ def parse_token(token: bytes, algorithms: frozenset[str]) -> _Parsed:
 
 
 _sha256 = hashlib.sha256
+
+
+@contextmanager
+def _fail_closed() -> Iterator[None]:
+    """Let IdentityError through; turn anything else (a bug) into a refusal, never a crash."""
+    try:
+        yield
+    except IdentityError:
+        raise
+    except Exception as exc:
+        logger.error("token verification failed unexpectedly: %s", type(exc).__name__)
+        raise IdentityError("internal error while verifying the token") from None
+
+
 _Entry = tuple[Identity, float, str]  # the cached identity, its exp, the verifying key's thumbprint
 
 
@@ -542,35 +557,26 @@ class Authenticator:
         token = bearer_token(authorization, self._max_length)
         when = self._clock() if now is None else now
         digest = _sha256(token).digest()
-        entry = self._cache.get(digest)
-        if entry is not None:
-            if when < entry[1]:
-                return entry[0]
-            self._cache.pop(digest, None)
-        try:
-            return await self._authenticate_new(token, digest, when)
-        except IdentityError:
-            raise
-        except Exception as exc:  # fail closed: a bug here is a refusal, never a crash
-            logger.error("token verification failed unexpectedly: %s", type(exc).__name__)
-            raise IdentityError("internal error while verifying the token") from None
-
-    async def _authenticate_new(self, token: bytes, digest: bytes, when: float) -> Identity:
-        parsed = parse_token(token, self._algorithms)
-        key_set = self._keys.current
-        if key_set is None:
-            await self._keys.refetch_for_unknown_kid()
+        cached = self._cached(digest, when)
+        if cached is not None:
+            return cached
+        with _fail_closed():
+            parsed = parse_token(token, self._algorithms)
             key_set = self._keys.current
             if key_set is None:
-                raise TokenKeysUnavailable("no verification keys loaded")
-        keys = self._select(parsed, key_set)
-        if keys is None:
-            if await self._keys.refetch_for_unknown_kid():
-                key_set = self._keys.current or key_set
-                keys = self._select(parsed, key_set)
+                # Never loaded (the issuer was down at start): try now, rate limited.
+                await self._keys.refetch_for_unknown_kid()
+                key_set = self._keys.current
+                if key_set is None:
+                    raise TokenKeysUnavailable("no verification keys loaded")
+            keys = self._select(parsed, key_set)
             if keys is None:
-                keys = self._unnamed(parsed, key_set)
-        return self._verify(parsed, keys, digest, when)
+                if await self._keys.refetch_for_unknown_kid():
+                    key_set = self._keys.current or key_set
+                    keys = self._select(parsed, key_set)
+                if keys is None:
+                    keys = self._unnamed(parsed, key_set)
+            return self._verify(parsed, keys, digest, when)
 
     def authenticate_sync(
         self, authorization: bytes | str | None, *, now: float | None = None
@@ -584,21 +590,25 @@ class Authenticator:
         token = bearer_token(authorization, self._max_length)
         when = self._clock() if now is None else now
         digest = _sha256(token).digest()
-        entry = self._cache.get(digest)
-        if entry is not None and when < entry[1]:
-            return entry[0]
-        try:
+        cached = self._cached(digest, when)
+        if cached is not None:
+            return cached
+        with _fail_closed():
             parsed = parse_token(token, self._algorithms)
             key_set = self._keys.current or self._load_blocking()
             keys = self._select(parsed, key_set)
             if keys is None:
                 keys = self._unnamed(parsed, key_set)
             return self._verify(parsed, keys, digest, when)
-        except IdentityError:
-            raise
-        except Exception as exc:  # fail closed, as in authenticate()
-            logger.error("token verification failed unexpectedly: %s", type(exc).__name__)
-            raise IdentityError("internal error while verifying the token") from None
+
+    def _cached(self, digest: bytes, now: float) -> Identity | None:
+        entry = self._cache.get(digest)
+        if entry is None:
+            return None
+        if now < entry[1]:  # never past exp, whatever the leeway
+            return entry[0]
+        self._cache.pop(digest, None)
+        return None
 
     def _load_blocking(self) -> KeySet:
         try:
