@@ -262,6 +262,20 @@ def test_config_errors_name_file_key_and_line(
     assert (problems[0].line is not None and problems[0].line >= 4) or where == "identity"
 
 
+def test_one_run_lists_every_problem(tmp_path: Path) -> None:
+    section = "identity:\n  audience: y\n  algorithms: [HS256]\n  leeway: -1\n  cache_size: x\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_identity_config(_gate_config(tmp_path, section))
+    paths = {p.path for p in caught.value.problems}
+    assert paths == {
+        "identity.issuer",
+        "identity.algorithms[0]",
+        "identity",  # neither jwks_url nor key_file
+        "identity.leeway",
+        "identity.cache_size",
+    }
+
+
 def test_http_jwks_url_is_allowed_only_to_loopback(tmp_path: Path) -> None:
     section = (
         "identity:\n  issuer: x\n  audience: y\n  algorithms: [ES256]\n"

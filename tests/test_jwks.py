@@ -300,7 +300,7 @@ def test_fetch_keeps_the_last_good_set_through_every_kind_of_failure() -> None:
                     server.body = b'{"keys": [' + b" " * (200 * 1024) + b"]}"
                     server.chunked = breakage == "chunked"
                 else:
-                    server.delay = 2.0
+                    server.delay = 1.0
                 assert await keys.refresh() is False
                 assert keys.current is good
                 failures.append(keys.last_error or "")

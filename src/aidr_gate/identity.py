@@ -143,16 +143,19 @@ def parse_identity_config(config: GateConfig) -> IdentityConfig:
     data = check.mapping(
         config.sections[SECTION], SECTION, keys=_KEYS, required=("issuer", "audience", "algorithms")
     )
-    check.raise_if_errors()
-    if data is None:  # pragma: no cover - mapping() recorded an error, raised above
-        raise ConfigError.single(config.file, SECTION, "must be a mapping")
+    if data is None:
+        check.raise_if_errors()
+        raise ConfigError.single(config.file, SECTION, "must be a mapping")  # pragma: no cover
 
     def at(key: str) -> str:
         return join(SECTION, key)
 
-    issuers = _strings(check, data.get("issuer"), at("issuer"))
-    audiences = _strings(check, data.get("audience"), at("audience"))
-    algorithms = _algorithms(check, data.get("algorithms"), at("algorithms"))
+    # A missing required key is already reported; read the others so one run lists every problem.
+    issuers = _strings(check, data["issuer"], at("issuer")) if "issuer" in data else ()
+    audiences = _strings(check, data["audience"], at("audience")) if "audience" in data else ()
+    algorithms: tuple[str, ...] = ()
+    if "algorithms" in data:
+        algorithms = _algorithms(check, data["algorithms"], at("algorithms"))
     jwks_url = key_file = None
     if ("jwks_url" in data) == ("key_file" in data):
         check.error(SECTION, "give exactly one of jwks_url and key_file")
