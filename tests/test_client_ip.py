@@ -24,6 +24,7 @@ PROXIES = {
     "both": TrustedProxies(INTERNAL, headers=["forwarded", "x-forwarded-for"]),
     "both-xff-first": TrustedProxies(INTERNAL, headers=["x-forwarded-for", "forwarded"]),
     "short": TrustedProxies(INTERNAL, max_hops=4),
+    "short-forwarded": TrustedProxies(INTERNAL, headers=["forwarded"], max_hops=4),
 }
 
 XFF = "x-forwarded-for"
@@ -300,6 +301,24 @@ MATRIX: list[tuple[str, str, str | None, list[Header], str | None, str, str | No
         None,
         "xff[-5]",
         "more than 4 hops",
+    ),
+    (
+        "too-many-forwarded-hops",
+        "short-forwarded",
+        PX,
+        F(f"for={C}, for=10.0.0.9, for=10.0.0.9", "for=10.0.0.9, for=10.0.0.9, for=10.0.0.9"),
+        None,
+        "fwd[-5]",
+        "more than 4 hops",
+    ),
+    (
+        "forwarded-long-line",
+        "forwarded",
+        LO,
+        F(f'for={C};ext="{"a" * 600}"'),
+        C,
+        "fwd[-1]",
+        None,
     ),
     ("peer-garbage", "loopback", "not-an-ip", X(C), None, "peer", "peer address is not an IP"),
     ("peer-missing", "loopback", None, X(C), None, "peer", "peer address is missing"),

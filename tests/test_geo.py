@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import shutil
 import threading
 from collections.abc import Iterator
 from importlib.metadata import version
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import geoip2.database
@@ -18,12 +20,15 @@ import pytest
 from aidr_gate.errors import ConfigError
 from aidr_gate.facts import AnonymizerFlag, CountrySource
 from aidr_gate.geo import (
+    _V4_SPECIAL_FIRST_OCTETS,
+    _V6_SPECIAL_IN_GLOBAL,
     RETIRE_GRACE,
     CountryResolver,
     GeoResult,
     IptoccCountryResolver,
     MaxMindCountryResolver,
     ReloadOutcome,
+    special_address,
     watch,
 )
 from conftest import SHARED_TESTDATA
@@ -649,3 +654,47 @@ def test_both_implement_the_protocol(country_db: Path) -> None:
     for geo in resolvers:
         assert geo.lookup("10.0.0.1").country is None
         geo.close()
+
+
+# --- the fast path for global addresses ------------------------------------------------------------
+
+
+def _ipaddress_says(address: IPv4Address | IPv6Address) -> bool:
+    """What ipaddress alone says: a global unicast address."""
+    return address.is_global and not address.is_multicast
+
+
+def test_fast_path_agrees_with_ipaddress_on_samples() -> None:
+    """special_address skips ipaddress's scans only where ipaddress would say global anyway."""
+    rng = random.Random(3)
+    samples: list[IPv4Address | IPv6Address] = []
+    for octet in range(256):
+        base = octet << 24
+        samples += [IPv4Address(base + rng.randrange(1 << 24)) for _ in range(40)]
+        samples += [IPv4Address(base), IPv4Address(base + (1 << 24) - 1)]
+    for top in range(0x10000):
+        if top % 64 == 0 or top in (0x2001, 0x2002, 0x3FFF) or 0x1FF0 <= top <= 0x2010:
+            base = top << 112
+            samples += [IPv6Address(base + rng.randrange(1 << 112)) for _ in range(8)]
+            samples += [IPv6Address(base), IPv6Address(base + (1 << 112) - 1)]
+    for address in samples:
+        assert (special_address(address) is None) == _ipaddress_says(address), address
+
+
+def test_fast_path_covers_every_ipaddress_special_range() -> None:
+    """Every network ipaddress treats as non-global lies where the fast path still asks it."""
+    v4 = getattr(IPv4Address, "_constants", None)
+    v6 = getattr(IPv6Address, "_constants", None)
+    if v4 is None or v6 is None:  # pragma: no cover - a Python without these internals
+        pytest.skip("this Python's ipaddress has no _constants tables")
+    v4_networks = [*v4._private_networks, v4._public_network, v4._multicast_network]
+    v6_networks = [*v6._private_networks, v6._multicast_network, *v6._reserved_networks]
+    for network in v4_networks:
+        first = int(network.network_address) >> 24
+        last = int(network.broadcast_address) >> 24
+        assert set(range(first, last + 1)) <= _V4_SPECIAL_FIRST_OCTETS, network
+    for network in v6_networks:
+        first = int(network.network_address) >> 112
+        last = int(network.broadcast_address) >> 112
+        inside_global = {t for t in range(first, last + 1) if 0x2000 <= t <= 0x3FFF}
+        assert inside_global <= _V6_SPECIAL_IN_GLOBAL, network

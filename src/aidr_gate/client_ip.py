@@ -62,6 +62,8 @@ DEFAULT_HEADERS: tuple[ProxyHeader, ...] = (ProxyHeader.X_FORWARDED_FOR,)
 MAX_HOPS = 32
 # The longest sensible hop: a bracketed IPv6 address with a zone id and a port. Longer is garbage.
 MAX_HOP_CHARS = 96
+# Forwarded lines up to this length are cached parsed; longer ones are parsed per request.
+MAX_CACHED_LINE = 512
 # How much of a garbage value a note repeats (notes reach audit records; keep them short).
 _SHOWN_CHARS = 40
 
@@ -78,6 +80,8 @@ class ClientIP:
 
 # Parsed hop: (canonical ip or None, trusted proxy?, problem when not an IP).
 _Parsed = tuple[str | None, bool, str | None]
+# A parsed Forwarded line: its for= nodes, leftmost first, and the problem of each bad element.
+_Elements = tuple[list[str], dict[int, str]]
 
 
 def normalize_ip(text: str) -> IPAddress | None:
@@ -150,14 +154,23 @@ class TrustedProxies:
         self.headers: tuple[ProxyHeader, ...] = tuple(ProxyHeader(h) for h in headers)
         if len(set(self.headers)) != len(self.headers):
             raise ValueError("a header is listed twice")
-        self._wanted: dict[bytes, ProxyHeader] = {h.value.encode(): h for h in self.headers}
-        self._wanted_lengths = frozenset(len(name) for name in self._wanted)
         if cache_size < 1 or max_hops < 1:
             raise ValueError("cache_size and max_hops must be positive")
         self.cache_size = cache_size
         self.max_hops = max_hops
+        # Plain strings and positions: enum attribute access is slow on the hot path.
+        self._names: tuple[str, ...] = tuple(h.value for h in self.headers)
+        self._wanted: dict[bytes, int] = {name.encode(): i for i, name in enumerate(self._names)}
+        self._wanted_lengths = frozenset(len(name) for name in self._wanted)
+        # "x-forwarded-for[-2]" and the like, built once so a walk allocates no label.
+        self._labels: tuple[tuple[str, ...], ...] = tuple(
+            tuple(f"{name}[-{back}]" for back in range(max_hops + 2)) for name in self._names
+        )
         self._hops: dict[str, _Parsed] = {}
-        self._peers: dict[str, ClientIP | None] = {}  # None: the peer is trusted, walk the headers
+        # Peer text -> the final answer (untrusted or unusable peer), or the canonical text of a
+        # trusted peer, whose headers are walked.
+        self._peers: dict[object, ClientIP | str] = {}
+        self._forwarded: dict[bytes, _Elements] = {}
 
     def __repr__(self) -> str:
         nets = ", ".join(str(n) for n in self.networks)
@@ -202,101 +215,126 @@ class TrustedProxies:
             return None, False, f"is not an IP address: {_show(text)}{why}"
         return str(address), self._contains(address), None
 
+    def _forwarded_line(self, line: bytes) -> _Elements:
+        """One Forwarded line parsed into ``for=`` nodes; cached, since the regexes cost microseconds."""
+        hit = self._forwarded.get(line)
+        if hit is not None:
+            return hit
+        parsed = _forwarded_elements(line.decode("latin-1"))
+        if len(line) <= MAX_CACHED_LINE:  # a long line is parsed each time, never kept
+            cache = self._forwarded
+            if len(cache) >= self.cache_size:
+                cache.clear()
+            cache[line] = parsed
+        return parsed
+
     # -- the walk ----------------------------------------------------------------------------------
 
     def resolve(self, peer: str | None, headers: Iterable[tuple[bytes, bytes]]) -> ClientIP:
         """The client address of one request: ASGI peer host and raw ASGI headers in, never raises."""
         try:
-            if peer is None:
-                return ClientIP(None, "peer", None, ("the peer address is missing",))
             known = self._peers.get(peer)
-            if known is not None:
-                return known
-            if peer not in self._peers:
+            if known is None:
                 known = self._peer(peer)
-                if len(self._peers) >= self.cache_size:
-                    self._peers.clear()
-                self._peers[peer] = known
-                if known is not None:
-                    return known
-            return self._walk(self._parse(peer)[0], headers)
+                peers = self._peers
+                if len(peers) >= self.cache_size:
+                    peers.clear()
+                peers[peer] = known
+            if isinstance(known, str):
+                return self._walk(known, headers)
+            return known
         except Exception as exc:  # never raise out of the hot path: fail closed, say why
-            return ClientIP(None, "peer", None, (f"client address not resolved: {exc!r}",))
+            return ClientIP(None, "peer", None, (f"client address not resolved: {exc!r:.120}",))
 
-    def _peer(self, peer: object) -> ClientIP | None:
-        """The answer for an untrusted or unusable peer, or None when the peer is a trusted proxy."""
+    def _peer(self, peer: object) -> ClientIP | str:
+        """The answer for an untrusted or unusable peer, or the canonical text of a trusted one."""
+        if peer is None:
+            return ClientIP(None, "peer", None, ("the peer address is missing",))
         if not isinstance(peer, str):
             return ClientIP(None, "peer", None, (f"the peer address is not text: {peer!r:.40}",))
         ip, trusted, problem = self._parse(peer)
         if ip is None:
             return ClientIP(None, "peer", None, (f"the peer address {problem}",))
-        return None if trusted else ClientIP(ip, "peer", ip)
+        return ip if trusted else ClientIP(ip, "peer", ip)
 
-    def _walk(self, peer: str | None, headers: Iterable[tuple[bytes, bytes]]) -> ClientIP:
-        found: dict[ProxyHeader, list[bytes]] = {}
+    def _walk(self, peer: str, headers: Iterable[tuple[bytes, bytes]]) -> ClientIP:
         wanted = self._wanted
         lengths = self._wanted_lengths
+        found: dict[int, list[bytes]] | None = None
         for name, value in headers:
             if len(name) in lengths:
-                # ASGI names are lower case; lowering here keeps a non-conforming server safe.
-                header = wanted.get(name) or wanted.get(name.lower())
-                if header is not None:
-                    found.setdefault(header, []).append(value)
-        notes: list[str] = []
-        for header in self.headers:
-            lines = found.get(header)
-            if lines is None:
-                continue
-            others = [h.value for h in found if h is not header]
-            if others:
-                notes.append(
-                    f"{header.value} used, {', '.join(others)} ignored (first in trusted_headers)"
-                )
-            texts = [line.decode("latin-1") for line in lines]
-            if header is ProxyHeader.FORWARDED:
-                hops = _forwarded_hops(texts, self.max_hops + 1)
-            else:
-                hops = _xff_hops(texts, self.max_hops + 1)
-            return self._walk_hops(header.value, hops, peer, notes)
-        notes.append(
-            "the peer is a trusted proxy but sent no forwarding header; the peer was taken"
-        )
-        return ClientIP(peer, "peer", peer, tuple(notes))
+                index = wanted.get(name)
+                if index is None:
+                    # ASGI names are lower case; lowering here keeps a non-conforming server safe.
+                    index = wanted.get(name.lower())
+                    if index is None:
+                        continue
+                if found is None:
+                    found = {index: [value]}
+                else:
+                    found.setdefault(index, []).append(value)
+        if found is None:
+            return ClientIP(peer, "peer", peer, (_NO_HEADER,))
+        index = min(found)  # positions follow the configured order: the first listed wins
+        notes: tuple[str, ...] = ()
+        if len(found) > 1:
+            others = ", ".join(self._names[i] for i in sorted(found) if i != index)
+            notes = (f"{self._names[index]} used, {others} ignored (first in trusted_headers)",)
+        lines = found[index]
+        limit = self.max_hops + 1
+        if self.headers[index] is ProxyHeader.FORWARDED:
+            hops, problems = _join_lines([self._forwarded_line(line) for line in lines], limit)
+        else:
+            joined = lines[0] if len(lines) == 1 else b",".join(lines)
+            hops, problems = _xff_hops(joined.decode("latin-1"), limit), None
+        return self._walk_hops(index, hops, problems, peer, notes)
 
     def _walk_hops(
-        self, name: str, hops: list[tuple[str, str | None]], peer: str | None, notes: list[str]
+        self,
+        index: int,
+        hops: list[str],
+        problems: dict[int, str] | None,
+        peer: str,
+        notes: tuple[str, ...],
     ) -> ClientIP:
-        """Walk hops (rightmost last) from the right to the first that is not a trusted proxy."""
+        """Walk hops (leftmost first) from the right to the first that is not a trusted proxy."""
+        labels = self._labels[index]
         count = len(hops)
         for back in range(1, min(count, self.max_hops) + 1):
-            text, syntax = hops[count - back]
-            where = f"{name}[-{back}]"
-            if syntax is not None:
-                notes.append(f"{where} {syntax}: {_show(text)}; untrusted, no client IP")
-                return ClientIP(None, where, peer, tuple(notes))
-            ip, trusted, problem = self._parse(text)
+            text = hops[count - back].strip()
+            if problems is not None and count - back in problems:
+                problem = f"{problems[count - back]}: {_show(text)}"
+                return _untrusted(labels[back], peer, notes, problem)
+            ip, trusted, problem_or_none = self._parse(text)
             if ip is None:
-                notes.append(f"{where} {problem}; untrusted, no client IP")
-                return ClientIP(None, where, peer, tuple(notes))
+                return _untrusted(labels[back], peer, notes, problem_or_none or "")
             if not trusted:
-                return ClientIP(ip, where, peer, tuple(notes))
+                return ClientIP(ip, labels[back], peer, notes)
+        name = self._names[index]
         if count > self.max_hops:
-            where = f"{name}[-{self.max_hops + 1}]"
-            notes.append(f"{name} has more than {self.max_hops} hops; untrusted, no client IP")
-            return ClientIP(None, where, peer, tuple(notes))
+            note = f"{name} has more than {self.max_hops} hops; untrusted, no client IP"
+            return ClientIP(None, labels[self.max_hops + 1], peer, (*notes, note))
         # Every hop is a trusted proxy (internal traffic, or a proxy that talks to itself): the
         # leftmost hop is the closest thing to a client there is.
-        where = f"{name}[-{count}]"
-        notes.append(f"every {name} hop is a trusted proxy; the leftmost was taken")
-        return ClientIP(self._parse(hops[0][0])[0], where, peer, tuple(notes))
+        note = f"every {name} hop is a trusted proxy; the leftmost was taken"
+        leftmost = self._parse(hops[0].strip())[0]
+        return ClientIP(leftmost, labels[count], peer, (*notes, note))
 
 
-def _xff_hops(lines: list[str], limit: int) -> list[tuple[str, str | None]]:
-    """The last *limit* comma-separated hops of the joined lines, stripped, leftmost first."""
-    parts = ",".join(lines).rsplit(",", limit)
+_NO_HEADER = "the peer is a trusted proxy but sent no forwarding header; the peer was taken"
+
+
+def _untrusted(where: str, peer: str, notes: tuple[str, ...], problem: str) -> ClientIP:
+    """The walk stops at a hop that is not an address: no client IP, and why."""
+    return ClientIP(None, where, peer, (*notes, f"{where} {problem}; untrusted, no client IP"))
+
+
+def _xff_hops(text: str, limit: int) -> list[str]:
+    """The last *limit* comma-separated hops (unstripped), leftmost first."""
+    parts = text.rsplit(",", limit)
     if len(parts) > limit:
-        parts = parts[1:]  # the unsplit remainder: never reached by a walk of *limit* hops
-    return [(part.strip(), None) for part in parts]
+        del parts[0]  # the unsplit remainder: never reached by a walk of *limit* hops
+    return parts
 
 
 # RFC 7239: forwarded-element = [ pair ] *( ";" [ pair ] ); pair = token "=" value;
@@ -309,24 +347,44 @@ _PAIR = re.compile(
 _UNESCAPE = re.compile(r"\\(.)")
 
 
-def _forwarded_hops(lines: list[str], limit: int) -> list[tuple[str, str | None]]:
-    """The ``for=`` node of each element, leftmost first; (text, problem) when an element is bad."""
-    hops: list[tuple[str, str | None]] = []
-    for line in lines:
-        pos = 0
-        end = len(line)
-        while True:
-            match = _ELEMENT.match(line, pos)
-            stop = match.end() if match is not None else pos
-            if stop < end and line[stop] != ",":
-                # An unterminated quote: the rest of the line has no trustworthy boundaries.
-                hops.append((line[pos:].strip(), "is not a valid Forwarded element"))
-                break
-            hops.append(_for_node(line[pos:stop].strip()))
-            if stop >= end:
-                break
-            pos = stop + 1
-    return hops[-limit:]
+def _forwarded_elements(line: str) -> _Elements:
+    """The ``for=`` node of each element of one line, leftmost first, and the bad ones' problems."""
+    hops: list[str] = []
+    problems: dict[int, str] = {}
+    pos = 0
+    end = len(line)
+    while True:
+        match = _ELEMENT.match(line, pos)
+        stop = match.end() if match is not None else pos
+        if stop < end and line[stop] != ",":
+            # An unterminated quote: the rest of the line has no trustworthy boundaries.
+            problems[len(hops)] = "is not a valid Forwarded element"
+            hops.append(line[pos:].strip())
+            break
+        node, problem = _for_node(line[pos:stop].strip())
+        if problem is not None:
+            problems[len(hops)] = problem
+        hops.append(node)
+        if stop >= end:
+            break
+        pos = stop + 1
+    return hops, problems
+
+
+def _join_lines(lines: list[_Elements], limit: int) -> tuple[list[str], dict[int, str] | None]:
+    """Parsed lines joined in order, cut to the last *limit* hops; never mutates the cached ones."""
+    if len(lines) == 1:
+        hops, problems = lines[0]
+    else:
+        hops, problems = [], {}
+        for line_hops, line_problems in lines:
+            problems.update((len(hops) + i, p) for i, p in line_problems.items())
+            hops = hops + line_hops
+    cut = len(hops) - limit
+    if cut > 0:
+        hops = hops[cut:]
+        problems = {i - cut: p for i, p in problems.items() if i >= cut}
+    return hops, problems or None
 
 
 def _for_node(element: str) -> tuple[str, str | None]:

@@ -164,8 +164,27 @@ class CountryResolver(Protocol):
         ...
 
 
+# Every IANA special-purpose, multicast and reserved IPv4 range lies in these first octets; outside
+# them an address is global unicast, decided without scanning ipaddress's network lists (the slow
+# part of a miss). tests/test_geo.py checks this against the running Python's ipaddress tables.
+_V4_SPECIAL_FIRST_OCTETS = frozenset({0, 10, 100, 127, 169, 172, 192, 198, 203, *range(224, 256)})
+# Likewise for IPv6: global unicast is 2000::/3, whose special ranges sit in 2001::/16, 2002::/16
+# (6to4) and 3fff::/16 (documentation, RFC 9637).
+_V6_SPECIAL_IN_GLOBAL = frozenset({0x2001, 0x2002, 0x3FFF})
+
+
 def special_address(address: IPv4Address | IPv6Address) -> str | None:
     """Why an address has no country (loopback, private...), or None for a global unicast address."""
+    value = int(address)
+    if address.version == 4:
+        if value >> 24 not in _V4_SPECIAL_FIRST_OCTETS:
+            return None
+    else:
+        top = value >> 112
+        if 0x2000 <= top <= 0x3FFF and top not in _V6_SPECIAL_IN_GLOBAL:
+            return None
+    if address.is_global and not address.is_multicast:
+        return None
     if address.is_unspecified:
         return "unspecified"
     if address.is_loopback:
@@ -193,6 +212,10 @@ def _classify(ip: str) -> str | GeoResult:
     if reason is not None:
         note = f"{address} is a {reason} address; country unknown"
         return GeoResult(None, CountrySource.NONE, notes=(note,))
+    # ipaddress accepts only the canonical dotted-quad form of IPv4 (no leading zeros, no spaces),
+    # so IPv4 text that parsed as IPv4 is already canonical; IPv6 text may not be.
+    if address.version == 4 and ":" not in ip:
+        return ip
     return str(address)
 
 
@@ -302,7 +325,8 @@ class _Generation:
     country: _Opened
     anonymous: _Opened | None
     cache: dict[str, GeoResult] = field(default_factory=dict)
-    results: dict[GeoResult, GeoResult] = field(default_factory=dict)
+    # One shared answer object per distinct (country, source, flags, notes): a full cache stays small.
+    results: dict[tuple[Any, ...], GeoResult] = field(default_factory=dict)
 
 
 _ROLES = {"country": ("country", "city", "enterprise"), "anonymous_ip": ("anonymous",)}
@@ -462,18 +486,21 @@ class MaxMindCountryResolver:
         anon = gen.anonymous
         if anon is not None:
             flags = self._flags(anon, text, notes)
-        result = GeoResult(
-            country,
-            source,
-            flags,
-            kind,
-            country_db.info.build,
-            anon.info.database_type if anon is not None else None,
-            anon.info.build if anon is not None else None,
-            tuple(notes),
-        )
-        # One shared object per distinct answer keeps a full cache small.
-        return gen.results.setdefault(result, result)
+        key = (country, source, flags, tuple(notes))
+        result = gen.results.get(key)
+        if result is None:
+            result = GeoResult(
+                country,
+                source,
+                flags,
+                kind,
+                country_db.info.build,
+                anon.info.database_type if anon is not None else None,
+                anon.info.build if anon is not None else None,
+                key[3],
+            )
+            gen.results[key] = result
+        return result
 
     @staticmethod
     def _flags(anon: _Opened, text: str, notes: list[str]) -> frozenset[AnonymizerFlag]:
