@@ -210,19 +210,26 @@ def bench_client_ip() -> Table:
     return table
 
 
-def bench_geoip(db: Path, addresses: list[str]) -> Table:
-    table = Table(f"GeoIP lookup (per request), {len(addresses)} networks, GeoLite2-shaped records")
-    reference = geoip2.database.Reader(str(db))
-    raw = maxminddb.open_database(str(db))
-    sample = addresses[:5000]
+def add_miss_rows(table: Table, db: Path, sample: list[str]) -> str:
+    """Misses on *db*: geoip2's country() (the baseline), the raw reader, and ours; the baseline."""
     baseline = "baseline: geoip2 Reader.country(), miss"
-    table.add(baseline, per_item_ns(lambda: reference.country, sample))
-    table.add("raw maxminddb Reader.get(), miss", per_item_ns(lambda: raw.get, sample), baseline)
+    with geoip2.database.Reader(str(db)) as reference, maxminddb.open_database(str(db)) as raw:
+        table.add(baseline, per_item_ns(lambda: reference.country, sample))
+        table.add(
+            "raw maxminddb Reader.get(), miss", per_item_ns(lambda: raw.get, sample), baseline
+        )
 
     def fresh() -> Callable[[Any], object]:
         return MaxMindCountryResolver(db, cache_size=len(sample) + 1).lookup
 
     table.add("MaxMindCountryResolver.lookup, cache miss", per_item_ns(fresh, sample), baseline)
+    return baseline
+
+
+def bench_geoip(db: Path, addresses: list[str]) -> Table:
+    table = Table(f"GeoIP lookup (per request), {len(addresses)} networks, GeoLite2-shaped records")
+    sample = addresses[:5000]
+    baseline = add_miss_rows(table, db, sample)
     warm = MaxMindCountryResolver(db)
     for address in sample:
         warm.lookup(address)
@@ -254,8 +261,6 @@ def bench_geoip(db: Path, addresses: list[str]) -> Table:
         baseline,
     )
     warm.close()
-    reference.close()
-    raw.close()
     return table
 
 
@@ -263,19 +268,9 @@ def bench_maxmind_file() -> Table | None:
     if not MAXMIND_COUNTRY.is_file():
         return None
     table = Table("GeoIP on MaxMind's own GeoIP2-Country-Test.mmdb (per request)")
-    raw = maxminddb.open_database(str(MAXMIND_COUNTRY))
-    sample = [str(net.network_address) for net, _ in raw if net.version == 4][:200]
-    reference = geoip2.database.Reader(str(MAXMIND_COUNTRY))
-    baseline = "baseline: geoip2 Reader.country(), miss"
-    table.add(baseline, per_item_ns(lambda: reference.country, sample))
-    table.add("raw maxminddb Reader.get(), miss", per_item_ns(lambda: raw.get, sample), baseline)
-
-    def fresh() -> Callable[[Any], object]:
-        return MaxMindCountryResolver(MAXMIND_COUNTRY, cache_size=len(sample) + 1).lookup
-
-    table.add("MaxMindCountryResolver.lookup, cache miss", per_item_ns(fresh, sample), baseline)
-    reference.close()
-    raw.close()
+    with maxminddb.open_database(str(MAXMIND_COUNTRY)) as raw:
+        sample = [str(net.network_address) for net, _ in raw if net.version == 4][:200]
+    add_miss_rows(table, MAXMIND_COUNTRY, sample)
     return table
 
 

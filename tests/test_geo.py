@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from importlib.metadata import version
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
+from typing import Any
 
 import geoip2.database
 import iptocc
@@ -364,6 +365,16 @@ def test_anonymous_database_reload_invalidates_cache(
     assert resolver.lookup("81.2.69.200").anonymizer == {AnonymizerFlag.TOR}
 
 
+def assert_picks_up(
+    resolver: MaxMindCountryResolver, country_db: Path, clock: Clock, code: str
+) -> None:
+    """A good file written over the database is reloaded at the next due check."""
+    write_country_db(country_db, {"81.2.69.0/24": code})
+    clock.now += 1
+    assert resolver.refresh_if_changed()[0].outcome is ReloadOutcome.RELOADED
+    assert resolver.lookup("81.2.69.1").country == code
+
+
 def test_corrupt_replacement_is_refused_and_logged_once(
     resolver: MaxMindCountryResolver,
     country_db: Path,
@@ -388,11 +399,7 @@ def test_corrupt_replacement_is_refused_and_logged_once(
     clock.now += 1
     assert resolver.refresh_if_changed()[0].outcome is ReloadOutcome.REFUSED
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1  # not re-logged
-    # A good file afterwards is taken.
-    write_country_db(country_db, {"81.2.69.0/24": "JP"})
-    clock.now += 1
-    assert resolver.refresh_if_changed()[0].outcome is ReloadOutcome.RELOADED
-    assert resolver.lookup("81.2.69.1").country == "JP"
+    assert_picks_up(resolver, country_db, clock, "JP")  # a good file afterwards is taken
 
 
 def test_wrong_type_replacement_is_refused(
@@ -424,10 +431,7 @@ def test_deleted_file_keeps_the_loaded_database(
     clock.now += 1
     assert resolver.reload()[0].outcome is ReloadOutcome.MISSING
     assert len(caplog.records) == 1
-    write_country_db(country_db, {"81.2.69.0/24": "SE"})
-    clock.now += 1
-    assert resolver.refresh_if_changed()[0].outcome is ReloadOutcome.RELOADED
-    assert resolver.lookup("81.2.69.1").country == "SE"
+    assert_picks_up(resolver, country_db, clock, "SE")
 
 
 def test_lookups_during_reloads_from_threads(
@@ -476,6 +480,10 @@ def test_closed_resolver_answers_unknown(country_db: Path) -> None:
     result = geo.lookup("81.2.69.1")
     assert result.country is None
     assert "lookup failed" in result.notes[0]
+    assert geo.reload() == ()  # a closed resolver stays closed
+    unhashable: Any = ["81.2.69.1"]
+    assert "lookup failed" in geo.lookup(unhashable).notes[0]
+    assert "lookup failed" in IptoccCountryResolver().lookup(unhashable).notes[0]
 
 
 def test_watch_picks_up_a_new_file(country_db: Path) -> None:
@@ -504,8 +512,9 @@ def test_watch_picks_up_a_new_file(country_db: Path) -> None:
 
 
 def test_watch_with_no_interval_returns() -> None:
-    """An interval of 0 disables watching."""
-    asyncio.run(watch(IptoccCountryResolver(), 0))
+    """An interval of 0 disables watching, and embedded data has nothing to watch."""
+    asyncio.run(asyncio.wait_for(watch(IptoccCountryResolver(), 0), timeout=5))
+    asyncio.run(asyncio.wait_for(watch(IptoccCountryResolver(), 1.0), timeout=5))
 
 
 # --- MaxMind's own test databases ------------------------------------------------------------------

@@ -265,7 +265,9 @@ class TrustedProxies:
             if len(name) in lengths:
                 index = wanted.get(name)
                 if index is None:
-                    # ASGI names are lower case; lowering here keeps a non-conforming server safe.
+                    # ASGI names are lower case; lowering keeps a non-conforming server safe.
+                    if name.islower():
+                        continue
                     index = wanted.get(name.lower())
                     if index is None:
                         continue

@@ -250,10 +250,10 @@ class IptoccCountryResolver:
     def lookup(self, ip: str) -> GeoResult:
         """Resolve one address; never raises."""
         cache = self._cache
-        hit = cache.get(ip)
-        if hit is not None:
-            return hit
         try:
+            hit = cache.get(ip)
+            if hit is not None:
+                return hit
             text = _classify(ip)
             result = text if isinstance(text, GeoResult) else self._find(text)
         except Exception as exc:  # never raise per request; fail closed
@@ -411,6 +411,7 @@ class MaxMindCountryResolver:
         self._retired: list[tuple[float, maxminddb.Reader]] = []
         self._refused: dict[str, tuple[_Signature, str]] = {}
         self._missing: set[str] = set()
+        self._closed = False
         country = self._open_at_start(self.country_path, "country")
         anonymous = None
         if self.anonymous_ip_path is not None:
@@ -445,10 +446,10 @@ class MaxMindCountryResolver:
     def lookup(self, ip: str) -> GeoResult:
         """Resolve one address; never raises."""
         gen = self._gen  # read once: the whole lookup uses one generation
-        hit = gen.cache.get(ip)
-        if hit is not None:
-            return hit
         try:
+            hit = gen.cache.get(ip)
+            if hit is not None:
+                return hit
             text = _classify(ip)
             result = text if isinstance(text, GeoResult) else self._find(gen, text)
         except Exception as exc:  # never raise per request; fail closed, not cached
@@ -527,6 +528,8 @@ class MaxMindCountryResolver:
 
     def _refresh(self, *, force: bool) -> tuple[ReloadResult, ...]:
         with self._lock:
+            if self._closed:  # a closed resolver stays closed
+                return ()
             now = self._clock()
             self._next_check = now + self.reload_check_interval
             self._close_retired(now)
@@ -596,6 +599,7 @@ class MaxMindCountryResolver:
     def close(self) -> None:
         """Close every reader, current and retired; lookups afterwards answer unknown."""
         with self._lock:
+            self._closed = True
             for _at, reader in self._retired:
                 reader.close()
             self._retired = []
@@ -615,8 +619,8 @@ async def watch(resolver: CountryResolver, interval: float) -> None:
 
     The stat, open and validation run in a worker thread, so the event loop never blocks on them.
     """
-    if interval <= 0:
-        return
+    if interval <= 0 or isinstance(resolver, IptoccCountryResolver):
+        return  # nothing to watch: embedded data changes only with the installed package
     while True:
         await asyncio.sleep(interval)
         try:
