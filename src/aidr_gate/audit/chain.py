@@ -1,0 +1,280 @@
+"""The hash chain: every record carries its sequence number, the previous record's hash and its own.
+
+A record line is the renderer's JSON object with one member appended at the end::
+
+    {...record...,"chain":{"seq":41,"prev":"<64 hex>","hash":"<64 hex>"}}\\n
+
+``hash`` is SHA-256 of the line's exact bytes up to (not including) ``,"hash":``, which include
+``seq`` and ``prev``. A verifier therefore never re-serialises anything: it cuts the fixed-length
+suffix off the line and hashes the bytes as they sit on disk. The first record of a chain has
+``prev`` = 64 zeros. Optional checkpoint records carry an Ed25519 signature over the sequence number
+and hash of the record before them, so a holder of the public key can prove who wrote the chain.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+GENESIS = "0" * 64
+_HASH_AT = b',"hash":"'
+# ,"hash":"<64 hex>"}}\n
+SUFFIX_LEN = len(_HASH_AT) + 64 + 4
+_CHAIN_AT = b'"chain":{"seq":'
+CHECKPOINT_ACTION = "audit-checkpoint"
+SIGNATURE_CONTEXT = b"aidr-gate-audit-checkpoint-v1"
+TAIL_READ = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """The chain position of one parsed line."""
+
+    seq: int
+    prev: str
+    hash: str
+    valid: bool  # the stored hash equals the hash of the line's bytes
+
+
+def parse_link(line: bytes, *, check: bool = True) -> Link | None:
+    """The chain member of a line (with or without its newline); ``None`` if the line has none.
+
+    Reads only the end of the line: the JSON body is not parsed. With ``check=False`` the hash is
+    not recomputed (``valid`` is then True): for reading sequence numbers only.
+    """
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    if len(line) < SUFFIX_LEN or not line.endswith(b'"}}'):
+        return None
+    cut = len(line) - SUFFIX_LEN + 1
+    if line[cut : cut + len(_HASH_AT)] != _HASH_AT:
+        return None
+    stored = line[cut + len(_HASH_AT) : cut + len(_HASH_AT) + 64]
+    head = line[:cut]
+    at = head.rfind(_CHAIN_AT)
+    if at < 0:
+        return None
+    rest = head[at + len(_CHAIN_AT) :]
+    comma = rest.find(b',"prev":"')
+    if comma <= 0 or not rest.endswith(b'"') or len(rest) != comma + len(b',"prev":"') + 65:
+        return None
+    try:
+        seq = int(rest[:comma])
+        prev = rest[comma + 9 : comma + 9 + 64].decode("ascii")
+        stored_hex = stored.decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    valid = not check or hashlib.sha256(head).hexdigest() == stored_hex
+    return Link(seq, prev, stored_hex, valid)
+
+
+class Chain:
+    """Links record bodies into the chain. Not thread-safe: one writer owns it."""
+
+    def __init__(self, next_seq: int = 0, prev: str = GENESIS) -> None:
+        self.next_seq = next_seq
+        self.prev = prev
+        self._prev_bytes = prev.encode("ascii")
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the last record linked (``-1`` before the first)."""
+        return self.next_seq - 1
+
+    def link(self, body: bytes) -> bytes:
+        """The full line for one JSON object *body*: chain member appended, newline included."""
+        if body.endswith(b"}") and len(body) > 2:
+            head = b'%b,"chain":{"seq":%d,"prev":"%b"' % (body[:-1], self.next_seq, self._prev_bytes)
+        else:  # an empty object (never rendered, but the format must not break on it)
+            head = b'{"chain":{"seq":%d,"prev":"%b"' % (self.next_seq, self._prev_bytes)
+        digest = hashlib.sha256(head).hexdigest().encode("ascii")
+        self._prev_bytes = digest
+        self.next_seq += 1
+        return b'%b,"hash":"%b"}}\n' % (head, digest)
+
+    def sync(self) -> None:
+        """Refresh :attr:`prev` as text (it is kept as bytes while linking)."""
+        self.prev = self._prev_bytes.decode("ascii")
+
+    def position(self) -> tuple[int, str]:
+        """The last sequence number and hash linked."""
+        return self.next_seq - 1, self._prev_bytes.decode("ascii")
+
+
+# -- reading files ---------------------------------------------------------------------------------
+
+
+def open_bytes(path: Path) -> bytes:
+    """The whole content of an audit file, gunzipped when it is gzip-compressed."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if data[:2] == b"\x1f\x8b":
+        return gzip.decompress(data)
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """Where a file's chain ends: the last complete record, and any torn bytes after it."""
+
+    seq: int
+    hash: str
+    torn: int  # bytes after the last complete record (0 when the file ends cleanly)
+    valid: bool  # the last record's stored hash matches its bytes
+
+
+def read_tail(path: Path) -> Tail | None:
+    """The last record of a file; ``None`` when the file holds no complete record.
+
+    Plain files are read from the end (a bounded window); compressed ones whole.
+    """
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(2)
+            if magic == b"\x1f\x8b":
+                handle.seek(0)
+                data = gzip.decompress(handle.read())
+            else:
+                size = handle.seek(0, os.SEEK_END)
+                start = max(0, size - TAIL_READ)
+                handle.seek(start)
+                data = handle.read()
+                if start > 0:  # the window began mid-line: drop that partial line
+                    data = data[data.find(b"\n") + 1 :]
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return None
+    torn = 0
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        torn = len(data) - cut
+        data = data[:cut]
+    lines = data.split(b"\n")
+    lines.pop()  # the empty string after the final newline
+    for raw in reversed(lines):
+        link = parse_link(raw)
+        if link is None:
+            torn += len(raw) + 1  # a damaged line at the end counts as torn
+            continue
+        return Tail(link.seq, link.hash, torn, link.valid)
+    return None
+
+
+# -- signing ---------------------------------------------------------------------------------------
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    """A short stable id of a public key: the first 16 hex of SHA-256 of its raw bytes."""
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def signed_message(seq: int, digest: str) -> bytes:
+    """The bytes a checkpoint signs: a context string, the sequence number and the hash."""
+    return b"%b\n%d\n%b" % (SIGNATURE_CONTEXT, seq, digest.encode("ascii"))
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """An Ed25519 private key from a PEM (PKCS#8) file; raises ``ValueError`` for anything else."""
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError("not an Ed25519 private key")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """An Ed25519 public key from a PEM file (a private key file gives its public half)."""
+    data = path.read_bytes()
+    if b"PRIVATE KEY" in data:
+        private = serialization.load_pem_private_key(data, password=None)
+        if not isinstance(private, Ed25519PrivateKey):
+            raise ValueError("not an Ed25519 key")
+        return private.public_key()
+    key = serialization.load_pem_public_key(data)
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("not an Ed25519 public key")
+    return key
+
+
+class Signer:
+    """Emits a signed checkpoint every *every_records* records or *every_seconds* seconds."""
+
+    def __init__(
+        self,
+        key: Ed25519PrivateKey,
+        *,
+        every_records: int = 1000,
+        every_seconds: float = 60.0,
+        clock: Any = time.time,
+    ) -> None:
+        self._key = key
+        self.key_id = key_id(key.public_key())
+        self.every_records = every_records
+        self.every_seconds = every_seconds
+        self._clock = clock
+        self._since = 0
+        self._last = clock()
+
+    def note(self, count: int) -> None:
+        """Count records linked since the last checkpoint."""
+        self._since += count
+
+    @property
+    def pending(self) -> bool:
+        """True when records were linked since the last checkpoint."""
+        return self._since > 0
+
+    def due(self) -> bool:
+        """True when a checkpoint should be written now."""
+        if self._since == 0:
+            return False
+        return self._since >= self.every_records or self._clock() - self._last >= self.every_seconds
+
+    def checkpoint(self, seq: int, digest: str, records: int | None = None) -> bytes:
+        """The JSON body of a checkpoint over the record (*seq*, *digest*)."""
+        now = self._clock()
+        signature = self._key.sign(signed_message(seq, digest))
+        body = orjson.dumps(
+            {
+                "@timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+                + f".{int((now % 1) * 1000):03d}Z",
+                "event": {
+                    "kind": "state",
+                    "action": CHECKPOINT_ACTION,
+                    "dataset": "aidr_gate.audit",
+                    "provider": "aidr-gate",
+                },
+                "checkpoint": {
+                    "alg": "Ed25519",
+                    "key_id": self.key_id,
+                    "seq": seq,
+                    "hash": digest,
+                    "records": self._since if records is None else records,
+                    "pid": os.getpid(),
+                    "signature": base64.b64encode(signature).decode("ascii"),
+                },
+            }
+        )
+        self._since = 0
+        self._last = now
+        return body
+
+
+def check_signature(public: Ed25519PublicKey, checkpoint: dict[str, Any]) -> bool:
+    """True when a checkpoint's signature verifies under *public*."""
+    try:
+        signature = base64.b64decode(checkpoint["signature"], validate=True)
+        public.verify(signature, signed_message(int(checkpoint["seq"]), str(checkpoint["hash"])))
+    except (InvalidSignature, KeyError, ValueError, TypeError):
+        return False
+    return True

@@ -1,0 +1,559 @@
+"""The audit trail: a bounded queue, one writer that renders and chains, the journal, the outboxes.
+
+``submit()`` only appends to a queue and returns a future; it never waits for a sink. One writer
+task renders each event, links it into the hash chain and hands the batch to a single I/O thread,
+which appends it to the journal (the rotating file sink) and fsyncs it per policy; every delivery
+sink's outbox gets the same linked lines. The future resolves ``True`` once the record is stored
+as the journal's fsync policy promises (``always``: on disk), ``False`` if it could be stored
+nowhere (counted as lost and logged). With the ``deny`` failure policy, :attr:`AuditTrail.accepting`
+turns False while records cannot be stored or the queue is full, and the middleware refuses new
+requests with 503 (``AuditUnavailable``): no audit, no access.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from aidr_gate.audit.chain import GENESIS, Chain, Signer, load_private_key, open_bytes, parse_link
+from aidr_gate.audit.config import (
+    AuditConfig,
+    FailurePolicy,
+    FileSinkConfig,
+    FsyncPolicy,
+    HttpSinkConfig,
+    RecordFormat,
+    StdoutSinkConfig,
+    SyslogSinkConfig,
+)
+from aidr_gate.audit.delivery import Outbox, SinkStats
+from aidr_gate.audit.ocsf import OcsfRenderer
+from aidr_gate.audit.record import AuditEvent, EcsRenderer, Redactor, Renderer, fallback_record
+from aidr_gate.audit.sinks import DeliverySink
+from aidr_gate.audit.sinks.file import FileJournal, rotated_files
+from aidr_gate.audit.spool import Spool
+from aidr_gate.errors import ConfigError, Problem
+
+logger = logging.getLogger("aidr_gate.audit")
+
+_MAX_JOBS = 4  # I/O jobs in flight: bounds memory, lets rendering overlap writing
+
+
+@dataclass(frozen=True, slots=True)
+class TrailStats:
+    """Counters of the whole trail."""
+
+    submitted: int
+    written: int  # records stored in the journal (or handed to the sinks when there is none)
+    pending: int  # submitted, not yet written
+    spooled: int  # records the journal had to spool
+    lost: int  # records stored nowhere
+    last_seq: int
+    accepting: bool
+    sinks: tuple[SinkStats, ...]
+
+
+def build_sink(config: StdoutSinkConfig | SyslogSinkConfig | HttpSinkConfig) -> DeliverySink:
+    """The delivery sink for a sink configuration."""
+    if isinstance(config, StdoutSinkConfig):
+        from aidr_gate.audit.sinks.stdout import StdoutSink
+
+        return StdoutSink(config)
+    if isinstance(config, SyslogSinkConfig):
+        from aidr_gate.audit.sinks.syslog import SyslogSink
+
+        return SyslogSink(config)
+    from aidr_gate.audit.sinks.http import HttpSink
+
+    return HttpSink(config)
+
+
+class AuditTrail:
+    """Records every decision, chained, durable, delivered; see the module docstring."""
+
+    def __init__(
+        self,
+        config: AuditConfig,
+        *,
+        renderer: Renderer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.redactor = Redactor(config.headers)
+        if renderer is None:
+            renderer = (
+                OcsfRenderer(self.redactor)
+                if config.format is RecordFormat.OCSF
+                else EcsRenderer(self.redactor)
+            )
+        self.renderer = renderer
+        self._clock = clock
+        self._queue: deque[tuple[AuditEvent, asyncio.Future[bool]]] = deque()
+        self._wake = asyncio.Event()
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="aidr-audit-io")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self._started = False
+        self._closing = False
+        self._closed = False
+        journal_config = config.journal
+        self.journal = FileJournal(journal_config, clock=clock) if journal_config else None
+        self._journal_spool = (
+            Spool(config.spool_directory / journal_config.name, journal_config.spool_max_bytes) if journal_config else None
+        )
+        self._journal_failed = False
+        self._storable = True
+        self._fsync_always = (
+            journal_config is not None and journal_config.fsync is FsyncPolicy.ALWAYS
+        )
+        self.outboxes: list[Outbox] = []
+        for sink_config in config.sinks:
+            if isinstance(sink_config, FileSinkConfig):
+                continue
+            spool = Spool(
+                config.spool_directory / sink_config.name, sink_config.delivery.spool_max_bytes
+            )
+            self.outboxes.append(
+                Outbox(build_sink(sink_config), sink_config.delivery, spool, self._io)
+            )
+        self.signer: Signer | None = None
+        if config.signing is not None:
+            try:
+                key = load_private_key(config.signing.key_file)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    Problem(str(config.signing.key_file), "audit.signing.key_file", str(exc))
+                ) from None
+            self.signer = Signer(
+                key,
+                every_records=config.signing.every_records,
+                every_seconds=config.signing.every_seconds,
+                clock=clock,
+            )
+        self.chain = Chain()
+        self.submitted = 0
+        self.written = 0
+        self.spooled = 0
+        self.lost = 0
+        self._jobs = 0
+        self._inflight_records = 0
+        self._last_loss_log = 0.0
+        self.recovered_torn = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover the chain's tail, drain leftover spools into place, start the workers."""
+        if self._started:
+            return
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        seq, digest = await loop.run_in_executor(self._io, self._recover)
+        self.chain = Chain(seq + 1, digest)
+        logger.info(
+            "audit trail: chain continues at seq %d (%s sinks)",
+            seq + 1,
+            1 + len(self.outboxes) if self.journal else len(self.outboxes),
+        )
+        for outbox in self.outboxes:
+            await outbox.start(seq)
+            if self.journal is not None:
+                await loop.run_in_executor(self._io, self._backfill, outbox, seq)
+        self._writer = asyncio.create_task(self._write_loop(), name="aidr-audit-writer")
+        self._timer = asyncio.create_task(self._tick(), name="aidr-audit-timer")
+        self._started = True
+
+    def _recover(self) -> tuple[int, str]:
+        """On the I/O thread: the last (seq, hash) of the chain, from the journal or the state file."""
+        self.config.directory.mkdir(parents=True, exist_ok=True)
+        if self.journal is None:
+            return _read_state(self.config.directory / "chain.tail")
+        recovery = self.journal.recover()
+        self.recovered_torn = recovery.torn
+        spool = self._journal_spool
+        if spool is not None:
+            spool.open()
+            if not spool.empty:  # records the journal could not take before: put them in place
+                self._drain_journal_spool()
+        tail = recovery.tail
+        if spool is not None and not spool.empty:
+            raise OSError(f"audit journal {self.journal.path} cannot take its spooled records")
+        if self.journal.written:  # the spool was drained into it: the tail moved
+            from aidr_gate.audit.chain import read_tail
+
+            tail = read_tail(self.journal.path) or tail
+        if tail is None:
+            return -1, GENESIS
+        return tail.seq, tail.hash
+
+    def _drain_journal_spool(self) -> None:
+        spool = self._journal_spool
+        journal = self.journal
+        if spool is None or journal is None:
+            return
+        while True:
+            lines, used = spool.read(4096)
+            if not lines:
+                return
+            link = parse_link(lines[0], check=False)
+            journal.write(lines, link.seq if link else 0)
+            spool.consume(used)
+
+    def _backfill(self, outbox: Outbox, tail_seq: int) -> None:
+        """On the I/O thread: records a sink never received (lost from memory in a crash)."""
+        journal = self.journal
+        if journal is None:
+            return
+        start = outbox.cursor + 1
+        spool_first = outbox.spool.first_seq()
+        end = spool_first if spool_first is not None else tail_seq + 1
+        if start >= end:
+            return
+        wanted: list[bytes] = []
+        files = [*rotated_files(journal.path), journal.path]
+        for path in files:
+            try:
+                data = open_bytes(path)
+            except OSError:
+                continue
+            for line in data.splitlines(keepends=True):
+                link = parse_link(line, check=False)
+                if link is not None and start <= link.seq < end and line.endswith(b"\n"):
+                    wanted.append(line)
+        if wanted:
+            outbox.spool.prepend(wanted, parse_link(wanted[0], check=False).seq)  # type: ignore[union-attr]
+            outbox.spool_pending += len(wanted)
+            outbox._spooling = True  # noqa: SLF001 - the outbox reads its spool first
+            logger.warning(
+                "audit sink %s: %d records it never received are re-sent from the journal",
+                outbox.sink.name,
+                len(wanted),
+            )
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Write what is queued, deliver what can be delivered, all within *timeout* seconds."""
+        if self._closed:
+            return
+        self._closing = True
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.config.shutdown_timeout if timeout is None else timeout)
+        self._wake.set()
+        if self._writer is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._writer), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                self._writer.cancel()
+                try:
+                    await self._writer
+                except asyncio.CancelledError:
+                    pass
+        if self._queue:
+            self._lose(len(self._queue), "the shutdown timeout passed before they were written")
+            for _, future in self._queue:
+                if not future.done():
+                    future.set_result(False)
+            self._queue.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+        await asyncio.gather(*(o.close(deadline) for o in self.outboxes))
+        if self.journal is not None:
+            journal = self.journal
+            await loop.run_in_executor(self._io, partial(journal.close, max(0.1, deadline - loop.time())))
+        self._io.shutdown(wait=True)
+        logger.info(
+            "audit trail closed: %d written, %d lost, last seq %d",
+            self.written,
+            self.lost,
+            self.chain.last_seq,
+        )
+
+    # -- the request path ------------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        """False when new requests must be refused (``deny`` policy and records cannot be stored)."""
+        if self.config.on_failure is FailurePolicy.ALLOW:
+            return True
+        if self._closing or not self._storable:
+            return False
+        if len(self._queue) >= self.config.queue_size:
+            return False
+        return all(o.storable for o in self.outboxes)
+
+    @property
+    def durable_on_await(self) -> bool:
+        """True when awaiting :meth:`submit`'s future means the record is on disk (fsync always)."""
+        return self._fsync_always
+
+    def submit(self, event: AuditEvent) -> asyncio.Future[bool]:
+        """Queue one event; never blocks. The future resolves when the record is stored."""
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self.submitted += 1
+        if self._closing:
+            self._lose(1, "submitted after close")
+            future.set_result(False)
+            return future
+        limit = self.config.queue_size
+        if self.config.on_failure is FailurePolicy.DENY:
+            limit *= 2  # requests admitted before accepting turned False still get their record
+        if len(self._queue) >= limit:
+            self._lose(1, "the audit queue is full")
+            future.set_result(False)
+            return future
+        self._queue.append((event, future))
+        self._wake.set()
+        return future
+
+    async def drain(self, *, sinks: bool = False) -> None:
+        """Wait until everything submitted is written (and, with *sinks*, delivered everywhere)."""
+        while self._queue or self._jobs or (sinks and not all(o.idle for o in self.outboxes)):
+            await asyncio.sleep(0.005)
+
+    def _lose(self, count: int, why: str) -> None:
+        self.lost += count
+        now = time.monotonic()
+        if now - self._last_loss_log >= 1.0:
+            self._last_loss_log = now
+            logger.error("audit: %d records LOST (%s); %d lost in total", count, why, self.lost)
+
+    # -- the writer ------------------------------------------------------------------------------
+
+    def _render(self, event: AuditEvent) -> bytes:
+        try:
+            return self.renderer.render(event)
+        except Exception as exc:  # a renderer bug must not lose the record
+            logger.exception("audit: rendering failed; writing a minimal record")
+            return fallback_record(event, exc)
+
+    async def _write_loop(self) -> None:
+        """Render on the event loop; link and store on the I/O thread (hashing releases the GIL)."""
+        loop = asyncio.get_running_loop()
+        jobs: deque[asyncio.Future[Any]] = deque()
+        batch_size = self.config.batch_size
+        queue = self._queue
+        render = self._render
+        while True:
+            if not queue:
+                if jobs:
+                    await jobs.popleft()
+                    continue
+                if self._closing:
+                    if self.signer is not None and self.signer.pending:
+                        self._dispatch(loop, jobs, [], [], final=True)
+                        continue
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            count = min(batch_size, len(queue))
+            futures: list[asyncio.Future[bool]] = []
+            bodies: list[bytes] = []
+            for _ in range(count):
+                event, future = queue.popleft()
+                futures.append(future)
+                bodies.append(render(event))
+            self._dispatch(loop, jobs, futures, bodies)
+            if len(jobs) >= _MAX_JOBS:
+                await jobs.popleft()
+            elif count == batch_size:
+                await asyncio.sleep(0)  # let requests run between large batches
+
+    def _dispatch(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        jobs: deque[asyncio.Future[Any]],
+        futures: list[asyncio.Future[bool]],
+        bodies: list[bytes],
+        *,
+        final: bool = False,
+    ) -> None:
+        job = loop.run_in_executor(self._io, self._store, bodies, final)
+        self._jobs += 1
+        self._inflight_records += len(bodies)
+        job.add_done_callback(partial(self._stored, futures, len(bodies)))
+        jobs.append(job)
+
+    def _link(self, bodies: list[bytes], final: bool) -> list[bytes]:
+        """On the I/O thread: chain the bodies, adding a signed checkpoint when one is due."""
+        link = self.chain.link
+        lines = [link(body) for body in bodies]
+        signer = self.signer
+        if signer is not None:
+            signer.note(len(bodies))
+            if signer.due() or (final and signer.pending):
+                seq, digest = self.chain.position()
+                lines.append(link(signer.checkpoint(seq, digest)))
+        return lines
+
+    def _store(self, bodies: list[bytes], final: bool) -> tuple[bool, list[bytes], int]:
+        """On the I/O thread: link, then write to the journal (or its spool)."""
+        lines = self._link(bodies, final)
+        first = self.chain.next_seq - len(lines)
+        stored = True
+        journal = self.journal
+        if journal is not None:
+            try:
+                if self._journal_failed:
+                    self._drain_journal_spool()
+                    self._journal_failed = False
+                    logger.warning("audit journal %s is writable again", journal.path)
+                if lines:
+                    journal.write(lines, first)
+            except OSError as exc:
+                if not self._journal_failed:
+                    logger.error("audit journal %s failed (%s); spooling", journal.path, exc)
+                self._journal_failed = True
+                stored = self._spool_journal(lines, first)
+        elif lines:
+            try:
+                _write_state(self.config.directory / "chain.tail", self.chain.position())
+            except OSError as exc:
+                logger.error("audit: cannot save the chain position: %s", exc)
+        self._storable = stored
+        return stored, lines, first
+
+    def _spool_journal(self, lines: list[bytes], first: int) -> bool:
+        spool = self._journal_spool
+        if spool is None:
+            return False
+        try:
+            spool.append(lines, first)
+            if self._fsync_always:
+                spool.sync()
+        except OSError as exc:
+            logger.error("audit journal spool %s failed too: %s", spool.directory, exc)
+            return False
+        self.spooled += len(lines)
+        return True
+
+    def _stored(
+        self,
+        futures: list[asyncio.Future[bool]],
+        count: int,
+        job: asyncio.Future[tuple[bool, list[bytes], int]],
+    ) -> None:
+        """Back on the event loop: resolve the futures, hand the lines to the outboxes."""
+        self._jobs -= 1
+        self._inflight_records -= count
+        try:
+            stored, lines, first = job.result()
+        except Exception:  # a bug on the I/O thread: count the loss, never hide it
+            logger.exception("audit: storing a batch failed")
+            stored, lines, first = False, [], 0
+        if stored:
+            self.written += count
+        else:
+            self._lose(count, "the journal and its spool could not be written")
+        for future in futures:
+            if not future.done():
+                future.set_result(stored)
+        if not lines:
+            return
+        for outbox in self.outboxes:
+            outbox.offer(lines, first)
+        spills = [(o, s) for o in self.outboxes if (s := o.take_spill()) is not None]
+        if spills:
+            loop = asyncio.get_running_loop()
+            spill_job = loop.run_in_executor(
+                self._io, lambda: [outbox.spill(*spill) for outbox, spill in spills]
+            )
+            spill_job.add_done_callback(partial(self._spilled, spills))
+
+    @staticmethod
+    def _spilled(
+        spills: list[tuple[Outbox, tuple[list[bytes], int]]],
+        job: asyncio.Future[list[OSError | None]],
+    ) -> None:
+        try:
+            errors = job.result()
+        except Exception as exc:  # pragma: no cover - spill() catches OSError itself
+            errors = [OSError(str(exc)) for _ in spills]
+        for (outbox, (lines, _)), error in zip(spills, errors, strict=True):
+            outbox.spilled(lines, error)
+
+    async def _tick(self) -> None:
+        """Interval fsync, and time-based checkpoints while the trail is idle."""
+        loop = asyncio.get_running_loop()
+        journal = self.journal
+        interval = 1.0
+        if journal is not None and journal.config.fsync is FsyncPolicy.INTERVAL:
+            interval = min(interval, journal.config.fsync_interval)
+        while True:
+            await asyncio.sleep(interval)
+            if journal is not None and not self._journal_failed:
+                try:
+                    await loop.run_in_executor(self._io, journal.sync_due)
+                except OSError as exc:
+                    logger.error("audit journal sync failed: %s", exc)
+            signer = self.signer
+            if signer is not None and signer.due() and not self._queue and not self._closing:
+                self._dispatch(loop, deque(), [], [])
+
+    # -- counters --------------------------------------------------------------------------------
+
+    def stats(self) -> TrailStats:
+        """A snapshot of every counter."""
+        sinks: list[SinkStats] = []
+        pending = len(self._queue) + self._inflight_records
+        if self.journal is not None:
+            sinks.append(
+                SinkStats(
+                    name=self.journal.name,
+                    kind="file",
+                    state="spooling" if self._journal_failed else "up",
+                    delivered=self.written,
+                    pending=pending,
+                    spooled=self.spooled,
+                    spool_bytes=max(0, self._journal_spool.bytes) if self._journal_spool else 0,
+                    lost=self.lost,
+                    rejected=0,
+                    failures=0,
+                )
+            )
+        sinks.extend(o.stats() for o in self.outboxes)
+        return TrailStats(
+            submitted=self.submitted,
+            written=self.written,
+            pending=pending,
+            spooled=self.spooled,
+            lost=self.lost,
+            last_seq=self.chain.last_seq,
+            accepting=self.accepting,
+            sinks=tuple(sinks),
+        )
+
+
+def _read_state(path: Path) -> tuple[int, str]:
+    try:
+        seq_text, digest = path.read_text().split()
+        if len(digest) == 64:
+            return int(seq_text), digest
+    except (OSError, ValueError):
+        pass
+    return -1, GENESIS
+
+
+def _write_state(path: Path, position: tuple[int, str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{position[0]} {position[1]}\n")
+    os.replace(tmp, path)
+
+
+def lines_of(paths: Sequence[Path]) -> list[bytes]:
+    """Every line of the given audit files, in the order given (tests and tools)."""
+    out: list[bytes] = []
+    for path in paths:
+        out.extend(open_bytes(path).splitlines(keepends=True))
+    return out

@@ -1,0 +1,363 @@
+"""Checks audit files: the hash chain, the sequence, and (with public keys) the signed checkpoints.
+
+Files may be given in any order, rotated and gzip-compressed ones included; they are ordered by the
+first sequence number they hold. Each line's hash is recomputed over its exact bytes (nothing is
+re-serialised). The first problem named is the first place the chain breaks: a record that was
+changed, removed, reordered or inserted, with its file and line. A torn final line (a crash
+mid-write) is reported as a warning: the chain continues past it in the next file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from aidr_gate.audit.chain import (
+    CHECKPOINT_ACTION,
+    GENESIS,
+    Link,
+    check_signature,
+    key_id,
+    open_bytes,
+    parse_link,
+)
+
+MAX_ERRORS = 20
+_CHECKPOINT_MARK = b'"action":"' + CHECKPOINT_ACTION.encode() + b'"'
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem (or warning) found, and where."""
+
+    kind: str  # changed, removed, reordered, inserted, torn, unreadable, signature, unsigned, start
+    file: str
+    line: int
+    seq: int | None
+    message: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.kind}: {self.message}"
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "kind": self.kind,
+            "file": self.file,
+            "line": self.line,
+            "seq": self.seq,
+            "message": self.message,
+            "severity": self.severity,
+        }
+
+
+@dataclass(slots=True)
+class VerifyResult:
+    """What verification found."""
+
+    files: int = 0
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    last_hash: str | None = None
+    checkpoints: int = 0
+    signed_upto: int | None = None
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Finding]:
+        """The findings that break the chain."""
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        """The findings that do not break it (a torn final line, an unsigned tail)."""
+        return [f for f in self.findings if f.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        """True when the chain is intact."""
+        return not self.errors
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "ok": self.ok,
+            "files": self.files,
+            "records": self.records,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "last_hash": self.last_hash,
+            "checkpoints": self.checkpoints,
+            "signed_upto": self.signed_upto,
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+@dataclass(slots=True)
+class _Line:
+    file: str
+    number: int
+    raw: bytes
+    link: Link | None
+    last: bool  # the final line of its file
+    terminated: bool  # ends with a newline
+
+
+def _read(path: Path, result: VerifyResult) -> list[_Line]:
+    name = str(path)
+    try:
+        data = open_bytes(path)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        result.findings.append(
+            Finding("unreadable", name, 0, None, f"cannot read the file: {exc}")
+        )
+        return []
+    raw_lines = data.splitlines(keepends=True)
+    out = []
+    for index, raw in enumerate(raw_lines):
+        out.append(
+            _Line(
+                name,
+                index + 1,
+                raw,
+                parse_link(raw) if raw.endswith(b"\n") else None,
+                index == len(raw_lines) - 1,
+                raw.endswith(b"\n"),
+            )
+        )
+    return out
+
+
+def verify_files(
+    paths: Sequence[Path], public_keys: Iterable[Ed25519PublicKey] = ()
+) -> VerifyResult:
+    """Verify the chain across *paths* (any order); with keys, the signed checkpoints too."""
+    result = VerifyResult(files=len(paths))
+    keys = {key_id(k): k for k in public_keys}
+    per_file: list[tuple[int, int, list[_Line]]] = []
+    for order, path in enumerate(paths):
+        lines = _read(Path(path), result)
+        first = next((ln.link.seq for ln in lines if ln.link is not None), None)
+        per_file.append((first if first is not None else 1 << 62, order, lines))
+    per_file.sort(key=lambda item: (item[0], item[1]))
+    ordered = [line for _, _, lines in per_file for line in lines]
+    seen: dict[int, _Line] = {}
+    for line in ordered:
+        if line.link is not None and line.link.valid:
+            seen.setdefault(line.link.seq, line)
+    _walk(ordered, seen, keys, result)
+    return result
+
+
+def _error(result: VerifyResult, finding: Finding) -> bool:
+    """Record an error; False once enough were found to stop."""
+    result.findings.append(finding)
+    return len(result.errors) < MAX_ERRORS
+
+
+def _walk(
+    ordered: list[_Line],
+    seen: dict[int, _Line],
+    keys: dict[str, Ed25519PublicKey],
+    result: VerifyResult,
+) -> None:
+    expected: int | None = None
+    prev_hash: str | None = None
+    prev_line: _Line | None = None
+    positions: set[int] = set()
+    for line in ordered:
+        link = line.link
+        if link is None:
+            if line.last and (not line.terminated or not line.raw.strip()):
+                if line.raw.strip():
+                    after = f"after seq {expected - 1}" if expected is not None else "at the start"
+                    result.findings.append(
+                        Finding(
+                            "torn",
+                            line.file,
+                            line.number,
+                            None,
+                            f"torn final line ({len(line.raw)} bytes) {after}: a write cut short "
+                            "(crash) or a truncated file",
+                            "warning",
+                        )
+                    )
+                continue
+            if not _error(
+                result,
+                Finding(
+                    "changed",
+                    line.file,
+                    line.number,
+                    None,
+                    "not a chained record (the line was changed or inserted)",
+                ),
+            ):
+                return
+            continue
+        result.records += 1
+        if not link.valid:
+            if not _error(
+                result,
+                Finding(
+                    "changed",
+                    line.file,
+                    line.number,
+                    link.seq,
+                    f"record seq {link.seq} does not match its hash: its content was changed",
+                ),
+            ):
+                return
+        elif expected is None:
+            if link.seq != 0 or link.prev != GENESIS:
+                result.findings.append(
+                    Finding(
+                        "start",
+                        line.file,
+                        line.number,
+                        link.seq,
+                        f"the files begin at seq {link.seq}: earlier records were not given "
+                        "(rotated away, or removed)",
+                        "warning",
+                    )
+                )
+            result.first_seq = link.seq
+        elif link.seq == expected and link.prev != prev_hash:
+            where = f"{prev_line.file}:{prev_line.number}" if prev_line else "before it"
+            if not _error(
+                result,
+                Finding(
+                    "changed",
+                    line.file,
+                    line.number,
+                    link.seq,
+                    f"record seq {link.seq} does not follow the record before it ({where}): "
+                    "that record was replaced or inserted",
+                ),
+            ):
+                return
+        elif link.seq > expected:
+            missing = [s for s in range(expected, min(link.seq, expected + 1000)) if s in seen]
+            if missing:
+                other = seen[missing[0]]
+                finding = Finding(
+                    "reordered",
+                    line.file,
+                    line.number,
+                    link.seq,
+                    f"record seq {link.seq} comes before seq {missing[0]} "
+                    f"({other.file}:{other.number}): records were reordered",
+                )
+            else:
+                gap = f"{expected}" if link.seq == expected + 1 else f"{expected}..{link.seq - 1}"
+                finding = Finding(
+                    "removed",
+                    line.file,
+                    line.number,
+                    link.seq,
+                    f"record(s) seq {gap} are missing before seq {link.seq}: removed"
+                    + (f" (the chain resumes in another file after {prev_line.file})"
+                       if prev_line and prev_line.file != line.file else ""),
+                )
+            if not _error(result, finding):
+                return
+        elif link.seq < expected:
+            kind = "inserted" if link.seq in positions else "reordered"
+            text = (
+                f"a second record with seq {link.seq}: inserted"
+                if kind == "inserted"
+                else f"record seq {link.seq} comes after seq {expected - 1}: records were reordered"
+            )
+            if not _error(result, Finding(kind, line.file, line.number, link.seq, text)):
+                return
+        positions.add(link.seq)
+        if _CHECKPOINT_MARK in line.raw:
+            _checkpoint(line, prev_line, keys, result)
+        expected = link.seq + 1
+        prev_hash = link.hash
+        prev_line = line
+        result.last_seq = link.seq
+        result.last_hash = link.hash
+    if keys:
+        if result.signed_upto is None:
+            _error(
+                result,
+                Finding(
+                    "unsigned",
+                    ordered[-1].file if ordered else "-",
+                    ordered[-1].number if ordered else 0,
+                    None,
+                    "no checkpoint signed by the given key",
+                ),
+            )
+        elif result.last_seq is not None and result.signed_upto < result.last_seq - 1:
+            result.findings.append(
+                Finding(
+                    "unsigned",
+                    prev_line.file if prev_line else "-",
+                    prev_line.number if prev_line else 0,
+                    result.last_seq,
+                    f"{result.last_seq - result.signed_upto - 1} records after the last signed "
+                    f"checkpoint (seq {result.signed_upto}) are covered by the chain only",
+                    "warning",
+                )
+            )
+
+
+def _checkpoint(
+    line: _Line,
+    prev_line: _Line | None,
+    keys: dict[str, Ed25519PublicKey],
+    result: VerifyResult,
+) -> None:
+    try:
+        checkpoint = orjson.loads(line.raw)["checkpoint"]
+        seq = int(checkpoint["seq"])
+        digest = str(checkpoint["hash"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        _error(result, Finding("changed", line.file, line.number, None, "malformed checkpoint"))
+        return
+    result.checkpoints += 1
+    before = prev_line.link if prev_line is not None else None
+    if before is None or before.seq != seq or before.hash != digest:
+        _error(
+            result,
+            Finding(
+                "changed",
+                line.file,
+                line.number,
+                line.link.seq if line.link else None,
+                f"checkpoint over seq {seq} does not match the record before it",
+            ),
+        )
+        return
+    if not keys:
+        return
+    key = keys.get(str(checkpoint.get("key_id")))
+    if key is None:
+        _error(
+            result,
+            Finding(
+                "signature",
+                line.file,
+                line.number,
+                seq,
+                f"checkpoint signed by key {checkpoint.get('key_id')!r}, not a given key",
+            ),
+        )
+        return
+    if not check_signature(key, checkpoint):
+        _error(
+            result,
+            Finding("signature", line.file, line.number, seq, "checkpoint signature is invalid"),
+        )
+        return
+    result.signed_upto = seq

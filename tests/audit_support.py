@@ -1,0 +1,109 @@
+"""Shared builders for the audit tests: real decisions from the example configuration, real files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from aidr_gate.audit import AuditEvent, Ending, RequestContext
+from aidr_gate.audit.chain import open_bytes
+from aidr_gate.audit.config import AuditConfig, FileSinkConfig, FsyncPolicy, SinkConfig
+from aidr_gate.facts import AnonymizerFlag, CountrySource, Identity, Origin
+from aidr_gate.gate import Gate
+
+TOKEN = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJzdmMtMTIzIn0.c2VjcmV0LXNpZ25hdHVyZQ"
+
+_GATE: Gate | None = None
+
+
+def gate() -> Gate:
+    """The gate of the embedded example configuration (loaded once)."""
+    global _GATE
+    if _GATE is None:
+        _GATE = Gate.from_path(None)
+    return _GATE
+
+
+def event(
+    index: int = 0,
+    *,
+    entity: str = "merlion-sg",
+    country: str | None = "SG",
+    model: str | None = "aurora-frontier",
+    headers: tuple[tuple[str, str], ...] = (("user-agent", "pytest"),),
+    path: str = "/v1/chat/completions",
+    anonymizer: frozenset[AnonymizerFlag] = frozenset(),
+) -> AuditEvent:
+    """One real decision and its request context."""
+    identity = Identity(
+        entity_id=entity,
+        subject=f"svc-{index}",
+        issuer="https://idp.example",
+        key_id="key-1",
+        algorithm="RS256",
+    )
+    origin = Origin(
+        ip=f"198.51.100.{index % 250}",
+        resolved_by="x-forwarded-for[-1]",
+        peer="10.0.0.2",
+        country=country,
+        country_source=CountrySource.GEOIP if country else CountrySource.NONE,
+        anonymizer=anonymizer,
+        database="GeoIP2-Country",
+        database_build="2025-06-03",
+        anonymizer_database="GeoIP2-Anonymous-IP",
+        anonymizer_database_build="2025-06-02",
+    )
+    decision = gate().decide(identity=identity, origin=origin, model_id=model)
+    return AuditEvent(
+        decision,
+        RequestContext(
+            method="POST",
+            path=path,
+            headers=headers,
+            status=decision.status or 200,
+            upstream_status=200 if decision.allowed else None,
+            upstream_duration_us=1200 if decision.allowed else None,
+            gate_us=40,
+            ending=Ending.COMPLETED if decision.allowed else Ending.DENIED,
+            body_bytes=321,
+        ),
+    )
+
+
+def file_config(
+    directory: Path,
+    *,
+    sinks: tuple[SinkConfig, ...] = (),
+    fsync: FsyncPolicy = FsyncPolicy.NEVER,
+    max_bytes: int = 1 << 30,
+    compress: bool = False,
+    **kwargs: Any,
+) -> AuditConfig:
+    """A trail configuration with a file journal in *directory* plus *sinks*."""
+    journal = FileSinkConfig(
+        name="file",
+        path=directory / "audit.jsonl",
+        max_bytes=max_bytes,
+        rotate_seconds=None,
+        fsync=fsync,
+        compress=compress,
+    )
+    return AuditConfig(directory=directory, sinks=(journal, *sinks), **kwargs)
+
+
+def audit_files(directory: Path) -> list[Path]:
+    """The journal's files (rotated ones and the active one)."""
+    return sorted(p for p in directory.iterdir() if p.name.startswith("audit") and p.is_file())
+
+
+def records(paths: list[Path]) -> list[dict[str, Any]]:
+    """Every record in the files, parsed."""
+    out = []
+    for path in paths:
+        for line in open_bytes(path).splitlines():
+            if line.strip():
+                out.append(orjson.loads(line))
+    return out

@@ -1,0 +1,109 @@
+"""The hash chain: linking, parsing without re-serialising, tail recovery, signed checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from aidr_gate.audit.chain import (
+    GENESIS,
+    Chain,
+    Signer,
+    check_signature,
+    key_id,
+    parse_link,
+    read_tail,
+)
+
+
+def test_link_appends_seq_prev_and_hash_of_the_exact_bytes() -> None:
+    chain = Chain()
+    first = chain.link(b'{"a":1}')
+    second = chain.link(b'{"b":"x"}')
+    assert first.endswith(b"\n")
+    doc = orjson.loads(first)
+    assert doc["a"] == 1
+    assert doc["chain"]["seq"] == 0
+    assert doc["chain"]["prev"] == GENESIS
+    head = first[: first.index(b',"hash":')]
+    assert doc["chain"]["hash"] == hashlib.sha256(head).hexdigest()
+    assert orjson.loads(second)["chain"]["prev"] == doc["chain"]["hash"]
+    assert chain.position() == (1, orjson.loads(second)["chain"]["hash"])
+
+
+def test_parse_link_reads_the_tail_only() -> None:
+    chain = Chain(41, "ab" * 32)
+    line = chain.link(b'{"x":"' + b"y" * 3000 + b'"}')
+    link = parse_link(line)
+    assert link is not None
+    assert (link.seq, link.prev, link.valid) == (41, "ab" * 32, True)
+    changed = line.replace(b"yyy", b"yyz", 1)
+    bad = parse_link(changed)
+    assert bad is not None
+    assert not bad.valid
+    assert parse_link(changed, check=False) is not None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"",
+        b"{}\n",
+        b"not json at all\n",
+        b'{"chain":{"seq":1,"prev":"00","hash":"' + b"0" * 64 + b'"}}\n',
+        b'{"chain":{"seq":x,"prev":"' + b"0" * 64 + b'","hash":"' + b"0" * 64 + b'"}}\n',
+    ],
+)
+def test_parse_link_rejects_what_is_not_a_link(line: bytes) -> None:
+    assert parse_link(line) is None
+
+
+def test_empty_body_still_links() -> None:
+    line = Chain().link(b"{}")
+    assert orjson.loads(line)["chain"]["seq"] == 0
+    assert parse_link(line) is not None
+
+
+def test_read_tail_reports_a_torn_line(tmp_path: Path) -> None:
+    chain = Chain()
+    path = tmp_path / "a.jsonl"
+    lines = [chain.link(b'{"n":%d}' % i) for i in range(5)]
+    path.write_bytes(b"".join(lines) + lines[0][:17])
+    tail = read_tail(path)
+    assert tail is not None
+    assert (tail.seq, tail.torn, tail.valid) == (4, 17, True)
+    path.write_bytes(b"".join(lines))
+    clean = read_tail(path)
+    assert clean is not None
+    assert clean.torn == 0
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    assert read_tail(tmp_path / "empty.jsonl") is None
+
+
+def test_read_tail_of_a_large_file(tmp_path: Path) -> None:
+    chain = Chain()
+    path = tmp_path / "big.jsonl"
+    body = b'{"pad":"' + b"p" * 4000 + b'"}'
+    path.write_bytes(b"".join(chain.link(body) for _ in range(200)))
+    tail = read_tail(path)
+    assert tail is not None
+    assert tail.seq == 199
+
+
+def test_checkpoint_signature_verifies_only_with_the_right_key() -> None:
+    key = Ed25519PrivateKey.generate()
+    signer = Signer(key, every_records=3, every_seconds=3600)
+    assert not signer.due()
+    signer.note(3)
+    assert signer.due()
+    body = signer.checkpoint(7, "cd" * 32)
+    checkpoint = orjson.loads(body)["checkpoint"]
+    assert checkpoint["key_id"] == key_id(key.public_key())
+    assert check_signature(key.public_key(), checkpoint)
+    assert not check_signature(Ed25519PrivateKey.generate().public_key(), checkpoint)
+    assert not check_signature(key.public_key(), {**checkpoint, "seq": 8})
+    assert not signer.pending
