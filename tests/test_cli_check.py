@@ -232,3 +232,82 @@ def test_packs_lists_bundled(capsys: pytest.CaptureFixture[str]) -> None:
         "strict-hypothetical",
     ):
         assert pack in out
+
+
+def test_check_resolves_token_and_forwarded_ip(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gate_env import IP, make_gate_env
+
+    env = make_gate_env(tmp_path)
+    token = env.token("nordlys-se")
+    code, decision = run_check(
+        capsys,
+        "--config",
+        str(env.config),
+        "--token",
+        token,
+        "--peer",
+        "127.0.0.1",
+        "--header",
+        f"X-Forwarded-For: 6.6.6.6, {IP['SE']}",
+        "--model",
+        "aurora-frontier",
+    )
+    assert code == EXIT_DENY
+    assert decision["reasons"] == ["TIER3_CONTROLLED_MODEL"]
+    evidence = decision["evidence"]
+    assert isinstance(evidence, dict)
+    assert evidence["identity"]["entity_id"] == "nordlys-se"
+    assert evidence["identity"]["key_id"] == "gate-test"
+    assert evidence["identity"]["method"] == "jwt"
+    assert token not in json.dumps(decision)
+    origin = evidence["origin"]
+    assert origin["ip"] == IP["SE"]
+    assert origin["resolved_by"] == "x-forwarded-for[-1]"
+    assert origin["country"] == "SE"
+    assert origin["country_source"] == "geoip"
+    assert origin["database"] == "GeoIP2-Country"
+
+
+def test_check_with_a_bad_token_is_a_401(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gate_env import IP, make_gate_env
+
+    env = make_gate_env(tmp_path)
+    expired = env.token("lab-us", exp=1_000_000)
+    code, decision = run_check(
+        capsys, "--config", str(env.config), "--token", expired, "--ip", IP["US"], "--model", "x"
+    )
+    assert code == EXIT_DENY
+    assert (decision["status"], decision["reasons"]) == (401, ["TOKEN_EXPIRED"])
+
+
+def test_check_reads_the_token_from_stdin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from gate_env import IP, make_gate_env
+
+    env = make_gate_env(tmp_path)
+    monkeypatch.setattr("sys.stdin", io.StringIO(env.token("lab-us") + "\n"))
+    code, decision = run_check(
+        capsys,
+        "--config",
+        str(env.config),
+        "--token",
+        "-",
+        "--ip",
+        IP["US"],
+        "--model",
+        "aurora-frontier",
+    )
+    assert code == EXIT_OK
+    assert decision["evidence"]["origin"]["country"] == "US"  # type: ignore[index]
+
+
+def test_check_refuses_country_and_ip_together(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--country", "US", "--ip", "8.8.8.8"]) == EXIT_USAGE
+    assert "--country" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aidr_gate import errors
@@ -32,6 +32,9 @@ from aidr_gate.policy.pack import Pack, load_pack
 from aidr_gate.registry import Entity, EntityRegistry, InMemoryRegistry, load_registry
 
 logger = logging.getLogger("aidr_gate")
+
+# The reason an allowed model listing carries (the listing is filtered model by model).
+LISTING_REASON = "MODELS_LISTED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +223,42 @@ class Gate:
             ),
             mode=state.mode,
             shadow=shadow,
+        )
+
+    def decide_listing(
+        self, *, identity: Identity | None, origin: Origin, at: float | None = None
+    ) -> Decision:
+        """Decide a model listing: allowed when the caller may use at least one catalogue model.
+
+        The listing itself is then filtered model by model (see :meth:`verdict`), so listing and
+        invoking agree. When every model is denied, the answer is the deny for the first one.
+        """
+        state = self._state
+        when = self._clock() if at is None else at
+        first: Model | None = None
+        for model in state.catalog:
+            first = first or model
+            verdict = self.verdict(identity=identity, origin=origin, model=model, at=when)
+            if verdict.outcome.effect is not Effect.DENY:
+                decision = self.decide(
+                    identity=identity, origin=origin, model_id=model.id, at=when, state=state
+                )
+                return replace(
+                    decision,
+                    effect=Effect.ALLOW,
+                    status=None,
+                    reasons=(LISTING_REASON,),
+                    rule="gate/list-models",
+                    evidence=replace(
+                        decision.evidence, model_requested=None, model_tier_source="listing"
+                    ),
+                )
+        return self.decide(
+            identity=identity,
+            origin=origin,
+            model_id=first.id if first else None,
+            at=when,
+            state=state,
         )
 
     def refuse(

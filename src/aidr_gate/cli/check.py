@@ -9,11 +9,13 @@ from typing import Any
 
 from aidr_gate.config import load_config
 from aidr_gate.countries import normalize_country
-from aidr_gate.decision import Effect
+from aidr_gate.decision import Decision, Effect
 from aidr_gate.document import parse_instant
-from aidr_gate.errors import ConfigError, Problem
+from aidr_gate.errors import ConfigError, IdentityError, Problem
 from aidr_gate.facts import AnonymizerFlag, Identity, declared_origin
 from aidr_gate.gate import Gate, GateState, load_state
+from aidr_gate.identity import Authenticator, parse_identity_config
+from aidr_gate.origin import origin_resolver_for
 from aidr_gate.policy.engine import PolicyEngine
 from aidr_gate.policy.pack import load_pack
 
@@ -40,7 +42,22 @@ def add_parser(sub: Any) -> None:
         "--claimed-parent", metavar="CC", help="ultimate parent's country claimed by the token"
     )
     parser.add_argument(
+        "--token",
+        help="a bearer token to verify with the configured identity keys ('-' reads it from stdin)",
+    )
+    parser.add_argument(
         "--country", metavar="CC", help="network country of the client (ISO 3166-1 alpha-2)"
+    )
+    parser.add_argument("--ip", help="the client IP, resolved through the configured GeoIP data")
+    parser.add_argument(
+        "--peer", help="the TCP peer address (a proxy, when forwarded headers are given)"
+    )
+    parser.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a forwarding header as the peer sent it (X-Forwarded-For, Forwarded); repeatable",
     )
     parser.add_argument(
         "--anonymizer",
@@ -88,21 +105,49 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 Problem("<command line>", "--at", f"{args.at!r} is not a date or ISO 8601 time")
             )
+    if args.country and (args.ip or args.peer or args.header):
+        raise ConfigError(
+            Problem("<command line>", "--country", "give either --country or --ip/--peer/--header")
+        )
+    if args.token and (args.entity or args.claimed_headquarters or args.claimed_parent):
+        raise ConfigError(
+            Problem(
+                "<command line>", "--token", "the token names the entity: drop --entity/--claimed-*"
+            )
+        )
+    if args.ip or args.peer or args.header:
+        origin = origin_resolver_for(config).resolve_for_check(
+            ip=args.ip, peer=args.peer, header_lines=args.header
+        )
+    else:
+        origin = declared_origin(
+            _country(args.country, "--country"),
+            frozenset(AnonymizerFlag(a) for a in args.anonymizer),
+        )
+    gate = Gate(state)
     identity = None
-    if args.entity:
+    if args.token:
+        from_stdin = args.token == "-"  # noqa: S105 - '-' keeps tokens out of shell history
+        token = sys.stdin.readline().strip() if from_stdin else args.token
+        authenticator = Authenticator(parse_identity_config(config))
+        try:
+            identity = authenticator.authenticate_sync(f"Bearer {token}")
+        except IdentityError as exc:
+            decision = gate.refuse(exc, origin=origin, model_id=args.model, at=at)
+            return _print(decision, compact=args.compact)
+    elif args.entity:
         identity = Identity(
             entity_id=args.entity,
             claimed_headquarters=_country(args.claimed_headquarters, "--claimed-headquarters"),
             claimed_parent=_country(args.claimed_parent, "--claimed-parent"),
             method="declared",
         )
-    origin = declared_origin(
-        _country(args.country, "--country"),
-        frozenset(AnonymizerFlag(a) for a in args.anonymizer),
-    )
-    gate = Gate(state)
     decision = gate.decide(identity=identity, origin=origin, model_id=args.model, at=at)
-    json.dump(decision.to_dict(), sys.stdout, indent=None if args.compact else 2)
+    return _print(decision, compact=args.compact)
+
+
+def _print(decision: Decision, *, compact: bool) -> int:
+    json.dump(decision.to_dict(), sys.stdout, indent=None if compact else 2)
     sys.stdout.write("\n")
     if decision.effect is Effect.DENY:
         return 1

@@ -1,0 +1,1 @@
+"""The demo: a built-in model server and a scripted tour of decisions."""

@@ -1,0 +1,466 @@
+"""The drop-in pure ASGI middleware: every gated request is decided before the app sees it.
+
+``app.add_middleware(AIDRGateMiddleware, config="gate.yaml")`` in Starlette or FastAPI; vLLM adds the
+class with no arguments (``--middleware aidr_gate.AIDRGateMiddleware``), so without ``config`` it reads
+``$AIDR_GATE_CONFIG`` (then ``/etc/aidr-gate/config.yaml``). Pure ASGI: per-request state lives in
+locals, the response is never buffered (except a bounded ``GET /v1/models`` listing, which is
+filtered), and the audit record is written from a ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from aidr_gate.audit.record import Ending, RequestContext
+from aidr_gate.config import GateConfig
+from aidr_gate.decision import Decision, Effect, Mode
+from aidr_gate.errors import (
+    AidrGateError,
+    AuditUnavailable,
+    IdentityError,
+    PolicyEvaluationError,
+    RequestError,
+)
+from aidr_gate.facts import Identity, Origin
+from aidr_gate.model_id import (
+    BufferedBody,
+    header_value,
+    model_from_json,
+    read_body,
+    replay,
+    valid_model_id,
+)
+from aidr_gate.responses import error_body, error_headers
+from aidr_gate.runtime import Runtime
+from aidr_gate.stages import UPSTREAM_STATE_KEY
+
+logger = logging.getLogger("aidr_gate.middleware")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Close code for a websocket refused by policy (RFC 6455 "policy violation").
+WS_POLICY_VIOLATION = 1008
+
+
+class AIDRGateMiddleware:
+    """Decide, enforce and audit every gated request in front of *app*."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        config: GateConfig | str | Path | None = None,
+        runtime: Runtime | None = None,
+    ) -> None:
+        self.app = app
+        self._config = config
+        self._runtime = runtime
+        self._owns_runtime = runtime is None
+        self._starting: asyncio.Lock | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def _ensure_runtime(self) -> Runtime:
+        runtime = self._runtime
+        if runtime is not None and runtime.started:
+            return runtime
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._runtime is None:
+                # Loading reads files: keep it off the event loop.
+                self._runtime = await asyncio.to_thread(Runtime.from_config, self._config)
+            if not self._runtime.started:
+                await self._runtime.start()
+            return self._runtime
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def receive_wrapper() -> Message:
+            message = await receive()
+            kind = message.get("type")
+            if kind == "lifespan.startup":
+                # A bad configuration fails startup loudly, before any request is served.
+                await self._ensure_runtime()
+            elif kind == "lifespan.shutdown" and self._runtime is not None and self._owns_runtime:
+                await self._runtime.close()
+            return message
+
+        await self.app(scope, receive_wrapper, send)
+
+    # -- dispatch --------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        runtime = self._runtime
+        if runtime is None or not runtime.started:
+            runtime = await self._ensure_runtime()
+        if runtime.settings.exempt(scope.get("path", "")):
+            await self.app(scope, receive, send)
+            return
+        if kind == "websocket":
+            await self._websocket(runtime, scope, receive, send)
+            return
+        await self._http(runtime, scope, receive, send)
+
+    # -- http ------------------------------------------------------------------------------------
+
+    async def _http(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        settings = runtime.settings
+        method: str = scope.get("method", "GET")
+        path: str = scope.get("path", "")
+        headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
+        body: BufferedBody | None = None
+        decision: Decision | None = None
+        response_status: int | None = None
+        ended = Ending.ERROR
+        recorded = False
+        gate_seconds = 0.0
+        app_started: float | None = None
+
+        async def record() -> None:
+            nonlocal recorded
+            if recorded or decision is None:
+                return
+            recorded = True
+            upstream_status, upstream_us = _upstream_of(scope, response_status, app_started)
+            context = RequestContext(
+                method=method,
+                path=path,
+                scheme=scope.get("scheme", "http"),
+                http_version=scope.get("http_version", "1.1"),
+                headers=runtime.recorded_headers(headers),
+                status=response_status,
+                upstream_status=upstream_status,
+                upstream_duration_us=upstream_us,
+                gate_us=int(gate_seconds * 1_000_000),
+                ending=ended,
+                body_bytes=sum(len(c) for c in body.chunks) if body is not None else None,
+            )
+            await runtime.record(decision, context)
+
+        try:
+            decision, body = await self._decide_http(runtime, scope, receive, method, path, headers)
+            gate_seconds = time.perf_counter() - started
+            scope.setdefault("state", {})[settings.state_key] = decision
+            runtime.telemetry.record(decision, gate_seconds, path)
+            extra = self._response_headers(runtime, decision, gate_seconds)
+            if decision.blocks:
+                response_status = decision.status
+                ended = Ending.DENIED
+                await self._send_error(send, decision, extra, record)
+                return
+            if body is not None and body.disconnected:
+                ended = Ending.CLIENT_DISCONNECTED
+                return
+            app_receive = replay(body, receive) if body is not None else receive
+
+            async def send_wrapper(message: Message) -> None:
+                nonlocal response_status, ended
+                kind = message["type"]
+                if kind == "http.response.start":
+                    response_status = message["status"]
+                    message = dict(message)
+                    message["headers"] = [*message.get("headers", ()), *extra]
+                elif kind == "http.response.body" and not message.get("more_body", False):
+                    ended = Ending.COMPLETED
+                    # The record is as durable as configured before the client has the whole answer.
+                    await record()
+                await send(message)
+
+            app_send: Send = send_wrapper
+            if method == "GET" and path in settings.list_models_paths:
+                app_send = self._listing_filter(runtime, decision, send_wrapper)
+            app_started = time.perf_counter()
+            await self.app(scope, app_receive, app_send)
+            if ended is not Ending.COMPLETED and response_status is not None:
+                ended = Ending.CLIENT_DISCONNECTED
+        except (OSError, asyncio.CancelledError):
+            ended = Ending.CLIENT_DISCONNECTED
+            raise
+        finally:
+            if decision is not None and not recorded:
+                await _shielded(record())
+
+    async def _decide_http(
+        self,
+        runtime: Runtime,
+        scope: Scope,
+        receive: Receive,
+        method: str,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+    ) -> tuple[Decision, BufferedBody | None]:
+        """Resolve every stage and decide; any failure becomes a deny with its reason code."""
+        gate = runtime.gate
+        models = runtime.settings.models
+        identity: Identity | None = None
+        origin: Origin | None = None
+        model_id: str | None = None
+        body: BufferedBody | None = None
+        try:
+            origin = runtime.origin.resolve(_peer(scope), headers)
+            if models.header is not None:
+                raw = header_value(headers, models.header)
+                if raw is not None:
+                    model_id = _model_from_header(raw)
+            if model_id is None:
+                model_id = models.from_path(path)
+            error: AidrGateError | None = None
+            if model_id is None and models.wants_body(method, path):
+                body = await read_body(receive, models.max_body_bytes)
+                try:
+                    model_id = model_from_json(body, models.max_body_bytes)
+                except RequestError as exc:
+                    error = exc
+            try:
+                identity = await runtime.identity.authenticate(
+                    header_value(headers, b"authorization")
+                )
+            except IdentityError as exc:
+                error = exc  # who is calling comes first: a 401 outranks a bad body
+            if error is None and not runtime.audit_accepting:
+                error = AuditUnavailable("audit records cannot be written")
+            if error is not None:
+                return gate.refuse(error, identity=identity, origin=origin, model_id=model_id), body
+            if method == "GET" and path in runtime.settings.list_models_paths:
+                return gate.decide_listing(identity=identity, origin=origin), body
+            return gate.decide(identity=identity, origin=origin, model_id=model_id), body
+        except Exception:  # fail closed: a bug in a stage is a deny, never an allow
+            logger.exception("deciding a request failed; denying")
+            fallback = origin or _unknown_origin(scope)
+            return (
+                gate.refuse(
+                    PolicyEvaluationError("internal error"),
+                    identity=identity,
+                    origin=fallback,
+                    model_id=model_id,
+                ),
+                body,
+            )
+
+    def _response_headers(
+        self, runtime: Runtime, decision: Decision, gate_seconds: float
+    ) -> list[tuple[bytes, bytes]]:
+        settings = runtime.settings
+        extra = [
+            (settings.decision_header, decision.decision_id.encode()),
+            (settings.overhead_header, f"{gate_seconds * 1000:.3f}".encode()),
+        ]
+        if decision.mode is Mode.DRY_RUN:
+            verdict = decision.effect.value
+            if decision.effect is Effect.DENY:
+                verdict = f"deny {decision.status} {decision.reasons[0]}"
+            extra.append((settings.dry_run_header, verdict.encode()))
+        return extra
+
+    async def _send_error(
+        self,
+        send: Send,
+        decision: Decision,
+        extra: list[tuple[bytes, bytes]],
+        record: Callable[[], Awaitable[None]],
+    ) -> None:
+        payload = error_body(decision)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": decision.status or 403,
+                "headers": [*error_headers(decision, len(payload)), *extra],
+            }
+        )
+        await record()
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+    def _listing_filter(self, runtime: Runtime, decision: Decision, send: Send) -> Send:
+        """Wrap *send* so a model listing only names models this caller may use."""
+        identity = decision.evidence.identity
+        origin = decision.evidence.origin
+        limit = runtime.settings.max_listing_bytes
+        start: Message | None = None
+        chunks: list[bytes] = []
+        size = 0
+
+        async def filtering_send(message: Message) -> None:
+            nonlocal start, size
+            kind = message["type"]
+            if kind == "http.response.start":
+                if message.get("status") != 200:
+                    start = None
+                    await send(message)
+                    return
+                start = message
+                return
+            if kind != "http.response.body" or start is None:
+                await send(message)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            if message.get("more_body", False):
+                return
+            payload = _filter_listing(
+                runtime, b"".join(chunks) if size <= limit else b"", identity, origin, decision.at
+            )
+            headers = [
+                (k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"
+            ]
+            headers.append((b"content-length", str(len(payload)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+        return filtering_send
+
+    # -- websocket -------------------------------------------------------------------------------
+
+    async def _websocket(
+        self, runtime: Runtime, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        started = time.perf_counter()
+        path: str = scope.get("path", "")
+        headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
+        decision, _ = await self._decide_http(runtime, scope, receive, "GET", path, headers)
+        gate_seconds = time.perf_counter() - started
+        scope.setdefault("state", {})[runtime.settings.state_key] = decision
+        runtime.telemetry.record(decision, gate_seconds, path)
+        ended = Ending.ERROR
+        status: int | None = None
+        try:
+            if decision.blocks:
+                ended = Ending.DENIED
+                status = decision.status
+                message = await receive()
+                if message.get("type") != "websocket.connect":
+                    return
+                if "websocket.http.response" in scope.get("extensions", {}):
+                    payload = error_body(decision)
+                    await send(
+                        {
+                            "type": "websocket.http.response.start",
+                            "status": decision.status or 403,
+                            "headers": error_headers(decision, len(payload)),
+                        }
+                    )
+                    await send({"type": "websocket.http.response.body", "body": payload})
+                else:
+                    await send(
+                        {
+                            "type": "websocket.close",
+                            "code": WS_POLICY_VIOLATION,
+                            "reason": decision.reasons[0],
+                        }
+                    )
+                return
+            extra = self._response_headers(runtime, decision, gate_seconds)
+
+            async def send_wrapper(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "websocket.accept":
+                    status = 101
+                    message = dict(message)
+                    message["headers"] = [*message.get("headers", ()), *extra]
+                await send(message)
+
+            await self.app(scope, receive, send_wrapper)
+            ended = Ending.COMPLETED
+        finally:
+            context = RequestContext(
+                method="GET",
+                path=path,
+                scheme=scope.get("scheme", "ws"),
+                http_version=scope.get("http_version", "1.1"),
+                headers=runtime.recorded_headers(headers),
+                status=status,
+                gate_us=int(gate_seconds * 1_000_000),
+                ending=ended,
+            )
+            await _shielded(runtime.record(decision, context))
+
+
+def _filter_listing(
+    runtime: Runtime, payload: bytes, identity: Identity | None, origin: Origin | None, at: float
+) -> bytes:
+    """Keep only the listed models this caller may use; anything unreadable lists nothing."""
+    try:
+        listing = json.loads(payload)
+        data = listing["data"]
+        if not isinstance(data, list):
+            raise TypeError("data is not a list")
+    except (ValueError, KeyError, TypeError):
+        logger.warning("model listing is not the OpenAI shape; returning an empty list")
+        return b'{"object":"list","data":[]}'
+    catalog = runtime.gate.state.catalog
+    keep = []
+    for item in data:
+        model_id = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(model_id, str):
+            continue
+        verdict = runtime.gate.verdict(
+            identity=identity,
+            origin=origin or _unknown_origin({}),
+            model=catalog.get(model_id),
+            at=at,
+        )
+        if verdict.outcome.effect is not Effect.DENY:
+            keep.append(item)
+    return json.dumps({**listing, "data": keep}, separators=(",", ":")).encode()
+
+
+def _peer(scope: Scope) -> str | None:
+    client = scope.get("client")
+    if client and isinstance(client, Sequence) and len(client) >= 1 and isinstance(client[0], str):
+        return client[0]
+    return None
+
+
+def _unknown_origin(scope: Scope) -> Origin:
+    return Origin(ip=None, resolved_by="unresolved", peer=_peer(scope))
+
+
+def _model_from_header(raw: bytes) -> str | None:
+    try:
+        return valid_model_id(raw.decode("utf-8").strip())
+    except UnicodeDecodeError:
+        return None
+
+
+async def _shielded(work: Awaitable[None]) -> None:
+    """Finish an audit write even when the request task is being cancelled."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        # The record is still written by the shielded task; let cancellation proceed.
+        raise
+    except Exception:
+        logger.exception("writing an audit record failed")
+
+
+def _upstream_of(
+    scope: Scope, response_status: int | None, app_started: float | None
+) -> tuple[int | None, int | None]:
+    """Upstream status and duration: the sidecar's proxy measures them; in-process, the app is it."""
+    upstream = (scope.get("state") or {}).get(UPSTREAM_STATE_KEY)
+    if upstream is not None:
+        seconds = upstream.seconds
+        return upstream.status, int(seconds * 1_000_000) if seconds is not None else None
+    if app_started is None:
+        return None, None
+    return response_status, int((time.perf_counter() - app_started) * 1_000_000)

@@ -1,0 +1,182 @@
+"""Where a request names its model: a header, the path (KServe/Triton), or the JSON body (OpenAI).
+
+The body is read up to a limit and handed back to the app byte for byte: the app sees an untouched
+request. Nothing here decides anything; it only finds the model id or says why it cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from aidr_gate.errors import BodyIncomplete, BodyNotJSON, BodyTooLarge, ModelMissing
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+
+# OpenAI-compatible endpoints (and vLLM's extras) that carry ``"model"`` in a JSON body.
+DEFAULT_JSON_PATHS: tuple[str, ...] = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/messages",
+    "/v1/rerank",
+    "/v2/rerank",
+    "/rerank",
+    "/v1/score",
+    "/score",
+    "/pooling",
+    "/classify",
+    "/tokenize",
+    "/detokenize",
+)
+# KServe v1/v2 and Triton put the model in the path.
+DEFAULT_PATH_PATTERNS: tuple[str, ...] = (
+    "/v2/models/{model}/infer",
+    "/v2/models/{model}/versions/{version}/infer",
+    "/v2/models/{model}/generate",
+    "/v2/models/{model}/generate_stream",
+    "/v2/models/{model}/ready",
+    "/v2/models/{model}",
+    "/v1/models/{model}:predict",
+    "/v1/models/{model}",
+)
+MAX_MODEL_ID = 256
+
+
+def compile_path_pattern(pattern: str) -> re.Pattern[str]:
+    """``/v2/models/{model}/infer`` -> a regex with a ``model`` group; other ``{names}`` match a segment."""
+    out = ["^"]
+    for piece in re.split(r"(\{[a-z_]+\})", pattern):
+        if piece == "{model}":
+            out.append(r"(?P<model>[^/:]+)")
+        elif piece.startswith("{") and piece.endswith("}"):
+            out.append(r"[^/]+")
+        else:
+            out.append(re.escape(piece))
+    out.append("$")
+    return re.compile("".join(out))
+
+
+def valid_model_id(value: object) -> str | None:
+    """The model id if it is a printable string of sane length, else ``None``."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_MODEL_ID and value.isprintable():
+        return value
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSources:
+    """The configured places a model id comes from, compiled once."""
+
+    json_paths: frozenset[str]
+    path_patterns: tuple[re.Pattern[str], ...]
+    header: bytes | None
+    max_body_bytes: int
+
+    def from_path(self, path: str) -> str | None:
+        """The model named by a path pattern, or ``None``."""
+        for pattern in self.path_patterns:
+            match = pattern.match(path)
+            if match:
+                return valid_model_id(match.group("model"))
+        return None
+
+    def wants_body(self, method: str, path: str) -> bool:
+        """True when this request's model is in its JSON body."""
+        return method == "POST" and path in self.json_paths
+
+
+@dataclass(slots=True)
+class BufferedBody:
+    """A request body read ahead of the app, replayed to it unchanged."""
+
+    chunks: list[bytes]
+    complete: bool  # False: the limit stopped the read; the rest is still in the original receive
+    disconnected: bool = False
+
+    @property
+    def data(self) -> bytes:
+        """The bytes read so far."""
+        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+
+
+async def read_body(receive: Receive, limit: int) -> BufferedBody:
+    """Read the body until its end or just past *limit* bytes, keeping every chunk as it came."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        kind = message.get("type")
+        if kind == "http.disconnect":
+            return BufferedBody(chunks, complete=False, disconnected=True)
+        if kind != "http.request":
+            continue
+        chunk = message.get("body", b"")
+        if chunk:
+            chunks.append(chunk)
+            size += len(chunk)
+        if not message.get("more_body", False):
+            return BufferedBody(chunks, complete=True)
+        if size > limit:
+            return BufferedBody(chunks, complete=False)
+
+
+def replay(body: BufferedBody, receive: Receive) -> Receive:
+    """A receive callable that yields the buffered chunks as they came, then defers to *receive*."""
+    pending = list(body.chunks)
+    more_after = not body.complete
+    if not pending:
+        pending = [b""]
+
+    async def replayed() -> Message:
+        if pending:
+            chunk = pending.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(pending) or more_after}
+        return await receive()
+
+    return replayed
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two "model" keys could let the gate and the app read different models: refuse duplicates.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate key")
+    return result
+
+
+def model_from_json(body: BufferedBody, limit: int) -> str:
+    """The ``model`` field of a complete JSON-object body; raises a :class:`RequestError`."""
+    if body.disconnected:
+        raise BodyIncomplete("the client disconnected before sending the whole body")
+    if not body.complete:
+        raise BodyTooLarge(f"request body is larger than {limit} bytes")
+    data = body.data
+    try:
+        parsed = json.loads(data, object_pairs_hook=_reject_duplicates)
+    except (ValueError, RecursionError):
+        raise BodyNotJSON("request body is not valid JSON (or repeats a key)") from None
+    if not isinstance(parsed, dict):
+        raise BodyNotJSON("request body is not a JSON object")
+    model = parsed.get("model")
+    if model is None:
+        raise ModelMissing("request names no model")
+    valid = valid_model_id(model)
+    if valid is None:
+        raise ModelMissing("the model field must be a printable string of at most 256 characters")
+    return valid
+
+
+def header_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of a header (names are lower-case in ASGI)."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None

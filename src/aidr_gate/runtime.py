@@ -1,0 +1,258 @@
+"""Everything a serving gate holds: the decision core, the stages, the audit trail, and their lifecycle.
+
+The middleware and the sidecar share one :class:`Runtime`. Loading happens once, up front, and a bad
+configuration fails with every problem listed. While serving, background tasks refresh keys, watch
+GeoIP databases and watch the policy files; a reload builds a whole new :class:`GateState` off the
+event loop and swaps it in, and a reload that fails keeps the last good state and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aidr_gate.audit.config import audit_config
+from aidr_gate.audit.record import AuditEvent, RequestContext
+from aidr_gate.audit.trail import AuditTrail
+from aidr_gate.config import GateConfig, load_config
+from aidr_gate.decision import Decision
+from aidr_gate.errors import ConfigError
+from aidr_gate.gate import Gate, GateState, load_state
+from aidr_gate.identity import Authenticator, parse_identity_config
+from aidr_gate.middleware_config import MiddlewareSettings, parse_middleware_settings
+from aidr_gate.origin import OriginResolver, origin_resolver_for
+from aidr_gate.telemetry import Telemetry
+
+logger = logging.getLogger("aidr_gate.runtime")
+
+DEFAULT_POLICY_WATCH_INTERVAL = 2.0
+
+
+@dataclass(slots=True)
+class ReloadReport:
+    """What one reload attempt did."""
+
+    ok: bool
+    changed: bool
+    detail: str
+    at: float = field(default_factory=time.time)
+
+
+class Runtime:
+    """The loaded gate and its stages; start once, share between middleware instances, close once."""
+
+    def __init__(
+        self,
+        *,
+        gate: Gate,
+        identity: Authenticator,
+        origin: OriginResolver,
+        settings: MiddlewareSettings,
+        audit: AuditTrail | None = None,
+        config: GateConfig | None = None,
+        telemetry: Telemetry | None = None,
+        policy_watch_interval: float = DEFAULT_POLICY_WATCH_INTERVAL,
+    ) -> None:
+        self.gate = gate
+        self.identity = identity
+        self.origin = origin
+        self.settings = settings
+        self.audit = audit
+        self.config = config
+        self.telemetry = telemetry or Telemetry()
+        self._watch_interval = policy_watch_interval
+        self._tasks: list[asyncio.Task[None]] = []
+        self._policy_stamp = self._stamp()
+        self.started = False
+        self.last_reload: ReloadReport | None = None
+
+    # -- building -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: GateConfig | str | Path | None = None) -> Runtime:
+        """Load everything a configuration names; raise one :class:`ConfigError` listing every problem."""
+        cfg = config if isinstance(config, GateConfig) else load_config(config)
+        errors: list[ConfigError] = []
+        state = identity_config = origin = settings = None
+        audit: AuditTrail | None = None
+        try:
+            state = load_state(cfg)
+        except ConfigError as exc:
+            errors.append(exc)
+        try:
+            identity_config = parse_identity_config(cfg)
+        except ConfigError as exc:
+            errors.append(exc)
+        try:
+            origin = origin_resolver_for(cfg)
+        except ConfigError as exc:
+            errors.append(exc)
+        try:
+            settings = parse_middleware_settings(cfg)
+        except ConfigError as exc:
+            errors.append(exc)
+        try:
+            audit = AuditTrail(audit_config(cfg))
+        except ConfigError as exc:
+            errors.append(exc)
+        if errors or state is None or identity_config is None or origin is None or settings is None:
+            raise ConfigError.merge(errors)
+        return cls(
+            gate=Gate(state),
+            identity=Authenticator(identity_config),
+            origin=origin,
+            settings=settings,
+            audit=audit,
+            config=cfg,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start background work: key refresh, GeoIP and policy file watching, audit delivery."""
+        if self.started:
+            return
+        await self.identity.start()
+        if self.audit is not None:
+            await self.audit.start()
+        self._tasks.append(asyncio.create_task(self.origin.watch(), name="aidr-geoip-watch"))
+        if self.config is not None and self._watch_interval > 0:
+            self._tasks.append(asyncio.create_task(self._watch_policy(), name="aidr-policy-watch"))
+        self.started = True
+        logger.info("%s", self.summary())
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop background work and flush the audit trail within *timeout* seconds."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.audit is not None:
+            await self.audit.close(timeout)
+        await self.identity.close()
+        self.origin.close()
+        self.started = False
+
+    def summary(self) -> str:
+        """One readable line of what is loaded: pack, entities, models, GeoIP, keys, audit."""
+        state = self.gate.state
+        pack = state.pack
+        geo = self.origin.describe() if hasattr(self.origin, "describe") else "geoip"
+        parts = [
+            f"pack {pack.id} ({pack.status}, {pack.digest[:19]})",
+            f"mode {state.mode.value}",
+            f"{len(state.registry)} entities",
+            f"{len(state.catalog)} models",
+            geo,
+            "keys ready" if self.identity.ready else "keys not loaded yet",
+        ]
+        if state.shadow is not None:
+            parts.insert(1, f"shadow {state.shadow.pack.id}")
+        if self.audit is not None:
+            parts.append(
+                f"audit: {self.audit.describe()}" if hasattr(self.audit, "describe") else "audit on"
+            )
+        else:
+            parts.append("audit: none configured")
+        return "aidr-gate ready: " + "; ".join(parts)
+
+    # -- per request ---------------------------------------------------------------------------
+
+    @property
+    def audit_accepting(self) -> bool:
+        """False when the audit trail refuses records ("no audit, no access")."""
+        return self.audit is None or self.audit.accepting
+
+    def recorded_headers(
+        self, headers: Sequence[tuple[bytes, bytes]]
+    ) -> tuple[tuple[str, str], ...]:
+        """The request headers the configuration allows into audit records (never credentials)."""
+        if self.audit is None:
+            return ()
+        return self.audit.redactor.select(headers)
+
+    async def record(self, decision: Decision, context: RequestContext) -> None:
+        """Hand one record to the audit trail; wait only as long as its durability policy says."""
+        audit = self.audit
+        if audit is None:
+            return
+        stored = audit.submit(AuditEvent(decision, context))
+        if audit.durable_on_await:
+            await stored
+
+    # -- reloading -----------------------------------------------------------------------------
+
+    def _watched_files(self) -> list[Path]:
+        if self.config is None:
+            return []
+        state = self.gate.state
+        files = [Path(self.config.file), self.config.registry, self.config.catalog]
+        files += [Path(f) for f in state.pack.files]
+        if state.shadow is not None:
+            files += [Path(f) for f in state.shadow.pack.files]
+        return files
+
+    def _stamp(self) -> tuple[tuple[str, float, int], ...]:
+        out = []
+        for path in self._watched_files():
+            try:
+                # stat follows symlinks: a Kubernetes ConfigMap swap changes the target's mtime.
+                info = os.stat(path)
+            except OSError:
+                out.append((str(path), -1.0, -1))
+                continue
+            out.append((str(path), info.st_mtime, info.st_size))
+        return tuple(out)
+
+    async def reload(self) -> ReloadReport:
+        """Reload the configuration, packs, registry and catalogue; keep the old state on failure."""
+        if self.config is None:
+            report = ReloadReport(False, False, "no configuration file to reload from")
+            self.last_reload = report
+            return report
+        path = self.config.file
+        try:
+            config, state = await asyncio.to_thread(_load_policy, path)
+        except ConfigError as exc:
+            report = ReloadReport(
+                False, False, f"reload refused, keeping the last good state: {exc}"
+            )
+            logger.error("%s", report.detail)
+            self.telemetry.reload("policy", ok=False)
+            self.last_reload = report
+            self._policy_stamp = self._stamp()
+            return report
+        old = self.gate.swap(state)
+        self.config = config
+        self._policy_stamp = self._stamp()
+        changed = old.pack.digest != state.pack.digest or old is not state
+        report = ReloadReport(
+            True,
+            changed,
+            f"reloaded: pack {state.pack.id} ({state.pack.digest[:19]}), "
+            f"{len(state.registry)} entities, {len(state.catalog)} models",
+        )
+        logger.info("%s", report.detail)
+        self.telemetry.reload("policy", ok=True)
+        self.last_reload = report
+        return report
+
+    async def _watch_policy(self) -> None:
+        while True:
+            await asyncio.sleep(self._watch_interval)
+            stamp = await asyncio.to_thread(self._stamp)
+            if stamp != self._policy_stamp:
+                await self.reload()
+
+
+def _load_policy(path: str) -> tuple[GateConfig, GateState]:
+    config = load_config(path)
+    return config, load_state(config)

@@ -1,0 +1,72 @@
+"""Real servers for tests: an ASGI app under uvicorn on 127.0.0.1, in a thread, on a free port."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+START_TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ThreadedServer:
+    """uvicorn running *app* in a background thread; ``url`` once started."""
+
+    def __init__(self, app: Any, **options: Any) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan=options.pop("lifespan", "on"),
+            **options,
+        )
+        # uvicorn installs signal handlers only in the main thread: the test process keeps its own.
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """The base URL, ``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ThreadedServer:
+        """Start and wait until the server accepts connections."""
+        self.thread.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the server thread died during startup")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the server did not start in time")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        """Ask the server to exit and wait for its thread."""
+        self.server.should_exit = True
+        self.thread.join(timeout=START_TIMEOUT)
+
+
+@contextlib.contextmanager
+def serve(app: Any, **options: Any) -> Iterator[ThreadedServer]:
+    """Run *app* under uvicorn on 127.0.0.1 for the duration of the block."""
+    server = ThreadedServer(app, **options).start()
+    try:
+        yield server
+    finally:
+        server.stop()
