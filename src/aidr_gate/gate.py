@@ -200,29 +200,30 @@ class Gate:
                 agrees=other.outcome.effect is verdict.outcome.effect,
             )
         outcome = verdict.outcome
+        # Positional: frozen dataclasses pay per keyword and per field; this runs per request.
         return Decision(
-            decision_id=self._ids.next(),
-            at=at,
-            effect=outcome.effect,
-            status=outcome.status,
-            reasons=verdict.reasons,
-            rule=outcome.rule,
-            policy=verdict.policy,
-            evidence=Evidence(
-                identity=identity,
-                origin=origin,
-                entity_id=entity_id,
-                entity=entity,
-                entity_source=source,
-                claims_disagree=disagree,
-                model_requested=model_id,
-                model=model,
-                model_tier_source=verdict.model_tier_source,
-                facts=verdict.facts,
-                agreement=verdict.agreement,
+            self._ids.next(),
+            at,
+            outcome.effect,
+            outcome.status,
+            verdict.reasons,
+            outcome.rule,
+            verdict.policy,
+            Evidence(
+                identity,
+                origin,
+                entity_id,
+                entity,
+                source,
+                disagree,
+                model_id,
+                model,
+                verdict.model_tier_source,
+                verdict.facts,
+                verdict.agreement,
             ),
-            mode=state.mode,
-            shadow=shadow,
+            state.mode,
+            shadow,
         )
 
     def decide_listing(

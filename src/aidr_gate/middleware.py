@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,10 @@ class AIDRGateMiddleware:
                 # A bad configuration fails startup loudly, before any request is served.
                 await self._ensure_runtime()
             elif kind == "lifespan.shutdown" and self._runtime is not None and self._owns_runtime:
-                await self._runtime.close()
+                # A closed runtime cannot restart (its audit trail is flushed and shut): the next
+                # startup, if the server runs the app again, loads a fresh one.
+                runtime, self._runtime = self._runtime, None
+                await runtime.close()
             return message
 
         await self.app(scope, receive_wrapper, send)
@@ -161,13 +164,13 @@ class AIDRGateMiddleware:
             scope.setdefault("state", {})[settings.state_key] = decision
             runtime.telemetry.record(decision, gate_seconds, path)
             extra = self._response_headers(runtime, decision, gate_seconds)
+            if body is not None and body.disconnected:
+                ended = Ending.CLIENT_DISCONNECTED  # nobody is left to answer
+                return
             if decision.blocks:
                 response_status = decision.status
                 ended = Ending.DENIED
                 await self._send_error(send, decision, extra, record)
-                return
-            if body is not None and body.disconnected:
-                ended = Ending.CLIENT_DISCONNECTED
                 return
             app_receive = replay(body, receive) if body is not None else receive
 
@@ -425,7 +428,9 @@ def _filter_listing(
 
 def _peer(scope: Scope) -> str | None:
     client = scope.get("client")
-    if client and isinstance(client, Sequence) and len(client) >= 1 and isinstance(client[0], str):
+    if (
+        type(client) in (tuple, list) and client and type(client[0]) is str
+    ):  # exact types: faster than ABCs
         return client[0]
     return None
 

@@ -38,6 +38,7 @@ class Telemetry:
             unit="{decision}",
             description="Decisions where the shadow pack's effect differs from the enforced one",
         )
+        self._labels: dict[tuple[object, ...], tuple[dict[str, str], dict[str, str]]] = {}
         self._reloads = meter.create_counter(
             "aidr_gate.reloads",
             unit="{reload}",
@@ -47,14 +48,23 @@ class Telemetry:
     def record(self, decision: Decision, seconds: float, path: str | None) -> None:
         """Count one decision, record its time, and emit its span."""
         reason = decision.reasons[0] if decision.reasons else "NONE"
-        labels = {
-            "aidr.effect": decision.effect.value,
-            "aidr.reason": reason,
-            "aidr.mode": decision.mode.value,
-            "aidr.policy.id": decision.policy.id,
-        }
-        self._decisions.add(1, labels)
-        self._duration.record(seconds, {"aidr.effect": decision.effect.value})
+        key = (decision.effect, reason, decision.mode, decision.policy.id)
+        labels = self._labels.get(key)
+        if labels is None:
+            # Label sets are few (effect x reason x mode x pack): build each once.
+            if len(self._labels) > 4096:
+                self._labels.clear()
+            labels = self._labels[key] = (
+                {
+                    "aidr.effect": decision.effect.value,
+                    "aidr.reason": reason,
+                    "aidr.mode": decision.mode.value,
+                    "aidr.policy.id": decision.policy.id,
+                },
+                {"aidr.effect": decision.effect.value},
+            )
+        self._decisions.add(1, labels[0])
+        self._duration.record(seconds, labels[1])
         if decision.shadow is not None and not decision.shadow.agrees:
             self._shadow.add(
                 1,

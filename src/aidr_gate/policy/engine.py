@@ -9,10 +9,11 @@ the rules themselves only run for a combination not seen before.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from aidr_gate.catalog import Model
 from aidr_gate.decision import Outcome, PolicyRef
@@ -64,9 +65,12 @@ class PolicyFacts:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """The engine's answer: the outcome, every reason, and the facts it rested on."""
+class Verdict(NamedTuple):
+    """The engine's answer: the outcome, every reason, and the facts it rested on.
+
+    A named tuple rather than a frozen dataclass: one is built per request, and a tuple is
+    immutable at a third of the construction cost.
+    """
 
     outcome: Outcome
     reasons: tuple[str, ...]
@@ -173,6 +177,8 @@ class PolicyEngine:
         self._accepted = pack.accepted_agreement_types
         self._ref_in = PolicyRef(pack.id, pack.digest, pack.status, True)
         self._ref_out = PolicyRef(pack.id, pack.digest, pack.status, False)
+        self._window_from = pack.effective_from if pack.effective_from is not None else -math.inf
+        self._window_until = pack.effective_until if pack.effective_until is not None else math.inf
         self._evaluate = lru_cache(maxsize=cache_size)(self._evaluate_uncached)
 
     # -- compile ----------------------------------------------------------------------------------
@@ -250,27 +256,27 @@ class PolicyEngine:
                 at=at,
                 accepted_types=self._accepted,
             )
-        segment = bisect.bisect_right(self._bounds, at)
         facts, outcome, reasons = self._evaluate(
-            segment,
+            bisect.bisect_right(self._bounds, at),
             network_country,
             headquarters,
             parent,
             anonymizer,
             tier,
             model is not None,
-            model.weights.value if model is not None else None,
+            model.weights if model is not None else None,  # a StrEnum: equal to its value
             state,
             entity is not None,
             entity is not None and entity.denied,
         )
+        in_window = self._window_from <= at < self._window_until
         return Verdict(
-            outcome=outcome,
-            reasons=reasons,
-            facts=facts,
-            agreement=agreement,
-            model_tier_source=tier_source,
-            policy=self._ref_in if self.pack.in_window(at) else self._ref_out,
+            outcome,
+            reasons,
+            facts,
+            agreement,
+            tier_source,
+            self._ref_in if in_window else self._ref_out,
         )
 
     def _evaluate_uncached(
