@@ -6,6 +6,9 @@ policy pack, enforced, and audited.
 
 from __future__ import annotations
 
+# Before the imports: submodules read it while this package is still initialising.
+__version__ = "0.1.0"
+
 from aidr_gate.catalog import InMemoryCatalog, Model, ModelCatalog, Weights, load_catalog
 from aidr_gate.config import GateConfig, PolicyConfig, load_config
 from aidr_gate.decision import Decision, Effect, Evidence, Mode, Outcome, PolicyRef, ShadowResult
@@ -38,6 +41,9 @@ from aidr_gate.errors import (
 )
 from aidr_gate.facts import AnonymizerFlag, CountrySource, Identity, Origin, declared_origin
 from aidr_gate.gate import Gate, GateState, load_state, state_for
+from aidr_gate.identity import Authenticator, IdentityConfig, parse_identity_config
+from aidr_gate.middleware import AIDRGateMiddleware
+from aidr_gate.origin import OriginResolver, origin_resolver_for
 from aidr_gate.policy.engine import PolicyEngine, PolicyFacts, Verdict
 from aidr_gate.policy.pack import Pack, load_pack
 from aidr_gate.registry import (
@@ -49,16 +55,17 @@ from aidr_gate.registry import (
     InMemoryRegistry,
     load_registry,
 )
-
-__version__ = "0.1.0"
+from aidr_gate.runtime import Runtime
 
 __all__ = [
+    "AIDRGateMiddleware",
     "Agreement",
     "AgreementState",
     "AgreementStatus",
     "AidrGateError",
     "AnonymizerFlag",
     "AuditUnavailable",
+    "Authenticator",
     "BodyIncomplete",
     "BodyNotJSON",
     "BodyTooLarge",
@@ -74,6 +81,7 @@ __all__ = [
     "GateNotReady",
     "GateState",
     "Identity",
+    "IdentityConfig",
     "IdentityError",
     "InMemoryCatalog",
     "InMemoryRegistry",
@@ -83,6 +91,7 @@ __all__ = [
     "ModelMissing",
     "Origin",
     "OriginError",
+    "OriginResolver",
     "Outcome",
     "Pack",
     "PolicyConfig",
@@ -92,6 +101,7 @@ __all__ = [
     "PolicyRef",
     "Problem",
     "RequestError",
+    "Runtime",
     "ShadowResult",
     "TokenAlgorithmNotAllowed",
     "TokenAudienceInvalid",
@@ -114,5 +124,7 @@ __all__ = [
     "load_pack",
     "load_registry",
     "load_state",
+    "origin_resolver_for",
+    "parse_identity_config",
     "state_for",
 ]
