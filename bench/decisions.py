@@ -320,8 +320,8 @@ class EngineDecider:
 # First matching policy line wins (priority effect); a line's fields are the values a rule needs,
 # "*" where the rule does not care. Facts a matcher cannot compute are custom functions. Casbin's
 # other ABAC idiom, ``m = eval(p.rule)`` with an expression per line, reads closer to the pack but
-# pycasbin parses that expression again for every line of every request: several times slower, so
-# this form is the fair baseline.
+# pycasbin parses that expression again for every line it tries: it agreed on every request and ran
+# about 15% slower when tried, so this form is the fairer baseline.
 CASBIN_MODEL = """
 [request_definition]
 r = sub, obj, ctx
