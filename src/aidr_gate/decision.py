@@ -8,9 +8,10 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from aidr_gate.document import format_instant
 
@@ -36,8 +37,7 @@ class Mode(StrEnum):
     DRY_RUN = "dry-run"  # decide and record, never block
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True, gc=False):
     """What a rule (or the pack's default) says: effect, HTTP status for a deny, reason, rule id."""
 
     effect: Effect
@@ -55,8 +55,7 @@ class Outcome:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyRef:
+class PolicyRef(msgspec.Struct, frozen=True, gc=False):
     """Which pack decided: id, content digest, legal status and whether its window covered the time."""
 
     id: str
@@ -74,8 +73,7 @@ class PolicyRef:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Evidence:
+class Evidence(msgspec.Struct, frozen=True, gc=False):
     """Every fact a decision used; identity and origin are ``None`` when a stage failed first."""
 
     identity: Identity | None
@@ -129,8 +127,7 @@ class Evidence:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class ShadowResult:
+class ShadowResult(msgspec.Struct, frozen=True, gc=False):
     """What the shadow pack would have decided, beside the enforced one."""
 
     outcome: Outcome
@@ -146,8 +143,7 @@ class ShadowResult:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True, gc=False):
     """One request's decision. ``status`` is the HTTP status to answer a deny with."""
 
     decision_id: str
@@ -205,5 +201,8 @@ class DecisionIds:
 
     def next(self) -> str:
         """A fresh decision id."""
-        ms = int(time.time() * 1000)
-        return f"{ms:012x}{self._prefix}{next(self._counter) & 0xFFFFFFFF:08x}"
+        return "%012x%s%08x" % (  # noqa: UP031 - %-formatting is the fastest here
+            time.time_ns() // 1_000_000,
+            self._prefix,
+            next(self._counter) & 0xFFFFFFFF,
+        )

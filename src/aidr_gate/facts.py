@@ -2,14 +2,17 @@
 
 Stages (identity, client IP, GeoIP) produce :class:`Identity` and :class:`Origin`; the gate looks up
 the entity and the model and hands all of it to the pure policy engine. Everything here is immutable
-and cheap to build, because one of each is built per request.
+and cheap to build, because one of each is built per request: frozen ``msgspec.Struct``s, which
+build about ten times faster than frozen dataclasses (bench/decisions.py) and hold no reference
+cycles (``gc=False``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+import msgspec
 
 
 class AnonymizerFlag(StrEnum):
@@ -34,8 +37,7 @@ class CountrySource(StrEnum):
     NONE = "none"  # no lookup possible (no IP, private or reserved address)
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(msgspec.Struct, frozen=True, gc=False):
     """The verified caller: who the token says it is, and how the token was verified.
 
     Never holds the token itself.
@@ -69,8 +71,7 @@ class Identity:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
+class Origin(msgspec.Struct, frozen=True, gc=False):
     """Where the request came from: the true client IP and what GeoIP says of it."""
 
     ip: str | None
@@ -119,8 +120,7 @@ def declared_origin(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class RequestFacts:
+class RequestFacts(msgspec.Struct, frozen=True, gc=False):
     """Everything the gate decides one request on, once the stages have run."""
 
     identity: Identity | None

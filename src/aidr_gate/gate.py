@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from msgspec.structs import replace
 
 from aidr_gate import errors
 from aidr_gate.catalog import InMemoryCatalog, Model, ModelCatalog, load_catalog

@@ -27,12 +27,13 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
+from msgspec.structs import replace
 
 from aidr_gate.config import GateConfig
 from aidr_gate.countries import normalize_country

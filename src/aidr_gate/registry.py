@@ -40,6 +40,13 @@ class AgreementState(StrEnum):
     )
 
 
+# An inactive agreement's state is its status: a table, not an enum call, per request.
+_STATE_OF_STATUS: Mapping[AgreementStatus, AgreementState] = {
+    status: AgreementState(status.value)
+    for status in AgreementStatus
+    if status is not AgreementStatus.ACTIVE
+}
+
 AGREEMENT_TYPES: tuple[str, ...] = ("uveu", "nveu", "security-agreement", "license", "contract")
 ANY = "*"
 
@@ -66,7 +73,7 @@ class Agreement:
     def state_at(self, at: float) -> AgreementState:
         """The agreement's state at *at*, ignoring scope."""
         if self.status is not AgreementStatus.ACTIVE:
-            return AgreementState(self.status.value)
+            return _STATE_OF_STATUS[self.status]
         if self.valid_from is not None and at < self.valid_from:
             return AgreementState.NOT_YET_VALID
         if self.valid_until is not None and at >= self.valid_until:
