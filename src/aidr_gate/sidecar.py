@@ -18,12 +18,15 @@ flags override it)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import uvicorn
 
 from aidr_gate.audit.config import (
     AuditConfig,
@@ -50,6 +53,7 @@ Send = Callable[[Message], Awaitable[None]]
 __all__ = [
     "SidecarApp",
     "SidecarSettings",
+    "UvicornServer",
     "build_sidecar",
     "describe_audit",
     "parse_sidecar_settings",
@@ -252,6 +256,19 @@ def describe_audit(config: AuditConfig) -> str:
             parts.append(f"{sink.format} {sink.url}")
     text = ", ".join(parts) or "no sinks"
     return f"{text}; {config.format.value} records, on failure {config.on_failure.value}"
+
+
+class UvicornServer(uvicorn.Server):
+    """uvicorn's server without its signal handling: the caller decides what signals do.
+
+    uvicorn's own handlers re-raise the signal after a graceful stop, so a process stopped with
+    SIGTERM would end killed by it (exit 143) even after draining properly.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Install nothing."""
+        yield
 
 
 async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:

@@ -8,14 +8,13 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import uvicorn
 
 from aidr_gate.config import load_config
-from aidr_gate.sidecar import SidecarApp, SidecarSettings, build_sidecar
+from aidr_gate.sidecar import SidecarApp, SidecarSettings, UvicornServer, build_sidecar
 
 logger = logging.getLogger("aidr_gate.serve")
 
@@ -126,14 +125,6 @@ def run(args: argparse.Namespace) -> int:
     return 0 if started else EXIT_START_FAILED
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server without its signal handling: ``serve`` installs its own (see there)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 async def serve(app: SidecarApp, *, host: str, port: int, access_log: bool = False) -> bool:
     """Serve *app* under uvicorn until SIGTERM/SIGINT; True when it started and stopped cleanly.
 
@@ -142,7 +133,7 @@ async def serve(app: SidecarApp, *, host: str, port: int, access_log: bool = Fal
     """
     # Load keys and start the audit trail before listening: a bad key file is a clear error here.
     await app.startup()
-    server = _Server(
+    server = UvicornServer(
         uvicorn.Config(
             app,
             host=host,
