@@ -85,6 +85,9 @@ _TYPES = {502: "upstream_error", 504: "upstream_timeout", 400: "invalid_request_
 # A header value the upstream can read as it is; anything else is percent-encoded.
 _PLAIN_VALUE = re.compile(r"[\x21-\x7e]{1,512}")
 _HOST_VALUE = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
+# Seconds into an exchange before a task starts watching for the client going away (see
+# _DisconnectWatch): short requests never need one.
+WATCH_AFTER = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,11 +360,13 @@ class UpstreamProxy:
                 received += len(piece)
                 if length is not None and received >= length:
                     result.seconds = time.perf_counter() - started
+                    watch.stop()  # uvicorn reports a completed response as a disconnect
                     await send({"type": "http.response.body", "body": piece, "more_body": False})
                     break
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             else:
                 result.seconds = time.perf_counter() - started
+                watch.stop()
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             response.release()
             response = None
@@ -436,16 +441,19 @@ class UpstreamProxy:
 class _DisconnectWatch:
     """Cancels the request's task when the client disconnects, once the body has been read.
 
-    One extra task per request, started lazily: while the body is still being read, the body
-    reader itself sees a disconnect. Cancelling the request's own task (as ``asyncio.timeout``
-    does) interrupts whatever it awaits, the upstream's headers or its next chunk alike.
+    While the body is being read, the body reader itself sees a disconnect. After that, a watcher
+    task waits on ``receive()``; it starts only once the exchange has lasted ``WATCH_AFTER``
+    seconds, so the common short request never pays for a task (a disconnect is then noticed at
+    most that much later). Cancelling the request's own task (as ``asyncio.timeout`` does)
+    interrupts whatever it awaits, the upstream's headers or its next chunk alike.
     """
 
-    __slots__ = ("_receive", "_task", "_watcher", "client_gone", "stopped")
+    __slots__ = ("_receive", "_task", "_timer", "_watcher", "client_gone", "stopped")
 
     def __init__(self, receive: Receive, task: asyncio.Task[Any]) -> None:
         self._receive = receive
         self._task = task
+        self._timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.client_gone = False
         self.stopped = False
@@ -456,7 +464,11 @@ class _DisconnectWatch:
 
     def body_done(self) -> None:
         """The body is read: from now on, a message can only be ``http.disconnect``."""
-        if self._watcher is None and not self.stopped:
+        if self._timer is None and not self.stopped:
+            self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER, self._start)
+
+    def _start(self) -> None:
+        if not self.stopped and self._watcher is None:
             self._watcher = asyncio.ensure_future(self._watch())
 
     async def _watch(self) -> None:
@@ -469,8 +481,10 @@ class _DisconnectWatch:
             self._task.cancel()
 
     def stop(self) -> None:
-        """The exchange is over: stop watching."""
+        """The exchange is over (or about to send its last message): stop watching."""
         self.stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
         if self._watcher is not None and not self._watcher.done():
             self._watcher.cancel()
 

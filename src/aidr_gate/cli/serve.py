@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -116,13 +117,24 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     app = build_sidecar(config, args.upstream, adjust=adjust)
     try:
-        started = asyncio.run(
-            serve(app, host=args.host, port=args.port, access_log=args.access_log)
-        )
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            started = runner.run(
+                serve(app, host=args.host, port=args.port, access_log=args.access_log)
+            )
     except OSError as exc:
         print(f"aidr-gate serve: cannot start: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
     return 0 if started else EXIT_START_FAILED
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (as uvicorn would pick), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 async def serve(app: SidecarApp, *, host: str, port: int, access_log: bool = False) -> bool:
