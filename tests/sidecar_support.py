@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -141,3 +143,36 @@ def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[st
         env=env,
         check=False,
     )
+
+
+class CuttingUpstream:
+    """A raw TCP upstream that sends headers and part of a chunked body, then hangs up or stalls."""
+
+    def __init__(self, *, stall: bool) -> None:
+        self.stall = stall
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                    b"transfer-encoding: chunked\r\n\r\n"
+                    b"d\r\ndata: first\n\n\r\n"
+                )
+                if self.stall:
+                    conn.recv(1)  # waits until the proxy gives up and closes
+                # else: hang up mid-stream
+
+    def close(self) -> None:
+        self.sock.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 from aidr_gate.decision import Effect
 from aidr_gate.proxy import ProxySettings, UpstreamProxy
 from servers import ThreadedServer, free_port, serve
+from sidecar_support import CuttingUpstream
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -273,42 +273,9 @@ def test_upstream_down_is_502(upstream: ThreadedServer) -> None:
     assert error["decision_id"] is None  # no gate in front of this one
 
 
-class _CuttingUpstream:
-    """A raw TCP upstream that sends headers and part of a chunked body, then hangs up or stalls."""
-
-    def __init__(self, *, stall: bool) -> None:
-        self.stall = stall
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                    b"transfer-encoding: chunked\r\n\r\n"
-                    b"d\r\ndata: first\n\n\r\n"
-                )
-                if self.stall:
-                    conn.recv(1)  # waits until the proxy gives up and closes
-                # else: hang up mid-stream
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.mark.parametrize("stall", [False, True], ids=["upstream-hangs-up", "upstream-stalls"])
 def test_upstream_failing_mid_stream_cuts_the_stream(stall: bool) -> None:
-    upstream = _CuttingUpstream(stall=stall)
+    upstream = CuttingUpstream(stall=stall)
     server = proxied(f"http://127.0.0.1:{upstream.port}", read_timeout=0.5)
     try:
         with httpx.stream("GET", f"{server.url}/s", timeout=10) as response:
