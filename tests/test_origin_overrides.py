@@ -67,7 +67,7 @@ def entry(
             CountrySource.DECLARED,
             frozenset({AnonymizerFlag.TOR, AnonymizerFlag.HOSTING}),
             "static-overrides",
-        ),  # fmt: skip
+        ),
         # A private range can be given a country (internal callers).
         ("10.20.30.40", "US", CountrySource.DECLARED, frozenset(), "static-overrides"),
         # IPv6, and the IPv4-mapped form of an overridden IPv4 address.
@@ -86,7 +86,7 @@ def entry(
         "v6",
         "mapped",
         "outside",
-    ],  # fmt: skip
+    ],
 )
 def test_lookup(
     maxmind: MaxMindCountryResolver,
