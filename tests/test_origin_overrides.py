@@ -65,7 +65,7 @@ def entry(
             "89.160.20.200",
             "FI",
             CountrySource.DECLARED,
-            frozenset({AnonymizerFlag.TOR, AnonymizerFlag.HOSTING}),
+            TOR_HOSTING,
             "static-overrides",
         ),
         # A private range can be given a country (internal callers).
