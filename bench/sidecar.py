@@ -55,19 +55,13 @@ def free_port() -> int:
 
 def role_proxy_off(upstream: str, port: int) -> None:
     """The plain proxy, no gate: what the sidecar costs without any decision."""
-    import uvicorn
-
+    from aidr_gate.cli.serve import loop_factory
     from aidr_gate.proxy import UpstreamProxy
+    from aidr_gate.sidecar import UvicornServer, uvicorn_config
 
-    uvicorn.run(
-        UpstreamProxy(upstream),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-    )
+    server = UvicornServer(uvicorn_config(UpstreamProxy(upstream), port=port, log_level="warning"))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(server.serve())
 
 
 async def _load(
@@ -125,14 +119,9 @@ def role_load(url: str, token: str, concurrency: int, requests: int, seconds: fl
 
 def write_gate(root: Path) -> tuple[Path, str]:
     """A gate configuration with a key file, and a valid token for a Tier 1 entity."""
-    import jwt
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-    from jwt.algorithms import OKPAlgorithm
+    from aidr_gate.demo.tour import signing_key, token
 
-    key = ed25519.Ed25519PrivateKey.generate()
-    jwk = OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)
-    jwk.update({"kid": "bench", "alg": "EdDSA"})
-    (root / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    key = signing_key(root / "jwks.json", kid="bench")
     examples = ROOT / "policies" / "examples"
     config = root / "config.yaml"
     config.write_text(
@@ -151,9 +140,9 @@ def write_gate(root: Path) -> tuple[Path, str]:
             """
         )
     )
-    now = int(time.time())
-    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "lab-us", "iat": now, "exp": now + 3600}
-    return config, jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "bench"})
+    return config, token(
+        key, "lab-us", issuer=ISSUER, audience=AUDIENCE, kid="bench", lifetime=3600
+    )
 
 
 def start(args: list[str], port: int, ready: str, log: Path) -> subprocess.Popen[bytes]:

@@ -319,6 +319,16 @@ def test_client_disconnect_cancels_the_upstream(
 # -- shutdown ------------------------------------------------------------------------------------
 
 
+def slow_stream(client: openai.OpenAI) -> openai.Stream[Any]:
+    """A stream that takes several seconds: one word a second."""
+    return client.chat.completions.create(
+        model="aurora-mini",
+        messages=[{"role": "user", "content": "a b c d e f"}],
+        stream=True,
+        extra_headers={"x-demo-token-delay": "1.0"},
+    )
+
+
 def test_sigterm_drains_a_stream_in_flight(env: GateEnv, upstream: Process) -> None:
     with sidecar(env.root, env.config, upstream.url, "--shutdown-timeout", "10") as process:
         client = sdk(process.url, env.token("sakura-jp"), IP["JP"])
@@ -349,13 +359,7 @@ def test_sigterm_drains_a_stream_in_flight(env: GateEnv, upstream: Process) -> N
 
 def test_sigterm_deadline_cuts_what_does_not_finish(env: GateEnv, upstream: Process) -> None:
     with sidecar(env.root, env.config, upstream.url, "--shutdown-timeout", "0.5") as process:
-        client = sdk(process.url, env.token("lab-us"))
-        stream = client.chat.completions.create(
-            model="aurora-mini",
-            messages=[{"role": "user", "content": "a b c d e f"}],
-            stream=True,
-            extra_headers={"x-demo-token-delay": "1.0"},
-        )
+        stream = slow_stream(sdk(process.url, env.token("lab-us")))
         decision_id = stream.response.headers["x-aidr-decision-id"]
         next(iter(stream))
         started = time.monotonic()
@@ -370,13 +374,7 @@ def test_sigterm_deadline_cuts_what_does_not_finish(env: GateEnv, upstream: Proc
 
 def test_second_signal_stops_at_once(env: GateEnv, upstream: Process) -> None:
     with sidecar(env.root, env.config, upstream.url, "--shutdown-timeout", "30") as process:
-        client = sdk(process.url, env.token("lab-us"))
-        stream = client.chat.completions.create(
-            model="aurora-mini",
-            messages=[{"role": "user", "content": "a b c d e f"}],
-            stream=True,
-            extra_headers={"x-demo-token-delay": "1.0"},
-        )
+        stream = slow_stream(sdk(process.url, env.token("lab-us")))
         next(iter(stream))
         started = time.monotonic()
         process.signal(signal.SIGINT)

@@ -56,6 +56,17 @@ def write_version(mount: Path, name: str, env: GateEnv, entities: str) -> None:
     (version / "models.yaml").write_text((EXAMPLES / "models.yaml").read_text())
 
 
+def mount_configmap(root: Path, env: GateEnv, entities: str) -> Path:
+    """A ConfigMap mount as the kubelet lays it out; its config.yaml."""
+    mount = root / "aidr-gate-config"
+    mount.mkdir()
+    write_version(mount, "..2026_11_26_10_00_00.1", env, entities)
+    (mount / "..data").symlink_to("..2026_11_26_10_00_00.1")
+    for key in ("config.yaml", "entities.yaml", "models.yaml"):
+        (mount / key).symlink_to(f"..data/{key}")
+    return mount / "config.yaml"
+
+
 def swap(mount: Path, name: str) -> None:
     """What the kubelet does: point ``..data`` at the new version atomically, drop the old one."""
     old = os.readlink(mount / "..data")
@@ -68,13 +79,13 @@ def swap(mount: Path, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> GateEnv:
-    """Keys and GeoIP databases (the ConfigMap below names them by absolute path)."""
+    """Keys, GeoIP databases and a configuration on disk."""
     return make_gate_env(tmp_path_factory.mktemp("gate"))
 
 
 @pytest.fixture(scope="module")
 def upstream(env: GateEnv) -> Iterator[Process]:
-    """The demo model server."""
+    """The demo model server, with fault injection."""
     with model_server(env.root) as process:
         yield process
 
@@ -99,13 +110,9 @@ def wait_for(gate: Process, env: GateEnv, wanted: int, timeout: float) -> float:
 
 
 def test_configmap_swap_and_sighup(env: GateEnv, upstream: Process, tmp_path: Path) -> None:
-    mount = tmp_path / "aidr-gate-config"
-    mount.mkdir()
-    write_version(mount, "..2026_11_26_10_00_00.1", env, registry(with_agreement=False))
-    (mount / "..data").symlink_to("..2026_11_26_10_00_00.1")
-    for key in ("config.yaml", "entities.yaml", "models.yaml"):
-        (mount / key).symlink_to(f"..data/{key}")
-    with sidecar(env.root, mount / "config.yaml", upstream.url) as gate:
+    config = mount_configmap(tmp_path, env, registry(with_agreement=False))
+    mount = config.parent
+    with sidecar(env.root, config, upstream.url) as gate:
         assert status(gate, env) == 403  # no agreement
         # The ConfigMap gains an agreement for andes-br: the watch sees the swap.
         write_version(mount, "..2026_11_26_10_05_00.2", env, registry(with_agreement=True))
@@ -134,13 +141,9 @@ def test_configmap_swap_and_sighup(env: GateEnv, upstream: Process, tmp_path: Pa
 def test_a_bad_change_keeps_the_last_good_state(
     env: GateEnv, upstream: Process, tmp_path: Path
 ) -> None:
-    mount = tmp_path / "cm"
-    mount.mkdir()
-    write_version(mount, "..v1", env, registry(with_agreement=True))
-    (mount / "..data").symlink_to("..v1")
-    for key in ("config.yaml", "entities.yaml", "models.yaml"):
-        (mount / key).symlink_to(f"..data/{key}")
-    with sidecar(env.root, mount / "config.yaml", upstream.url) as gate:
+    config = mount_configmap(tmp_path, env, registry(with_agreement=True))
+    mount = config.parent
+    with sidecar(env.root, config, upstream.url) as gate:
         assert status(gate, env) == 200
         write_version(mount, "..v2", env, registry(with_agreement=True) + "  broken: [\n")
         swap(mount, "..v2")

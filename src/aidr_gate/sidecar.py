@@ -57,6 +57,7 @@ __all__ = [
     "build_sidecar",
     "describe_audit",
     "parse_sidecar_settings",
+    "uvicorn_config",
 ]
 
 HEALTH_PATHS = ("/healthz", "/readyz")
@@ -256,6 +257,33 @@ def describe_audit(config: AuditConfig) -> str:
             parts.append(f"{sink.format} {sink.url}")
     text = ", ".join(parts) or "no sinks"
     return f"{text}; {config.format.value} records, on failure {config.on_failure.value}"
+
+
+def uvicorn_config(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    access_log: bool = False,
+    log_level: str | None = None,
+    shutdown_timeout: float | None = None,
+) -> uvicorn.Config:
+    """How the sidecar (and the demo, and the bench's plain proxy) run under uvicorn."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        # The gate resolves client IPs behind trusted proxies itself; uvicorn must not rewrite the
+        # peer address from X-Forwarded-For first.
+        proxy_headers=False,
+        server_header=False,
+        access_log=access_log,
+        # Typed int, used as an asyncio.wait_for timeout: a fraction of a second is honoured.
+        timeout_graceful_shutdown=shutdown_timeout,  # type: ignore[arg-type]
+        log_config=None,  # the caller's logging format for every line
+        log_level=log_level,
+    )
 
 
 class UvicornServer(uvicorn.Server):

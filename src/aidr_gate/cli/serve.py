@@ -12,10 +12,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-import uvicorn
-
 from aidr_gate.config import load_config
-from aidr_gate.sidecar import SidecarApp, SidecarSettings, UvicornServer, build_sidecar
+from aidr_gate.sidecar import (
+    SidecarApp,
+    SidecarSettings,
+    UvicornServer,
+    build_sidecar,
+    uvicorn_config,
+)
 
 logger = logging.getLogger("aidr_gate.serve")
 
@@ -146,19 +150,12 @@ async def serve(app: SidecarApp, *, host: str, port: int, access_log: bool = Fal
     # Load keys and start the audit trail before listening: a bad key file is a clear error here.
     await app.startup()
     server = UvicornServer(
-        uvicorn.Config(
+        uvicorn_config(
             app,
             host=host,
             port=port,
-            lifespan="on",
-            # The gate resolves client IPs behind trusted proxies itself; uvicorn must not rewrite
-            # the peer address from X-Forwarded-For first.
-            proxy_headers=False,
-            server_header=False,
             access_log=access_log,
-            # Typed int, used as an asyncio.wait_for timeout: a fraction of a second is honoured.
-            timeout_graceful_shutdown=app.settings.shutdown_timeout,  # type: ignore[arg-type]
-            log_config=None,  # the CLI's logging format for every line
+            shutdown_timeout=app.settings.shutdown_timeout,
         )
     )
     loop = asyncio.get_running_loop()

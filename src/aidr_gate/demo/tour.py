@@ -40,9 +40,9 @@ from jwt.algorithms import OKPAlgorithm
 from aidr_gate.audit import verify_files
 from aidr_gate.config import embedded_config_path, load_config
 from aidr_gate.demo.model_server import build_model_app
-from aidr_gate.sidecar import SidecarApp, UvicornServer, build_sidecar
+from aidr_gate.sidecar import SidecarApp, UvicornServer, build_sidecar, uvicorn_config
 
-__all__ = ["ROWS", "Row", "run_demo"]
+__all__ = ["ROWS", "Row", "run_demo", "signing_key", "token"]
 
 ISSUER = "https://idp.demo.invalid/"
 AUDIENCE = "aidr-gate-demo"
@@ -103,12 +103,33 @@ def _free_socket() -> socket.socket:
     return sock
 
 
-def _write_setup(root: Path) -> tuple[Path, ed25519.Ed25519PrivateKey]:
-    """A fresh signing key, its JWKS, and the demo configuration under *root*."""
+def signing_key(jwks: Path, kid: str = KEY_ID) -> ed25519.Ed25519PrivateKey:
+    """A fresh Ed25519 key; its public half is written to *jwks* (the private one stays in memory)."""
     key = ed25519.Ed25519PrivateKey.generate()
     jwk = OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)
-    jwk.update({"kid": KEY_ID, "alg": "EdDSA", "use": "sig"})
-    (root / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    jwk.update({"kid": kid, "alg": "EdDSA", "use": "sig"})
+    jwks.write_text(json.dumps({"keys": [jwk]}))
+    return key
+
+
+def token(
+    key: ed25519.Ed25519PrivateKey,
+    entity: str,
+    *,
+    issuer: str = ISSUER,
+    audience: str = AUDIENCE,
+    kid: str = KEY_ID,
+    lifetime: int = 300,
+) -> str:
+    """A bearer token naming *entity*, signed with *key*."""
+    now = int(time.time())
+    claims = {"iss": issuer, "aud": audience, "sub": entity, "iat": now, "exp": now + lifetime}
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})
+
+
+def _write_setup(root: Path) -> tuple[Path, ed25519.Ed25519PrivateKey]:
+    """A fresh signing key, its JWKS, and the demo configuration under *root*."""
+    key = signing_key(root / "jwks.json")
     examples = embedded_config_path().parent
     audit = root / "audit"
     config = root / "config.yaml"
@@ -145,12 +166,6 @@ def _write_setup(root: Path) -> tuple[Path, ed25519.Ed25519PrivateKey]:
     return config, key
 
 
-def _token(key: ed25519.Ed25519PrivateKey, entity: str) -> str:
-    now = int(time.time())
-    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": entity, "iat": now, "exp": now + 300}
-    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": KEY_ID})
-
-
 async def _send(session: aiohttp.ClientSession, base: str, row: Row, token: str) -> Outcome:
     body: dict[str, Any] = {
         "model": row.model,
@@ -176,20 +191,7 @@ async def _send(session: aiohttp.ClientSession, base: str, row: Row, token: str)
 
 
 async def _serve(app: Any, sock: socket.socket) -> tuple[UvicornServer, asyncio.Task[None]]:
-    import uvicorn
-
-    server = UvicornServer(
-        uvicorn.Config(
-            app,
-            lifespan="on",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            proxy_headers=False,
-            server_header=False,
-            timeout_graceful_shutdown=5,
-        )
-    )
+    server = UvicornServer(uvicorn_config(app, log_level="warning", shutdown_timeout=5))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     deadline = time.monotonic() + 20
     while not server.started:
@@ -291,7 +293,7 @@ async def _tour(root: Path, out: TextIO) -> int:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             for row in ROWS:
                 signer = forged if row.forged else key
-                outcomes.append(await _send(session, gate_url, row, _token(signer, row.caller)))
+                outcomes.append(await _send(session, gate_url, row, token(signer, row.caller)))
     finally:
         if gate_server is not None and gate_task is not None:
             gate_server.should_exit = True
