@@ -7,8 +7,8 @@ Everything runs on 127.0.0.1 in separate processes, measured in one run:
 - the upstream: the demo model server (``python -m aidr_gate.demo.model_server``);
 - gate off: the plain :class:`~aidr_gate.proxy.UpstreamProxy` under uvicorn, built here in the bench
   (no command-line switch anywhere turns the gate off);
-- gate on: ``aidr-gate serve`` with a configuration like a real one (JWT keys from a file, the example
-  registry and catalogue, an audit file sink with its default fsync policy);
+- gate on: ``aidr-gate serve`` with the demo's configuration (JWT keys from a file, the example
+  registry and catalogue, embedded GeoIP data, an audit file sink with the default fsync policy);
 - the load generator: this script again, in its own process (aiohttp, C concurrent workers,
   bounded by a request count and a time limit), sending non-streaming chat completions with a
   valid token and an ``X-Forwarded-For`` address.
@@ -30,14 +30,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-ISSUER = "https://idp.bench.invalid/"
-AUDIENCE = "aidr-gate-bench"
 BODY = {"model": "aurora-mini", "messages": [{"role": "user", "content": "hello bench"}]}
 CLIENT_IP = "8.8.8.8"
 
@@ -118,31 +114,11 @@ def role_load(url: str, token: str, concurrency: int, requests: int, seconds: fl
 
 
 def write_gate(root: Path) -> tuple[Path, str]:
-    """A gate configuration with a key file, and a valid token for a Tier 1 entity."""
-    from aidr_gate.demo.tour import signing_key, token
+    """The demo's gate configuration (its audit file with the default fsync policy), and a token."""
+    from aidr_gate.demo.tour import token, write_setup
 
-    key = signing_key(root / "jwks.json", kid="bench")
-    examples = ROOT / "policies" / "examples"
-    config = root / "config.yaml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            policy: {{pack: aidr-2025-01}}
-            mode: enforce
-            registry: {examples / "entities.yaml"}
-            catalog: {examples / "models.yaml"}
-            identity: {{issuer: "{ISSUER}", audience: {AUDIENCE}, algorithms: [EdDSA],
-                        key_file: jwks.json}}
-            network: {{trusted_proxies: [127.0.0.1/32]}}
-            audit:
-              directory: {root / "audit"}
-              sinks: [{{type: file, path: {root / "audit" / "audit.jsonl"}}}]
-            """
-        )
-    )
-    return config, token(
-        key, "lab-us", issuer=ISSUER, audience=AUDIENCE, kid="bench", lifetime=3600
-    )
+    config, key = write_setup(root, fsync="interval")
+    return config, token(key, "lab-us", lifetime=3600)
 
 
 def start(args: list[str], port: int, ready: str, log: Path) -> subprocess.Popen[bytes]:

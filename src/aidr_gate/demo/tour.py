@@ -42,7 +42,7 @@ from aidr_gate.config import embedded_config_path, load_config
 from aidr_gate.demo.model_server import build_model_app
 from aidr_gate.sidecar import SidecarApp, UvicornServer, build_sidecar, uvicorn_config
 
-__all__ = ["ROWS", "Row", "run_demo", "signing_key", "token"]
+__all__ = ["ROWS", "Row", "run_demo", "signing_key", "token", "write_setup"]
 
 ISSUER = "https://idp.demo.invalid/"
 AUDIENCE = "aidr-gate-demo"
@@ -127,8 +127,8 @@ def token(
     return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})
 
 
-def _write_setup(root: Path) -> tuple[Path, ed25519.Ed25519PrivateKey]:
-    """A fresh signing key, its JWKS, and the demo configuration under *root*."""
+def write_setup(root: Path, *, fsync: str = "always") -> tuple[Path, ed25519.Ed25519PrivateKey]:
+    """A fresh signing key, its JWKS, and the demo configuration under *root* (also the bench's)."""
     key = signing_key(root / "jwks.json")
     examples = embedded_config_path().parent
     audit = root / "audit"
@@ -159,7 +159,7 @@ def _write_setup(root: Path) -> tuple[Path, ed25519.Ed25519PrivateKey]:
             audit:
               directory: {json.dumps(str(audit))}
               sinks:
-                - {{type: file, path: {json.dumps(str(audit / "audit.jsonl"))}, fsync: always}}
+                - {{type: file, path: {json.dumps(str(audit / "audit.jsonl"))}, fsync: {fsync}}}
             """
         )
     )
@@ -263,7 +263,7 @@ async def run_demo(out: TextIO = sys.stdout, *, keep: Path | None = None) -> int
 
 async def _tour(root: Path, out: TextIO) -> int:
     started = time.perf_counter()
-    config_path, key = _write_setup(root)
+    config_path, key = write_setup(root)
     upstream_sock, gate_sock = _free_socket(), _free_socket()
     upstream_url = f"http://127.0.0.1:{upstream_sock.getsockname()[1]}"
     gate_url = f"http://127.0.0.1:{gate_sock.getsockname()[1]}"
