@@ -16,6 +16,15 @@ Configuration, two sections of the gate's file (paths relative to it)::
       anonymous_ip_database: /var/lib/GeoIP/GeoIP2-Anonymous-IP.mmdb   # optional
       cache_size: 65536                            # answers cached per IP
       reload_check_interval: 1.0                   # seconds between file checks; 0: never
+      overrides:                                   # checked before the database, most specific
+        - network: 198.51.100.0/24                 #   network first
+          country: SE                              # optional: the country (source "declared")
+          anonymizer: [vpn]                        # optional: the flags ([] clears the database's)
+          note: our Stockholm VPN concentrator     # optional: shown in evidence and audit
+
+Overrides are for what the operator knows better than any database: its own egress ranges, a
+partner's VPN concentrator, internal ranges that should count as a country. Each needs a country, an
+anonymizer list, or both; the database fills in what an override leaves out.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from aidr_gate.client_ip import (
 from aidr_gate.config import GateConfig
 from aidr_gate.document import Checker, Document, join
 from aidr_gate.errors import ConfigError, Problem
-from aidr_gate.facts import Origin
+from aidr_gate.facts import AnonymizerFlag, Origin
 from aidr_gate.geo import (
     DEFAULT_CACHE_SIZE,
     DEFAULT_RELOAD_CHECK_INTERVAL,
@@ -45,6 +54,8 @@ from aidr_gate.geo import (
     GeoResult,
     IptoccCountryResolver,
     MaxMindCountryResolver,
+    OverrideCountryResolver,
+    OverrideEntry,
     ReloadResult,
     watch,
 )
@@ -53,13 +64,22 @@ __all__ = [
     "OriginConfig",
     "OriginResolver",
     "build_origin_resolver",
+    "describe_geo",
     "origin_resolver_for",
     "parse_header_lines",
     "parse_origin_config",
 ]
 
 NETWORK_KEYS = ("trusted_proxies", "trusted_headers")
-GEOIP_KEYS = ("country_database", "anonymous_ip_database", "cache_size", "reload_check_interval")
+GEOIP_KEYS = (
+    "country_database",
+    "anonymous_ip_database",
+    "cache_size",
+    "reload_check_interval",
+    "overrides",
+)
+OVERRIDE_KEYS = ("network", "country", "anonymizer", "note")
+MAX_OVERRIDES = 10_000
 MAX_CACHE_SIZE = 16_777_216
 _COMMAND_LINE = "<command line>"
 
@@ -76,6 +96,7 @@ class OriginConfig:
     anonymous_ip_database: Path | None = None
     cache_size: int = DEFAULT_CACHE_SIZE
     reload_check_interval: float = DEFAULT_RELOAD_CHECK_INTERVAL
+    overrides: tuple[OverrideEntry, ...] = ()
     # Where the values came from, so errors found when opening databases name file, key and line.
     document: Document | None = None
 
@@ -174,6 +195,10 @@ class OriginResolver:
         """Reload the GeoIP databases now; a bad file is refused and the old one kept."""
         return self.geo.reload()
 
+    def describe(self) -> str:
+        """What answers GeoIP questions, for the start summary: database, build date, overrides."""
+        return describe_geo(self.geo)
+
     async def watch(self) -> None:
         """Check the GeoIP files every ``reload_check_interval`` until cancelled (start at startup)."""
         await watch(self.geo, self.reload_check_interval)
@@ -181,6 +206,30 @@ class OriginResolver:
     def close(self) -> None:
         """Release the GeoIP databases."""
         self.geo.close()
+
+
+def describe_geo(geo: CountryResolver) -> str:
+    """``GeoIP GeoLite2-Country built 2026-11-20 + GeoIP2-Anonymous-IP built ...; 2 overrides``."""
+    overrides = ""
+    if isinstance(geo, OverrideCountryResolver):
+        count = len(geo.entries)
+        overrides = f"; {count} static override{'s' if count != 1 else ''}"
+        geo = geo.inner
+    if isinstance(geo, MaxMindCountryResolver):
+        info = geo.country_info
+        text = f"GeoIP {info.database_type} built {info.build[:10]} ({info.path})"
+        anonymous = geo.anonymous_ip_info
+        if anonymous is not None:
+            text += f" + {anonymous.database_type} built {anonymous.build[:10]}"
+        else:
+            text += ", no anonymizer database"
+        return text + overrides
+    if isinstance(geo, IptoccCountryResolver):
+        return (
+            f"GeoIP embedded iptocc {geo.database_build} (RIR registration country, "
+            f"no anonymizer data){overrides}"
+        )
+    return f"GeoIP {type(geo).__name__}{overrides}"
 
 
 def _build(client: ClientIP, geo: GeoResult) -> Origin:
@@ -260,6 +309,9 @@ def parse_origin_config(config: GateConfig) -> OriginConfig:
             geoip["reload_check_interval"], "geoip.reload_check_interval", minimum=0
         )
         interval = seconds if seconds is not None else interval
+    overrides: tuple[OverrideEntry, ...] = ()
+    if "overrides" in geoip:
+        overrides = _overrides(check, geoip["overrides"], "geoip.overrides")
     check.raise_if_errors()
     return OriginConfig(
         trusted_proxies=proxies,
@@ -268,8 +320,52 @@ def parse_origin_config(config: GateConfig) -> OriginConfig:
         anonymous_ip_database=anonymous,
         cache_size=cache_size,
         reload_check_interval=interval,
+        overrides=overrides,
         document=document,
     )
+
+
+def _overrides(check: Checker, raw: Any, path: str) -> tuple[OverrideEntry, ...]:
+    items = check.sequence(raw, path) or []
+    if len(items) > MAX_OVERRIDES:
+        check.error(path, f"at most {MAX_OVERRIDES} entries (use a database for more)")
+        return ()
+    flags = [flag.value for flag in AnonymizerFlag]
+    out: list[OverrideEntry] = []
+    seen: dict[IPv4Network | IPv6Network, int] = {}
+    for index, item in enumerate(items):
+        where = join(path, index)
+        data = check.mapping(item, where, keys=OVERRIDE_KEYS, required=("network",))
+        if data is None or data.get("network") is None:
+            continue
+        network = _cidr(check)(data["network"], join(where, "network"))
+        country = None
+        if data.get("country") is not None:
+            country = check.country(data["country"], join(where, "country"))
+        anonymizer = None
+        if "anonymizer" in data:
+            names = check.each(
+                data["anonymizer"],
+                join(where, "anonymizer"),
+                lambda v, p: check.string(v, p, choices=flags),
+            )
+            anonymizer = frozenset(AnonymizerFlag(n) for n in names or ())
+        elif data.get("country") is None:
+            check.error(where, "give a country, an anonymizer list, or both")
+        note = None
+        if data.get("note") is not None:
+            note = check.string(data["note"], join(where, "note"))
+        if network is None:
+            continue
+        if network in seen:
+            check.error(
+                join(where, "network"),
+                f"{network} is already listed at {join(path, seen[network])}",
+            )
+            continue
+        seen[network] = index
+        out.append(OverrideEntry(network, country, anonymizer, note))
+    return tuple(out)
 
 
 def _cidr(check: Checker) -> Callable[[Any, str], IPv4Network | IPv6Network | None]:
@@ -324,6 +420,8 @@ def build_origin_resolver(config: OriginConfig) -> OriginResolver:
                 check.error(join("geoip", key), f"{problem.file}: {problem.message}")
             check.raise_if_errors()
             raise  # pragma: no cover - raise_if_errors always raises here
+    if config.overrides:
+        geo = OverrideCountryResolver(config.overrides, geo, cache_size=config.cache_size)
     return OriginResolver(proxies, geo, reload_check_interval=config.reload_check_interval)
 
 

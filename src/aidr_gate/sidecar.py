@@ -1,21 +1,44 @@
 """The sidecar: the same middleware in front of :class:`UpstreamProxy`, plus Kubernetes probes.
 
 ``/healthz`` answers while the process serves; ``/readyz`` only when the policy, registry, catalogue,
-keys and GeoIP data are loaded and the upstream accepts connections. Everything else is gated.
+keys and GeoIP data are loaded, the audit trail takes records and the upstream accepts connections.
+Everything else is gated. The ``proxy:`` section of the configuration (every key optional; ``serve``
+flags override it)::
+
+    proxy:
+      upstream: http://127.0.0.1:8000   # the model server (or --upstream)
+      connect_timeout: 5                # seconds to open a connection to it: then 504
+      read_timeout: 120                 # seconds without a byte from it: 504, or a cut stream
+      pool_size: 256                    # connections kept to it at most
+      keepalive_timeout: 30             # seconds an idle pooled connection is kept
+      forward_client_ip: true           # append X-Forwarded-For / Forwarded
+      shutdown_timeout: 30              # seconds SIGTERM waits for in-flight streams
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import uvicorn
+
+from aidr_gate.audit.config import (
+    AuditConfig,
+    FileSinkConfig,
+    HttpSinkConfig,
+    StdoutSinkConfig,
+    SyslogSinkConfig,
+)
 from aidr_gate.config import GateConfig
 from aidr_gate.document import Checker
 from aidr_gate.errors import ConfigError
+from aidr_gate.jwks import FileKeys, RemoteJwks
 from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.proxy import ProxySettings, UpstreamProxy
 from aidr_gate.runtime import Runtime
@@ -27,9 +50,30 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+__all__ = [
+    "SidecarApp",
+    "SidecarSettings",
+    "UvicornServer",
+    "build_sidecar",
+    "describe_audit",
+    "parse_sidecar_settings",
+    "uvicorn_config",
+]
+
 HEALTH_PATHS = ("/healthz", "/readyz")
 # /readyz probes the upstream at most this often; Kubernetes probes every few seconds.
 READY_CACHE_SECONDS = 1.0
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+COMMAND_LINE = "<command line>"
+_KEYS = (
+    "upstream",
+    "connect_timeout",
+    "read_timeout",
+    "pool_size",
+    "keepalive_timeout",
+    "forward_client_ip",
+    "shutdown_timeout",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +82,7 @@ class SidecarSettings:
 
     upstream: str | None = None
     proxy: ProxySettings = field(default_factory=ProxySettings)
-    shutdown_timeout: float = 30.0
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
 
 
 def parse_sidecar_settings(config: GateConfig) -> SidecarSettings:
@@ -46,15 +90,7 @@ def parse_sidecar_settings(config: GateConfig) -> SidecarSettings:
     if config.document is None or "proxy" not in config.sections:
         return SidecarSettings()
     check = Checker(config.document)
-    keys = (
-        "upstream",
-        "connect_timeout",
-        "read_timeout",
-        "pool_size",
-        "keepalive_timeout",
-        "shutdown_timeout",
-    )
-    data = check.mapping(config.section("proxy"), "proxy", keys=keys) or {}
+    data = check.mapping(config.section("proxy"), "proxy", keys=_KEYS) or {}
     defaults = ProxySettings()
 
     def seconds(key: str, default: float) -> float:
@@ -63,19 +99,32 @@ def parse_sidecar_settings(config: GateConfig) -> SidecarSettings:
         value = check.number(data[key], f"proxy.{key}", minimum=0.001)
         return default if value is None else value
 
-    upstream = check.string(data["upstream"], "proxy.upstream") if data.get("upstream") else None
+    upstream = None
+    if data.get("upstream") is not None:
+        upstream = check.string(data["upstream"], "proxy.upstream")
+        if upstream is not None:
+            try:
+                UpstreamProxy(upstream)
+            except ValueError as exc:
+                check.error("proxy.upstream", str(exc))
     pool = defaults.pool_size
     if data.get("pool_size") is not None:
         pool = check.integer(data["pool_size"], "proxy.pool_size", minimum=1) or pool
+    forward = defaults.forward_client_ip
+    if data.get("forward_client_ip") is not None:
+        read = check.boolean(data["forward_client_ip"], "proxy.forward_client_ip")
+        forward = forward if read is None else read
     settings = SidecarSettings(
         upstream=upstream,
-        proxy=ProxySettings(
+        proxy=replace(
+            defaults,
             connect_timeout=seconds("connect_timeout", defaults.connect_timeout),
             read_timeout=seconds("read_timeout", defaults.read_timeout),
             pool_size=pool,
             keepalive_timeout=seconds("keepalive_timeout", defaults.keepalive_timeout),
+            forward_client_ip=forward,
         ),
-        shutdown_timeout=seconds("shutdown_timeout", 30.0),
+        shutdown_timeout=seconds("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT),
     )
     check.raise_if_errors()
     return settings
@@ -84,34 +133,70 @@ def parse_sidecar_settings(config: GateConfig) -> SidecarSettings:
 class SidecarApp:
     """ASGI app of ``aidr-gate serve``: probes, then the gate, then the upstream."""
 
-    def __init__(self, runtime: Runtime, proxy: UpstreamProxy) -> None:
+    def __init__(
+        self, runtime: Runtime, proxy: UpstreamProxy, settings: SidecarSettings | None = None
+    ) -> None:
         self.runtime = runtime
         self.proxy = proxy
+        self.settings = settings or SidecarSettings(upstream=str(proxy.upstream))
         self.gated = AIDRGateMiddleware(proxy, runtime=runtime)
-        self._ready_at = 0.0
+        self._ready_at = -READY_CACHE_SECONDS
         self._upstream_ok = False
+        self._started = False
+        self._closed = False
 
     async def startup(self) -> None:
-        """Start the runtime's background work and the upstream pool."""
+        """Start the runtime's background work and the upstream pool; log what serves (once)."""
+        if self._started:
+            return
         await self.runtime.start()
         await self.proxy.start()
+        self._started = True
+        logger.info("%s", self.describe())
+
+    async def reload(self) -> None:
+        """SIGHUP: reload policy, registry, catalogue, key file and GeoIP now; keep what fails."""
+        await self.runtime.reload()
+        keys = self.runtime.identity.keys
+        if isinstance(keys, FileKeys):
+            await keys.reload()
+        elif isinstance(keys, RemoteJwks):
+            await keys.refresh()
+        await asyncio.to_thread(self.runtime.origin.reload)
 
     async def shutdown(self) -> None:
-        """Close the pool and flush the audit trail."""
+        """Close the pool and flush the audit trail (once)."""
+        if self._closed:
+            return
+        self._closed = True
         await self.proxy.close()
         await self.runtime.close()
 
+    def describe(self) -> str:
+        """One line on what the sidecar adds: upstream, pool and timeouts, where audit goes."""
+        s = self.proxy.settings
+        audit = self.runtime.audit
+        parts = [
+            f"upstream {self.proxy.upstream}",
+            f"pool {s.pool_size}, connect {s.connect_timeout:g}s, read {s.read_timeout:g}s",
+            f"drain {self.settings.shutdown_timeout:g}s on SIGTERM",
+            f"audit to {describe_audit(audit.config)}" if audit is not None else "no audit",
+        ]
+        return "aidr-gate sidecar: " + "; ".join(parts)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "lifespan":
+        if kind == "http":
+            path = scope.get("path")
+            if path in HEALTH_PATHS and scope.get("method") in ("GET", "HEAD"):
+                if path == "/healthz":
+                    await _json(send, 200, {"status": "alive"})
+                else:
+                    ready, report = await self.readiness()
+                    await _json(send, 200 if ready else 503, report)
+                return
+        elif kind == "lifespan":
             await self._lifespan(receive, send)
-            return
-        if kind == "http" and scope.get("path") in HEALTH_PATHS and scope.get("method") == "GET":
-            if scope["path"] == "/healthz":
-                await _json(send, 200, {"status": "alive"})
-            else:
-                ready, report = await self.readiness()
-                await _json(send, 200 if ready else 503, report)
             return
         await self.gated(scope, receive, send)
 
@@ -122,7 +207,7 @@ class SidecarApp:
                 try:
                     await self.startup()
                 except Exception as exc:
-                    logger.exception("startup failed")
+                    logger.error("startup failed: %s", exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
@@ -134,19 +219,20 @@ class SidecarApp:
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether to take traffic, and why; the upstream check is cached for a second."""
         now = time.monotonic()
-        if now - self._ready_at > READY_CACHE_SECONDS:
+        if now - self._ready_at >= READY_CACHE_SECONDS:
             self._upstream_ok = await self.proxy.reachable()
-            self._ready_at = now
+            self._ready_at = time.monotonic()
         runtime = self.runtime
         state = runtime.gate.state
-        checks = {
-            "policy": state.pack.id,
+        checks: dict[str, Any] = {
+            "started": runtime.started,
+            "policy": f"{state.pack.id} ({state.pack.status})",
             "registry": len(state.registry),
             "catalog": len(state.catalog),
             "keys": runtime.identity.ready,
+            "geoip": runtime.origin.describe(),
             "audit": runtime.audit_accepting,
             "upstream": self._upstream_ok,
-            "started": runtime.started,
         }
         ready = bool(
             runtime.started
@@ -155,6 +241,62 @@ class SidecarApp:
             and self._upstream_ok
         )
         return ready, {"status": "ready" if ready else "not ready", "checks": checks}
+
+
+def describe_audit(config: AuditConfig) -> str:
+    """Where records go, in one phrase: ``file /var/lib/... (fsync always), http splunk``."""
+    parts: list[str] = []
+    for sink in config.sinks:
+        if isinstance(sink, FileSinkConfig):
+            parts.append(f"file {sink.path} (fsync {sink.fsync.value})")
+        elif isinstance(sink, StdoutSinkConfig):
+            parts.append("stdout")
+        elif isinstance(sink, SyslogSinkConfig):
+            parts.append(f"syslog {sink.transport}://{sink.host}:{sink.port}")
+        elif isinstance(sink, HttpSinkConfig):
+            parts.append(f"{sink.format} {sink.url}")
+    text = ", ".join(parts) or "no sinks"
+    return f"{text}; {config.format.value} records, on failure {config.on_failure.value}"
+
+
+def uvicorn_config(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    access_log: bool = False,
+    log_level: str | None = None,
+    shutdown_timeout: float | None = None,
+) -> uvicorn.Config:
+    """How the sidecar (and the demo, and the bench's plain proxy) run under uvicorn."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        # The gate resolves client IPs behind trusted proxies itself; uvicorn must not rewrite the
+        # peer address from X-Forwarded-For first.
+        proxy_headers=False,
+        server_header=False,
+        access_log=access_log,
+        # Typed int, used as an asyncio.wait_for timeout: a fraction of a second is honoured.
+        timeout_graceful_shutdown=shutdown_timeout,  # type: ignore[arg-type]
+        log_config=None,  # the caller's logging format for every line
+        log_level=log_level,
+    )
+
+
+class UvicornServer(uvicorn.Server):
+    """uvicorn's server without its signal handling: the caller decides what signals do.
+
+    uvicorn's own handlers re-raise the signal after a graceful stop, so a process stopped with
+    SIGTERM would end killed by it (exit 143) even after draining properly.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Install nothing."""
+        yield
 
 
 async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:
@@ -174,16 +316,44 @@ async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:
 
 
 def build_sidecar(
-    config: GateConfig, upstream: str | None = None, settings: SidecarSettings | None = None
+    config: GateConfig,
+    upstream: str | None = None,
+    settings: SidecarSettings | None = None,
+    *,
+    adjust: Callable[[SidecarSettings], SidecarSettings] | None = None,
 ) -> SidecarApp:
-    """Load everything and build the sidecar app (raises :class:`ConfigError` listing problems)."""
-    settings = settings or parse_sidecar_settings(config)
+    """Load everything and build the sidecar app; one :class:`ConfigError` lists every problem.
+
+    *upstream* (``--upstream``) wins over ``proxy.upstream``; *adjust* applies the other flags.
+    """
+    errors: list[ConfigError] = []
+    if settings is None:
+        try:
+            settings = parse_sidecar_settings(config)
+        except ConfigError as exc:
+            errors.append(exc)
+            settings = SidecarSettings()
+    if adjust is not None:
+        settings = adjust(settings)
     target = upstream or settings.upstream
     if not target:
-        raise ConfigError.single(config.file, "proxy.upstream", "no upstream: give --upstream URL")
-    runtime = Runtime.from_config(config)
+        errors.append(
+            ConfigError.single(
+                config.file, "proxy.upstream", "no upstream: give --upstream URL or proxy.upstream"
+            )
+        )
+    elif upstream:
+        try:
+            UpstreamProxy(upstream)
+        except ValueError as exc:
+            errors.append(ConfigError.single(COMMAND_LINE, "--upstream", str(exc)))
+    runtime: Runtime | None = None
     try:
-        proxy = UpstreamProxy(target, settings.proxy)
-    except ValueError as exc:
-        raise ConfigError.single(config.file, "proxy.upstream", str(exc)) from None
-    return SidecarApp(runtime, proxy)
+        runtime = Runtime.from_config(config)
+    except ConfigError as exc:
+        errors.append(exc)
+    if errors or runtime is None or target is None:
+        raise ConfigError.merge(errors)
+    proxy_settings = replace(settings.proxy, state_key=runtime.settings.state_key)
+    proxy = UpstreamProxy(target, proxy_settings)
+    return SidecarApp(runtime, proxy, replace(settings, upstream=target, proxy=proxy_settings))

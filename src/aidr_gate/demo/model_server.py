@@ -3,17 +3,29 @@
 Chat and text completions (streamed as server-sent events, one word per chunk, with a configurable
 pause so streaming is visible), embeddings, model listing, and a KServe v2 ``infer`` endpoint. It
 answers what a real server would in shape, so the openai SDK works against it unchanged.
+
+With ``faults=True`` (``--faults``) it also plays a misbehaving upstream for tests: a request header
+``x-demo-status: 500`` answers that status with an error body, ``x-demo-delay: 2.5`` waits that many
+seconds before answering, ``x-demo-token-delay: 0.2`` sets the pause between streamed words, and
+``GET /demo/stats`` tells what it saw: requests, the last request's headers (credentials redacted),
+and how many streams were started, completed, and cancelled by the client going away.
+
+Run it alone with ``python -m aidr_gate.demo.model_server --port 8000`` (loopback only by default).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -27,6 +39,30 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "open-giant",
     "embed-small",
 )
+
+
+MAX_FAULT_DELAY = 600.0
+
+
+@dataclass
+class ServerStats:
+    """What the server saw, for tests: counts, and the last request's headers."""
+
+    requests: int = 0
+    streams_started: int = 0
+    streams_completed: int = 0
+    streams_cancelled: int = 0
+    last_headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "requests": self.requests,
+            "streams_started": self.streams_started,
+            "streams_completed": self.streams_completed,
+            "streams_cancelled": self.streams_cancelled,
+            "last_headers": [list(pair) for pair in self.last_headers],
+        }
 
 
 def _reply_words(model: str, prompt: str) -> list[str]:
@@ -65,10 +101,35 @@ def build_model_app(
     *,
     token_delay: float = 0.02,
     echo_digest: bool = False,
+    faults: bool = False,
+    stats: ServerStats | None = None,
 ) -> Starlette:
-    """The model server as an ASGI app. *echo_digest* adds the received body's SHA-256 as a header."""
+    """The model server as an ASGI app. *echo_digest* adds the received body's SHA-256 as a header;
+    *faults* honours the ``x-demo-*`` fault headers and serves ``/demo/stats`` (see the module)."""
     served = tuple(models)
     created = int(time.time())
+    seen = stats if stats is not None else ServerStats()
+
+    async def fault(request: Request) -> Response | None:
+        """Count the request; with *faults*, the delay and the status it asks for."""
+        seen.requests += 1
+        # Never echo credentials, even in a test server's stats.
+        seen.last_headers = [
+            (name, "<redacted>" if name == "authorization" else value)
+            for name, value in (
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
+            )
+        ]
+        if not faults:
+            return None
+        delay = request.headers.get("x-demo-delay")
+        if delay:
+            with contextlib.suppress(ValueError):
+                await asyncio.sleep(min(max(float(delay), 0.0), MAX_FAULT_DELAY))
+        status = request.headers.get("x-demo-status")
+        if status and status.isdigit() and 400 <= int(status) <= 599:
+            return _error(int(status), "fault injected by x-demo-status", "demo_fault")
+        return None
 
     async def body_of(request: Request) -> tuple[dict[str, Any] | None, bytes]:
         raw = await request.body()
@@ -99,6 +160,9 @@ def build_model_app(
         return await _complete(request, chat=False)
 
     async def _complete(request: Request, *, chat: bool) -> Response:
+        injected = await fault(request)
+        if injected is not None:
+            return injected
         body, raw = await body_of(request)
         if body is None:
             return _error(400, "body must be a JSON object", "invalid_json")
@@ -109,7 +173,7 @@ def build_model_app(
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{hashlib.sha1(raw).hexdigest()[:12]}"  # noqa: S324
         if body.get("stream"):
             return StreamingResponse(
-                _stream(ident, str(model), words, chat=chat),
+                _stream(ident, str(model), words, chat=chat, delay=_token_delay(request)),
                 media_type="text/event-stream",
                 headers=headers_for(raw),
             )
@@ -133,8 +197,31 @@ def build_model_app(
             headers=headers_for(raw),
         )
 
+    def _token_delay(request: Request) -> float:
+        asked = request.headers.get("x-demo-token-delay") if faults else None
+        if asked:
+            with contextlib.suppress(ValueError):
+                return min(max(float(asked), 0.0), MAX_FAULT_DELAY)
+        return token_delay
+
     async def _stream(
-        ident: str, model: str, words: list[str], *, chat: bool
+        ident: str, model: str, words: list[str], *, chat: bool, delay: float
+    ) -> AsyncIterator[bytes]:
+        seen.streams_started += 1
+        finished = False
+        try:
+            async for piece in _pieces(ident, model, words, chat=chat, delay=delay):
+                yield piece
+            finished = True
+        finally:
+            # A stream that did not finish was cancelled: the client (or the sidecar) went away.
+            if finished:
+                seen.streams_completed += 1
+            else:
+                seen.streams_cancelled += 1
+
+    async def _pieces(
+        ident: str, model: str, words: list[str], *, chat: bool, delay: float
     ) -> AsyncIterator[bytes]:
         for index, word in enumerate(words):
             piece = word if index == 0 else " " + word
@@ -151,8 +238,8 @@ def build_model_app(
                 "choices": [delta],
             }
             yield f"data: {json.dumps(chunk)}\n\n".encode()
-            if token_delay:
-                await asyncio.sleep(token_delay)
+            if delay:
+                await asyncio.sleep(delay)
         final: dict[str, Any] = (
             {"index": 0, "delta": {}, "finish_reason": "stop"}
             if chat
@@ -169,6 +256,9 @@ def build_model_app(
         yield b"data: [DONE]\n\n"
 
     async def embeddings(request: Request) -> Response:
+        injected = await fault(request)
+        if injected is not None:
+            return injected
         body, raw = await body_of(request)
         if body is None:
             return _error(400, "body must be a JSON object", "invalid_json")
@@ -213,8 +303,13 @@ def build_model_app(
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def demo_stats(request: Request) -> Response:
+        return JSONResponse(seen.to_dict())
+
+    extra = [Route("/demo/stats", demo_stats, methods=["GET"])] if faults else []
     return Starlette(
         routes=[
+            *extra,
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
@@ -223,3 +318,27 @@ def build_model_app(
             Route("/health", health, methods=["GET"]),
         ]
     )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m aidr_gate.demo.model_server``: serve the demo model server under uvicorn."""
+    parser = argparse.ArgumentParser(
+        prog="python -m aidr_gate.demo.model_server", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument(
+        "--token-delay", type=float, default=0.02, help="seconds between streamed words"
+    )
+    parser.add_argument("--echo-digest", action="store_true", help="echo the body's SHA-256")
+    parser.add_argument("--faults", action="store_true", help="honour x-demo-* fault headers")
+    parser.add_argument("--log-level", default="warning", help="uvicorn log level")
+    args = parser.parse_args(argv)
+    app = build_model_app(
+        token_delay=args.token_delay, echo_digest=args.echo_digest, faults=args.faults
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, server_header=False)
+
+
+if __name__ == "__main__":
+    main()

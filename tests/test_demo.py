@@ -1,0 +1,88 @@
+"""``aidr-gate demo`` runs to completion as a real process, offline, and shows what it says."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aidr_gate.audit import verify_files
+from aidr_gate.demo.tour import ROWS
+from sidecar_support import run_cli
+
+# What each row's decision column must say: the demo's whole point.
+EXPECTED = [
+    ("lab-us", "allow", "ALLOWED; streamed 11 chunks"),
+    ("petronas-my", "allow", "ALLOWED (agreement SA-2025-052)"),
+    ("andes-br", "deny 403", "NO_VALID_AGREEMENT"),
+    ("andes-br", "allow", "ALLOWED"),
+    ("nordlys-se", "deny 451", "TIER3_CONTROLLED_MODEL"),
+    ("lab-us", "deny 451", "ANONYMIZED_ORIGIN"),
+    ("sakura-jp", "log", "ORIGIN_TIER_WORSE_THAN_HEADQUARTERS"),
+    ("pars-ir", "deny 451", "EMBARGOED_JURISDICTION"),
+    ("lab-us", "deny 401", "TOKEN_SIGNATURE_INVALID"),
+]
+
+
+def check_output(stdout: str, audit_dir: Path) -> None:
+    """The table rows, the chain line, and the records behind them."""
+    lines = stdout.splitlines()
+    rows = [line for line in lines if line[:2].strip().isdigit()]
+    assert len(rows) == len(ROWS) == len(EXPECTED)
+    records = {}
+    for path in sorted(audit_dir.glob("*.jsonl*")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            records[record["event"]["id"]] = record
+    for row, (caller, decision, reasons) in zip(rows, EXPECTED, strict=True):
+        assert f" {caller} " in row
+        assert f"  {decision}  " in row, row
+        assert reasons in row, row
+        decision_id = row.split()[-2]
+        # A forged token names nobody: the record has no verified entity.
+        verified = None if "TOKEN_" in reasons else caller
+        assert records[decision_id]["organization"]["id"] == verified
+    assert "the hash chain verifies (seq 0..8)" in stdout
+    assert "203.0.113.7 US vpn (static override)" in stdout
+    assert "stopped: sidecar drained" in stdout
+    assert verify_files(sorted(audit_dir.glob("*.jsonl*"))).ok
+
+
+def test_demo_runs_to_completion(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = run_cli("demo", "--keep", str(tmp_path), timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert time.monotonic() - started < 20
+    assert "Traceback" not in result.stderr
+    check_output(result.stdout, tmp_path / "audit")
+    # Nothing is left listening or running: the process exited on its own, and the key it made
+    # stays private to the run (only the public JWKS is on disk).
+    assert json.loads((tmp_path / "jwks.json").read_text())["keys"][0]["kty"] == "OKP"
+    assert "PRIVATE" not in "".join(p.read_text() for p in tmp_path.glob("*") if p.is_file())
+
+
+def test_demo_needs_no_network(tmp_path: Path) -> None:
+    """In a network namespace with only loopback up, nothing outside the machine is reachable."""
+    unshare, ip = shutil.which("unshare"), shutil.which("ip")
+    if unshare is None or ip is None:
+        pytest.skip("unshare and ip are needed to cut the network")
+    probe = subprocess.run(
+        [unshare, "-rn", ip, "link", "set", "lo", "up"], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"network namespaces are not available here: {probe.stderr.decode()[:200]}")
+    script = f"{ip} link set lo up && exec {sys.executable} -m aidr_gate demo --keep {tmp_path}"
+    result = subprocess.run(
+        [unshare, "-rn", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    check_output(result.stdout, tmp_path / "audit")
