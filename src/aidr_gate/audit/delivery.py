@@ -72,6 +72,7 @@ class Outbox:
         self._inflight: list[bytes] | None = None
         self._inflight_first = 0
         self._inflight_spool_bytes = 0
+        self._inflight_spool_lines = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -80,7 +81,6 @@ class Outbox:
         self.storable = True
         self.delivered = 0
         self.spooled = 0
-        self.spool_pending = 0
         self.lost = 0
         self.rejected = 0
         self.failures = 0
@@ -91,15 +91,18 @@ class Outbox:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self, journal_tail: int) -> None:
-        """Open the spool, load the cursor, open the sink and start the worker."""
+    async def open(self, journal_tail: int) -> None:
+        """Open the spool and load the cursor (the trail may then backfill the spool)."""
         await self._run_io(self.spool.open)
         cursor = await self._run_io(self.spool.load_cursor)
-        if cursor is None or cursor > journal_tail and self.spool.empty:
+        if cursor is None or (cursor > journal_tail and self.spool.empty):
             # A new sink starts from now; a cursor ahead of the chain means the chain was reset.
             cursor = journal_tail
             await self._run_io(self.spool.save_cursor, cursor)
         self.cursor = cursor
+
+    async def start(self) -> None:
+        """Open the sink and start the worker, spooled records first."""
         self._spooling = not self.spool.empty
         if self._spooling:
             logger.info("audit sink %s: %d spooled bytes to deliver", self.sink.name, self.spool.bytes)
@@ -108,12 +111,14 @@ class Outbox:
 
     def stats(self) -> SinkStats:
         """A snapshot of the counters."""
-        pending = len(self._memory) + len(self._to_spool) + self.spool_pending
+        pending = len(self._memory) + len(self._to_spool) + self.spool.count
         pending += len(self._inflight) if self._inflight and not self._inflight_spool_bytes else 0
         return SinkStats(
             name=self.sink.name,
             kind=self.sink.kind,
-            state="down" if self.down else ("spooling" if self._spooling else "up"),
+            state="down"
+            if self.down
+            else ("spooling" if self._spooling and not self.spool.empty else "up"),
             delivered=self.delivered,
             pending=pending,
             spooled=self.spooled,
@@ -181,7 +186,6 @@ class Outbox:
         self._spills_running -= 1
         if error is None:
             self.spooled += len(lines)
-            self.spool_pending += len(lines)
             if not self.storable:
                 logger.warning("audit sink %s: the spool is writable again", self.sink.name)
             self.storable = True
@@ -219,18 +223,16 @@ class Outbox:
         if not lines:
             if not self._to_spool and self._spills_running == 0 and self.spool.empty:
                 self._spooling = False
-                self.spool_pending = 0
                 logger.info("audit sink %s: spool drained; delivering directly", self.sink.name)
             return False
         fresh = [line for line in lines if line_seq(line) > self.cursor]
-        if len(fresh) < len(lines):  # delivered before a restart: never twice
-            self.spool_pending = max(0, self.spool_pending - (len(lines) - len(fresh)))
-        if not fresh:
-            await self._run_io(self.spool.consume, used)
+        if not fresh:  # all delivered before a restart: never twice
+            await self._run_io(self.spool.consume, used, len(lines))
             return True
         self._inflight = fresh
         self._inflight_first = line_seq(fresh[0])
         self._inflight_spool_bytes = used
+        self._inflight_spool_lines = len(lines)
         return True
 
     async def _worker(self) -> None:
@@ -292,15 +294,15 @@ class Outbox:
         done, rest = lines[:count], lines[count:]
         self.delivered += len(done)
         self.cursor = line_seq(done[-1]) if done else self.cursor
-        if self._inflight_spool_bytes:
-            self.spool_pending = max(0, self.spool_pending - len(done))
         if rest and partial:
             self._inflight = rest
             self._inflight_first += count
         else:
             self._inflight = None
             if self._inflight_spool_bytes:
-                await self._run_io(self.spool.consume, self._inflight_spool_bytes)
+                await self._run_io(
+                    self.spool.consume, self._inflight_spool_bytes, self._inflight_spool_lines
+                )
                 self._inflight_spool_bytes = 0
         await self._run_io(self.spool.save_cursor, self.cursor)
 

@@ -166,9 +166,10 @@ class AuditTrail:
             1 + len(self.outboxes) if self.journal else len(self.outboxes),
         )
         for outbox in self.outboxes:
-            await outbox.start(seq)
+            await outbox.open(seq)
             if self.journal is not None:
                 await loop.run_in_executor(self._io, self._backfill, outbox, seq)
+            await outbox.start()
         self._writer = asyncio.create_task(self._write_loop(), name="aidr-audit-writer")
         self._timer = asyncio.create_task(self._tick(), name="aidr-audit-timer")
         self._started = True
@@ -207,7 +208,7 @@ class AuditTrail:
                 return
             link = parse_link(lines[0], check=False)
             journal.write(lines, link.seq if link else 0)
-            spool.consume(used)
+            spool.consume(used, len(lines))
 
     def _backfill(self, outbox: Outbox, tail_seq: int) -> None:
         """On the I/O thread: records a sink never received (lost from memory in a crash)."""
@@ -231,9 +232,7 @@ class AuditTrail:
                 if link is not None and start <= link.seq < end and line.endswith(b"\n"):
                     wanted.append(line)
         if wanted:
-            outbox.spool.prepend(wanted, parse_link(wanted[0], check=False).seq)  # type: ignore[union-attr]
-            outbox.spool_pending += len(wanted)
-            outbox._spooling = True  # noqa: SLF001 - the outbox reads its spool first
+            outbox.spool.prepend(wanted, start)
             logger.warning(
                 "audit sink %s: %d records it never received are re-sent from the journal",
                 outbox.sink.name,

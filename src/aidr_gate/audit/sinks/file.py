@@ -239,6 +239,8 @@ class FileJournal:
         if self._fd >= 0:
             try:
                 os.fdatasync(self._fd)
+            except OSError as exc:
+                logger.error("audit file %s: final sync failed: %s", self.path, exc)
             finally:
                 os.close(self._fd)
                 self._fd = -1

@@ -1,0 +1,228 @@
+"""The trail: restart and rotation keep the chain, torn lines, durability, failure policies, close."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from aidr_gate.audit import AuditTrail, FailurePolicy, FsyncPolicy, verify_files
+from aidr_gate.audit.config import StdoutSinkConfig
+from aidr_gate.audit.sinks.file import rotated_files
+from audit_support import audit_files, event, file_config, records
+
+
+async def write(directory: Path, count: int, start: int = 0, **kwargs: object) -> AuditTrail:
+    kwargs.setdefault("batch_size", 4)
+    trail = AuditTrail(file_config(directory, **kwargs))  # type: ignore[arg-type]
+    await trail.start()
+    results = await asyncio.gather(*(trail.submit(event(start + i)) for i in range(count)))
+    assert all(results)
+    await trail.close(10)
+    return trail
+
+
+def test_chain_continues_across_restarts_and_rotation(tmp_path: Path) -> None:
+    async def run() -> None:
+        await write(tmp_path, 30, max_bytes=40_000)
+        await write(tmp_path, 30, start=30, max_bytes=40_000, compress=True)
+        await write(tmp_path, 5, start=60, max_bytes=40_000)
+
+    asyncio.run(run())
+    files = audit_files(tmp_path)
+    assert len(files) > 4
+    assert any(p.name.endswith(".gz") for p in files)
+    result = verify_files(files)
+    assert result.ok, result.findings
+    assert (result.records, result.first_seq, result.last_seq) == (65, 0, 64)
+    assert result.findings == []
+    subjects = [r["user"]["id"] for r in records(sorted(files, key=_first_seq))]
+    assert subjects == [f"svc-{i}" for i in range(65)]
+
+
+def _first_seq(path: Path) -> int:
+    return int(records([path])[0]["chain"]["seq"])
+
+
+def test_a_torn_final_line_is_reported_and_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    asyncio.run(write(tmp_path, 5))
+    journal = tmp_path / "audit.jsonl"
+    with open(journal, "ab") as handle:  # a crash in the middle of a write
+        handle.write(b'{"@timestamp":"2025-01-01T00:00:00.000Z","event":{"ki')
+    with caplog.at_level(logging.WARNING, logger="aidr_gate.audit"):
+        trail = asyncio.run(write(tmp_path, 5, start=5))
+    assert trail.recovered_torn == len(b'{"@timestamp":"2025-01-01T00:00:00.000Z","event":{"ki')
+    assert any("torn record" in r.message for r in caplog.records)
+    rotated = rotated_files(journal)
+    assert len(rotated) == 1  # the torn file was closed as it was, torn bytes and all
+    result = verify_files([journal, *rotated])
+    assert result.ok
+    assert (result.records, result.last_seq) == (10, 9)
+    assert [f.kind for f in result.warnings] == ["torn"]
+    assert result.warnings[0].file == str(rotated[0])
+
+
+def test_fsync_always_resolves_after_the_write(tmp_path: Path) -> None:
+    async def run() -> None:
+        trail = AuditTrail(file_config(tmp_path, fsync=FsyncPolicy.ALWAYS))
+        await trail.start()
+        assert trail.durable_on_await
+        ev = event(1)
+        assert await trail.submit(ev) is True
+        # Resolved means written: another reader sees the record now, before close.
+        assert records([tmp_path / "audit.jsonl"])[-1]["event"]["id"] == ev.decision.decision_id
+        stats = trail.stats()
+        assert (stats.written, stats.pending, stats.lost) == (1, 0, 0)
+        await trail.close(5)
+
+    asyncio.run(run())
+
+
+def test_interval_fsync_and_never(tmp_path: Path) -> None:
+    for policy in (FsyncPolicy.INTERVAL, FsyncPolicy.NEVER):
+        directory = tmp_path / policy.value
+        asyncio.run(write(directory, 20, fsync=policy))
+        assert verify_files(audit_files(directory)).records == 20
+
+
+def _unwritable_journal(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    # A real device error: every write to /dev/full fails with ENOSPC.
+    os.symlink("/dev/full", directory / "audit.jsonl")
+
+
+def test_no_audit_no_access(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Journal and spool both unwritable: records are lost loudly and new requests are refused."""
+    _unwritable_journal(tmp_path)
+
+    async def run() -> None:
+        config = file_config(tmp_path)
+        config = type(config)(
+            directory=config.directory,
+            sinks=(config.sinks[0].__class__(**{**_fields(config.sinks[0]), "spool_max_bytes": 1}),),
+        )
+        trail = AuditTrail(config)
+        await trail.start()
+        assert trail.accepting
+        with caplog.at_level(logging.ERROR, logger="aidr_gate.audit"):
+            assert await trail.submit(event(1)) is False
+        assert not trail.accepting
+        stats = trail.stats()
+        assert stats.lost == 1
+        assert stats.sinks[0].lost == 1
+        assert any("LOST" in r.message for r in caplog.records)
+        await trail.close(2)
+
+    asyncio.run(run())
+
+
+def _fields(obj: object) -> dict[str, object]:
+    return {name: getattr(obj, name) for name in obj.__slots__}  # type: ignore[attr-defined]
+
+
+def test_allow_policy_keeps_serving_and_counts(tmp_path: Path) -> None:
+    _unwritable_journal(tmp_path)
+
+    async def run() -> None:
+        base = file_config(tmp_path, on_failure=FailurePolicy.ALLOW)
+        journal = base.sinks[0].__class__(**{**_fields(base.sinks[0]), "spool_max_bytes": 1})
+        trail = AuditTrail(type(base)(directory=tmp_path, sinks=(journal,), on_failure=FailurePolicy.ALLOW))
+        await trail.start()
+        results = [await trail.submit(event(i)) for i in range(3)]
+        assert results == [False, False, False]
+        assert trail.accepting
+        assert trail.stats().lost == 3
+        await trail.close(2)
+
+    asyncio.run(run())
+
+
+def test_journal_failure_spools_then_recovers_in_order(tmp_path: Path) -> None:
+    """The journal cannot be written for a while: records go to its spool, then back in order."""
+    journal = tmp_path / "audit.jsonl"
+
+    async def run() -> None:
+        trail = AuditTrail(file_config(tmp_path))
+        await trail.start()
+        assert trail.journal is not None
+        assert all(await asyncio.gather(*(trail.submit(event(i)) for i in range(5))))
+        real_fd = trail.journal._fd  # noqa: SLF001 - swap the descriptor for a failing device
+        trail.journal._fd = os.open("/dev/full", os.O_WRONLY)  # noqa: SLF001
+        assert all(await asyncio.gather(*(trail.submit(event(i)) for i in range(5, 10))))
+        assert trail.stats().spooled == 5
+        assert trail.accepting  # spooled is stored: no loss
+        os.close(trail.journal._fd)  # noqa: SLF001
+        trail.journal._fd = real_fd  # noqa: SLF001
+        assert all(await asyncio.gather(*(trail.submit(event(i)) for i in range(10, 15))))
+        await trail.close(5)
+
+    asyncio.run(run())
+    result = verify_files([journal])
+    assert result.ok, result.findings
+    assert [r["user"]["id"] for r in records([journal])] == [f"svc-{i}" for i in range(15)]
+
+
+def test_queue_full_is_counted_never_blocking(tmp_path: Path) -> None:
+    async def run() -> None:
+        trail = AuditTrail(file_config(tmp_path, queue_size=4, on_failure=FailurePolicy.ALLOW))
+        await trail.start()
+        futures = [trail.submit(event(i)) for i in range(10)]  # no await between: the queue fills
+        results = await asyncio.gather(*futures)
+        assert results.count(False) == 6
+        assert trail.stats().lost == 6
+        await trail.close(5)
+
+        strict = AuditTrail(file_config(tmp_path / "deny", queue_size=4))
+        await strict.start()
+        futures = [strict.submit(event(i)) for i in range(4)]
+        assert not strict.accepting  # full: the middleware refuses new requests
+        futures += [strict.submit(event(i)) for i in range(4, 10)]  # admitted earlier: slack
+        results = await asyncio.gather(*futures)
+        assert results.count(True) == 8
+        assert strict.accepting
+        await strict.close(5)
+
+    asyncio.run(run())
+
+
+def test_close_is_bounded_and_later_submits_are_counted(tmp_path: Path) -> None:
+    async def run() -> None:
+        trail = AuditTrail(file_config(tmp_path))
+        await trail.start()
+        pending = [trail.submit(event(i)) for i in range(50)]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await trail.close(2)
+        assert loop.time() - started < 2.5
+        assert all(f.done() for f in pending)
+        late = trail.submit(event(99))
+        assert await late is False
+        assert trail.stats().lost == 1
+        await trail.close(1)  # idempotent
+
+    asyncio.run(run())
+    assert verify_files([tmp_path / "audit.jsonl"]).records == 50
+
+
+def test_stdout_sink_writes_the_same_chained_lines(tmp_path: Path) -> None:
+    read_fd, write_fd = os.pipe()
+
+    async def run() -> None:
+        config = file_config(tmp_path, sinks=(StdoutSinkConfig(name="stdout"),))
+        trail = AuditTrail(config)
+        out = trail.outboxes[0].sink
+        out._fd = write_fd  # noqa: SLF001 - a real pipe instead of this process's stdout
+        await trail.start()
+        await asyncio.gather(*(trail.submit(event(i)) for i in range(7)))
+        await trail.drain(sinks=True)
+        await trail.close(5)
+
+    asyncio.run(run())
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        piped = pipe.read()
+    assert piped == (tmp_path / "audit.jsonl").read_bytes()
+    assert (tmp_path / "spool" / "stdout" / "cursor").read_text().strip() == "6"
