@@ -189,7 +189,15 @@ async def main() -> None:
             for name, case in cases.items():
                 cpu = time.process_time()
                 rate = await case()
-                cpu_us = (time.process_time() - cpu) / (len(synced) if "per record" in name else (20_000 if "group" in name else len(events))) * 1e6
+                cpu_us = (
+                    (time.process_time() - cpu)
+                    / (
+                        len(synced)
+                        if "per record" in name
+                        else (20_000 if "group" in name else len(events))
+                    )
+                    * 1e6
+                )
                 best[name] = max(best.get(name, 0.0), rate)
                 best_cpu[name] = min(best_cpu.get(name, 1e9), cpu_us)
     width = max(len(n) for n in best)

@@ -80,6 +80,7 @@ def file_config(
     fsync: FsyncPolicy = FsyncPolicy.NEVER,
     max_bytes: int = 1 << 30,
     compress: bool = False,
+    spool_max_bytes: int = 1 << 30,
     **kwargs: Any,
 ) -> AuditConfig:
     """A trail configuration with a file journal in *directory* plus *sinks*."""
@@ -90,6 +91,7 @@ def file_config(
         rotate_seconds=None,
         fsync=fsync,
         compress=compress,
+        spool_max_bytes=spool_max_bytes,
     )
     return AuditConfig(directory=directory, sinks=(journal, *sinks), **kwargs)
 

@@ -108,9 +108,9 @@ def es_sink(port: int) -> HttpSinkConfig:
     )
 
 
-async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+async def wait_until(predicate: Any, limit: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + limit
     while not predicate():
         if loop.time() > deadline:
             raise AssertionError("timed out")
@@ -287,7 +287,9 @@ def test_no_token_reaches_the_collector(tmp_path: Path, fmt: str) -> None:
     async def run() -> None:
         await collector.start()
         sink = hec_sink(port) if fmt == "hec" else es_sink(port)
-        config = file_config(tmp_path / "audit", sinks=(sink,), headers=("authorization", "user-agent"))
+        config = file_config(
+            tmp_path / "audit", sinks=(sink,), headers=("authorization", "user-agent")
+        )
         trail = AuditTrail(config)
         await trail.start()
         await asyncio.gather(

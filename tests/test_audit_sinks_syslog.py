@@ -294,10 +294,12 @@ def test_tls_refuses_an_unknown_certificate_and_spools(tmp_path: Path) -> None:
 
 
 def test_message_format() -> None:
-    sink = SyslogSink(SyslogSinkConfig(name="s", hostname="gate 1", app_name="aidr gate", facility=4))
+    sink = SyslogSink(
+        SyslogSinkConfig(name="s", hostname="gate 1", app_name="aidr gate", facility=4)
+    )
     message = sink.message(b'{"aidr":{"decision":{"effect":"log"}}}\n')
     head, msg = message.split(b" - ", 1)
-    pri_version, stamp, host, app, pid, msgid = head.split(b" ")
+    pri_version, stamp, host, app, _pid, msgid = head.split(b" ")
     assert pri_version == b"<37>1"  # auth.notice
     assert stamp.endswith(b"Z")
     assert (host, app, msgid) == (b"gate1", b"aidrgate", b"audit")

@@ -21,13 +21,19 @@ from audit_support import audit_files, event, file_config
 PER_FILE = 10
 
 
-def write_trail(directory: Path, count: int, *, compress: bool = False, **kwargs: object) -> list[Path]:
+def write_trail(
+    directory: Path, count: int, *, compress: bool = False, **kwargs: object
+) -> list[Path]:
     """Write *count* records through a real trail, rotating every ~PER_FILE records."""
     size = len(_one_line(directory))
 
     async def run() -> None:
         config = file_config(
-            directory, max_bytes=size * PER_FILE - 1, compress=compress, batch_size=1, **kwargs  # type: ignore[arg-type]
+            directory,
+            max_bytes=size * PER_FILE - 1,
+            compress=compress,
+            batch_size=1,
+            **kwargs,  # type: ignore[arg-type]
         )
         trail = AuditTrail(config)
         await trail.start()
@@ -129,7 +135,9 @@ CASES: list[tuple[Callable[[list[Path]], None], str, int, int]] = [
 ]
 
 
-@pytest.mark.parametrize(("tamper", "kind", "file_index", "line"), CASES, ids=[c[0].__name__ for c in CASES])
+@pytest.mark.parametrize(
+    ("tamper", "kind", "file_index", "line"), CASES, ids=[c[0].__name__ for c in CASES]
+)
 def test_verify_names_the_first_tampered_place(
     files: list[Path], tamper: Callable[[list[Path]], None], kind: str, file_index: int, line: int
 ) -> None:
@@ -213,7 +221,9 @@ def signing_key(tmp_path: Path) -> tuple[Path, Path]:
     return private, public
 
 
-def test_signed_checkpoints_prove_the_writer(tmp_path: Path, signing_key: tuple[Path, Path]) -> None:
+def test_signed_checkpoints_prove_the_writer(
+    tmp_path: Path, signing_key: tuple[Path, Path]
+) -> None:
     private, public = signing_key
     directory = tmp_path / "trail"
     paths = write_trail(
@@ -223,6 +233,7 @@ def test_signed_checkpoints_prove_the_writer(tmp_path: Path, signing_key: tuple[
     result = verify_files(paths, [key])
     assert result.ok, result.findings
     assert result.checkpoints == 5  # after 5, 10, 15, 20 records, and a final one at close
+    assert result.last_seq is not None
     assert result.signed_upto == result.last_seq - 1
     other = Ed25519PrivateKey.generate().public_key()
     wrong = verify_files(paths, [other])
@@ -231,7 +242,9 @@ def test_signed_checkpoints_prove_the_writer(tmp_path: Path, signing_key: tuple[
     assert verify_files(paths).checkpoints == 5
 
 
-def test_a_rewritten_chain_fails_the_signature(tmp_path: Path, signing_key: tuple[Path, Path]) -> None:
+def test_a_rewritten_chain_fails_the_signature(
+    tmp_path: Path, signing_key: tuple[Path, Path]
+) -> None:
     """A forger who rewrites every hash after an edit still cannot forge the checkpoint."""
     private, public = signing_key
     paths = write_trail(

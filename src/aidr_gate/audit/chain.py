@@ -95,7 +95,11 @@ class Chain:
     def link(self, body: bytes) -> bytes:
         """The full line for one JSON object *body*: chain member appended, newline included."""
         if body.endswith(b"}") and len(body) > 2:
-            head = b'%b,"chain":{"seq":%d,"prev":"%b"' % (body[:-1], self.next_seq, self._prev_bytes)
+            head = b'%b,"chain":{"seq":%d,"prev":"%b"' % (
+                body[:-1],
+                self.next_seq,
+                self._prev_bytes,
+            )
         else:  # an empty object (never rendered, but the format must not break on it)
             head = b'{"chain":{"seq":%d,"prev":"%b"' % (self.next_seq, self._prev_bytes)
         digest = hashlib.sha256(head).hexdigest().encode("ascii")

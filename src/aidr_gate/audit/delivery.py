@@ -12,6 +12,7 @@ read back from the spool after a restart are delivered exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -105,7 +106,9 @@ class Outbox:
         """Open the sink and start the worker, spooled records first."""
         self._spooling = not self.spool.empty
         if self._spooling:
-            logger.info("audit sink %s: %d spooled bytes to deliver", self.sink.name, self.spool.bytes)
+            logger.info(
+                "audit sink %s: %d spooled bytes to deliver", self.sink.name, self.spool.bytes
+            )
         await self.sink.open()
         self._task = asyncio.create_task(self._worker(), name=f"aidr-audit-{self.sink.name}")
 
@@ -281,7 +284,9 @@ class Outbox:
                         exc,
                         self.spool.directory,
                     )
-                delay = min(self.config.backoff_max, self.config.backoff_base * 2 ** min(attempt, 20))
+                delay = min(
+                    self.config.backoff_max, self.config.backoff_base * 2 ** min(attempt, 20)
+                )
                 await asyncio.sleep(delay / 2 + self._rng() * delay / 2)
                 continue
             await self._acknowledge(len(lines))
@@ -317,16 +322,12 @@ class Outbox:
         if task is not None:
             remaining = deadline - loop.time()
             if remaining > 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(task), remaining)
-                except TimeoutError:
-                    pass
             if not task.done():
                 task.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
-                except asyncio.CancelledError:
-                    pass
         leftovers: list[bytes] = []
         first = 0
         if self._inflight and not self._inflight_spool_bytes:
@@ -353,8 +354,6 @@ class Outbox:
                     len(leftovers),
                     exc,
                 )
-        try:
+        with contextlib.suppress(OSError):
             await self._run_io(self.spool.sync)
-        except OSError:
-            pass
         await self.sink.close()

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
+from aidr_gate.catalog import Model
 from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.document import format_instant
-from aidr_gate.catalog import Model
 from aidr_gate.facts import Identity, Origin
 from aidr_gate.registry import Entity
 
@@ -51,7 +51,9 @@ REDACTED = "[REDACTED]"
 MAX_PATH = 2048
 MAX_HEADER_VALUE = 512
 # A value that carries a credential even under an innocent header name: a JWT or an auth scheme.
-_CREDENTIAL = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.|^\s*(?:bearer|basic|digest|splunk|apikey)\s", re.I)
+_CREDENTIAL = re.compile(
+    r"eyJ[A-Za-z0-9_-]{4,}\.|^\s*(?:bearer|basic|digest|splunk|apikey)\s", re.I
+)
 
 
 class Ending(StrEnum):
@@ -168,7 +170,12 @@ def _entity_static(entity: Entity) -> dict[str, Any]:
     }
 
 
-_NO_ENTITY: dict[str, Any] = {"name": None, "denied": False, "denied_reason": None, "agreements": []}
+_NO_ENTITY: dict[str, Any] = {
+    "name": None,
+    "denied": False,
+    "denied_reason": None,
+    "agreements": [],
+}
 _NO_MODEL: dict[str, Any] = {
     "id": None,
     "known": False,

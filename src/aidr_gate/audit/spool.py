@@ -148,9 +148,7 @@ class Spool:
                 if self._head == self._append_path:
                     return [], 0
                 # A torn line at the end of an older segment (a crash mid-write): skip it.
-                logger.warning(
-                    "spool %s: skipping a torn line of %d bytes", self._head, len(chunk)
-                )
+                logger.warning("spool %s: skipping a torn line of %d bytes", self._head, len(chunk))
                 self._offset += len(chunk)
                 self.bytes -= len(chunk)
                 continue

@@ -37,7 +37,9 @@ def add_parser(sub: Any) -> None:
         help="Ed25519 public key (PEM) the checkpoints must be signed with (repeatable)",
     )
     verify.add_argument(
-        "--strict", action="store_true", help="fail on warnings too (a torn final line, an unsigned tail)"
+        "--strict",
+        action="store_true",
+        help="fail on warnings too (a torn final line, an unsigned tail)",
     )
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(run=run_verify)
@@ -64,7 +66,9 @@ def run_verify(args: argparse.Namespace) -> int:
         label = "error" if finding.severity == "error" else "warning"
         print(f"{label}: {finding}", file=sys.stderr if failed else sys.stdout)
     span = (
-        f"seq {result.first_seq}..{result.last_seq}" if result.last_seq is not None else "no records"
+        f"seq {result.first_seq}..{result.last_seq}"
+        if result.last_seq is not None
+        else "no records"
     )
     signed = ""
     if keys:

@@ -170,7 +170,9 @@ class FileJournal:
             os.fdatasync(self._fd)
             self._dirty = False
             self._last_sync = now
-        elif config.fsync is FsyncPolicy.INTERVAL and now - self._last_sync >= config.fsync_interval:
+        elif (
+            config.fsync is FsyncPolicy.INTERVAL and now - self._last_sync >= config.fsync_interval
+        ):
             self.sync()
 
     def sync(self) -> None:
@@ -203,7 +205,11 @@ class FileJournal:
 
     def _rotate_closed(self, now: float) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-        stem = self.path.name[: -len(".jsonl")] if self.path.name.endswith(".jsonl") else self.path.name
+        stem = (
+            self.path.name[: -len(".jsonl")]
+            if self.path.name.endswith(".jsonl")
+            else self.path.name
+        )
         first = self._first_seq if self._first_seq is not None else 0
         target = self.path.with_name(f"{stem}-{stamp}-{first:012d}.jsonl")
         os.replace(self.path, target)
