@@ -298,6 +298,7 @@ class Outbox:
         lines = self._inflight or []
         done, rest = lines[:count], lines[count:]
         self.delivered += len(done)
+        self.storable = True
         self.cursor = line_seq(done[-1]) if done else self.cursor
         if rest and partial:
             self._inflight = rest
