@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 GENESIS = "0" * 64
+_sha256 = hashlib.sha256
 _HASH_AT = b',"hash":"'
 # ,"hash":"<64 hex>"}}\n
 SUFFIX_LEN = len(_HASH_AT) + 64 + 4

@@ -119,7 +119,7 @@ class Redactor:
             if key not in allowed:
                 continue
             text = value[:MAX_HEADER_VALUE]
-            if _CREDENTIAL.search(text):
+            if ("eyJ" in text or " " in text or "\t" in text) and _CREDENTIAL.search(text):
                 text = REDACTED
             out[key] = f"{out[key]}, {text}" if key in out else text
         return out
@@ -270,7 +270,8 @@ class EvidenceRenderer:
             evidence.model_tier_source,
         )
         hit = self._shared.get(key)
-        if hit is not None and all(a is b for a, b in zip(hit.refs, refs, strict=True)):
+        # Tuple equality checks identity first; equal objects render the same anyway.
+        if hit is not None and hit.refs == refs:
             return hit
         built = self._build_shared(decision, refs)
         if len(self._shared) >= self._limit:

@@ -1,8 +1,8 @@
 """The audit trail: a bounded queue, one writer that renders and chains, the journal, the outboxes.
 
 ``submit()`` only appends to a queue and returns a future; it never waits for a sink. One writer
-task renders each event, links it into the hash chain and hands the batch to a single I/O thread,
-which appends it to the journal (the rotating file sink) and fsyncs it per policy; every delivery
+task renders each event and links it into the hash chain, and hands the batch to a single I/O
+thread, which appends it to the journal (the rotating file sink) and fsyncs it per policy; every delivery
 sink's outbox gets the same linked lines. The future resolves ``True`` once the record is stored
 as the journal's fsync policy promises (``always``: on disk), ``False`` if it could be stored
 nowhere (counted as lost and logged). With the ``deny`` failure policy, :attr:`AuditTrail.accepting`
@@ -98,7 +98,14 @@ class AuditTrail:
             )
         self.renderer = renderer
         self._clock = clock
-        self._queue: deque[tuple[AuditEvent, asyncio.Future[bool]]] = deque()
+        self._queue: deque[AuditEvent] = deque()
+        # Events submitted in the same stretch (until the writer takes a batch) share one future:
+        # [first index, last index, future]. Futures resolve in order, as batches are stored.
+        self._tickets: deque[list[Any]] = deque()
+        self._open_ticket: asyncio.Future[bool] | None = None
+        self._accepted = 0  # index of the next accepted event
+        self._taken = 0  # events the writer has taken
+        self._failed: list[tuple[int, int]] = []  # index ranges of batches that could not be stored
         self._wake = asyncio.Event()
         self._io = ThreadPoolExecutor(1, thread_name_prefix="aidr-audit-io")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -210,7 +217,7 @@ class AuditTrail:
             if not lines:
                 return
             link = parse_link(lines[0], check=False)
-            journal.write(lines, link.seq if link else 0)
+            journal.write_data(b"".join(lines), len(lines), link.seq if link else 0)
             spool.consume(used, len(lines))
 
     def _backfill(self, outbox: Outbox, tail_seq: int) -> None:
@@ -262,10 +269,11 @@ class AuditTrail:
                     await self._writer
         if self._queue:
             self._lose(len(self._queue), "the shutdown timeout passed before they were written")
-            for _, future in self._queue:
-                if not future.done():
-                    future.set_result(False)
             self._queue.clear()
+        for _, _, future in self._tickets:
+            if not future.done():
+                future.set_result(False)
+        self._tickets.clear()
         if self._timer is not None:
             self._timer.cancel()
         await asyncio.gather(*(o.close(deadline) for o in self.outboxes))
@@ -301,24 +309,32 @@ class AuditTrail:
         return self._fsync_always
 
     def submit(self, event: AuditEvent) -> asyncio.Future[bool]:
-        """Queue one event; never blocks. The future resolves when the record is stored."""
-        loop = self._loop or asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
+        """Queue one event; never blocks. The future resolves when the record is stored.
+
+        Events submitted before the writer takes its next batch share one future (cheaper than a
+        future each); it resolves ``True`` when all of them are stored, ``False`` if any is lost.
+        """
         self.submitted += 1
-        if self._closing:
-            self._lose(1, "submitted after close")
-            future.set_result(False)
-            return future
         limit = self.config.queue_size
         if self.config.on_failure is FailurePolicy.DENY:
             limit *= 2  # requests admitted before accepting turned False still get their record
-        if len(self._queue) >= limit:
-            self._lose(1, "the audit queue is full")
-            future.set_result(False)
-            return future
-        self._queue.append((event, future))
+        if self._closing or len(self._queue) >= limit:
+            self._lose(1, "submitted after close" if self._closing else "the audit queue is full")
+            lost: asyncio.Future[bool] = (self._loop or asyncio.get_running_loop()).create_future()
+            lost.set_result(False)
+            return lost
+        self._queue.append(event)
+        index = self._accepted
+        self._accepted = index + 1
+        ticket = self._open_ticket
+        if ticket is None:
+            ticket = (self._loop or asyncio.get_running_loop()).create_future()
+            self._open_ticket = ticket
+            self._tickets.append([index, index, ticket])
+        else:
+            self._tickets[-1][1] = index
         self._wake.set()
-        return future
+        return ticket
 
     async def drain(self, *, sinks: bool = False) -> None:
         """Wait until everything submitted is written (and, with *sinks*, delivered everywhere)."""
@@ -343,7 +359,12 @@ class AuditTrail:
             return fallback_record(event, exc)
 
     async def _write_loop(self) -> None:
-        """Render on the event loop; link and store on the I/O thread (hashing releases the GIL)."""
+        """Render and link on the event loop; the I/O thread only writes and syncs.
+
+        Hashing stays on this thread on purpose: SHA-256 releases the GIL for each record over
+        2 KiB, and a second thread taking the GIL back hundreds of times a batch costs more than
+        the hashing (measured in bench/audit.py). The I/O thread gets one joined buffer a batch.
+        """
         loop = asyncio.get_running_loop()
         jobs: deque[asyncio.Future[Any]] = deque()
         batch_size = self.config.batch_size
@@ -356,42 +377,25 @@ class AuditTrail:
                     continue
                 if self._closing:
                     if self.signer is not None and self.signer.pending:
-                        self._dispatch(loop, jobs, [], [], final=True)
+                        self._dispatch(loop, jobs, None, self._link([], final=True), 0)
                         continue
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             count = min(batch_size, len(queue))
-            futures: list[asyncio.Future[bool]] = []
-            bodies: list[bytes] = []
-            for _ in range(count):
-                event, future = queue.popleft()
-                futures.append(future)
-                bodies.append(render(event))
-            self._dispatch(loop, jobs, futures, bodies)
+            self._open_ticket = None  # later submissions get a new future
+            first = self._taken
+            self._taken += count
+            bodies = [render(queue.popleft()) for _ in range(count)]
+            self._dispatch(loop, jobs, (first, first + count), self._link(bodies, final=False), count)
             if len(jobs) >= _MAX_JOBS:
                 await jobs.popleft()
             elif count == batch_size:
                 await asyncio.sleep(0)  # let requests run between large batches
 
-    def _dispatch(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        jobs: deque[asyncio.Future[Any]],
-        futures: list[asyncio.Future[bool]],
-        bodies: list[bytes],
-        *,
-        final: bool = False,
-    ) -> None:
-        job = loop.run_in_executor(self._io, self._store, bodies, final)
-        self._jobs += 1
-        self._inflight_records += len(bodies)
-        job.add_done_callback(partial(self._stored, futures, len(bodies)))
-        jobs.append(job)
-
     def _link(self, bodies: list[bytes], final: bool) -> list[bytes]:
-        """On the I/O thread: chain the bodies, adding a signed checkpoint when one is due."""
+        """Chain the bodies, adding a signed checkpoint when one is due."""
         link = self.chain.link
         lines = [link(body) for body in bodies]
         signer = self.signer
@@ -402,10 +406,28 @@ class AuditTrail:
                 lines.append(link(signer.checkpoint(seq, digest)))
         return lines
 
-    def _store(self, bodies: list[bytes], final: bool) -> tuple[bool, list[bytes], int]:
-        """On the I/O thread: link, then write to the journal (or its spool)."""
-        lines = self._link(bodies, final)
+    def _dispatch(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        jobs: deque[asyncio.Future[Any]],
+        span: tuple[int, int] | None,
+        lines: list[bytes],
+        count: int,
+    ) -> None:
+        if not lines:
+            return
         first = self.chain.next_seq - len(lines)
+        position = self.chain.position() if self.journal is None else None
+        job = loop.run_in_executor(self._io, self._store, b"".join(lines), lines, first, position)
+        self._jobs += 1
+        self._inflight_records += count
+        job.add_done_callback(partial(self._stored, span, count, lines, first))
+        jobs.append(job)
+
+    def _store(
+        self, data: bytes, lines: list[bytes], first: int, position: tuple[int, str] | None
+    ) -> bool:
+        """On the I/O thread: write to the journal (or its spool); True when stored."""
         stored = True
         journal = self.journal
         if journal is not None:
@@ -414,20 +436,19 @@ class AuditTrail:
                     self._drain_journal_spool()
                     self._journal_failed = False
                     logger.warning("audit journal %s is writable again", journal.path)
-                if lines:
-                    journal.write(lines, first)
+                journal.write_data(data, len(lines), first)
             except OSError as exc:
                 if not self._journal_failed:
                     logger.error("audit journal %s failed (%s); spooling", journal.path, exc)
                 self._journal_failed = True
                 stored = self._spool_journal(lines, first)
-        elif lines:
+        elif position is not None:
             try:
-                _write_state(self.config.directory / "chain.tail", self.chain.position())
+                _write_state(self.config.directory / "chain.tail", position)
             except OSError as exc:
                 logger.error("audit: cannot save the chain position: %s", exc)
         self._storable = stored
-        return stored, lines, first
+        return stored
 
     def _spool_journal(self, lines: list[bytes], first: int) -> bool:
         spool = self._journal_spool
@@ -445,27 +466,26 @@ class AuditTrail:
 
     def _stored(
         self,
-        futures: list[asyncio.Future[bool]],
+        span: tuple[int, int] | None,
         count: int,
-        job: asyncio.Future[tuple[bool, list[bytes], int]],
+        lines: list[bytes],
+        first: int,
+        job: asyncio.Future[bool],
     ) -> None:
         """Back on the event loop: resolve the futures, hand the lines to the outboxes."""
         self._jobs -= 1
         self._inflight_records -= count
         try:
-            stored, lines, first = job.result()
+            stored = job.result()
         except Exception:  # a bug on the I/O thread: count the loss, never hide it
             logger.exception("audit: storing a batch failed")
-            stored, lines, first = False, [], 0
+            stored = False
         if stored:
             self.written += count
         else:
             self._lose(count, "the journal and its spool could not be written")
-        for future in futures:
-            if not future.done():
-                future.set_result(stored)
-        if not lines:
-            return
+        if span is not None:
+            self._settle(span, stored)
         for outbox in self.outboxes:
             outbox.offer(lines, first)
         spills = [(o, s) for o in self.outboxes if (s := o.take_spill()) is not None]
@@ -475,6 +495,21 @@ class AuditTrail:
                 self._io, lambda: [outbox.spill(*spill) for outbox, spill in spills]
             )
             spill_job.add_done_callback(partial(self._spilled, spills))
+
+    def _settle(self, span: tuple[int, int], stored: bool) -> None:
+        """Resolve every future whose events are all written now (batches complete in order)."""
+        first, end = span
+        if not stored:
+            self._failed.append((first, end))
+        tickets = self._tickets
+        while tickets and tickets[0][1] < end:
+            low, high, future = tickets.popleft()
+            ok = not any(a <= high and low < b for a, b in self._failed)
+            if not future.done():
+                future.set_result(ok)
+        horizon = tickets[0][0] if tickets else end
+        if self._failed:
+            self._failed = [(a, b) for a, b in self._failed if b > horizon]
 
     @staticmethod
     def _spilled(
@@ -504,7 +539,7 @@ class AuditTrail:
                     logger.error("audit journal sync failed: %s", exc)
             signer = self.signer
             if signer is not None and signer.due() and not self._queue and not self._closing:
-                self._dispatch(loop, deque(), [], [])
+                self._dispatch(loop, deque(), None, self._link([], final=False), 0)
 
     # -- counters --------------------------------------------------------------------------------
 

@@ -150,6 +150,10 @@ class FileJournal:
 
     def write(self, lines: Sequence[bytes], first_seq: int) -> None:
         """Append lines (newlines included); rotate first when due. Raises ``OSError``."""
+        self.write_data(b"".join(lines), len(lines), first_seq)
+
+    def write_data(self, data: bytes, count: int, first_seq: int) -> None:
+        """Append *count* joined lines whose first sequence number is *first_seq*."""
         if self._fd < 0:
             self._open()
         now = self._clock()
@@ -161,10 +165,9 @@ class FileJournal:
             self.rotate()
         if self._size == 0:
             self._first_seq = first_seq
-        data = b"".join(lines)
         _write_all(self._fd, data)
         self._size += len(data)
-        self.written += len(lines)
+        self.written += count
         self._dirty = True
         if config.fsync is FsyncPolicy.ALWAYS:
             os.fdatasync(self._fd)
