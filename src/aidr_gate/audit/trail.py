@@ -388,7 +388,9 @@ class AuditTrail:
             first = self._taken
             self._taken += count
             bodies = [render(queue.popleft()) for _ in range(count)]
-            self._dispatch(loop, jobs, (first, first + count), self._link(bodies, final=False), count)
+            self._dispatch(
+                loop, jobs, (first, first + count), self._link(bodies, final=False), count
+            )
             if len(jobs) >= _MAX_JOBS:
                 await jobs.popleft()
             elif count == batch_size:
