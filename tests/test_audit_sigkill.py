@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import httpx
 import orjson
 
 from aidr_gate.audit import AuditTrail, verify_files
-from audit_support import audit_files, event, file_config, records
+from audit_support import audit_files, event, file_config, free_port, records
 
 APP = """
 from __future__ import annotations
@@ -100,13 +99,6 @@ async def app(scope, receive, send):
     body = orjson.dumps({"decision_id": decision.decision_id, "durable": durable})
     await send({"type": "http.response.body", "body": body})
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def load(port: int, answered: list[str], deadline: float) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +13,9 @@ from aiohttp import web
 from aidr_gate.audit import AuditTrail, HttpSinkConfig
 from aidr_gate.audit.config import DeliveryConfig
 from aidr_gate.audit.sinks.http import record_id
-from audit_support import TOKEN, event, file_config, records
+from audit_support import TOKEN, event, file_config, free_port, records
 
 FAST_RETRY = DeliveryConfig(retries=2, backoff_base=0.02, backoff_max=0.1, batch_size=50)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Collector:

@@ -23,20 +23,13 @@ from cryptography.x509.oid import NameOID
 from aidr_gate.audit import AuditTrail, SyslogSinkConfig
 from aidr_gate.audit.config import DeliveryConfig
 from aidr_gate.audit.sinks.syslog import SyslogSink
-from audit_support import event, file_config
+from audit_support import event, file_config, free_port
 from conftest import require_tool
 
 FIELDS = (
     "%protocol-version%|%syslogfacility%|%syslogseverity%|%app-name%|%procid%|%msgid%"
     "|%inputname%|%msg%\\n"
 )
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Rsyslog:
