@@ -5,12 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from aidr_gate.audit import AuditTrail, FailurePolicy, FsyncPolicy, verify_files
-from aidr_gate.audit.config import StdoutSinkConfig
+from aidr_gate.audit import (
+    AuditConfig,
+    AuditTrail,
+    FailurePolicy,
+    FileSinkConfig,
+    FsyncPolicy,
+    RecordFormat,
+    verify_files,
+)
+from aidr_gate.audit.config import RETENTION_FLOOR_DAYS, StdoutSinkConfig
 from aidr_gate.audit.sinks.file import rotated_files
 from aidr_gate.audit.sinks.stdout import StdoutSink
 from audit_support import audit_files, event, file_config, records
@@ -221,3 +230,74 @@ def test_stdout_sink_writes_the_same_chained_lines(tmp_path: Path) -> None:
         piped = pipe.read()
     assert piped == (tmp_path / "audit.jsonl").read_bytes()
     assert (tmp_path / "spool" / "stdout" / "cursor").read_text().strip() == "6"
+
+
+def test_time_rotation_and_retention(tmp_path: Path) -> None:
+    now = [1_750_000_000.0]
+
+    async def run() -> None:
+        config = file_config(tmp_path, batch_size=1)
+        journal = FileSinkConfig(
+            name="file",
+            path=tmp_path / "audit.jsonl",
+            rotate_seconds=3600,
+            compress=False,
+            retention_days=RETENTION_FLOOR_DAYS,
+        )
+        trail = AuditTrail(replace(config, sinks=(journal,)), clock=lambda: now[0])
+        await trail.start()
+        for index in range(6):
+            assert await trail.submit(event(index))
+            now[0] += 1800  # two records an hour: a new file every hour
+        await trail.close(5)
+
+    old = tmp_path / "audit-20200101T000000Z-000000000000.jsonl"
+    tmp_path.mkdir(exist_ok=True)
+    old.write_bytes(b"")
+    os.utime(old, (1_500_000_000, 1_500_000_000))  # older than five years at the fake clock
+    asyncio.run(run())
+    assert not old.exists()  # retention removed it at the first rotation
+    rotated = rotated_files(tmp_path / "audit.jsonl")
+    assert len(rotated) == 2
+    result = verify_files([*rotated, tmp_path / "audit.jsonl"])
+    assert (result.records, result.last_seq) == (6, 5)
+    assert result.ok
+
+
+def test_ocsf_records_chain_and_verify(tmp_path: Path) -> None:
+    async def run() -> None:
+        trail = AuditTrail(file_config(tmp_path, format=RecordFormat.OCSF))
+        await trail.start()
+        await asyncio.gather(*(trail.submit(event(i)) for i in range(5)))
+        await trail.close(5)
+
+    asyncio.run(run())
+    docs = records([tmp_path / "audit.jsonl"])
+    assert [d["class_uid"] for d in docs] == [6003] * 5
+    assert verify_files([tmp_path / "audit.jsonl"]).records == 5
+
+
+def test_without_a_file_sink_the_chain_position_is_kept(tmp_path: Path) -> None:
+    read_fd, write_fd = os.pipe()
+
+    async def run(start: int) -> None:
+        config = AuditConfig(directory=tmp_path, sinks=(StdoutSinkConfig(name="stdout"),))
+        trail = AuditTrail(config)
+        out = trail.outboxes[0].sink
+        assert isinstance(out, StdoutSink)
+        out._fd = write_fd
+        await trail.start()
+        await asyncio.gather(*(trail.submit(event(start + i)) for i in range(3)))
+        await trail.drain(sinks=True)
+        await trail.close(5)
+
+    asyncio.run(run(0))
+    asyncio.run(run(3))
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        piped = pipe.read()
+    target = tmp_path / "piped.jsonl"
+    target.write_bytes(piped)
+    result = verify_files([target])
+    assert result.ok, result.findings
+    assert (result.records, result.first_seq, result.last_seq) == (6, 0, 5)

@@ -321,7 +321,8 @@ class Outbox:
         loop = asyncio.get_running_loop()
         task = self._task
         if task is not None:
-            remaining = deadline - loop.time()
+            # A sink that is down gets no grace: what is left goes to the spool at once.
+            remaining = 0.0 if self.down else deadline - loop.time()
             if remaining > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(task), remaining)
