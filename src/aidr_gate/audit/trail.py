@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from aidr_gate.audit.chain import GENESIS, Chain, Signer, load_private_key, open_bytes, parse_link
+from aidr_gate.audit.chain import (
+    GENESIS,
+    Chain,
+    Signer,
+    load_private_key,
+    open_bytes,
+    parse_link,
+    read_tail,
+)
 from aidr_gate.audit.config import (
     AuditConfig,
     FailurePolicy,
@@ -40,7 +49,7 @@ from aidr_gate.audit.delivery import Outbox, SinkStats
 from aidr_gate.audit.ocsf import OcsfRenderer
 from aidr_gate.audit.record import AuditEvent, EcsRenderer, Redactor, Renderer, fallback_record
 from aidr_gate.audit.sinks import DeliverySink
-from aidr_gate.audit.sinks.file import FileJournal, rotated_files
+from aidr_gate.audit.sinks.file import FileJournal, first_seq_of, rotated_files
 from aidr_gate.audit.spool import Spool
 from aidr_gate.errors import ConfigError, Problem
 
@@ -200,8 +209,6 @@ class AuditTrail:
         if spool is not None and not spool.empty:
             raise OSError(f"audit journal {self.journal.path} cannot take its spooled records")
         if self.journal.written:  # the spool was drained into it: the tail moved
-            from aidr_gate.audit.chain import read_tail
-
             tail = read_tail(self.journal.path) or tail
         if tail is None:
             return -1, GENESIS
@@ -231,16 +238,35 @@ class AuditTrail:
         if start >= end:
             return
         wanted: list[bytes] = []
-        files = [*rotated_files(journal.path), journal.path]
-        for path in files:
+        size = 0
+        rotated = rotated_files(journal.path)
+        firsts = [first_seq_of(p) for p in rotated]
+        for index, path in enumerate([*rotated, journal.path]):
+            if index + 1 < len(rotated) and firsts[index + 1] <= start:
+                continue  # every record of this file comes before the gap
+            if index < len(rotated) and firsts[index] >= end:
+                break
             try:
                 data = open_bytes(path)
-            except OSError:
+            except (OSError, EOFError, zlib.error):
                 continue
             for line in data.splitlines(keepends=True):
                 link = parse_link(line, check=False)
                 if link is not None and start <= link.seq < end and line.endswith(b"\n"):
+                    size += len(line)
+                    if size > outbox.spool.max_bytes:
+                        break
                     wanted.append(line)
+        if size > outbox.spool.max_bytes:
+            missed = end - start - len(wanted)
+            outbox.lost += missed
+            logger.error(
+                "audit sink %s: %d records behind, more than its spool holds; %d LOST for it "
+                "(they remain in the journal)",
+                outbox.sink.name,
+                end - start,
+                missed,
+            )
         if wanted:
             outbox.spool.prepend(wanted, start)
             logger.warning(

@@ -56,6 +56,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def first_seq_of(path: Path) -> int:
+    """The first sequence number in a rotated file, from its name."""
+    match = _ROTATED.search(path.name)
+    return int(match.group(2)) if match else 0
+
+
 def rotated_files(path: Path) -> list[Path]:
     """The rotated files of an active file path, oldest first (by first sequence number)."""
     stem = path.name[: -len(".jsonl")] if path.name.endswith(".jsonl") else path.name
