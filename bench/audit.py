@@ -212,9 +212,9 @@ def _cases(
 async def main() -> None:
     """Run every case and print the table."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--records", type=int, default=40_000)
+    parser.add_argument("--records", type=int, default=30_000)
     parser.add_argument("--fsync-records", type=int, default=1_000)
-    parser.add_argument("--rounds", type=int, default=3, help="best of N runs per case")
+    parser.add_argument("--rounds", type=int, default=5, help="best of N runs per case")
     args = parser.parse_args()
     events = build_events(args.records)
     synced = events[: args.fsync_records]
