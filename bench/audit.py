@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -214,7 +215,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--records", type=int, default=30_000)
     parser.add_argument("--fsync-records", type=int, default=1_000)
-    parser.add_argument("--rounds", type=int, default=5, help="best of N runs per case")
+    parser.add_argument("--rounds", type=int, default=5, help="runs per case")
     args = parser.parse_args()
     events = build_events(args.records)
     synced = events[: args.fsync_records]
@@ -223,31 +224,43 @@ async def main() -> None:
     print(f"{len(events)} events; a chained record is {size} bytes; {os.cpu_count()} CPUs")
     render_us, link_us = core(events[:20_000])
     print(f"single thread: render {render_us:.1f} µs/record, render+chain {link_us:.1f} µs/record")
-    best: dict[str, float] = {}
-    best_cpu: dict[str, float] = {}
+    rates: dict[str, list[float]] = {}
+    cpus: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for r in range(args.rounds):
             for name, (count, case) in _cases(root / str(r), events, synced, group).items():
                 cpu = time.process_time()
                 rate = await case()
-                cpu_us = (time.process_time() - cpu) / count * 1e6
-                best[name] = max(best.get(name, 0.0), rate)
-                best_cpu[name] = min(best_cpu.get(name, 1e9), cpu_us)
-    width = max(len(n) for n in best)
-    for name, rate in best.items():
-        print(f"{name:<{width}}  {rate:>9,.0f} records/s  {best_cpu[name]:6.1f} µs CPU/record")
-    chained, plain = best["trail, chained"], best["trail, plain"]
+                rates.setdefault(name, []).append(rate)
+                cpus.setdefault(name, []).append((time.process_time() - cpu) / count * 1e6)
+    width = max(len(n) for n in rates)
+    print(f"{'case':<{width}}  {'best':>9}  {'median':>9}  records/s   µs CPU/record (best)")
+    for name in rates:
+        print(
+            f"{name:<{width}}  {max(rates[name]):>9,.0f}  {statistics.median(rates[name]):>9,.0f}"
+            f"              {min(cpus[name]):6.1f}"
+        )
+
+    def ratio(base: str, other: str, table: dict[str, list[float]]) -> float:
+        # Each round's two runs ran back to back, under the same load: compare within rounds.
+        return statistics.median(b / o for b, o in zip(table[base], table[other], strict=True))
+
+    chained = max(rates["trail, chained"])
     print(
-        f"chaining cost, no fsync:      {plain / chained - 1:+.1%} throughput, "
-        f"{best_cpu['trail, chained'] / best_cpu['trail, plain'] - 1:+.1%} CPU "
-        f"(target < +25%); chained {chained:,.0f} records/s (target >= 50,000)"
+        "chaining cost, no fsync:      "
+        f"{ratio('trail, plain', 'trail, chained', rates) - 1:+.1%} throughput, "
+        f"{ratio('trail, chained', 'trail, plain', cpus) - 1:+.1%} CPU "
+        f"(median of rounds; target < +25%); chained {chained:,.0f} records/s (target >= 50,000)"
     )
-    synced_ratio = best["trail, plain, fsync per record"] / best["trail, chained, fsync per record"]
-    print(f"chaining cost, fsync/record:  {synced_ratio - 1:+.1%} throughput")
     print(
-        f"trail vs bare writer (queue, futures, journal; no chain): "
-        f"{best['writer, plain'] / plain - 1:+.1%} throughput"
+        "chaining cost, fsync/record:  "
+        f"{ratio('trail, plain, fsync per record', 'trail, chained, fsync per record', rates) - 1:+.1%}"
+        " throughput"
+    )
+    print(
+        "trail vs bare writer (queue, futures, journal; no chain): "
+        f"{ratio('writer, plain', 'trail, plain', rates) - 1:+.1%} throughput"
     )
 
 
