@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from aiohttp import web
 from aidr_gate.audit import AuditTrail, HttpSinkConfig
 from aidr_gate.audit.config import DeliveryConfig
 from aidr_gate.audit.sinks.http import record_id
-from audit_support import TOKEN, event, file_config, free_port, records
+from audit_support import TOKEN, event, file_config, free_port, records, self_signed_certificate
 
 FAST_RETRY = DeliveryConfig(retries=2, backoff_base=0.02, backoff_max=0.1, batch_size=50)
 
@@ -303,3 +304,35 @@ def test_record_id_is_the_chain_hash() -> None:
 
     line = Chain().link(b'{"a":1}')
     assert record_id(line).decode() == orjson.loads(line)["chain"]["hash"]
+
+
+def test_https_collector_with_a_private_ca(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    port = free_port()
+    collector = Collector(port)
+
+    async def run() -> None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        app = web.Application()
+        app.router.add_post("/services/collector/event", collector._hec)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+        sink = HttpSinkConfig(
+            name="splunk",
+            format="hec",
+            url=f"https://127.0.0.1:{port}/services/collector/event",
+            ca_file=cert,
+            delivery=FAST_RETRY,
+        )
+        trail = AuditTrail(file_config(tmp_path / "audit", sinks=(sink,)))
+        await trail.start()
+        await asyncio.gather(*(trail.submit(event(i)) for i in range(12)))
+        await trail.drain(sinks=True)
+        assert trail.stats().sinks[1].delivered == 12
+        await trail.close(5)
+        await runner.cleanup()
+
+    asyncio.run(run())
+    assert seqs([r["event"] for r in collector.hec]) == list(range(12))

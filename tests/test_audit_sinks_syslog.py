@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import socket
 import ssl
 import subprocess
@@ -15,15 +13,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from aidr_gate.audit import AuditTrail, SyslogSinkConfig
 from aidr_gate.audit.config import DeliveryConfig
 from aidr_gate.audit.sinks.syslog import SyslogSink
-from audit_support import event, file_config, free_port
+from audit_support import event, file_config, free_port, self_signed_certificate
 from conftest import require_tool
 
 FIELDS = (
@@ -142,40 +136,6 @@ def test_records_reach_rsyslog_over_tcp_and_udp(tmp_path: Path, rsyslog: Rsyslog
     assert sorted(by_input["imudp"]) == sorted(journal)  # UDP: every record once
 
 
-def _certificate(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = directory / "server.pem"
-    key_path = directory / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 async def _octet_counted(reader: asyncio.StreamReader, into: list[bytes]) -> None:
     while True:
         try:
@@ -186,7 +146,7 @@ async def _octet_counted(reader: asyncio.StreamReader, into: list[bytes]) -> Non
 
 
 def test_tls_delivery_with_octet_counting(tmp_path: Path) -> None:
-    cert, key = _certificate(tmp_path)
+    cert, key = self_signed_certificate(tmp_path)
     received: list[bytes] = []
 
     async def run() -> None:
@@ -223,9 +183,9 @@ def test_tls_delivery_with_octet_counting(tmp_path: Path) -> None:
 
 
 def test_tls_refuses_an_unknown_certificate_and_spools(tmp_path: Path) -> None:
-    cert, key = _certificate(tmp_path)
+    cert, key = self_signed_certificate(tmp_path)
     (tmp_path / "other").mkdir()
-    other_cert, _ = _certificate(tmp_path / "other")
+    other_cert, _ = self_signed_certificate(tmp_path / "other")
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
     listener = socket.create_server(("127.0.0.1", 0))

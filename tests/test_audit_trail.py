@@ -17,6 +17,7 @@ from aidr_gate.audit import (
     FileSinkConfig,
     FsyncPolicy,
     RecordFormat,
+    SigningConfig,
     verify_files,
 )
 from aidr_gate.audit.config import RETENTION_FLOOR_DAYS, StdoutSinkConfig
@@ -301,3 +302,37 @@ def test_without_a_file_sink_the_chain_position_is_kept(tmp_path: Path) -> None:
     result = verify_files([target])
     assert result.ok, result.findings
     assert (result.records, result.first_seq, result.last_seq) == (6, 0, 5)
+
+
+def test_an_idle_trail_still_signs_its_tail(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    key_file = tmp_path / "key.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+    async def run() -> None:
+        signing = SigningConfig(key_file=key_file, every_records=1000, every_seconds=0.3)
+        trail = AuditTrail(file_config(tmp_path / "audit", signing=signing))
+        await trail.start()
+        await asyncio.gather(*(trail.submit(event(i)) for i in range(3)))
+        for _ in range(40):  # the timer writes a checkpoint once every_seconds has passed
+            if b"audit-checkpoint" in (tmp_path / "audit" / "audit.jsonl").read_bytes():
+                break
+            await asyncio.sleep(0.1)
+        lines = (tmp_path / "audit" / "audit.jsonl").read_bytes().splitlines()
+        assert len(lines) == 4
+        assert b"audit-checkpoint" in lines[-1]
+        await trail.close(5)
+
+    asyncio.run(run())
+    result = verify_files([tmp_path / "audit" / "audit.jsonl"], [key.public_key()])
+    assert result.ok, result.findings
+    assert (result.checkpoints, result.signed_upto) == (1, 2)
