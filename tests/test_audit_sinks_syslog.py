@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import subprocess
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiohttp import web
 
-from aidr_gate.audit import AuditTrail, SyslogSinkConfig
+from aidr_gate.audit import AuditTrail, HttpSinkConfig, StdoutSinkConfig, SyslogSinkConfig
 from aidr_gate.audit.config import DeliveryConfig
+from aidr_gate.audit.sinks.stdout import StdoutSink
 from aidr_gate.audit.sinks.syslog import SyslogSink
-from audit_support import event, file_config, free_port, self_signed_certificate
+from audit_support import TOKEN, event, file_config, free_port, self_signed_certificate
 from conftest import require_tool
 
 FIELDS = (
@@ -257,3 +260,62 @@ def test_message_format() -> None:
     assert stamp.endswith(b"Z")
     assert (host, app, msgid) == (b"gate1", b"aidrgate", b"audit")
     assert msg == b'{"aidr":{"decision":{"effect":"log"}}}'
+
+
+def test_no_token_reaches_any_sink(tmp_path: Path, rsyslog: Rsyslog) -> None:
+    """A token in any header, or in the query string, reaches no sink: file, stdout, syslog, HTTP."""
+    port = free_port()
+    posted: list[bytes] = []
+    read_fd, write_fd = os.pipe()
+    headers = (
+        ("authorization", f"Bearer {TOKEN}"),
+        ("cookie", f"session={TOKEN}"),
+        ("x-api-key", TOKEN),
+        ("x-custom-token", TOKEN),
+        ("x-other-secret", f"Splunk {TOKEN[:20]}"),
+        ("user-agent", "pytest"),
+    )
+
+    async def run() -> None:
+        async def collect(request: web.Request) -> web.Response:
+            posted.append(await request.read())
+            return web.json_response({"text": "Success", "code": 0})
+
+        app = web.Application()
+        app.router.add_post("/services/collector/event", collect)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        sinks = (
+            StdoutSinkConfig(name="stdout"),
+            SyslogSinkConfig(name="syslog-tcp", transport="tcp", port=rsyslog.tcp),
+            SyslogSinkConfig(name="syslog-udp", transport="udp", port=rsyslog.udp),
+            HttpSinkConfig(
+                name="splunk", format="hec", url=f"http://127.0.0.1:{port}/services/collector/event"
+            ),
+        )
+        # Mis-configured on purpose: credential headers and a custom one allow-listed.
+        allowed = ("authorization", "cookie", "x-custom-token", "x-other-secret", "user-agent")
+        trail = AuditTrail(file_config(tmp_path / "audit", sinks=sinks, headers=allowed))
+        stdout = trail.outboxes[0].sink
+        assert isinstance(stdout, StdoutSink)
+        stdout._fd = write_fd
+        await trail.start()
+        for index in range(10):
+            trail.submit(event(index, headers=headers, path=f"/v1/chat?api_key={TOKEN}"))
+        await trail.drain(sinks=True)
+        await trail.close(5)
+        await runner.cleanup()
+
+    asyncio.run(run())
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        piped = pipe.read()
+    received = "\n".join(rsyslog.wait_for(20)).encode()
+    journal = (tmp_path / "audit" / "audit.jsonl").read_bytes()
+    outputs = {"file": journal, "stdout": piped, "syslog": received, "http": b"".join(posted)}
+    for name, data in outputs.items():
+        assert data.count(b"pytest") >= 10, name  # every sink got the records ...
+        assert TOKEN.encode() not in data, name  # ... and none of them the token
+        assert TOKEN[:20].encode() not in data, name
+        assert b"api_key" not in data, name
