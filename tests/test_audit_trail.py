@@ -336,3 +336,19 @@ def test_an_idle_trail_still_signs_its_tail(tmp_path: Path) -> None:
     result = verify_files([tmp_path / "audit" / "audit.jsonl"], [key.public_key()])
     assert result.ok, result.findings
     assert (result.checkpoints, result.signed_upto) == (1, 2)
+
+
+def test_describe_names_sinks_and_chain(tmp_path: Path) -> None:
+    async def run() -> str:
+        config = file_config(tmp_path, sinks=(StdoutSinkConfig(name="stdout"),))
+        trail = AuditTrail(config)
+        await trail.start()
+        text = trail.describe()
+        await trail.close(1)
+        return text
+
+    text = asyncio.run(run())
+    assert text == (
+        f"ecs records to file {tmp_path / 'audit.jsonl'} (fsync never), stdout stdout; "
+        "chain at seq 0; on failure: deny"
+    )

@@ -569,6 +569,21 @@ class AuditTrail:
             if signer is not None and signer.due() and not self._queue and not self._closing:
                 self._dispatch(loop, deque(), None, self._link([], final=False), 0)
 
+    def describe(self) -> str:
+        """One line for startup logs: the format, where records go and where the chain stands."""
+        parts = []
+        if self.journal is not None:
+            journal = self.journal.config
+            parts.append(f"file {journal.path} (fsync {journal.fsync.value})")
+        for outbox in self.outboxes:
+            sink = outbox.sink
+            parts.append(f"{sink.kind} {sink.name}")
+        signed = ", signed checkpoints" if self.signer is not None else ""
+        return (
+            f"{self.config.format.value} records to {', '.join(parts) or 'nowhere'}{signed}; "
+            f"chain at seq {self.chain.next_seq}; on failure: {self.config.on_failure.value}"
+        )
+
     # -- counters --------------------------------------------------------------------------------
 
     def stats(self) -> TrailStats:
