@@ -275,7 +275,7 @@ class AuditTrail:
                 len(wanted),
             )
 
-    async def close(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - the bound is the API
+    async def close(self, timeout: float | None = None) -> None:
         """Write what is queued, deliver what can be delivered, all within *timeout* seconds."""
         if self._closed:
             return
