@@ -79,9 +79,14 @@ def build_events(count: int) -> list[AuditEvent]:
 class PlainTrail(AuditTrail):
     """The same trail with the chain step replaced by a newline: the baseline for chaining's cost."""
 
-    def _link(self, bodies: list[bytes], final: bool) -> list[bytes]:
-        self.chain.next_seq += len(bodies)
-        return [body + b"\n" for body in bodies]
+    def _linker(self) -> Callable[[bytes], bytes]:
+        chain = self.chain
+
+        def newline(body: bytes) -> bytes:
+            chain.next_seq += 1
+            return body + b"\n"
+
+        return newline
 
 
 def _write_all(fd: int, data: bytes, sync: bool) -> None:
