@@ -159,3 +159,26 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+def signing_key_files(directory: Path, name: str = "audit-key") -> tuple[Path, Path]:
+    """A fresh Ed25519 key pair written as PEM files: (private PKCS#8, public SPKI)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    directory.mkdir(parents=True, exist_ok=True)
+    private = directory / f"{name}.pem"
+    public = directory / f"{name}.pub.pem"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public

@@ -20,10 +20,11 @@ from aidr_gate.audit import (
     SigningConfig,
     verify_files,
 )
+from aidr_gate.audit.chain import load_public_key
 from aidr_gate.audit.config import RETENTION_FLOOR_DAYS, StdoutSinkConfig
 from aidr_gate.audit.sinks.file import rotated_files
 from aidr_gate.audit.sinks.stdout import StdoutSink
-from audit_support import audit_files, event, file_config, records
+from audit_support import audit_files, event, file_config, records, signing_key_files
 
 
 async def write(directory: Path, count: int, start: int = 0, **kwargs: object) -> AuditTrail:
@@ -305,18 +306,7 @@ def test_without_a_file_sink_the_chain_position_is_kept(tmp_path: Path) -> None:
 
 
 def test_an_idle_trail_still_signs_its_tail(tmp_path: Path) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    key_file = tmp_path / "key.pem"
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    key_file, public = signing_key_files(tmp_path)
 
     async def run() -> None:
         signing = SigningConfig(key_file=key_file, every_records=1000, every_seconds=0.3)
@@ -333,7 +323,7 @@ def test_an_idle_trail_still_signs_its_tail(tmp_path: Path) -> None:
         await trail.close(5)
 
     asyncio.run(run())
-    result = verify_files([tmp_path / "audit" / "audit.jsonl"], [key.public_key()])
+    result = verify_files([tmp_path / "audit" / "audit.jsonl"], [load_public_key(public)])
     assert result.ok, result.findings
     assert (result.checkpoints, result.signed_upto) == (1, 2)
 

@@ -9,14 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aidr_gate.audit import AuditTrail, verify_files
 from aidr_gate.audit.chain import SUFFIX_LEN, load_public_key
 from aidr_gate.audit.config import SigningConfig
 from aidr_gate.audit.sinks.file import rotated_files
-from audit_support import audit_files, event, file_config
+from audit_support import audit_files, event, file_config, signing_key_files
 
 PER_FILE = 10
 
@@ -203,22 +202,7 @@ def test_removing_the_oldest_file_is_reported_as_a_late_start(files: list[Path])
 
 @pytest.fixture
 def signing_key(tmp_path: Path) -> tuple[Path, Path]:
-    key = Ed25519PrivateKey.generate()
-    private = tmp_path / "audit-key.pem"
-    public = tmp_path / "audit-key.pub.pem"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return private, public
+    return signing_key_files(tmp_path)
 
 
 def test_signed_checkpoints_prove_the_writer(

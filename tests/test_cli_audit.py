@@ -7,12 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aidr_gate.audit import AuditTrail, SigningConfig
 from aidr_gate.cli import main
-from audit_support import audit_files, event, file_config
+from audit_support import audit_files, event, file_config, signing_key_files
 
 
 def trail_files(
@@ -60,30 +58,11 @@ def test_verify_json_and_strict(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_verify_with_public_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    key = Ed25519PrivateKey.generate()
-    private = tmp_path / "k.pem"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public = tmp_path / "k.pub"
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    private, public = signing_key_files(tmp_path)
     files = trail_files(tmp_path / "t", signing=SigningConfig(private, every_records=4))
     assert main(["audit", "verify", "--public-key", str(public), *map(str, files)]) == 0
     assert "signed up to seq" in capsys.readouterr().out
-    other = tmp_path / "other.pub"
-    other.write_bytes(
-        Ed25519PrivateKey.generate()
-        .public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    _, other = signing_key_files(tmp_path, "other")
     assert main(["audit", "verify", "--public-key", str(other), *map(str, files)]) == 1
 
 
