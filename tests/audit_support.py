@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import socket
 from pathlib import Path
 from typing import Any
 
 import orjson
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from aidr_gate.audit import AuditEvent, Ending, RequestContext
 from aidr_gate.audit.chain import open_bytes
@@ -80,6 +87,7 @@ def file_config(
     fsync: FsyncPolicy = FsyncPolicy.NEVER,
     max_bytes: int = 1 << 30,
     compress: bool = False,
+    spool_max_bytes: int = 1 << 30,
     **kwargs: Any,
 ) -> AuditConfig:
     """A trail configuration with a file journal in *directory* plus *sinks*."""
@@ -90,6 +98,7 @@ def file_config(
         rotate_seconds=None,
         fsync=fsync,
         compress=compress,
+        spool_max_bytes=spool_max_bytes,
     )
     return AuditConfig(directory=directory, sinks=(journal, *sinks), **kwargs)
 
@@ -107,3 +116,69 @@ def records(paths: list[Path]) -> list[dict[str, Any]]:
             if line.strip():
                 out.append(orjson.loads(line))
     return out
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate and key for localhost and 127.0.0.1, generated now (TLS tests)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = directory / "server.pem"
+    key_path = directory / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def signing_key_files(directory: Path, name: str = "audit-key") -> tuple[Path, Path]:
+    """A fresh Ed25519 key pair written as PEM files: (private PKCS#8, public SPKI)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    directory.mkdir(parents=True, exist_ok=True)
+    private = directory / f"{name}.pem"
+    public = directory / f"{name}.pub.pem"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public

@@ -25,7 +25,9 @@ def _get(doc: dict[str, Any], path: str) -> Any:
     return value
 
 
-def ecs(ev: AuditEvent, headers: tuple[str, ...] = ("user-agent", "x-request-id")) -> dict[str, Any]:
+def ecs(
+    ev: AuditEvent, headers: tuple[str, ...] = ("user-agent", "x-request-id")
+) -> dict[str, Any]:
     return orjson.loads(EcsRenderer(Redactor(headers)).render(ev))  # type: ignore[no-any-return]
 
 
@@ -198,7 +200,7 @@ def test_tokens_never_reach_a_record(allowed: tuple[str, ...], renderer: type[An
 def test_redactor_allow_list() -> None:
     redactor = Redactor(["User-Agent", "Authorization", "X-Request-Id"])
     assert redactor.allowed == {"user-agent", "x-request-id"}
-    assert ALWAYS_REDACTED >= {"authorization", "cookie", "x-api-key"}
+    assert {"authorization", "cookie", "x-api-key"} <= ALWAYS_REDACTED
     picked = redactor.select(
         [(b"authorization", b"Bearer x"), (b"User-Agent", b"curl/8"), (b"x-request-id", b"r1")]
     )
@@ -226,7 +228,11 @@ def test_clean_path(path: str, clean: str) -> None:
     [
         ({}, "POST", (1, 1, 1, "Success", 600301)),
         ({"entity": "andes-br", "country": "BR"}, "POST", (2, 2, 3, "Failure", 600301)),
-        ({"entity": "lab-us", "country": "SG", "model": "aurora-mini"}, "GET", (1, 17, 2, "Success", 600302)),
+        (
+            {"entity": "lab-us", "country": "SG", "model": "aurora-mini"},
+            "GET",
+            (1, 17, 2, "Success", 600302),
+        ),
     ],
 )
 def test_ocsf_api_activity(kwargs: dict[str, Any], method: str, expected: tuple[Any, ...]) -> None:

@@ -9,25 +9,30 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aidr_gate.audit import AuditTrail, verify_files
 from aidr_gate.audit.chain import SUFFIX_LEN, load_public_key
 from aidr_gate.audit.config import SigningConfig
 from aidr_gate.audit.sinks.file import rotated_files
-from audit_support import audit_files, event, file_config
+from audit_support import audit_files, event, file_config, signing_key_files
 
 PER_FILE = 10
 
 
-def write_trail(directory: Path, count: int, *, compress: bool = False, **kwargs: object) -> list[Path]:
+def write_trail(
+    directory: Path, count: int, *, compress: bool = False, **kwargs: object
+) -> list[Path]:
     """Write *count* records through a real trail, rotating every ~PER_FILE records."""
     size = len(_one_line(directory))
 
     async def run() -> None:
         config = file_config(
-            directory, max_bytes=size * PER_FILE - 1, compress=compress, batch_size=1, **kwargs  # type: ignore[arg-type]
+            directory,
+            max_bytes=size * PER_FILE - 1,
+            compress=compress,
+            batch_size=1,
+            **kwargs,  # type: ignore[arg-type]
         )
         trail = AuditTrail(config)
         await trail.start()
@@ -129,7 +134,9 @@ CASES: list[tuple[Callable[[list[Path]], None], str, int, int]] = [
 ]
 
 
-@pytest.mark.parametrize(("tamper", "kind", "file_index", "line"), CASES, ids=[c[0].__name__ for c in CASES])
+@pytest.mark.parametrize(
+    ("tamper", "kind", "file_index", "line"), CASES, ids=[c[0].__name__ for c in CASES]
+)
 def test_verify_names_the_first_tampered_place(
     files: list[Path], tamper: Callable[[list[Path]], None], kind: str, file_index: int, line: int
 ) -> None:
@@ -195,25 +202,12 @@ def test_removing_the_oldest_file_is_reported_as_a_late_start(files: list[Path])
 
 @pytest.fixture
 def signing_key(tmp_path: Path) -> tuple[Path, Path]:
-    key = Ed25519PrivateKey.generate()
-    private = tmp_path / "audit-key.pem"
-    public = tmp_path / "audit-key.pub.pem"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return private, public
+    return signing_key_files(tmp_path)
 
 
-def test_signed_checkpoints_prove_the_writer(tmp_path: Path, signing_key: tuple[Path, Path]) -> None:
+def test_signed_checkpoints_prove_the_writer(
+    tmp_path: Path, signing_key: tuple[Path, Path]
+) -> None:
     private, public = signing_key
     directory = tmp_path / "trail"
     paths = write_trail(
@@ -223,6 +217,7 @@ def test_signed_checkpoints_prove_the_writer(tmp_path: Path, signing_key: tuple[
     result = verify_files(paths, [key])
     assert result.ok, result.findings
     assert result.checkpoints == 5  # after 5, 10, 15, 20 records, and a final one at close
+    assert result.last_seq is not None
     assert result.signed_upto == result.last_seq - 1
     other = Ed25519PrivateKey.generate().public_key()
     wrong = verify_files(paths, [other])
@@ -231,7 +226,9 @@ def test_signed_checkpoints_prove_the_writer(tmp_path: Path, signing_key: tuple[
     assert verify_files(paths).checkpoints == 5
 
 
-def test_a_rewritten_chain_fails_the_signature(tmp_path: Path, signing_key: tuple[Path, Path]) -> None:
+def test_a_rewritten_chain_fails_the_signature(
+    tmp_path: Path, signing_key: tuple[Path, Path]
+) -> None:
     """A forger who rewrites every hash after an edit still cannot forge the checkpoint."""
     private, public = signing_key
     paths = write_trail(

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 GENESIS = "0" * 64
+_sha256 = hashlib.sha256
 _HASH_AT = b',"hash":"'
 # ,"hash":"<64 hex>"}}\n
 SUFFIX_LEN = len(_HASH_AT) + 64 + 4
@@ -84,7 +85,6 @@ class Chain:
 
     def __init__(self, next_seq: int = 0, prev: str = GENESIS) -> None:
         self.next_seq = next_seq
-        self.prev = prev
         self._prev_bytes = prev.encode("ascii")
 
     @property
@@ -94,18 +94,17 @@ class Chain:
 
     def link(self, body: bytes) -> bytes:
         """The full line for one JSON object *body*: chain member appended, newline included."""
+        member = b',"chain":{"seq":%d,"prev":"%b"' % (self.next_seq, self._prev_bytes)
         if body.endswith(b"}") and len(body) > 2:
-            head = b'%b,"chain":{"seq":%d,"prev":"%b"' % (body[:-1], self.next_seq, self._prev_bytes)
+            head = memoryview(body)[:-1]  # no copy: hashed and joined in place
         else:  # an empty object (never rendered, but the format must not break on it)
-            head = b'{"chain":{"seq":%d,"prev":"%b"' % (self.next_seq, self._prev_bytes)
-        digest = hashlib.sha256(head).hexdigest().encode("ascii")
-        self._prev_bytes = digest
+            head, member = memoryview(b"{"), member[1:]
+        digest = _sha256(head)
+        digest.update(member)
+        hexdigest = digest.hexdigest().encode("ascii")
+        self._prev_bytes = hexdigest
         self.next_seq += 1
-        return b'%b,"hash":"%b"}}\n' % (head, digest)
-
-    def sync(self) -> None:
-        """Refresh :attr:`prev` as text (it is kept as bytes while linking)."""
-        self.prev = self._prev_bytes.decode("ascii")
+        return b"".join((head, member, b',"hash":"', hexdigest, b'"}}\n'))
 
     def position(self) -> tuple[int, str]:
         """The last sequence number and hash linked."""

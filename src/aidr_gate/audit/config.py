@@ -188,7 +188,14 @@ _TOP = (
     "signing",
     "sinks",
 )
-_DELIVERY = ("queue_size", "batch_size", "spool_max_bytes", "retries", "backoff_base", "backoff_max")
+_DELIVERY = (
+    "queue_size",
+    "batch_size",
+    "spool_max_bytes",
+    "retries",
+    "backoff_base",
+    "backoff_max",
+)
 _SINK_KEYS: dict[str, tuple[str, ...]] = {
     "file": (
         "path",
@@ -398,7 +405,7 @@ def _read_sink(
     if data.get("headers") is not None:
         mapping = check.mapping(data["headers"], join(where, "headers"))
         for key, value in (mapping or {}).items():
-            text = check.string(value, join(where, "headers", key))
+            text = check.string(value, join(join(where, "headers"), key))
             if text is not None:
                 headers.append((key, text))
     return HttpSinkConfig(
@@ -413,7 +420,9 @@ def _read_sink(
         headers=tuple(headers),
         max_batch_bytes=reader.count(data, "max_batch_bytes", where, 4 * 1024 * 1024),
         timeout=reader.positive(data, "timeout", where, 10.0),
-        ca_file=reader.path(data["ca_file"], join(where, "ca_file")) if data.get("ca_file") else None,
+        ca_file=reader.path(data["ca_file"], join(where, "ca_file"))
+        if data.get("ca_file")
+        else None,
         verify=reader.flag(data, "verify", where, True),
         delivery=delivery,
     )
@@ -442,13 +451,17 @@ def read_audit_section(
     if raw_sinks is None:
         sinks.append(FileSinkConfig(name="file", path=directory / "audit.jsonl"))
     else:
-        for index, item in enumerate(check.sequence(raw_sinks, "audit.sinks", allow_empty=False) or []):
+        for index, item in enumerate(
+            check.sequence(raw_sinks, "audit.sinks", allow_empty=False) or []
+        ):
             sink = _read_sink(reader, item, join("audit.sinks", index), directory, names)
             if sink is not None:
                 sinks.append(sink)
     files = [i for i, s in enumerate(sinks) if isinstance(s, FileSinkConfig)]
     if len(files) > 1:
-        check.error(join("audit.sinks", files[1]), "only one file sink is allowed (it is the journal)")
+        check.error(
+            join("audit.sinks", files[1]), "only one file sink is allowed (it is the journal)"
+        )
     headers = DEFAULT_HEADERS
     if data.get("headers") is not None:
         names_list: list[str] = []
@@ -507,7 +520,9 @@ def read_audit_section(
 
 def audit_config(config: GateConfig, *, warnings: list[Problem] | None = None) -> AuditConfig:
     """Parse the ``audit`` section of a loaded configuration; raise ``ConfigError`` on problems."""
-    document = config.document or Document(config.file, {"audit": dict(config.section("audit"))}, {})
+    document = config.document or Document(
+        config.file, {"audit": dict(config.section("audit"))}, {}
+    )
     check = Checker(document)
     parsed = read_audit_section(config.section("audit"), check, config.base_dir)
     if warnings is not None:

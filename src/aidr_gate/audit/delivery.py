@@ -12,6 +12,7 @@ read back from the spool after a restart are delivered exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -72,6 +73,7 @@ class Outbox:
         self._inflight: list[bytes] | None = None
         self._inflight_first = 0
         self._inflight_spool_bytes = 0
+        self._inflight_spool_lines = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -80,7 +82,6 @@ class Outbox:
         self.storable = True
         self.delivered = 0
         self.spooled = 0
-        self.spool_pending = 0
         self.lost = 0
         self.rejected = 0
         self.failures = 0
@@ -91,29 +92,36 @@ class Outbox:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self, journal_tail: int) -> None:
-        """Open the spool, load the cursor, open the sink and start the worker."""
+    async def open(self, journal_tail: int) -> None:
+        """Open the spool and load the cursor (the trail may then backfill the spool)."""
         await self._run_io(self.spool.open)
         cursor = await self._run_io(self.spool.load_cursor)
-        if cursor is None or cursor > journal_tail and self.spool.empty:
+        if cursor is None or (cursor > journal_tail and self.spool.empty):
             # A new sink starts from now; a cursor ahead of the chain means the chain was reset.
             cursor = journal_tail
             await self._run_io(self.spool.save_cursor, cursor)
         self.cursor = cursor
+
+    async def start(self) -> None:
+        """Open the sink and start the worker, spooled records first."""
         self._spooling = not self.spool.empty
         if self._spooling:
-            logger.info("audit sink %s: %d spooled bytes to deliver", self.sink.name, self.spool.bytes)
+            logger.info(
+                "audit sink %s: %d spooled bytes to deliver", self.sink.name, self.spool.bytes
+            )
         await self.sink.open()
         self._task = asyncio.create_task(self._worker(), name=f"aidr-audit-{self.sink.name}")
 
     def stats(self) -> SinkStats:
         """A snapshot of the counters."""
-        pending = len(self._memory) + len(self._to_spool) + self.spool_pending
+        pending = len(self._memory) + len(self._to_spool) + self.spool.count
         pending += len(self._inflight) if self._inflight and not self._inflight_spool_bytes else 0
         return SinkStats(
             name=self.sink.name,
             kind=self.sink.kind,
-            state="down" if self.down else ("spooling" if self._spooling else "up"),
+            state="down"
+            if self.down
+            else ("spooling" if self._spooling and not self.spool.empty else "up"),
             delivered=self.delivered,
             pending=pending,
             spooled=self.spooled,
@@ -181,7 +189,6 @@ class Outbox:
         self._spills_running -= 1
         if error is None:
             self.spooled += len(lines)
-            self.spool_pending += len(lines)
             if not self.storable:
                 logger.warning("audit sink %s: the spool is writable again", self.sink.name)
             self.storable = True
@@ -219,18 +226,16 @@ class Outbox:
         if not lines:
             if not self._to_spool and self._spills_running == 0 and self.spool.empty:
                 self._spooling = False
-                self.spool_pending = 0
                 logger.info("audit sink %s: spool drained; delivering directly", self.sink.name)
             return False
         fresh = [line for line in lines if line_seq(line) > self.cursor]
-        if len(fresh) < len(lines):  # delivered before a restart: never twice
-            self.spool_pending = max(0, self.spool_pending - (len(lines) - len(fresh)))
-        if not fresh:
-            await self._run_io(self.spool.consume, used)
+        if not fresh:  # all delivered before a restart: never twice
+            await self._run_io(self.spool.consume, used, len(lines))
             return True
         self._inflight = fresh
         self._inflight_first = line_seq(fresh[0])
         self._inflight_spool_bytes = used
+        self._inflight_spool_lines = len(lines)
         return True
 
     async def _worker(self) -> None:
@@ -279,7 +284,9 @@ class Outbox:
                         exc,
                         self.spool.directory,
                     )
-                delay = min(self.config.backoff_max, self.config.backoff_base * 2 ** min(attempt, 20))
+                delay = min(
+                    self.config.backoff_max, self.config.backoff_base * 2 ** min(attempt, 20)
+                )
                 await asyncio.sleep(delay / 2 + self._rng() * delay / 2)
                 continue
             await self._acknowledge(len(lines))
@@ -291,16 +298,17 @@ class Outbox:
         lines = self._inflight or []
         done, rest = lines[:count], lines[count:]
         self.delivered += len(done)
+        self.storable = True
         self.cursor = line_seq(done[-1]) if done else self.cursor
-        if self._inflight_spool_bytes:
-            self.spool_pending = max(0, self.spool_pending - len(done))
         if rest and partial:
             self._inflight = rest
             self._inflight_first += count
         else:
             self._inflight = None
             if self._inflight_spool_bytes:
-                await self._run_io(self.spool.consume, self._inflight_spool_bytes)
+                await self._run_io(
+                    self.spool.consume, self._inflight_spool_bytes, self._inflight_spool_lines
+                )
                 self._inflight_spool_bytes = 0
         await self._run_io(self.spool.save_cursor, self.cursor)
 
@@ -313,18 +321,15 @@ class Outbox:
         loop = asyncio.get_running_loop()
         task = self._task
         if task is not None:
-            remaining = deadline - loop.time()
+            # A sink that is down gets no grace: what is left goes to the spool at once.
+            remaining = 0.0 if self.down else deadline - loop.time()
             if remaining > 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(task), remaining)
-                except TimeoutError:
-                    pass
             if not task.done():
                 task.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
-                except asyncio.CancelledError:
-                    pass
         leftovers: list[bytes] = []
         first = 0
         if self._inflight and not self._inflight_spool_bytes:
@@ -351,8 +356,6 @@ class Outbox:
                     len(leftovers),
                     exc,
                 )
-        try:
+        with contextlib.suppress(OSError):
             await self._run_io(self.spool.sync)
-        except OSError:
-            pass
         await self.sink.close()

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
+from aidr_gate.catalog import Model
 from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.document import format_instant
-from aidr_gate.catalog import Model
 from aidr_gate.facts import Identity, Origin
 from aidr_gate.registry import Entity
 
@@ -51,7 +51,9 @@ REDACTED = "[REDACTED]"
 MAX_PATH = 2048
 MAX_HEADER_VALUE = 512
 # A value that carries a credential even under an innocent header name: a JWT or an auth scheme.
-_CREDENTIAL = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.|^\s*(?:bearer|basic|digest|splunk|apikey)\s", re.I)
+_CREDENTIAL = re.compile(
+    r"eyJ[A-Za-z0-9_-]{4,}\.|^\s*(?:bearer|basic|digest|splunk|apikey)\s", re.I
+)
 
 
 class Ending(StrEnum):
@@ -117,7 +119,7 @@ class Redactor:
             if key not in allowed:
                 continue
             text = value[:MAX_HEADER_VALUE]
-            if _CREDENTIAL.search(text):
+            if ("eyJ" in text or " " in text or "\t" in text) and _CREDENTIAL.search(text):
                 text = REDACTED
             out[key] = f"{out[key]}, {text}" if key in out else text
         return out
@@ -168,7 +170,12 @@ def _entity_static(entity: Entity) -> dict[str, Any]:
     }
 
 
-_NO_ENTITY: dict[str, Any] = {"name": None, "denied": False, "denied_reason": None, "agreements": []}
+_NO_ENTITY: dict[str, Any] = {
+    "name": None,
+    "denied": False,
+    "denied_reason": None,
+    "agreements": [],
+}
 _NO_MODEL: dict[str, Any] = {
     "id": None,
     "known": False,
@@ -263,7 +270,8 @@ class EvidenceRenderer:
             evidence.model_tier_source,
         )
         hit = self._shared.get(key)
-        if hit is not None and all(a is b for a, b in zip(hit.refs, refs, strict=True)):
+        # Tuple equality checks identity first; equal objects render the same anyway.
+        if hit is not None and hit.refs == refs:
             return hit
         built = self._build_shared(decision, refs)
         if len(self._shared) >= self._limit:

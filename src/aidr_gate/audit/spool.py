@@ -38,11 +38,18 @@ class Spool:
         self._head: Path | None = None
         self._offset = 0
         self.bytes = 0
+        self.count = 0  # lines waiting
 
     def open(self) -> None:
         """Create the directory and count what is already spooled."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.bytes = sum(p.stat().st_size for p in self._segments())
+        self.bytes = 0
+        self.count = 0
+        for segment in self._segments():
+            with open(segment, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    self.bytes += len(chunk)
+                    self.count += chunk.count(b"\n")
 
     def _segments(self) -> list[Path]:
         return sorted(self.directory.glob("*" + _SUFFIX))
@@ -86,6 +93,7 @@ class Spool:
             view = view[os.write(self._append_fd, view) :]
         self._append_size += len(data)
         self.bytes += len(data)
+        self.count += len(lines)
 
     def prepend(self, lines: Sequence[bytes], first_seq: int) -> None:
         """Write lines older than everything spooled as their own head segment (at shutdown)."""
@@ -98,6 +106,7 @@ class Spool:
             handle.flush()
             os.fsync(handle.fileno())
         self.bytes += len(data)
+        self.count += len(lines)
 
     def sync(self) -> None:
         """Force the tail segment to disk."""
@@ -124,7 +133,7 @@ class Spool:
             if self._head is None:
                 segments = self._segments()
                 if not segments:
-                    self.bytes = 0
+                    self.bytes = self.count = 0
                     return [], 0
                 self._head, self._offset = segments[0], 0
             try:
@@ -158,10 +167,11 @@ class Spool:
             lines = chunk[:end].splitlines(keepends=True)[:max_lines]
             return lines, sum(len(line) for line in lines)
 
-    def consume(self, size: int) -> None:
-        """Drop *size* bytes (whole lines returned by :meth:`read`) from the head."""
+    def consume(self, size: int, lines: int) -> None:
+        """Drop *size* bytes, *lines* whole lines returned by :meth:`read`, from the head."""
         self._offset += size
         self.bytes -= size
+        self.count = max(0, self.count - lines)
 
 
 def line_seq(line: bytes) -> int:

@@ -1,8 +1,8 @@
 """The audit trail: a bounded queue, one writer that renders and chains, the journal, the outboxes.
 
 ``submit()`` only appends to a queue and returns a future; it never waits for a sink. One writer
-task renders each event, links it into the hash chain and hands the batch to a single I/O thread,
-which appends it to the journal (the rotating file sink) and fsyncs it per policy; every delivery
+task renders each event and links it into the hash chain, and hands the batch to a single I/O
+thread, which appends it to the journal (the rotating file sink) and fsyncs it per policy; every delivery
 sink's outbox gets the same linked lines. The future resolves ``True`` once the record is stored
 as the journal's fsync policy promises (``always``: on disk), ``False`` if it could be stored
 nowhere (counted as lost and logged). With the ``deny`` failure policy, :attr:`AuditTrail.accepting`
@@ -13,9 +13,11 @@ requests with 503 (``AuditUnavailable``): no audit, no access.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +26,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from aidr_gate.audit.chain import GENESIS, Chain, Signer, load_private_key, open_bytes, parse_link
+from aidr_gate.audit.chain import (
+    GENESIS,
+    Chain,
+    Signer,
+    load_private_key,
+    open_bytes,
+    parse_link,
+    read_tail,
+)
 from aidr_gate.audit.config import (
     AuditConfig,
     FailurePolicy,
@@ -39,7 +49,7 @@ from aidr_gate.audit.delivery import Outbox, SinkStats
 from aidr_gate.audit.ocsf import OcsfRenderer
 from aidr_gate.audit.record import AuditEvent, EcsRenderer, Redactor, Renderer, fallback_record
 from aidr_gate.audit.sinks import DeliverySink
-from aidr_gate.audit.sinks.file import FileJournal, rotated_files
+from aidr_gate.audit.sinks.file import FileJournal, first_seq_of, rotated_files
 from aidr_gate.audit.spool import Spool
 from aidr_gate.errors import ConfigError, Problem
 
@@ -97,7 +107,14 @@ class AuditTrail:
             )
         self.renderer = renderer
         self._clock = clock
-        self._queue: deque[tuple[AuditEvent, asyncio.Future[bool]]] = deque()
+        self._queue: deque[AuditEvent] = deque()
+        # Events submitted in the same stretch (until the writer takes a batch) share one future:
+        # [first index, last index, future]. Futures resolve in order, as batches are stored.
+        self._tickets: deque[list[Any]] = deque()
+        self._open_ticket: asyncio.Future[bool] | None = None
+        self._accepted = 0  # index of the next accepted event
+        self._taken = 0  # events the writer has taken
+        self._failed: list[tuple[int, int]] = []  # index ranges of batches that could not be stored
         self._wake = asyncio.Event()
         self._io = ThreadPoolExecutor(1, thread_name_prefix="aidr-audit-io")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -109,7 +126,9 @@ class AuditTrail:
         journal_config = config.journal
         self.journal = FileJournal(journal_config, clock=clock) if journal_config else None
         self._journal_spool = (
-            Spool(config.spool_directory / journal_config.name, journal_config.spool_max_bytes) if journal_config else None
+            Spool(config.spool_directory / journal_config.name, journal_config.spool_max_bytes)
+            if journal_config
+            else None
         )
         self._journal_failed = False
         self._storable = True
@@ -166,9 +185,10 @@ class AuditTrail:
             1 + len(self.outboxes) if self.journal else len(self.outboxes),
         )
         for outbox in self.outboxes:
-            await outbox.start(seq)
+            await outbox.open(seq)
             if self.journal is not None:
                 await loop.run_in_executor(self._io, self._backfill, outbox, seq)
+            await outbox.start()
         self._writer = asyncio.create_task(self._write_loop(), name="aidr-audit-writer")
         self._timer = asyncio.create_task(self._tick(), name="aidr-audit-timer")
         self._started = True
@@ -189,8 +209,6 @@ class AuditTrail:
         if spool is not None and not spool.empty:
             raise OSError(f"audit journal {self.journal.path} cannot take its spooled records")
         if self.journal.written:  # the spool was drained into it: the tail moved
-            from aidr_gate.audit.chain import read_tail
-
             tail = read_tail(self.journal.path) or tail
         if tail is None:
             return -1, GENESIS
@@ -206,8 +224,8 @@ class AuditTrail:
             if not lines:
                 return
             link = parse_link(lines[0], check=False)
-            journal.write(lines, link.seq if link else 0)
-            spool.consume(used)
+            journal.write_data(b"".join(lines), len(lines), link.seq if link else 0)
+            spool.consume(used, len(lines))
 
     def _backfill(self, outbox: Outbox, tail_seq: int) -> None:
         """On the I/O thread: records a sink never received (lost from memory in a crash)."""
@@ -220,20 +238,37 @@ class AuditTrail:
         if start >= end:
             return
         wanted: list[bytes] = []
-        files = [*rotated_files(journal.path), journal.path]
-        for path in files:
+        size = 0
+        rotated = rotated_files(journal.path)
+        firsts = [first_seq_of(p) for p in rotated]
+        for index, path in enumerate([*rotated, journal.path]):
+            if index + 1 < len(rotated) and firsts[index + 1] <= start:
+                continue  # every record of this file comes before the gap
+            if index < len(rotated) and firsts[index] >= end:
+                break
             try:
                 data = open_bytes(path)
-            except OSError:
+            except (OSError, EOFError, zlib.error):
                 continue
             for line in data.splitlines(keepends=True):
                 link = parse_link(line, check=False)
                 if link is not None and start <= link.seq < end and line.endswith(b"\n"):
+                    size += len(line)
+                    if size > outbox.spool.max_bytes:
+                        break
                     wanted.append(line)
+        if size > outbox.spool.max_bytes:
+            missed = end - start - len(wanted)
+            outbox.lost += missed
+            logger.error(
+                "audit sink %s: %d records behind, more than its spool holds; %d LOST for it "
+                "(they remain in the journal)",
+                outbox.sink.name,
+                end - start,
+                missed,
+            )
         if wanted:
-            outbox.spool.prepend(wanted, parse_link(wanted[0], check=False).seq)  # type: ignore[union-attr]
-            outbox.spool_pending += len(wanted)
-            outbox._spooling = True  # noqa: SLF001 - the outbox reads its spool first
+            outbox.spool.prepend(wanted, start)
             logger.warning(
                 "audit sink %s: %d records it never received are re-sent from the journal",
                 outbox.sink.name,
@@ -251,25 +286,28 @@ class AuditTrail:
         self._wake.set()
         if self._writer is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._writer), max(0.0, deadline - loop.time()))
+                await asyncio.wait_for(
+                    asyncio.shield(self._writer), max(0.0, deadline - loop.time())
+                )
             except TimeoutError:
                 self._writer.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await self._writer
-                except asyncio.CancelledError:
-                    pass
         if self._queue:
             self._lose(len(self._queue), "the shutdown timeout passed before they were written")
-            for _, future in self._queue:
-                if not future.done():
-                    future.set_result(False)
             self._queue.clear()
+        for _, _, future in self._tickets:
+            if not future.done():
+                future.set_result(False)
+        self._tickets.clear()
         if self._timer is not None:
             self._timer.cancel()
         await asyncio.gather(*(o.close(deadline) for o in self.outboxes))
         if self.journal is not None:
             journal = self.journal
-            await loop.run_in_executor(self._io, partial(journal.close, max(0.1, deadline - loop.time())))
+            await loop.run_in_executor(
+                self._io, partial(journal.close, max(0.1, deadline - loop.time()))
+            )
         self._io.shutdown(wait=True)
         logger.info(
             "audit trail closed: %d written, %d lost, last seq %d",
@@ -297,28 +335,37 @@ class AuditTrail:
         return self._fsync_always
 
     def submit(self, event: AuditEvent) -> asyncio.Future[bool]:
-        """Queue one event; never blocks. The future resolves when the record is stored."""
-        loop = self._loop or asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
+        """Queue one event; never blocks. The future resolves when the record is stored.
+
+        Events submitted before the writer takes its next batch share one future (cheaper than a
+        future each); it resolves ``True`` when all of them are stored, ``False`` if any is lost.
+        """
         self.submitted += 1
-        if self._closing:
-            self._lose(1, "submitted after close")
-            future.set_result(False)
-            return future
         limit = self.config.queue_size
         if self.config.on_failure is FailurePolicy.DENY:
             limit *= 2  # requests admitted before accepting turned False still get their record
-        if len(self._queue) >= limit:
-            self._lose(1, "the audit queue is full")
-            future.set_result(False)
-            return future
-        self._queue.append((event, future))
+        if self._closing or len(self._queue) >= limit:
+            self._lose(1, "submitted after close" if self._closing else "the audit queue is full")
+            lost: asyncio.Future[bool] = (self._loop or asyncio.get_running_loop()).create_future()
+            lost.set_result(False)
+            return lost
+        self._queue.append(event)
+        index = self._accepted
+        self._accepted = index + 1
+        ticket = self._open_ticket
+        if ticket is None:
+            ticket = (self._loop or asyncio.get_running_loop()).create_future()
+            self._open_ticket = ticket
+            self._tickets.append([index, index, ticket])
+        else:
+            self._tickets[-1][1] = index
         self._wake.set()
-        return future
+        return ticket
 
     async def drain(self, *, sinks: bool = False) -> None:
         """Wait until everything submitted is written (and, with *sinks*, delivered everywhere)."""
-        while self._queue or self._jobs or (sinks and not all(o.idle for o in self.outboxes)):
+        # Several tasks and a thread move these counters: polling is the simple, honest wait.
+        while self._queue or self._jobs or (sinks and not all(o.idle for o in self.outboxes)):  # noqa: ASYNC110
             await asyncio.sleep(0.005)
 
     def _lose(self, count: int, why: str) -> None:
@@ -338,7 +385,12 @@ class AuditTrail:
             return fallback_record(event, exc)
 
     async def _write_loop(self) -> None:
-        """Render on the event loop; link and store on the I/O thread (hashing releases the GIL)."""
+        """Render and link on the event loop; the I/O thread only writes and syncs.
+
+        Hashing stays on this thread on purpose: SHA-256 releases the GIL for each record over
+        2 KiB, and a second thread taking the GIL back hundreds of times a batch costs more than
+        the hashing (measured in bench/audit.py). The I/O thread gets one joined buffer a batch.
+        """
         loop = asyncio.get_running_loop()
         jobs: deque[asyncio.Future[Any]] = deque()
         batch_size = self.config.batch_size
@@ -351,56 +403,61 @@ class AuditTrail:
                     continue
                 if self._closing:
                     if self.signer is not None and self.signer.pending:
-                        self._dispatch(loop, jobs, [], [], final=True)
+                        self._dispatch(loop, jobs, None, self._sign([], 0, final=True), 0)
                         continue
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             count = min(batch_size, len(queue))
-            futures: list[asyncio.Future[bool]] = []
-            bodies: list[bytes] = []
-            for _ in range(count):
-                event, future = queue.popleft()
-                futures.append(future)
-                bodies.append(render(event))
-            self._dispatch(loop, jobs, futures, bodies)
+            self._open_ticket = None  # later submissions get a new future
+            first = self._taken
+            self._taken += count
+            # Each body is hashed right after it is rendered, while it is still in the CPU cache.
+            link = self._linker()
+            lines = [link(render(queue.popleft())) for _ in range(count)]
+            self._dispatch(loop, jobs, (first, first + count), self._sign(lines, count), count)
             if len(jobs) >= _MAX_JOBS:
                 await jobs.popleft()
             elif count == batch_size:
                 await asyncio.sleep(0)  # let requests run between large batches
 
+    def _linker(self) -> Callable[[bytes], bytes]:
+        """What turns a rendered body into its line: the chain's ``link``."""
+        return self.chain.link
+
+    def _sign(self, lines: list[bytes], count: int, final: bool = False) -> list[bytes]:
+        """Append a signed checkpoint to a batch of *count* new records when one is due."""
+        signer = self.signer
+        if signer is not None:
+            signer.note(count)
+            if signer.due() or (final and signer.pending):
+                seq, digest = self.chain.position()
+                lines.append(self.chain.link(signer.checkpoint(seq, digest)))
+        return lines
+
     def _dispatch(
         self,
         loop: asyncio.AbstractEventLoop,
         jobs: deque[asyncio.Future[Any]],
-        futures: list[asyncio.Future[bool]],
-        bodies: list[bytes],
-        *,
-        final: bool = False,
+        span: tuple[int, int] | None,
+        lines: list[bytes],
+        count: int,
     ) -> None:
-        job = loop.run_in_executor(self._io, self._store, bodies, final)
+        if not lines:
+            return
+        first = self.chain.next_seq - len(lines)
+        position = self.chain.position() if self.journal is None else None
+        job = loop.run_in_executor(self._io, self._store, b"".join(lines), lines, first, position)
         self._jobs += 1
-        self._inflight_records += len(bodies)
-        job.add_done_callback(partial(self._stored, futures, len(bodies)))
+        self._inflight_records += count
+        job.add_done_callback(partial(self._stored, span, count, lines, first))
         jobs.append(job)
 
-    def _link(self, bodies: list[bytes], final: bool) -> list[bytes]:
-        """On the I/O thread: chain the bodies, adding a signed checkpoint when one is due."""
-        link = self.chain.link
-        lines = [link(body) for body in bodies]
-        signer = self.signer
-        if signer is not None:
-            signer.note(len(bodies))
-            if signer.due() or (final and signer.pending):
-                seq, digest = self.chain.position()
-                lines.append(link(signer.checkpoint(seq, digest)))
-        return lines
-
-    def _store(self, bodies: list[bytes], final: bool) -> tuple[bool, list[bytes], int]:
-        """On the I/O thread: link, then write to the journal (or its spool)."""
-        lines = self._link(bodies, final)
-        first = self.chain.next_seq - len(lines)
+    def _store(
+        self, data: bytes, lines: list[bytes], first: int, position: tuple[int, str] | None
+    ) -> bool:
+        """On the I/O thread: write to the journal (or its spool); True when stored."""
         stored = True
         journal = self.journal
         if journal is not None:
@@ -409,20 +466,19 @@ class AuditTrail:
                     self._drain_journal_spool()
                     self._journal_failed = False
                     logger.warning("audit journal %s is writable again", journal.path)
-                if lines:
-                    journal.write(lines, first)
+                journal.write_data(data, len(lines), first)
             except OSError as exc:
                 if not self._journal_failed:
                     logger.error("audit journal %s failed (%s); spooling", journal.path, exc)
                 self._journal_failed = True
                 stored = self._spool_journal(lines, first)
-        elif lines:
+        elif position is not None:
             try:
-                _write_state(self.config.directory / "chain.tail", self.chain.position())
+                _write_state(self.config.directory / "chain.tail", position)
             except OSError as exc:
                 logger.error("audit: cannot save the chain position: %s", exc)
         self._storable = stored
-        return stored, lines, first
+        return stored
 
     def _spool_journal(self, lines: list[bytes], first: int) -> bool:
         spool = self._journal_spool
@@ -440,27 +496,26 @@ class AuditTrail:
 
     def _stored(
         self,
-        futures: list[asyncio.Future[bool]],
+        span: tuple[int, int] | None,
         count: int,
-        job: asyncio.Future[tuple[bool, list[bytes], int]],
+        lines: list[bytes],
+        first: int,
+        job: asyncio.Future[bool],
     ) -> None:
         """Back on the event loop: resolve the futures, hand the lines to the outboxes."""
         self._jobs -= 1
         self._inflight_records -= count
         try:
-            stored, lines, first = job.result()
+            stored = job.result()
         except Exception:  # a bug on the I/O thread: count the loss, never hide it
             logger.exception("audit: storing a batch failed")
-            stored, lines, first = False, [], 0
+            stored = False
         if stored:
             self.written += count
         else:
             self._lose(count, "the journal and its spool could not be written")
-        for future in futures:
-            if not future.done():
-                future.set_result(stored)
-        if not lines:
-            return
+        if span is not None:
+            self._settle(span, stored)
         for outbox in self.outboxes:
             outbox.offer(lines, first)
         spills = [(o, s) for o in self.outboxes if (s := o.take_spill()) is not None]
@@ -470,6 +525,21 @@ class AuditTrail:
                 self._io, lambda: [outbox.spill(*spill) for outbox, spill in spills]
             )
             spill_job.add_done_callback(partial(self._spilled, spills))
+
+    def _settle(self, span: tuple[int, int], stored: bool) -> None:
+        """Resolve every future whose events are all written now (batches complete in order)."""
+        first, end = span
+        if not stored:
+            self._failed.append((first, end))
+        tickets = self._tickets
+        while tickets and tickets[0][1] < end:
+            low, high, future = tickets.popleft()
+            ok = not any(a <= high and low < b for a, b in self._failed)
+            if not future.done():
+                future.set_result(ok)
+        horizon = tickets[0][0] if tickets else end
+        if self._failed:
+            self._failed = [(a, b) for a, b in self._failed if b > horizon]
 
     @staticmethod
     def _spilled(
@@ -499,7 +569,22 @@ class AuditTrail:
                     logger.error("audit journal sync failed: %s", exc)
             signer = self.signer
             if signer is not None and signer.due() and not self._queue and not self._closing:
-                self._dispatch(loop, deque(), [], [])
+                self._dispatch(loop, deque(), None, self._sign([], 0), 0)
+
+    def describe(self) -> str:
+        """One line for startup logs: the format, where records go and where the chain stands."""
+        parts = []
+        if self.journal is not None:
+            journal = self.journal.config
+            parts.append(f"file {journal.path} (fsync {journal.fsync.value})")
+        for outbox in self.outboxes:
+            sink = outbox.sink
+            parts.append(f"{sink.kind} {sink.name}")
+        signed = ", signed checkpoints" if self.signer is not None else ""
+        return (
+            f"{self.config.format.value} records to {', '.join(parts) or 'nowhere'}{signed}; "
+            f"chain at seq {self.chain.next_seq}; on failure: {self.config.on_failure.value}"
+        )
 
     # -- counters --------------------------------------------------------------------------------
 

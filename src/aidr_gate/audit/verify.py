@@ -116,9 +116,7 @@ def _read(path: Path, result: VerifyResult) -> list[_Line]:
     try:
         data = open_bytes(path)
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        result.findings.append(
-            Finding("unreadable", name, 0, None, f"cannot read the file: {exc}")
-        )
+        result.findings.append(Finding("unreadable", name, 0, None, f"cannot read the file: {exc}"))
         return []
     raw_lines = data.splitlines(keepends=True)
     out = []
@@ -264,8 +262,11 @@ def _walk(
                     line.number,
                     link.seq,
                     f"record(s) seq {gap} are missing before seq {link.seq}: removed"
-                    + (f" (the chain resumes in another file after {prev_line.file})"
-                       if prev_line and prev_line.file != line.file else ""),
+                    + (
+                        f" (the chain resumes in another file after {prev_line.file})"
+                        if prev_line and prev_line.file != line.file
+                        else ""
+                    ),
                 )
             if not _error(result, finding):
                 return

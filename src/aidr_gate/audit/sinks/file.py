@@ -56,6 +56,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def first_seq_of(path: Path) -> int:
+    """The first sequence number in a rotated file, from its name."""
+    match = _ROTATED.search(path.name)
+    return int(match.group(2)) if match else 0
+
+
 def rotated_files(path: Path) -> list[Path]:
     """The rotated files of an active file path, oldest first (by first sequence number)."""
     stem = path.name[: -len(".jsonl")] if path.name.endswith(".jsonl") else path.name
@@ -150,6 +156,10 @@ class FileJournal:
 
     def write(self, lines: Sequence[bytes], first_seq: int) -> None:
         """Append lines (newlines included); rotate first when due. Raises ``OSError``."""
+        self.write_data(b"".join(lines), len(lines), first_seq)
+
+    def write_data(self, data: bytes, count: int, first_seq: int) -> None:
+        """Append *count* joined lines whose first sequence number is *first_seq*."""
         if self._fd < 0:
             self._open()
         now = self._clock()
@@ -161,16 +171,17 @@ class FileJournal:
             self.rotate()
         if self._size == 0:
             self._first_seq = first_seq
-        data = b"".join(lines)
         _write_all(self._fd, data)
         self._size += len(data)
-        self.written += len(lines)
+        self.written += count
         self._dirty = True
         if config.fsync is FsyncPolicy.ALWAYS:
             os.fdatasync(self._fd)
             self._dirty = False
             self._last_sync = now
-        elif config.fsync is FsyncPolicy.INTERVAL and now - self._last_sync >= config.fsync_interval:
+        elif (
+            config.fsync is FsyncPolicy.INTERVAL and now - self._last_sync >= config.fsync_interval
+        ):
             self.sync()
 
     def sync(self) -> None:
@@ -203,7 +214,11 @@ class FileJournal:
 
     def _rotate_closed(self, now: float) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-        stem = self.path.name[: -len(".jsonl")] if self.path.name.endswith(".jsonl") else self.path.name
+        stem = (
+            self.path.name[: -len(".jsonl")]
+            if self.path.name.endswith(".jsonl")
+            else self.path.name
+        )
         first = self._first_seq if self._first_seq is not None else 0
         target = self.path.with_name(f"{stem}-{stamp}-{first:012d}.jsonl")
         os.replace(self.path, target)
@@ -239,6 +254,8 @@ class FileJournal:
         if self._fd >= 0:
             try:
                 os.fdatasync(self._fd)
+            except OSError as exc:
+                logger.error("audit file %s: final sync failed: %s", self.path, exc)
             finally:
                 os.close(self._fd)
                 self._fd = -1

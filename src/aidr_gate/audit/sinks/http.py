@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import aiohttp
+import orjson
 
 from aidr_gate.audit.chain import SUFFIX_LEN
 from aidr_gate.audit.config import HttpSinkConfig
@@ -108,11 +109,11 @@ class HttpSink:
             raise SinkRejected(f"{self.name}: the collector refused {rejected} records", rejected)
 
     async def _post(self, lines: Sequence[bytes]) -> int:
-        if self._session is None:
-            await self.open()
-        assert self._session is not None  # noqa: S101 - open() sets it
+        session = self._session
+        if session is None:
+            raise SinkError(f"{self.name}: not open")
         try:
-            async with self._session.post(self._url, data=self.body(lines)) as response:
+            async with session.post(self._url, data=self.body(lines)) as response:
                 status = response.status
                 text = await response.read()
                 if status >= 500 or status in _RETRY_STATUS:
@@ -122,14 +123,12 @@ class HttpSink:
                     # cannot help. They stay in the journal; the loss for this sink is counted.
                     return len(lines)
                 if self.config.format == "elasticsearch":
-                    return self._bulk_result(text, len(lines))
+                    return self._bulk_result(text)
                 return 0
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise SinkError(f"{self.name}: {type(exc).__name__}: {exc}") from None
 
-    def _bulk_result(self, text: bytes, count: int) -> int:
-        import orjson
-
+    def _bulk_result(self, text: bytes) -> int:
         try:
             result: dict[str, Any] = orjson.loads(text)
         except orjson.JSONDecodeError:
@@ -139,7 +138,8 @@ class HttpSink:
         rejected = 0
         retry = False
         for item in result.get("items", []):
-            status = int(next(iter(item.values()), {}).get("status", 500))
+            entry: dict[str, Any] = next(iter(item.values()), {})
+            status = int(entry.get("status", 500))
             if status < 300 or status == 409:  # 409: already indexed by an earlier attempt
                 continue
             if status == 429 or status >= 500:

@@ -8,6 +8,7 @@ are limited in size (rsyslog's default maximum message size is 8 KiB): prefer TC
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
@@ -31,9 +32,7 @@ def _field(value: str, limit: int) -> str:
 
 def tls_context(config: SyslogSinkConfig) -> ssl.SSLContext:
     """The client TLS context: system or configured CAs, optional client certificate."""
-    context = ssl.create_default_context(
-        cafile=str(config.ca_file) if config.ca_file else None
-    )
+    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if not config.verify:
         context.check_hostname = False
@@ -94,7 +93,9 @@ class SyslogSink:
                 sock = socket.socket(family, socket.SOCK_DGRAM)
                 sock.connect((self.config.host, self.config.port))
             except OSError as exc:
-                raise SinkError(f"syslog udp {self.config.host}:{self.config.port}: {exc}") from None
+                raise SinkError(
+                    f"syslog udp {self.config.host}:{self.config.port}: {exc}"
+                ) from None
             self._udp = sock
         rejected = 0
         for index, line in enumerate(lines):
@@ -111,13 +112,13 @@ class SyslogSink:
             raise SinkRejected(f"{rejected} records larger than a UDP datagram", rejected)
 
     async def _connect(self) -> asyncio.StreamWriter:
-        if self._writer is not None and not (self._reader and self._reader.at_eof()):
-            if not self._writer.is_closing():
-                return self._writer
+        current, alive = self._writer, self._reader
+        if current is not None and not current.is_closing() and not (alive and alive.at_eof()):
+            return current
         await self._drop()
         config = self.config
         try:
-            self._reader, self._writer = await asyncio.wait_for(
+            reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(
                     config.host,
                     config.port,
@@ -130,7 +131,8 @@ class SyslogSink:
             raise SinkError(
                 f"syslog {config.transport} {config.host}:{config.port}: {exc}"
             ) from None
-        return self._writer
+        self._reader, self._writer = reader, writer
+        return writer
 
     async def _send_stream(self, lines: Sequence[bytes]) -> None:
         writer = await self._connect()
@@ -149,10 +151,8 @@ class SyslogSink:
         writer, self._writer, self._reader = self._writer, None, None
         if writer is not None:
             writer.close()
-            try:
+            with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
-            except (OSError, TimeoutError, ssl.SSLError):
-                pass
 
     async def close(self) -> None:
         """Close the connection or socket."""

@@ -1,0 +1,344 @@
+"""The trail: restart and rotation keep the chain, torn lines, durability, failure policies, close."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from aidr_gate.audit import (
+    AuditConfig,
+    AuditTrail,
+    FailurePolicy,
+    FileSinkConfig,
+    FsyncPolicy,
+    RecordFormat,
+    SigningConfig,
+    verify_files,
+)
+from aidr_gate.audit.chain import load_public_key
+from aidr_gate.audit.config import RETENTION_FLOOR_DAYS, StdoutSinkConfig
+from aidr_gate.audit.sinks.file import rotated_files
+from aidr_gate.audit.sinks.stdout import StdoutSink
+from audit_support import audit_files, event, file_config, records, signing_key_files
+
+
+async def write(directory: Path, count: int, start: int = 0, **kwargs: object) -> AuditTrail:
+    kwargs.setdefault("batch_size", 4)
+    trail = AuditTrail(file_config(directory, **kwargs))  # type: ignore[arg-type]
+    await trail.start()
+    results = await asyncio.gather(*(trail.submit(event(start + i)) for i in range(count)))
+    assert all(results)
+    await trail.close(10)
+    return trail
+
+
+def test_chain_continues_across_restarts_and_rotation(tmp_path: Path) -> None:
+    async def run() -> None:
+        await write(tmp_path, 30, max_bytes=40_000)
+        await write(tmp_path, 30, start=30, max_bytes=40_000, compress=True)
+        await write(tmp_path, 5, start=60, max_bytes=40_000)
+
+    asyncio.run(run())
+    files = audit_files(tmp_path)
+    assert len(files) > 4
+    assert any(p.name.endswith(".gz") for p in files)
+    result = verify_files(files)
+    assert result.ok, result.findings
+    assert (result.records, result.first_seq, result.last_seq) == (65, 0, 64)
+    assert result.findings == []
+    subjects = [r["user"]["id"] for r in records(sorted(files, key=_first_seq))]
+    assert subjects == [f"svc-{i}" for i in range(65)]
+
+
+def _first_seq(path: Path) -> int:
+    return int(records([path])[0]["chain"]["seq"])
+
+
+def test_a_torn_final_line_is_reported_and_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    asyncio.run(write(tmp_path, 5))
+    journal = tmp_path / "audit.jsonl"
+    with open(journal, "ab") as handle:  # a crash in the middle of a write
+        handle.write(b'{"@timestamp":"2025-01-01T00:00:00.000Z","event":{"ki')
+    with caplog.at_level(logging.WARNING, logger="aidr_gate.audit"):
+        trail = asyncio.run(write(tmp_path, 5, start=5))
+    assert trail.recovered_torn == len(b'{"@timestamp":"2025-01-01T00:00:00.000Z","event":{"ki')
+    assert any("torn record" in r.message for r in caplog.records)
+    rotated = rotated_files(journal)
+    assert len(rotated) == 1  # the torn file was closed as it was, torn bytes and all
+    result = verify_files([journal, *rotated])
+    assert result.ok
+    assert (result.records, result.last_seq) == (10, 9)
+    assert [f.kind for f in result.warnings] == ["torn"]
+    assert result.warnings[0].file == str(rotated[0])
+
+
+def test_fsync_always_resolves_after_the_write(tmp_path: Path) -> None:
+    async def run() -> None:
+        trail = AuditTrail(file_config(tmp_path, fsync=FsyncPolicy.ALWAYS))
+        await trail.start()
+        assert trail.durable_on_await
+        ev = event(1)
+        assert await trail.submit(ev) is True
+        # Resolved means written: another reader sees the record now, before close.
+        assert records([tmp_path / "audit.jsonl"])[-1]["event"]["id"] == ev.decision.decision_id
+        stats = trail.stats()
+        assert (stats.written, stats.pending, stats.lost) == (1, 0, 0)
+        await trail.close(5)
+
+    asyncio.run(run())
+
+
+def test_interval_fsync_and_never(tmp_path: Path) -> None:
+    for policy in (FsyncPolicy.INTERVAL, FsyncPolicy.NEVER):
+        directory = tmp_path / policy.value
+        asyncio.run(write(directory, 20, fsync=policy))
+        assert verify_files(audit_files(directory)).records == 20
+
+
+def _unwritable_journal(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    # A real device error: every write to /dev/full fails with ENOSPC.
+    os.symlink("/dev/full", directory / "audit.jsonl")
+
+
+def test_no_audit_no_access(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Journal and spool both unwritable: records are lost loudly and new requests are refused."""
+    _unwritable_journal(tmp_path)
+
+    async def run() -> None:
+        config = file_config(tmp_path, spool_max_bytes=1)
+        trail = AuditTrail(config)
+        await trail.start()
+        assert trail.accepting
+        with caplog.at_level(logging.ERROR, logger="aidr_gate.audit"):
+            assert await trail.submit(event(1)) is False
+        assert not trail.stats().accepting
+        stats = trail.stats()
+        assert stats.lost == 1
+        assert stats.sinks[0].lost == 1
+        assert any("LOST" in r.message for r in caplog.records)
+        await trail.close(2)
+
+    asyncio.run(run())
+
+
+def test_allow_policy_keeps_serving_and_counts(tmp_path: Path) -> None:
+    _unwritable_journal(tmp_path)
+
+    async def run() -> None:
+        config = file_config(tmp_path, on_failure=FailurePolicy.ALLOW, spool_max_bytes=1)
+        trail = AuditTrail(config)
+        await trail.start()
+        results = [await trail.submit(event(i)) for i in range(3)]
+        assert results == [False, False, False]
+        assert trail.accepting
+        assert trail.stats().lost == 3
+        await trail.close(2)
+
+    asyncio.run(run())
+
+
+def test_journal_failure_spools_then_recovers_in_order(tmp_path: Path) -> None:
+    """The journal cannot be written for a while: records go to its spool, then back in order."""
+    journal = tmp_path / "audit.jsonl"
+
+    async def run() -> None:
+        trail = AuditTrail(file_config(tmp_path))
+        await trail.start()
+        assert trail.journal is not None
+        assert all(await asyncio.gather(*(trail.submit(event(i)) for i in range(5))))
+        real_fd = trail.journal._fd
+        trail.journal._fd = os.open("/dev/full", os.O_WRONLY)
+        assert all(await asyncio.gather(*(trail.submit(event(i)) for i in range(5, 10))))
+        assert trail.stats().spooled == 5
+        assert trail.accepting  # spooled is stored: no loss
+        os.close(trail.journal._fd)
+        trail.journal._fd = real_fd
+        assert all(await asyncio.gather(*(trail.submit(event(i)) for i in range(10, 15))))
+        await trail.close(5)
+
+    asyncio.run(run())
+    result = verify_files([journal])
+    assert result.ok, result.findings
+    assert [r["user"]["id"] for r in records([journal])] == [f"svc-{i}" for i in range(15)]
+
+
+def test_queue_full_is_counted_never_blocking(tmp_path: Path) -> None:
+    async def run() -> None:
+        trail = AuditTrail(file_config(tmp_path, queue_size=4, on_failure=FailurePolicy.ALLOW))
+        await trail.start()
+        futures = [trail.submit(event(i)) for i in range(10)]  # no await between: the queue fills
+        results = await asyncio.gather(*futures)
+        assert results.count(False) == 6
+        assert trail.stats().lost == 6
+        await trail.close(5)
+
+        strict = AuditTrail(file_config(tmp_path / "deny", queue_size=4))
+        await strict.start()
+        futures = [strict.submit(event(i)) for i in range(4)]
+        assert not strict.stats().accepting  # full: the middleware refuses new requests
+        futures += [strict.submit(event(i)) for i in range(4, 10)]  # admitted earlier: slack
+        results = await asyncio.gather(*futures)
+        assert results.count(True) == 8
+        assert strict.accepting
+        await strict.close(5)
+
+    asyncio.run(run())
+
+
+def test_close_is_bounded_and_later_submits_are_counted(tmp_path: Path) -> None:
+    async def run() -> None:
+        trail = AuditTrail(file_config(tmp_path))
+        await trail.start()
+        pending = [trail.submit(event(i)) for i in range(50)]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await trail.close(2)
+        assert loop.time() - started < 2.5
+        assert all(f.done() for f in pending)
+        late = trail.submit(event(99))
+        assert await late is False
+        assert trail.stats().lost == 1
+        await trail.close(1)  # idempotent
+
+    asyncio.run(run())
+    assert verify_files([tmp_path / "audit.jsonl"]).records == 50
+
+
+def test_stdout_sink_writes_the_same_chained_lines(tmp_path: Path) -> None:
+    read_fd, write_fd = os.pipe()
+
+    async def run() -> None:
+        config = file_config(tmp_path, sinks=(StdoutSinkConfig(name="stdout"),))
+        trail = AuditTrail(config)
+        out = trail.outboxes[0].sink
+        assert isinstance(out, StdoutSink)
+        out._fd = write_fd
+        await trail.start()
+        await asyncio.gather(*(trail.submit(event(i)) for i in range(7)))
+        await trail.drain(sinks=True)
+        await trail.close(5)
+
+    asyncio.run(run())
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        piped = pipe.read()
+    assert piped == (tmp_path / "audit.jsonl").read_bytes()
+    assert (tmp_path / "spool" / "stdout" / "cursor").read_text().strip() == "6"
+
+
+def test_time_rotation_and_retention(tmp_path: Path) -> None:
+    now = [1_750_000_000.0]
+
+    async def run() -> None:
+        config = file_config(tmp_path, batch_size=1)
+        journal = FileSinkConfig(
+            name="file",
+            path=tmp_path / "audit.jsonl",
+            rotate_seconds=3600,
+            compress=False,
+            retention_days=RETENTION_FLOOR_DAYS,
+        )
+        trail = AuditTrail(replace(config, sinks=(journal,)), clock=lambda: now[0])
+        await trail.start()
+        for index in range(6):
+            assert await trail.submit(event(index))
+            now[0] += 1800  # two records an hour: a new file every hour
+        await trail.close(5)
+
+    old = tmp_path / "audit-20200101T000000Z-000000000000.jsonl"
+    tmp_path.mkdir(exist_ok=True)
+    old.write_bytes(b"")
+    os.utime(old, (1_500_000_000, 1_500_000_000))  # older than five years at the fake clock
+    asyncio.run(run())
+    assert not old.exists()  # retention removed it at the first rotation
+    rotated = rotated_files(tmp_path / "audit.jsonl")
+    assert len(rotated) == 2
+    result = verify_files([*rotated, tmp_path / "audit.jsonl"])
+    assert (result.records, result.last_seq) == (6, 5)
+    assert result.ok
+
+
+def test_ocsf_records_chain_and_verify(tmp_path: Path) -> None:
+    async def run() -> None:
+        trail = AuditTrail(file_config(tmp_path, format=RecordFormat.OCSF))
+        await trail.start()
+        await asyncio.gather(*(trail.submit(event(i)) for i in range(5)))
+        await trail.close(5)
+
+    asyncio.run(run())
+    docs = records([tmp_path / "audit.jsonl"])
+    assert [d["class_uid"] for d in docs] == [6003] * 5
+    assert verify_files([tmp_path / "audit.jsonl"]).records == 5
+
+
+def test_without_a_file_sink_the_chain_position_is_kept(tmp_path: Path) -> None:
+    read_fd, write_fd = os.pipe()
+
+    async def run(start: int) -> None:
+        config = AuditConfig(directory=tmp_path, sinks=(StdoutSinkConfig(name="stdout"),))
+        trail = AuditTrail(config)
+        out = trail.outboxes[0].sink
+        assert isinstance(out, StdoutSink)
+        out._fd = write_fd
+        await trail.start()
+        await asyncio.gather(*(trail.submit(event(start + i)) for i in range(3)))
+        await trail.drain(sinks=True)
+        await trail.close(5)
+
+    asyncio.run(run(0))
+    asyncio.run(run(3))
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        piped = pipe.read()
+    target = tmp_path / "piped.jsonl"
+    target.write_bytes(piped)
+    result = verify_files([target])
+    assert result.ok, result.findings
+    assert (result.records, result.first_seq, result.last_seq) == (6, 0, 5)
+
+
+def test_an_idle_trail_still_signs_its_tail(tmp_path: Path) -> None:
+    key_file, public = signing_key_files(tmp_path)
+
+    async def run() -> None:
+        signing = SigningConfig(key_file=key_file, every_records=1000, every_seconds=0.3)
+        trail = AuditTrail(file_config(tmp_path / "audit", signing=signing))
+        await trail.start()
+        await asyncio.gather(*(trail.submit(event(i)) for i in range(3)))
+        for _ in range(40):  # the timer writes a checkpoint once every_seconds has passed
+            if b"audit-checkpoint" in (tmp_path / "audit" / "audit.jsonl").read_bytes():
+                break
+            await asyncio.sleep(0.1)
+        lines = (tmp_path / "audit" / "audit.jsonl").read_bytes().splitlines()
+        assert len(lines) == 4
+        assert b"audit-checkpoint" in lines[-1]
+        await trail.close(5)
+
+    asyncio.run(run())
+    result = verify_files([tmp_path / "audit" / "audit.jsonl"], [load_public_key(public)])
+    assert result.ok, result.findings
+    assert (result.checkpoints, result.signed_upto) == (1, 2)
+
+
+def test_describe_names_sinks_and_chain(tmp_path: Path) -> None:
+    async def run() -> str:
+        config = file_config(tmp_path, sinks=(StdoutSinkConfig(name="stdout"),))
+        trail = AuditTrail(config)
+        await trail.start()
+        text = trail.describe()
+        await trail.close(1)
+        return text
+
+    text = asyncio.run(run())
+    assert text == (
+        f"ecs records to file {tmp_path / 'audit.jsonl'} (fsync never), stdout stdout; "
+        "chain at seq 0; on failure: deny"
+    )
