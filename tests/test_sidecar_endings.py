@@ -1,10 +1,9 @@
 """How a sidecar request ended, as the audit record says it: the proxy's view against the middleware's.
 
 The sidecar app (gate + proxy) runs under uvicorn in a thread; the upstreams are the demo model
-server (in a thread) and a raw TCP upstream that fails mid-stream. Two cases fail today because the
-middleware (``middleware.py``, not the proxy) decides the ending without the proxy's
-``UpstreamResult.error``; they are marked ``xfail(strict=True)`` so they turn into passes, loudly,
-when the middleware is fixed. The fix is described in each test.
+server (in a thread) and a raw TCP upstream that fails mid-stream. The middleware decides the
+ending with the proxy's ``UpstreamResult.error``: a client that left first is client-disconnected,
+an answer the upstream broke off is an error, a 502/504 sent whole is completed.
 """
 
 from __future__ import annotations
@@ -81,17 +80,9 @@ def test_upstream_timeout_before_the_answer_is_recorded(
     assert record["event"]["id"] == answer.headers["x-aidr-decision-id"]
     assert record["http"]["response"]["status_code"] == 504
     assert record["aidr"]["request"]["ending"] == "completed"  # a whole answer was sent: the 504
+    assert record["aidr"]["upstream"]["error"] == "UPSTREAM_TIMEOUT"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "middleware bug: a client that leaves before the response starts is recorded as 'error'. "
-        "Fix in AIDRGateMiddleware._http: after `await self.app(...)`, read "
-        "scope['state'][UPSTREAM_STATE_KEY].error and map CLIENT_DISCONNECTED to "
-        "Ending.CLIENT_DISCONNECTED (whether or not the response started)"
-    ),
-)
 def test_client_leaving_before_the_answer_is_recorded_as_disconnected(
     env: GateEnv, slow_upstream: ThreadedServer
 ) -> None:
@@ -110,15 +101,6 @@ def test_client_leaving_before_the_answer_is_recorded_as_disconnected(
     assert record["aidr"]["request"]["ending"] == "client-disconnected"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "middleware bug: an upstream that fails mid-stream is recorded as 'client-disconnected' "
-        "(any unfinished started response is). Fix in AIDRGateMiddleware._http: when "
-        "scope['state'][UPSTREAM_STATE_KEY].error is set and is not CLIENT_DISCONNECTED, record "
-        "Ending.ERROR; better still, add the upstream error code to RequestContext and the record"
-    ),
-)
 def test_upstream_failing_mid_stream_is_recorded_as_an_error(env: GateEnv) -> None:
     upstream = CuttingUpstream(stall=False)
     gate = gate_in_front_of(env, f"http://127.0.0.1:{upstream.port}")
@@ -139,4 +121,5 @@ def test_upstream_failing_mid_stream_is_recorded_as_an_error(env: GateEnv) -> No
         gate.stop()
         upstream.close()
     assert record["aidr"]["upstream"]["status"] == 200
+    assert record["aidr"]["upstream"]["error"] == "UPSTREAM_FAILED_MIDSTREAM"
     assert record["aidr"]["request"]["ending"] == "error"

@@ -79,7 +79,10 @@ def find_config_path(explicit: str | Path | None = None) -> Path:
 def config_from_document(document: Document) -> tuple[GateConfig | None, Checker]:
     """Parse a configuration document; problems are on the returned checker."""
     check = Checker(document)
-    base_dir = Path(document.file).resolve().parent if document.file else Path.cwd()
+    # absolute(), not resolve(): a Kubernetes ConfigMap mounts the file through a symlink into a
+    # timestamped folder that the kubelet deletes on the next update; relative paths must follow
+    # the stable name, not the folder it points at today.
+    base_dir = Path(document.file).absolute().parent if document.file else Path.cwd()
     data = check.mapping(
         document.data, "", keys=_TOP_KEYS, required=("policy", "registry", "catalog")
     )

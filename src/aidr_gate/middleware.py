@@ -38,7 +38,7 @@ from aidr_gate.model_id import (
 )
 from aidr_gate.responses import error_body, error_headers
 from aidr_gate.runtime import Runtime
-from aidr_gate.stages import UPSTREAM_STATE_KEY
+from aidr_gate.stages import CLIENT_DISCONNECTED, UPSTREAM_STATE_KEY
 
 logger = logging.getLogger("aidr_gate.middleware")
 
@@ -142,7 +142,9 @@ class AIDRGateMiddleware:
             if recorded or decision is None:
                 return
             recorded = True
-            upstream_status, upstream_us = _upstream_of(scope, response_status, app_started)
+            upstream_status, upstream_us, upstream_error = _upstream_of(
+                scope, response_status, app_started
+            )
             context = RequestContext(
                 method=method,
                 path=path,
@@ -153,8 +155,9 @@ class AIDRGateMiddleware:
                 upstream_status=upstream_status,
                 upstream_duration_us=upstream_us,
                 gate_us=int(gate_seconds * 1_000_000),
-                ending=ended,
+                ending=_ending(ended, upstream_error),
                 body_bytes=sum(len(c) for c in body.chunks) if body is not None else None,
+                upstream_error=upstream_error,
             )
             await runtime.record(decision, context)
 
@@ -460,12 +463,25 @@ async def _shielded(work: Awaitable[None]) -> None:
 
 def _upstream_of(
     scope: Scope, response_status: int | None, app_started: float | None
-) -> tuple[int | None, int | None]:
-    """Upstream status and duration: the sidecar's proxy measures them; in-process, the app is it."""
+) -> tuple[int | None, int | None, str | None]:
+    """Upstream status, duration and error: the sidecar's proxy measures them; in-process, the
+    app is the upstream."""
     upstream = (scope.get("state") or {}).get(UPSTREAM_STATE_KEY)
     if upstream is not None:
         seconds = upstream.seconds
-        return upstream.status, int(seconds * 1_000_000) if seconds is not None else None
+        duration = int(seconds * 1_000_000) if seconds is not None else None
+        return upstream.status, duration, upstream.error
     if app_started is None:
-        return None, None
-    return response_status, int((time.perf_counter() - app_started) * 1_000_000)
+        return None, None, None
+    return response_status, int((time.perf_counter() - app_started) * 1_000_000), None
+
+
+def _ending(seen: Ending, upstream_error: str | None) -> Ending:
+    """How the request ended. The proxy knows better than the send path when the client left
+    first, or when the upstream broke off an answer; a 502/504 sent whole is still "completed"
+    (``upstream.error`` in the record says why)."""
+    if upstream_error is None:
+        return seen
+    if upstream_error == CLIENT_DISCONNECTED:
+        return Ending.CLIENT_DISCONNECTED
+    return seen if seen is Ending.COMPLETED else Ending.ERROR

@@ -30,7 +30,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from aidr_gate.stages import UPSTREAM_STATE_KEY, UpstreamResult
+from aidr_gate.stages import CLIENT_DISCONNECTED, UPSTREAM_STATE_KEY, UpstreamResult
 
 logger = logging.getLogger("aidr_gate.proxy")
 
@@ -73,7 +73,6 @@ TRUSTED_PREFIX = b"x-aidr-"
 UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
 UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
 UPSTREAM_FAILED_MIDSTREAM = "UPSTREAM_FAILED_MIDSTREAM"
-CLIENT_DISCONNECTED = "CLIENT_DISCONNECTED"
 PATH_NOT_CANONICAL = "PATH_NOT_CANONICAL"
 
 _MESSAGES = {

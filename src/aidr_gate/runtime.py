@@ -145,23 +145,17 @@ class Runtime:
         """One readable line of what is loaded: pack, entities, models, GeoIP, keys, audit."""
         state = self.gate.state
         pack = state.pack
-        geo = self.origin.describe() if hasattr(self.origin, "describe") else "geoip"
         parts = [
             f"pack {pack.id} ({pack.status}, {pack.digest[:19]})",
             f"mode {state.mode.value}",
             f"{len(state.registry)} entities",
             f"{len(state.catalog)} models",
-            geo,
+            self.origin.describe(),
             "keys ready" if self.identity.ready else "keys not loaded yet",
         ]
         if state.shadow is not None:
             parts.insert(1, f"shadow {state.shadow.pack.id}")
-        if self.audit is not None:
-            parts.append(
-                f"audit: {self.audit.describe()}" if hasattr(self.audit, "describe") else "audit on"
-            )
-        else:
-            parts.append("audit: none configured")
+        parts.append(f"audit: {self.audit.describe()}" if self.audit is not None else "audit: none")
         return "aidr-gate ready: " + "; ".join(parts)
 
     # -- per request ---------------------------------------------------------------------------
@@ -200,16 +194,17 @@ class Runtime:
             files += [Path(f) for f in state.shadow.pack.files]
         return files
 
-    def _stamp(self) -> tuple[tuple[str, float, int], ...]:
+    def _stamp(self) -> tuple[tuple[str, int, int, int, int], ...]:
         out = []
         for path in self._watched_files():
             try:
-                # stat follows symlinks: a Kubernetes ConfigMap swap changes the target's mtime.
+                # stat follows symlinks: a Kubernetes ConfigMap swap points at a new inode; an
+                # edit in place changes the size or the nanosecond mtime.
                 info = os.stat(path)
             except OSError:
-                out.append((str(path), -1.0, -1))
+                out.append((str(path), -1, -1, -1, -1))
                 continue
-            out.append((str(path), info.st_mtime, info.st_size))
+            out.append((str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
         return tuple(out)
 
     async def reload(self) -> ReloadReport:

@@ -61,6 +61,8 @@ class AuditStage(Protocol):
 
 # Where the sidecar's proxy leaves what the upstream did, for the middleware's audit record.
 UPSTREAM_STATE_KEY = "aidr_upstream"
+# The upstream error code meaning "the client left, so the upstream request was cancelled".
+CLIENT_DISCONNECTED = "CLIENT_DISCONNECTED"
 
 
 @dataclass(slots=True)

@@ -84,6 +84,7 @@ class RequestContext:
     gate_us: int | None = None  # time the gate added to the request
     ending: Ending = Ending.COMPLETED
     body_bytes: int | None = None
+    upstream_error: str | None = None  # UPSTREAM_UNAVAILABLE, UPSTREAM_TIMEOUT, ... (sidecar)
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +372,7 @@ class EvidenceRenderer:
             "upstream": {
                 "status": request.upstream_status if request else None,
                 "duration_us": request.upstream_duration_us if request else None,
+                "error": request.upstream_error if request else None,
             },
         }
 
