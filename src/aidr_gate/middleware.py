@@ -145,19 +145,20 @@ class AIDRGateMiddleware:
             upstream_status, upstream_us, upstream_error = _upstream_of(
                 scope, response_status, app_started
             )
+            # Positional (see RequestContext's field order): this runs once per request.
             context = RequestContext(
-                method=method,
-                path=path,
-                scheme=scope.get("scheme", "http"),
-                http_version=scope.get("http_version", "1.1"),
-                headers=runtime.recorded_headers(headers),
-                status=response_status,
-                upstream_status=upstream_status,
-                upstream_duration_us=upstream_us,
-                gate_us=int(gate_seconds * 1_000_000),
-                ending=_ending(ended, upstream_error),
-                body_bytes=sum(len(c) for c in body.chunks) if body is not None else None,
-                upstream_error=upstream_error,
+                method,
+                path,
+                scope.get("scheme", "http"),
+                scope.get("http_version", "1.1"),
+                runtime.recorded_headers(headers),
+                response_status,
+                upstream_status,
+                upstream_us,
+                int(gate_seconds * 1_000_000),
+                _ending(ended, upstream_error),
+                sum(len(c) for c in body.chunks) if body is not None else None,
+                upstream_error,
             )
             await runtime.record(decision, context)
 

@@ -248,6 +248,8 @@ class EvidenceRenderer:
         self._limit = limit
         self._shared: dict[tuple[Any, ...], Shared] = {}
         self._identities: ObjectCache[Identity] = ObjectCache(lambda i: i.to_dict())
+        # The origin resolver hands out one Origin object per client address: render each once.
+        self._origins: ObjectCache[Origin] = ObjectCache(lambda o: _fragment(_origin(o)))
 
     def shared(self, decision: Decision) -> Shared:
         """The shared parts of *decision*'s record (cached by the identity of what they rest on)."""
@@ -356,7 +358,7 @@ class EvidenceRenderer:
             "policy": shared.policy,
             "shadow": shared.shadow,
             "identity": self._identities.get(identity) if identity is not None else None,
-            "origin": None if origin is None else _origin(origin),
+            "origin": None if origin is None else self._origins.get(origin),
             "entity": shared.entity,
             "model": shared.model,
             "jurisdiction": shared.jurisdiction,
