@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from aidr_gate.cli import audit, check, packs, validate
+from aidr_gate.cli import audit, check, diff, packs, replay, validate
 from aidr_gate.errors import ConfigError
 
 # Exit codes shared by every subcommand.
@@ -17,7 +17,7 @@ EXIT_DENY = 1
 EXIT_USAGE = 2
 EXIT_LOG = 3
 
-COMMANDS: tuple[ModuleType, ...] = (check, validate, packs, audit)
+COMMANDS: tuple[ModuleType, ...] = (check, validate, packs, audit, replay, diff)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -344,7 +344,7 @@ class EvidenceReader:
             anonymizer=anonymizer,
             entity_label=entity_label,
             model_label=model_label,
-            old_model_tier=old_tier if isinstance(old_tier, str) else "-",
+            old_model_tier=old_tier if isinstance(old_tier, str) else "(none)",
             bounds=tuple(sorted(bounds)),
         )
 

@@ -44,11 +44,12 @@ from aidr_gate.replay.evidence import (
 )
 from aidr_gate.replay.reader import BLOCK, AuditReader, FileChain
 
-EFFECTS: tuple[str, ...] = tuple(e.value for e in Effect)
+# Least to most restrictive, the order reports list them in.
+EFFECTS: tuple[str, ...] = (Effect.ALLOW.value, Effect.LOG.value, Effect.DENY.value)
 # How restrictive an effect is: a flip towards a higher rank cuts someone off (or flags them).
 RANK = {Effect.ALLOW.value: 0, Effect.LOG.value: 1, Effect.DENY.value: 2}
 UNKNOWN = "(unknown)"
-NONE = "-"
+NONE = "(none)"
 MAX_LISTED = 1000  # records listed one by one (cannot-decide); the counts are always complete
 PROGRESS_EVERY = 8192  # records between progress reports
 LISTING_RULE = "gate/list-models"
