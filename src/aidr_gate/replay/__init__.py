@@ -11,7 +11,7 @@ from aidr_gate.replay.diff import diff_packs, render_diff
 from aidr_gate.replay.page import render_html
 from aidr_gate.replay.reader import AuditReader
 from aidr_gate.replay.report import ProgressBar, build_report, summary
-from aidr_gate.replay.run import ReplayOptions, ReplayResult, Replayer, replay_files
+from aidr_gate.replay.run import Replayer, ReplayOptions, ReplayResult, replay_files
 
 __all__ = [
     "AuditReader",
