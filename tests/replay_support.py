@@ -243,6 +243,7 @@ def write_trail(
     compress: bool = False,
     record_format: RecordFormat = RecordFormat.ECS,
     renderer: Renderer | None = None,
+    batch_size: int = 64,
 ) -> list[Path]:
     """Write *decisions* through a real :class:`AuditTrail`; the journal's files, oldest first."""
     journal = FileSinkConfig(
@@ -253,7 +254,10 @@ def write_trail(
         fsync=FsyncPolicy.NEVER,
         compress=compress,
     )
-    config = AuditConfig(directory=directory, sinks=(journal,), format=record_format)
+    # Small batches, so the journal can rotate every few dozen records.
+    config = AuditConfig(
+        directory=directory, sinks=(journal,), format=record_format, batch_size=batch_size
+    )
 
     async def run() -> None:
         trail = AuditTrail(config, renderer=renderer)

@@ -437,7 +437,7 @@ class ProgressBar:
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.interval = interval
         self._started = time.monotonic()
-        self._drawn = 0.0
+        self._drawn: float | None = None  # when last drawn; None: never
         self._width = 0
 
     def update(self, done: int, total: int, records: int, flips: int) -> None:
@@ -445,7 +445,7 @@ class ProgressBar:
         if not self.enabled:
             return
         now = time.monotonic()
-        if done < total and now - self._drawn < self.interval:
+        if done < total and self._drawn is not None and now - self._drawn < self.interval:
             return
         self._drawn = now
         fraction = min(1.0, done / total) if total else 1.0
@@ -461,6 +461,6 @@ class ProgressBar:
 
     def close(self) -> None:
         """End the bar's line."""
-        if self.enabled and self._drawn:
+        if self.enabled and self._drawn is not None:
             self.stream.write("\n")
             self.stream.flush()

@@ -170,8 +170,10 @@ class Replayer:
                 tally.checkpoints += 1
                 return
             why = "the record has no aidr.decision"
-            if "render_error" in tree:
-                why = f"the gate could not render this record ({tree['render_error']}): no evidence"
+            try:
+                check_schema(tree)
+            except MissingEvidence as exc:
+                why = exc.why
             self._cannot(None, None, None, file, number, why)
             return
         at = self.clock.parse(decision.get("at"))
@@ -201,11 +203,11 @@ class Replayer:
             return
         old = decision.get("effect")
         try:
+            check_schema(tree)
             if old not in RANK:
                 raise MissingEvidence(f"aidr.decision.effect is not an effect: {old!r}")
             if at is None:
                 raise MissingEvidence("missing or unreadable aidr.decision.at")
-            check_schema(tree)
             inputs = self.evidence.inputs(tree)
         except MissingEvidence as exc:
             self._cannot(decision, at, old, file, number, exc.why)
