@@ -94,7 +94,7 @@ COUNTRIES = (
     "AE",
     None,
 )
-FLAGS = (
+FLAGS: tuple[frozenset[AnonymizerFlag], ...] = (
     frozenset(),
     frozenset(),
     frozenset(),
