@@ -3,10 +3,11 @@
 Run: ``.venv/bin/python bench/replay.py [--records N] [--distinct N] [--gzip] [--keep DIR]``.
 
 Generation (not timed as replay): a few thousand distinct, real decisions under ``aidr-2025-01``
-(the example registry and catalogue, every country tier, anonymizer flags, unknown models and
-entities, times over 2025-2026, gate refusals and model listings), each rendered once by the real
-ECS renderer into a template; the records are those templates with a fresh decision id and time
-filled in, linked through the real hash chain and written to rotated files. Every 10,000th record
+(the replay tests' generator, ``tests/replay_support.py``: every country tier, agreement states,
+anonymizer flags, unknown models and entities, times over 2025-2026, gate refusals and model
+listings), each rendered once by the real ECS renderer into a template; the records are those
+templates with a fresh decision id and time filled in, linked through the real hash chain and
+written to rotated files. Every 10,000th record
 is rendered again by the renderer itself and compared byte for byte with the template's output,
 so the file is exactly what a gate would have written.
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import random
 import re
 import shutil
 import sys
@@ -34,17 +34,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from aidr_gate.audit import AuditEvent, EcsRenderer, Ending, RequestContext, verify_files
+from aidr_gate.audit import EcsRenderer, verify_files
 from aidr_gate.audit.chain import Chain
 from aidr_gate.decision import Decision
-from aidr_gate.document import parse_instant
-from aidr_gate.errors import BodyTooLarge, TokenExpired
-from aidr_gate.facts import AnonymizerFlag, CountrySource, Identity, Origin
-from aidr_gate.gate import Gate
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.replay import ReplayOptions, build_report, replay_files
 from aidr_gate.replay.evidence import aidr_tree
 from aidr_gate.replay.reader import FileChain, read_file
+
+# The traffic generator the replay tests use: every tier, agreement state, model kind, flag.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import replay_support
 
 TARGET_SECONDS = 60.0
 FILE_BYTES = 256 << 20  # rotate like a journal: a new file every 256 MiB
@@ -52,113 +52,11 @@ FLOOR_FILES = 2  # files the floor and verify baselines read (bounded in time)
 CHECK_EVERY = 10_000  # records re-rendered by the real renderer to check the templates
 PLACEHOLDER_ID = "ffffffffffffeeeeeeee00000000"
 
-ENTITIES = (
-    "lab-us",
-    "sakura-jp",
-    "merlion-sg",
-    "andes-br",
-    "lumen-in",
-    "oasis-ae",
-    "petronas-my",
-    "nordlys-se",
-    "harbour-hk",
-    "mekong-kh",
-    "pars-ir",
-    "blocked-ae",
-    "unregistered-co",
-)
-MODELS = (
-    "aurora-frontier",
-    "aurora-frontier-2026-01",
-    "aurora-mini",
-    "aurora-ft-custom",
-    "llama-3.1-405b",
-    "open-giant",
-    "embed-small",
-    "mystery-model",
-)
-COUNTRIES = (
-    "US",
-    "DE",
-    "JP",
-    "SG",
-    "BR",
-    "IN",
-    "MY",
-    "SE",
-    "CN",
-    "HK",
-    "KH",
-    "IR",
-    "RU",
-    "AE",
-    None,
-)
-FLAGS: tuple[frozenset[AnonymizerFlag], ...] = (
-    frozenset(),
-    frozenset(),
-    frozenset(),
-    frozenset({AnonymizerFlag.VPN}),
-    frozenset({AnonymizerFlag.RESIDENTIAL_PROXY}),
-    frozenset({AnonymizerFlag.TOR}),
-)
-
 
 def distinct_decisions(count: int, seed: int = 1) -> list[Decision]:
-    """*count* real decisions by the example gate (aidr-2025-01), in time order."""
-    gate = Gate.from_path(None)
-    rng = random.Random(seed)
-    start, end = parse_instant("2025-01-01"), parse_instant("2026-12-31")
-    assert start is not None and end is not None
-    times = sorted(start + rng.randrange(int((end - start) * 1000)) / 1000 for _ in range(count))
-    out = []
-    for index, at in enumerate(times):
-        identity = Identity(
-            entity_id=rng.choice(ENTITIES),
-            subject=f"svc-{rng.randrange(500)}",
-            issuer="https://idp.example",
-            key_id="key-1",
-            algorithm="RS256",
-        )
-        country = rng.choice(COUNTRIES)
-        origin = Origin(
-            ip=f"198.51.100.{index % 250}",
-            resolved_by="x-forwarded-for[-1]",
-            peer="10.0.0.2",
-            country=country,
-            country_source=CountrySource.GEOIP if country else CountrySource.NONE,
-            anonymizer=rng.choice(FLAGS),
-            database="GeoIP2-Country",
-            database_build="2025-06-03",
-        )
-        if index % 50 == 7:
-            error = TokenExpired() if index % 2 else BodyTooLarge()
-            out.append(gate.refuse(error, origin=origin, at=at))
-        elif index % 60 == 11:
-            out.append(gate.decide_listing(identity=identity, origin=origin, at=at))
-        else:
-            out.append(
-                gate.decide(identity=identity, origin=origin, model_id=rng.choice(MODELS), at=at)
-            )
-    return out
-
-
-def event(decision: Decision) -> AuditEvent:
-    """The audit event a transport would submit for *decision*."""
-    return AuditEvent(
-        decision,
-        RequestContext(
-            method="POST",
-            path="/v1/chat/completions",
-            headers=(("user-agent", "openai-python/1.52"),),
-            status=decision.status or 200,
-            upstream_status=200 if decision.allowed else None,
-            upstream_duration_us=850_000 if decision.allowed else None,
-            gate_us=42,
-            ending=Ending.COMPLETED if decision.allowed else Ending.DENIED,
-            body_bytes=512,
-        ),
-    )
+    """*count* real decisions under aidr-2025-01 over the tests' matrix of facts, in time order."""
+    gate = replay_support.gate_for("aidr-2025-01")
+    return [replay_support.decide(gate, r) for r in replay_support.requests(count, seed)]
 
 
 _MARK = re.compile(rb"(\x00I\x00|\x00T\x00)")
@@ -170,7 +68,9 @@ class Template:
     def __init__(self, renderer: EcsRenderer, decision: Decision) -> None:
         self.decision = decision
         stamp = renderer.evidence.clock.format(decision.at).encode()
-        body = renderer.render(event(replace(decision, decision_id=PLACEHOLDER_ID)))
+        body = renderer.render(
+            replay_support.event_for(replace(decision, decision_id=PLACEHOLDER_ID))
+        )
         marked = body.replace(PLACEHOLDER_ID.encode(), b"\x00I\x00").replace(stamp, b"\x00T\x00")
         self.parts = _MARK.split(marked)
 
@@ -201,7 +101,7 @@ def generate(directory: Path, records: int, distinct: int, compress: bool) -> li
         body = template.fill(decision_id.encode(), stamp.encode())
         if index % CHECK_EVERY == 0:
             real = renderer.render(
-                event(replace(template.decision, decision_id=decision_id, at=at))
+                replay_support.event_for(replace(template.decision, decision_id=decision_id, at=at))
             )
             if real != body:
                 raise SystemExit(f"template output differs from the renderer at record {index}")

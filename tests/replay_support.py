@@ -23,42 +23,12 @@ from aidr_gate.audit.record import Renderer
 from aidr_gate.audit.sinks.file import rotated_files
 from aidr_gate.catalog import Model, Weights
 from aidr_gate.decision import Decision
-from aidr_gate.document import parse_instant
 from aidr_gate.errors import BodyTooLarge, TokenExpired
 from aidr_gate.facts import AnonymizerFlag, CountrySource, Identity, Origin
 from aidr_gate.gate import Gate, state_for
 from aidr_gate.policy.pack import load_pack
-from aidr_gate.registry import Agreement, AgreementStatus, Entity
-
-
-def t(text: str) -> float:
-    """Seconds since the epoch for an ISO date or date-time."""
-    value = parse_instant(text)
-    assert value is not None
-    return value
-
-
-def agreement(
-    agreement_id: str,
-    *,
-    status: AgreementStatus = AgreementStatus.ACTIVE,
-    kind: str = "security-agreement",
-    since: str = "2025-01-01",
-    until: str = "2027-06-01",
-    tiers: tuple[str, ...] = ("controlled",),
-    countries: tuple[str, ...] = ("*",),
-) -> Agreement:
-    """An agreement with defaults: active, 2025-01-01 to 2027-06-01, controlled, every country."""
-    return Agreement(
-        id=agreement_id,
-        type=kind,
-        status=status,
-        valid_from=t(since),
-        valid_until=t(until),
-        model_tiers=frozenset(tiers),
-        countries=frozenset(countries),
-    )
-
+from aidr_gate.registry import AgreementStatus, Entity
+from test_policy_decisions import sa, t
 
 ENTITIES: tuple[Entity, ...] = (
     Entity("lab-us", "US", name="Frontier Lab (US)"),
@@ -66,12 +36,12 @@ ENTITIES: tuple[Entity, ...] = (
     Entity(
         "merlion-sg",
         "SG",
-        agreements=(agreement("SA-SG", countries=("SG",), tiers=("controlled", "restricted")),),
+        agreements=(sa("SA-SG", countries=("SG",), tiers=("controlled", "restricted")),),
     ),
     Entity("andes-br", "BR"),
-    Entity("lumen-in", "IN", agreements=(agreement("NVEU-IN", kind="nveu", until="2025-08-01"),)),
-    Entity("oasis-ae", "AE", agreements=(agreement("SA-AE", status=AgreementStatus.SUSPENDED),)),
-    Entity("selat-my", "MY", agreements=(agreement("SA-MY", countries=("MY",)),)),
+    Entity("lumen-in", "IN", agreements=(sa("NVEU-IN", kind="nveu", until="2025-08-01"),)),
+    Entity("oasis-ae", "AE", agreements=(sa("SA-AE", status=AgreementStatus.SUSPENDED),)),
+    Entity("selat-my", "MY", agreements=(sa("SA-MY", countries=("MY",)),)),
     Entity("nordlys-se", "SE", parent="CN"),
     Entity("harbour-hk", "HK"),
     Entity("mekong-kh", "KH"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import random
 import shutil
 from pathlib import Path
@@ -12,11 +11,11 @@ from typing import Any
 import pytest
 
 from aidr_gate.audit import verify_files
-from aidr_gate.audit.chain import SUFFIX_LEN
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.replay import AuditReader, ReplayOptions, build_report, replay_files
 from aidr_gate.replay.reader import order_files, suspects
 from replay_support import decide, gate_for, requests, write_trail
+from test_audit_verify import lines, rehash
 
 COUNT = 400
 
@@ -43,16 +42,6 @@ def files(source: list[Path], tmp_path: Path) -> list[Path]:
         shutil.copyfile(path, target)
         out.append(target)
     return out
-
-
-def lines(path: Path) -> list[bytes]:
-    return path.read_bytes().splitlines(keepends=True)
-
-
-def rehash(line: bytes) -> bytes:
-    """What a forger would do: recompute a changed line's own hash."""
-    head = line[: len(line) - SUFFIX_LEN]
-    return head + b',"hash":"' + hashlib.sha256(head).hexdigest().encode() + b'"}}\n'
 
 
 def replay(paths: list[Path]) -> dict[str, Any]:

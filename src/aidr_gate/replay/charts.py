@@ -32,6 +32,18 @@ def _fmt(value: int) -> str:
     return f"{value:,}"
 
 
+def _open(chart_id: str, title: str, description: str, width: int, height: int) -> list[str]:
+    """The ``<svg>`` start tag with its title and description (named by ``aria-labelledby``)."""
+    ident = _attr(chart_id)
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" id="{ident}" class="chart" role="img" '
+        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'aria-labelledby="{ident}-title {ident}-desc" style="{FONT}">',
+        f'<title id="{ident}-title">{escape(title)}</title>',
+        f'<desc id="{ident}-desc">{escape(description)}</desc>',
+    ]
+
+
 def _legend(series: Sequence[Series], x: float, y: float) -> list[str]:
     out = []
     for s in series:
@@ -60,13 +72,7 @@ def grouped_bars(
     peak = max([1, *(v for by_group in values.values() for v in by_group.values())])
     slot = plot_w / max(1, len(groups))
     bar_w = min(48.0, slot * 0.8 / max(1, len(series)))
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" id="{_attr(chart_id)}" class="chart" '
-        f'role="img" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-        f'aria-labelledby="{_attr(chart_id)}-title {_attr(chart_id)}-desc" style="{FONT}">',
-        f'<title id="{_attr(chart_id)}-title">{escape(title)}</title>',
-        f'<desc id="{_attr(chart_id)}-desc">{escape(description)}</desc>',
-    ]
+    out = _open(chart_id, title, description, width, height)
     out.extend(_legend(series, left, 16))
     for tick in range(5):
         value = peak * tick / 4
@@ -119,13 +125,7 @@ def stacked_rows(
     height = top + row_height * max(1, len(rows)) + 10
     plot_w = width - left - right
     peak = max([1, *(sum(parts.values()) for _, parts in rows)])
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" id="{_attr(chart_id)}" class="chart" '
-        f'role="img" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-        f'aria-labelledby="{_attr(chart_id)}-title {_attr(chart_id)}-desc" style="{FONT}">',
-        f'<title id="{_attr(chart_id)}-title">{escape(title)}</title>',
-        f'<desc id="{_attr(chart_id)}-desc">{escape(description)}</desc>',
-    ]
+    out = _open(chart_id, title, description, width, height)
     out.extend(_legend(series, 8, 16))
     if not rows:
         out.append(f'<text x="{left}" y="{top + 16}">No flips.</text>')

@@ -8,7 +8,7 @@ outcome, model tiers by id on their thresholds. :func:`diff_packs` returns a JSO
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -196,7 +196,8 @@ def _model_tiers(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _ref(pack: Pack) -> dict[str, Any]:
+def pack_ref(pack: Pack) -> dict[str, Any]:
+    """Id, title, status, digest, legal window and ancestry of a pack (reports name packs so)."""
     return {
         "id": pack.id,
         "title": pack.title,
@@ -236,8 +237,8 @@ def diff_packs(a: Pack, b: Pack) -> dict[str, Any]:
     cites_a, cites_b = set(da["citations"]), set(db["citations"])
     out: dict[str, Any] = {
         "format": FORMAT,
-        "a": _ref(a),
-        "b": _ref(b),
+        "a": pack_ref(a),
+        "b": pack_ref(b),
         "identical": a.digest == b.digest,
         "meta": meta,
         "citations": {"added": sorted(cites_b - cites_a), "removed": sorted(cites_a - cites_b)},
@@ -349,10 +350,7 @@ def render_diff(diff: dict[str, Any]) -> str:
     rules = diff["rules"]
     if rules["added"] or rules["removed"] or rules["changed"] or rules["order"]:
         out += ["", "Rules"]
-        for rule in rules["removed"]:
-            out.append(f"  - {rule['id']}: {_rule_line(rule)}")
-        for rule in rules["added"]:
-            out.append(f"  + {rule['id']}: {_rule_line(rule)}")
+        out += _signed_lines(rules["removed"], rules["added"], _rule_line)
         for change in rules["changed"]:
             out.append(f"  ~ {change['id']} ({', '.join(change['fields'])}):")
             out.append(f"      A {_rule_line(change['a'])}")
@@ -371,10 +369,7 @@ def render_diff(diff: dict[str, Any]) -> str:
         out += ["", "Model tiers"]
         for item in models["changes"]:
             out.append(f"  {item['field']}: {_value(item['a'])} -> {_value(item['b'])}")
-        for tier in models["removed"]:
-            out.append(f"  - {tier['id']}: {_thresholds(tier)}")
-        for tier in models["added"]:
-            out.append(f"  + {tier['id']}: {_thresholds(tier)}")
+        out += _signed_lines(models["removed"], models["added"], _thresholds)
         for tier in models["changed"]:
             text = "; ".join(
                 f"{c['field']} {_value(c['a'])} -> {_value(c['b'])}" for c in tier["changes"]
@@ -396,6 +391,16 @@ def render_diff(diff: dict[str, Any]) -> str:
             f"{', '.join(ag['b']) if ag['b'] is not None else 'any'}",
         ]
     return "\n".join(out)
+
+
+def _signed_lines(
+    removed: Iterable[Mapping[str, Any]],
+    added: Iterable[Mapping[str, Any]],
+    text: Callable[[Mapping[str, Any]], str],
+) -> list[str]:
+    return [f"  - {item['id']}: {text(item)}" for item in removed] + [
+        f"  + {item['id']}: {text(item)}" for item in added
+    ]
 
 
 def _thresholds(tier: Mapping[str, Any]) -> str:

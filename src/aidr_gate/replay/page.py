@@ -161,25 +161,7 @@ def _dimension_section(
         chart_rows,
         DIRECTION_SERIES,
     )
-    table_rows = []
-    for r in rows:
-        parts = _directions(r)
-        table_rows.append(
-            (
-                r["value"],
-                r["total"],
-                parts.get("cut_off", 0),
-                parts.get("let_in", 0),
-                parts.get("log_change", 0),
-            )
-        )
-    table = _table(
-        f"table-{section_id}",
-        f"{title} (every row)",
-        (label, "flips", "cut off", "let in", "log change"),
-        table_rows,
-        numeric=(1, 2, 3, 4),
-    )
+    table = _dimension_table(rows, f"table-{section_id}", f"{title} (every row)", label)
     note = (
         f"<figcaption>The chart shows the top {CHART_ROWS}; {more} more in the table.</figcaption>"
         if more > 0
@@ -402,13 +384,11 @@ def _top_entities(report: dict[str, Any]) -> str:
     return f'<section id="top-entities"><h2>Top entities affected</h2>{table}</section>'
 
 
-def _simple_dimension(
-    report: dict[str, Any], name: str, section_id: str, title: str, label: str
-) -> str:
-    rows = []
-    for r in report["flips"][name]:
+def _dimension_table(rows: list[dict[str, Any]], table_id: str, caption: str, label: str) -> str:
+    table_rows = []
+    for r in rows:
         parts = _directions(r)
-        rows.append(
+        table_rows.append(
             (
                 r["value"],
                 r["total"],
@@ -417,13 +397,19 @@ def _simple_dimension(
                 parts.get("log_change", 0),
             )
         )
-    table = _table(
-        f"table-{section_id}",
-        title,
+    return _table(
+        table_id,
+        caption,
         (label, "flips", "cut off", "let in", "log change"),
-        rows,
+        table_rows,
         numeric=(1, 2, 3, 4),
     )
+
+
+def _simple_dimension(
+    report: dict[str, Any], name: str, section_id: str, title: str, label: str
+) -> str:
+    table = _dimension_table(report["flips"][name], f"table-{section_id}", title, label)
     return f'<section id="{section_id}"><h2>{_e(title)}</h2>{table}</section>'
 
 

@@ -5,7 +5,8 @@ the terminal summary and the HTML report (``replay/html.py``) render it. Its sha
 
     format            "aidr-gate.replay/1"
     generated_at      ISO 8601 time the report was made
-    pack              the pack replayed to: id, title, status, digest, effective {from, until}
+    pack              the pack replayed to: id, title, status, digest, effective {from, until},
+                      extends (the packs it builds on, nearest first)
     recorded_packs    [{id, digest, status, records, title, effective}]: the packs the records
                       were decided under (title and window when a bundled pack matches the digest)
     registry, catalog file names given with --registry/--catalog, or null (evidence as recorded)
@@ -50,6 +51,7 @@ from aidr_gate.decision import format_instant_precise
 from aidr_gate.document import format_instant
 from aidr_gate.errors import ConfigError
 from aidr_gate.policy.pack import load_pack
+from aidr_gate.replay.diff import pack_ref
 from aidr_gate.replay.run import EFFECTS, RANK, ReplayResult
 
 FORMAT = "aidr-gate.replay/1"
@@ -203,16 +205,7 @@ def build_report(
     return {
         "format": FORMAT,
         "generated_at": _time(time.time() if generated_at is None else generated_at),
-        "pack": {
-            "id": pack.id,
-            "title": pack.title,
-            "status": pack.status,
-            "digest": pack.digest,
-            "effective": {
-                "from": format_instant(pack.effective_from),
-                "until": format_instant(pack.effective_until),
-            },
-        },
+        "pack": pack_ref(pack),
         "recorded_packs": [
             {
                 "id": str(pid),
