@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aidr_gate.audit import AuditEvent, EcsRenderer, OcsfRenderer
 from aidr_gate.audit.chain import Chain
@@ -16,7 +18,7 @@ from aidr_gate.audit.config import RecordFormat
 from aidr_gate.decision import format_instant_precise
 from aidr_gate.document import parse_instant
 from aidr_gate.policy.pack import load_pack
-from aidr_gate.replay import ReplayOptions, build_report, replay_files
+from aidr_gate.replay import Replayer, ReplayOptions, build_report, replay_files
 from aidr_gate.replay.evidence import (
     Clock,
     EvidenceReader,
@@ -235,3 +237,77 @@ def test_inputs_are_shared_between_records_with_the_same_evidence() -> None:
     assert all(reader.inputs(tree) is first for tree in trees[1:])
     with pytest.raises(MissingEvidence):
         reader.inputs({**trees[0], "origin": None})
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+READ_BY_REPLAY = {"schema", "decision", "policy", "identity", "origin", "entity", "model"}
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out.extend(_paths(value, (*prefix, key)))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            out.extend(_paths(value, (*prefix, index)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def sample_record() -> dict[str, Any]:
+    gate = gate_for("aidr-2025-01")
+    # An entity with an agreement, so the agreement's fields are garbled too.
+    request = next(r for r in requests(200, seed=5, extras=False) if r.entity == "merlion-sg")
+    record: dict[str, Any] = orjson.loads(EcsRenderer().render(event_for(decide(gate, request))))
+    return record
+
+
+@pytest.fixture(scope="module")
+def strict() -> ReplayOptions:
+    return ReplayOptions(load_pack("strict-hypothetical"))
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_garbled_records_never_crash_the_replay(
+    sample_record: dict[str, Any], strict: ReplayOptions, data: st.DataObject
+) -> None:
+    record = orjson.loads(orjson.dumps(sample_record))
+    for _ in range(data.draw(st.integers(1, 3))):
+        # Mostly the parts replay reads; now and then anything.
+        paths = _paths(record["aidr"])
+        read = [p for p in paths if p[0] in READ_BY_REPLAY]
+        path = data.draw(st.sampled_from(read if data.draw(st.integers(0, 4)) else paths))
+        node = record["aidr"]
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = data.draw(JSON_VALUES)
+    line = Chain().link(orjson.dumps(record)).rstrip(b"\n")
+    replayer = Replayer(strict)
+    replayer.feed(line, "fuzz.jsonl", 1)
+    tally = replayer.tally
+    # Counted in exactly one place: re-decided, refused, listed, or cannot be decided.
+    placed = (
+        tally.replayed
+        + sum(tally.refusals.values())
+        + tally.listings
+        + sum(tally.cannot_decide.values())
+    )
+    assert placed == 1

@@ -186,9 +186,11 @@ class Replayer:
                 tally.last_at = at
         policy = tree.get("policy")
         if type(policy) is dict:
-            tally.recorded_packs[
-                (policy.get("id"), policy.get("digest"), policy.get("status"))
-            ] += 1
+            ref = (policy.get("id"), policy.get("digest"), policy.get("status"))
+            try:
+                tally.recorded_packs[ref] += 1
+            except TypeError:  # a garbled record: a list where a name should be
+                tally.recorded_packs[tuple(map(str, ref))] += 1
         rule = decision.get("rule")
         reasons = decision.get("reasons")
         old_reason = reasons[0] if type(reasons) is list and reasons else UNKNOWN
@@ -204,7 +206,7 @@ class Replayer:
         old = decision.get("effect")
         try:
             check_schema(tree)
-            if old not in RANK:
+            if type(old) is not str or old not in RANK:
                 raise MissingEvidence(f"aidr.decision.effect is not an effect: {old!r}")
             if at is None:
                 raise MissingEvidence("missing or unreadable aidr.decision.at")
@@ -279,14 +281,15 @@ class Replayer:
     ) -> None:
         tally = self.tally
         tally.cannot_decide[why] += 1
-        tally.cannot_before[effect if effect in RANK else UNKNOWN] += 1
+        known = type(effect) is str and effect in RANK
+        tally.cannot_before[effect if known else UNKNOWN] += 1
         if len(tally.cannot_list) < MAX_LISTED:
             decision_id = decision.get("id") if decision else None
             tally.cannot_list.append(
                 {
                     "decision_id": decision_id if isinstance(decision_id, str) else None,
                     "at": at,
-                    "effect": effect if effect in RANK else None,
+                    "effect": effect if known else None,
                     "file": file,
                     "line": number,
                     "why": why,
