@@ -30,9 +30,9 @@ from replay_support import (
     decide,
     gate_for,
     requests,
-    t,
     write_trail,
 )
+from test_policy_decisions import t
 
 COUNT = 3000
 RANK = {"allow": 0, "log": 1, "deny": 2}

@@ -190,7 +190,7 @@ class Replayer:
             try:
                 tally.recorded_packs[ref] += 1
             except TypeError:  # a garbled record: a list where a name should be
-                tally.recorded_packs[tuple(map(str, ref))] += 1
+                tally.recorded_packs[(str(ref[0]), str(ref[1]), str(ref[2]))] += 1
         rule = decision.get("rule")
         reasons = decision.get("reasons")
         old_reason = reasons[0] if type(reasons) is list and reasons else UNKNOWN
