@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aidr_gate.audit import AuditEvent, AuditTrail, Ending, RequestContext
-from aidr_gate.audit.config import AuditConfig, FileSinkConfig, FsyncPolicy, RecordFormat
+from aidr_gate.audit.config import (
+    AuditConfig,
+    FileSinkConfig,
+    FsyncPolicy,
+    RecordFormat,
+    SigningConfig,
+)
 from aidr_gate.audit.record import Renderer
 from aidr_gate.audit.sinks.file import rotated_files
 from aidr_gate.catalog import Model, Weights
@@ -214,6 +220,7 @@ def write_trail(
     record_format: RecordFormat = RecordFormat.ECS,
     renderer: Renderer | None = None,
     batch_size: int = 64,
+    signing: SigningConfig | None = None,
 ) -> list[Path]:
     """Write *decisions* through a real :class:`AuditTrail`; the journal's files, oldest first."""
     journal = FileSinkConfig(
@@ -226,7 +233,11 @@ def write_trail(
     )
     # Small batches, so the journal can rotate every few dozen records.
     config = AuditConfig(
-        directory=directory, sinks=(journal,), format=record_format, batch_size=batch_size
+        directory=directory,
+        sinks=(journal,),
+        format=record_format,
+        batch_size=batch_size,
+        signing=signing,
     )
 
     async def run() -> None:

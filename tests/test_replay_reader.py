@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aidr_gate.audit import verify_files
+from aidr_gate.audit.config import SigningConfig
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.replay import AuditReader, ReplayOptions, build_report, replay_files
 from aidr_gate.replay.reader import order_files, suspects
@@ -175,3 +178,31 @@ def test_an_unchained_line_is_flagged(files: list[Path]) -> None:
         pass
     assert suspects(reader.chains) == [0]
     assert any(f.kind == "changed" and f.line == 3 for f in reader.findings())
+
+
+def test_signed_checkpoints_are_counted_apart(tmp_path: Path) -> None:
+    key = tmp_path / "audit-key.pem"
+    key.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    gate = gate_for("aidr-2025-01")
+    decisions = [decide(gate, r) for r in requests(120, seed=13)]
+    files = write_trail(
+        tmp_path / "signed",
+        decisions,
+        batch_size=8,
+        signing=SigningConfig(key_file=key, every_records=25, every_seconds=3600),
+    )
+    report = replay(files)
+    totals = report["totals"]
+    assert totals["checkpoints"] >= 4
+    assert totals["lines"] == len(decisions) + totals["checkpoints"]
+    assert totals["policy_decisions"] + totals["gate_refusals"] + totals["listings"] == len(
+        decisions
+    )
+    assert totals["cannot_decide"] == 0
+    assert report["chain"]["ok"] and not report["chain"]["findings"]
