@@ -25,13 +25,13 @@ target (one million records in under 60 s on a 2-core machine).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import re
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from aidr_gate.audit import EcsRenderer, verify_files
@@ -59,6 +59,15 @@ def distinct_decisions(count: int, seed: int = 1) -> list[Decision]:
     return [replay_support.decide(gate, r) for r in replay_support.requests(count, seed)]
 
 
+def redated(decision: Decision, decision_id: str, at: float) -> Decision:
+    """*decision* with another id and time (a dataclass or a msgspec Struct alike)."""
+    names = getattr(type(decision), "__struct_fields__", None) or tuple(
+        f.name for f in dataclasses.fields(decision)
+    )
+    values = {name: getattr(decision, name) for name in names}
+    return type(decision)(**{**values, "decision_id": decision_id, "at": at})
+
+
 _MARK = re.compile(rb"(\x00I\x00|\x00T\x00)")
 
 
@@ -69,7 +78,7 @@ class Template:
         self.decision = decision
         stamp = renderer.evidence.clock.format(decision.at).encode()
         body = renderer.render(
-            replay_support.event_for(replace(decision, decision_id=PLACEHOLDER_ID))
+            replay_support.event_for(redated(decision, PLACEHOLDER_ID, decision.at))
         )
         marked = body.replace(PLACEHOLDER_ID.encode(), b"\x00I\x00").replace(stamp, b"\x00T\x00")
         self.parts = _MARK.split(marked)
@@ -101,7 +110,7 @@ def generate(directory: Path, records: int, distinct: int, compress: bool) -> li
         body = template.fill(decision_id.encode(), stamp.encode())
         if index % CHECK_EVERY == 0:
             real = renderer.render(
-                replay_support.event_for(replace(template.decision, decision_id=decision_id, at=at))
+                replay_support.event_for(redated(template.decision, decision_id, at))
             )
             if real != body:
                 raise SystemExit(f"template output differs from the renderer at record {index}")
