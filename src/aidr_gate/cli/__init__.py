@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from aidr_gate.cli import audit, check, demo, packs, serve, validate
+from aidr_gate.cli import audit, check, demo, diff, packs, replay, serve, validate
 from aidr_gate.errors import ConfigError
 
 # Exit codes shared by every subcommand.
@@ -17,7 +17,16 @@ EXIT_DENY = 1
 EXIT_USAGE = 2
 EXIT_LOG = 3
 
-COMMANDS: tuple[ModuleType, ...] = (check, validate, packs, audit, serve, demo)
+COMMANDS: tuple[ModuleType, ...] = (
+    demo,
+    check,
+    validate,
+    packs,
+    serve,
+    audit,
+    replay,
+    diff,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

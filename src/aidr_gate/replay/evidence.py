@@ -1,0 +1,425 @@
+"""Rebuilding the engine's inputs from one audit record's ``aidr`` evidence tree.
+
+An audit record (``audit/record.py``: ECS, or OCSF with the same tree under ``unmapped.aidr``)
+carries every fact its decision used: the entity with its headquarters, ultimate parent, denied
+flag and agreements; the model's training compute, weights and catalogue tier; the network
+country and anonymizer flags; the evaluation time. This module turns those back into the
+:class:`Entity`, :class:`Model` and plain facts that ``PolicyEngine.evaluate`` takes, or into a
+:class:`MissingEvidence` naming the field that is absent: a record is never guessed at.
+
+With a registry or catalogue given (``replay --registry/--catalog``), the entity and the model are
+looked up there by the recorded ids instead, the way the gate itself resolves them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from aidr_gate.audit.record import SCHEMA_VERSION
+from aidr_gate.catalog import Model, ModelCatalog, Weights
+from aidr_gate.document import parse_instant
+from aidr_gate.facts import AnonymizerFlag, Identity
+from aidr_gate.gate import LISTING_REASON, _jurisdiction_of
+from aidr_gate.registry import Agreement, AgreementStatus, Entity, EntityRegistry
+
+# Where the ``aidr`` tree starts in a rendered line: ECS puts it last before the chain member,
+# OCSF inside ``unmapped``. JSON escapes every quote inside strings, so this byte sequence can
+# only be structure.
+_AIDR_AT = b'"aidr":{"schema":'
+_CHAIN_AT = b',"chain":{"seq":'
+_KEY_MEMO_LIMIT = 65_536
+_MINUTE_MEMO_LIMIT = 65_536
+
+
+class MissingEvidence(Exception):
+    """A record lacks (or garbles) a fact the engine needs; ``why`` names the field."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def aidr_tree(line: bytes) -> dict[str, Any] | None:
+    """The ``aidr`` tree of one record line, or ``None`` when the line is not a JSON object.
+
+    Parses only the tree's own bytes when the line has the rendered layout (about a third less
+    JSON to read); anything else is parsed whole, so an odd but valid record still works.
+    """
+    start = line.find(_AIDR_AT)
+    if start >= 0:
+        end = line.rfind(_CHAIN_AT)
+        if end > start:
+            body = line[start + 7 : end]
+            # OCSF closes ``unmapped`` before the chain member: drop that one brace.
+            if body.endswith(b"}}") and line.startswith(b'{"class_uid"'):
+                body = body[:-1]
+            try:
+                tree = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                pass
+            else:
+                if isinstance(tree, dict):
+                    return tree
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    tree = record.get("aidr")
+    if tree is None and isinstance(record.get("unmapped"), dict):
+        tree = record["unmapped"].get("aidr")
+    return tree if isinstance(tree, dict) else {}
+
+
+def is_checkpoint(line: bytes) -> bool:
+    """True for a signed checkpoint line of the chain (not a request)."""
+    return b'"action":"audit-checkpoint"' in line and b'"checkpoint":{' in line
+
+
+class Clock:
+    """Parses the renderer's ``YYYY-MM-DDTHH:MM:SS.mmmZ`` quickly (the minute part is memoised)."""
+
+    def __init__(self) -> None:
+        self._minutes: dict[str, int] = {}
+
+    def parse(self, text: object) -> float | None:
+        """Seconds since the epoch, or ``None`` when *text* is not a time."""
+        if type(text) is not str:
+            return None
+        minute = self._minutes.get(text[:17])
+        if minute is not None and len(text) == 24 and text[19] == "." and text[23] == "Z":
+            seconds, millis = text[17:19], text[20:23]
+            if seconds.isdigit() and millis.isdigit():
+                return minute + int(seconds) + int(millis) / 1000
+        at = parse_instant(text)
+        if at is not None and len(text) == 24 and text[16] == ":" and text[19] == ".":
+            if len(self._minutes) >= _MINUTE_MEMO_LIMIT:
+                self._minutes.clear()
+            self._minutes[text[:17]] = int(at) - int(at) % 60
+        return at
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What the engine needs for one distinct kind of request, with the labels reports group by.
+
+    Many records share one ``Inputs`` (same entity, model, country and flags); only the time
+    differs. ``bounds`` are the instants at which anything time-dependent for these inputs can
+    change (agreement windows), so a verdict holds for every time between two of them.
+    """
+
+    entity: Entity | None
+    headquarters: str | None
+    parent: str | None
+    model: Model | None
+    network_country: str | None
+    anonymizer: frozenset[AnonymizerFlag]
+    entity_label: str
+    model_label: str
+    old_model_tier: str
+    bounds: tuple[float, ...]
+    # Verdicts already computed for these inputs, by position among ``bounds`` (see ``run``).
+    verdicts: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+def _require(tree: dict[str, Any], key: str, where: str) -> Any:
+    if not isinstance(tree, dict) or key not in tree:
+        raise MissingEvidence(f"missing {where}.{key}")
+    return tree[key]
+
+
+def _country(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != 2 or not value.isalpha():
+        raise MissingEvidence(f"{where} is not a country code: {value!r}")
+    return value
+
+
+def _instant(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    parsed = parse_instant(value)
+    if parsed is None:
+        raise MissingEvidence(f"{where} is not a date or time: {value!r}")
+    return parsed
+
+
+def _scope(value: Any, where: str) -> frozenset[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise MissingEvidence(f"{where} is not a list of names")
+    return frozenset(value)
+
+
+def _agreement(raw: Any, where: str) -> Agreement:
+    if not isinstance(raw, dict):
+        raise MissingEvidence(f"{where} is not an agreement")
+    agreement_id = _require(raw, "id", where)
+    kind = _require(raw, "type", where)
+    status = _require(raw, "status", where)
+    if not isinstance(agreement_id, str) or not isinstance(kind, str):
+        raise MissingEvidence(f"{where}.id or .type is not text")
+    try:
+        status_value = AgreementStatus(status)
+    except ValueError:
+        raise MissingEvidence(f"{where}.status is unknown: {status!r}") from None
+    return Agreement(
+        id=agreement_id,
+        type=kind,
+        status=status_value,
+        valid_from=_instant(_require(raw, "valid_from", where), f"{where}.valid_from"),
+        valid_until=_instant(_require(raw, "valid_until", where), f"{where}.valid_until"),
+        model_tiers=_scope(_require(raw, "model_tiers", where), f"{where}.model_tiers"),
+        countries=_scope(_require(raw, "countries", where), f"{where}.countries"),
+    )
+
+
+def recorded_entity(raw: Any) -> tuple[Entity | None, str | None, str | None]:
+    """The entity, headquarters and parent as the record has them (``aidr.entity``)."""
+    where = "aidr.entity"
+    if not isinstance(raw, dict):
+        raise MissingEvidence(f"missing {where}")
+    known = _require(raw, "known", where)
+    headquarters = _country(_require(raw, "headquarters", where), f"{where}.headquarters")
+    parent = _country(_require(raw, "parent", where), f"{where}.parent")
+    if not known:
+        return None, headquarters, parent
+    entity_id = _require(raw, "id", where)
+    if not isinstance(entity_id, str):
+        raise MissingEvidence(f"{where}.id is not text")
+    denied = _require(raw, "denied", where)
+    if not isinstance(denied, bool):
+        raise MissingEvidence(f"{where}.denied is not true or false")
+    agreements = _require(raw, "agreements", where)
+    if not isinstance(agreements, list):
+        raise MissingEvidence(f"{where}.agreements is not a list")
+    name = raw.get("name")
+    reason = raw.get("denied_reason")
+    entity = Entity(
+        id=entity_id,
+        headquarters=headquarters,
+        # The record holds the effective parent (the headquarters when the entity has none);
+        # the engine treats both the same way.
+        parent=parent,
+        name=name if isinstance(name, str) else None,
+        denied=denied,
+        denied_reason=reason if isinstance(reason, str) else None,
+        agreements=tuple(
+            _agreement(a, f"{where}.agreements[{i}]") for i, a in enumerate(agreements)
+        ),
+    )
+    return entity, headquarters, parent
+
+
+def recorded_model(raw: Any) -> Model | None:
+    """The model as the record has it (``aidr.model``); ``None`` for an unknown model."""
+    where = "aidr.model"
+    if not isinstance(raw, dict):
+        raise MissingEvidence(f"missing {where}")
+    if not _require(raw, "known", where):
+        return None
+    model_id = _require(raw, "id", where)
+    if not isinstance(model_id, str):
+        raise MissingEvidence(f"{where}.id is not text")
+    ops = _require(raw, "training_ops", where)
+    if ops is not None and (isinstance(ops, bool) or not isinstance(ops, int | float)):
+        raise MissingEvidence(f"{where}.training_ops is not a number")
+    weights = _require(raw, "weights", where)
+    try:
+        weights_value = Weights(weights)
+    except ValueError:
+        raise MissingEvidence(f"{where}.weights is unknown: {weights!r}") from None
+    tier = _require(raw, "catalog_tier", where)
+    if tier is not None and not isinstance(tier, str):
+        raise MissingEvidence(f"{where}.catalog_tier is not text")
+    return Model(
+        id=model_id,
+        training_ops=float(ops) if ops is not None else None,
+        weights=weights_value,
+        tier=tier,
+    )
+
+
+def _anonymizer(raw: Any) -> frozenset[AnonymizerFlag]:
+    if not isinstance(raw, list):
+        raise MissingEvidence("aidr.origin.anonymizer is not a list")
+    try:
+        return frozenset(AnonymizerFlag(flag) for flag in raw)
+    except ValueError:
+        raise MissingEvidence(f"aidr.origin.anonymizer has an unknown flag: {raw!r}") from None
+
+
+class EvidenceReader:
+    """Turns ``aidr`` trees into :class:`Inputs`, memoised per distinct evidence.
+
+    Records of one gate share their entity, model and jurisdiction evidence byte for byte, so the
+    objects are built once per distinct combination (a bounded memo), not once per record.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: EntityRegistry | None = None,
+        catalog: ModelCatalog | None = None,
+        pack_bounds: tuple[float, ...] = (),
+    ) -> None:
+        self.registry = registry
+        self.catalog = catalog
+        self._pack_bounds = pack_bounds
+        self._memo: dict[bytes, Inputs] = {}
+
+    def inputs(self, tree: dict[str, Any]) -> Inputs:
+        """The engine's inputs for one policy decision's tree; raises :class:`MissingEvidence`."""
+        origin = tree.get("origin")
+        if type(origin) is not dict:
+            raise MissingEvidence("missing aidr.origin")
+        entity_raw = tree.get("entity")
+        model_raw = tree.get("model")
+        identity = tree.get("identity")
+        claims = None
+        if self.registry is not None and type(identity) is dict:
+            claims = (
+                identity.get("entity_id"),
+                identity.get("claimed_headquarters"),
+                identity.get("claimed_parent"),
+            )
+        try:
+            # Token claims only matter when the entity is looked up again (``--registry``); the
+            # recorded entity already holds the headquarters they gave.
+            key = orjson.dumps(
+                (
+                    entity_raw,
+                    model_raw,
+                    origin.get("country", 0),
+                    origin.get("anonymizer", 0),
+                    claims,
+                )
+            )
+        except TypeError:
+            raise MissingEvidence("the evidence holds values that are not JSON") from None
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        built = self._build(entity_raw, model_raw, origin, identity)
+        if len(self._memo) >= _KEY_MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[key] = built
+        return built
+
+    def _build(
+        self, entity_raw: Any, model_raw: Any, origin: dict[str, Any], identity: Any
+    ) -> Inputs:
+        country = _country(_require(origin, "country", "aidr.origin"), "aidr.origin.country")
+        anonymizer = _anonymizer(_require(origin, "anonymizer", "aidr.origin"))
+        if self.registry is None:
+            entity, headquarters, parent = recorded_entity(entity_raw)
+            entity_label = _entity_label(entity_raw)
+        else:
+            entity, headquarters, parent, entity_label = _registry_entity(
+                self.registry, entity_raw, identity
+            )
+        model = (
+            recorded_model(model_raw)
+            if self.catalog is None
+            else _catalog_model(self.catalog, model_raw)
+        )
+        model_label = model.id if model is not None else _requested(model_raw)
+        old_tier = model_raw.get("tier") if isinstance(model_raw, dict) else None
+        bounds = set(self._pack_bounds)
+        if entity is not None:
+            for agreement in entity.agreements:
+                bounds.update(
+                    t for t in (agreement.valid_from, agreement.valid_until) if t is not None
+                )
+        return Inputs(
+            entity=entity,
+            headquarters=headquarters,
+            parent=parent,
+            model=model,
+            network_country=country,
+            anonymizer=anonymizer,
+            entity_label=entity_label,
+            model_label=model_label,
+            old_model_tier=old_tier if isinstance(old_tier, str) else "(none)",
+            bounds=tuple(sorted(bounds)),
+        )
+
+
+def _registry_entity(
+    registry: EntityRegistry, entity_raw: Any, identity: Any
+) -> tuple[Entity | None, str | None, str | None, str]:
+    entity_id = entity_raw.get("id") if isinstance(entity_raw, dict) else None
+    if entity_id is None and isinstance(identity, dict):
+        entity_id = identity.get("entity_id")
+    if entity_id is not None and not isinstance(entity_id, str):
+        raise MissingEvidence("aidr.entity.id is not text")
+    claimed: Identity | None = None
+    if isinstance(identity, dict) and entity_id is not None:
+        claimed = Identity(
+            entity_id=entity_id,
+            claimed_headquarters=_country(
+                identity.get("claimed_headquarters"), "aidr.identity.claimed_headquarters"
+            ),
+            claimed_parent=_country(identity.get("claimed_parent"), "aidr.identity.claimed_parent"),
+            method="declared",
+        )
+    entity = registry.get(entity_id) if entity_id else None
+    # The gate's own rule: the registry wins over token claims.
+    headquarters, parent, _, _ = _jurisdiction_of(entity, claimed)
+    return entity, headquarters, parent, entity_id or "(no entity)"
+
+
+def _catalog_model(catalog: ModelCatalog, model_raw: Any) -> Model | None:
+    if not isinstance(model_raw, dict):
+        raise MissingEvidence("missing aidr.model")
+    name = model_raw.get("requested") or model_raw.get("id")
+    if name is None:
+        if "requested" not in model_raw:
+            raise MissingEvidence("missing aidr.model.requested")
+        return None
+    if not isinstance(name, str):
+        raise MissingEvidence("aidr.model.requested is not text")
+    return catalog.get(name)
+
+
+def _entity_label(raw: Any) -> str:
+    entity_id = raw.get("id") if isinstance(raw, dict) else None
+    return entity_id if isinstance(entity_id, str) else "(no entity)"
+
+
+def _requested(raw: Any) -> str:
+    name = raw.get("requested") if isinstance(raw, dict) else None
+    return name if isinstance(name, str) else "(no model)"
+
+
+# -- what kind of record ------------------------------------------------------------------------
+
+POLICY = "policy"
+REFUSAL = "refusal"  # a gate stage refused before the policy ran (401, 400, 413, 503...)
+LISTING = "listing"  # GET /v1/models: filtered per model, not one policy decision
+
+
+def record_kind(decision: dict[str, Any]) -> str:
+    """Whether a recorded decision was the policy's, a gate refusal, or a model listing."""
+    reasons = decision.get("reasons")
+    if isinstance(reasons, list) and reasons and reasons[0] == LISTING_REASON:
+        return LISTING
+    rule = decision.get("rule")
+    if isinstance(rule, str) and rule.startswith("gate/"):
+        return REFUSAL
+    return POLICY
+
+
+def check_schema(tree: dict[str, Any]) -> None:
+    """Raise :class:`MissingEvidence` for a tree this replay cannot read."""
+    if "render_error" in tree:
+        raise MissingEvidence(
+            f"the gate could not render this record ({tree.get('render_error')}): no evidence"
+        )
+    schema = tree.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise MissingEvidence(f"aidr.schema is {schema!r}, this replay reads {SCHEMA_VERSION}")

@@ -1,0 +1,255 @@
+"""``aidr-gate diff``: what differs between two packs, by meaning, with dates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aidr_gate.cli import main
+from aidr_gate.document import parse_instant
+from aidr_gate.policy.pack import Membership, load_pack
+from aidr_gate.replay.diff import describe, diff_packs, render_diff, timeline
+from conftest import POLICIES
+
+
+def day(text: str) -> float:
+    value = parse_instant(text)
+    assert value is not None
+    return value
+
+
+@pytest.mark.parametrize(
+    ("memberships", "default", "text"),
+    [
+        ([], "tier2", "tier2"),
+        ([("tier1", Membership("US"))], "tier2", "tier1"),
+        (
+            [("tier3", Membership("KH", until=day("2026-02-03")))],
+            "tier2",
+            "tier3 until 2026-02-03, then tier2",
+        ),
+        (
+            [("tier3", Membership("XX", since=day("2026-01-01")))],
+            "tier2",
+            "tier2 until 2026-01-01, then tier3",
+        ),
+        (
+            [("tier3", Membership("XX", day("2025-01-01"), day("2025-06-01")))],
+            "tier2",
+            "tier2 until 2025-01-01, then tier3 until 2025-06-01, then tier2",
+        ),
+        (
+            [
+                ("tier3", Membership("XX", until=day("2025-06-01"))),
+                ("tier3", Membership("XX", since=day("2025-06-01"))),
+            ],
+            "tier2",
+            "tier3",
+        ),
+        (
+            [("member", Membership("KH", until=day("2026-02-03")))],
+            None,
+            "member until 2026-02-03, then not listed",
+        ),
+    ],
+)
+def test_timelines_in_words(
+    memberships: list[tuple[str, Membership]], default: str | None, text: str
+) -> None:
+    assert describe(timeline(memberships, default)) == text
+
+
+def test_identical_packs() -> None:
+    pack = load_pack("aidr-2025-01")
+    diff = diff_packs(pack, load_pack("aidr-2025-01"))
+    assert diff["identical"] is True
+    assert "identical" in render_diff(diff)
+
+
+def test_published_rule_against_rescission() -> None:
+    diff = diff_packs(load_pack("aidr-2025-01"), load_pack("aidr-2025-05-rescinded"))
+    assert not diff["identical"]
+    meta = {m["field"]: (m["a"], m["b"]) for m in diff["meta"]}
+    assert meta["status"] == ("not-enforced", "in-force")
+    assert meta["effective.from"] == ("2025-01-13", "2025-05-13")
+    assert meta["effective.until"] == ("2025-05-13", None)
+    tiers = diff["country_tiers"]
+    assert tiers["a_present"] and not tiers["b_present"]
+    summary = {row["country"]: row["tier"] for row in tiers["summary"]["countries"]}
+    assert summary["KH"] == "tier3 until 2026-02-03, then tier2"
+    assert summary["SE"] == "tier1" and summary["HK"] == "tier3"
+    removed = {r["id"] for r in diff["rules"]["removed"]}
+    assert removed == {
+        "tier3-controlled",
+        "anonymized-origin-controlled",
+        "unknown-country-controlled",
+        "tier2-needs-agreement",
+        "origin-worse-than-headquarters",
+    }
+    assert [r["id"] for r in diff["rules"]["added"]] == ["d5-headquarters-controlled"]
+    assert diff["rules"]["changed"] == []  # unknown-headquarters-controlled is the same in both
+    assert diff["agreements"] == {
+        "a": ["nveu", "security-agreement", "uveu"],
+        "b": None,
+        "added": [],
+        "removed": ["nveu", "security-agreement", "uveu"],
+    }
+    text = render_diff(diff)
+    assert "tier3 until 2026-02-03, then tier2: KH" in text
+    assert "+ d5-headquarters-controlled: when model_tier in [controlled] and any of (" in text
+    assert "-> deny 451 D5_HEADQUARTERED_CONTROLLED_MODEL" in text
+    assert "Accepted agreement types: nveu, security-agreement, uveu -> any" in text
+
+
+def test_published_rule_against_the_strict_hypothetical() -> None:
+    diff = diff_packs(load_pack("aidr-2025-01"), load_pack("strict-hypothetical"))
+    assert diff["country_tiers"]["countries"] == []  # the same tiers, inherited
+    changed = {c["id"]: c for c in diff["rules"]["changed"]}
+    assert set(changed) == {
+        "tier3-controlled",
+        "anonymized-origin-controlled",
+        "unknown-country-controlled",
+        "unknown-headquarters-controlled",
+        "tier2-needs-agreement",
+    }
+    assert changed["tier3-controlled"]["a"]["when"]["model_tier"] == ["controlled"]
+    assert changed["tier3-controlled"]["b"]["when"]["model_tier"] == ["controlled", "restricted"]
+    assert "when" in changed["anonymized-origin-controlled"]["fields"]
+    assert diff["rules"]["order"] is None
+    models = diff["model_tiers"]
+    assert [t["id"] for t in models["added"]] == ["restricted"]
+    assert models["added"][0]["min_training_ops"] == 1e25
+    assert models["order"] == {
+        "a": ["controlled", "uncontrolled"],
+        "b": ["controlled", "restricted", "uncontrolled"],
+    }
+    text = render_diff(diff)
+    assert "+ restricted: closed weights, >= 1e+25 training ops" in text
+    assert "~ tier3-controlled (when, description):" in text
+
+
+CHANGED_PACK = """
+id: what-if-kh
+title: What if KH stayed in D:5 and the thresholds moved
+status: hypothetical
+extends: {base}
+country_groups:
+  D5:
+    countries: [AF, BY, MM, KH, CF, CN, CD, CU, ER, HT, IR, IQ, KP, LB, LY, NI, RU, SO, SS, SD, SY, VE, ZW, AE]
+country_tiers:
+  order: [tier1, tier2, tier3]
+  default: tier2
+  members:
+    tier1: [US, AU, BE, CA, DK, FI, FR, DE, IE, IT, JP, NL, NZ, NO, KR, ES, SE, TW, GB, SG]
+    tier3:
+      - {{group: D5}}
+      - {{country: MO}}
+      - {{country: HK, from: 2026-03-01}}
+model_tiers:
+  open_weight_frontier_ops: 5.0e25
+  unknown_model: controlled
+  tiers:
+    - {{id: controlled, weights: closed, min_training_ops: 5.0e25, above_open_weight_frontier: true}}
+    - {{id: uncontrolled}}
+agreements:
+  accepted_types: [uveu, nveu, security-agreement, license]
+rules:
+  - id: tier2-needs-agreement
+    when: {{effective_tier: [tier2], model_tier: [controlled], agreement_valid: false}}
+    then: {{effect: deny, status: 451, reason: NO_VALID_AGREEMENT}}
+  - id: log-everything-from-vpn
+    when: {{anonymizer: [vpn]}}
+    then: {{effect: log, reason: VPN_ORIGIN}}
+remove_rules: [origin-worse-than-headquarters]
+default: {{effect: log, reason: ALLOWED_AND_LOGGED}}
+"""
+
+
+def test_tiers_with_dates_groups_rules_thresholds_and_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "what-if-kh.yaml"
+    path.write_text(CHANGED_PACK.format(base=POLICIES / "aidr-2025-01.yaml"))
+    diff = diff_packs(load_pack("aidr-2025-01"), load_pack(path))
+    countries = {c["country"]: c for c in diff["country_tiers"]["countries"]}
+    assert countries["KH"]["a"] == "tier3 until 2026-02-03, then tier2"
+    assert countries["KH"]["b"] == "tier3"
+    assert countries["SG"]["a"] == "tier2" and not countries["SG"]["a_listed"]
+    assert countries["SG"]["b"] == "tier1"
+    assert countries["HK"]["b"] == "tier2 until 2026-03-01, then tier3"
+    assert countries["AE"] == {
+        "country": "AE",
+        "a": "tier2",
+        "b": "tier3",
+        "a_listed": False,
+        "b_listed": True,
+    }
+    groups = {g["group"]: g for g in diff["groups"]}
+    assert groups["D5"]["added"] == ["AE"]
+    assert groups["D5"]["redated"] == [
+        {"country": "KH", "a": "member until 2026-02-03, then not a member", "b": "member"}
+    ]
+    rules = diff["rules"]
+    assert [r["id"] for r in rules["removed"]] == ["origin-worse-than-headquarters"]
+    assert [r["id"] for r in rules["added"]] == ["log-everything-from-vpn"]
+    changed = {c["id"]: c for c in rules["changed"]}
+    assert changed["tier2-needs-agreement"]["a"]["then"]["status"] == 403
+    assert changed["tier2-needs-agreement"]["b"]["then"]["status"] == 451
+    models = diff["model_tiers"]
+    assert {c["field"]: (c["a"], c["b"]) for c in models["changes"]} == {
+        "open_weight_frontier_ops": (3.8e25, 5e25)
+    }
+    assert models["changed"] == [
+        {"id": "controlled", "changes": [{"field": "min_training_ops", "a": 1e26, "b": 5e25}]}
+    ]
+    assert diff["default"]["b"] == {"effect": "log", "status": None, "reason": "ALLOWED_AND_LOGGED"}
+    assert diff["agreements"]["added"] == ["license"]
+    text = render_diff(diff)
+    for expected in (
+        "KH: A tier3 until 2026-02-03, then tier2; B tier3",
+        "HK: A tier3; B tier2 until 2026-03-01, then tier3",
+        "    + AE",
+        "    ~ KH: A member until 2026-02-03, then not a member; B member",
+        "~ controlled: min_training_ops 1e+26 -> 5e+25",
+        "Default outcome: allow ALLOWED -> log ALLOWED_AND_LOGGED",
+        "- origin-worse-than-headquarters: when origin_worse_than_headquarters = true",
+    ):
+        assert expected in text, expected
+
+
+def test_rule_order_changes_are_shown(tmp_path: Path) -> None:
+    path = tmp_path / "reordered.yaml"
+    path.write_text(
+        f"""
+id: reordered
+title: Same rules, the log rule first
+status: hypothetical
+extends: {POLICIES / "aidr-2025-01.yaml"}
+remove_rules: [tier3-controlled]
+rules:
+  - id: tier3-controlled
+    when: {{effective_tier: [tier3], model_tier: [controlled]}}
+    then: {{effect: deny, status: 451, reason: TIER3_CONTROLLED_MODEL}}
+"""
+    )
+    diff = diff_packs(load_pack("aidr-2025-01"), load_pack(path))
+    assert diff["rules"]["added"] == diff["rules"]["removed"] == []
+    assert diff["rules"]["order"]["b"][-1] == "tier3-controlled"
+    assert "order B:" in render_diff(diff)
+
+
+def test_cli_exit_codes_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["diff", "aidr-2025-01", "aidr-2025-01"]) == 0
+    assert "identical" in capsys.readouterr().out
+    assert main(["diff", "aidr-2025-01", "aidr-2025-05-rescinded", "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["format"] == "aidr-gate.diff/1"
+    assert data["a"]["id"] == "aidr-2025-01" and data["b"]["id"] == "aidr-2025-05-rescinded"
+    assert main(["diff", "aidr-2025-01", "strict-hypothetical"]) == 1
+    assert "Rules" in capsys.readouterr().out
+
+
+def test_cli_reports_both_bad_packs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["diff", "nope-a", "nope-b"]) == 2
+    err = capsys.readouterr().err
+    assert "nope-a" in err and "nope-b" in err

@@ -1,0 +1,161 @@
+"""``aidr-gate replay`` from the command line: arguments, outputs, exit codes, progress bar."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from aidr_gate.cli import main
+from aidr_gate.replay.report import ProgressBar
+from replay_support import decide, gate_for, requests, write_trail
+
+COUNT = 1200
+
+
+@pytest.fixture(scope="module")
+def trail_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("cli-trail")
+    gate = gate_for("aidr-2025-01")
+    write_trail(
+        directory,
+        [decide(gate, r) for r in requests(COUNT, seed=21)],
+        max_bytes=500_000,
+        compress=True,
+    )
+    return directory
+
+
+def test_replay_writes_the_summary_json_and_html(
+    trail_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    json_path, html_path = tmp_path / "r.json", tmp_path / "r.html"
+    code = main(
+        [
+            "replay",
+            "--pack",
+            "strict-hypothetical",
+            "--json",
+            str(json_path),
+            "--html",
+            str(html_path),
+            "--no-progress",
+            str(trail_dir),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    report = json.loads(json_path.read_text())
+    assert report["format"] == "aidr-gate.replay/1"
+    assert report["totals"]["lines"] == COUNT
+    assert len(report["files"]) >= 2
+    flips = report["totals"]["flips"]
+    assert flips > 0
+    assert "Replay under strict-hypothetical (hypothetical" in out
+    assert f"Flips: {flips:,} of {report['totals']['replayed']:,} re-decided" in out
+    assert "Top entities affected" in out
+    assert "Chain: intact" in out
+    assert f"HTML report: {html_path}" in out
+    html = html_path.read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    assert "strict-hypothetical" in html and report["pack"]["digest"] in html
+
+
+def test_json_on_stdout_keeps_the_summary_on_stderr(
+    trail_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["replay", "--pack", "aidr-2025-05-rescinded", "--json", "-", str(trail_dir)])
+    captured = capsys.readouterr()
+    assert code == 0
+    report = json.loads(captured.out)
+    assert report["pack"]["id"] == "aidr-2025-05-rescinded"
+    assert "Replay under aidr-2025-05-rescinded" in captured.err
+
+
+def test_fail_on_flips_and_quiet(trail_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = sorted(str(p) for p in trail_dir.iterdir() if p.name.startswith("audit"))
+    assert main(["replay", "--pack", "aidr-2025-01", "--quiet", "--fail-on-flips", *files]) == 0
+    assert (
+        main(["replay", "--pack", "strict-hypothetical", "--quiet", "--fail-on-flips", *files]) == 1
+    )
+    assert capsys.readouterr().out == ""
+
+
+def test_at_and_overrides_on_the_command_line(
+    trail_dir: Path, tmp_path: Path, examples_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "replay",
+            "--pack",
+            "aidr-2025-01",
+            "--at",
+            "2026-06-01",
+            "--registry",
+            str(examples_dir / "entities.yaml"),
+            "--catalog",
+            str(examples_dir / "models.yaml"),
+            "--json",
+            "-",
+            "--quiet",
+            str(trail_dir),
+        ]
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["at"] == "2026-06-01T00:00:00.000Z"
+    assert report["registry"].endswith("entities.yaml")
+    assert report["catalog"].endswith("models.yaml")
+    assert report["totals"]["flips"] > 0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--pack", "no-such-pack"], "no such policy pack"),
+        (["--pack", "aidr-2025-01", "--at", "someday"], "'someday' is not a date"),
+        (["--pack", "aidr-2025-01", "--top", "0"], "must be at least 1"),
+        (["--pack", "aidr-2025-01", "--registry", "/nonexistent/entities.yaml"], "entities.yaml"),
+    ],
+)
+def test_bad_arguments_exit_2_with_every_problem(
+    trail_dir: Path, arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["replay", *arguments, str(trail_dir)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main(["replay", "--pack", "aidr-2025-01", str(tmp_path / "nope.jsonl"), str(empty)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no such file or directory" in err and "holds no audit files" in err
+
+
+def test_forced_progress_bar_draws_on_stderr(
+    trail_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["replay", "--pack", "aidr-2025-01", "--progress", "--quiet", str(trail_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "100%" in err and f"{COUNT:,} records" in err
+    assert err.endswith("\n")
+
+
+def test_progress_bar_is_silent_off_a_terminal() -> None:
+    stream = io.StringIO()
+    bar = ProgressBar(stream)
+    bar.update(10, 10, 5, 1)
+    bar.close()
+    assert stream.getvalue() == ""
+    forced = ProgressBar(stream, enabled=True, interval=3600)
+    forced.update(1, 10, 100, 0)
+    forced.update(2, 10, 200, 0)  # within the interval: not redrawn
+    forced.update(10, 10, 1000, 7)  # 100% is always drawn
+    forced.close()
+    text = stream.getvalue()
+    assert text.count("\r") == 2
+    assert "100% 1,000 records, 7 flips" in text
