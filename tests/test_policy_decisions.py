@@ -351,6 +351,20 @@ CASES: dict[str, Case] = {
     "s/tiny-closed-model-tier2": Case(S, "br-none", "BR", "small", ALLOW, None, OK),
     "s/log-rule-inherited": Case(S, "jp-co", "SG", "small", LOG, None, MISMATCH),
     "s/embargo-inherited": Case(S, "us-lab", "CU", "llama", DENY, 451, EMB),
+    # An unknown model counts as closed weights: rules on closed models cover it (fail closed).
+    "s/unknown-model-behind-vpn": Case(
+        S,
+        "us-lab",
+        "US",
+        "mystery",
+        DENY,
+        451,
+        ("ANONYMIZED_ORIGIN", "MODEL_UNKNOWN"),
+        flags=("vpn",),
+    ),
+    "s/unknown-model-unknown-country": Case(
+        S, "us-lab", None, "mystery", DENY, 451, ("NETWORK_COUNTRY_UNKNOWN", "MODEL_UNKNOWN")
+    ),
     # --- us-embargo-baseline ----------------------------------------------------------------------
     "b/tier3-not-its-business": Case(B, "se-cn", "SE", "frontier", ALLOW, None, OK),
     "b/iran": Case(B, "ir-co", "IR", "frontier", DENY, 451, EMB),
@@ -495,3 +509,18 @@ def test_evaluation_failure_is_a_deny() -> None:
     assert decision.effect is Effect.DENY
     assert decision.reasons == ("POLICY_EVALUATION_FAILED",)
     assert decision.rule == "gate/policy"
+
+
+def test_a_denied_listing_is_marked_as_a_listing() -> None:
+    gate = gate_for(A)
+    denied = gate.decide_listing(identity=Identity("ir-co"), origin=declared_origin("IR"))
+    assert (denied.effect, denied.status, denied.reasons) == (Effect.DENY, 451, EMB)
+    assert denied.rule == "gate/list-models"
+    assert denied.evidence.model_requested is None
+    assert denied.evidence.model_tier_source == "listing"
+    allowed = gate.decide_listing(identity=Identity("br-none"), origin=declared_origin("BR"))
+    assert (allowed.effect, allowed.reasons, allowed.rule) == (
+        Effect.ALLOW,
+        ("MODELS_LISTED",),
+        "gate/list-models",
+    )

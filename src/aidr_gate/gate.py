@@ -35,8 +35,10 @@ from aidr_gate.registry import Entity, EntityRegistry, InMemoryRegistry, load_re
 
 logger = logging.getLogger("aidr_gate")
 
-# The reason an allowed model listing carries (the listing is filtered model by model).
+# The reason an allowed model listing carries (the listing is filtered model by model), and the
+# rule every listing decision names, allowed or denied.
 LISTING_REASON = "MODELS_LISTED"
+LISTING_RULE = "gate/list-models"
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,17 +253,24 @@ class Gate:
                     effect=Effect.ALLOW,
                     status=None,
                     reasons=(LISTING_REASON,),
-                    rule="gate/list-models",
+                    rule=LISTING_RULE,
                     evidence=replace(
                         decision.evidence, model_requested=None, model_tier_source="listing"
                     ),
                 )
-        return self.decide(
+        # Every model is denied: the answer is the first model's deny (its status and reasons),
+        # marked as a listing so audit readers and replay do not take it for a model request.
+        denied = self.decide(
             identity=identity,
             origin=origin,
             model_id=first.id if first else None,
             at=when,
             state=state,
+        )
+        return replace(
+            denied,
+            rule=LISTING_RULE,
+            evidence=replace(denied.evidence, model_requested=None, model_tier_source="listing"),
         )
 
     def refuse(

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from aidr_gate.catalog import Model
+from aidr_gate.catalog import Model, Weights
 from aidr_gate.decision import Outcome, PolicyRef
 from aidr_gate.facts import NO_FLAGS, AnonymizerFlag
 from aidr_gate.policy.pack import Condition, Membership, Pack
@@ -166,7 +166,7 @@ class PolicyEngine:
             notes: list[str] = []
             if _tests_key(rule.when, "agreement") or _tests_key(rule.when, "agreement_valid"):
                 notes.append("agreement")
-            if _tests_key(rule.when, "model_tier"):
+            if _tests_key(rule.when, "model_tier") or _tests_key(rule.when, "model_weights"):
                 notes.append("model")
             self._rules.append((compile_condition(rule.when), rule.outcome, tuple(notes)))
         self._model_tiers = pack.model_tiers
@@ -261,7 +261,9 @@ class PolicyEngine:
             anonymizer,
             tier,
             model is not None,
-            model.weights if model is not None else None,  # a StrEnum: equal to its value
+            # A StrEnum, equal to its value. An unknown model counts as closed weights: a rule on
+            # closed models must not let in a model nobody has vouched for (fail closed).
+            model.weights if model is not None else Weights.CLOSED,
             state,
             entity is not None,
             entity is not None and entity.denied,
