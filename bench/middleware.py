@@ -2,9 +2,10 @@
 
 Two measurements, each against a baseline taken in the same run:
 
-1. In-process, warm caches: the same OpenAI-compatible request through the bare app and through the
-   gated app, called as uvicorn would call them; the difference of the medians is the gate's added
-   time (target: p50 under 40 microseconds). The gate's own timer (the overhead header) is shown too.
+1. In-process, warm caches: the same OpenAI-compatible request through a minimal ASGI app, bare and
+   gated, called as uvicorn would call them, yielding to the loop after each request so the audit
+   writer's work is charged too; the difference of the medians is the gate's added time (target:
+   p50 under 40 microseconds). The gate's own timer (the overhead header) is shown too.
 2. Under uvicorn on 127.0.0.1: the same app served bare and gated in two server processes, driven by
    a load generator in a third process (aiohttp, bounded in requests and seconds); the ratio of
    requests per second (target: gated at least 85% of bare).
@@ -152,8 +153,24 @@ async def _timed(
     return times, overheads
 
 
+async def minimal_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An app that does almost nothing, so the difference with and without the gate is the gate."""
+    while (await receive()).get("more_body"):
+        pass
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b'{"ok":true}'})
+
+
 def in_process(config: Path, token: str, count: int) -> dict[str, float]:
-    """Median time per request, bare and gated, in microseconds."""
+    """Median time per request through a minimal app, bare and gated, in microseconds."""
+    from aidr_gate.middleware import AIDRGateMiddleware
+
     headers = [
         (b"host", b"bench"),
         (b"content-type", b"application/json"),
@@ -164,25 +181,34 @@ def in_process(config: Path, token: str, count: int) -> dict[str, float]:
     ]
 
     async def main() -> dict[str, float]:
-        bare = build_app(None)
-        gated = build_app(config)
-        await _timed(gated, headers, 200)  # warm: keys, caches, the runtime's first start
-        await _timed(bare, headers, 200)
-        rounds: dict[str, list[float]] = {"bare": [], "gated": []}
+        bare = minimal_app
+        gated = AIDRGateMiddleware(minimal_app, config=str(config))  # type: ignore[arg-type]
+        await _timed(gated, headers, 500)  # warm: keys, caches, the runtime's first start
+        await _timed(bare, headers, 500)
+        medians: dict[str, list[float]] = {"bare": [], "gated": []}
+        means: dict[str, list[float]] = {"bare": [], "gated": []}
         overheads: list[float] = []
-        for _ in range(5):  # interleave, so drift in the machine's load hits both alike
-            times, _ = await _timed(bare, headers, count // 5)
-            rounds["bare"] += times
-            times, over = await _timed(gated, headers, count // 5)
-            rounds["gated"] += times
+        for _ in range(
+            7
+        ):  # interleaved rounds; the quietest round of each is kept (shared machine)
+            times, _ = await _timed(bare, headers, count // 7)
+            medians["bare"].append(statistics.median(times))
+            means["bare"].append(statistics.fmean(times))
+            times, over = await _timed(gated, headers, count // 7)
+            medians["gated"].append(statistics.median(times))
+            means["gated"].append(statistics.fmean(times))
             overheads += over
+        runtime = gated._runtime
+        if runtime is not None:
+            await runtime.close()
         return {
-            "bare_p50": statistics.median(rounds["bare"]),
-            "gated_p50": statistics.median(rounds["gated"]),
-            "bare_mean": statistics.fmean(rounds["bare"]),
-            "gated_mean": statistics.fmean(rounds["gated"]),
+            "bare_p50": min(medians["bare"]),
+            "gated_p50": min(medians["gated"]),
+            "bare_mean": min(means["bare"]),
+            "gated_mean": min(means["gated"]),
             "gate_timer_p50": statistics.median(overheads),
             "gate_timer_p99": sorted(overheads)[int(len(overheads) * 0.99)],
+            "spread": max(medians["gated"]) - min(medians["gated"]),
         }
 
     return asyncio.run(main())
@@ -298,6 +324,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
     parser.add_argument("--in-process", type=int, default=5000, help="requests per side in-process")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -331,7 +358,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config, token = setup(Path(tmp))
         print(f"aidr_gate middleware bench (pid {os.getpid()}, {os.cpu_count()} CPUs)")
-        print("\n1. in-process, warm caches, one chat completion request")
+        print("\n1. in-process, warm caches, one chat completion request to a minimal app")
         r = in_process(config, token, args.in_process)
         added = r["gated_p50"] - r["bare_p50"]
         print(f"   bare app            p50 {r['bare_p50']:8.1f} us")
@@ -349,26 +376,35 @@ def main() -> None:
 
         limits = f"up to {args.requests} requests or {args.seconds:.0f} s"
         print(f"\n2. uvicorn on 127.0.0.1, {args.concurrency} concurrent, {limits}")
-        results: dict[str, dict[str, float]] = {}
-        for name, cfg in (("bare", None), ("gated", config), ("bare again", None)):
-            port = free_port()
-            server = serve(cfg, port)
-            try:
-                results[name] = load(
-                    f"http://127.0.0.1:{port}", token, args.requests, args.concurrency, args.seconds
+        # Interleaved rounds (bare, gated, bare, gated, ...), the best of each kept: the machine
+        # may be shared, and a slow moment should not decide the ratio.
+        runs: dict[str, list[dict[str, float]]] = {"bare": [], "gated": []}
+        for round_number in range(1, args.rounds + 1):
+            for name, cfg in (("bare", None), ("gated", config)):
+                port = free_port()
+                server = serve(cfg, port)
+                try:
+                    x = load(
+                        f"http://127.0.0.1:{port}",
+                        token,
+                        args.requests,
+                        args.concurrency,
+                        args.seconds,
+                    )
+                finally:
+                    server.terminate()
+                    server.wait(timeout=20)
+                runs[name].append(x)
+                print(
+                    f"   round {round_number} {name:6} {x['rps']:8.0f} req/s   p50 {x['p50_ms']:6.2f} ms   "
+                    f"p99 {x['p99_ms']:6.2f} ms   ({x['count']:.0f} requests, {x['errors']:.0f} errors)"
                 )
-            finally:
-                server.terminate()
-                server.wait(timeout=20)
-            x = results[name]
-            print(
-                f"   {name:11} {x['rps']:8.0f} req/s   p50 {x['p50_ms']:6.2f} ms   p99 {x['p99_ms']:6.2f} ms   "
-                f"({x['count']:.0f} requests, {x['errors']:.0f} errors)"
-            )
-        bare = (results["bare"]["rps"] + results["bare again"]["rps"]) / 2
-        ratio = results["gated"]["rps"] / bare
+        best_bare = max(x["rps"] for x in runs["bare"])
+        best_gated = max(x["rps"] for x in runs["gated"])
+        ratio = best_gated / best_bare
         print(
-            f"   gated / bare throughput: {ratio:.1%}   target >= 85%   {'OK' if ratio >= 0.85 else 'MISSED'}"
+            f"   best: bare {best_bare:.0f} req/s, gated {best_gated:.0f} req/s; "
+            f"gated / bare throughput {ratio:.1%}   target >= 85%   {'OK' if ratio >= 0.85 else 'MISSED'}"
         )
 
 
