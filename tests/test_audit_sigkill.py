@@ -2,7 +2,7 @@
 
 The serving process is uvicorn running a tiny ASGI app that decides with the real ``Gate`` and
 awaits ``AuditTrail.submit`` (``fsync: always``) before sending the response body, which is what
-the middleware will do. (Switch this test to the real middleware once it exists.)
+the middleware does; tests/test_middleware_sigkill.py does the same through the real middleware.
 """
 
 from __future__ import annotations
