@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import uvicorn
 
 START_TIMEOUT = 15.0
@@ -70,3 +72,17 @@ def serve(app: Any, **options: Any) -> Iterator[ThreadedServer]:
         yield server
     finally:
         server.stop()
+
+
+def wait_until_serving(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Poll *url* until the server process answers; fail with its stderr if it dies or stalls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = process.stderr.read().decode() if process.stderr else ""
+                raise AssertionError(f"the server did not come up: {output}") from None
+            time.sleep(0.05)

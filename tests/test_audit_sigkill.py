@@ -20,6 +20,7 @@ import orjson
 
 from aidr_gate.audit import AuditTrail, verify_files
 from audit_support import audit_files, event, file_config, free_port, records
+from servers import wait_until_serving
 
 APP = """
 from __future__ import annotations
@@ -154,16 +155,7 @@ def test_sigkill_under_load_loses_no_answered_request(tmp_path: Path) -> None:
     )
     answered: list[str] = []
     try:
-        ready = time.monotonic() + 20
-        while True:
-            try:
-                httpx.post(f"http://127.0.0.1:{port}/ready", timeout=1)
-                break
-            except httpx.HTTPError:
-                if server.poll() is not None or time.monotonic() > ready:
-                    output = server.stderr.read().decode() if server.stderr else ""
-                    raise AssertionError(output) from None
-                time.sleep(0.05)
+        wait_until_serving(f"http://127.0.0.1:{port}/ready", server)
 
         async def run() -> None:
             deadline = time.monotonic() + 4.0

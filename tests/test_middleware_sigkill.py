@@ -21,7 +21,7 @@ import orjson
 
 from aidr_gate.audit import verify_files
 from gate_env import IP, GateEnv, make_gate_env
-from servers import free_port
+from servers import free_port, wait_until_serving
 
 SERVER = """
 import sys
@@ -80,16 +80,7 @@ def test_sigkill_through_the_middleware_loses_no_answered_request(tmp_path: Path
     )
     answered: list[tuple[str, int]] = []
     try:
-        ready = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                if server.poll() is not None or time.monotonic() > ready:
-                    output = server.stderr.read().decode() if server.stderr else ""
-                    raise AssertionError(output) from None
-                time.sleep(0.05)
+        wait_until_serving(f"http://127.0.0.1:{port}/health", server)
 
         async def run() -> None:
             deadline = time.monotonic() + 6.0
