@@ -175,7 +175,7 @@ class Gate:
     ) -> Decision:
         entity_id = identity.entity_id if identity is not None else None
         entity = state.registry.get(entity_id) if entity_id else None
-        headquarters, parent, source, disagree = _jurisdiction_of(entity, identity)
+        headquarters, parent, source, disagree = jurisdiction_of(entity, identity)
         model = state.catalog.get(model_id) if model_id else None
         anonymizer = origin.anonymizer if origin is not None else NO_FLAGS
         verdict = state.engine.evaluate(
@@ -324,7 +324,7 @@ class Gate:
         state = self._state
         entity_id = identity.entity_id if identity is not None else None
         entity = state.registry.get(entity_id) if entity_id else None
-        headquarters, parent, _, _ = _jurisdiction_of(entity, identity)
+        headquarters, parent, _, _ = jurisdiction_of(entity, identity)
         return state.engine.evaluate(
             entity=entity,
             headquarters=headquarters,
@@ -346,7 +346,7 @@ class Gate:
                 yield model
 
 
-def _jurisdiction_of(
+def jurisdiction_of(
     entity: Entity | None, identity: Identity | None
 ) -> tuple[str | None, str | None, str, tuple[str, ...]]:
     """Headquarters and parent countries: the registry wins over token claims; note disagreements."""

@@ -22,7 +22,7 @@ from aidr_gate.audit.record import SCHEMA_VERSION
 from aidr_gate.catalog import Model, ModelCatalog, Weights
 from aidr_gate.document import parse_instant
 from aidr_gate.facts import AnonymizerFlag, Identity
-from aidr_gate.gate import LISTING_REASON, _jurisdiction_of
+from aidr_gate.gate import LISTING_REASON, jurisdiction_of
 from aidr_gate.registry import Agreement, AgreementStatus, Entity, EntityRegistry
 
 # Where the ``aidr`` tree starts in a rendered line: ECS puts it last before the chain member,
@@ -369,7 +369,7 @@ def _registry_entity(
         )
     entity = registry.get(entity_id) if entity_id else None
     # The gate's own rule: the registry wins over token claims.
-    headquarters, parent, _, _ = _jurisdiction_of(entity, claimed)
+    headquarters, parent, _, _ = jurisdiction_of(entity, claimed)
     return entity, headquarters, parent, entity_id or "(no entity)"
 
 

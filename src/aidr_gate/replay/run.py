@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from aidr_gate.audit.verify import Finding
 from aidr_gate.catalog import ModelCatalog
 from aidr_gate.decision import Effect
+from aidr_gate.gate import LISTING_RULE
 from aidr_gate.policy.engine import PolicyEngine
 from aidr_gate.policy.pack import Pack
 from aidr_gate.registry import EntityRegistry
@@ -52,7 +53,7 @@ UNKNOWN = "(unknown)"
 NONE = "(none)"
 MAX_LISTED = 1000  # records listed one by one (cannot-decide); the counts are always complete
 PROGRESS_EVERY = 8192  # records between progress reports
-LISTING_RULE = "gate/list-models"
+
 
 # (kind, entity, country, effective tier, model, old model tier, new model tier, old reason,
 #  new reason): one row of the flips table.
