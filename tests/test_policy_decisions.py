@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cache
 
@@ -12,6 +13,7 @@ from aidr_gate.decision import Decision, Effect
 from aidr_gate.document import parse_instant
 from aidr_gate.facts import AnonymizerFlag, Identity, declared_origin
 from aidr_gate.gate import Gate, state_for
+from aidr_gate.policy.engine import PolicyEngine, Verdict
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.registry import Agreement, AgreementStatus, Entity
 
@@ -524,3 +526,20 @@ def test_a_denied_listing_is_marked_as_a_listing() -> None:
         ("MODELS_LISTED",),
         "gate/list-models",
     )
+
+
+def test_a_listing_whose_decision_fails_is_denied() -> None:
+    """Deciding the listing raises (here: the shadow pack): fail closed, never 'listed'."""
+
+    class Exploding(PolicyEngine):
+        """An engine whose evaluation raises."""
+
+        def evaluate(self, **kwargs: object) -> Verdict:
+            raise RuntimeError("shadow pack exploded")
+
+    state = state_for(load_pack(A), entities=ENTITIES, models=MODELS)
+    gate = Gate(dataclasses.replace(state, shadow=Exploding(load_pack(R))))
+    decision = gate.decide_listing(identity=Identity("br-none"), origin=declared_origin("BR"))
+    assert decision.effect is Effect.DENY
+    assert decision.reasons == ("POLICY_EVALUATION_FAILED",)
+    assert decision.rule == "gate/list-models"

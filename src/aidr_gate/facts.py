@@ -118,12 +118,3 @@ def declared_origin(
         country_source=CountrySource.DECLARED if country else CountrySource.NONE,
         anonymizer=anonymizer,
     )
-
-
-class RequestFacts(msgspec.Struct, frozen=True, gc=False):
-    """Everything the gate decides one request on, once the stages have run."""
-
-    identity: Identity | None
-    origin: Origin
-    model_id: str | None
-    at: float  # evaluation time, seconds since the epoch (UTC)

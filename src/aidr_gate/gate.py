@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from msgspec.structs import replace
@@ -28,7 +28,7 @@ from aidr_gate.decision import (
     ShadowResult,
 )
 from aidr_gate.errors import AidrGateError, ConfigError, PolicyEvaluationError, Problem
-from aidr_gate.facts import NO_FLAGS, Identity, Origin
+from aidr_gate.facts import Identity, Origin
 from aidr_gate.policy.engine import PolicyEngine, Verdict
 from aidr_gate.policy.pack import Pack, load_pack
 from aidr_gate.registry import Entity, EntityRegistry, InMemoryRegistry, load_registry
@@ -50,7 +50,6 @@ class GateState:
     catalog: ModelCatalog
     mode: Mode = Mode.ENFORCE
     shadow: PolicyEngine | None = None
-    loaded_at: float = field(default_factory=time.time)
 
     @property
     def pack(self) -> Pack:
@@ -177,27 +176,23 @@ class Gate:
         entity = state.registry.get(entity_id) if entity_id else None
         headquarters, parent, source, disagree = jurisdiction_of(entity, identity)
         model = state.catalog.get(model_id) if model_id else None
-        anonymizer = origin.anonymizer if origin is not None else NO_FLAGS
-        verdict = state.engine.evaluate(
-            entity=entity,
-            headquarters=headquarters,
-            parent=parent,
-            model=model,
-            network_country=origin.country,
-            anonymizer=anonymizer,
-            at=at,
-        )
-        shadow = None
-        if state.shadow is not None:
-            other = state.shadow.evaluate(
+
+        def evaluate(engine: PolicyEngine) -> Verdict:
+            # One argument list for the enforced pack and the shadow pack alike.
+            return engine.evaluate(
                 entity=entity,
                 headquarters=headquarters,
                 parent=parent,
                 model=model,
                 network_country=origin.country,
-                anonymizer=anonymizer,
+                anonymizer=origin.anonymizer,
                 at=at,
             )
+
+        verdict = evaluate(state.engine)
+        shadow = None
+        if state.shadow is not None:
+            other = evaluate(state.shadow)
             shadow = ShadowResult(
                 outcome=other.outcome,
                 policy=other.policy,
@@ -240,37 +235,29 @@ class Gate:
         """
         state = self._state
         when = self._clock() if at is None else at
-        first: Model | None = None
-        for model in state.catalog:
-            first = first or model
-            verdict = self.verdict(identity=identity, origin=origin, model=model, at=when)
-            if verdict.outcome.effect is not Effect.DENY:
-                decision = self.decide(
-                    identity=identity, origin=origin, model_id=model.id, at=when, state=state
-                )
-                return replace(
-                    decision,
-                    effect=Effect.ALLOW,
-                    status=None,
-                    reasons=(LISTING_REASON,),
-                    rule=LISTING_RULE,
-                    evidence=replace(
-                        decision.evidence, model_requested=None, model_tier_source="listing"
-                    ),
-                )
-        # Every model is denied: the answer is the first model's deny (its status and reasons),
-        # marked as a listing so audit readers and replay do not take it for a model request.
-        denied = self.decide(
+        allowed = next(
+            self.allowed_models(identity=identity, origin=origin, at=when, state=state), None
+        )
+        first = next(iter(state.catalog), None)
+        model = allowed or first
+        decision = self.decide(
             identity=identity,
             origin=origin,
-            model_id=first.id if first else None,
+            model_id=model.id if model else None,
             at=when,
             state=state,
         )
+        if allowed is not None and decision.effect is not Effect.DENY:
+            decision = replace(
+                decision, effect=Effect.ALLOW, status=None, reasons=(LISTING_REASON,)
+            )
+        # Either way the record is marked as a listing, so audit readers and replay do not take
+        # it for a request for that one model. A deny keeps its own status and reasons: when every
+        # model is denied, the first one's; when deciding failed, the failure (fail closed).
         return replace(
-            denied,
+            decision,
             rule=LISTING_RULE,
-            evidence=replace(denied.evidence, model_requested=None, model_tier_source="listing"),
+            evidence=replace(decision.evidence, model_requested=None, model_tier_source="listing"),
         )
 
     def refuse(
@@ -319,9 +306,10 @@ class Gate:
         origin: Origin,
         model: Model | None,
         at: float | None = None,
+        state: GateState | None = None,
     ) -> Verdict:
         """The enforced pack's verdict for one model, without minting a decision (model listing)."""
-        state = self._state
+        state = state or self._state
         entity_id = identity.entity_id if identity is not None else None
         entity = state.registry.get(entity_id) if entity_id else None
         headquarters, parent, _, _ = jurisdiction_of(entity, identity)
@@ -336,12 +324,20 @@ class Gate:
         )
 
     def allowed_models(
-        self, *, identity: Identity | None, origin: Origin, at: float | None = None
+        self,
+        *,
+        identity: Identity | None,
+        origin: Origin,
+        at: float | None = None,
+        state: GateState | None = None,
     ) -> Iterator[Model]:
         """The catalogue's models this caller may use now, under the enforced pack."""
+        state = state or self._state
         when = self._clock() if at is None else at
-        for model in self._state.catalog:
-            verdict = self.verdict(identity=identity, origin=origin, model=model, at=when)
+        for model in state.catalog:
+            verdict = self.verdict(
+                identity=identity, origin=origin, model=model, at=when, state=state
+            )
             if verdict.outcome.effect is not Effect.DENY:
                 yield model
 
