@@ -277,12 +277,31 @@ def test_one_run_lists_every_problem(tmp_path: Path) -> None:
     }
 
 
-def test_http_jwks_url_is_allowed_only_to_loopback(tmp_path: Path) -> None:
-    section = (
-        "identity:\n  issuer: x\n  audience: y\n  algorithms: [ES256]\n"
-        "  jwks_url: http://127.0.0.1:8080/jwks\n"
-    )
-    assert parse_identity_config(_gate_config(tmp_path, section)).jwks_url is not None
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("http://127.0.0.1:8080/jwks", True),
+        ("http://127.8.9.10/jwks", True),
+        ("http://localhost:8080/jwks", True),
+        ("http://[::1]:8080/jwks", True),
+        ("http://[::ffff:127.0.0.1]/jwks", True),
+        ("https://idp.example/jwks", True),
+        # A name that merely starts with "127." is any host on the internet.
+        ("http://127.evil.example/jwks", False),
+        ("http://127.0.0.1.nip.io/jwks", False),
+        ("http://127.0.0.1.evil.example:8080/jwks", False),
+        ("http://10.0.0.1/jwks", False),
+        ("http://localhost.evil.example/jwks", False),
+    ],
+)
+def test_http_jwks_url_is_allowed_only_to_loopback(tmp_path: Path, url: str, allowed: bool) -> None:
+    section = f"identity:\n  issuer: x\n  audience: y\n  algorithms: [ES256]\n  jwks_url: {url}\n"
+    if allowed:
+        assert parse_identity_config(_gate_config(tmp_path, section)).jwks_url == url
+    else:
+        with pytest.raises(ConfigError) as caught:
+            parse_identity_config(_gate_config(tmp_path, section))
+        assert [p.path for p in caught.value.problems] == ["identity.jwks_url"]
 
 
 # --- the Authorization header --------------------------------------------------------------------

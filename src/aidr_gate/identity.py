@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from msgspec.structs import replace
 
+from aidr_gate.client_ip import normalize_ip
 from aidr_gate.config import GateConfig
 from aidr_gate.countries import normalize_country
 from aidr_gate.document import Checker, Document, join
@@ -98,7 +99,6 @@ _KEYS = (
     "max_jwks_bytes",
     "reload_interval",
 )
-_LOOPBACK_HOSTS = ("localhost", "::1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +271,11 @@ def _url(check: Checker, value: Any, path: str) -> str | None:
     if not host:
         check.error(path, f"{text!r} has no host")
         return None
-    loopback = host in _LOOPBACK_HOSTS or host.startswith("127.")
+    if host == "localhost":
+        loopback = True
+    else:  # an address, never a name that merely starts like one (127.0.0.1.nip.io)
+        address = normalize_ip(host)
+        loopback = address is not None and address.is_loopback
     if parts.scheme == "https" or (parts.scheme == "http" and loopback):
         return text
     check.error(path, "must be an https:// URL (plain http only to a loopback address)")
