@@ -465,3 +465,48 @@ def test_tokens_never_reach_the_audit_file(tmp_path: Path) -> None:
     assert token not in text
     assert token.split(".")[2] not in text  # not even the signature
     assert json.loads(text.splitlines()[0])["user"]["id"] == "lab-us"
+
+
+def test_repeated_authorization_or_model_headers_are_refused(tmp_path: Path) -> None:
+    env = make_gate_env(tmp_path, middleware="middleware:\n  model_header: x-model-id\n")
+    good = f"Bearer {env.token('lab-us')}"
+    bad = f"Bearer {env.token('pars-ir')}"
+
+    async def scenario(client: httpx.AsyncClient, runtime: Runtime) -> None:
+        # Two tokens: the gate must not check one while the app reads the other.
+        twice = await client.post(
+            "/v1/chat/completions",
+            json=chat("llama-3.1-405b"),
+            headers=[
+                ("authorization", good),
+                ("authorization", bad),
+                ("x-forwarded-for", IP["US"]),
+            ],
+        )
+        assert twice.status_code == 401
+        assert twice.json()["error"]["code"] == "TOKEN_MALFORMED"
+        models = await client.post(
+            "/v1/embeddings",
+            json={"model": "embed-small", "input": "x"},
+            headers=[
+                ("authorization", good),
+                ("x-forwarded-for", IP["US"]),
+                ("x-model-id", "embed-small"),
+                ("x-model-id", "aurora-frontier"),
+            ],
+        )
+        assert models.status_code == 400
+        assert models.json()["error"]["code"] == "MODEL_MISSING"
+
+    run_in_process(env, scenario)
+
+
+def test_dry_run_leaves_the_model_listing_alone(tmp_path: Path) -> None:
+    env = make_gate_env(tmp_path, mode="dry-run")
+
+    async def scenario(client: httpx.AsyncClient, runtime: Runtime) -> None:
+        listing = await client.get("/v1/models", headers=headers_for(env, "andes-br", "BR"))
+        assert listing.status_code == 200
+        assert "aurora-frontier" in {m["id"] for m in listing.json()["data"]}
+
+    run_in_process(env, scenario)

@@ -28,12 +28,13 @@ from aidr_gate.errors import (
     RequestError,
 )
 from aidr_gate.facts import Identity, Origin
+from aidr_gate.identity import authorization_header
 from aidr_gate.model_id import (
     BufferedBody,
-    header_value,
     model_from_json,
     read_body,
     replay,
+    single_header_value,
     valid_model_id,
 )
 from aidr_gate.responses import error_body, error_headers
@@ -192,7 +193,12 @@ class AIDRGateMiddleware:
                 await send(message)
 
             app_send: Send = send_wrapper
-            if method == "GET" and path in settings.list_models_paths:
+            # Filtering a listing is enforcement: dry-run shows the app's listing unchanged.
+            if (
+                decision.mode is Mode.ENFORCE
+                and method == "GET"
+                and path in settings.list_models_paths
+            ):
                 app_send = self._listing_filter(runtime, decision, send_wrapper)
             app_started = time.perf_counter()
             await self.app(scope, app_receive, app_send)
@@ -223,23 +229,26 @@ class AIDRGateMiddleware:
         body: BufferedBody | None = None
         try:
             origin = runtime.origin.resolve(_peer(scope), headers)
+            error: AidrGateError | None = None
             if models.header is not None:
-                raw = header_value(headers, models.header)
-                if raw is not None:
-                    model_id = _model_from_header(raw)
+                try:
+                    raw = single_header_value(headers, models.header)
+                except RequestError as exc:
+                    error = exc
+                else:
+                    if raw is not None:
+                        model_id = _model_from_header(raw)
             if model_id is None:
                 model_id = models.from_path(path)
-            error: AidrGateError | None = None
-            if model_id is None and models.wants_body(method, path):
+            if model_id is None and error is None and models.wants_body(method, path):
                 body = await read_body(receive, models.max_body_bytes)
                 try:
                     model_id = model_from_json(body, models.max_body_bytes)
                 except RequestError as exc:
                     error = exc
             try:
-                identity = await runtime.identity.authenticate(
-                    header_value(headers, b"authorization")
-                )
+                # Two Authorization headers are refused: the app might read the other one.
+                identity = await runtime.identity.authenticate(authorization_header(headers))
             except IdentityError as exc:
                 error = exc  # who is calling comes first: a 401 outranks a bad body
             if error is None and not runtime.audit_accepting:

@@ -190,9 +190,13 @@ def model_from_json(body: BufferedBody, limit: int) -> str:
     return valid
 
 
-def header_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The first value of a header (names are lower-case in ASGI)."""
+def single_header_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of a header that names the model; a repeated one is ambiguous and refused (the
+    gate and the app could each read a different one)."""
+    found: bytes | None = None
     for key, value in headers:
         if key == name:
-            return value
-    return None
+            if found is not None:
+                raise ModelMissing(f"more than one {name.decode('latin-1')} header")
+            found = value
+    return found
