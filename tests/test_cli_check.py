@@ -311,3 +311,35 @@ def test_check_reads_the_token_from_stdin(
 def test_check_refuses_country_and_ip_together(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--country", "US", "--ip", "8.8.8.8"]) == EXIT_USAGE
     assert "--country" in capsys.readouterr().err
+
+
+
+def test_exit_codes_live_in_one_module() -> None:
+    from aidr_gate import cli
+    from aidr_gate.cli import exit as exit_codes
+
+    assert (cli.EXIT_OK, cli.EXIT_DENY, cli.EXIT_USAGE, cli.EXIT_LOG) == (
+        exit_codes.EXIT_OK,
+        exit_codes.EXIT_DENY,
+        exit_codes.EXIT_USAGE,
+        exit_codes.EXIT_LOG,
+    )
+
+
+def test_a_closed_stdout_pipe_ends_quietly() -> None:
+    """``aidr-gate packs | head -1``: the reader leaves early; no traceback, no noise."""
+    env = {k: v for k, v in os.environ.items() if k != "AIDR_GATE_CONFIG"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aidr_gate", "packs"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    code = proc.wait(timeout=60)
+    assert "BrokenPipeError" not in err and "Traceback" not in err, err
+    assert err == ""
+    assert code == 141  # 128 + SIGPIPE, what a shell reports for a reader that left

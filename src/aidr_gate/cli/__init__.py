@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 
 from aidr_gate.cli import audit, check, demo, diff, packs, replay, serve, validate
+from aidr_gate.cli.exit import EXIT_BROKEN_PIPE
+from aidr_gate.cli.exit import EXIT_DENY as EXIT_DENY  # re-exported: shared by every subcommand
+from aidr_gate.cli.exit import EXIT_LOG as EXIT_LOG
+from aidr_gate.cli.exit import EXIT_OK as EXIT_OK
+from aidr_gate.cli.exit import EXIT_USAGE as EXIT_USAGE
 from aidr_gate.errors import ConfigError
-
-# Exit codes shared by every subcommand.
-EXIT_OK = 0
-EXIT_DENY = 1
-EXIT_USAGE = 2
-EXIT_LOG = 3
 
 COMMANDS: tuple[ModuleType, ...] = (
     demo,
@@ -52,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         result: int = args.run(args)
+        sys.stdout.flush()  # a reader that left early shows up here, not at interpreter exit
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except ConfigError as exc:
         print("aidr-gate: configuration problems:", file=sys.stderr)
         for problem in exc.problems:
@@ -60,6 +64,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return result
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail a second time."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a non-file (tests capture it)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from aidr_gate.cli.exit import EXIT_DENY, EXIT_LOG, EXIT_OK
 from aidr_gate.config import load_config
 from aidr_gate.countries import normalize_country
 from aidr_gate.decision import Decision, Effect
@@ -150,5 +151,5 @@ def _print(decision: Decision, *, compact: bool) -> int:
     json.dump(decision.to_dict(), sys.stdout, indent=None if compact else 2)
     sys.stdout.write("\n")
     if decision.effect is Effect.DENY:
-        return 1
-    return 3 if decision.effect is Effect.LOG else 0
+        return EXIT_DENY
+    return EXIT_LOG if decision.effect is Effect.LOG else EXIT_OK
