@@ -313,6 +313,43 @@ def test_check_refuses_country_and_ip_together(capsys: pytest.CaptureFixture[str
     assert "--country" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        # "What if this address were behind a VPN?" must not quietly answer for the bare address.
+        (["--ip", "8.8.8.8", "--anonymizer", "vpn"], "--anonymizer"),
+        (["--peer", "127.0.0.1", "--anonymizer", "tor"], "--anonymizer"),
+        (["--header", "X-Forwarded-For: 8.8.8.8", "--anonymizer", "vpn"], "--anonymizer"),
+        # Claimed countries belong to an entity: without one they would be ignored.
+        (["--claimed-headquarters", "US", "--country", "US"], "--claimed-headquarters"),
+        (["--claimed-parent", "CN", "--country", "US"], "--claimed-parent"),
+    ],
+)
+def test_check_refuses_flags_it_would_ignore(
+    capsys: pytest.CaptureFixture[str], args: list[str], flag: str
+) -> None:
+    assert main(["check", "--model", "aurora-frontier", *args]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "configuration problems" in err and flag in err
+
+
+def test_check_anonymizer_with_a_declared_country_still_counts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, decision = run_check(
+        capsys,
+        "--entity",
+        "lab-us",
+        "--country",
+        "US",
+        "--anonymizer",
+        "vpn",
+        "--model",
+        "aurora-frontier",
+    )
+    assert code == EXIT_DENY
+    assert decision["reasons"] == ["ANONYMIZED_ORIGIN"]
+
 
 def test_exit_codes_live_in_one_module() -> None:
     from aidr_gate import cli

@@ -37,10 +37,10 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument("--entity", help="entity id, as the token's entity claim would give it")
     parser.add_argument(
-        "--claimed-headquarters", metavar="CC", help="headquarters country claimed by the token"
+        "--claimed-headquarters", metavar="CC", help="headquarters country the --entity claims"
     )
     parser.add_argument(
-        "--claimed-parent", metavar="CC", help="ultimate parent's country claimed by the token"
+        "--claimed-parent", metavar="CC", help="ultimate parent's country the --entity claims"
     )
     parser.add_argument(
         "--token",
@@ -65,7 +65,7 @@ def add_parser(sub: Any) -> None:
         action="append",
         default=[],
         choices=[f.value for f in AnonymizerFlag],
-        help="an anonymizer flag of the client address (repeatable)",
+        help="an anonymizer flag of the --country address (repeatable)",
     )
     parser.add_argument("--model", help="model id as the request names it")
     parser.add_argument("--at", help="evaluation time, a date or ISO 8601 date-time (default: now)")
@@ -87,6 +87,38 @@ def _country(value: str | None, flag: str) -> str | None:
     return code
 
 
+def _refuse_ignored_flags(args: argparse.Namespace) -> None:
+    """Refuse flag combinations where one flag would be silently ignored."""
+    resolved = args.ip or args.peer or args.header
+    if args.country and resolved:
+        raise ConfigError(
+            Problem("<command line>", "--country", "give either --country or --ip/--peer/--header")
+        )
+    if args.anonymizer and resolved:
+        raise ConfigError(
+            Problem(
+                "<command line>",
+                "--anonymizer",
+                "the anonymizer flags of --ip/--peer/--header come from the configured data: "
+                "give --anonymizer with --country instead",
+            )
+        )
+    if args.token and (args.entity or args.claimed_headquarters or args.claimed_parent):
+        raise ConfigError(
+            Problem(
+                "<command line>", "--token", "the token names the entity: drop --entity/--claimed-*"
+            )
+        )
+    for flag, value in (
+        ("--claimed-headquarters", args.claimed_headquarters),
+        ("--claimed-parent", args.claimed_parent),
+    ):
+        if value and not args.entity:
+            raise ConfigError(
+                Problem("<command line>", flag, "a claimed country needs the --entity it is for")
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``check``."""
     config = load_config(args.config)
@@ -106,16 +138,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 Problem("<command line>", "--at", f"{args.at!r} is not a date or ISO 8601 time")
             )
-    if args.country and (args.ip or args.peer or args.header):
-        raise ConfigError(
-            Problem("<command line>", "--country", "give either --country or --ip/--peer/--header")
-        )
-    if args.token and (args.entity or args.claimed_headquarters or args.claimed_parent):
-        raise ConfigError(
-            Problem(
-                "<command line>", "--token", "the token names the entity: drop --entity/--claimed-*"
-            )
-        )
+    _refuse_ignored_flags(args)
     if args.ip or args.peer or args.header:
         origin = origin_resolver_for(config).resolve_for_check(
             ip=args.ip, peer=args.peer, header_lines=args.header
