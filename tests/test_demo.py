@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from aidr_gate.audit import verify_files
-from aidr_gate.demo.tour import ROWS
+from aidr_gate.audit.config import audit_config
+from aidr_gate.config import load_config
+from aidr_gate.demo.tour import ROWS, write_setup
 from sidecar_support import run_cli
 
 # What each row's decision column must say: the demo's whole point.
@@ -113,3 +118,30 @@ def test_the_offline_hook_catches_a_connection(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "demo tried to reach '192.0.2.1'" in result.stderr
+
+
+def test_demo_keeps_its_files_under_a_relative_directory(tmp_path: Path) -> None:
+    """``--keep run`` from some working directory: the audit records land in ``run/audit``."""
+    env = {k: v for k, v in os.environ.items() if k != "AIDR_GATE_CONFIG"}
+    result = subprocess.run(
+        [sys.executable, "-m", "aidr_gate", "demo", "--keep", "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    check_output(result.stdout, tmp_path / "run" / "audit")
+
+
+def test_setup_under_a_relative_root_loads_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    config_path, _ = write_setup(Path("run"))
+    monkeypatch.chdir("/")
+    audit = audit_config(load_config(str(tmp_path / config_path)))
+    assert audit.directory == tmp_path / "run" / "audit"

@@ -128,7 +128,12 @@ def token(
 
 
 def write_setup(root: Path, *, fsync: str = "always") -> tuple[Path, ed25519.Ed25519PrivateKey]:
-    """A fresh signing key, its JWKS, and the demo configuration under *root* (also the bench's)."""
+    """A fresh signing key, its JWKS, and the demo configuration under *root* (also the bench's).
+
+    The configuration names absolute paths: the loader resolves relative ones against the file's
+    own directory, not the working directory a relative *root* was given in.
+    """
+    root = root.resolve()
     key = signing_key(root / "jwks.json")
     examples = embedded_config_path().parent
     audit = root / "audit"
@@ -256,7 +261,7 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
 async def run_demo(out: TextIO = sys.stdout, *, keep: Path | None = None) -> int:
     """Run the tour; print the table; 0 when every row showed what it is meant to show."""
     with tempfile.TemporaryDirectory(prefix="aidr-gate-demo-") as scratch:
-        root = keep if keep is not None else Path(scratch)
+        root = (keep if keep is not None else Path(scratch)).resolve()
         root.mkdir(parents=True, exist_ok=True)
         return await _tour(root, out)
 
