@@ -121,6 +121,21 @@ def ed_key(kid: str | None = "ed-1", index: int = 0) -> SigningKey:
     return SigningKey(_private("OKP", index), "EdDSA", kid)
 
 
+def foreign_curve_pem(curve: str = "secp192r1") -> bytes:
+    """A PEM public key on an EC curve JOSE has no algorithm for (P-192, brainpool...)."""
+    key = ec.generate_private_key(_CURVES[curve]()).public_key()
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+_CURVES: dict[str, type[ec.EllipticCurve]] = {
+    "secp192r1": ec.SECP192R1,
+    "brainpoolP256r1": ec.BrainpoolP256R1,
+    "secp256k1": ec.SECP256K1,
+}
+
+
 def claims(**overrides: Any) -> dict[str, Any]:
     """Valid claims for the test issuer and audience, expiring in ten minutes; None deletes."""
     now = int(time.time())

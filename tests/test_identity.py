@@ -56,6 +56,7 @@ from jwks_server import (
     claims,
     ec_key,
     ed_key,
+    foreign_curve_pem,
     hs256_forgery,
     jwks_of,
     rsa_key,
@@ -749,9 +750,19 @@ def test_token_without_kid_against_several_named_keys_is_refused() -> None:
     assert single.authenticate_sync(_bearer(RSA.sign(claims(), kid=None))).key_id == "rsa-1"
 
 
-def test_bad_key_file_is_a_startup_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not a key",
+        foreign_curve_pem("secp192r1"),
+        foreign_curve_pem("brainpoolP256r1"),
+        b"-----BEGIN PUBLIC KEY-----\nMAswBQYDKgMEAwIAAA==\n-----END PUBLIC KEY-----\n",
+    ],
+    ids=["garbage", "p192", "brainpool", "unknown-key-type"],
+)
+def test_bad_key_file_is_a_startup_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "issuer.pem"
-    path.write_text("not a key")
+    path.write_bytes(content)
     auth = Authenticator(_config(key_file=path, file="config.yaml"))
     with pytest.raises(ConfigError) as caught:
         asyncio.run(auth.start())

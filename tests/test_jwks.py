@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,15 @@ from aidr_gate.keys import (
     pem_to_jwks,
     thumbprint,
 )
-from jwks_server import JwksServer, SigningKey, ec_key, ed_key, jwks_of, rsa_key
+from jwks_server import (
+    JwksServer,
+    SigningKey,
+    ec_key,
+    ed_key,
+    foreign_curve_pem,
+    jwks_of,
+    rsa_key,
+)
 
 ALL = ("RS256", "PS256", "ES256", "ES384", "EdDSA")
 
@@ -188,11 +197,101 @@ def test_pem_private_key_is_refused() -> None:
         b"-----BEGIN DH PARAMETERS-----\nAAAA\n-----END DH PARAMETERS-----\n",
         b"{not json",
         b'{"keys": []}',
+        # SubjectPublicKeyInfo with an unknown algorithm (1.2.3.4): cryptography's UnsupportedAlgorithm
+        b"-----BEGIN PUBLIC KEY-----\nMAswBQYDKgMEAwIAAA==\n-----END PUBLIC KEY-----\n",
     ],
 )
 def test_bad_key_files_are_errors(raw: bytes) -> None:
     with pytest.raises(KeySetError):
         parse_key_file(raw, ALL, source="k")
+
+
+@pytest.mark.parametrize("curve", ["secp192r1", "brainpoolP256r1", "secp256k1"])
+def test_pem_key_on_a_curve_without_an_algorithm_is_a_key_set_error(curve: str) -> None:
+    # pyjwt refuses P-192 and brainpool keys with its own InvalidKeyError, not a ValueError.
+    with pytest.raises(KeySetError) as caught:
+        parse_key_file(foreign_curve_pem(curve), ALL, source="keys.pem")
+    assert str(caught.value).startswith("keys.pem: ")
+    assert " at 0x" not in str(caught.value)  # says which curve, not which Python object
+
+
+async def _until(predicate: Callable[[], bool], seconds: float = 5.0) -> bool:
+    for _ in range(int(seconds / 0.01)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    replacement = path.with_suffix(".tmp")
+    replacement.write_bytes(data)
+    os.replace(replacement, path)
+
+
+def test_file_watch_outlives_a_key_pyjwt_refuses(tmp_path: Path) -> None:
+    path = tmp_path / "keys.pem"
+    path.write_bytes(rsa_key().public_pem())
+
+    async def scenario() -> None:
+        keys = FileKeys(path, ALL, reload_interval=0.02)
+        await keys.start()
+        first = keys.current
+        _replace_file(path, foreign_curve_pem())
+        await asyncio.sleep(0.2)  # several checks: the refused file is logged, the keys kept
+        assert keys.current is first
+        _replace_file(path, ed_key().public_pem())
+        assert await _until(lambda: keys.current is not first)
+        current = keys.current
+        assert current is not None
+        assert {k.key_type for k in current.keys} == {"OKP"}
+        await keys.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_parser_surprise_is_a_key_set_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "keys.pem"
+    path.write_bytes(rsa_key().public_pem())
+
+    def broken(*args: object, **kwargs: object) -> KeySet:
+        raise TypeError("a parser bug")
+
+    monkeypatch.setattr("aidr_gate.jwks.parse_key_file", broken)
+    with pytest.raises(KeySetError, match=r"cannot be read \(TypeError\)"):
+        FileKeys(path, ALL).load_sync()
+
+
+def test_file_watch_outlives_an_unexpected_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "keys.pem"
+    path.write_bytes(rsa_key().public_pem())
+
+    async def scenario() -> None:
+        keys = FileKeys(path, ALL, reload_interval=0.02)
+        await keys.start()
+        first = keys.current
+        real_reload = keys.reload
+        calls: list[int] = []
+
+        async def broken_once() -> bool:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("a bug in the reload path")
+            return await real_reload()
+
+        keys.reload = broken_once  # type: ignore[method-assign]
+        _replace_file(path, ed_key().public_pem())
+        assert await _until(lambda: keys.current is not first)
+        assert len(calls) >= 2
+        await keys.close()
+
+    with caplog.at_level("ERROR", logger="aidr_gate.jwks"):
+        asyncio.run(scenario())
+    assert "a bug in the reload path" in caplog.text
 
 
 def test_file_keys_reload_on_change_and_keep_the_last_good_set(tmp_path: Path) -> None:

@@ -143,7 +143,13 @@ class FileKeys(_KeyStore):
             raise KeySetError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
         if len(raw) > MAX_KEY_FILE_BYTES:
             raise KeySetError(f"{self.path}: larger than {MAX_KEY_FILE_BYTES} bytes")
-        return parse_key_file(raw, self._algorithms, source=str(self.path)), stamp
+        try:
+            return parse_key_file(raw, self._algorithms, source=str(self.path)), stamp
+        except KeySetError:
+            raise
+        except Exception as exc:  # a parser surprise is a bad file, not a crash at start or reload
+            logger.exception("key file %s could not be parsed", self.path)
+            raise KeySetError(f"{self.path}: cannot be read ({type(exc).__name__})") from None
 
     def load_sync(self) -> KeySet:
         """Read the file now (blocking); raises :class:`KeySetError` when it holds no usable key."""
@@ -176,11 +182,14 @@ class FileKeys(_KeyStore):
         while True:
             await asyncio.sleep(self._reload_interval)
             try:
-                stamp = await asyncio.to_thread(self._stat)
-            except OSError:
-                stamp = None  # gone for now (an editor's rename); keep the keys we have
-            if stamp is not None and stamp != self._stamp:
-                await self.reload()
+                try:
+                    stamp = await asyncio.to_thread(self._stat)
+                except OSError:
+                    stamp = None  # gone for now (an editor's rename); keep the keys we have
+                if stamp is not None and stamp != self._stamp:
+                    await self.reload()
+            except Exception:  # a failed check must not end the watch; the last good keys stay
+                logger.exception("key file check failed; keeping the last good keys")
 
     async def close(self) -> None:
         """Stop watching the file."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt import PyJWK
@@ -235,14 +236,19 @@ def build_key_set(data: Any, algorithms: Iterable[str], *, source: str) -> KeySe
 
 
 def _public_jwk(key: object) -> dict[str, Any]:
-    if isinstance(key, rsa.RSAPublicKey):
-        jwk = RSAAlgorithm.to_jwk(key, as_dict=True)
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        jwk = ECAlgorithm.to_jwk(key, as_dict=True)
-    elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-        jwk = OKPAlgorithm.to_jwk(key, as_dict=True)
-    else:
-        raise KeySetError(f"unsupported public key type {type(key).__name__}")
+    """The public JWK of a key read from PEM; raises :class:`KeySetError` for one JOSE cannot name."""
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            jwk = RSAAlgorithm.to_jwk(key, as_dict=True)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            jwk = ECAlgorithm.to_jwk(key, as_dict=True)
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            jwk = OKPAlgorithm.to_jwk(key, as_dict=True)
+        else:
+            raise KeySetError(f"unsupported public key type {type(key).__name__}")
+    except PyJWTError:  # InvalidKeyError is no ValueError: P-192, brainpool and other curves
+        curve = key.curve.name if isinstance(key, ec.EllipticCurvePublicKey) else "?"
+        raise KeySetError(f"unsupported curve {curve!r} for EC") from None
     jwk.pop("key_ops", None)
     return dict(jwk)
 
@@ -263,11 +269,14 @@ def pem_to_jwks(text: bytes, *, source: str) -> dict[str, Any]:
                 raise KeySetError(f"{source}: holds a private key; give the public key only")
             else:
                 raise KeySetError(f"{source}: PEM block {label!r} is not a public key")
-        except ValueError as exc:
-            if isinstance(exc, KeySetError):
-                raise
+        except KeySetError:
+            raise
+        except (ValueError, UnsupportedAlgorithm):  # the latter: a key type cryptography lacks
             raise KeySetError(f"{source}: PEM block {label!r} cannot be read") from None
-        jwks.append(_public_jwk(public))
+        try:
+            jwks.append(_public_jwk(public))
+        except KeySetError as exc:
+            raise KeySetError(f"{source}: PEM block {label!r}: {exc}") from None
     if not jwks:
         raise KeySetError(f"{source}: no PEM public key or certificate found")
     return {"keys": jwks}
