@@ -136,6 +136,36 @@ def test_missing_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "no such file or directory" in err and "holds no audit files" in err
 
 
+@pytest.mark.parametrize(
+    ("flag", "target"),
+    [
+        ("--json", "missing/r.json"),
+        ("--html", "missing/r.html"),
+        ("--json", "."),  # a directory, not a file
+        ("--html", "a-file/r.html"),  # under a file, not a directory
+    ],
+)
+def test_unwritable_report_paths_exit_2_before_replaying(
+    trail_dir: Path,
+    tmp_path: Path,
+    flag: str,
+    target: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "a-file").write_text("")
+
+    def replay_files(*args: object, **kwargs: object) -> None:
+        raise AssertionError("replayed before checking where the reports go")
+
+    monkeypatch.setattr("aidr_gate.cli.replay.replay_files", replay_files)
+    path = str(tmp_path / target)
+    code = main(["replay", "--pack", "aidr-2025-01", flag, path, "--no-progress", str(trail_dir)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert flag in err and "configuration problems" in err
+
+
 def test_forced_progress_bar_draws_on_stderr(
     trail_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -128,6 +128,10 @@ def options_from(args: argparse.Namespace) -> ReplayOptions:
             )
     if args.top < 1:
         errors.append(ConfigError.single("<command line>", "--top", "must be at least 1"))
+    for flag, target in (("--json", args.json), ("--html", args.html)):
+        why = _unwritable(target) if target and target != "-" else None
+        if why is not None:
+            errors.append(ConfigError.single("<command line>", flag, f"{target!r}: {why}"))
     if errors or pack is None:
         raise ConfigError.merge(errors)
     return ReplayOptions(
@@ -138,6 +142,19 @@ def options_from(args: argparse.Namespace) -> ReplayOptions:
         registry_source=str(args.registry) if args.registry is not None else None,
         catalog_source=str(args.catalog) if args.catalog is not None else None,
     )
+
+
+def _unwritable(target: str) -> str | None:
+    """Why a report cannot be written to *target*, checked before the replay runs; else ``None``."""
+    path = Path(target)
+    if path.is_dir():
+        return "is a directory"
+    parent = path.parent
+    if not parent.exists():
+        return f"the directory {str(parent)!r} does not exist"
+    if not parent.is_dir():
+        return f"{str(parent)!r} is not a directory"
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
