@@ -54,8 +54,7 @@ class GateConfig:
 
     def resolve(self, value: str | Path) -> Path:
         """A path from the configuration, made absolute against the file's directory."""
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else self.base_dir / path
+        return _resolve(self.base_dir, value)
 
 
 def embedded_config_path() -> Path:
@@ -115,7 +114,7 @@ def config_from_document(document: Document) -> tuple[GateConfig | None, Checker
     return config, check
 
 
-def _resolve(base_dir: Path, value: str) -> Path:
+def _resolve(base_dir: Path, value: str | Path) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else base_dir / path
 

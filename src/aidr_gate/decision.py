@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from aidr_gate.document import format_instant
+from aidr_gate.document import format_timestamp
 
 if TYPE_CHECKING:
     from aidr_gate.catalog import Model
@@ -171,7 +171,7 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
         """Plain JSON-ready form: what ``aidr-gate check`` prints."""
         return {
             "decision_id": self.decision_id,
-            "at": format_instant_precise(self.at),
+            "at": format_timestamp(self.at),
             "effect": self.effect.value,
             "status": self.status,
             "reasons": list(self.reasons),
@@ -181,12 +181,6 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
             "shadow": self.shadow.to_dict() if self.shadow else None,
             "evidence": self.evidence.to_dict(),
         }
-
-
-def format_instant_precise(seconds: float) -> str:
-    """ISO 8601 UTC with milliseconds, for decision times (never shortened to a date)."""
-    text = format_instant(seconds) or ""
-    return text if "T" in text else f"{text}T00:00:00.000Z"
 
 
 class DecisionIds:

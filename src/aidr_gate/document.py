@@ -325,14 +325,20 @@ def parse_instant(value: object) -> float | None:
     return None
 
 
+def format_timestamp(seconds: float) -> str:
+    """ISO 8601 in UTC with a ``Z`` and milliseconds, always with the time (decision times)."""
+    moment = datetime.fromtimestamp(seconds, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def format_instant(seconds: float | None) -> str | None:
-    """ISO 8601 in UTC with a ``Z``, millisecond precision; dates at midnight print as dates."""
+    """Like :func:`format_timestamp`, but dates at midnight print as dates (pack and agreement
+    windows read as the dates they were written as)."""
     if seconds is None:
         return None
-    moment = datetime.fromtimestamp(seconds, tz=UTC)
-    if moment.hour == moment.minute == moment.second == moment.microsecond == 0:
-        return moment.date().isoformat()
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if seconds % 86_400 == 0:
+        return datetime.fromtimestamp(seconds, tz=UTC).date().isoformat()
+    return format_timestamp(seconds)
 
 
 def _kind(value: object) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import time
@@ -30,6 +29,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from aidr_gate.responses import json_error, json_headers
 from aidr_gate.stages import CLIENT_DISCONNECTED, UPSTREAM_STATE_KEY, UpstreamResult
 
 logger = logging.getLogger("aidr_gate.proxy")
@@ -80,7 +80,6 @@ _MESSAGES = {
     UPSTREAM_TIMEOUT: "The model server did not answer in time.",
     PATH_NOT_CANONICAL: "The request path must not contain '.' or '..' segments.",
 }
-_TYPES = {502: "upstream_error", 504: "upstream_timeout", 400: "invalid_request_error"}
 # A header value the upstream can read as it is; anything else is percent-encoded.
 _PLAIN_VALUE = re.compile(r"[\x21-\x7e]{1,512}")
 _HOST_VALUE = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
@@ -409,29 +408,13 @@ class UpstreamProxy:
         decision = (scope.get("state") or {}).get(self.settings.state_key)
         decision_id = decision.decision_id if decision is not None else None
         message = _MESSAGES[code] + (f" ({code}; decision {decision_id})" if decision_id else "")
-        payload = json.dumps(
-            {
-                "error": {
-                    "message": message,
-                    "type": _TYPES[status],
-                    "param": None,
-                    "code": code,
-                    "decision_id": decision_id,
-                    "reasons": [code],
-                }
-            },
-            separators=(",", ":"),
-        ).encode()
+        payload = json_error(status, code, message, decision_id, (code,))
         with contextlib.suppress(OSError):
             await send(
                 {
                     "type": "http.response.start",
                     "status": status,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(payload)).encode()),
-                        (b"cache-control", b"no-store"),
-                    ],
+                    "headers": json_headers(len(payload)),
                 }
             )
             await send({"type": "http.response.body", "body": payload, "more_body": False})

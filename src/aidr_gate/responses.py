@@ -56,22 +56,44 @@ def error_message(decision: Decision) -> str:
     )
 
 
-def error_body(decision: Decision) -> bytes:
-    """The JSON body of a deny, ``{"error": {"message", "type", "param", "code", "decision_id"}}``."""
-    status = decision.status or 403
+def json_error(
+    status: int, code: str, message: str, decision_id: str | None, reasons: tuple[str, ...]
+) -> bytes:
+    """``{"error": {"message", "type", "param", "code", "decision_id", "reasons"}}``: the shape of
+    every answer the gate gives instead of the app's (denials, and the sidecar's 502/504)."""
     return json.dumps(
         {
             "error": {
-                "message": error_message(decision),
+                "message": message,
                 "type": _TYPES.get(status, "access_denied"),
                 "param": None,
-                "code": decision.reasons[0] if decision.reasons else "DENIED",
-                "decision_id": decision.decision_id,
-                "reasons": list(decision.reasons),
+                "code": code,
+                "decision_id": decision_id,
+                "reasons": list(reasons),
             }
         },
         separators=(",", ":"),
     ).encode()
+
+
+def error_body(decision: Decision) -> bytes:
+    """The JSON body of a deny (see :func:`json_error`)."""
+    return json_error(
+        decision.status or 403,
+        decision.reasons[0] if decision.reasons else "DENIED",
+        error_message(decision),
+        decision.decision_id,
+        decision.reasons,
+    )
+
+
+def json_headers(length: int) -> list[tuple[bytes, bytes]]:
+    """Headers of a JSON error answer: its type and length, and never cached."""
+    return [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(length).encode()),
+        (b"cache-control", b"no-store"),
+    ]
 
 
 def www_authenticate(reason: str) -> bytes:
@@ -83,11 +105,7 @@ def www_authenticate(reason: str) -> bytes:
 
 def error_headers(decision: Decision, length: int) -> list[tuple[bytes, bytes]]:
     """Headers of a deny answer (JSON, not cacheable, a bearer challenge for 401)."""
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(length).encode()),
-        (b"cache-control", b"no-store"),
-    ]
+    headers = json_headers(length)
     if decision.status == 401:
         headers.append((b"www-authenticate", www_authenticate(decision.reasons[0])))
     return headers

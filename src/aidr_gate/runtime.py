@@ -25,6 +25,7 @@ from aidr_gate.decision import Decision
 from aidr_gate.errors import ConfigError
 from aidr_gate.gate import Gate, GateState, load_state
 from aidr_gate.identity import Authenticator, parse_identity_config
+from aidr_gate.jwks import FileKeys, RemoteJwks
 from aidr_gate.middleware_config import MiddlewareSettings, parse_middleware_settings
 from aidr_gate.origin import OriginResolver, origin_resolver_for
 from aidr_gate.telemetry import Telemetry
@@ -238,6 +239,19 @@ class Runtime:
         logger.info("%s", report.detail)
         self.telemetry.reload("policy", ok=True)
         self.last_reload = report
+        return report
+
+    async def reload_all(self) -> ReloadReport:
+        """What SIGHUP does: reload the policy files, and the key file (or refetch the JWKS) and
+        the GeoIP databases now rather than at their next check. Each keeps its last good state
+        when its new one fails."""
+        report = await self.reload()
+        keys = self.identity.keys
+        if isinstance(keys, FileKeys):
+            await keys.reload()
+        elif isinstance(keys, RemoteJwks):
+            await keys.refresh()
+        await asyncio.to_thread(self.origin.reload)
         return report
 
     async def _watch_policy(self) -> None:

@@ -17,7 +17,6 @@ flags override it)::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -28,19 +27,12 @@ from typing import Any
 
 import uvicorn
 
-from aidr_gate.audit.config import (
-    AuditConfig,
-    FileSinkConfig,
-    HttpSinkConfig,
-    StdoutSinkConfig,
-    SyslogSinkConfig,
-)
 from aidr_gate.config import GateConfig
 from aidr_gate.document import Checker
 from aidr_gate.errors import ConfigError
-from aidr_gate.jwks import FileKeys, RemoteJwks
 from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.proxy import ProxySettings, UpstreamProxy
+from aidr_gate.responses import json_headers
 from aidr_gate.runtime import Runtime
 
 logger = logging.getLogger("aidr_gate.sidecar")
@@ -55,7 +47,6 @@ __all__ = [
     "SidecarSettings",
     "UvicornServer",
     "build_sidecar",
-    "describe_audit",
     "parse_sidecar_settings",
     "uvicorn_config",
 ]
@@ -156,13 +147,7 @@ class SidecarApp:
 
     async def reload(self) -> None:
         """SIGHUP: reload policy, registry, catalogue, key file and GeoIP now; keep what fails."""
-        await self.runtime.reload()
-        keys = self.runtime.identity.keys
-        if isinstance(keys, FileKeys):
-            await keys.reload()
-        elif isinstance(keys, RemoteJwks):
-            await keys.refresh()
-        await asyncio.to_thread(self.runtime.origin.reload)
+        await self.runtime.reload_all()
 
     async def shutdown(self) -> None:
         """Close the pool and flush the audit trail (once)."""
@@ -180,7 +165,7 @@ class SidecarApp:
             f"upstream {self.proxy.upstream}",
             f"pool {s.pool_size}, connect {s.connect_timeout:g}s, read {s.read_timeout:g}s",
             f"drain {self.settings.shutdown_timeout:g}s on SIGTERM",
-            f"audit to {describe_audit(audit.config)}" if audit is not None else "no audit",
+            f"audit: {audit.describe()}" if audit is not None else "no audit",
         ]
         return "aidr-gate sidecar: " + "; ".join(parts)
 
@@ -243,22 +228,6 @@ class SidecarApp:
         return ready, {"status": "ready" if ready else "not ready", "checks": checks}
 
 
-def describe_audit(config: AuditConfig) -> str:
-    """Where records go, in one phrase: ``file /var/lib/... (fsync always), http splunk``."""
-    parts: list[str] = []
-    for sink in config.sinks:
-        if isinstance(sink, FileSinkConfig):
-            parts.append(f"file {sink.path} (fsync {sink.fsync.value})")
-        elif isinstance(sink, StdoutSinkConfig):
-            parts.append("stdout")
-        elif isinstance(sink, SyslogSinkConfig):
-            parts.append(f"syslog {sink.transport}://{sink.host}:{sink.port}")
-        elif isinstance(sink, HttpSinkConfig):
-            parts.append(f"{sink.format} {sink.url}")
-    text = ", ".join(parts) or "no sinks"
-    return f"{text}; {config.format.value} records, on failure {config.on_failure.value}"
-
-
 def uvicorn_config(
     app: Any,
     *,
@@ -301,17 +270,7 @@ class UvicornServer(uvicorn.Server):
 
 async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:
     body = json.dumps(payload, separators=(",", ":")).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-            ],
-        }
-    )
+    await send({"type": "http.response.start", "status": status, "headers": json_headers(len(body))})
     await send({"type": "http.response.body", "body": body})
 
 

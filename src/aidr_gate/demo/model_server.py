@@ -139,6 +139,19 @@ def build_model_app(
             return None, raw
         return (parsed if isinstance(parsed, dict) else None), raw
 
+    async def model_request(request: Request) -> Response | tuple[dict[str, Any], bytes, str]:
+        """An injected fault or an error answer, or the body, its bytes and the served model."""
+        injected = await fault(request)
+        if injected is not None:
+            return injected
+        body, raw = await body_of(request)
+        if body is None:
+            return _error(400, "body must be a JSON object", "invalid_json")
+        model = body.get("model")
+        if not isinstance(model, str) or model not in served:
+            return _error(404, f"model {model!r} does not exist", "model_not_found")
+        return body, raw, model
+
     def headers_for(raw: bytes) -> dict[str, str]:
         return {"x-received-body-sha256": hashlib.sha256(raw).hexdigest()} if echo_digest else {}
 
@@ -160,15 +173,10 @@ def build_model_app(
         return await _complete(request, chat=False)
 
     async def _complete(request: Request, *, chat: bool) -> Response:
-        injected = await fault(request)
-        if injected is not None:
-            return injected
-        body, raw = await body_of(request)
-        if body is None:
-            return _error(400, "body must be a JSON object", "invalid_json")
-        model = body.get("model")
-        if model not in served:
-            return _error(404, f"model {model!r} does not exist", "model_not_found")
+        checked = await model_request(request)
+        if isinstance(checked, Response):
+            return checked
+        body, raw, model = checked
         words = _reply_words(str(model), _prompt_of(body))
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{hashlib.sha1(raw).hexdigest()[:12]}"  # noqa: S324
         if body.get("stream"):
@@ -256,15 +264,10 @@ def build_model_app(
         yield b"data: [DONE]\n\n"
 
     async def embeddings(request: Request) -> Response:
-        injected = await fault(request)
-        if injected is not None:
-            return injected
-        body, raw = await body_of(request)
-        if body is None:
-            return _error(400, "body must be a JSON object", "invalid_json")
-        model = body.get("model")
-        if model not in served:
-            return _error(404, f"model {model!r} does not exist", "model_not_found")
+        checked = await model_request(request)
+        if isinstance(checked, Response):
+            return checked
+        body, raw, model = checked
         inputs = body.get("input")
         items = inputs if isinstance(inputs, list) else [inputs]
         data = []

@@ -47,8 +47,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from aidr_gate.decision import format_instant_precise
-from aidr_gate.document import format_instant
+from aidr_gate.document import format_instant, format_timestamp
 from aidr_gate.errors import ConfigError
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.replay.diff import pack_ref
@@ -92,7 +91,7 @@ def direction(kind: str) -> str:
 
 
 def _time(seconds: float | None) -> str | None:
-    return None if seconds is None else format_instant_precise(seconds)
+    return None if seconds is None else format_timestamp(seconds)
 
 
 def bundled_pack_info(pack_id: str, digest: str) -> dict[str, Any]:
