@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from aidr_gate.audit import AuditEvent, EcsRenderer, OcsfRenderer
 from aidr_gate.audit.chain import Chain
 from aidr_gate.audit.config import RecordFormat
-from aidr_gate.decision import format_instant_precise
-from aidr_gate.document import parse_instant
+from aidr_gate.document import format_timestamp, parse_instant
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.replay import Replayer, ReplayOptions, build_report, replay_files
 from aidr_gate.replay.evidence import (
@@ -187,7 +186,7 @@ def test_every_record_time_round_trips() -> None:
     clock = Clock()
     for request in requests(200, seed=2, extras=False):
         at = round(request.at, 3)
-        assert clock.parse(format_instant_precise(at)) == pytest.approx(at, abs=1e-6)
+        assert clock.parse(format_timestamp(at)) == pytest.approx(at, abs=1e-6)
 
 
 def test_recorded_entity_and_model_are_rebuilt_faithfully() -> None:

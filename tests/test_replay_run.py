@@ -223,9 +223,9 @@ def test_flips_match_independent_decisions(trail: Trail, target: str) -> None:
 
 
 def replay_time(seconds: float) -> str:
-    from aidr_gate.decision import format_instant_precise
+    from aidr_gate.document import format_timestamp
 
-    return format_instant_precise(seconds)
+    return format_timestamp(seconds)
 
 
 def test_rescission_lets_tier3_locations_in_and_keeps_d5_headquarters_out(trail: Trail) -> None:
