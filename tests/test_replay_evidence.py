@@ -174,6 +174,16 @@ def test_clock_parses_like_parse_instant(text: str) -> None:
     assert first == again == pytest.approx(parse_instant(text), abs=1e-9)
 
 
+def test_clock_memoises_only_utc_minutes() -> None:
+    """A 24-character time with an offset must not seed the minute memo for ``...Z`` times."""
+    clock = Clock()
+    offset = "2025-01-01T05:00:30.0+05"
+    assert len(offset) == 24
+    assert clock.parse(offset) == pytest.approx(parse_instant(offset), abs=1e-9)
+    utc = "2025-01-01T05:00:45.123Z"
+    assert clock.parse(utc) == pytest.approx(parse_instant(utc), abs=1e-9)
+
+
 def test_clock_refuses_what_is_not_a_time() -> None:
     clock = Clock()
     clock.parse("2026-02-03T00:00:00.000Z")

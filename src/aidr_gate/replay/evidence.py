@@ -96,7 +96,10 @@ class Clock:
             if seconds.isdigit() and millis.isdigit():
                 return minute + int(seconds) + int(millis) / 1000
         at = parse_instant(text)
-        if at is not None and len(text) == 24 and text[16] == ":" and text[19] == ".":
+        # Only the renderer's UTC layout seeds the memo: ``...T05:00:30.0+05`` is as long, but its
+        # minute prefix is not a UTC minute.
+        utc = len(text) == 24 and text[16] == ":" and text[19] == "." and text[23] == "Z"
+        if at is not None and utc:
             if len(self._minutes) >= _MINUTE_MEMO_LIMIT:
                 self._minutes.clear()
             self._minutes[text[:17]] = int(at) - int(at) % 60
