@@ -14,6 +14,7 @@ from aidr_gate.client_ip import (
     ProxyHeader,
     TrustedProxies,
     normalize_ip,
+    normalize_network,
 )
 
 INTERNAL = ["127.0.0.0/8", "::1", "10.0.0.0/8", "fd00::/8"]
@@ -431,6 +432,22 @@ def test_ipv4_mapped_network_is_trusted_as_ipv4() -> None:
     proxies = TrustedProxies(["::ffff:10.0.0.0/104"])
     assert proxies.networks == (ip_network("10.0.0.0/8"),)
     assert proxies.is_trusted("10.1.2.3")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+        ("::ffff:203.0.113.0/120", "203.0.113.0/24"),
+        ("::ffff:203.0.113.7/128", "203.0.113.7/32"),
+        ("::ffff:0:0/96", "0.0.0.0/0"),
+        ("::/0", "::/0"),
+        ("10.0.0.0/8", "10.0.0.0/8"),
+        ("2001:db8::/32", "2001:db8::/32"),
+    ],
+)
+def test_normalize_network(text: str, expected: str) -> None:
+    assert normalize_network(ip_network(text)) == ip_network(expected)
 
 
 @pytest.mark.parametrize(

@@ -207,3 +207,42 @@ def test_describe_names_database_and_date(maxmind: MaxMindCountryResolver) -> No
     assert text.endswith("+ GeoIP2-Anonymous-IP built 2025-03-04")
     table = OverrideCountryResolver([entry("10.0.0.0/8", "US")], maxmind)
     assert describe_geo(table) == text + "; 1 static override"
+
+
+def test_an_ipv4_mapped_network_matches_its_ipv4_addresses(tmp_path: Path) -> None:
+    """Lookups normalise ::ffff:a.b.c.d to IPv4, so a network written mapped must be read as IPv4."""
+    config = gate_config(
+        tmp_path,
+        "geoip:\n  overrides:\n    - {network: '::ffff:203.0.113.0/120', country: SE}\n",
+    )
+    parsed = parse_origin_config(config)
+    assert parsed.overrides == (entry("203.0.113.0/24", "SE"),)
+    origins = origin_resolver_for(config)
+    for ip in ("203.0.113.9", "::ffff:203.0.113.9"):
+        origin = origins.resolve_ip(ip)
+        assert (origin.country, origin.country_source) == ("SE", CountrySource.DECLARED), ip
+    # Built by hand, not from configuration: the same reading.
+    table = OverrideCountryResolver(
+        [entry("::ffff:198.51.100.0/120", "NO")], IptoccCountryResolver()
+    )
+    assert table.entries == (entry("198.51.100.0/24", "NO"),)
+    assert table.lookup("198.51.100.1").country == "NO"
+
+
+def test_a_network_written_both_ways_is_a_duplicate(tmp_path: Path) -> None:
+    config = gate_config(
+        tmp_path,
+        "geoip:\n"
+        "  overrides:\n"
+        "    - {network: 203.0.113.0/24, country: SE}\n"
+        "    - {network: '::ffff:203.0.113.0/120', country: NO}\n",
+    )
+    with pytest.raises(
+        ConfigError, match=r"overrides\[1\].network: 203.0.113.0/24 is already listed"
+    ):
+        parse_origin_config(config)
+    with pytest.raises(ValueError, match="more than once"):
+        OverrideCountryResolver(
+            [entry("10.0.0.0/8", "US"), entry("::ffff:10.0.0.0/104", "SE")],
+            IptoccCountryResolver(),
+        )

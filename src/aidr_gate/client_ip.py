@@ -41,6 +41,7 @@ __all__ = [
     "ProxyHeader",
     "TrustedProxies",
     "normalize_ip",
+    "normalize_network",
 ]
 
 IPAddress = IPv4Address | IPv6Address
@@ -95,6 +96,18 @@ def normalize_ip(text: str) -> IPAddress | None:
     return address
 
 
+def normalize_network(network: IPNetwork) -> IPNetwork:
+    """An IPv4-mapped IPv6 network (``::ffff:10.0.0.0/104``) as the IPv4 network it stands for.
+
+    Addresses are normalised by :func:`normalize_ip`, so a mapped network would never match one.
+    """
+    if isinstance(network, IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            return IPv4Network((mapped, network.prefixlen - 96))
+    return network
+
+
 def _show(text: str) -> str:
     """A value as a note quotes it: repr (escapes control and non-ASCII bytes), cut short."""
     if len(text) > _SHOWN_CHARS:
@@ -143,11 +156,7 @@ class TrustedProxies:
         for cidr in cidrs:
             network = cidr if isinstance(cidr, IPv4Network | IPv6Network) else ip_network(cidr)
             # Trust of an IPv4-mapped range means trust of the IPv4 range: addresses are normalised.
-            if isinstance(network, IPv6Network):
-                mapped = network.network_address.ipv4_mapped
-                if mapped is not None and network.prefixlen >= 96:
-                    network = IPv4Network((mapped, network.prefixlen - 96))
-            networks.append(network)
+            networks.append(normalize_network(network))
         self.networks: tuple[IPNetwork, ...] = tuple(networks)
         self._v4 = tuple(n for n in networks if isinstance(n, IPv4Network))
         self._v6 = tuple(n for n in networks if isinstance(n, IPv6Network))

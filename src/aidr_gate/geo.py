@@ -48,7 +48,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from importlib.metadata import version
@@ -59,7 +59,7 @@ from typing import Any, Protocol
 import iptocc
 import maxminddb
 
-from aidr_gate.client_ip import normalize_ip
+from aidr_gate.client_ip import normalize_ip, normalize_network
 from aidr_gate.countries import COUNTRY_CODES
 from aidr_gate.errors import ConfigError
 from aidr_gate.facts import NO_FLAGS, AnonymizerFlag, CountrySource
@@ -655,7 +655,12 @@ class OverrideCountryResolver:
         *,
         cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
-        """Most specific networks first; two entries for one network are refused."""
+        """Most specific networks first; two entries for one network are refused.
+
+        A network written IPv4-mapped (``::ffff:203.0.113.0/120``) is read as its IPv4 range, since
+        lookups normalise addresses to IPv4.
+        """
+        entries = [replace(entry, network=normalize_network(entry.network)) for entry in entries]
         networks = [entry.network for entry in entries]
         if len(set(networks)) != len(networks):
             raise ValueError("a network is listed more than once")

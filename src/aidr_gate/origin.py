@@ -42,6 +42,7 @@ from aidr_gate.client_ip import (
     ProxyHeader,
     TrustedProxies,
     normalize_ip,
+    normalize_network,
 )
 from aidr_gate.config import GateConfig
 from aidr_gate.document import Checker, Document, join
@@ -374,7 +375,8 @@ def _cidr(check: Checker) -> Callable[[Any, str], IPv4Network | IPv6Network | No
         if text is None:
             return None
         try:
-            return ip_network(text.strip())
+            # Written IPv4-mapped, a network means its IPv4 range: lookups normalise addresses.
+            return normalize_network(ip_network(text.strip()))
         except ValueError as exc:
             check.error(path, f"{text!r} is not a CIDR network ({exc})")
             return None
