@@ -22,7 +22,7 @@ from aidr_gate.audit.record import SCHEMA_VERSION
 from aidr_gate.catalog import Model, ModelCatalog, Weights
 from aidr_gate.document import parse_instant
 from aidr_gate.facts import AnonymizerFlag, Identity
-from aidr_gate.gate import LISTING_REASON, jurisdiction_of
+from aidr_gate.gate import jurisdiction_of
 from aidr_gate.registry import Agreement, AgreementStatus, Entity, EntityRegistry
 
 # Where the ``aidr`` tree starts in a rendered line: ECS puts it last before the chain member,
@@ -397,24 +397,6 @@ def _entity_label(raw: Any) -> str:
 def _requested(raw: Any) -> str:
     name = raw.get("requested") if isinstance(raw, dict) else None
     return name if isinstance(name, str) else "(no model)"
-
-
-# -- what kind of record ------------------------------------------------------------------------
-
-POLICY = "policy"
-REFUSAL = "refusal"  # a gate stage refused before the policy ran (401, 400, 413, 503...)
-LISTING = "listing"  # GET /v1/models: filtered per model, not one policy decision
-
-
-def record_kind(decision: dict[str, Any]) -> str:
-    """Whether a recorded decision was the policy's, a gate refusal, or a model listing."""
-    reasons = decision.get("reasons")
-    if isinstance(reasons, list) and reasons and reasons[0] == LISTING_REASON:
-        return LISTING
-    rule = decision.get("rule")
-    if isinstance(rule, str) and rule.startswith("gate/"):
-        return REFUSAL
-    return POLICY
 
 
 def check_schema(tree: dict[str, Any]) -> None:
