@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from aidr_gate.jwks import FileKeys, RemoteJwks, StaticKeys, cache_max_age
+from aidr_gate.jwks import FileKeys, RemoteJwks, StaticKeys, cache_max_age, shown_url
 from aidr_gate.keys import (
     MAX_KEYS,
     KeySet,
@@ -566,3 +566,57 @@ def test_static_keys_replace_tells_listeners() -> None:
     assert keys.current is second
     assert seen == [(first, second)]
     assert keys.load_sync() is second
+
+
+def test_logs_and_errors_never_show_url_credentials_or_query(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with JwksServer(jwks_of(rsa_key())) as server:
+        secret_url = server.url.replace("http://", "http://alice:hunter2@") + "?api_key=s3cr3t"
+        shown = server.url  # scheme, host, port and path: enough to find the endpoint
+
+        async def scenario() -> list[str]:
+            keys = RemoteJwks(secret_url, ALL, timeout=0.5)
+            errors: list[str] = []
+            await keys.start()
+            assert keys.current is not None
+            for breakage in ("status", "not-a-set", "garbage", "down"):
+                server.serve(jwks_of(ec_key()))
+                if breakage == "status":
+                    server.status = 503
+                elif breakage == "not-a-set":
+                    server.body = b'{"keys": [{"kty": "oct", "k": "AAAA"}]}'
+                elif breakage == "garbage":
+                    server.body = b"<html>"
+                else:
+                    server.down()
+                assert await keys.refresh() is False
+                errors.append(keys.last_error or "")
+            await keys.close()
+            return errors
+
+        with caplog.at_level("DEBUG", logger="aidr_gate"):
+            errors = asyncio.run(scenario())
+            server.up()
+            server.serve(jwks_of(rsa_key()))
+            with pytest.raises(KeySetError) as caught:
+                RemoteJwks(secret_url, ("ES384",)).load_sync()
+    text = caplog.text + "\n".join(errors) + str(caught.value)
+    for secret in ("alice", "hunter2", "s3cr3t", "api_key"):
+        assert secret not in text
+    assert shown in caplog.text
+    assert all(e.startswith(shown) for e in errors[:3]), errors
+    assert str(caught.value).startswith(shown)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://idp.example/jwks", "https://idp.example/jwks"),
+        ("https://u:p@idp.example:8443/a/jwks?key=s#f", "https://idp.example:8443/a/jwks"),
+        ("http://token@[::1]:8080/jwks", "http://[::1]:8080/jwks"),
+        ("https://idp.example:99999/jwks", "<a URL that does not parse>"),
+    ],
+)
+def test_shown_url(url: str, shown: str) -> None:
+    assert shown_url(url) == shown

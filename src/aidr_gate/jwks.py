@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -29,6 +30,30 @@ Listener = Callable[[KeySet | None, KeySet], None]
 
 MAX_KEY_FILE_BYTES = 1024 * 1024
 _RETRY_FIRST = 1.0  # seconds before the first retry after a failed fetch; doubles up to refresh_min
+
+
+def shown_url(url: str) -> str:
+    """A URL as logs and errors show it: no userinfo, query or fragment (they may hold secrets)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "<a URL that does not parse>"
+    if ":" in host:
+        host = f"[{host}]"
+    return urlunsplit(
+        (parts.scheme, host if port is None else f"{host}:{port}", parts.path, "", "")
+    )
+
+
+def _scrubbed(text: str, url: str, shown: str) -> str:
+    """*text* (a library's error message) with *url* shown safely; withheld if a secret remains."""
+    text = text.replace(url, shown)
+    parts = urlsplit(url)
+    secrets = (parts.password, parts.query, parts.fragment, parts.netloc.rpartition("@")[0])
+    if any(secret and secret in text for secret in secrets):
+        return "(details withheld: they repeat the URL's credentials)"
+    return text
 
 
 class FetchError(KeySetError):
@@ -227,6 +252,7 @@ class RemoteJwks(_KeyStore):
     ) -> None:
         super().__init__()
         self.url = url
+        self._shown_url = shown_url(url)  # for logs and errors
         self._algorithms = tuple(algorithms)
         self._refresh_min = refresh_min
         self._refresh_max = refresh_max
@@ -258,7 +284,7 @@ class RemoteJwks(_KeyStore):
             data, max_age = await fetch_jwks(
                 session, self.url, seconds=self._timeout, max_bytes=self._max_bytes
             )
-            key_set = build_key_set(data, self._algorithms, source=self.url)
+            key_set = build_key_set(data, self._algorithms, source=self._shown_url)
         except Exception as exc:  # any failure keeps the last good set; CancelledError passes
             self._failures += 1
             self.failures += 1
@@ -323,7 +349,7 @@ class RemoteJwks(_KeyStore):
         self._last_attempt = self._clock()
         self.attempts += 1
         data, _ = asyncio.run(once())
-        key_set = build_key_set(data, self._algorithms, source=self.url)
+        key_set = build_key_set(data, self._algorithms, source=self._shown_url)
         self._install(key_set)
         _log_loaded(key_set)
         return key_set
@@ -365,7 +391,11 @@ class RemoteJwks(_KeyStore):
 async def fetch_jwks(
     session: aiohttp.ClientSession, url: str, *, seconds: float, max_bytes: int
 ) -> tuple[Any, float | None]:
-    """GET a JWKS: the parsed JSON and the response's max-age; raises :class:`FetchError`."""
+    """GET a JWKS: the parsed JSON and the response's max-age; raises :class:`FetchError`.
+
+    Error messages name the URL without userinfo, query or fragment (see :func:`shown_url`).
+    """
+    shown = shown_url(url)
     try:
         async with asyncio.timeout(seconds):
             async with session.get(
@@ -374,24 +404,25 @@ async def fetch_jwks(
                 headers={"Accept": "application/jwk-set+json, application/json"},
             ) as response:
                 if response.status != 200:
-                    raise FetchError(f"{url}: HTTP {response.status}")
+                    raise FetchError(f"{shown}: HTTP {response.status}")
                 declared = response.content_length
                 if declared is not None and declared > max_bytes:
-                    raise FetchError(f"{url}: response of {declared} bytes exceeds {max_bytes}")
+                    raise FetchError(f"{shown}: response of {declared} bytes exceeds {max_bytes}")
                 body = bytearray()
                 async for chunk in response.content.iter_chunked(64 * 1024):
                     body += chunk
                     if len(body) > max_bytes:
-                        raise FetchError(f"{url}: response exceeds {max_bytes} bytes")
+                        raise FetchError(f"{shown}: response exceeds {max_bytes} bytes")
                 max_age = cache_max_age(response.headers.getall("Cache-Control", ()))
     except TimeoutError:
-        raise FetchError(f"{url}: no complete answer within {seconds:g}s") from None
+        raise FetchError(f"{shown}: no complete answer within {seconds:g}s") from None
     except aiohttp.ClientError as exc:
-        raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from None
+        detail = _scrubbed(str(exc), url, shown)
+        raise FetchError(f"{shown}: {type(exc).__name__}: {detail}") from None
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
-        raise FetchError(f"{url}: response is not JSON") from None
+        raise FetchError(f"{shown}: response is not JSON") from None
     return data, max_age
 
 
