@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from aidr_gate.client_ip import (
     DEFAULT_TRUSTED_PROXIES,
+    MAX_HOP_CHARS,
     ClientIP,
     ProxyHeader,
     TrustedProxies,
@@ -369,6 +370,19 @@ def test_repeat_gives_the_same_answer_from_the_caches() -> None:
         hop = f"198.51.100.{n}"
         assert proxies.resolve("10.0.0.2", asgi([(XFF, f"{hop}, 10.0.0.9")])).ip == hop
         assert proxies.resolve(f"203.0.113.{n}", []).ip == f"203.0.113.{n}"
+
+
+def test_oversized_hops_are_not_cached() -> None:
+    """A hop longer than any address is refused each time, never kept (the cache holds short keys)."""
+    proxies = TrustedProxies(INTERNAL)
+    for n in range(20):
+        junk = f"{n:03d}" + "x" * 4000
+        found = proxies.resolve("10.0.0.2", asgi([(XFF, f"{junk}, 10.0.0.9")]))
+        assert found.ip is None
+        assert "is not an IP address" in found.notes[-1]
+    assert proxies.resolve("10.0.0.2", asgi([(XFF, C)])).ip == C
+    assert proxies._hops  # short hops are cached
+    assert max(len(text) for text in proxies._hops) <= MAX_HOP_CHARS
 
 
 def test_peer_answer_is_shared() -> None:

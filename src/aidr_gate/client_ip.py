@@ -200,6 +200,8 @@ class TrustedProxies:
         if hit is not None:
             return hit
         parsed = self._parse_uncached(text)
+        if len(text) > MAX_HOP_CHARS:  # refused at once; keeping it would fill the cache with junk
+            return parsed
         hops = self._hops
         if len(hops) >= self.cache_size:
             # Clearing costs one burst of re-parses; an LRU costs every hit (see bench/origin.py).
