@@ -292,6 +292,7 @@ def test_config_defaults(tmp_path: Path) -> None:
     origins = build_origin_resolver(parsed)
     assert isinstance(origins.geo, IptoccCountryResolver)
     assert origins.proxies.networks == parsed.trusted_proxies
+    assert origins.cache_size == origins.geo.cache_size == parsed.cache_size
 
 
 def test_config_full(tmp_path: Path, databases: tuple[Path, Path]) -> None:
@@ -320,6 +321,7 @@ def test_config_full(tmp_path: Path, databases: tuple[Path, Path]) -> None:
     try:
         assert isinstance(origins.geo, MaxMindCountryResolver)
         assert origins.geo.cache_size == 1000
+        assert origins.cache_size == 1000  # built origins, bounded like the GeoIP answers
         assert origins.reload_check_interval == 2.5
         assert origins.proxies.headers == (ProxyHeader.FORWARDED,)
     finally:

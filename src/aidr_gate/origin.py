@@ -424,7 +424,12 @@ def build_origin_resolver(config: OriginConfig) -> OriginResolver:
             raise  # pragma: no cover - raise_if_errors always raises here
     if config.overrides:
         geo = OverrideCountryResolver(config.overrides, geo, cache_size=config.cache_size)
-    return OriginResolver(proxies, geo, reload_check_interval=config.reload_check_interval)
+    return OriginResolver(
+        proxies,
+        geo,
+        reload_check_interval=config.reload_check_interval,
+        cache_size=config.cache_size,
+    )
 
 
 def origin_resolver_for(config: GateConfig) -> OriginResolver:
