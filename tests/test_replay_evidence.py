@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,10 @@ from hypothesis import strategies as st
 from aidr_gate.audit import AuditEvent, EcsRenderer, OcsfRenderer
 from aidr_gate.audit.chain import Chain
 from aidr_gate.audit.config import RecordFormat
+from aidr_gate.catalog import Model
 from aidr_gate.document import format_timestamp, parse_instant
 from aidr_gate.policy.pack import load_pack
+from aidr_gate.registry import Agreement, AgreementStatus, load_registry
 from aidr_gate.replay import Replayer, ReplayOptions, build_report, replay_files
 from aidr_gate.replay.evidence import (
     Clock,
@@ -26,7 +30,7 @@ from aidr_gate.replay.evidence import (
     recorded_entity,
     recorded_model,
 )
-from replay_support import decide, event_for, gate_for, requests, write_trail
+from replay_support import MODELS, decide, event_for, gate_for, requests, write_trail
 
 Edit = Callable[[dict[str, Any]], None]
 
@@ -320,3 +324,53 @@ def test_garbled_records_never_crash_the_replay(
         + sum(tally.cannot_decide.values())
     )
     assert placed == 1
+
+
+def test_agreements_round_trip_through_their_evidence(examples_dir: Path) -> None:
+    agreements = [a for e in load_registry(examples_dir / "entities.yaml") for a in e.agreements]
+    assert agreements
+    for agreement in agreements:
+        assert Agreement.from_dict(orjson.loads(orjson.dumps(agreement.to_dict()))) == agreement
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        (lambda d: d.pop("valid_until"), "missing a.valid_until"),
+        (lambda d: d.update(status="paused"), "a.status is unknown: 'paused'"),
+        (lambda d: d.update(status=[1]), "a.status is unknown: [1]"),
+        (lambda d: d.update(id=7), "a.id or .type is not text"),
+        (lambda d: d.update(valid_from="soon"), "a.valid_from is not a date or time: 'soon'"),
+        (lambda d: d.update(countries=[]), "a.countries is not a list of names"),
+    ],
+)
+def test_garbled_agreement_evidence_names_the_field(
+    edit: Callable[[dict[str, Any]], object], why: str
+) -> None:
+    raw = Agreement("SA-1", "contract", AgreementStatus.ACTIVE, valid_from=0.0).to_dict()
+    edit(raw)
+    with pytest.raises(ValueError, match="^" + re.escape(why) + "$"):
+        Agreement.from_dict(raw, "a")
+    with pytest.raises(ValueError, match=r"^a is not an agreement$"):
+        Agreement.from_dict(["SA-1"], "a")
+
+
+def test_models_are_rebuilt_from_their_evidence_block() -> None:
+    gate = gate_for("aidr-2025-01")
+    for model in MODELS:
+        request = replace(requests(1, seed=3, extras=False)[0], model=model.id)
+        block = decide(gate, request).evidence.to_dict()["model"]
+        rebuilt = Model.from_evidence(orjson.loads(orjson.dumps(block)))
+        assert rebuilt is not None
+        assert (rebuilt.id, rebuilt.training_ops, rebuilt.weights, rebuilt.tier) == (
+            model.id,
+            model.training_ops,
+            model.weights,
+            model.tier,
+        )
+    unknown = replace(requests(1, seed=3, extras=False)[0], model="no-such-model")
+    assert Model.from_evidence(decide(gate, unknown).evidence.to_dict()["model"]) is None
+    with pytest.raises(ValueError, match=r"^m\.weights is unknown: 'x'$"):
+        Model.from_evidence({"known": True, "id": "m", "training_ops": None, "weights": "x"}, "m")
+    with pytest.raises(ValueError, match=r"^missing m$"):
+        Model.from_evidence(None, "m")

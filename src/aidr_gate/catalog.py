@@ -43,6 +43,46 @@ class Model:
             "tier": self.tier,
         }
 
+    @classmethod
+    def from_evidence(cls, raw: object, where: str = "model") -> Model | None:
+        """The model a decision's ``model`` evidence block describes; ``None`` for an unknown one.
+
+        The block is the one ``Evidence.to_dict`` writes (``known``, ``id``, ``training_ops``,
+        ``weights``, ``catalog_tier``; the pack's ``tier`` is not the model's). Raises
+        :class:`ValueError` naming the field (under *where*) that is missing or garbled; nothing
+        else, whatever *raw* holds.
+        """
+        if not isinstance(raw, dict):
+            raise ValueError(f"missing {where}")
+
+        def required(key: str) -> Any:
+            if key not in raw:
+                raise ValueError(f"missing {where}.{key}")
+            return raw[key]
+
+        if not required("known"):
+            return None
+        model_id = required("id")
+        if not isinstance(model_id, str):
+            raise ValueError(f"{where}.id is not text")
+        ops = required("training_ops")
+        if ops is not None and (isinstance(ops, bool) or not isinstance(ops, int | float)):
+            raise ValueError(f"{where}.training_ops is not a number")
+        weights = required("weights")
+        try:
+            weights_value = Weights(weights)
+        except ValueError:
+            raise ValueError(f"{where}.weights is unknown: {weights!r}") from None
+        tier = required("catalog_tier")
+        if tier is not None and not isinstance(tier, str):
+            raise ValueError(f"{where}.catalog_tier is not text")
+        return cls(
+            id=model_id,
+            training_ops=float(ops) if ops is not None else None,
+            weights=weights_value,
+            tier=tier,
+        )
+
 
 class ModelCatalog(Protocol):
     """Where models are looked up by id or alias; implementations are immutable once built."""

@@ -13,7 +13,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from aidr_gate.document import Checker, Document, format_instant, join, load_document
+from aidr_gate.document import (
+    Checker,
+    Document,
+    format_instant,
+    join,
+    load_document,
+    parse_instant,
+)
 
 
 class AgreementStatus(StrEnum):
@@ -91,6 +98,53 @@ class Agreement:
             "model_tiers": sorted(self.model_tiers),
             "countries": sorted(self.countries),
         }
+
+    @classmethod
+    def from_dict(cls, raw: object, where: str = "agreement") -> Agreement:
+        """The agreement :meth:`to_dict` wrote (audit records carry it as evidence).
+
+        Raises :class:`ValueError` naming the field (under *where*) that is missing or garbled;
+        nothing else, whatever *raw* holds.
+        """
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where} is not an agreement")
+
+        def required(key: str) -> Any:
+            if key not in raw:
+                raise ValueError(f"missing {where}.{key}")
+            return raw[key]
+
+        agreement_id, kind, status = required("id"), required("type"), required("status")
+        if not isinstance(agreement_id, str) or not isinstance(kind, str):
+            raise ValueError(f"{where}.id or .type is not text")
+        try:
+            status_value = AgreementStatus(status)
+        except ValueError:
+            raise ValueError(f"{where}.status is unknown: {status!r}") from None
+        return cls(
+            id=agreement_id,
+            type=kind,
+            status=status_value,
+            valid_from=_instant(required("valid_from"), f"{where}.valid_from"),
+            valid_until=_instant(required("valid_until"), f"{where}.valid_until"),
+            model_tiers=_names(required("model_tiers"), f"{where}.model_tiers"),
+            countries=_names(required("countries"), f"{where}.countries"),
+        )
+
+
+def _instant(value: object, where: str) -> float | None:
+    if value is None:
+        return None
+    parsed = parse_instant(value)
+    if parsed is None:
+        raise ValueError(f"{where} is not a date or time: {value!r}")
+    return parsed
+
+
+def _names(value: object, where: str) -> frozenset[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{where} is not a list of names")
+    return frozenset(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,11 +19,11 @@ from typing import Any
 import orjson
 
 from aidr_gate.audit.record import SCHEMA_VERSION
-from aidr_gate.catalog import Model, ModelCatalog, Weights
+from aidr_gate.catalog import Model, ModelCatalog
 from aidr_gate.document import parse_instant
 from aidr_gate.facts import AnonymizerFlag, Identity
 from aidr_gate.gate import jurisdiction_of
-from aidr_gate.registry import Agreement, AgreementStatus, Entity, EntityRegistry
+from aidr_gate.registry import Agreement, Entity, EntityRegistry
 
 # Where the ``aidr`` tree starts in a rendered line: ECS puts it last before the chain member,
 # OCSF inside ``unmapped``. JSON escapes every quote inside strings, so this byte sequence can
@@ -143,42 +143,11 @@ def _country(value: Any, where: str) -> str | None:
     return value
 
 
-def _instant(value: Any, where: str) -> float | None:
-    if value is None:
-        return None
-    parsed = parse_instant(value)
-    if parsed is None:
-        raise MissingEvidence(f"{where} is not a date or time: {value!r}")
-    return parsed
-
-
-def _scope(value: Any, where: str) -> frozenset[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise MissingEvidence(f"{where} is not a list of names")
-    return frozenset(value)
-
-
 def _agreement(raw: Any, where: str) -> Agreement:
-    if not isinstance(raw, dict):
-        raise MissingEvidence(f"{where} is not an agreement")
-    agreement_id = _require(raw, "id", where)
-    kind = _require(raw, "type", where)
-    status = _require(raw, "status", where)
-    if not isinstance(agreement_id, str) or not isinstance(kind, str):
-        raise MissingEvidence(f"{where}.id or .type is not text")
     try:
-        status_value = AgreementStatus(status)
-    except ValueError:
-        raise MissingEvidence(f"{where}.status is unknown: {status!r}") from None
-    return Agreement(
-        id=agreement_id,
-        type=kind,
-        status=status_value,
-        valid_from=_instant(_require(raw, "valid_from", where), f"{where}.valid_from"),
-        valid_until=_instant(_require(raw, "valid_until", where), f"{where}.valid_until"),
-        model_tiers=_scope(_require(raw, "model_tiers", where), f"{where}.model_tiers"),
-        countries=_scope(_require(raw, "countries", where), f"{where}.countries"),
-    )
+        return Agreement.from_dict(raw, where)
+    except ValueError as exc:
+        raise MissingEvidence(str(exc)) from None
 
 
 def recorded_entity(raw: Any) -> tuple[Entity | None, str | None, str | None]:
@@ -220,31 +189,10 @@ def recorded_entity(raw: Any) -> tuple[Entity | None, str | None, str | None]:
 
 def recorded_model(raw: Any) -> Model | None:
     """The model as the record has it (``aidr.model``); ``None`` for an unknown model."""
-    where = "aidr.model"
-    if not isinstance(raw, dict):
-        raise MissingEvidence(f"missing {where}")
-    if not _require(raw, "known", where):
-        return None
-    model_id = _require(raw, "id", where)
-    if not isinstance(model_id, str):
-        raise MissingEvidence(f"{where}.id is not text")
-    ops = _require(raw, "training_ops", where)
-    if ops is not None and (isinstance(ops, bool) or not isinstance(ops, int | float)):
-        raise MissingEvidence(f"{where}.training_ops is not a number")
-    weights = _require(raw, "weights", where)
     try:
-        weights_value = Weights(weights)
-    except ValueError:
-        raise MissingEvidence(f"{where}.weights is unknown: {weights!r}") from None
-    tier = _require(raw, "catalog_tier", where)
-    if tier is not None and not isinstance(tier, str):
-        raise MissingEvidence(f"{where}.catalog_tier is not text")
-    return Model(
-        id=model_id,
-        training_ops=float(ops) if ops is not None else None,
-        weights=weights_value,
-        tier=tier,
-    )
+        return Model.from_evidence(raw, "aidr.model")
+    except ValueError as exc:
+        raise MissingEvidence(str(exc)) from None
 
 
 def _anonymizer(raw: Any) -> frozenset[AnonymizerFlag]:
