@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -332,38 +332,6 @@ def authorization_header(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None
                 raise TokenMalformed("more than one Authorization header")
             found = value
     return found
-
-
-_DESCRIPTIONS: Final[Mapping[str, str]] = {
-    "TOKEN_MALFORMED": "The bearer token is malformed",
-    "TOKEN_ALGORITHM_NOT_ALLOWED": "The token signing algorithm is not accepted",
-    "TOKEN_KEY_UNKNOWN": "The token signing key is not known",
-    "TOKEN_KEYS_UNAVAILABLE": "The signing keys are unavailable, try again later",
-    "TOKEN_SIGNATURE_INVALID": "The token signature is invalid",
-    "TOKEN_EXPIRED": "The token has expired",
-    "TOKEN_NOT_YET_VALID": "The token is not yet valid",
-    "TOKEN_ISSUER_INVALID": "The token issuer is not accepted",
-    "TOKEN_AUDIENCE_INVALID": "The token is not meant for this audience",
-    "TOKEN_CLAIM_MISSING": "The token lacks a required claim",
-    "TOKEN_CLAIM_INVALID": "A token claim has an invalid value",
-}
-_QUOTABLE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
-
-
-def www_authenticate(error: IdentityError, *, realm: str | None = None) -> str:
-    """The ``WWW-Authenticate`` value for a refused token (RFC 6750 section 3).
-
-    The description is a fixed text per reason code: nothing from the token reaches the client. A
-    missing token gets no error code, as RFC 6750 section 3.1 asks.
-    """
-    params: list[str] = []
-    if realm:
-        params.append(f'realm="{_QUOTABLE.sub("", realm)}"')
-    if not isinstance(error, TokenMissing):
-        description = _DESCRIPTIONS.get(error.reason, "The access token is invalid")
-        params.append('error="invalid_token"')
-        params.append(f'error_description="{description}"')
-    return "Bearer " + ", ".join(params) if params else "Bearer"
 
 
 # --- claims ------------------------------------------------------------------------------------
