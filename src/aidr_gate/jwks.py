@@ -267,7 +267,6 @@ class RemoteJwks(_KeyStore):
         self._last_attempt = -float("inf")
         self._next_refresh = -float("inf")
         self._failures = 0
-        self.attempts = 0
         self.failures = 0
         self.last_error: str | None = None
 
@@ -279,7 +278,6 @@ class RemoteJwks(_KeyStore):
 
     async def _fetch_and_install(self, session: aiohttp.ClientSession) -> bool:
         self._last_attempt = self._clock()
-        self.attempts += 1
         try:
             data, max_age = await fetch_jwks(
                 session, self.url, seconds=self._timeout, max_bytes=self._max_bytes
@@ -347,7 +345,6 @@ class RemoteJwks(_KeyStore):
                 )
 
         self._last_attempt = self._clock()
-        self.attempts += 1
         data, _ = asyncio.run(once())
         key_set = build_key_set(data, self._algorithms, source=self._shown_url)
         self._install(key_set)
