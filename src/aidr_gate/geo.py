@@ -204,9 +204,7 @@ def special_address(address: IPv4Address | IPv6Address) -> str | None:
         return "private or special-purpose"
     if address.is_reserved:
         return "reserved"
-    if not address.is_global:
-        return "not globally routable"
-    return None
+    return "not globally routable"  # global unicast returned None above
 
 
 def _classify(ip: str) -> str | GeoResult:
