@@ -215,7 +215,7 @@ def test_default_resolver_is_loopback_and_iptocc() -> None:
         "iptocc",
     )
     assert origins.reload()[0].outcome is ReloadOutcome.UNCHANGED
-    assert origins.refresh_if_changed() == ()
+    assert origins.geo.refresh_if_changed() == ()
 
 
 def test_watch_runs_until_cancelled(resolver: OriginResolver) -> None:

@@ -188,10 +188,6 @@ class OriginResolver:
             raise ConfigError(Problem(_COMMAND_LINE, "--peer", "--header needs --peer"))
         return self.resolve(peer, parse_header_lines(header_lines))
 
-    def refresh_if_changed(self) -> tuple[ReloadResult, ...]:
-        """Reload GeoIP databases whose files changed (rate-limited; blocking, off the loop)."""
-        return self.geo.refresh_if_changed()
-
     def reload(self) -> tuple[ReloadResult, ...]:
         """Reload the GeoIP databases now; a bad file is refused and the old one kept."""
         return self.geo.reload()
