@@ -10,7 +10,14 @@ import pytest
 from aidr_gate.cli import main
 from aidr_gate.document import parse_instant
 from aidr_gate.policy.pack import Membership, load_pack
-from aidr_gate.replay.diff import describe, diff_packs, render_diff, timeline
+from aidr_gate.replay.diff import (
+    describe,
+    diff_packs,
+    pack_window,
+    render_diff,
+    timeline,
+    window_text,
+)
 from conftest import POLICIES
 
 
@@ -253,3 +260,20 @@ def test_cli_reports_both_bad_packs(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["diff", "nope-a", "nope-b"]) == 2
     err = capsys.readouterr().err
     assert "nope-a" in err and "nope-b" in err
+
+
+@pytest.mark.parametrize(
+    "pack_id",
+    ["us-embargo-baseline", "aidr-2025-01", "aidr-2025-05-rescinded", "strict-hypothetical"],
+)
+def test_one_window_for_every_report(pack_id: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``packs``, ``diff`` and replay reports write a pack's window as the digest's canonical form."""
+    pack = load_pack(pack_id)
+    window = pack.to_dict()["effective"]
+    assert pack_window(pack) == window
+    assert diff_packs(pack, pack)["a"]["effective"] == window
+    text = window_text(window)
+    assert text == f"{window['from'] or '-'} .. {window['until'] or '-'}"
+    assert main(["packs"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(f"{pack_id} "))
+    assert text in line

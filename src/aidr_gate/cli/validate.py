@@ -11,6 +11,7 @@ from aidr_gate.config import load_config
 from aidr_gate.document import format_instant, parse_instant
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.gate import load_state
+from aidr_gate.replay.diff import pack_window, window_text
 
 
 def add_parser(sub: Any) -> None:
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         pack = engine.pack
         if not pack.in_window(at):
-            window = f"[{format_instant(pack.effective_from) or '-'}, {format_instant(pack.effective_until) or '-'})"
+            window = f"[{window_text(pack_window(pack), ', ')})"
             warnings.append(
                 Problem(
                     pack.files[-1],

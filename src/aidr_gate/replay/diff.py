@@ -196,6 +196,19 @@ def _model_tiers(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def pack_window(pack: Pack) -> dict[str, str | None]:
+    """A pack's legal window as ``Pack.to_dict()["effective"]`` has it (``None``: an open end)."""
+    return {
+        "from": format_instant(pack.effective_from),
+        "until": format_instant(pack.effective_until),
+    }
+
+
+def window_text(window: Mapping[str, str | None], joiner: str = " .. ") -> str:
+    """``2025-01-13 .. 2025-05-13``: a :func:`pack_window` for people, ``-`` for an open end."""
+    return f"{window['from'] or '-'}{joiner}{window['until'] or '-'}"
+
+
 def pack_ref(pack: Pack) -> dict[str, Any]:
     """Id, title, status, digest, legal window and ancestry of a pack (reports name packs so)."""
     return {
@@ -203,10 +216,7 @@ def pack_ref(pack: Pack) -> dict[str, Any]:
         "title": pack.title,
         "status": pack.status,
         "digest": pack.digest,
-        "effective": {
-            "from": format_instant(pack.effective_from),
-            "until": format_instant(pack.effective_until),
-        },
+        "effective": pack_window(pack),
         "extends": list(pack.extends),
     }
 
@@ -284,10 +294,8 @@ def render_diff(diff: dict[str, Any]) -> str:
     """The diff as text for a terminal, one section per kind of change."""
     a, b = diff["a"], diff["b"]
     out = [
-        f"--- A {a['id']} ({a['status']}, {a['effective']['from'] or '-'} .. "
-        f"{a['effective']['until'] or '-'}) {a['digest']}",
-        f"+++ B {b['id']} ({b['status']}, {b['effective']['from'] or '-'} .. "
-        f"{b['effective']['until'] or '-'}) {b['digest']}",
+        f"--- A {a['id']} ({a['status']}, {window_text(a['effective'])}) {a['digest']}",
+        f"+++ B {b['id']} ({b['status']}, {window_text(b['effective'])}) {b['digest']}",
     ]
     if diff["identical"]:
         out.append("The packs are identical (same digest): they decide every request alike.")

@@ -47,10 +47,10 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from aidr_gate.document import format_instant, format_timestamp
+from aidr_gate.document import format_timestamp
 from aidr_gate.errors import ConfigError
 from aidr_gate.policy.pack import load_pack
-from aidr_gate.replay.diff import pack_ref
+from aidr_gate.replay.diff import pack_ref, pack_window, window_text
 from aidr_gate.replay.run import EFFECTS, RANK, ReplayResult
 
 FORMAT = "aidr-gate.replay/1"
@@ -106,10 +106,7 @@ def bundled_pack_info(pack_id: str, digest: str) -> dict[str, Any]:
         return info
     if pack.digest == digest:
         info["title"] = pack.title
-        info["effective"] = {
-            "from": format_instant(pack.effective_from),
-            "until": format_instant(pack.effective_until),
-        }
+        info["effective"] = pack_window(pack)
     return info
 
 
@@ -396,7 +393,7 @@ def summary(report: dict[str, Any], *, top: int = 10) -> str:
     if totals["outside_pack_window"]:
         out.append(
             f"Note: {_n(totals['outside_pack_window'])} records fall outside the legal window of "
-            f"{pack['id']} ({pack['effective']['from'] or '-'} .. {pack['effective']['until'] or '-'})"
+            f"{pack['id']} ({window_text(pack['effective'])})"
         )
     chain = report["chain"]
     if chain["findings"]:
