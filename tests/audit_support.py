@@ -182,3 +182,18 @@ def signing_key_files(directory: Path, name: str = "audit-key") -> tuple[Path, P
         )
     )
     return private, public
+
+
+def encrypted_key_file(path: Path) -> Path:
+    """An Ed25519 private key in an encrypted PKCS#8 PEM (the gate cannot use it)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+    return path

@@ -15,9 +15,24 @@ from aidr_gate.audit.chain import (
     Signer,
     check_signature,
     key_id,
+    load_private_key,
+    load_public_key,
     parse_link,
     read_tail,
 )
+from audit_support import encrypted_key_file
+
+# An EC key on secp112r1, a curve the cryptography library does not support (made for the tests).
+UNSUPPORTED_PRIVATE = b"""-----BEGIN PRIVATE KEY-----
+ME4CAQAwEAYHKoZIzj0CAQYFK4EEAAYENzA1AgEBBA5etVUstvmcciHtEfKa7qEg
+Ax4ABB/aReACSK24MlqDgx7Zzas5eivMjHU3wAP5d4c=
+-----END PRIVATE KEY-----
+"""
+UNSUPPORTED_PUBLIC = b"""-----BEGIN PUBLIC KEY-----
+MDIwEAYHKoZIzj0CAQYFK4EEAAYDHgAEH9pF4AJIrbgyWoODHtnNqzl6K8yMdTfA
+A/l3hw==
+-----END PUBLIC KEY-----
+"""
 
 
 def test_link_appends_seq_prev_and_hash_of_the_exact_bytes() -> None:
@@ -107,3 +122,16 @@ def test_checkpoint_signature_verifies_only_with_the_right_key() -> None:
     assert not check_signature(Ed25519PrivateKey.generate().public_key(), checkpoint)
     assert not check_signature(key.public_key(), {**checkpoint, "seq": 8})
     assert not signer.pending
+
+
+def test_key_loaders_raise_value_error_for_keys_they_cannot_use(tmp_path: Path) -> None:
+    """Callers catch (OSError, ValueError): an encrypted or unsupported key must not escape that."""
+    encrypted = encrypted_key_file(tmp_path / "encrypted.pem")
+    (tmp_path / "weak.pem").write_bytes(UNSUPPORTED_PRIVATE)
+    (tmp_path / "weak.pub.pem").write_bytes(UNSUPPORTED_PUBLIC)
+    for path in (encrypted, tmp_path / "weak.pem"):
+        with pytest.raises(ValueError, match=r"\S"):
+            load_private_key(path)
+    for path in (encrypted, tmp_path / "weak.pem", tmp_path / "weak.pub.pem"):
+        with pytest.raises(ValueError, match=r"\S"):
+            load_public_key(path)

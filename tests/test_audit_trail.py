@@ -24,7 +24,15 @@ from aidr_gate.audit.chain import load_public_key
 from aidr_gate.audit.config import RETENTION_FLOOR_DAYS, StdoutSinkConfig
 from aidr_gate.audit.sinks.file import rotated_files
 from aidr_gate.audit.sinks.stdout import StdoutSink
-from audit_support import audit_files, event, file_config, records, signing_key_files
+from aidr_gate.errors import ConfigError
+from audit_support import (
+    audit_files,
+    encrypted_key_file,
+    event,
+    file_config,
+    records,
+    signing_key_files,
+)
 
 
 async def write(directory: Path, count: int, start: int = 0, **kwargs: object) -> AuditTrail:
@@ -342,3 +350,10 @@ def test_describe_names_sinks_and_chain(tmp_path: Path) -> None:
         f"ecs records to file {tmp_path / 'audit.jsonl'} (fsync never), stdout stdout; "
         "chain at seq 0; on failure: deny"
     )
+
+
+def test_an_encrypted_signing_key_is_a_configuration_error(tmp_path: Path) -> None:
+    key_file = encrypted_key_file(tmp_path / "encrypted.pem")
+    config = file_config(tmp_path / "audit", signing=SigningConfig(key_file=key_file))
+    with pytest.raises(ConfigError, match="encrypted"):
+        AuditTrail(config)

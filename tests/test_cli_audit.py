@@ -10,7 +10,13 @@ import pytest
 
 from aidr_gate.audit import AuditTrail, SigningConfig
 from aidr_gate.cli import main
-from audit_support import audit_files, event, file_config, signing_key_files
+from audit_support import (
+    audit_files,
+    encrypted_key_file,
+    event,
+    file_config,
+    signing_key_files,
+)
 
 
 def trail_files(
@@ -73,3 +79,12 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     bad_key.write_text("junk")
     files = trail_files(tmp_path / "t", count=2)
     assert main(["audit", "verify", "--public-key", str(bad_key), *map(str, files)]) == 2
+
+
+def test_an_encrypted_key_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = trail_files(tmp_path / "t", count=2)
+    encrypted = encrypted_key_file(tmp_path / "encrypted.pem")
+    assert main(["audit", "verify", "--public-key", str(encrypted), *map(str, files)]) == 2
+    assert "encrypted" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -190,9 +190,25 @@ def signed_message(seq: int, digest: str) -> bytes:
     return b"%b\n%d\n%b" % (SIGNATURE_CONTEXT, seq, digest.encode("ascii"))
 
 
+def _load_pem(data: bytes, public: bool = False) -> object:
+    """A key from PEM bytes; every way a key can be unusable raises ``ValueError``.
+
+    The library raises ``TypeError`` for an encrypted key and ``UnsupportedAlgorithm`` for a key
+    type or curve it does not know; callers catch ``(OSError, ValueError)`` only.
+    """
+    try:
+        if public:
+            return serialization.load_pem_public_key(data)
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError as exc:  # "Password was not given but private key is encrypted"
+        raise ValueError(f"cannot use the key: {exc}") from None
+    except UnsupportedAlgorithm as exc:
+        raise ValueError(f"unsupported key: {exc}") from None
+
+
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """An Ed25519 private key from a PEM (PKCS#8) file; raises ``ValueError`` for anything else."""
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    key = _load_pem(path.read_bytes())
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError("not an Ed25519 private key")
     return key
@@ -202,11 +218,11 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     """An Ed25519 public key from a PEM file (a private key file gives its public half)."""
     data = path.read_bytes()
     if b"PRIVATE KEY" in data:
-        private = serialization.load_pem_private_key(data, password=None)
+        private = _load_pem(data)
         if not isinstance(private, Ed25519PrivateKey):
             raise ValueError("not an Ed25519 key")
         return private.public_key()
-    key = serialization.load_pem_public_key(data)
+    key = _load_pem(data, public=True)
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError("not an Ed25519 public key")
     return key
