@@ -57,7 +57,17 @@ from aidr_gate.errors import (
     TokenSignatureInvalid,
 )
 from aidr_gate.facts import Identity
-from aidr_gate.jwks import FileKeys, KeyProvider, RemoteJwks
+from aidr_gate.jwks import (
+    DEFAULT_HTTP_TIMEOUT,
+    DEFAULT_MAX_JWKS_BYTES,
+    DEFAULT_REFRESH_MAX,
+    DEFAULT_REFRESH_MIN,
+    DEFAULT_RELOAD_INTERVAL,
+    DEFAULT_UNKNOWN_KID_INTERVAL,
+    FileKeys,
+    KeyProvider,
+    RemoteJwks,
+)
 from aidr_gate.keys import MAX_KID_LENGTH, SUPPORTED_ALGORITHMS, KeySet, VerificationKey
 
 logger = logging.getLogger("aidr_gate.identity")
@@ -67,13 +77,7 @@ SECTION = "identity"
 DEFAULT_LEEWAY = 30.0
 MAX_LEEWAY = 300.0
 DEFAULT_CACHE_SIZE = 10_000
-DEFAULT_REFRESH_MIN = 60.0
-DEFAULT_REFRESH_MAX = 3600.0
-DEFAULT_UNKNOWN_KID_INTERVAL = 30.0
 DEFAULT_MAX_TOKEN_LENGTH = 8192
-DEFAULT_HTTP_TIMEOUT = 5.0
-DEFAULT_MAX_JWKS_BYTES = 256 * 1024
-DEFAULT_RELOAD_INTERVAL = 30.0
 MAX_CLAIM_NAME = 256
 MAX_ENTITY_LENGTH = 256
 # A token naming an unknown kid may match several unnamed keys (PEM files); bound the work it costs.

@@ -29,6 +29,13 @@ logger = logging.getLogger("aidr_gate.jwks")
 Listener = Callable[[KeySet | None, KeySet], None]
 
 MAX_KEY_FILE_BYTES = 1024 * 1024
+# Defaults of the key sources, and of the identity settings that configure them.
+DEFAULT_RELOAD_INTERVAL = 30.0  # seconds between key file checks
+DEFAULT_REFRESH_MIN = 60.0  # seconds: the shortest JWKS cache lifetime honoured
+DEFAULT_REFRESH_MAX = 3600.0  # seconds: the longest
+DEFAULT_UNKNOWN_KID_INTERVAL = 30.0  # seconds between refetches for an unknown kid
+DEFAULT_HTTP_TIMEOUT = 5.0  # seconds for a whole JWKS fetch
+DEFAULT_MAX_JWKS_BYTES = 256 * 1024
 _RETRY_FIRST = 1.0  # seconds before the first retry after a failed fetch; doubles up to refresh_min
 
 
@@ -146,7 +153,11 @@ class FileKeys(_KeyStore):
     """Keys from a file (PEM public keys or certificates, or a JWKS as JSON), reloaded on change."""
 
     def __init__(
-        self, path: str | Path, algorithms: Sequence[str], *, reload_interval: float = 30.0
+        self,
+        path: str | Path,
+        algorithms: Sequence[str],
+        *,
+        reload_interval: float = DEFAULT_RELOAD_INTERVAL,
     ) -> None:
         super().__init__()
         self.path = Path(path)
@@ -242,11 +253,11 @@ class RemoteJwks(_KeyStore):
         url: str,
         algorithms: Sequence[str],
         *,
-        refresh_min: float = 60.0,
-        refresh_max: float = 3600.0,
-        unknown_kid_interval: float = 30.0,
-        timeout: float = 5.0,
-        max_bytes: int = 256 * 1024,
+        refresh_min: float = DEFAULT_REFRESH_MIN,
+        refresh_max: float = DEFAULT_REFRESH_MAX,
+        unknown_kid_interval: float = DEFAULT_UNKNOWN_KID_INTERVAL,
+        timeout: float = DEFAULT_HTTP_TIMEOUT,
+        max_bytes: int = DEFAULT_MAX_JWKS_BYTES,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
