@@ -357,3 +357,31 @@ def test_an_encrypted_signing_key_is_a_configuration_error(tmp_path: Path) -> No
     config = file_config(tmp_path / "audit", signing=SigningConfig(key_file=key_file))
     with pytest.raises(ConfigError, match="encrypted"):
         AuditTrail(config)
+
+
+def test_a_corrupt_rotated_gzip_is_reported_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    asyncio.run(write(tmp_path, 12, max_bytes=12_000, compress=True))
+    journal = tmp_path / "audit.jsonl"
+    rotated = rotated_files(journal)
+    assert len(rotated) >= 2
+    assert rotated[-1].name.endswith(".gz")
+    damaged = bytearray(rotated[-1].read_bytes())
+    stream = damaged.index(b"\0", 10) + 1  # after the header and the file name it carries
+    damaged[stream : stream + 4] = b"\xff" * 4  # a broken deflate stream: zlib.error
+    rotated[-1].write_bytes(bytes(damaged))
+    journal.unlink()  # the newest records are in the damaged file only
+    before = records([rotated[-2]])[-1]["chain"]["seq"]
+
+    async def run() -> int:
+        trail = AuditTrail(file_config(tmp_path))
+        await trail.start()  # does not crash: the chain continues from the newest readable file
+        seq = trail.chain.next_seq
+        assert await trail.submit(event(99))
+        await trail.close(5)
+        return seq
+
+    with caplog.at_level(logging.ERROR, logger="aidr_gate.audit"):
+        assert asyncio.run(run()) == before + 1
+    assert any(str(rotated[-1]) in r.getMessage() for r in caplog.records)

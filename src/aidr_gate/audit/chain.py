@@ -16,8 +16,10 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import logging
 import os
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,9 @@ _CHAIN_AT = b'"chain":{"seq":'
 CHECKPOINT_ACTION = "audit-checkpoint"
 SIGNATURE_CONTEXT = b"aidr-gate-audit-checkpoint-v1"
 TAIL_READ = 256 * 1024
+_GZIP_MAGIC = b"\x1f\x8b"
+
+logger = logging.getLogger("aidr_gate.audit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +130,7 @@ def open_bytes(path: Path) -> bytes:
     """The whole content of an audit file, gunzipped when it is gzip-compressed."""
     with open(path, "rb") as handle:
         data = handle.read()
-    if data[:2] == b"\x1f\x8b":
+    if data[:2] == _GZIP_MAGIC:
         return gzip.decompress(data)
     return data
 
@@ -143,22 +148,23 @@ class Tail:
 def read_tail(path: Path) -> Tail | None:
     """The last record of a file; ``None`` when the file holds no complete record.
 
-    Plain files are read from the end (a bounded window); compressed ones whole.
+    Plain files are read from the end (a bounded window); compressed ones whole. A file that cannot
+    be read (a corrupt ``.gz`` included) is logged and counts as holding no record.
     """
     try:
         with open(path, "rb") as handle:
-            magic = handle.read(2)
-            if magic == b"\x1f\x8b":
-                handle.seek(0)
-                data = gzip.decompress(handle.read())
-            else:
+            compressed = handle.read(2) == _GZIP_MAGIC
+            if not compressed:
                 size = handle.seek(0, os.SEEK_END)
                 start = max(0, size - TAIL_READ)
                 handle.seek(start)
                 data = handle.read()
                 if start > 0:  # the window began mid-line: drop that partial line
                     data = data[data.find(b"\n") + 1 :]
-    except (OSError, EOFError, gzip.BadGzipFile):
+        if compressed:
+            data = open_bytes(path)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        logger.error("audit file %s cannot be read (%s); no chain tail taken from it", path, exc)
         return None
     torn = 0
     if data and not data.endswith(b"\n"):
