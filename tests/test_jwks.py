@@ -19,12 +19,14 @@ from cryptography.x509.oid import NameOID
 from aidr_gate.jwks import FileKeys, RemoteJwks, StaticKeys, cache_max_age, shown_url
 from aidr_gate.keys import (
     MAX_KEYS,
+    MAX_KID_LENGTH,
     KeySet,
     KeySetError,
     build_key_set,
     parse_key_file,
     pem_to_jwks,
     thumbprint,
+    valid_kid,
 )
 from jwks_server import (
     JwksServer,
@@ -620,3 +622,20 @@ def test_logs_and_errors_never_show_url_credentials_or_query(
 )
 def test_shown_url(url: str, shown: str) -> None:
     assert shown_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("kid", "valid"),
+    [
+        ("k", True),
+        ("k" * MAX_KID_LENGTH, True),
+        ("", False),
+        ("k" * (MAX_KID_LENGTH + 1), False),
+        (1, False),
+        (None, False),
+        (["k"], False),
+    ],
+)
+def test_valid_kid(kid: object, valid: bool) -> None:
+    """One rule for the kid of a token and of a JWK."""
+    assert valid_kid(kid) is valid

@@ -68,7 +68,7 @@ from aidr_gate.jwks import (
     KeyProvider,
     RemoteJwks,
 )
-from aidr_gate.keys import MAX_KID_LENGTH, SUPPORTED_ALGORITHMS, KeySet, VerificationKey
+from aidr_gate.keys import SUPPORTED_ALGORITHMS, KeySet, VerificationKey, valid_kid
 
 logger = logging.getLogger("aidr_gate.identity")
 
@@ -424,7 +424,7 @@ def parse_token(token: bytes, algorithms: frozenset[str]) -> _Parsed:
     if "crit" in header or "b64" in header:
         raise TokenMalformed("critical header extensions are not supported")
     kid = header.get("kid")
-    if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH):
+    if kid is not None and not valid_kid(kid):
         raise TokenMalformed("kid is not a short non-empty string")
     signing_input = token[: len(header_b64) + 1 + len(payload_b64)]
     return _Parsed(alg, kid, signing_input, payload_b64, signature_b64)

@@ -50,6 +50,11 @@ class KeySetError(ValueError):
     """A JWKS document or key file holds no usable verification key; the last good set is kept."""
 
 
+def valid_kid(kid: object) -> bool:
+    """Whether a ``kid`` (of a token or a JWK) is a non-empty string of at most MAX_KID_LENGTH."""
+    return isinstance(kid, str) and 0 < len(kid) <= MAX_KID_LENGTH
+
+
 def algorithms_for(jwk: Mapping[str, Any]) -> frozenset[str]:
     """Every supported algorithm a JWK's type and curve can verify (before pinning and ``alg``)."""
     kty = jwk.get("kty")
@@ -156,7 +161,7 @@ def _verification_key(
     if _PRIVATE_MEMBERS & jwk.keys():
         return None, "holds private or symmetric key material"
     kid = jwk.get("kid")
-    if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH):
+    if kid is not None and not valid_kid(kid):
         return None, "kid is not a short non-empty string"
     use = jwk.get("use")
     if use is not None and use != "sig":
