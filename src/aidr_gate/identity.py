@@ -16,7 +16,6 @@ algorithm comes from configuration and from the key record, never from the token
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -67,6 +66,7 @@ from aidr_gate.jwks import (
     FileKeys,
     KeyProvider,
     RemoteJwks,
+    on_event_loop,
 )
 from aidr_gate.keys import SUPPORTED_ALGORITHMS, KeySet, VerificationKey, valid_kid
 
@@ -591,11 +591,7 @@ class Authenticator:
         return None
 
     def _load_blocking(self) -> KeySet:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
+        if on_event_loop():
             raise TokenKeysUnavailable("no keys loaded; not loading them on a running event loop")
         try:
             return self._keys.load_sync()

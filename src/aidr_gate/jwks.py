@@ -39,6 +39,15 @@ DEFAULT_MAX_JWKS_BYTES = 256 * 1024
 _RETRY_FIRST = 1.0  # seconds before the first retry after a failed fetch; doubles up to refresh_min
 
 
+def on_event_loop() -> bool:
+    """True when called from a running event loop, where nothing may block on I/O."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def shown_url(url: str) -> str:
     """A URL as logs and errors show it: no userinfo, query or fragment (they may hold secrets)."""
     try:
@@ -342,11 +351,7 @@ class RemoteJwks(_KeyStore):
 
     def load_sync(self) -> KeySet:
         """Fetch once, blocking, in a private event loop (CLI use); raises :class:`KeySetError`."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
+        if on_event_loop():
             raise KeySetError("cannot fetch keys synchronously inside a running event loop")
 
         async def once() -> tuple[Any, float | None]:
