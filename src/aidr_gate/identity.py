@@ -235,8 +235,7 @@ def parse_identity_config(config: GateConfig) -> IdentityConfig:
 
 def _strings(check: Checker, value: Any, path: str) -> tuple[str, ...]:
     if isinstance(value, list):
-        if not value:
-            check.error(path, "must not be empty")
+        check.sequence(value, path, allow_empty=False)  # reports an empty list
         return tuple(check.each(value, path, check.string) or ())
     text = check.string(value, path)
     return (text,) if text is not None else ()
