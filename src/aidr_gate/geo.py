@@ -60,7 +60,7 @@ import iptocc
 import maxminddb
 
 from aidr_gate.client_ip import normalize_ip, normalize_network
-from aidr_gate.countries import COUNTRY_CODES
+from aidr_gate.countries import is_country_code
 from aidr_gate.errors import ConfigError
 from aidr_gate.facts import NO_FLAGS, AnonymizerFlag, CountrySource
 
@@ -231,6 +231,14 @@ def _store(cache: dict[str, GeoResult], size: int, key: str, result: GeoResult) 
     cache[key] = result
 
 
+def _known_country(code: str, notes: list[str]) -> str | None:
+    """A database's country code if ISO 3166-1 assigns it; else None, and a note why."""
+    if is_country_code(code):
+        return code
+    notes.append(f"unrecognised country code {code!r:.12}; country unknown")
+    return None
+
+
 def _failed(exc: BaseException) -> GeoResult:
     return GeoResult(None, CountrySource.NONE, notes=(f"GeoIP lookup failed: {exc!r:.120}",))
 
@@ -270,20 +278,18 @@ class IptoccCountryResolver:
         code = iptocc.country_code(text)
         result = self._results.get(code)  # one shared answer per country
         if result is None:
-            country: str | None = None
-            notes: tuple[str, ...] = ()
+            notes: list[str] = []
+            country = None
             if code is None:
-                notes = ("not in the RIR delegation data; country unknown",)
-            elif code in COUNTRY_CODES:
-                country = code
+                notes.append("not in the RIR delegation data; country unknown")
             else:
-                notes = (f"unrecognised country code {code!r:.12}; country unknown",)
+                country = _known_country(code, notes)
             result = GeoResult(
                 country,
                 CountrySource.REGISTRATION,
                 database=self.database,
                 database_build=self.database_build,
-                notes=notes,
+                notes=tuple(notes),
             )
             self._results[code] = result
         return result
@@ -485,9 +491,8 @@ class MaxMindCountryResolver:
                         notes.append(f"{kind} record has no country; country unknown")
             else:
                 notes.append(f"{kind} record is not a map; country unknown")
-        if country is not None and country not in COUNTRY_CODES:
-            notes.append(f"unrecognised country code {country!r:.12}; country unknown")
-            country = None
+        if country is not None:
+            country = _known_country(country, notes)
         flags = NO_FLAGS
         anon = gen.anonymous
         if anon is not None:
