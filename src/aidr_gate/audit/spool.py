@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aidr_gate.audit.chain import parse_link
+from aidr_gate.audit.sinks.file import truncate, write_all
 
 logger = logging.getLogger("aidr_gate.audit")
 
@@ -88,9 +89,11 @@ class Spool:
                 self._append_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640
             )
             self._append_size = os.fstat(self._append_fd).st_size
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._append_fd, view) :]
+        try:
+            write_all(self._append_fd, data)
+        except OSError:  # a short write, then ENOSPC: leave no fragment to glue the next line to
+            truncate(self._append_fd, self._append_size, self._append_path or self.directory)
+            raise
         self._append_size += len(data)
         self.bytes += len(data)
         self.count += len(lines)

@@ -36,11 +36,21 @@ class Recovery:
     torn: int
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of *data* (``os.write`` may write less); raises ``OSError``."""
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def truncate(fd: int, size: int, path: Path) -> None:
+    """Cut a file back to *size* bytes after a failed write (logged, not raised, if that fails)."""
+    try:
+        if os.fstat(fd).st_size > size:
+            os.ftruncate(fd, size)
+    except OSError as exc:
+        logger.error("audit file %s: cannot cut a failed write back (%s)", path, exc)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -171,18 +181,23 @@ class FileJournal:
             self.rotate()
         if self._size == 0:
             self._first_seq = first_seq
-        _write_all(self._fd, data)
+        sync = config.fsync is FsyncPolicy.ALWAYS or (
+            config.fsync is FsyncPolicy.INTERVAL and now - self._last_sync >= config.fsync_interval
+        )
+        try:
+            write_all(self._fd, data)
+            if sync:
+                os.fdatasync(self._fd)
+        except OSError:
+            # A short write (then ENOSPC) leaves part of a record; the caller spools the whole
+            # batch and writes it again later. Cut the file back so nothing is glued to that part.
+            truncate(self._fd, self._size, self.path)
+            raise
         self._size += len(data)
         self.written += count
-        self._dirty = True
-        if config.fsync is FsyncPolicy.ALWAYS:
-            os.fdatasync(self._fd)
-            self._dirty = False
+        self._dirty = not sync
+        if sync:
             self._last_sync = now
-        elif (
-            config.fsync is FsyncPolicy.INTERVAL and now - self._last_sync >= config.fsync_interval
-        ):
-            self.sync()
 
     def sync(self) -> None:
         """Force written records to disk."""
