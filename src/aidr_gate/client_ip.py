@@ -169,6 +169,9 @@ class TrustedProxies:
         self.max_hops = max_hops
         # Plain strings and positions: enum attribute access is slow on the hot path.
         self._names: tuple[str, ...] = tuple(h.value for h in self.headers)
+        self._is_forwarded: tuple[bool, ...] = tuple(
+            h is ProxyHeader.FORWARDED for h in self.headers
+        )
         self._wanted: dict[bytes, int] = {name.encode(): i for i, name in enumerate(self._names)}
         self._wanted_lengths = frozenset(len(name) for name in self._wanted)
         # "x-forwarded-for[-2]" and the like, built once so a walk allocates no label.
@@ -295,7 +298,7 @@ class TrustedProxies:
             notes = (f"{self._names[index]} used, {others} ignored (first in trusted_headers)",)
         lines = found[index]
         limit = self.max_hops + 1
-        if self.headers[index] is ProxyHeader.FORWARDED:
+        if self._is_forwarded[index]:
             hops, problems = _join_lines([self._forwarded_line(line) for line in lines], limit)
         else:
             joined = lines[0] if len(lines) == 1 else b",".join(lines)
