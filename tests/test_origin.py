@@ -163,6 +163,35 @@ def test_warm_origin_is_shared_until_the_database_changes(resolver: OriginResolv
     assert (first.country, second.country) == ("GB", "SE")
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [],  # a trusted peer that forwards nothing: the common sidecar case, with a note
+        [(b"x-forwarded-for", b"10.0.0.1, 127.0.0.1")],  # every hop trusted, with a note
+    ],
+    ids=["no-header", "all-trusted"],
+)
+def test_an_origin_with_notes_is_shared_too(
+    headers: list[tuple[bytes, bytes]], databases: tuple[Path, Path]
+) -> None:
+    """Notes are part of the cache key, so a request with notes costs no new Origin either."""
+    resolver = OriginResolver(
+        TrustedProxies(["127.0.0.0/8", "10.0.0.0/8"]), MaxMindCountryResolver(databases[0])
+    )
+    try:
+        first = resolver.resolve("127.0.0.1", headers)
+        assert first.notes
+        assert resolver.resolve("127.0.0.1", headers) is first
+        # The same address, hop and peer without those notes (the peer no longer trusted) is
+        # another Origin: the notes are part of the key.
+        resolver.proxies = TrustedProxies([])
+        direct = resolver.resolve("127.0.0.1", [])
+        assert (direct.ip, direct.resolved_by, direct.peer) == ("127.0.0.1", "peer", "127.0.0.1")
+        assert direct.notes == ("127.0.0.1 is a loopback address; country unknown",)
+    finally:
+        resolver.close()
+
+
 def test_resolve_ip_is_declared(resolver: OriginResolver) -> None:
     """An address given by hand is looked up and labelled declared."""
     origin = resolver.resolve_ip("::ffff:216.160.83.200")

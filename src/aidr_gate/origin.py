@@ -102,6 +102,9 @@ class OriginConfig:
     document: Document | None = None
 
 
+_OriginKey = tuple[str, str, str | None, tuple[str, ...]]
+
+
 class OriginResolver:
     """Client IP and GeoIP in one call: ``resolve(peer, headers) -> Origin``, never raising."""
 
@@ -118,9 +121,9 @@ class OriginResolver:
         self.geo: CountryResolver = geo if geo is not None else IptoccCountryResolver()
         self.reload_check_interval = reload_check_interval
         self.cache_size = cache_size
-        # Built Origins by (ip, resolved_by, peer); an entry is used only while GeoIP still returns
-        # the very same answer object, so a database swap invalidates it without any bookkeeping.
-        self._origins: dict[tuple[str, str, str | None], tuple[GeoResult, Origin]] = {}
+        # Built Origins by (ip, resolved_by, peer, notes); an entry is used only while GeoIP still
+        # returns the very same answer object, so a database swap invalidates it without bookkeeping.
+        self._origins: dict[_OriginKey, tuple[GeoResult, Origin]] = {}
 
     def resolve(self, peer: str | None, headers: Iterable[tuple[bytes, bytes]]) -> Origin:
         """The origin of one request from the ASGI peer host and raw ASGI headers; never raises."""
@@ -151,9 +154,9 @@ class OriginResolver:
                 ip=None, resolved_by=client.resolved_by, peer=client.peer, notes=client.notes
             )
         geo = self.geo.lookup(ip)
-        if client.notes:  # unusual requests: built fresh, not cached
-            return _build(client, geo)
-        key = (ip, client.resolved_by, client.peer)
+        # Notes with an address are a few fixed texts (a trusted peer that forwards nothing, an
+        # all-trusted chain...): part of the key, so those requests share one Origin as well.
+        key = (ip, client.resolved_by, client.peer, client.notes)
         cached = self._origins.get(key)
         if cached is not None and cached[0] is geo:
             return cached[1]
