@@ -385,3 +385,37 @@ def test_a_corrupt_rotated_gzip_is_reported_not_fatal(
     with caplog.at_level(logging.ERROR, logger="aidr_gate.audit"):
         assert asyncio.run(run()) == before + 1
     assert any(str(rotated[-1]) in r.getMessage() for r in caplog.records)
+
+
+def test_a_cursor_that_cannot_be_saved_does_not_stop_delivery(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    read_fd, write_fd = os.pipe()
+
+    async def run() -> AuditTrail:
+        config = file_config(tmp_path, sinks=(StdoutSinkConfig(name="stdout"),))
+        trail = AuditTrail(config)
+        outbox = trail.outboxes[0]
+        assert isinstance(outbox.sink, StdoutSink)
+        outbox.sink._fd = write_fd
+        await trail.start()
+        # The cursor is saved by writing cursor.tmp and renaming it: a directory there makes
+        # every save fail (IsADirectoryError), as a full or read-only disk would.
+        (outbox.spool.directory / "cursor.tmp").mkdir()
+        for start in (0, 3):
+            await asyncio.gather(*(trail.submit(event(start + i)) for i in range(3)))
+            await asyncio.wait_for(trail.drain(sinks=True), 5)
+        assert outbox.cursor == 5  # kept in memory
+        assert outbox.stats().delivered == 6
+        await trail.close(5)  # does not raise; the journal is closed and the I/O thread stopped
+        return trail
+
+    with caplog.at_level(logging.ERROR, logger="aidr_gate.audit"):
+        trail = asyncio.run(run())
+    assert trail.journal is not None
+    assert trail.journal._fd == -1
+    assert trail._io._shutdown
+    assert any("cursor" in r.getMessage() for r in caplog.records)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        assert pipe.read() == (tmp_path / "audit.jsonl").read_bytes()

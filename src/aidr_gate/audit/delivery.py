@@ -86,6 +86,7 @@ class Outbox:
         self.rejected = 0
         self.failures = 0
         self._last_loss_log = 0.0
+        self._cursor_failed = False
 
     async def _run_io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
@@ -111,6 +112,16 @@ class Outbox:
             )
         await self.sink.open()
         self._task = asyncio.create_task(self._worker(), name=f"aidr-audit-{self.sink.name}")
+        self._task.add_done_callback(self._worker_done)
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.error(
+                "audit sink %s: the delivery worker failed; records for it wait in memory and "
+                "the spool until the next start",
+                self.sink.name,
+                exc_info=error,
+            )
 
     def stats(self) -> SinkStats:
         """A snapshot of the counters."""
@@ -305,12 +316,25 @@ class Outbox:
             self._inflight_first += count
         else:
             self._inflight = None
-            if self._inflight_spool_bytes:
-                await self._run_io(
-                    self.spool.consume, self._inflight_spool_bytes, self._inflight_spool_lines
+            spool_bytes, self._inflight_spool_bytes = self._inflight_spool_bytes, 0
+            if spool_bytes:
+                await self._run_io(self.spool.consume, spool_bytes, self._inflight_spool_lines)
+        try:
+            await self._run_io(self.spool.save_cursor, self.cursor)
+        except OSError as exc:
+            # The worker carries on with the cursor in memory; after a restart records acknowledged
+            # since the last save may be delivered a second time (never lost).
+            if not self._cursor_failed:
+                logger.error(
+                    "audit sink %s: cannot save the delivery cursor (%s); keeping it in memory",
+                    self.sink.name,
+                    exc,
                 )
-                self._inflight_spool_bytes = 0
-        await self._run_io(self.spool.save_cursor, self.cursor)
+            self._cursor_failed = True
+            return
+        if self._cursor_failed:
+            self._cursor_failed = False
+            logger.warning("audit sink %s: the delivery cursor is saved again", self.sink.name)
 
     # -- shutdown --------------------------------------------------------------------------------
 
@@ -324,11 +348,12 @@ class Outbox:
             # A sink that is down gets no grace: what is left goes to the spool at once.
             remaining = 0.0 if self.down else deadline - loop.time()
             if remaining > 0:
-                with contextlib.suppress(TimeoutError):
+                # The worker's own failure is reported below, never raised into the trail's close.
+                with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(task), remaining)
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(Exception, asyncio.CancelledError):
                     await task
         leftovers: list[bytes] = []
         first = 0

@@ -302,7 +302,12 @@ class AuditTrail:
         self._tickets.clear()
         if self._timer is not None:
             self._timer.cancel()
-        await asyncio.gather(*(o.close(deadline) for o in self.outboxes))
+        closed = await asyncio.gather(
+            *(o.close(deadline) for o in self.outboxes), return_exceptions=True
+        )
+        for outbox, error in zip(self.outboxes, closed, strict=True):
+            if isinstance(error, Exception):  # the journal must still be closed
+                logger.error("audit sink %s: closing failed", outbox.sink.name, exc_info=error)
         if self.journal is not None:
             journal = self.journal
             await loop.run_in_executor(
