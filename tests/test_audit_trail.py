@@ -419,3 +419,38 @@ def test_a_cursor_that_cannot_be_saved_does_not_stop_delivery(
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as pipe:
         assert pipe.read() == (tmp_path / "audit.jsonl").read_bytes()
+
+
+def test_records_a_sink_missed_and_the_journal_lost_are_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sink behind the journal gets what the journal still holds; the rest counts as lost."""
+    asyncio.run(write(tmp_path, 15, max_bytes=8_000))
+    journal = tmp_path / "audit.jsonl"
+    rotated = rotated_files(journal)
+    assert len(rotated) >= 3
+    gone = len(records(rotated[:2]))
+    rotated[0].unlink()  # removed by retention
+    rotated[1].write_bytes(b"\x1f\x8b" + b"not gzip at all")  # unreadable
+    spool = tmp_path / "spool" / "stdout"
+    spool.mkdir(parents=True)
+    (spool / "cursor").write_text("-1\n")  # the sink acknowledged nothing before a crash
+    out = tmp_path / "stdout.jsonl"
+
+    async def run() -> tuple[int, int]:
+        trail = AuditTrail(file_config(tmp_path, sinks=(StdoutSinkConfig(name="stdout"),)))
+        sink = trail.outboxes[0].sink
+        assert isinstance(sink, StdoutSink)
+        sink._fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        await trail.start()
+        await trail.drain(sinks=True)
+        stats = trail.outboxes[0].stats()
+        await trail.close(5)
+        os.close(sink._fd)
+        return stats.delivered, stats.lost
+
+    with caplog.at_level(logging.ERROR, logger="aidr_gate.audit"):
+        delivered, lost = asyncio.run(run())
+    assert (delivered, lost) == (15 - gone, gone)
+    assert any("LOST" in r.getMessage() for r in caplog.records)
+    assert [r["chain"]["seq"] for r in records([out])] == list(range(gone, 15))

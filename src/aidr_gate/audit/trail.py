@@ -239,6 +239,9 @@ class AuditTrail:
             return
         wanted: list[bytes] = []
         size = 0
+        budget = outbox.spool.max_bytes
+        over_budget = False
+        unreadable: list[str] = []
         rotated = rotated_files(journal.path)
         firsts = [first_seq_of(p) for p in rotated]
         for index, path in enumerate([*rotated, journal.path]):
@@ -248,24 +251,35 @@ class AuditTrail:
                 break
             try:
                 data = open_bytes(path)
-            except (OSError, EOFError, zlib.error):
+            except (OSError, EOFError, zlib.error) as exc:
+                unreadable.append(f"{path.name}: {exc}")
                 continue
             for line in data.splitlines(keepends=True):
                 link = parse_link(line, check=False)
                 if link is not None and start <= link.seq < end and line.endswith(b"\n"):
                     size += len(line)
-                    if size > outbox.spool.max_bytes:
+                    if size > budget:
+                        over_budget = True
                         break
                     wanted.append(line)
-        if size > outbox.spool.max_bytes:
-            missed = end - start - len(wanted)
+            if over_budget:
+                break
+        missed = end - start - len(wanted)
+        if missed > 0:  # more than the spool holds, or no longer in the journal (retention, damage)
             outbox.lost += missed
+            why = []
+            if over_budget:
+                why.append(
+                    f"more than its spool holds ({budget} bytes); they remain in the journal"
+                )
+            if unreadable:
+                why.append(f"unreadable journal files ({'; '.join(unreadable)})")
             logger.error(
-                "audit sink %s: %d records behind, more than its spool holds; %d LOST for it "
-                "(they remain in the journal)",
+                "audit sink %s: %d records behind; %d of them LOST for it (%s)",
                 outbox.sink.name,
                 end - start,
                 missed,
+                ", ".join(why) or "no longer in the journal",
             )
         if wanted:
             outbox.spool.prepend(wanted, start)
