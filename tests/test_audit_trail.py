@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -454,3 +455,42 @@ def test_records_a_sink_missed_and_the_journal_lost_are_counted(
     assert (delivered, lost) == (15 - gone, gone)
     assert any("LOST" in r.getMessage() for r in caplog.records)
     assert [r["chain"]["seq"] for r in records([out])] == list(range(gone, 15))
+
+
+class SlowStoreTrail(AuditTrail):
+    """A trail whose I/O thread takes a while over each batch (a slow disk)."""
+
+    def _store(
+        self, data: bytes, lines: list[bytes], first: int, position: tuple[int, str] | None
+    ) -> bool:
+        time.sleep(0.5)
+        return super()._store(data, lines, first, position)
+
+
+def test_a_close_timeout_does_not_cancel_a_batch_being_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close() gives up on the writer, not on the I/O: what reaches the disk is counted and sent."""
+
+    async def run() -> tuple[AuditTrail, list[bool]]:
+        config = file_config(tmp_path, sinks=(StdoutSinkConfig(name="stdout"),))
+        trail = SlowStoreTrail(config)
+        sink = trail.outboxes[0].sink
+        assert isinstance(sink, StdoutSink)
+        sink._fd = os.open(tmp_path / "stdout.jsonl", os.O_WRONLY | os.O_CREAT, 0o600)
+        await trail.start()
+        futures = [trail.submit(event(i)) for i in range(4)]
+        await asyncio.sleep(0.1)  # the writer hands the batch to the I/O thread and waits
+        await trail.close(0.1)  # times out while the batch is being written
+        os.close(sink._fd)
+        return trail, [f.result() for f in futures]
+
+    with caplog.at_level(logging.ERROR):
+        trail, results = asyncio.run(run())
+    assert results == [True] * 4
+    assert (trail.written, trail.lost) == (4, 0)
+    assert verify_files([tmp_path / "audit.jsonl"]).records == 4
+    assert not [r for r in caplog.records if "CancelledError" in (r.exc_text or r.getMessage())]
+    # The sink got the lines: delivered, or kept in its spool for the next start.
+    outbox = trail.outboxes[0]
+    assert outbox.delivered + outbox.spool.count == 4

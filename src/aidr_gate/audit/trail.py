@@ -165,6 +165,7 @@ class AuditTrail:
         self.spooled = 0
         self.lost = 0
         self._jobs = 0
+        self._inflight_jobs: set[asyncio.Future[bool]] = set()
         self._inflight_records = 0
         self._last_loss_log = 0.0
         self.recovered_torn = 0
@@ -307,6 +308,11 @@ class AuditTrail:
                 self._writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._writer
+        if self._inflight_jobs:
+            # The writer is gone, not the I/O (it awaits its jobs shielded): account for every batch
+            # handed to the I/O thread before the outboxes close. The journal's close below, on the
+            # same thread, waits for them anyway.
+            await asyncio.wait(list(self._inflight_jobs))
         if self._queue:
             self._lose(len(self._queue), "the shutdown timeout passed before they were written")
             self._queue.clear()
@@ -418,7 +424,8 @@ class AuditTrail:
         while True:
             if not queue:
                 if jobs:
-                    await jobs.popleft()
+                    # Shielded: cancelling the writer (a close timeout) must not cancel the I/O.
+                    await asyncio.shield(jobs.popleft())
                     continue
                 if self._closing:
                     if self.signer is not None and self.signer.pending:
@@ -437,7 +444,7 @@ class AuditTrail:
             lines = [link(render(queue.popleft())) for _ in range(count)]
             self._dispatch(loop, jobs, (first, first + count), self._sign(lines, count), count)
             if len(jobs) >= _MAX_JOBS:
-                await jobs.popleft()
+                await asyncio.shield(jobs.popleft())
             elif count == batch_size:
                 await asyncio.sleep(0)  # let requests run between large batches
 
@@ -470,6 +477,7 @@ class AuditTrail:
         job = loop.run_in_executor(self._io, self._store, b"".join(lines), lines, first, position)
         self._jobs += 1
         self._inflight_records += count
+        self._inflight_jobs.add(job)
         job.add_done_callback(partial(self._stored, span, count, lines, first))
         jobs.append(job)
 
@@ -524,11 +532,16 @@ class AuditTrail:
         """Back on the event loop: resolve the futures, hand the lines to the outboxes."""
         self._jobs -= 1
         self._inflight_records -= count
-        try:
-            stored = job.result()
-        except Exception:  # a bug on the I/O thread: count the loss, never hide it
-            logger.exception("audit: storing a batch failed")
+        self._inflight_jobs.discard(job)
+        if job.cancelled():  # the I/O thread never ran it (the executor went away first)
+            logger.error("audit: a batch of %d records was cancelled before it was stored", count)
             stored = False
+        else:
+            try:
+                stored = job.result()
+            except Exception:  # a bug on the I/O thread: count the loss, never hide it
+                logger.exception("audit: storing a batch failed")
+                stored = False
         if stored:
             self.written += count
         else:
@@ -565,10 +578,14 @@ class AuditTrail:
         spills: list[tuple[Outbox, tuple[list[bytes], int]]],
         job: asyncio.Future[list[OSError | None]],
     ) -> None:
-        try:
-            errors = job.result()
-        except Exception as exc:  # pragma: no cover - spill() catches OSError itself
-            errors = [OSError(str(exc)) for _ in spills]
+        errors: list[OSError | None]
+        if job.cancelled():
+            errors = [OSError("the spill was cancelled") for _ in spills]
+        else:
+            try:
+                errors = job.result()
+            except Exception as exc:  # pragma: no cover - spill() catches OSError itself
+                errors = [OSError(str(exc)) for _ in spills]
         for (outbox, (lines, _)), error in zip(spills, errors, strict=True):
             outbox.spilled(lines, error)
 
