@@ -268,7 +268,7 @@ class Signer:
             return False
         return self._since >= self.every_records or self._clock() - self._last >= self.every_seconds
 
-    def checkpoint(self, seq: int, digest: str, records: int | None = None) -> bytes:
+    def checkpoint(self, seq: int, digest: str) -> bytes:
         """The JSON body of a checkpoint over the record (*seq*, *digest*)."""
         now = self._clock()
         signature = self._key.sign(signed_message(seq, digest))
@@ -287,7 +287,7 @@ class Signer:
                     "key_id": self.key_id,
                     "seq": seq,
                     "hash": digest,
-                    "records": self._since if records is None else records,
+                    "records": self._since,
                     "pid": os.getpid(),
                     "signature": base64.b64encode(signature).decode("ascii"),
                 },

@@ -19,7 +19,7 @@ import os
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -440,17 +440,13 @@ class AuditTrail:
             first = self._taken
             self._taken += count
             # Each body is hashed right after it is rendered, while it is still in the CPU cache.
-            link = self._linker()
+            link = self.chain.link
             lines = [link(render(queue.popleft())) for _ in range(count)]
             self._dispatch(loop, jobs, (first, first + count), self._sign(lines, count), count)
             if len(jobs) >= _MAX_JOBS:
                 await asyncio.shield(jobs.popleft())
             elif count == batch_size:
                 await asyncio.sleep(0)  # let requests run between large batches
-
-    def _linker(self) -> Callable[[bytes], bytes]:
-        """What turns a rendered body into its line: the chain's ``link``."""
-        return self.chain.link
 
     def _sign(self, lines: list[bytes], count: int, final: bool = False) -> list[bytes]:
         """Append a signed checkpoint to a batch of *count* new records when one is due."""
@@ -670,11 +666,3 @@ def _write_state(path: Path, position: tuple[int, str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(f"{position[0]} {position[1]}\n")
     os.replace(tmp, path)
-
-
-def lines_of(paths: Sequence[Path]) -> list[bytes]:
-    """Every line of the given audit files, in the order given (tests and tools)."""
-    out: list[bytes] = []
-    for path in paths:
-        out.extend(open_bytes(path).splitlines(keepends=True))
-    return out

@@ -63,8 +63,7 @@ def run_verify(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 1 if failed else 0
     for finding in result.findings:
-        label = "error" if finding.severity == "error" else "warning"
-        print(f"{label}: {finding}", file=sys.stderr if failed else sys.stdout)
+        print(f"{finding.severity}: {finding}", file=sys.stderr if failed else sys.stdout)
     span = (
         f"seq {result.first_seq}..{result.last_seq}"
         if result.last_seq is not None

@@ -15,7 +15,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,6 @@ class Recovery:
     """What was found on start: the chain's tail and any torn bytes."""
 
     tail: Tail | None
-    file: Path | None
     torn: int
 
 
@@ -109,7 +108,6 @@ class FileJournal:
         self._dirty = False
         self._compressors: list[threading.Thread] = []
         self.written = 0
-        self.rotations = 0
 
     # -- start -----------------------------------------------------------------------------------
 
@@ -153,7 +151,7 @@ class FileJournal:
         self._open()
         if self._size > 0:
             self._first_seq = _first_seq(self.path)
-        return Recovery(tail, source, torn)
+        return Recovery(tail, torn)
 
     def _open(self) -> None:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
@@ -164,12 +162,9 @@ class FileJournal:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def write(self, lines: Sequence[bytes], first_seq: int) -> None:
-        """Append lines (newlines included); rotate first when due. Raises ``OSError``."""
-        self.write_data(b"".join(lines), len(lines), first_seq)
-
     def write_data(self, data: bytes, count: int, first_seq: int) -> None:
-        """Append *count* joined lines whose first sequence number is *first_seq*."""
+        """Append *count* joined lines whose first sequence number is *first_seq*; rotate first
+        when due. Raises ``OSError`` (and leaves nothing of *data* behind)."""
         if self._fd < 0:
             self._open()
         now = self._clock()
@@ -238,7 +233,6 @@ class FileJournal:
         target = self.path.with_name(f"{stem}-{stamp}-{first:012d}.jsonl")
         os.replace(self.path, target)
         _fsync_dir(self.path.parent)
-        self.rotations += 1
         self._size = 0
         self._first_seq = None
         self._dirty = False
