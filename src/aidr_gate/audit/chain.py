@@ -29,6 +29,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from aidr_gate.audit.record import DATASET, _Clock
+
 GENESIS = "0" * 64
 _sha256 = hashlib.sha256
 # hashlib's HASHLIB_GIL_MINSIZE is 2048: smaller updates keep the GIL.
@@ -250,6 +252,7 @@ class Signer:
         self.every_records = every_records
         self.every_seconds = every_seconds
         self._clock = clock
+        self._timestamp = _Clock().format
         self._since = 0
         self._last = clock()
 
@@ -274,12 +277,11 @@ class Signer:
         signature = self._key.sign(signed_message(seq, digest))
         body = orjson.dumps(
             {
-                "@timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-                + f".{int((now % 1) * 1000):03d}Z",
+                "@timestamp": self._timestamp(now),
                 "event": {
                     "kind": "state",
                     "action": CHECKPOINT_ACTION,
-                    "dataset": "aidr_gate.audit",
+                    "dataset": DATASET,
                     "provider": "aidr-gate",
                 },
                 "checkpoint": {

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from aidr_gate import __version__
-from aidr_gate.audit.record import AuditEvent, EvidenceRenderer, Redactor, clean_path
+from aidr_gate.audit.record import DATASET, AuditEvent, RecordRenderer, Shared, clean_path
 from aidr_gate.decision import Decision, Effect, Mode
 
 OCSF_VERSION = "1.3.0"
@@ -50,38 +48,27 @@ def _disposition(decision: Decision) -> tuple[int, str, int, str, int]:
     return ACTION_ALLOWED, "Allowed", DISPOSITION_ALLOWED, "Allowed", SEVERITY_INFORMATIONAL
 
 
-class OcsfRenderer:
+class OcsfRenderer(RecordRenderer):
     """OCSF 6003 API Activity records."""
 
     name = "ocsf"
 
-    def __init__(self, redactor: Redactor | None = None) -> None:
-        self.evidence = EvidenceRenderer(redactor or Redactor())
-
-    def document(self, event: AuditEvent) -> dict[str, Any]:
-        """The record as a dict."""
+    def fields(
+        self, event: AuditEvent, shared: Shared, at: str, aidr: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The OCSF record."""
         decision = event.decision
         evidence = decision.evidence
         identity = evidence.identity
         origin = evidence.origin
         request = event.request
-        shared = self.evidence.shared(decision)
-        at = self.evidence.clock.format(decision.at)
-        aidr = self.evidence.aidr(event, shared, at)
         method = request.method.upper() if request else ""
         activity_id, activity = _ACTIVITY.get(method, (99, "Other"))
         action_id, action, disposition_id, disposition, severity_id = _disposition(decision)
-        policy = decision.policy
         headers = aidr["request"]["headers"] if request else {}
+        path = clean_path(request.path) if request else None
         failed = decision.effect is Effect.DENY
-        policy_obj = {
-            "uid": policy.id,
-            "name": policy.id,
-            "version": policy.digest,
-            "desc": f"status {policy.status}; legal window covers the request: {policy.in_window}",
-            "is_applied": True,
-        }
-        doc: dict[str, Any] = {
+        return {
             "class_uid": CLASS_UID,
             "class_name": "API Activity",
             "category_uid": CATEGORY_UID,
@@ -101,16 +88,14 @@ class OcsfRenderer:
             "action": action,
             "disposition_id": disposition_id,
             "disposition": disposition,
-            "policy": policy_obj,
-            "authorizations": [
-                {"decision": decision.effect.value, "policy": policy_obj},
-            ],
+            "policy": shared.ocsf_policy,
+            "authorizations": shared.ocsf_authorizations,
             "firewall_rule": {"uid": decision.rule, "name": decision.rule},
             "metadata": {
                 "version": OCSF_VERSION,
                 "uid": decision.decision_id,
                 "profiles": ["security_control"],
-                "log_name": "aidr_gate.audit",
+                "log_name": DATASET,
                 "product": {
                     "name": "aidr_gate",
                     "vendor_name": "aidr_gate",
@@ -125,10 +110,10 @@ class OcsfRenderer:
                         "name": evidence.entity.name if evidence.entity else None,
                     },
                 },
-                "authorizations": [{"decision": decision.effect.value, "policy": policy_obj}],
+                "authorizations": shared.ocsf_authorizations,
             },
             "api": {
-                "operation": f"{method} {clean_path(request.path)}" if request else None,
+                "operation": f"{method} {path}" if request else None,
                 "service": {"name": "aidr-gate"},
                 "request": {"uid": decision.decision_id},
                 "response": {"code": request.status if request else decision.status},
@@ -142,14 +127,9 @@ class OcsfRenderer:
             else {
                 "http_method": method,
                 "version": request.http_version,
-                "url": {"path": clean_path(request.path), "scheme": request.scheme},
+                "url": {"path": path, "scheme": request.scheme},
                 "user_agent": headers.get("user-agent"),
             },
             "http_response": None if request is None else {"code": request.status},
             "unmapped": {"aidr": aidr},
         }
-        return doc
-
-    def render(self, event: AuditEvent) -> bytes:
-        """The record's JSON object."""
-        return orjson.dumps(self.document(event))

@@ -227,6 +227,8 @@ class Shared:
     rule: orjson.Fragment  # ECS ``rule``
     organization: orjson.Fragment  # ECS ``organization``
     gen_ai: orjson.Fragment  # ECS ``gen_ai``
+    ocsf_policy: orjson.Fragment  # OCSF ``policy``
+    ocsf_authorizations: orjson.Fragment  # OCSF ``authorizations`` (also under ``actor``)
 
 
 def _fragment(value: Any) -> orjson.Fragment:
@@ -249,7 +251,7 @@ class EvidenceRenderer:
         self._shared: dict[tuple[Any, ...], Shared] = {}
         self._identities: ObjectCache[Identity] = ObjectCache(lambda i: i.to_dict())
         # The origin resolver hands out one Origin object per client address: render each once.
-        self._origins: ObjectCache[Origin] = ObjectCache(lambda o: _fragment(_origin(o)))
+        self._origins: ObjectCache[Origin] = ObjectCache(lambda o: _fragment(o.to_dict()))
 
     def shared(self, decision: Decision) -> Shared:
         """The shared parts of *decision*'s record (cached by the identity of what they rest on)."""
@@ -266,6 +268,7 @@ class EvidenceRenderer:
         key = (
             *map(id, refs),
             decision.rule,
+            decision.effect,
             evidence.entity_id,
             evidence.entity_source,
             evidence.claims_disagree,
@@ -290,6 +293,13 @@ class EvidenceRenderer:
         agreement = evidence.agreement
         shadow = decision.shadow
         policy = decision.policy
+        ocsf_policy = {
+            "uid": policy.id,
+            "name": policy.id,
+            "version": policy.digest,
+            "desc": f"status {policy.status}; legal window covers the request: {policy.in_window}",
+            "is_applied": True,
+        }
         return Shared(
             refs=refs,
             policy=_fragment(policy.to_dict()),
@@ -334,6 +344,10 @@ class EvidenceRenderer:
                 {"id": evidence.entity_id, "name": entity.name if entity else None}
             ),
             gen_ai=_fragment({"request": {"model": evidence.model_requested}}),
+            ocsf_policy=_fragment(ocsf_policy),
+            ocsf_authorizations=_fragment(
+                [{"decision": decision.effect.value, "policy": ocsf_policy}]
+            ),
         )
 
     def aidr(self, event: AuditEvent, shared: Shared, at: str) -> dict[str, Any]:
@@ -379,24 +393,6 @@ class EvidenceRenderer:
         }
 
 
-def _origin(origin: Origin) -> dict[str, Any]:
-    # Origin.to_dict(), without the per-call enum lookups and sorting of an empty set.
-    flags = origin.anonymizer
-    return {
-        "ip": origin.ip,
-        "resolved_by": origin.resolved_by,
-        "peer": origin.peer,
-        "country": origin.country,
-        "country_source": origin.country_source,
-        "anonymizer": sorted(flags) if flags else [],
-        "database": origin.database,
-        "database_build": origin.database_build,
-        "anonymizer_database": origin.anonymizer_database,
-        "anonymizer_database_build": origin.anonymizer_database_build,
-        "notes": origin.notes,
-    }
-
-
 class Renderer(Protocol):
     """Turns an event into the bytes of one JSON object (no newline)."""
 
@@ -407,30 +403,55 @@ class Renderer(Protocol):
         ...
 
 
-_TYPE_ALLOWED = ["access", "allowed"]
-_TYPE_DENIED = ["access", "denied"]
-_CATEGORY = ["web", "iam"]
-_ECS = {"version": ECS_VERSION}
+class RecordRenderer:
+    """What the ECS and OCSF renderers share: the evidence tree, and one JSON object per event.
 
+    A subclass maps a record's fields in :meth:`fields`, given the parts every format starts from.
+    """
 
-class EcsRenderer:
-    """Elastic Common Schema field names, with what ECS lacks under ``aidr.*``."""
-
-    name = "ecs"
+    name: str
 
     def __init__(self, redactor: Redactor | None = None) -> None:
         self.evidence = EvidenceRenderer(redactor or Redactor())
 
     def document(self, event: AuditEvent) -> dict[str, Any]:
         """The record as a dict (``render`` serialises it); shared parts are ``orjson.Fragment``."""
+        evidence = self.evidence
+        shared = evidence.shared(event.decision)
+        at = evidence.clock.format(event.decision.at)
+        return self.fields(event, shared, at, evidence.aidr(event, shared, at))
+
+    def fields(
+        self, event: AuditEvent, shared: Shared, at: str, aidr: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The record of *event*: its *shared* parts, its timestamp *at* and its *aidr* tree."""
+        raise NotImplementedError
+
+    def render(self, event: AuditEvent) -> bytes:
+        """The record's JSON object."""
+        return orjson.dumps(self.document(event))
+
+
+_TYPE_ALLOWED = ["access", "allowed"]
+_TYPE_DENIED = ["access", "denied"]
+_CATEGORY = ["web", "iam"]
+_ECS = {"version": ECS_VERSION}
+
+
+class EcsRenderer(RecordRenderer):
+    """Elastic Common Schema field names, with what ECS lacks under ``aidr.*``."""
+
+    name = "ecs"
+
+    def fields(
+        self, event: AuditEvent, shared: Shared, at: str, aidr: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The ECS record."""
         decision = event.decision
         evidence = decision.evidence
         identity = evidence.identity
         origin = evidence.origin
         request = event.request
-        shared = self.evidence.shared(decision)
-        at = self.evidence.clock.format(decision.at)
-        aidr = self.evidence.aidr(event, shared, at)
         denied = decision.effect is Effect.DENY
         user_agent = aidr["request"]["headers"].get("user-agent") if request else None
         return {
@@ -474,10 +495,6 @@ class EcsRenderer:
             "gen_ai": shared.gen_ai,
             "aidr": aidr,
         }
-
-    def render(self, event: AuditEvent) -> bytes:
-        """The record's JSON object."""
-        return orjson.dumps(self.document(event))
 
 
 def fallback_record(event: object, error: BaseException) -> bytes:
