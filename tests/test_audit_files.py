@@ -55,3 +55,22 @@ def test_a_short_write_leaves_no_fragment_in_the_spool(tmp_path: Path) -> None:
     lines, used = spool.read(10)
     assert lines == [first, third]
     assert used == spool.bytes
+
+
+@pytest.mark.parametrize("name", ["audit.jsonl", "audit.log", "gate[1].jsonl"])
+def test_a_compression_cut_short_is_cleaned_up_whatever_the_file_name(
+    tmp_path: Path, name: str
+) -> None:
+    path = tmp_path / name
+    stem = name.removesuffix(".jsonl")
+    rotated = tmp_path / f"{stem}-20250101T000000Z-000000000000.jsonl"
+    rotated.write_bytes(b"".join(_lines(Chain(), 2)))
+    part = tmp_path / f"{rotated.name}.gz.part"  # a crash while gzipping it
+    part.write_bytes(b"\x1f\x8b")
+    journal = FileJournal(FileSinkConfig(name="file", path=path, rotate_seconds=None))
+    recovery = journal.recover()
+    journal.close()
+    assert not part.exists()
+    assert rotated.exists()
+    assert recovery.tail is not None
+    assert recovery.tail.seq == 1

@@ -8,6 +8,7 @@ torn bytes stay where they are, as evidence, at the end of a closed file.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import logging
 import os
@@ -65,6 +66,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _stem(path: Path) -> str:
+    """The active file's name less ``.jsonl``: what its rotated files' names start with."""
+    name = path.name
+    return name[: -len(".jsonl")] if name.endswith(".jsonl") else name
+
+
 def first_seq_of(path: Path) -> int:
     """The first sequence number in a rotated file, from its name."""
     match = _ROTATED.search(path.name)
@@ -73,7 +80,7 @@ def first_seq_of(path: Path) -> int:
 
 def rotated_files(path: Path) -> list[Path]:
     """The rotated files of an active file path, oldest first (by first sequence number)."""
-    stem = path.name[: -len(".jsonl")] if path.name.endswith(".jsonl") else path.name
+    stem = _stem(path)
     found: list[tuple[int, str, Path]] = []
     if not path.parent.is_dir():
         return []
@@ -114,7 +121,7 @@ class FileJournal:
     def recover(self) -> Recovery:
         """Open the journal and find where the chain ends (before the first write)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for part in self.path.parent.glob(self.path.name[:-6] + "-*.gz.part"):
+        for part in self.path.parent.glob(glob.escape(_stem(self.path)) + "-*.gz.part"):
             original = part.with_name(part.name[: -len(".gz.part")])
             if original.exists():  # a compression cut short: the original is intact
                 part.unlink(missing_ok=True)
@@ -224,13 +231,8 @@ class FileJournal:
 
     def _rotate_closed(self, now: float) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-        stem = (
-            self.path.name[: -len(".jsonl")]
-            if self.path.name.endswith(".jsonl")
-            else self.path.name
-        )
         first = self._first_seq if self._first_seq is not None else 0
-        target = self.path.with_name(f"{stem}-{stamp}-{first:012d}.jsonl")
+        target = self.path.with_name(f"{_stem(self.path)}-{stamp}-{first:012d}.jsonl")
         os.replace(self.path, target)
         _fsync_dir(self.path.parent)
         self._size = 0
