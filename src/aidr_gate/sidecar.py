@@ -270,7 +270,9 @@ class UvicornServer(uvicorn.Server):
 
 async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:
     body = json.dumps(payload, separators=(",", ":")).encode()
-    await send({"type": "http.response.start", "status": status, "headers": json_headers(len(body))})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": json_headers(len(body))}
+    )
     await send({"type": "http.response.body", "body": body})
 
 
