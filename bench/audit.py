@@ -39,27 +39,40 @@ MODELS = ["aurora-frontier", "aurora-mini", "llama-3.1-405b", "open-giant", "nop
 
 
 def build_events(count: int) -> list[AuditEvent]:
-    """Distinct decisions over a spread of entities, countries and models."""
+    """Distinct decisions over a spread of entities, countries and models.
+
+    As in a serving gate, where the token cache hands out one ``Identity`` per token and the origin
+    resolver one ``Origin`` per client address, callers and addresses repeat: 679 callers, 1,000
+    addresses. Every decision, id and timestamp is distinct.
+    """
     gate = Gate.from_path(None)
     events = []
+    identities: dict[tuple[str, str], Identity] = {}
+    origins: dict[str, Origin] = {}
     for i in range(count):
-        identity = Identity(
-            entity_id=ENTITIES[i % len(ENTITIES)],
-            subject=f"svc-{i % 97}",
-            issuer="https://idp.example",
-            key_id="key-1",
-            algorithm="RS256",
-        )
-        origin = Origin(
-            ip=f"198.51.{i % 200}.{i % 250}",
-            resolved_by="x-forwarded-for[-1]",
-            peer="10.0.0.2",
-            country=COUNTRIES[i % len(COUNTRIES)],
-            country_source=CountrySource.GEOIP,
-            anonymizer=frozenset({AnonymizerFlag.VPN}) if i % 13 == 0 else frozenset(),
-            database="GeoIP2-Country",
-            database_build="2025-06-03",
-        )
+        entity, subject = ENTITIES[i % len(ENTITIES)], f"svc-{i % 97}"
+        identity = identities.get((entity, subject))
+        if identity is None:
+            identity = identities[entity, subject] = Identity(
+                entity_id=entity,
+                subject=subject,
+                issuer="https://idp.example",
+                key_id="key-1",
+                algorithm="RS256",
+            )
+        ip = f"198.51.{i % 200}.{i % 250}"
+        origin = origins.get(ip)
+        if origin is None:
+            origin = origins[ip] = Origin(
+                ip=ip,
+                resolved_by="x-forwarded-for[-1]",
+                peer="10.0.0.2",
+                country=COUNTRIES[i % len(COUNTRIES)],
+                country_source=CountrySource.GEOIP,
+                anonymizer=frozenset({AnonymizerFlag.VPN}) if i % 13 == 0 else frozenset(),
+                database="GeoIP2-Country",
+                database_build="2025-06-03",
+            )
         decision = gate.decide(identity=identity, origin=origin, model_id=MODELS[i % len(MODELS)])
         request = RequestContext(
             method="POST",

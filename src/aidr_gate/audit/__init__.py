@@ -22,10 +22,10 @@ from aidr_gate.audit.config import (
     read_audit_section,
 )
 from aidr_gate.audit.delivery import SinkStats
+from aidr_gate.audit.ecs import EcsRenderer
 from aidr_gate.audit.ocsf import OcsfRenderer
 from aidr_gate.audit.record import (
     AuditEvent,
-    EcsRenderer,
     Ending,
     Redactor,
     Renderer,

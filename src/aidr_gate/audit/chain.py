@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from aidr_gate.audit.record import DATASET, _Clock
 
 GENESIS = "0" * 64
-_sha256 = hashlib.sha256
+_EMPTY = hashlib.sha256()
 # hashlib's HASHLIB_GIL_MINSIZE is 2048: smaller updates keep the GIL.
 _UNDER_GIL_RELEASE = 2047
 _HASH_AT = b',"hash":"'
@@ -104,21 +104,24 @@ class Chain:
     def link(self, body: bytes) -> bytes:
         """The full line for one JSON object *body*: chain member appended, newline included."""
         member = b',"chain":{"seq":%d,"prev":"%b"' % (self.next_seq, self._prev_bytes)
-        if body.endswith(b"}") and len(body) > 2:
-            head = memoryview(body)[:-1]  # no copy: hashed and joined in place
-        else:  # an empty object (never rendered, but the format must not break on it)
-            head, member = memoryview(b"{"), member[1:]
+        end = len(body) - 1
+        view = memoryview(body)  # no copy: hashed and joined in place
+        if end < 2 or body[end] != 0x7D:  # not an object with members (never rendered)
+            view, member, end = memoryview(b"{"), member[1:], 1
         # Fed in pieces under 2 KiB: hashlib releases the GIL for each update of 2 KiB or more,
         # and handing the GIL to the I/O thread and back for every record costs more than the
         # hashing itself (bench/audit.py).
-        digest = _sha256()
-        for start in range(0, len(head), _UNDER_GIL_RELEASE):
-            digest.update(head[start : start + _UNDER_GIL_RELEASE])
+        digest = _EMPTY.copy()  # cheaper than constructing a new hash object
+        start = 0
+        while start < end:
+            stop = start + _UNDER_GIL_RELEASE
+            digest.update(view[start : stop if stop < end else end])
+            start = stop
         digest.update(member)
         hexdigest = digest.hexdigest().encode("ascii")
         self._prev_bytes = hexdigest
         self.next_seq += 1
-        return b"".join((head, member, b',"hash":"', hexdigest, b'"}}\n'))
+        return b"".join((view[:end], member, b',"hash":"', hexdigest, b'"}}\n'))
 
     def position(self) -> tuple[int, str]:
         """The last sequence number and hash linked."""

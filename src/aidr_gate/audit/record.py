@@ -1,4 +1,4 @@
-"""The audit event and its primary rendering: one Elastic Common Schema record per request.
+"""The audit event, and what its renderings share (ECS in ``ecs.py``, OCSF in ``ocsf.py``).
 
 An :class:`AuditEvent` is the immutable input of one record: the gate's :class:`Decision` (which
 carries every fact it rested on) and a :class:`RequestContext` the transport fills in (method, path,
@@ -128,6 +128,8 @@ class Redactor:
 
 def clean_path(path: str) -> str:
     """The path without its query string or fragment (which may carry keys), bounded in length."""
+    if "?" not in path and "#" not in path and len(path) <= MAX_PATH:
+        return path  # the common case, once per record
     cut = len(path)
     for mark in ("?", "#"):
         at = path.find(mark)
@@ -204,6 +206,8 @@ class _Clock:
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
+        self._milli = -1
+        self._json = b""
 
     def format(self, at: float) -> str:
         second = int(at)
@@ -211,6 +215,15 @@ class _Clock:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._prefix}.{int((at - second) * 1000):03d}Z"
+
+    def json(self, at: float) -> bytes:
+        """:meth:`format` as a JSON string; records of the same millisecond share it."""
+        second = int(at)
+        milli = int((at - second) * 1000)  # as format() computes it: the same text, or a new one
+        if milli != self._milli or second != self._second:
+            self._json = b'"%s"' % self.format(at).encode("ascii")
+            self._milli = milli
+        return self._json
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,71 +443,6 @@ class RecordRenderer:
     def render(self, event: AuditEvent) -> bytes:
         """The record's JSON object."""
         return orjson.dumps(self.document(event))
-
-
-_TYPE_ALLOWED = ["access", "allowed"]
-_TYPE_DENIED = ["access", "denied"]
-_CATEGORY = ["web", "iam"]
-_ECS = {"version": ECS_VERSION}
-
-
-class EcsRenderer(RecordRenderer):
-    """Elastic Common Schema field names, with what ECS lacks under ``aidr.*``."""
-
-    name = "ecs"
-
-    def fields(
-        self, event: AuditEvent, shared: Shared, at: str, aidr: dict[str, Any]
-    ) -> dict[str, Any]:
-        """The ECS record."""
-        decision = event.decision
-        evidence = decision.evidence
-        identity = evidence.identity
-        origin = evidence.origin
-        request = event.request
-        denied = decision.effect is Effect.DENY
-        user_agent = aidr["request"]["headers"].get("user-agent") if request else None
-        return {
-            "@timestamp": at,
-            "ecs": _ECS,
-            "event": {
-                "kind": "event",
-                "category": _CATEGORY,
-                "type": _TYPE_DENIED if denied else _TYPE_ALLOWED,
-                "action": "model-access",
-                "outcome": "failure" if denied else "success",
-                "id": decision.decision_id,
-                "dataset": DATASET,
-                "provider": "aidr-gate",
-                "reason": decision.reasons[0] if decision.reasons else None,
-                "duration": request.gate_us * 1000
-                if request is not None and request.gate_us is not None
-                else None,
-            },
-            "rule": shared.rule,
-            "user": {
-                "id": identity.subject if identity else None,
-                "domain": identity.issuer if identity else None,
-            },
-            "organization": shared.organization,
-            "client": {
-                "ip": origin.ip if origin else None,
-                "geo": {"country_iso_code": origin.country if origin else None},
-            },
-            "http": None
-            if request is None
-            else {
-                "version": request.http_version,
-                "request": {"method": request.method, "body": {"bytes": request.body_bytes}},
-                "response": {"status_code": request.status},
-            },
-            "url": None
-            if request is None
-            else {"path": clean_path(request.path), "scheme": request.scheme},
-            "user_agent": None if user_agent is None else {"original": user_agent},
-            "gen_ai": shared.gen_ai,
-            "aidr": aidr,
-        }
 
 
 def fallback_record(event: object, error: BaseException) -> bytes:

@@ -46,8 +46,9 @@ from aidr_gate.audit.config import (
     SyslogSinkConfig,
 )
 from aidr_gate.audit.delivery import Outbox, SinkStats
+from aidr_gate.audit.ecs import EcsRenderer
 from aidr_gate.audit.ocsf import OcsfRenderer
-from aidr_gate.audit.record import AuditEvent, EcsRenderer, Redactor, Renderer, fallback_record
+from aidr_gate.audit.record import AuditEvent, Redactor, Renderer, fallback_record
 from aidr_gate.audit.sinks import DeliverySink
 from aidr_gate.audit.sinks.file import FileJournal, first_seq_of, rotated_files
 from aidr_gate.audit.spool import Spool
