@@ -244,6 +244,16 @@ def serve(config: Path | None, port: int) -> subprocess.Popen[bytes]:
     )
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a process has used so far, from /proc; None where there is none."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load(url: str, token: str, requests: int, concurrency: int, seconds: float) -> dict[str, float]:
     """Run the load generator in its own process and return its measurements."""
     out = subprocess.run(
@@ -384,6 +394,7 @@ def main() -> None:
                 port = free_port()
                 server = serve(cfg, port)
                 try:
+                    before = cpu_seconds(server.pid)
                     x = load(
                         f"http://127.0.0.1:{port}",
                         token,
@@ -391,13 +402,19 @@ def main() -> None:
                         args.concurrency,
                         args.seconds,
                     )
+                    after = cpu_seconds(server.pid)
+                    # Includes the load generator's 50 warm-up requests: a slight overestimate.
+                    if before is not None and after is not None:
+                        x["cpu_us"] = (after - before) / (x["count"] + 50) * 1e6
                 finally:
                     server.terminate()
                     server.wait(timeout=20)
                 runs[name].append(x)
+                cpu = f"{x['cpu_us']:5.0f} us" if "cpu_us" in x else "  n/a"
                 print(
                     f"   round {round_number} {name:6} {x['rps']:8.0f} req/s   p50 {x['p50_ms']:6.2f} ms   "
-                    f"p99 {x['p99_ms']:6.2f} ms   ({x['count']:.0f} requests, {x['errors']:.0f} errors)"
+                    f"p99 {x['p99_ms']:6.2f} ms   server CPU {cpu}/request   "
+                    f"({x['count']:.0f} requests, {x['errors']:.0f} errors)"
                 )
         best_bare = max(x["rps"] for x in runs["bare"])
         best_gated = max(x["rps"] for x in runs["gated"])
@@ -406,6 +423,15 @@ def main() -> None:
             f"   best: bare {best_bare:.0f} req/s, gated {best_gated:.0f} req/s; "
             f"gated / bare throughput {ratio:.1%}   target >= 85%   {'OK' if ratio >= 0.85 else 'MISSED'}"
         )
+        cpus = {n: [x["cpu_us"] for x in r if "cpu_us" in x] for n, r in runs.items()}
+        if cpus["bare"] and cpus["gated"]:
+            # CPU per request is steadier than throughput on a shared machine: it does not depend
+            # on whether the load generator or the server is the bottleneck.
+            bare_cpu, gated_cpu = min(cpus["bare"]), min(cpus["gated"])
+            print(
+                f"   server CPU per request (least of rounds): bare {bare_cpu:.0f} us, "
+                f"gated {gated_cpu:.0f} us; the gate adds {gated_cpu - bare_cpu:.0f} us under uvicorn"
+            )
 
 
 if __name__ == "__main__":

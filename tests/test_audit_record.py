@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 
@@ -208,6 +208,11 @@ def test_redactor_allow_list() -> None:
     joined = redactor.headers([("x-request-id", "a"), ("X-Request-Id", "b"), ("cookie", "c")])
     assert joined == {"x-request-id": "a, b"}
     assert redactor.headers([("user-agent", "Bearer abc")]) == {"user-agent": REDACTED}
+    odd = Redactor(["x-\u65e5\u672c", "X-Tenant"])  # a name no raw header can carry is harmless
+    assert odd.select([(b"X-TENANT", b"t1"), (b"x-tenant", b"t2"), (b"host", b"h")]) == (
+        ("x-tenant", "t1"),
+        ("x-tenant", "t2"),
+    )
 
 
 @pytest.mark.parametrize(
@@ -238,7 +243,7 @@ def test_clean_path(path: str, clean: str) -> None:
 def test_ocsf_api_activity(kwargs: dict[str, Any], method: str, expected: tuple[Any, ...]) -> None:
     ev = event(6, **kwargs)
     assert ev.request is not None
-    ev = AuditEvent(ev.decision, replace(ev.request, method=method))
+    ev = AuditEvent(ev.decision, msgspec.structs.replace(ev.request, method=method))
     doc = orjson.loads(OcsfRenderer().render(ev))
     action, disposition, severity, status, type_uid = expected
     assert doc["class_uid"] == 6003
