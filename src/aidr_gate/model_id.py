@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -50,6 +50,11 @@ DEFAULT_PATH_PATTERNS: tuple[str, ...] = (
     "/v1/models/{model}",
 )
 MAX_MODEL_ID = 256
+# Paths up to this length have their answer cached, at most PATH_CACHE_SIZE of them (cleared when
+# full, like the client-IP caches): a server sees a few paths over and over.
+MAX_CACHED_PATH = 512
+PATH_CACHE_SIZE = 1024
+_MISS = ""  # never a model id (valid_model_id refuses it): marks a path not yet seen
 
 
 def compile_path_pattern(pattern: str) -> re.Pattern[str]:
@@ -82,8 +87,25 @@ class ModelSources:
     header: bytes | None
     max_body_bytes: int
 
+    # path -> its answer; the patterns never change, so an answer never goes stale.
+    _found: dict[str, str | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
     def from_path(self, path: str) -> str | None:
         """The model named by a path pattern, or ``None``."""
+        found = self._found.get(path, _MISS)
+        if found != _MISS:
+            return found
+        model = self._match(path)
+        if len(path) <= MAX_CACHED_PATH:
+            cache = self._found
+            if len(cache) >= PATH_CACHE_SIZE:
+                cache.clear()
+            cache[path] = model
+        return model
+
+    def _match(self, path: str) -> str | None:
         for pattern in self.path_patterns:
             match = pattern.match(path)
             if match:
