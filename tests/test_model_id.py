@@ -1,11 +1,18 @@
-"""Where a request names its model: path patterns and their cache."""
+"""Where a request names its model: path patterns and their cache, and the JSON body."""
 
 from __future__ import annotations
 
 import pytest
 
+from aidr_gate.errors import BodyNotJSON
 from aidr_gate.middleware_config import default_settings
-from aidr_gate.model_id import MAX_CACHED_PATH, PATH_CACHE_SIZE, ModelSources
+from aidr_gate.model_id import (
+    MAX_CACHED_PATH,
+    PATH_CACHE_SIZE,
+    BufferedBody,
+    ModelSources,
+    model_from_json,
+)
 
 
 def sources() -> ModelSources:
@@ -55,3 +62,26 @@ def test_path_cache_is_not_part_of_equality() -> None:
     warm.from_path("/v1/models/aurora")
     assert warm == cold
     assert hash(warm) == hash(cold)
+
+
+def body(*parts: bytes) -> BufferedBody:
+    """A complete body read in the given chunks."""
+    return BufferedBody(list(parts), True)
+
+
+@pytest.mark.parametrize("pad", [0, 100, 2100, 40_000], ids=["tiny", "short", "long", "huge"])
+def test_repeated_model_key_is_refused_in_short_and_long_bodies(pad: int) -> None:
+    """Two "model" keys in one object are refused whatever the body's size (short bodies are
+    counted with bytes.count, long ones searched with a regex)."""
+    filler = b"x" * pad
+    repeated = b'{"model":"a","pad":"' + filler + b'","model":"b"}'
+    with pytest.raises(BodyNotJSON):
+        model_from_json(body(repeated), 1 << 20)
+    escaped = b'{"model":"a","pad":"' + filler + b'","\\u006dodel":"b"}'
+    with pytest.raises(BodyNotJSON):
+        model_from_json(body(escaped), 1 << 20)
+    # "model" in a nested object is no repeat of the top-level key; other repeats pass as before.
+    nested = b'{"model":"a","pad":"' + filler + b'","messages":[{"model":"b"}]}'
+    assert model_from_json(body(nested), 1 << 20) == "a"
+    other = b'{"model":"a","pad":"' + filler + b'","x":1,"x":2}'
+    assert model_from_json(body(other[:10], other[10:]), 1 << 20) == "a"
