@@ -294,11 +294,10 @@ class TrustedProxies:
                         continue
                 if first_index < 0:
                     first_index, first = index, value
-                elif found is None:
+                    continue
+                if found is None:
                     found = {first_index: [first]}
-                    found.setdefault(index, []).append(value)
-                else:
-                    found.setdefault(index, []).append(value)
+                found.setdefault(index, []).append(value)
         if first_index < 0:
             return ClientIP(peer, "peer", peer, (_NO_HEADER,))
         if found is None:

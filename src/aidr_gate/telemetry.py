@@ -30,7 +30,7 @@ _PROVIDER_GLOBALS = (
 
 
 class Telemetry:
-    """Spans and metrics for decisions; cheap when no SDK is installed (spans do not record)."""
+    """Spans and metrics for decisions; next to free while no SDK provider is set."""
 
     def __init__(self) -> None:
         self._tracer = trace.get_tracer(INSTRUMENTATION, __version__)
