@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from aidr_gate.client_ip import (
     DEFAULT_TRUSTED_PROXIES,
+    MAX_CACHED_LINE,
     MAX_HOP_CHARS,
     ClientIP,
     ProxyHeader,
@@ -383,6 +384,42 @@ def test_oversized_hops_are_not_cached() -> None:
     assert proxies.resolve("10.0.0.2", asgi([(XFF, C)])).ip == C
     assert proxies._hops  # short hops are cached
     assert max(len(text) for text in proxies._hops) <= MAX_HOP_CHARS
+
+
+def test_one_line_answer_is_cached_per_peer_and_value() -> None:
+    """A request's one forwarding line is walked once; another value or peer gets its own answer."""
+    proxies = TrustedProxies(INTERNAL, cache_size=4)
+    first = proxies.resolve(LO, asgi(X(C)))
+    assert (first.ip, first.resolved_by, first.peer) == (C, "x-forwarded-for[-1]", LO)
+    assert proxies.resolve(LO, asgi(X(C))) is first
+    # Same line from another trusted peer: that peer is the evidence, not the cached one.
+    other_peer = proxies.resolve(PX, asgi(X(C)))
+    assert (other_peer.ip, other_peer.peer) == (C, PX)
+    # Another value from the same peer is never answered from the first one's entry.
+    assert proxies.resolve(LO, asgi(X("203.0.113.9"))).ip == "203.0.113.9"
+    assert proxies.resolve(LO, asgi(X(f"{C}, {PX}"))).resolved_by == "x-forwarded-for[-2]"
+    garbage = proxies.resolve(LO, asgi(X("unknown")))
+    assert garbage.ip is None
+    assert "obfuscated" in garbage.notes[-1]
+    assert proxies.resolve(LO, asgi(X(C))) == first
+    # Two lines, or two headers, are not one cached line: joined and noted as before.
+    assert proxies.resolve(LO, asgi(X("203.0.113.9", PX))).ip == "203.0.113.9"
+    both = PROXIES["both"].resolve(LO, asgi([*X("203.0.113.9"), *F(f"for={C}")]))
+    assert both.ip == C
+    assert "x-forwarded-for ignored" in both.notes[0]
+    assert len(proxies._walks) <= 4
+
+
+def test_long_forwarding_lines_are_not_cached() -> None:
+    """A line longer than MAX_CACHED_LINE is walked each time and never kept."""
+    proxies = TrustedProxies(INTERNAL)
+    line = ", ".join(["10.0.0.9"] * 100)
+    assert len(line) > MAX_CACHED_LINE
+    for _ in range(2):
+        found = proxies.resolve(LO, asgi(X(f"{C}, {line}")))
+        assert found.ip is None  # deeper than max_hops: fails closed
+        assert "more than" in found.notes[-1]
+    assert not proxies._walks
 
 
 def test_peer_answer_is_shared() -> None:

@@ -346,6 +346,14 @@ def test_two_authorization_headers_are_refused() -> None:
     assert authorization_header([(b"host", b"x")]) is None
 
 
+def test_authorization_header_name_in_any_case() -> None:
+    """A server that does not lower names still has its one Authorization header found."""
+    assert authorization_header([(b"cache-control", b"no"), (b"AUTHORIZATION", b"x")]) == b"x"
+    assert authorization_header([(b"cache-control", b"no"), (b"if-none-match", b"y")]) is None
+    with pytest.raises(TokenMalformed):
+        authorization_header([(b"AUTHORIZATION", b"x"), (b"authorization", b"x")])
+
+
 IDENTITY_ERRORS = [
     cls
     for cls in vars(errors).values()

@@ -63,7 +63,8 @@ DEFAULT_HEADERS: tuple[ProxyHeader, ...] = (ProxyHeader.X_FORWARDED_FOR,)
 MAX_HOPS = 32
 # The longest sensible hop: a bracketed IPv6 address with a zone id and a port. Longer is garbage.
 MAX_HOP_CHARS = 96
-# Forwarded lines up to this length are cached parsed; longer ones are parsed per request.
+# Forwarding lines up to this length are cached (parsed, or with their answer); longer ones are
+# parsed and walked per request.
 MAX_CACHED_LINE = 512
 # How much of a garbage value a note repeats (notes reach audit records; keep them short).
 _SHOWN_CHARS = 40
@@ -183,6 +184,9 @@ class TrustedProxies:
         # trusted peer, whose headers are walked.
         self._peers: dict[object, ClientIP | str] = {}
         self._forwarded: dict[bytes, _Elements] = {}
+        # (trusted peer, header position, its one line) -> the answer: most requests carry one
+        # forwarding line that their proxy writes the same way each time.
+        self._walks: dict[tuple[str, int, bytes], ClientIP] = {}
 
     def __repr__(self) -> str:
         nets = ", ".join(str(n) for n in self.networks)
@@ -274,6 +278,9 @@ class TrustedProxies:
     def _walk(self, peer: str, headers: Iterable[tuple[bytes, bytes]]) -> ClientIP:
         wanted = self._wanted
         lengths = self._wanted_lengths
+        # The first forwarding line seen; a dict of every line only once there is a second.
+        first_index = -1
+        first: bytes = b""
         found: dict[int, list[bytes]] | None = None
         for name, value in headers:
             if len(name) in lengths:
@@ -285,18 +292,38 @@ class TrustedProxies:
                     index = wanted.get(name.lower())
                     if index is None:
                         continue
+                if first_index < 0:
+                    first_index, first = index, value
+                    continue
                 if found is None:
-                    found = {index: [value]}
-                else:
-                    found.setdefault(index, []).append(value)
-        if found is None:
+                    found = {first_index: [first]}
+                found.setdefault(index, []).append(value)
+        if first_index < 0:
             return ClientIP(peer, "peer", peer, (_NO_HEADER,))
+        if found is None:
+            if type(first) is not bytes or len(first) > MAX_CACHED_LINE:
+                return self._walk_lines(first_index, [first], peer, ())
+            key = (peer, first_index, first)
+            walks = self._walks
+            hit = walks.get(key)
+            if hit is not None:
+                return hit
+            answer = self._walk_lines(first_index, [first], peer, ())
+            if len(walks) >= self.cache_size:
+                walks.clear()
+            walks[key] = answer
+            return answer
         index = min(found)  # positions follow the configured order: the first listed wins
         notes: tuple[str, ...] = ()
         if len(found) > 1:
             others = ", ".join(self._names[i] for i in sorted(found) if i != index)
             notes = (f"{self._names[index]} used, {others} ignored (first in trusted_headers)",)
-        lines = found[index]
+        return self._walk_lines(index, found[index], peer, notes)
+
+    def _walk_lines(
+        self, index: int, lines: list[bytes], peer: str, notes: tuple[str, ...]
+    ) -> ClientIP:
+        """Walk the lines of the header at *index* (repeated lines joined in order)."""
         limit = self.max_hops + 1
         if self._is_forwarded[index]:
             hops, problems = _join_lines([self._forwarded_line(line) for line in lines], limit)

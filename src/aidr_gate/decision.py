@@ -37,6 +37,11 @@ class Mode(StrEnum):
     DRY_RUN = "dry-run"  # decide and record, never block
 
 
+# Members read once: a member looked up on its enum class costs more than a global, per request.
+_DENY = Effect.DENY
+_ENFORCE = Mode.ENFORCE
+
+
 class Outcome(msgspec.Struct, frozen=True, gc=False):
     """What a rule (or the pack's default) says: effect, HTTP status for a deny, reason, rule id."""
 
@@ -160,12 +165,12 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
     @property
     def allowed(self) -> bool:
         """True for ``allow`` and ``log``: the request may reach the model."""
-        return self.effect is not Effect.DENY
+        return self.effect is not _DENY
 
     @property
     def blocks(self) -> bool:
         """True when the request must not reach the model (a deny, outside dry-run)."""
-        return self.effect is Effect.DENY and self.mode is Mode.ENFORCE
+        return self.effect is _DENY and self.mode is _ENFORCE
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form: what ``aidr-gate check`` prints."""

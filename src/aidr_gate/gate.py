@@ -176,23 +176,10 @@ class Gate:
         entity = state.registry.get(entity_id) if entity_id else None
         headquarters, parent, source, disagree = jurisdiction_of(entity, identity)
         model = state.catalog.get(model_id) if model_id else None
-
-        def evaluate(engine: PolicyEngine) -> Verdict:
-            # One argument list for the enforced pack and the shadow pack alike.
-            return engine.evaluate(
-                entity=entity,
-                headquarters=headquarters,
-                parent=parent,
-                model=model,
-                network_country=origin.country,
-                anonymizer=origin.anonymizer,
-                at=at,
-            )
-
-        verdict = evaluate(state.engine)
+        verdict = _evaluate(state.engine, entity, headquarters, parent, model, origin, at)
         shadow = None
         if state.shadow is not None:
-            other = evaluate(state.shadow)
+            other = _evaluate(state.shadow, entity, headquarters, parent, model, origin, at)
             shadow = ShadowResult(
                 outcome=other.outcome,
                 policy=other.policy,
@@ -340,6 +327,28 @@ class Gate:
             )
             if verdict.outcome.effect is not Effect.DENY:
                 yield model
+
+
+def _evaluate(
+    engine: PolicyEngine,
+    entity: Entity | None,
+    headquarters: str | None,
+    parent: str | None,
+    model: Model | None,
+    origin: Origin,
+    at: float,
+) -> Verdict:
+    # One argument list for the enforced pack and the shadow pack alike; a function, not a
+    # closure built per request.
+    return engine.evaluate(
+        entity=entity,
+        headquarters=headquarters,
+        parent=parent,
+        model=model,
+        network_country=origin.country,
+        anonymizer=origin.anonymizer,
+        at=at,
+    )
 
 
 def jurisdiction_of(

@@ -300,19 +300,19 @@ def bearer_token(authorization: bytes | str | None, max_length: int) -> bytes:
     """The token of a ``Bearer`` Authorization header value, as ASCII bytes; raises on anything else."""
     if authorization is None:
         raise TokenMissing("no Authorization header")
-    if isinstance(authorization, str):
+    if isinstance(authorization, bytes):  # first: what ASGI servers hand over
+        raw = authorization
+        if len(raw) > max_length + 64:
+            raise TokenMalformed("Authorization header is too long")
+        if not raw.isascii():
+            raise TokenMalformed("Authorization header is not ASCII")
+    elif isinstance(authorization, str):
         if len(authorization) > max_length + 64:
             raise TokenMalformed("Authorization header is too long")
         try:
             raw = authorization.encode("ascii")
         except UnicodeEncodeError:
             raise TokenMalformed("Authorization header is not ASCII") from None
-    elif isinstance(authorization, bytes):
-        raw = authorization
-        if len(raw) > max_length + 64:
-            raise TokenMalformed("Authorization header is too long")
-        if not raw.isascii():
-            raise TokenMalformed("Authorization header is not ASCII")
     else:
         raise TokenMalformed("Authorization header is not text")
     scheme, _, rest = raw.partition(b" ")
@@ -330,7 +330,8 @@ def authorization_header(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None
     """The one Authorization value of ASGI headers; two of them is ambiguous and refused."""
     found: bytes | None = None
     for name, value in headers:
-        if len(name) == 13 and name.lower() == b"authorization":
+        # ASGI names are lower case: compare before lowering (which allocates) a stray spelling.
+        if len(name) == 13 and (name == b"authorization" or name.lower() == b"authorization"):
             if found is not None:
                 raise TokenMalformed("more than one Authorization header")
             found = value

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -50,6 +50,11 @@ DEFAULT_PATH_PATTERNS: tuple[str, ...] = (
     "/v1/models/{model}",
 )
 MAX_MODEL_ID = 256
+# Paths up to this length have their answer cached, at most PATH_CACHE_SIZE of them (cleared when
+# full, like the client-IP caches): a server sees a few paths over and over.
+MAX_CACHED_PATH = 512
+PATH_CACHE_SIZE = 1024
+_MISS = ""  # never a model id (valid_model_id refuses it): marks a path not yet seen
 
 
 def compile_path_pattern(pattern: str) -> re.Pattern[str]:
@@ -82,8 +87,25 @@ class ModelSources:
     header: bytes | None
     max_body_bytes: int
 
+    # path -> its answer; the patterns never change, so an answer never goes stale.
+    _found: dict[str, str | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
     def from_path(self, path: str) -> str | None:
         """The model named by a path pattern, or ``None``."""
+        found = self._found.get(path, _MISS)
+        if found != _MISS:
+            return found
+        model = self._match(path)
+        if len(path) <= MAX_CACHED_PATH:
+            cache = self._found
+            if len(cache) >= PATH_CACHE_SIZE:
+                cache.clear()
+            cache[path] = model
+        return model
+
+    def _match(self, path: str) -> str | None:
         for pattern in self.path_patterns:
             match = pattern.match(path)
             if match:
@@ -124,10 +146,11 @@ async def read_body(receive: Receive, limit: int) -> BufferedBody:
         if chunk:
             chunks.append(chunk)
             size += len(chunk)
+        # Positional (chunks, complete): keywords cost a dataclass more, once per request.
         if not message.get("more_body", False):
-            return BufferedBody(chunks, complete=True)
+            return BufferedBody(chunks, True)
         if size > limit:
-            return BufferedBody(chunks, complete=False)
+            return BufferedBody(chunks, False)
 
 
 def replay(body: BufferedBody, receive: Receive) -> Receive:
@@ -157,11 +180,19 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 # An escaped letter of "model" (m o d e l are U+006D, U+006F, U+0064, U+0065, U+006C): a key
 # spelled with escapes could repeat "model" unseen by a plain byte search.
 _ESCAPED_MODEL_LETTER = re.compile(rb"\\u006[45cCdDfF]")
+_MODEL_KEY = re.compile(rb'"model"')
+# Above this many bytes the regex engine's literal search beats bytes.count (measured: 1.7 KB).
+_LONG_BODY = 2048
 
 
 def _parse_object(data: bytes) -> Any:
     """Parse a JSON body, refusing a repeated ``model`` key (the gate and the app must agree)."""
-    if data.count(b'"model"') <= 1 and not _ESCAPED_MODEL_LETTER.search(data):
+    if len(data) < _LONG_BODY:
+        one_model_key = data.count(b'"model"') <= 1
+    else:  # the same test, stopping at a second match (non-overlapping, as count counts)
+        first = _MODEL_KEY.search(data)
+        one_model_key = first is None or _MODEL_KEY.search(data, first.end()) is None
+    if one_model_key and not _ESCAPED_MODEL_LETTER.search(data):
         try:
             return orjson.loads(data)  # ten times faster than json; last key wins, like json
         except orjson.JSONDecodeError:
@@ -175,8 +206,9 @@ def model_from_json(body: BufferedBody, limit: int) -> str:
         raise BodyIncomplete("the client disconnected before sending the whole body")
     if not body.complete:
         raise BodyTooLarge(f"request body is larger than {limit} bytes")
+    chunks = body.chunks  # body.data, without a property call per request
     try:
-        parsed = _parse_object(body.data)
+        parsed = _parse_object(chunks[0] if len(chunks) == 1 else b"".join(chunks))
     except (ValueError, RecursionError):
         raise BodyNotJSON("request body is not valid JSON (or repeats a key)") from None
     if not isinstance(parsed, dict):

@@ -9,16 +9,28 @@ where they exist (``client.address``, ``enduser.id``, ``gen_ai.request.model``);
 from __future__ import annotations
 
 from opentelemetry import metrics, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.metrics import _internal as _metrics_api
+from opentelemetry.trace import ProxyTracerProvider, SpanKind, Status, StatusCode
 
 from aidr_gate import __version__
 from aidr_gate.decision import Decision, Effect
 
 INSTRUMENTATION = "aidr_gate"
 
+# Where opentelemetry-api keeps the global providers: None until a host sets one (or names one in
+# OTEL_PYTHON_*_PROVIDER, loaded by the first get_tracer/get_meter). Its proxies read the same
+# globals, so while both are None the proxy tracer and instruments drop everything. The public
+# getters cost a microsecond each (they look up the environment), more than the work they would
+# save; without these globals (another opentelemetry-api) every decision takes the full path.
+_PROVIDER_GLOBALS = (
+    hasattr(trace, "_TRACER_PROVIDER")
+    and hasattr(_metrics_api, "_METER_PROVIDER")
+    and hasattr(_metrics_api, "_ProxyMeterProvider")
+)
+
 
 class Telemetry:
-    """Spans and metrics for decisions; cheap when no SDK is installed (spans do not record)."""
+    """Spans and metrics for decisions; next to free while no SDK provider is set."""
 
     def __init__(self) -> None:
         self._tracer = trace.get_tracer(INSTRUMENTATION, __version__)
@@ -44,9 +56,24 @@ class Telemetry:
             unit="{reload}",
             description="Configuration reloads by component and result",
         )
+        # True when the tracer and the instruments above are opentelemetry-api's proxies, which
+        # stay no-ops until a provider is set: then record() can skip its work while none is.
+        self._proxied = (
+            _PROVIDER_GLOBALS
+            and isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+            and isinstance(metrics.get_meter_provider(), _metrics_api._ProxyMeterProvider)
+        )
 
     def record(self, decision: Decision, seconds: float, path: str | None) -> None:
         """Count one decision, record its time, and emit its span."""
+        if (
+            self._proxied
+            and trace._TRACER_PROVIDER is None
+            and _metrics_api._METER_PROVIDER is None
+        ):
+            # No SDK (the common case): nothing would be counted or recorded. Checked per call,
+            # so a provider a host sets later is used from its first decision on.
+            return
         reason = decision.reasons[0] if decision.reasons else "NONE"
         key = (decision.effect, reason, decision.mode, decision.policy.id)
         labels = self._labels.get(key)

@@ -24,6 +24,9 @@ from aidr_gate.policy.pack import Condition, Membership, Pack
 from aidr_gate.registry import Agreement, AgreementState, Entity, evaluate_agreements
 
 DEFAULT_CACHE_SIZE = 65_536
+# Enum members read once: a member looked up on its class costs more than a global, per request.
+_NO_AGREEMENT = AgreementState.NONE
+_CLOSED = Weights.CLOSED
 
 
 class PolicyFacts(msgspec.Struct, frozen=True, gc=False):
@@ -244,7 +247,7 @@ class PolicyEngine:
         """Decide one request from resolved facts. Never raises for any combination of inputs."""
         tier, tier_source = self.model_tier(model)
         agreement: Agreement | None = None
-        state = AgreementState.NONE
+        state = _NO_AGREEMENT
         if entity is not None and entity.agreements:
             state, agreement = evaluate_agreements(
                 entity.agreements,
@@ -263,7 +266,7 @@ class PolicyEngine:
             model is not None,
             # A StrEnum, equal to its value. An unknown model counts as closed weights: a rule on
             # closed models must not let in a model nobody has vouched for (fail closed).
-            model.weights if model is not None else Weights.CLOSED,
+            model.weights if model is not None else _CLOSED,
             state,
             entity is not None,
             entity is not None and entity.denied,
