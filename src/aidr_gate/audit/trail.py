@@ -57,6 +57,7 @@ from aidr_gate.errors import ConfigError, Problem
 logger = logging.getLogger("aidr_gate.audit")
 
 _MAX_JOBS = 4  # I/O jobs in flight: bounds memory, lets rendering overlap writing
+_LINK_RUN = 64  # records rendered before their run is hashed (see _write_loop)
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,9 +441,15 @@ class AuditTrail:
             self._open_ticket = None  # later submissions get a new future
             first = self._taken
             self._taken += count
-            # Each body is hashed right after it is rendered, while it is still in the CPU cache.
+            # Render a run of records, then hash the run: SHA-256 of a 3 KB record costs about
+            # 2 µs while its code stays hot, twice that when every hash follows a render. A run of
+            # 64 bodies (~190 KB) still sits in the CPU's L2 cache when it is hashed.
             link = self.chain.link
-            lines = [link(render(queue.popleft())) for _ in range(count)]
+            popleft = queue.popleft
+            lines: list[bytes] = []
+            for start in range(0, count, _LINK_RUN):
+                bodies = [render(popleft()) for _ in range(min(_LINK_RUN, count - start))]
+                lines += [link(body) for body in bodies]
             self._dispatch(loop, jobs, (first, first + count), self._sign(lines, count), count)
             if len(jobs) >= _MAX_JOBS:
                 await asyncio.shield(jobs.popleft())
