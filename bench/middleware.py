@@ -8,9 +8,12 @@ Two measurements, each against a baseline taken in the same run:
    p50 under 40 microseconds). The gate's own timer (the overhead header) is shown too.
 2. Under uvicorn on 127.0.0.1: the same app served bare and gated in two server processes, driven by
    a load generator in a third process (aiohttp, bounded in requests and seconds); the ratio of
-   requests per second (target: gated at least 85% of bare).
+   requests per second (target: gated at least 85% of bare). Each server's CPU time per request
+   (from /proc) is printed too: on a machine the load generator shares, it is the steadier measure
+   of what the gate adds.
 
-Run: .venv/bin/python bench/middleware.py [--requests 4000] [--concurrency 32] [--seconds 30]
+Run: .venv/bin/python bench/middleware.py [--requests 8000] [--concurrency 32] [--seconds 30]
+[--rounds 5]
 """
 
 from __future__ import annotations
@@ -331,10 +334,10 @@ async def _load(
 def main() -> None:
     """Run both measurements and print ratios."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--requests", type=int, default=8000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved throughput rounds")
     parser.add_argument("--in-process", type=int, default=5000, help="requests per side in-process")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
