@@ -134,6 +134,30 @@ def test_missing_agreement_is_permission_denied(served: tuple[GateEnv, ThreadedS
     assert info.value.code == "NO_VALID_AGREEMENT"
 
 
+def test_audio_is_decided_on_its_form_model(served: tuple[GateEnv, ThreadedServer]) -> None:
+    env, server = served
+    sdk = client(server, env.token("andes-br"), IP["BR"])
+    audio = ("speech.wav", b"RIFF" + bytes(5000), "audio/wav")
+    heard = sdk.audio.transcriptions.create(model="aurora-mini", file=audio)
+    assert heard.text == "aurora-mini heard 5004 bytes of speech.wav"
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        sdk.audio.transcriptions.create(model="aurora-frontier", file=audio)
+    assert info.value.code == "NO_VALID_AGREEMENT"
+    records = env.audit_records()
+    assert [r["gen_ai"]["request"]["model"] for r in records[-2:]] == [
+        "aurora-mini",
+        "aurora-frontier",
+    ]
+    assert records[-1]["aidr"]["model"]["tier"] == "controlled"
+    not_a_form = httpx.post(
+        f"{server.url}/v1/audio/transcriptions",
+        json={"model": "aurora-mini"},
+        headers={"authorization": f"Bearer {env.token('andes-br')}", "x-forwarded-for": IP["BR"]},
+    )
+    assert not_a_form.status_code == 400
+    assert not_a_form.json()["error"]["code"] == "BODY_NOT_FORM"
+
+
 def test_anonymizer_is_denied_for_controlled(served: tuple[GateEnv, ThreadedServer]) -> None:
     env, server = served
     sdk = client(server, env.token("lab-us"), VPN_IP)

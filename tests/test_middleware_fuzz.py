@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -184,7 +185,9 @@ def probes(draw: st.DrawFn, world_key: Any) -> Probe:
             )
         )
 
-    route = draw(st.sampled_from(["chat", "chat", "completions", "kserve", "models", "random"]))
+    route = draw(
+        st.sampled_from(["chat", "chat", "completions", "kserve", "models", "audio", "random"])
+    )
     model = draw(st.sampled_from(MODELS))
     method = "POST"
     chunks: list[bytes] = []
@@ -212,6 +215,24 @@ def probes(draw: st.DrawFn, world_key: Any) -> Probe:
             clean, model_known = False, None
         else:
             raw = b'{"messages": []}'
+            clean, model_known = False, None
+        split = draw(st.integers(0, len(raw)))
+        chunks = [raw[:split], raw[split:]] if draw(st.booleans()) else [raw]
+    elif route == "audio":  # a multipart upload: the model is a form field
+        path = "/v1/audio/transcriptions"
+        typed = any(name == b"content-type" for name, _ in headers)  # a junk one: two in all
+        if draw(st.booleans()):
+            audio = draw(st.binary(max_size=64))
+            form = httpx.Request(
+                "POST", "http://fuzz/", data={"model": model}, files={"file": ("a.wav", audio)}
+            )
+            raw = form.read()
+            headers.append((b"content-type", form.headers["content-type"].encode()))
+            if typed:
+                clean, model_known = False, None
+        else:
+            raw = draw(junk_bytes)
+            headers.append((b"content-type", b"multipart/form-data; boundary=" + draw(junk_bytes)))
             clean, model_known = False, None
         split = draw(st.integers(0, len(raw)))
         chunks = [raw[:split], raw[split:]] if draw(st.booleans()) else [raw]

@@ -89,6 +89,12 @@ class BodyNotJSON(RequestError):
     reason = "BODY_NOT_JSON"
 
 
+class BodyNotForm(RequestError):
+    """The body of a request whose model comes from a form is not one readable multipart form."""
+
+    reason = "BODY_NOT_FORM"
+
+
 class BodyIncomplete(RequestError):
     """The client disconnected before sending the whole body."""
 

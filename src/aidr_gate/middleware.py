@@ -28,6 +28,7 @@ from aidr_gate.errors import (
     RequestError,
 )
 from aidr_gate.facts import Identity, Origin
+from aidr_gate.form_model import content_type_of, model_from_form
 from aidr_gate.identity import authorization_header
 from aidr_gate.model_id import (
     BufferedBody,
@@ -244,6 +245,14 @@ class AIDRGateMiddleware:
                 body = await read_body(receive, models.max_body_bytes)
                 try:
                     model_id = model_from_json(body, models.max_body_bytes)
+                except RequestError as exc:
+                    error = exc
+            elif model_id is None and error is None and models.wants_form(method, path):
+                body = await read_body(receive, models.max_body_bytes)
+                try:
+                    model_id = model_from_form(
+                        body, content_type_of(headers), models.max_body_bytes
+                    )
                 except RequestError as exc:
                     error = exc
             try:

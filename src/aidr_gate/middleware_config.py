@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aidr_gate.config import GateConfig
 from aidr_gate.document import Checker, join
 from aidr_gate.model_id import (
+    DEFAULT_FORM_PATHS,
     DEFAULT_JSON_PATHS,
     DEFAULT_PATH_PATTERNS,
     ModelSources,
@@ -18,6 +19,7 @@ DEFAULT_MAX_BODY = 8 * 1024 * 1024
 _KEYS = (
     "exempt_paths",
     "json_model_paths",
+    "form_model_paths",
     "path_model_patterns",
     "model_header",
     "max_body_bytes",
@@ -62,6 +64,7 @@ def _build(
     patterns: tuple[str, ...],
     header: str | None,
     max_body: int,
+    form_paths: tuple[str, ...] = DEFAULT_FORM_PATHS,
 ) -> MiddlewareSettings:
     return MiddlewareSettings(
         exempt_exact=frozenset(p for p in exempt if not p.endswith("*")),
@@ -71,6 +74,7 @@ def _build(
             path_patterns=tuple(compile_path_pattern(p) for p in patterns),
             header=header.lower().encode("latin-1") if header else None,
             max_body_bytes=max_body,
+            form_paths=frozenset(form_paths),
         ),
         list_models_paths=frozenset({"/v1/models", "/models"}),
     )
@@ -101,6 +105,15 @@ def parse_middleware_settings(config: GateConfig) -> MiddlewareSettings:
     json_paths = _paths(
         check, data.get("json_model_paths"), "middleware.json_model_paths", DEFAULT_JSON_PATHS
     )
+    form_paths = _paths(
+        check, data.get("form_model_paths"), "middleware.form_model_paths", DEFAULT_FORM_PATHS
+    )
+    for index, form_path in enumerate(form_paths):
+        if form_path in json_paths:
+            check.error(
+                f"middleware.form_model_paths[{index}]",
+                f"{form_path!r} is also in json_model_paths: a body is either JSON or a form",
+            )
     patterns = _paths(
         check,
         data.get("path_model_patterns"),
@@ -141,7 +154,7 @@ def parse_middleware_settings(config: GateConfig) -> MiddlewareSettings:
             or max_listing
         )
     check.raise_if_errors()
-    settings = _build(exempt, json_paths, patterns, header, max_body)
+    settings = _build(exempt, json_paths, patterns, header, max_body, form_paths)
     return MiddlewareSettings(
         exempt_exact=settings.exempt_exact,
         exempt_prefixes=settings.exempt_prefixes,

@@ -1,4 +1,5 @@
-"""Where a request names its model: a header, the path (KServe/Triton), or the JSON body (OpenAI).
+"""Where a request names its model: a header, the path (KServe/Triton), the JSON body (OpenAI), or a
+multipart form field (OpenAI audio and image uploads; parsed in ``form_model.py``).
 
 The body is read up to a limit and handed back to the app byte for byte: the app sees an untouched
 request. Nothing here decides anything; it only finds the model id or says why it cannot.
@@ -37,6 +38,13 @@ DEFAULT_JSON_PATHS: tuple[str, ...] = (
     "/classify",
     "/tokenize",
     "/detokenize",
+)
+# OpenAI-compatible endpoints that upload a file and carry ``model`` as a multipart form field.
+DEFAULT_FORM_PATHS: tuple[str, ...] = (
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/images/edits",
+    "/v1/images/variations",
 )
 # KServe v1/v2 and Triton put the model in the path.
 DEFAULT_PATH_PATTERNS: tuple[str, ...] = (
@@ -86,6 +94,7 @@ class ModelSources:
     path_patterns: tuple[re.Pattern[str], ...]
     header: bytes | None
     max_body_bytes: int
+    form_paths: frozenset[str] = frozenset()
 
     # path -> its answer; the patterns never change, so an answer never goes stale.
     _found: dict[str, str | None] = field(
@@ -115,6 +124,10 @@ class ModelSources:
     def wants_body(self, method: str, path: str) -> bool:
         """True when this request's model is in its JSON body."""
         return method == "POST" and path in self.json_paths
+
+    def wants_form(self, method: str, path: str) -> bool:
+        """True when this request's model is a field of its multipart form."""
+        return method == "POST" and path in self.form_paths
 
 
 @dataclass(slots=True)

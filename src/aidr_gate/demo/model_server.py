@@ -286,6 +286,23 @@ def build_model_app(
             headers=headers_for(raw),
         )
 
+    async def transcribe(request: Request) -> Response:
+        """OpenAI's audio transcription: a multipart form with ``file`` and ``model``."""
+        injected = await fault(request)
+        if injected is not None:
+            return injected
+        raw = await request.body()  # cached by Starlette: form() below parses the same bytes
+        async with request.form() as form:
+            model = form.get("model")
+            upload = form.get("file")
+            if not isinstance(model, str) or model not in served:
+                return _error(404, f"model {model!r} does not exist", "model_not_found")
+            if upload is None or isinstance(upload, str):
+                return _error(400, "the form has no file", "invalid_request")
+            audio = await upload.read()
+        text = f"{model} heard {len(audio)} bytes of {upload.filename or 'audio'}"
+        return JSONResponse({"text": text}, headers=headers_for(raw))
+
     async def kserve_infer(request: Request) -> Response:
         model = request.path_params["model"]
         body, raw = await body_of(request)
@@ -317,6 +334,7 @@ def build_model_app(
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/audio/transcriptions", transcribe, methods=["POST"]),
             Route("/v2/models/{model}/infer", kserve_infer, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
         ]

@@ -1,0 +1,136 @@
+"""The model id of a ``multipart/form-data`` request (OpenAI audio transcriptions, image edits).
+
+The body is parsed with python-multipart, the parser Starlette and FastAPI (and so vLLM) use for
+the same forms, so the gate reads the ``model`` field as the app will. Only that field is kept; a
+file part streams through the parser and is not copied. The form must hold exactly one ``model``
+field, a plain field rather than a file: with two, the gate and the app could each read another.
+"""
+
+from __future__ import annotations
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from aidr_gate.errors import BodyIncomplete, BodyNotForm, BodyTooLarge, ModelMissing
+from aidr_gate.model_id import MAX_MODEL_ID, BufferedBody, valid_model_id
+
+FORM_TYPE = b"multipart/form-data"
+# A model id is at most MAX_MODEL_ID characters, at most four bytes each in UTF-8.
+_MAX_FIELD_BYTES = MAX_MODEL_ID * 4
+
+
+class _ModelFields:
+    """Parser callbacks that keep the value of every part named ``model``, and nothing else."""
+
+    def __init__(self) -> None:
+        self.values: list[bytearray] = []
+        self.file_named_model = False
+        self.ended = False
+        self._field = bytearray()
+        self._value = bytearray()
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._current: bytearray | None = None
+
+    def on_part_begin(self) -> None:
+        self._headers = []
+        self._current = None
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers.append((bytes(self._field).lower(), bytes(self._value)))
+        self._field, self._value = bytearray(), bytearray()
+
+    def on_headers_finished(self) -> None:
+        for name, value in self._headers:
+            if name != b"content-disposition":
+                continue
+            _, params = parse_options_header(value)
+            if params.get(b"name") != b"model":
+                continue
+            if b"filename" in params:
+                self.file_named_model = True
+                return
+            self._current = bytearray()
+            self.values.append(self._current)
+            return
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        current = self._current
+        if current is not None and len(current) <= _MAX_FIELD_BYTES:
+            current += data[start : min(end, start + _MAX_FIELD_BYTES + 1 - len(current))]
+
+    def on_end(self) -> None:
+        self.ended = True
+
+
+def content_type_of(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The request's one content-type; a repeated one is ambiguous and refused."""
+    found: bytes | None = None
+    for name, value in headers:
+        if name == b"content-type" or (len(name) == 12 and name.lower() == b"content-type"):
+            if found is not None:
+                raise BodyNotForm("more than one content-type header")
+            found = value
+    return found
+
+
+def form_boundary(content_type: bytes | None) -> bytes:
+    """The boundary of a ``multipart/form-data`` content type; raises :class:`BodyNotForm`."""
+    if content_type is None:
+        raise BodyNotForm("this path needs a multipart/form-data body; no content-type was sent")
+    kind, params = parse_options_header(content_type)
+    if kind != FORM_TYPE:
+        raise BodyNotForm(f"this path needs a multipart/form-data body, not {kind[:60]!r}")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BodyNotForm("the multipart/form-data content type names no boundary")
+    return boundary
+
+
+def model_from_form(body: BufferedBody, content_type: bytes | None, limit: int) -> str:
+    """The ``model`` field of a complete multipart form body; raises a :class:`RequestError`."""
+    if body.disconnected:
+        raise BodyIncomplete("the client disconnected before sending the whole body")
+    if not body.complete:
+        raise BodyTooLarge(f"request body is larger than {limit} bytes")
+    boundary = form_boundary(content_type)
+    fields = _ModelFields()
+    try:
+        parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": fields.on_part_begin,
+                "on_header_field": fields.on_header_field,
+                "on_header_value": fields.on_header_value,
+                "on_header_end": fields.on_header_end,
+                "on_headers_finished": fields.on_headers_finished,
+                "on_part_data": fields.on_part_data,
+                "on_end": fields.on_end,
+            },
+        )
+        for chunk in body.chunks:
+            parser.write(chunk)
+        parser.finalize()
+    except (MultipartParseError, ValueError) as exc:
+        raise BodyNotForm(f"request body is not a valid multipart form: {exc}"[:200]) from None
+    if not fields.ended:
+        raise BodyNotForm("the multipart form ends before its closing boundary")
+    if fields.file_named_model:
+        raise BodyNotForm("the form's model field is a file, not a value")
+    if len(fields.values) > 1:
+        raise BodyNotForm("the form repeats its model field")
+    if not fields.values:
+        raise ModelMissing("request names no model")
+    try:
+        text = fields.values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    valid = valid_model_id(text)
+    if valid is None:
+        raise ModelMissing("the model field must be a printable string of at most 256 characters")
+    return valid
