@@ -32,6 +32,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> GateEnv:
     return make_gate_env(tmp_path_factory.mktemp("gate"))
 
 
+@pytest.fixture
+def own_env(tmp_path: Path) -> GateEnv:
+    """A configuration with its own audit directory, for a sidecar started beside ``gate``: two
+    processes cannot write one audit chain (the second would refuse to start)."""
+    return make_gate_env(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def upstream(env: GateEnv) -> Iterator[Process]:
     """The demo model server, with fault injection."""
@@ -254,25 +261,25 @@ def error_shape(error: openai.APIStatusError, code: str, kind: str) -> None:
     assert error.response.headers["content-type"] == "application/json"
 
 
-def test_upstream_down_is_502_and_not_ready(env: GateEnv) -> None:
+def test_upstream_down_is_502_and_not_ready(own_env: GateEnv) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    with sidecar(env.root, env.config, dead) as process:
+    with sidecar(own_env.root, own_env.config, dead) as process:
         assert httpx.get(f"{process.url}/healthz").status_code == 200
         ready = httpx.get(f"{process.url}/readyz")
         assert ready.status_code == 503
         assert ready.json()["checks"]["upstream"] is False
-        client = sdk(process.url, env.token("lab-us"))
+        client = sdk(process.url, own_env.token("lab-us"))
         with pytest.raises(openai.APIStatusError) as info:
             client.chat.completions.create(
                 model="aurora-mini", messages=[{"role": "user", "content": "x"}]
             )
         assert info.value.status_code == 502
         error_shape(info.value, "UPSTREAM_UNAVAILABLE", "upstream_error")
-        record = wait_record(env, info.value.response.headers["x-aidr-decision-id"])
+        record = wait_record(own_env, info.value.response.headers["x-aidr-decision-id"])
         assert record["http"]["response"]["status_code"] == 502
         # A denial is still a denial: the gate decides before the upstream is tried.
         with pytest.raises(openai.PermissionDeniedError):
-            sdk(process.url, env.token("andes-br"), IP["BR"]).chat.completions.create(
+            sdk(process.url, own_env.token("andes-br"), IP["BR"]).chat.completions.create(
                 model="aurora-frontier", messages=[{"role": "user", "content": "x"}]
             )
 
@@ -329,9 +336,9 @@ def slow_stream(client: openai.OpenAI) -> openai.Stream[Any]:
     )
 
 
-def test_sigterm_drains_a_stream_in_flight(env: GateEnv, upstream: Process) -> None:
-    with sidecar(env.root, env.config, upstream.url, "--shutdown-timeout", "10") as process:
-        client = sdk(process.url, env.token("sakura-jp"), IP["JP"])
+def test_sigterm_drains_a_stream_in_flight(own_env: GateEnv, upstream: Process) -> None:
+    with sidecar(own_env.root, own_env.config, upstream.url, "--shutdown-timeout", "10") as process:
+        client = sdk(process.url, own_env.token("sakura-jp"), IP["JP"])
         stream = client.chat.completions.create(
             model="llama-3.1-405b",
             messages=[{"role": "user", "content": "one two three four five six"}],
@@ -351,15 +358,17 @@ def test_sigterm_drains_a_stream_in_flight(env: GateEnv, upstream: Process) -> N
         # The rest of the stream took about 9 x 0.15 s; the process then exits 0, well in time.
         assert process.wait(timeout=10) == 0
         assert time.monotonic() - stopped_at < 8
-        record = wait_record(env, decision_id, timeout=1)
+        record = wait_record(own_env, decision_id, timeout=1)
         assert record["aidr"]["request"]["ending"] == "completed"
         log = process.output()
         assert "SIGTERM: draining" in log and "Traceback" not in log
 
 
-def test_sigterm_deadline_cuts_what_does_not_finish(env: GateEnv, upstream: Process) -> None:
-    with sidecar(env.root, env.config, upstream.url, "--shutdown-timeout", "0.5") as process:
-        stream = slow_stream(sdk(process.url, env.token("lab-us")))
+def test_sigterm_deadline_cuts_what_does_not_finish(own_env: GateEnv, upstream: Process) -> None:
+    with sidecar(
+        own_env.root, own_env.config, upstream.url, "--shutdown-timeout", "0.5"
+    ) as process:
+        stream = slow_stream(sdk(process.url, own_env.token("lab-us")))
         decision_id = stream.response.headers["x-aidr-decision-id"]
         next(iter(stream))
         started = time.monotonic()
@@ -369,12 +378,14 @@ def test_sigterm_deadline_cuts_what_does_not_finish(env: GateEnv, upstream: Proc
         with pytest.raises((httpx.HTTPError, openai.APIError)):
             list(stream)
         # Cut by the deadline: still audited.
-        assert wait_record(env, decision_id, timeout=1)["aidr"]["request"]["ending"] != "completed"
+        assert (
+            wait_record(own_env, decision_id, timeout=1)["aidr"]["request"]["ending"] != "completed"
+        )
 
 
-def test_second_signal_stops_at_once(env: GateEnv, upstream: Process) -> None:
-    with sidecar(env.root, env.config, upstream.url, "--shutdown-timeout", "30") as process:
-        stream = slow_stream(sdk(process.url, env.token("lab-us")))
+def test_second_signal_stops_at_once(own_env: GateEnv, upstream: Process) -> None:
+    with sidecar(own_env.root, own_env.config, upstream.url, "--shutdown-timeout", "30") as process:
+        stream = slow_stream(sdk(process.url, own_env.token("lab-us")))
         next(iter(stream))
         started = time.monotonic()
         process.signal(signal.SIGINT)

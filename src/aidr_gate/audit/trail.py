@@ -47,6 +47,7 @@ from aidr_gate.audit.config import (
 )
 from aidr_gate.audit.delivery import Outbox, SinkStats
 from aidr_gate.audit.ecs import EcsRenderer
+from aidr_gate.audit.lock import DIRECTORY_LOCK, WriterLock, lock_path_for_journal
 from aidr_gate.audit.ocsf import OcsfRenderer
 from aidr_gate.audit.record import AuditEvent, Redactor, Renderer, fallback_record
 from aidr_gate.audit.sinks import DeliverySink
@@ -171,6 +172,7 @@ class AuditTrail:
         self._inflight_records = 0
         self._last_loss_log = 0.0
         self.recovered_torn = 0
+        self._lock = WriterLock()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -197,8 +199,21 @@ class AuditTrail:
         self._started = True
 
     def _recover(self) -> tuple[int, str]:
-        """On the I/O thread: the last (seq, hash) of the chain, from the journal or the state file."""
+        """On the I/O thread: the last (seq, hash) of the chain, from the journal or the state file.
+
+        Locks the directory and the journal first (see ``lock.py``): nothing is read or written
+        while another process may be writing.
+        """
         self.config.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory = self.config.directory
+            self._lock.acquire(directory / DIRECTORY_LOCK, f"the audit directory {directory}")
+            if self.journal is not None:
+                path = self.journal.path
+                self._lock.acquire(lock_path_for_journal(path), f"the audit journal {path}")
+        except BaseException:
+            self._lock.release()
+            raise
         if self.journal is None:
             return _read_state(self.config.directory / "chain.tail")
         recovery = self.journal.recover()
@@ -336,6 +351,7 @@ class AuditTrail:
                 self._io, partial(journal.close, max(0.1, deadline - loop.time()))
             )
         self._io.shutdown(wait=True)
+        self._lock.release()  # after the journal and every spool are closed
         logger.info(
             "audit trail closed: %d written, %d lost, last seq %d",
             self.written,

@@ -1,0 +1,131 @@
+"""One writer per chain: a second trail on the same directory or journal refuses to start."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from aidr_gate.audit import AuditTrail, verify_files
+from aidr_gate.audit.config import AuditConfig, FileSinkConfig
+from aidr_gate.audit.lock import AuditWriterBusy
+from audit_support import audit_files, event, file_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_second_trail_on_the_same_directory_is_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        first = AuditTrail(file_config(tmp_path))
+        await first.start()
+        assert await first.submit(event(1))
+        second = AuditTrail(file_config(tmp_path))
+        with pytest.raises(AuditWriterBusy) as info:
+            await second.start()
+        text = str(info.value)
+        assert f"the audit directory {tmp_path}" in text
+        assert f"(pid {os.getpid()})" in text
+        assert "one writer" in text
+        await second.close()
+        await first.close()
+        third = AuditTrail(file_config(tmp_path))  # the lock went with the first trail's close
+        await third.start()
+        assert await third.submit(event(2))
+        await third.close()
+
+    asyncio.run(main())
+    result = verify_files(audit_files(tmp_path))
+    assert result.ok, result.findings
+    assert result.records == 2
+
+
+def test_two_directories_sharing_one_journal_are_refused(tmp_path: Path) -> None:
+    journal = tmp_path / "shared" / "audit.jsonl"
+
+    def config(name: str) -> AuditConfig:
+        base = file_config(tmp_path / name)
+        sink = FileSinkConfig(name="file", path=journal, rotate_seconds=None)
+        return replace(base, sinks=(sink,))
+
+    async def main() -> None:
+        first = AuditTrail(config("a"))
+        await first.start()
+        second = AuditTrail(config("b"))
+        with pytest.raises(AuditWriterBusy, match=f"the audit journal {journal}"):
+            await second.start()
+        await second.close()
+        await first.close()
+
+    asyncio.run(main())
+
+
+WRITER = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[2])
+    from aidr_gate.audit import AuditTrail
+    from aidr_gate.audit.config import FsyncPolicy
+    from audit_support import event, file_config
+
+    async def main():
+        trail = AuditTrail(file_config(Path(sys.argv[1]), fsync=FsyncPolicy.ALWAYS))
+        await trail.start()
+        for i in range(5):
+            await trail.submit(event(i))
+        print("ready", flush=True)
+        await asyncio.sleep(60)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_another_process_holds_the_chain_until_it_dies(tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path), str(ROOT / "tests")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+
+        async def start() -> AuditTrail:
+            trail = AuditTrail(file_config(tmp_path))
+            try:
+                await trail.start()
+            except AuditWriterBusy:
+                await trail.close()
+                raise
+            return trail
+
+        with pytest.raises(AuditWriterBusy, match=f"pid {child.pid}"):
+            asyncio.run(start())
+        child.send_signal(signal.SIGKILL)  # no cleanup: the kernel drops the lock
+        child.wait(timeout=10)
+
+        async def resume() -> None:
+            trail = await start()
+            assert trail.chain.next_seq == 5  # the dead writer's chain goes on
+            assert await trail.submit(event(9))
+            await trail.close()
+
+        asyncio.run(resume())
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+        if child.stdout is not None:
+            child.stdout.close()
+    result = verify_files(audit_files(tmp_path))
+    assert result.ok, result.findings
+    assert result.records == 6
+    assert {p.name for p in tmp_path.glob("*.jsonl*")} == {"audit.jsonl"}  # no lock file
+    assert (tmp_path / ".audit.writer-lock").exists()
