@@ -8,15 +8,25 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aidr_gate.audit import AuditTrail, verify_files
 from aidr_gate.audit.config import AuditConfig, FileSinkConfig
-from aidr_gate.audit.lock import AuditWriterBusy
+from aidr_gate.audit.lock import DIRECTORY_LOCK, AuditWriterBusy, WriterLock
+from aidr_gate.demo.model_server import build_model_app
+from aidr_gate.middleware import WS_TRY_AGAIN_LATER, AIDRGateMiddleware
 from audit_support import audit_files, event, file_config
+from gate_env import IP, make_gate_env
+from servers import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,3 +139,60 @@ def test_another_process_holds_the_chain_until_it_dies(tmp_path: Path) -> None:
     assert result.records == 6
     assert {p.name for p in tmp_path.glob("*.jsonl*")} == {"audit.jsonl"}  # no lock file
     assert (tmp_path / ".audit.writer-lock").exists()
+
+
+def test_a_gate_that_cannot_start_answers_503_until_it_can(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With lifespan off, the gate starts on the first request: while another process holds its
+    audit directory it answers 503 GATE_NOT_READY (never 500, never the app), then recovers."""
+    env = make_gate_env(tmp_path)
+    holder = WriterLock()  # another writer, as far as the gate can tell
+    holder.acquire(env.audit_dir / DIRECTORY_LOCK, "the audit directory")
+    app = build_model_app(token_delay=0)
+    app.add_middleware(AIDRGateMiddleware, config=str(env.config))
+    headers = {"authorization": f"Bearer {env.token('lab-us')}", "x-forwarded-for": IP["US"]}
+    body = {"model": "aurora-mini", "messages": [{"role": "user", "content": "hi"}]}
+    with serve(app, lifespan="off", proxy_headers=False) as server:
+        url = f"{server.url}/v1/chat/completions"
+        for _ in range(3):  # the first tries to start; the next two wait out the retry interval
+            refused = httpx.post(url, json=body, headers=headers, timeout=10)
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "1"
+            error = refused.json()["error"]
+            assert error["code"] == "GATE_NOT_READY"
+            assert "pid" not in error["message"] and str(tmp_path) not in error["message"]
+        assert "is being written by another process" in caplog.text  # the cause, in the log
+        holder.release()
+        deadline = time.monotonic() + 10
+        while True:
+            answer = httpx.post(url, json=body, headers=headers, timeout=10)
+            if answer.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert answer.status_code == 200
+        assert answer.json()["choices"][0]["message"]["content"].startswith("Hello from")
+    assert env.audit_records()[-1]["event"]["id"] == answer.headers["x-aidr-decision-id"]
+
+
+def test_a_websocket_to_a_gate_that_cannot_start_is_closed_try_again(tmp_path: Path) -> None:
+    env = make_gate_env(tmp_path)
+    holder = WriterLock()
+    holder.acquire(env.audit_dir / DIRECTORY_LOCK, "the audit directory")
+    reached: list[str] = []
+
+    async def echo(websocket: WebSocket) -> None:
+        reached.append("app")
+        await websocket.accept()
+
+    app = Starlette(routes=[WebSocketRoute("/v1/realtime", echo)])
+    app.add_middleware(AIDRGateMiddleware, config=str(env.config))
+    client = TestClient(app)  # no "with": no lifespan, the gate starts on the first connection
+    try:
+        with pytest.raises(WebSocketDisconnect) as info, client.websocket_connect("/v1/realtime"):
+            pass
+        assert info.value.code == WS_TRY_AGAIN_LATER
+        assert not reached
+    finally:
+        holder.release()
+        client.close()

@@ -23,6 +23,7 @@ from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.errors import (
     AidrGateError,
     AuditUnavailable,
+    GateNotReady,
     IdentityError,
     PolicyEvaluationError,
     RequestError,
@@ -38,7 +39,7 @@ from aidr_gate.model_id import (
     single_header_value,
     valid_model_id,
 )
-from aidr_gate.responses import error_body, error_headers
+from aidr_gate.responses import error_body, error_headers, json_error, json_headers
 from aidr_gate.runtime import Runtime
 from aidr_gate.stages import CLIENT_DISCONNECTED, UPSTREAM_STATE_KEY
 
@@ -52,6 +53,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Close code for a websocket refused by policy (RFC 6455 "policy violation").
 WS_POLICY_VIOLATION = 1008
+WS_TRY_AGAIN_LATER = 1013
+# A gate that failed to start (a bad key file, an audit directory another process holds) is tried
+# again at most this often; requests meanwhile get 503 GATE_NOT_READY, never the app.
+RETRY_START_SECONDS = 1.0
 
 
 class AIDRGateMiddleware:
@@ -69,6 +74,7 @@ class AIDRGateMiddleware:
         self._runtime = runtime
         self._owns_runtime = runtime is None
         self._starting: asyncio.Lock | None = None
+        self._failed_start: float | None = None  # monotonic time of the last failed start
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -79,12 +85,25 @@ class AIDRGateMiddleware:
         if self._starting is None:
             self._starting = asyncio.Lock()
         async with self._starting:
-            if self._runtime is None:
-                # Loading reads files: keep it off the event loop.
-                self._runtime = await asyncio.to_thread(Runtime.from_config, self._config)
-            if not self._runtime.started:
-                await self._runtime.start()
-            return self._runtime
+            runtime = self._runtime
+            if runtime is not None and runtime.started:
+                return runtime
+            failed = self._failed_start
+            if failed is not None and time.monotonic() - failed < RETRY_START_SECONDS:
+                raise GateNotReady("the gate failed to start; it is tried again shortly")
+            try:
+                if runtime is None:
+                    # Loading reads files: keep it off the event loop.
+                    runtime = await asyncio.to_thread(Runtime.from_config, self._config)
+                    self._runtime = runtime
+                await runtime.start()
+            except Exception:
+                self._failed_start = time.monotonic()
+                if self._owns_runtime:  # the next attempt loads afresh (files may be fixed)
+                    self._runtime = None
+                raise
+            self._failed_start = None
+            return runtime
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def receive_wrapper() -> Message:
@@ -114,7 +133,11 @@ class AIDRGateMiddleware:
             return
         runtime = self._runtime
         if runtime is None or not runtime.started:
-            runtime = await self._ensure_runtime()
+            try:
+                runtime = await self._ensure_runtime()
+            except Exception as exc:  # fail closed: nothing reaches the app without a gate
+                await self._not_ready(kind, send, exc)
+                return
         if runtime.settings.exempt(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
@@ -122,6 +145,26 @@ class AIDRGateMiddleware:
             await self._websocket(runtime, scope, receive, send)
             return
         await self._http(runtime, scope, receive, send)
+
+    async def _not_ready(self, kind: str, send: Send, error: Exception) -> None:
+        """503 GATE_NOT_READY (a websocket: close 1013); the cause goes to the log, not the caller."""
+        if isinstance(error, GateNotReady):
+            logger.warning("request refused: %s", error)
+        else:
+            logger.error("the gate cannot start; refusing requests: %s", error, exc_info=error)
+        if kind == "websocket":
+            await send({"type": "websocket.close", "code": WS_TRY_AGAIN_LATER})
+            return
+        body = json_error(
+            503,
+            GateNotReady.reason,
+            "the access gate is not ready; try again shortly",
+            None,
+            (GateNotReady.reason,),
+        )
+        headers = [*json_headers(len(body)), (b"retry-after", b"1")]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     # -- http ------------------------------------------------------------------------------------
 

@@ -121,7 +121,11 @@ class Runtime:
             return
         await self.identity.start()
         if self.audit is not None:
-            await self.audit.start()
+            try:
+                await self.audit.start()
+            except BaseException:
+                await self.identity.close()  # a runtime that failed to start leaves nothing running
+                raise
         self._tasks.append(asyncio.create_task(self.origin.watch(), name="aidr-geoip-watch"))
         if self.config is not None and self._watch_interval > 0:
             self._tasks.append(asyncio.create_task(self._watch_policy(), name="aidr-policy-watch"))

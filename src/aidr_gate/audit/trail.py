@@ -182,7 +182,14 @@ class AuditTrail:
             return
         loop = asyncio.get_running_loop()
         self._loop = loop
-        seq, digest = await loop.run_in_executor(self._io, self._recover)
+        try:
+            seq, digest = await loop.run_in_executor(self._io, self._recover)
+        except BaseException:
+            # Nothing was started: this trail is done for, and holds no lock a retry would need.
+            self._closed = True
+            self._io.shutdown(wait=False)
+            self._lock.release()
+            raise
         self.chain = Chain(seq + 1, digest)
         logger.info(
             "audit trail: chain continues at seq %d (%s sinks)",
