@@ -300,15 +300,8 @@ class Gate:
         entity_id = identity.entity_id if identity is not None else None
         entity = state.registry.get(entity_id) if entity_id else None
         headquarters, parent, _, _ = jurisdiction_of(entity, identity)
-        return state.engine.evaluate(
-            entity=entity,
-            headquarters=headquarters,
-            parent=parent,
-            model=model,
-            network_country=origin.country,
-            anonymizer=origin.anonymizer,
-            at=self._clock() if at is None else at,
-        )
+        when = self._clock() if at is None else at
+        return _evaluate(state.engine, entity, headquarters, parent, model, origin, when)
 
     def allowed_models(
         self,

@@ -59,24 +59,26 @@ class _Slot(IntEnum):
     UPSTREAM = 12
 
 
-# The slots in the order ``fields`` places them; ``render`` fills them in this order.
-_ORDER = (
-    _Slot.AT,
-    _Slot.ID,
-    _Slot.DURATION,
-    _Slot.USER,
-    _Slot.CLIENT,
-    _Slot.HTTP,
-    _Slot.URL,
-    _Slot.USER_AGENT,
-    _Slot.ID,
-    _Slot.AT,
-    _Slot.IDENTITY,
-    _Slot.ORIGIN,
-    _Slot.REQUEST,
-    _Slot.GATE,
-    _Slot.UPSTREAM,
+# Where ``fields`` places each per-request value, in the record's order: ``render`` fills the
+# template's gaps in this order.
+_PLACES: tuple[tuple[tuple[str, ...], _Slot], ...] = (
+    (("@timestamp",), _Slot.AT),
+    (("event", "id"), _Slot.ID),
+    (("event", "duration"), _Slot.DURATION),
+    (("user",), _Slot.USER),
+    (("client",), _Slot.CLIENT),
+    (("http",), _Slot.HTTP),
+    (("url",), _Slot.URL),
+    (("user_agent",), _Slot.USER_AGENT),
+    (("aidr", "decision", "id"), _Slot.ID),
+    (("aidr", "decision", "at"), _Slot.AT),
+    (("aidr", "identity"), _Slot.IDENTITY),
+    (("aidr", "origin"), _Slot.ORIGIN),
+    (("aidr", "request"), _Slot.REQUEST),
+    (("aidr", "gate"), _Slot.GATE),
+    (("aidr", "upstream"), _Slot.UPSTREAM),
 )
+_ORDER = tuple(slot for _, slot in _PLACES)
 # orjson escapes every control character inside strings, so a raw 0x01 byte in its output can only
 # come from a marker fragment.
 _MARK = 0x01
@@ -179,22 +181,11 @@ class EcsRenderer(RecordRenderer):
         Raises ``RuntimeError`` if :meth:`fields` no longer places the values in ``_ORDER``.
         """
         doc = self.document(event)
-        doc["@timestamp"] = _marker(_Slot.AT)
-        doc["event"]["id"] = _marker(_Slot.ID)
-        doc["event"]["duration"] = _marker(_Slot.DURATION)
-        doc["user"] = _marker(_Slot.USER)
-        doc["client"] = _marker(_Slot.CLIENT)
-        doc["http"] = _marker(_Slot.HTTP)
-        doc["url"] = _marker(_Slot.URL)
-        doc["user_agent"] = _marker(_Slot.USER_AGENT)
-        aidr = doc["aidr"]
-        aidr["decision"]["id"] = _marker(_Slot.ID)
-        aidr["decision"]["at"] = _marker(_Slot.AT)
-        aidr["identity"] = _marker(_Slot.IDENTITY)
-        aidr["origin"] = _marker(_Slot.ORIGIN)
-        aidr["request"] = _marker(_Slot.REQUEST)
-        aidr["gate"] = _marker(_Slot.GATE)
-        aidr["upstream"] = _marker(_Slot.UPSTREAM)
+        for path, slot in _PLACES:
+            parent = doc
+            for key in path[:-1]:
+                parent = parent[key]
+            parent[path[-1]] = _marker(slot)
         parts = orjson.dumps(doc).split(bytes((_MARK,)))
         slots = tuple(_Slot(part[0] - 0x41) for part in parts[1::2])
         if slots != _ORDER:
