@@ -181,8 +181,12 @@ def test_form_paths_are_configurable_and_never_also_json(tmp_path: Path) -> None
     config = tmp_path / "config.yaml"
     base = f"policy: {{pack: aidr-2025-01}}\nregistry: {EXAMPLES}/entities.yaml\n"
     base += f"catalog: {EXAMPLES}/models.yaml\n"
-    config.write_text(base + "middleware:\n  form_model_paths: [/v1/uploads]\n")
+    config.write_text(
+        base + "middleware:\n  form_model_paths: [/v1/uploads]\n  max_form_bytes: 4096\n"
+    )
     models = parse_middleware_settings(load_config(config)).models
+    assert models.max_form_bytes == 4096
+    assert default_settings().models.max_form_bytes == 32 * 1024 * 1024
     assert models.wants_form("POST", "/v1/uploads")
     assert not models.wants_form("POST", "/v1/audio/transcriptions")
     assert not models.wants_form("GET", "/v1/uploads")

@@ -149,6 +149,10 @@ def test_audio_is_decided_on_its_form_model(served: tuple[GateEnv, ThreadedServe
         "aurora-frontier",
     ]
     assert records[-1]["aidr"]["model"]["tier"] == "controlled"
+    # Larger than max_body_bytes (8 MiB, for JSON), within max_form_bytes (32 MiB): decided.
+    long_take = ("take.wav", b"RIFF" + bytes(10 * 1024 * 1024), "audio/wav")
+    heard = sdk.audio.transcriptions.create(model="aurora-mini", file=long_take)
+    assert heard.text == f"aurora-mini heard {10 * 1024 * 1024 + 4} bytes of take.wav"
     not_a_form = httpx.post(
         f"{server.url}/v1/audio/transcriptions",
         json={"model": "aurora-mini"},

@@ -291,10 +291,10 @@ class AIDRGateMiddleware:
                 except RequestError as exc:
                     error = exc
             elif model_id is None and error is None and models.wants_form(method, path):
-                body = await read_body(receive, models.max_body_bytes)
+                body = await read_body(receive, models.max_form_bytes)
                 try:
                     model_id = model_from_form(
-                        body, content_type_of(headers), models.max_body_bytes
+                        body, content_type_of(headers), models.max_form_bytes
                     )
                 except RequestError as exc:
                     error = exc

@@ -16,6 +16,9 @@ from aidr_gate.model_id import (
 
 DEFAULT_EXEMPT = ("/health", "/healthz", "/readyz", "/livez", "/ping", "/metrics", "/version")
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
+# Multipart uploads carry files (OpenAI accepts audio up to 25 MB): read whole to check that the form
+# names one model, so they get their own, larger limit.
+DEFAULT_MAX_FORM = 32 * 1024 * 1024
 _KEYS = (
     "exempt_paths",
     "json_model_paths",
@@ -23,6 +26,7 @@ _KEYS = (
     "path_model_patterns",
     "model_header",
     "max_body_bytes",
+    "max_form_bytes",
     "list_models_paths",
     "decision_header",
     "overhead_header",
@@ -65,6 +69,7 @@ def _build(
     header: str | None,
     max_body: int,
     form_paths: tuple[str, ...] = DEFAULT_FORM_PATHS,
+    max_form: int = DEFAULT_MAX_FORM,
 ) -> MiddlewareSettings:
     return MiddlewareSettings(
         exempt_exact=frozenset(p for p in exempt if not p.endswith("*")),
@@ -75,6 +80,7 @@ def _build(
             header=header.lower().encode("latin-1") if header else None,
             max_body_bytes=max_body,
             form_paths=frozenset(form_paths),
+            max_form_bytes=max_form,
         ),
         list_models_paths=frozenset({"/v1/models", "/models"}),
     )
@@ -132,6 +138,12 @@ def parse_middleware_settings(config: GateConfig) -> MiddlewareSettings:
             check.integer(data["max_body_bytes"], "middleware.max_body_bytes", minimum=1024)
             or max_body
         )
+    max_form = DEFAULT_MAX_FORM
+    if data.get("max_form_bytes") is not None:
+        max_form = (
+            check.integer(data["max_form_bytes"], "middleware.max_form_bytes", minimum=1024)
+            or max_form
+        )
     listing = _paths(
         check,
         data.get("list_models_paths"),
@@ -154,7 +166,7 @@ def parse_middleware_settings(config: GateConfig) -> MiddlewareSettings:
             or max_listing
         )
     check.raise_if_errors()
-    settings = _build(exempt, json_paths, patterns, header, max_body, form_paths)
+    settings = _build(exempt, json_paths, patterns, header, max_body, form_paths, max_form)
     return MiddlewareSettings(
         exempt_exact=settings.exempt_exact,
         exempt_prefixes=settings.exempt_prefixes,

@@ -95,6 +95,7 @@ class ModelSources:
     header: bytes | None
     max_body_bytes: int
     form_paths: frozenset[str] = frozenset()
+    max_form_bytes: int = 32 * 1024 * 1024  # uploads: OpenAI takes audio files up to 25 MB
 
     # path -> its answer; the patterns never change, so an answer never goes stale.
     _found: dict[str, str | None] = field(
