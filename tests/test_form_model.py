@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from aidr_gate.config import load_config
 from aidr_gate.errors import BodyIncomplete, BodyNotForm, BodyTooLarge, ConfigError, ModelMissing
-from aidr_gate.form_model import content_type_of, form_boundary, model_from_form
+from aidr_gate.form_model import MAX_PARTS, content_type_of, form_boundary, model_from_form
 from aidr_gate.middleware_config import default_settings, parse_middleware_settings
 from aidr_gate.model_id import BufferedBody, valid_model_id
 
@@ -198,3 +198,15 @@ def test_form_paths_are_configurable_and_never_also_json(tmp_path: Path) -> None
     assert "middleware.form_model_paths[0]" in text
     assert "also in json_model_paths" in text
     assert "must start with '/'" in text
+
+
+def test_a_form_of_too_many_parts_is_refused_early() -> None:
+    boundary = b"XyZb0undary"
+    part = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="a"\r\n\r\nb\r\n'
+    model = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="model"\r\n\r\nm1\r\n'
+    end = b"--" + boundary + b"--\r\n"
+    kind = b"multipart/form-data; boundary=" + boundary
+    fine = model + part * (MAX_PARTS - 1) + end
+    assert model_from_form(body_of(fine), kind, 1 << 30) == "m1"
+    with pytest.raises(BodyNotForm, match=f"more than {MAX_PARTS} parts"):
+        model_from_form(body_of(model + part * 100_000 + end), kind, 1 << 30)
