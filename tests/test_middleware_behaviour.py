@@ -7,7 +7,7 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -510,3 +510,50 @@ def test_dry_run_leaves_the_model_listing_alone(tmp_path: Path) -> None:
         assert "aurora-frontier" in {m["id"] for m in listing.json()["data"]}
 
     run_in_process(env, scenario)
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/v1/chat/completions", b"application/json"),
+        ("/v1/audio/transcriptions", b"multipart/form-data; boundary=x"),
+    ],
+)
+def test_no_body_is_read_from_a_caller_the_gate_cannot_identify(
+    tmp_path: Path, path: str, kind: bytes
+) -> None:
+    env = make_gate_env(tmp_path)
+    reads: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the app must not be reached")
+
+    async def main() -> tuple[int, dict[str, Any]]:
+        runtime = Runtime.from_config(str(env.config))
+        await runtime.start()
+        gate = AIDRGateMiddleware(app, runtime=runtime)
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            reads.append("body")
+            return {"type": "http.request", "body": b"x" * 65536, "more_body": True}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(dict(message))
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": path,
+            "headers": [(b"content-type", kind), (b"authorization", b"Bearer not.a.token")],
+            "client": ("127.0.0.1", 5000),
+            "state": {},
+        }
+        await gate(scope, receive, send)
+        await runtime.close()
+        return sent[0]["status"], json.loads(sent[1]["body"])
+
+    status, body = asyncio.run(main())
+    assert status == 401
+    assert body["error"]["code"] == "TOKEN_MALFORMED"
+    assert reads == []  # not one chunk of an unidentified caller's body was read

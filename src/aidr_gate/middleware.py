@@ -284,6 +284,13 @@ class AIDRGateMiddleware:
                         model_id = _model_from_header(raw)
             if model_id is None:
                 model_id = models.from_path(path)
+            try:
+                # Two Authorization headers are refused: the app might read the other one.
+                identity = await runtime.identity.authenticate(authorization_header(headers))
+            except IdentityError as exc:
+                # Who is calling comes first: a 401 outranks a bad header, and the gate reads (and
+                # parses, for up to 32 MiB of form) no body of a caller it cannot identify.
+                error = exc
             if model_id is None and error is None and models.wants_body(method, path):
                 body = await read_body(receive, models.max_body_bytes)
                 try:
@@ -298,11 +305,6 @@ class AIDRGateMiddleware:
                     )
                 except RequestError as exc:
                     error = exc
-            try:
-                # Two Authorization headers are refused: the app might read the other one.
-                identity = await runtime.identity.authenticate(authorization_header(headers))
-            except IdentityError as exc:
-                error = exc  # who is calling comes first: a 401 outranks a bad body
             if error is None and not runtime.audit_accepting:
                 error = AuditUnavailable("audit records cannot be written")
             if error is not None:
