@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +211,12 @@ def test_a_form_of_too_many_parts_is_refused_early() -> None:
     assert model_from_form(body_of(fine), kind, 1 << 30) == "m1"
     with pytest.raises(BodyNotForm, match=f"more than {MAX_PARTS} parts"):
         model_from_form(body_of(model + part * 100_000 + end), kind, 1 << 30)
+
+
+def test_a_malformed_form_leaves_no_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    data, kind = encoded([("model", "aurora-mini")], AUDIO)
+    boundary = form_boundary(kind)
+    broken = data.replace(b"--" + boundary + b"\r\n", b"--" + boundary[:-1] + b"!\r\n", 1)
+    with caplog.at_level(logging.DEBUG), pytest.raises(BodyNotForm):
+        model_from_form(body_of(broken), kind, LIMIT)
+    assert not [r for r in caplog.records if "multipart" in r.name], caplog.text

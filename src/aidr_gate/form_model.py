@@ -8,6 +8,8 @@ field, a plain field rather than a file: with two, the gate and the app could ea
 
 from __future__ import annotations
 
+import logging
+
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -18,6 +20,11 @@ FORM_TYPE = b"multipart/form-data"
 # Each part costs a few microseconds of pure-Python parsing, on the event loop: 32 MiB of tiny parts
 # would hold it for seconds. Starlette's own defaults accept 1,000 fields and 1,000 files.
 MAX_PARTS = 2000
+# python-multipart logs every malformed form as a warning: a caller could fill the host's logs. The
+# gate answers 400 BODY_NOT_FORM and audits the refusal instead, so its parsers log nowhere.
+_QUIET = logging.getLogger("aidr_gate.form_model.parser")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
 # A model id is at most MAX_MODEL_ID characters, at most four bytes each in UTF-8.
 _MAX_FIELD_BYTES = MAX_MODEL_ID * 4
 
@@ -120,6 +127,7 @@ def model_from_form(body: BufferedBody, content_type: bytes | None, limit: int) 
                 "on_end": fields.on_end,
             },
         )
+        parser.logger = _QUIET
         for chunk in body.chunks:
             parser.write(chunk)
         parser.finalize()
