@@ -19,16 +19,19 @@ from starlette.routing import WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from aidr_gate.audit import AuditTrail, verify_files
+from aidr_gate.audit import AuditTrail, audit_config, verify_files
 from aidr_gate.audit.config import AuditConfig, FileSinkConfig
 from aidr_gate.audit.lock import DIRECTORY_LOCK, AuditWriterBusy, WriterLock
+from aidr_gate.config import load_config
 from aidr_gate.demo.model_server import build_model_app
+from aidr_gate.errors import ConfigError
 from aidr_gate.middleware import WS_TRY_AGAIN_LATER, AIDRGateMiddleware
-from audit_support import audit_files, event, file_config
+from audit_support import audit_files, event, file_config, records
 from gate_env import IP, make_gate_env
-from servers import serve
+from servers import free_port, serve, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "policies" / "examples"
 
 
 def test_a_second_trail_on_the_same_directory_is_refused(tmp_path: Path) -> None:
@@ -196,3 +199,101 @@ def test_a_websocket_to_a_gate_that_cannot_start_is_closed_try_again(tmp_path: P
     finally:
         holder.release()
         client.close()
+
+
+def test_per_process_slots_give_each_process_its_own_chain(tmp_path: Path) -> None:
+    """With per_process, writers on one directory take slots p0, p1, ...: a chain each. A writer
+    started after one closed takes the lowest free slot and continues that slot's chain."""
+    shared = replace(file_config(tmp_path), per_process=True)
+
+    async def main() -> None:
+        first, second = AuditTrail(shared), AuditTrail(shared)
+        await first.start()
+        await second.start()
+        assert first.journal is not None and second.journal is not None
+        assert first.journal.path == tmp_path / "p0" / "audit.jsonl"
+        assert second.journal.path == tmp_path / "p1" / "audit.jsonl"
+        for i in range(3):
+            assert await first.submit(event(i))
+            assert await second.submit(event(10 + i))
+        await first.close()
+        third = AuditTrail(shared)
+        await third.start()
+        assert third.journal is not None
+        assert third.journal.path == tmp_path / "p0" / "audit.jsonl"
+        assert third.chain.next_seq == 3  # p0's chain goes on
+        assert await third.submit(event(20))
+        await third.close()
+        await second.close()
+
+    asyncio.run(main())
+    for slot, count in (("p0", 4), ("p1", 3)):
+        result = verify_files(audit_files(tmp_path / slot))
+        assert result.ok, result.findings
+        assert result.records == count
+
+
+def test_per_process_needs_the_journal_inside_the_directory(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"policy: {{pack: aidr-2025-01}}\nregistry: {EXAMPLES}/entities.yaml\n"
+        f"catalog: {EXAMPLES}/models.yaml\n"
+        f"audit:\n  directory: {tmp_path / 'audit'}\n  per_process: true\n"
+        f"  sinks:\n    - {{type: file, path: {tmp_path / 'elsewhere' / 'audit.jsonl'}}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"must be inside audit\.directory"):
+        audit_config(load_config(config))
+    config.write_text(config.read_text().replace("elsewhere", "audit"))
+    assert audit_config(load_config(config)).per_process
+
+
+GATED_APP = """
+from aidr_gate.demo.model_server import build_model_app
+from aidr_gate.middleware import AIDRGateMiddleware
+
+app = build_model_app(token_delay=0)
+app.add_middleware(AIDRGateMiddleware)  # as vLLM adds it: the configuration from the environment
+"""
+
+
+def test_uvicorn_workers_each_write_their_own_chain(tmp_path: Path) -> None:
+    audit_dir = tmp_path / "audit"
+    env = make_gate_env(
+        tmp_path,
+        audit=f"audit:\n  directory: {audit_dir}\n  per_process: true\n"
+        f"  sinks:\n    - {{type: file, path: {audit_dir / 'audit.jsonl'}, fsync: always}}\n",
+    )
+    (tmp_path / "gated_app.py").write_text(GATED_APP)
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "uvicorn", "gated_app:app", "--app-dir", str(tmp_path),
+            "--workers", "2", "--host", "127.0.0.1", "--port", str(port), "--no-proxy-headers",
+            "--log-level", "warning",
+        ],
+        env={**os.environ, "AIDR_GATE_CONFIG": str(env.config)},
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_serving(f"{url}/health", server)
+        deadline = time.monotonic() + 20
+        while len(list(audit_dir.glob("p*/audit.jsonl"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # both workers have claimed a slot once both journals exist
+        headers = {"authorization": f"Bearer {env.token('lab-us')}", "x-forwarded-for": IP["US"]}
+        body = {"model": "aurora-mini", "messages": [{"role": "user", "content": "hi"}]}
+        ids = set()
+        for _ in range(40):  # a new connection each: the kernel spreads them over the workers
+            answer = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers)
+            assert answer.status_code == 200
+            ids.add(answer.headers["x-aidr-decision-id"])
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=30)[1].decode()
+    assert sorted(p.name for p in audit_dir.iterdir() if p.is_dir()) == ["p0", "p1"], output
+    recorded = set()
+    for slot in ("p0", "p1"):
+        result = verify_files(audit_files(audit_dir / slot))
+        assert result.ok, (slot, result.findings)
+        recorded |= {r["event"]["id"] for r in records(audit_files(audit_dir / slot))}
+    assert recorded == ids  # every answered request, once, in one of the two chains

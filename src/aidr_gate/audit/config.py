@@ -9,7 +9,7 @@ configuration file's directory; with no ``audit`` section the trail writes a rot
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,19 @@ class AuditConfig:
     shutdown_timeout: float = 5.0
     headers: tuple[str, ...] = DEFAULT_HEADERS
     signing: SigningConfig | None = None
+    # Each process claims its own slot, <directory>/p<N>: one chain per process (see lock.py).
+    per_process: bool = False
+
+    def in_slot(self, slot: int) -> AuditConfig:
+        """This configuration for process slot *slot*: everything under ``<directory>/p<slot>``."""
+        directory = self.directory / f"p{slot}"
+        sinks = tuple(
+            replace(s, path=directory / s.path.relative_to(self.directory))
+            if isinstance(s, FileSinkConfig)
+            else s
+            for s in self.sinks
+        )
+        return replace(self, directory=directory, sinks=sinks, per_process=False)
 
     @property
     def journal(self) -> FileSinkConfig | None:
@@ -179,6 +192,7 @@ class AuditConfig:
 
 _TOP = (
     "directory",
+    "per_process",
     "format",
     "queue_size",
     "batch_size",
@@ -495,6 +509,15 @@ def read_audit_section(
                     every_records=reader.count(sign, "every_records", where, 1000),
                     every_seconds=reader.positive(sign, "every_seconds", where, 60.0),
                 )
+    per_process = reader.flag(data, "per_process", "audit", False)
+    if per_process:
+        for sink in sinks:
+            if isinstance(sink, FileSinkConfig) and not sink.path.is_relative_to(directory):
+                check.error(
+                    "audit.per_process",
+                    f"the file sink {sink.path} must be inside audit.directory {directory}: "
+                    "each process writes under its own <directory>/p<N>",
+                )
     if not files and raw_sinks is not None:
         check.warn(
             "audit.sinks",
@@ -515,6 +538,7 @@ def read_audit_section(
         shutdown_timeout=reader.positive(data, "shutdown_timeout", "audit", 5.0),
         headers=headers,
         signing=signing,
+        per_process=per_process,
     )
 
 

@@ -20,6 +20,8 @@ if sys.platform != "win32":
     import fcntl
 
 DIRECTORY_LOCK = ".aidr-gate.writer-lock"
+# With ``audit.per_process``, process slots p0 .. p63 under the audit directory: one chain each.
+MAX_SLOTS = 64
 
 
 class AuditWriterBusy(OSError):
@@ -53,8 +55,8 @@ class WriterLock:
             os.close(fd)
             raise AuditWriterBusy(
                 f"{what} is being written by another process{holder}: a hash chain has one writer. "
-                "Give each server process its own audit directory and file "
-                "(for example one configuration per worker), or run the sidecar in front of them"
+                "Set audit.per_process: true for one chain per process (slots p0, p1, ... under "
+                "the directory), or give each process its own audit directory"
             ) from None
         except OSError:
             os.close(fd)
@@ -63,6 +65,11 @@ class WriterLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fds.append(fd)
+
+    @property
+    def held(self) -> bool:
+        """True while this object holds a lock."""
+        return bool(self._fds)
 
     def release(self) -> None:
         """Let go of every lock this object holds."""

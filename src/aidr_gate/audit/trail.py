@@ -47,7 +47,13 @@ from aidr_gate.audit.config import (
 )
 from aidr_gate.audit.delivery import Outbox, SinkStats
 from aidr_gate.audit.ecs import EcsRenderer
-from aidr_gate.audit.lock import DIRECTORY_LOCK, WriterLock, lock_path_for_journal
+from aidr_gate.audit.lock import (
+    DIRECTORY_LOCK,
+    MAX_SLOTS,
+    AuditWriterBusy,
+    WriterLock,
+    lock_path_for_journal,
+)
 from aidr_gate.audit.ocsf import OcsfRenderer
 from aidr_gate.audit.record import AuditEvent, Redactor, Renderer, fallback_record
 from aidr_gate.audit.sinks import DeliverySink
@@ -126,28 +132,13 @@ class AuditTrail:
         self._started = False
         self._closing = False
         self._closed = False
-        journal_config = config.journal
-        self.journal = FileJournal(journal_config, clock=clock) if journal_config else None
-        self._journal_spool = (
-            Spool(config.spool_directory / journal_config.name, journal_config.spool_max_bytes)
-            if journal_config
-            else None
-        )
         self._journal_failed = False
         self._storable = True
-        self._fsync_always = (
-            journal_config is not None and journal_config.fsync is FsyncPolicy.ALWAYS
-        )
+        self.journal: FileJournal | None = None
+        self._journal_spool: Spool | None = None
+        self._fsync_always = False
         self.outboxes: list[Outbox] = []
-        for sink_config in config.sinks:
-            if isinstance(sink_config, FileSinkConfig):
-                continue
-            spool = Spool(
-                config.spool_directory / sink_config.name, sink_config.delivery.spool_max_bytes
-            )
-            self.outboxes.append(
-                Outbox(build_sink(sink_config), sink_config.delivery, spool, self._io)
-            )
+        self._build_stores(config)
         self.signer: Signer | None = None
         if config.signing is not None:
             try:
@@ -174,6 +165,30 @@ class AuditTrail:
         self.recovered_torn = 0
         self._lock = WriterLock()
 
+    def _build_stores(self, config: AuditConfig) -> None:
+        """The journal, its spool and the delivery outboxes for *config* (nothing opened yet)."""
+        self.config = config
+        journal_config = config.journal
+        self.journal = FileJournal(journal_config, clock=self._clock) if journal_config else None
+        self._journal_spool = (
+            Spool(config.spool_directory / journal_config.name, journal_config.spool_max_bytes)
+            if journal_config
+            else None
+        )
+        self._fsync_always = (
+            journal_config is not None and journal_config.fsync is FsyncPolicy.ALWAYS
+        )
+        self.outboxes = []
+        for sink_config in config.sinks:
+            if isinstance(sink_config, FileSinkConfig):
+                continue
+            spool = Spool(
+                config.spool_directory / sink_config.name, sink_config.delivery.spool_max_bytes
+            )
+            self.outboxes.append(
+                Outbox(build_sink(sink_config), sink_config.delivery, spool, self._io)
+            )
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -183,6 +198,8 @@ class AuditTrail:
         loop = asyncio.get_running_loop()
         self._loop = loop
         try:
+            if self.config.per_process:
+                self._build_stores(await loop.run_in_executor(self._io, self._claim_slot))
             seq, digest = await loop.run_in_executor(self._io, self._recover)
         except BaseException:
             # Nothing was started: this trail is done for, and holds no lock a retry would need.
@@ -212,15 +229,8 @@ class AuditTrail:
         while another process may be writing.
         """
         self.config.directory.mkdir(parents=True, exist_ok=True)
-        try:
-            directory = self.config.directory
-            self._lock.acquire(directory / DIRECTORY_LOCK, f"the audit directory {directory}")
-            if self.journal is not None:
-                path = self.journal.path
-                self._lock.acquire(lock_path_for_journal(path), f"the audit journal {path}")
-        except BaseException:
-            self._lock.release()
-            raise
+        if not self._lock.held:  # a claimed process slot is locked already
+            self._lock_stores(self.config)
         if self.journal is None:
             return _read_state(self.config.directory / "chain.tail")
         recovery = self.journal.recover()
@@ -238,6 +248,38 @@ class AuditTrail:
         if tail is None:
             return -1, GENESIS
         return tail.seq, tail.hash
+
+    def _lock_stores(self, config: AuditConfig) -> None:
+        """Lock *config*'s directory and journal for this process; raise AuditWriterBusy."""
+        try:
+            directory = config.directory
+            self._lock.acquire(directory / DIRECTORY_LOCK, f"the audit directory {directory}")
+            journal = config.journal
+            if journal is not None:
+                path = journal.path
+                self._lock.acquire(lock_path_for_journal(path), f"the audit journal {path}")
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _claim_slot(self) -> AuditConfig:
+        """On the I/O thread: the first process slot (``p0``, ``p1``, ...) no other process holds.
+
+        A restarted process takes the lowest free slot, so each slot's chain goes on across
+        restarts, always written by one process at a time.
+        """
+        for slot in range(MAX_SLOTS):
+            config = self.config.in_slot(slot)
+            try:
+                self._lock_stores(config)
+            except AuditWriterBusy:
+                continue
+            logger.info("audit trail: this process writes slot p%d (%s)", slot, config.directory)
+            return config
+        raise AuditWriterBusy(
+            f"all {MAX_SLOTS} process slots of the audit directory {self.config.directory} are "
+            "held by other processes"
+        )
 
     def _drain_journal_spool(self) -> None:
         spool = self._journal_spool
