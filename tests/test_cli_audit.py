@@ -88,3 +88,30 @@ def test_an_encrypted_key_is_a_usage_error(
     encrypted = encrypted_key_file(tmp_path / "encrypted.pem")
     assert main(["audit", "verify", "--public-key", str(encrypted), *map(str, files)]) == 2
     assert "encrypted" in capsys.readouterr().err
+
+
+def test_process_slots_are_verified_one_chain_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The files of per_process slots (p0, p1 under one directory) are separate chains: verify
+    checks each, instead of reporting the second as tampering with the first."""
+    p0, p1 = trail_files(tmp_path / "p0", count=5), trail_files(tmp_path / "p1", count=7)
+    assert main(["audit", "verify", *map(str, p1 + p0)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{tmp_path / 'p0'}: ok: {len(p0)} files, 5 records, seq 0..4")
+    assert out[1].startswith(f"{tmp_path / 'p1'}: ok: {len(p1)} files, 7 records, seq 0..6")
+    assert main(["audit", "verify", "--json", *map(str, p0 + p1)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [report[str(tmp_path / s)]["records"] for s in ("p0", "p1")] == [5, 7]
+    lines = p1[-1].read_bytes().splitlines(keepends=True)
+    p1[-1].write_bytes(b"".join(lines[:-2] + lines[-1:]))  # a record removed from p1
+    assert main(["audit", "verify", *map(str, p0 + p1)]) == 1
+    captured = capsys.readouterr()
+    assert f"{tmp_path / 'p0'}: ok" in captured.out
+    assert f"{tmp_path / 'p1'}: FAILED" in captured.out
+    # Files of one chain spread over other directories are still one chain.
+    (tmp_path / "archive").mkdir()
+    moved = tmp_path / "archive" / p0[0].name
+    p0[0].rename(moved)
+    assert main(["audit", "verify", str(moved), *map(str, p0[1:])]) == 0
+    assert capsys.readouterr().out.startswith(f"ok: {len(p0)} files, 5 records")

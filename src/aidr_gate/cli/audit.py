@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aidr_gate.audit.chain import load_public_key
-from aidr_gate.audit.verify import verify_files
+from aidr_gate.audit.verify import VerifyResult, verify_files
 from aidr_gate.errors import ConfigError, Problem
 
 
@@ -46,7 +46,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    """Run ``audit verify``."""
+    """Run ``audit verify``: one chain, or one per process slot (``audit.per_process``)."""
     keys = []
     for path in args.public_key:
         try:
@@ -56,21 +56,52 @@ def run_verify(args: argparse.Namespace) -> int:
     missing = [str(p) for p in args.files if not p.is_file()]
     if missing:
         raise ConfigError([Problem(p, "FILE", "no such file") for p in missing])
-    result = verify_files(args.files, keys)
-    failed = not result.ok or (args.strict and bool(result.warnings))
+    chains = slot_chains(args.files)
+    if len(chains) == 1:
+        return _report(verify_files(args.files, keys), args, bool(keys), "")
+    # Process slots (p0, p1, ... under one directory) are separate chains: verify each on its own.
+    results = {slot: verify_files(files, keys) for slot, files in chains.items()}
+    if args.json:
+        failed = any(_failed(r, args.strict) for r in results.values())
+        json.dump({slot: r.to_dict() for slot, r in results.items()}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 1 if failed else 0
+    codes = [_report(result, args, bool(keys), f"{slot}: ") for slot, result in results.items()]
+    return max(codes)
+
+
+def slot_chains(files: list[Path]) -> dict[str, list[Path]]:
+    """Files grouped per process slot when every file sits in a slot directory (``.../p<N>/``)
+    of one audit directory; otherwise one group: the files of one chain."""
+    parents = {f.parent for f in files}
+    slotted = all(p.name[:1] == "p" and p.name[1:].isdigit() for p in parents)
+    if len(parents) < 2 or not slotted or len({p.parent for p in parents}) != 1:
+        return {"": list(files)}
+    return {
+        str(parent): [f for f in files if f.parent == parent]
+        for parent in sorted(parents, key=lambda p: int(p.name[1:]))
+    }
+
+
+def _failed(result: VerifyResult, strict: bool) -> bool:
+    return not result.ok or (strict and bool(result.warnings))
+
+
+def _report(result: VerifyResult, args: argparse.Namespace, keyed: bool, label: str) -> int:
+    failed = _failed(result, args.strict)
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 1 if failed else 0
     for finding in result.findings:
-        print(f"{finding.severity}: {finding}", file=sys.stderr if failed else sys.stdout)
+        print(f"{label}{finding.severity}: {finding}", file=sys.stderr if failed else sys.stdout)
     span = (
         f"seq {result.first_seq}..{result.last_seq}"
         if result.last_seq is not None
         else "no records"
     )
     signed = ""
-    if keys:
+    if keyed:
         signed = (
             f", signed up to seq {result.signed_upto}"
             if result.signed_upto is not None
@@ -79,7 +110,7 @@ def run_verify(args: argparse.Namespace) -> int:
     verdict = "FAILED" if failed else "ok"
     first = f": first problem at {result.errors[0]}" if result.errors else ""
     print(
-        f"{verdict}: {result.files} files, {result.records} records, {span}, "
+        f"{label}{verdict}: {result.files} files, {result.records} records, {span}, "
         f"{result.checkpoints} checkpoints{signed}{first}"
     )
     return 1 if failed else 0
