@@ -206,3 +206,29 @@ def test_signed_checkpoints_are_counted_apart(tmp_path: Path) -> None:
     )
     assert totals["cannot_decide"] == 0
     assert report["chain"]["ok"] and not report["chain"]["findings"]
+
+
+def test_per_process_slots_replay_as_one_chain_each(tmp_path: Path) -> None:
+    """The files of two per_process slots hold two chains: both are read, neither is reported as
+    broken by the other, and every record is replayed."""
+    gate = gate_for("aidr-2025-01")
+    slots = {
+        slot: write_trail(
+            tmp_path / slot, [decide(gate, r) for r in requests(n, seed=n)], max_bytes=60_000
+        )
+        for slot, n in (("p0", 120), ("p1", 80))
+    }
+    mixed = slots["p1"] + slots["p0"]
+    random.Random(2).shuffle(mixed)
+    reader = AuditReader.open(mixed)
+    seqs: dict[int, list[int]] = {}
+    for line, index, _ in reader:
+        slot = int(reader.paths[index].parent.name[1:])
+        seqs.setdefault(slot, []).append(
+            int(line[line.rfind(b'"seq":') + 6 : line.rfind(b',"prev"')])
+        )
+    assert reader.findings() == []
+    assert seqs == {0: list(range(120)), 1: list(range(80))}
+    report = replay(mixed)
+    assert report["chain"]["ok"], report["chain"]["findings"]
+    assert report["totals"]["records"] == 200

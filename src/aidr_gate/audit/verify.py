@@ -134,6 +134,20 @@ def _read(path: Path, result: VerifyResult) -> list[_Line]:
     return out
 
 
+def chains_of(files: Sequence[Path]) -> dict[str, list[Path]]:
+    """Files grouped per process slot when every file sits in a slot directory (``.../p<N>/``,
+    see ``audit.per_process``) of one audit directory; otherwise one group, the files of one chain.
+    Keys are the slot directories (``""`` for the single group)."""
+    parents = {Path(f).parent for f in files}
+    slotted = all(p.name[:1] == "p" and p.name[1:].isdigit() for p in parents)
+    if len(parents) < 2 or not slotted or len({p.parent for p in parents}) != 1:
+        return {"": [Path(f) for f in files]}
+    return {
+        str(parent): [Path(f) for f in files if Path(f).parent == parent]
+        for parent in sorted(parents, key=lambda p: int(p.name[1:]))
+    }
+
+
 def verify_files(
     paths: Sequence[Path], public_keys: Iterable[Ed25519PublicKey] = ()
 ) -> VerifyResult:

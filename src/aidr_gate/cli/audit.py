@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aidr_gate.audit.chain import load_public_key
-from aidr_gate.audit.verify import VerifyResult, verify_files
+from aidr_gate.audit.verify import VerifyResult, chains_of, verify_files
 from aidr_gate.errors import ConfigError, Problem
 
 
@@ -56,7 +56,7 @@ def run_verify(args: argparse.Namespace) -> int:
     missing = [str(p) for p in args.files if not p.is_file()]
     if missing:
         raise ConfigError([Problem(p, "FILE", "no such file") for p in missing])
-    chains = slot_chains(args.files)
+    chains = chains_of(args.files)
     if len(chains) == 1:
         return _report(verify_files(args.files, keys), args, bool(keys), "")
     # Process slots (p0, p1, ... under one directory) are separate chains: verify each on its own.
@@ -68,19 +68,6 @@ def run_verify(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     codes = [_report(result, args, bool(keys), f"{slot}: ") for slot, result in results.items()]
     return max(codes)
-
-
-def slot_chains(files: list[Path]) -> dict[str, list[Path]]:
-    """Files grouped per process slot when every file sits in a slot directory (``.../p<N>/``)
-    of one audit directory; otherwise one group: the files of one chain."""
-    parents = {f.parent for f in files}
-    slotted = all(p.name[:1] == "p" and p.name[1:].isdigit() for p in parents)
-    if len(parents) < 2 or not slotted or len({p.parent for p in parents}) != 1:
-        return {"": list(files)}
-    return {
-        str(parent): [f for f in files if f.parent == parent]
-        for parent in sorted(parents, key=lambda p: int(p.name[1:]))
-    }
 
 
 def _failed(result: VerifyResult, strict: bool) -> bool:

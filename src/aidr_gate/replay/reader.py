@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from aidr_gate.audit.chain import GENESIS, parse_link
-from aidr_gate.audit.verify import Finding, verify_files
+from aidr_gate.audit.verify import Finding, chains_of, verify_files
 
 BLOCK = 4 << 20  # bytes read per call: large enough that per-read overhead vanishes
 PEEK_LIMIT = 4 << 20  # bytes read to find the first record of a file when ordering them
@@ -199,14 +199,17 @@ class AuditReader:
     paths: list[Path]
     block: int = BLOCK
     chains: list[FileChain] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)  # files per chain (per_process slots), in order
     bytes_total: int = 0
     bytes_done: int = 0  # bytes of the files finished, plus the position in the current one
 
     @classmethod
     def open(cls, paths: Sequence[Path], *, block: int = BLOCK) -> AuditReader:
-        """A reader over *paths*, ordered by their first sequence numbers."""
-        ordered = order_files([Path(p) for p in paths])
-        reader = cls(ordered, block)
+        """A reader over *paths*, ordered by their first sequence numbers (slot by slot, when
+        they are the files of several ``per_process`` slots: one chain each)."""
+        groups = [order_files(files) for files in chains_of([Path(p) for p in paths]).values()]
+        ordered = [path for files in groups for path in files]
+        reader = cls(ordered, block, slots=[len(files) for files in groups])
         reader.chains = [FileChain(p, size=_size(p)) for p in ordered]
         reader.bytes_total = sum(c.size for c in reader.chains)
         return reader
@@ -224,8 +227,13 @@ class AuditReader:
             self.bytes_done = finished
 
     def findings(self) -> list[Finding]:
-        """Every chain problem and warning (call after iterating)."""
-        return chain_findings(self.chains)
+        """Every chain problem and warning (call after iterating), chain by chain."""
+        found: list[Finding] = []
+        start = 0
+        for count in self.slots or [len(self.chains)]:
+            found += chain_findings(self.chains[start : start + count])
+            start += count
+        return found
 
 
 def _size(path: Path) -> int:
