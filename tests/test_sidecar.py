@@ -190,6 +190,21 @@ def test_large_body_arrives_intact(env: GateEnv, upstream: Process, gate: Proces
     assert record["aidr"]["request"]["body_bytes"] > 5_000_000
 
 
+def test_an_audio_upload_is_decided_on_its_form_and_forwarded_intact(
+    env: GateEnv, upstream: Process, gate: Process
+) -> None:
+    audio = ("take.wav", b"RIFF" + bytes(range(256)) * 8000, "audio/wav")
+    client = sdk(gate.url, env.token("andes-br"), IP["BR"])
+    heard = client.audio.transcriptions.with_raw_response.create(model="aurora-mini", file=audio)
+    assert heard.parse().text == f"aurora-mini heard {4 + 256 * 8000} bytes of take.wav"
+    record = wait_record(env, heard.headers["x-aidr-decision-id"])
+    assert record["gen_ai"]["request"]["model"] == "aurora-mini"
+    assert record["aidr"]["request"]["body_bytes"] > 256 * 8000
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        client.audio.transcriptions.create(model="aurora-frontier", file=audio)
+    assert info.value.code == "NO_VALID_AGREEMENT"
+
+
 def test_streamed_upload_is_forwarded_as_it_comes(
     env: GateEnv, upstream: Process, gate: Process
 ) -> None:
