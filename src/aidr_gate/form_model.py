@@ -14,7 +14,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from aidr_gate.errors import BodyIncomplete, BodyNotForm, BodyTooLarge, ModelMissing
-from aidr_gate.model_id import MAX_MODEL_ID, BufferedBody, valid_model_id
+from aidr_gate.model_id import MAX_MODEL_ID, BufferedBody, single_header_value, valid_model_id
 
 FORM_TYPE = b"multipart/form-data"
 # Each part costs a few microseconds of pure-Python parsing, on the event loop: 32 MiB of tiny parts
@@ -83,14 +83,8 @@ class _ModelFields:
 
 
 def content_type_of(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    """The request's one content-type; a repeated one is ambiguous and refused."""
-    found: bytes | None = None
-    for name, value in headers:
-        if name == b"content-type" or (len(name) == 12 and name.lower() == b"content-type"):
-            if found is not None:
-                raise BodyNotForm("more than one content-type header")
-            found = value
-    return found
+    """The request's one content type; a repeated one is ambiguous and refused."""
+    return single_header_value(headers, b"content-type", BodyNotForm)
 
 
 def form_boundary(content_type: bytes | None) -> bytes:

@@ -9,6 +9,7 @@ from aidr_gate.document import Checker, join
 from aidr_gate.model_id import (
     DEFAULT_FORM_PATHS,
     DEFAULT_JSON_PATHS,
+    DEFAULT_MAX_FORM_BYTES,
     DEFAULT_PATH_PATTERNS,
     ModelSources,
     compile_path_pattern,
@@ -16,9 +17,6 @@ from aidr_gate.model_id import (
 
 DEFAULT_EXEMPT = ("/health", "/healthz", "/readyz", "/livez", "/ping", "/metrics", "/version")
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
-# Multipart uploads carry files (OpenAI accepts audio up to 25 MB): read whole to check that the form
-# names one model, so they get their own, larger limit.
-DEFAULT_MAX_FORM = 32 * 1024 * 1024
 _KEYS = (
     "exempt_paths",
     "json_model_paths",
@@ -69,7 +67,7 @@ def _build(
     header: str | None,
     max_body: int,
     form_paths: tuple[str, ...] = DEFAULT_FORM_PATHS,
-    max_form: int = DEFAULT_MAX_FORM,
+    max_form: int = DEFAULT_MAX_FORM_BYTES,
 ) -> MiddlewareSettings:
     return MiddlewareSettings(
         exempt_exact=frozenset(p for p in exempt if not p.endswith("*")),
@@ -138,7 +136,7 @@ def parse_middleware_settings(config: GateConfig) -> MiddlewareSettings:
             check.integer(data["max_body_bytes"], "middleware.max_body_bytes", minimum=1024)
             or max_body
         )
-    max_form = DEFAULT_MAX_FORM
+    max_form = DEFAULT_MAX_FORM_BYTES
     if data.get("max_form_bytes") is not None:
         max_form = (
             check.integer(data["max_form_bytes"], "middleware.max_form_bytes", minimum=1024)

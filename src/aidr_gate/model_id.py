@@ -15,7 +15,13 @@ from typing import Any
 
 import orjson
 
-from aidr_gate.errors import BodyIncomplete, BodyNotJSON, BodyTooLarge, ModelMissing
+from aidr_gate.errors import (
+    BodyIncomplete,
+    BodyNotJSON,
+    BodyTooLarge,
+    ModelMissing,
+    RequestError,
+)
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -58,6 +64,9 @@ DEFAULT_PATH_PATTERNS: tuple[str, ...] = (
     "/v1/models/{model}",
 )
 MAX_MODEL_ID = 256
+# Multipart uploads carry files (OpenAI accepts audio up to 25 MB) and are read whole, to check that
+# the form names one model: they get their own, larger limit than JSON bodies.
+DEFAULT_MAX_FORM_BYTES = 32 * 1024 * 1024
 # Paths up to this length have their answer cached, at most PATH_CACHE_SIZE of them (cleared when
 # full, like the client-IP caches): a server sees a few paths over and over.
 MAX_CACHED_PATH = 512
@@ -95,7 +104,7 @@ class ModelSources:
     header: bytes | None
     max_body_bytes: int
     form_paths: frozenset[str] = frozenset()
-    max_form_bytes: int = 32 * 1024 * 1024  # uploads: OpenAI takes audio files up to 25 MB
+    max_form_bytes: int = DEFAULT_MAX_FORM_BYTES
 
     # path -> its answer; the patterns never change, so an answer never goes stale.
     _found: dict[str, str | None] = field(
@@ -236,13 +245,19 @@ def model_from_json(body: BufferedBody, limit: int) -> str:
     return valid
 
 
-def single_header_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The value of a header that names the model; a repeated one is ambiguous and refused (the
-    gate and the app could each read a different one)."""
+def single_header_value(
+    headers: list[tuple[bytes, bytes]],
+    name: bytes,
+    error: type[RequestError] = ModelMissing,
+) -> bytes | None:
+    """The value of a header the gate reads for the app's sake (the model, the content type); a
+    repeated one is ambiguous and refused with *error* (the gate and the app could each read a
+    different one). *name* is lower case; ASGI names are too, a stray spelling is lowered."""
     found: bytes | None = None
+    size = len(name)
     for key, value in headers:
-        if key == name:
+        if len(key) == size and (key == name or key.lower() == name):
             if found is not None:
-                raise ModelMissing(f"more than one {name.decode('latin-1')} header")
+                raise error(f"more than one {name.decode('latin-1')} header")
             found = value
     return found

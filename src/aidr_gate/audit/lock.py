@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from aidr_gate.audit.sinks.file import journal_stem
+
 if sys.platform != "win32":
     import fcntl
 
@@ -31,8 +33,7 @@ class AuditWriterBusy(OSError):
 def lock_path_for_journal(journal: Path) -> Path:
     """The lock file beside a journal. Its name never matches ``*.jsonl*``: shippers and scripts
     that glob for audit files (Python's glob included, which matches hidden names) skip it."""
-    stem = journal.name[: -len(".jsonl")] if journal.name.endswith(".jsonl") else journal.name
-    return journal.with_name(f".{stem}.writer-lock")
+    return journal.with_name(f".{journal_stem(journal)}.writer-lock")
 
 
 class WriterLock:

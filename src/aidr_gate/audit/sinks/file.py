@@ -66,7 +66,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _stem(path: Path) -> str:
+def journal_stem(path: Path) -> str:
     """The active file's name less ``.jsonl``: what its rotated files' names start with."""
     name = path.name
     return name[: -len(".jsonl")] if name.endswith(".jsonl") else name
@@ -80,7 +80,7 @@ def first_seq_of(path: Path) -> int:
 
 def rotated_files(path: Path) -> list[Path]:
     """The rotated files of an active file path, oldest first (by first sequence number)."""
-    stem = _stem(path)
+    stem = journal_stem(path)
     found: list[tuple[int, str, Path]] = []
     if not path.parent.is_dir():
         return []
@@ -121,7 +121,7 @@ class FileJournal:
     def recover(self) -> Recovery:
         """Open the journal and find where the chain ends (before the first write)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for part in self.path.parent.glob(glob.escape(_stem(self.path)) + "-*.gz.part"):
+        for part in self.path.parent.glob(glob.escape(journal_stem(self.path)) + "-*.gz.part"):
             original = part.with_name(part.name[: -len(".gz.part")])
             if original.exists():  # a compression cut short: the original is intact
                 part.unlink(missing_ok=True)
@@ -232,7 +232,7 @@ class FileJournal:
     def _rotate_closed(self, now: float) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
         first = self._first_seq if self._first_seq is not None else 0
-        target = self.path.with_name(f"{_stem(self.path)}-{stamp}-{first:012d}.jsonl")
+        target = self.path.with_name(f"{journal_stem(self.path)}-{stamp}-{first:012d}.jsonl")
         os.replace(self.path, target)
         _fsync_dir(self.path.parent)
         self._size = 0
