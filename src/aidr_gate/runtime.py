@@ -13,9 +13,10 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from aidr_gate.audit.config import audit_config
 from aidr_gate.audit.record import AuditEvent, RequestContext
@@ -29,6 +30,8 @@ from aidr_gate.jwks import FileKeys, RemoteJwks
 from aidr_gate.middleware_config import MiddlewareSettings, parse_middleware_settings
 from aidr_gate.origin import OriginResolver, origin_resolver_for
 from aidr_gate.telemetry import Telemetry
+
+T = TypeVar("T")
 
 logger = logging.getLogger("aidr_gate.runtime")
 
@@ -80,28 +83,20 @@ class Runtime:
         """Load everything a configuration names; raise one :class:`ConfigError` listing every problem."""
         cfg = config if isinstance(config, GateConfig) else load_config(config)
         errors: list[ConfigError] = []
-        state = identity_config = origin = settings = None
-        audit: AuditTrail | None = None
-        try:
-            state = load_state(cfg)
-        except ConfigError as exc:
-            errors.append(exc)
-        try:
-            identity_config = parse_identity_config(cfg)
-        except ConfigError as exc:
-            errors.append(exc)
-        try:
-            origin = origin_resolver_for(cfg)
-        except ConfigError as exc:
-            errors.append(exc)
-        try:
-            settings = parse_middleware_settings(cfg)
-        except ConfigError as exc:
-            errors.append(exc)
-        try:
-            audit = AuditTrail(audit_config(cfg))
-        except ConfigError as exc:
-            errors.append(exc)
+
+        def attempt(load: Callable[[GateConfig], T]) -> T | None:
+            # Every section is read even when one fails: the error lists every problem at once.
+            try:
+                return load(cfg)
+            except ConfigError as exc:
+                errors.append(exc)
+                return None
+
+        state = attempt(load_state)
+        identity_config = attempt(parse_identity_config)
+        origin = attempt(origin_resolver_for)
+        settings = attempt(parse_middleware_settings)
+        audit = attempt(lambda c: AuditTrail(audit_config(c)))
         if errors or state is None or identity_config is None or origin is None or settings is None:
             raise ConfigError.merge(errors)
         return cls(
