@@ -50,6 +50,24 @@ def test_link_appends_seq_prev_and_hash_of_the_exact_bytes() -> None:
     assert chain.position() == (1, orjson.loads(second)["chain"]["hash"])
 
 
+@pytest.mark.parametrize("size", [0, 2040, 2047, 2048, 3000, 4094, 4095, 9000])
+def test_a_batch_linked_in_pieces_equals_the_lines_linked_one_by_one(size: int) -> None:
+    """``extend`` feeds the hash in pieces under 2 KiB: every body size hashes its exact bytes."""
+    bodies = [b'{"pad":"' + b"p" * size + b'","n":%d}' % n for n in range(3)] + [b"{}"]
+    one_by_one = Chain(7, "cd" * 32)
+    expected = b"".join(one_by_one.link(body) for body in bodies)
+    batched = Chain(7, "cd" * 32)
+    pieces: list[bytes | memoryview] = []
+    batched.extend(pieces, bodies)
+    assert b"".join(pieces) == expected
+    assert batched.position() == one_by_one.position()
+    for number, line in enumerate(expected.splitlines(keepends=True)):
+        link = parse_link(line)
+        assert link is not None and link.valid and link.seq == 7 + number
+        head = line[: line.index(b',"hash":')]
+        assert link.hash == hashlib.sha256(head).hexdigest()
+
+
 def test_parse_link_reads_the_tail_only() -> None:
     chain = Chain(41, "ab" * 32)
     line = chain.link(b'{"x":"' + b"y" * 3000 + b'"}')

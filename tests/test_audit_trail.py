@@ -460,9 +460,7 @@ def test_records_a_sink_missed_and_the_journal_lost_are_counted(
 class SlowStoreTrail(AuditTrail):
     """A trail whose I/O thread takes a while over each batch (a slow disk)."""
 
-    def _store(
-        self, data: bytes, lines: list[bytes], first: int, position: tuple[int, str] | None
-    ) -> bool:
+    def _store(self, data: bytes, lines: int, first: int, position: tuple[int, str] | None) -> bool:
         time.sleep(0.5)
         return super()._store(data, lines, first, position)
 

@@ -67,6 +67,15 @@ _MAX_JOBS = 4  # I/O jobs in flight: bounds memory, lets rendering overlap writi
 _LINK_RUN = 64  # records rendered before their run is hashed (see _write_loop)
 
 
+def split_lines(data: bytes) -> list[bytes]:
+    """The lines of a joined batch, each with its newline.
+
+    ``bytes.splitlines`` breaks at ``\\n``, ``\\r`` and ``\\r\\n`` only, and a JSON record
+    holds neither raw: its encoder escapes every control character.
+    """
+    return data.splitlines(keepends=True)
+
+
 @dataclass(frozen=True, slots=True)
 class TrailStats:
     """Counters of the whole trail."""
@@ -496,7 +505,7 @@ class AuditTrail:
                     continue
                 if self._closing:
                     if self.signer is not None and self.signer.pending:
-                        self._dispatch(loop, jobs, None, self._sign([], 0, final=True), 0)
+                        self._checkpoint(loop, jobs, final=True)
                         continue
                     return
                 self._wake.clear()
@@ -509,50 +518,62 @@ class AuditTrail:
             # Render a run of records, then hash the run: SHA-256 of a 3 KB record costs about
             # 2 µs while its code stays hot, twice that when every hash follows a render. A run of
             # 64 bodies (~190 KB) still sits in the CPU's L2 cache when it is hashed.
-            link = self.chain.link
+            # The lines are never copied one by one: the chain appends each line's pieces and the
+            # batch is joined once.
+            extend = self.chain.extend
             popleft = queue.popleft
-            lines: list[bytes] = []
+            pieces: list[bytes | memoryview] = []
             for start in range(0, count, _LINK_RUN):
-                bodies = [render(popleft()) for _ in range(min(_LINK_RUN, count - start))]
-                lines += [link(body) for body in bodies]
-            self._dispatch(loop, jobs, (first, first + count), self._sign(lines, count), count)
+                extend(pieces, [render(popleft()) for _ in range(min(_LINK_RUN, count - start))])
+            lines = count + self._sign(pieces, count)
+            self._dispatch(loop, jobs, (first, first + count), b"".join(pieces), lines, count)
             if len(jobs) >= _MAX_JOBS:
                 await asyncio.shield(jobs.popleft())
             elif count == batch_size:
                 await asyncio.sleep(0)  # let requests run between large batches
 
-    def _sign(self, lines: list[bytes], count: int, final: bool = False) -> list[bytes]:
-        """Append a signed checkpoint to a batch of *count* new records when one is due."""
+    def _checkpoint(
+        self, loop: asyncio.AbstractEventLoop, jobs: deque[asyncio.Future[Any]], final: bool = False
+    ) -> None:
+        """Write a signed checkpoint on its own when one is due (or, *final*, pending)."""
+        pieces: list[bytes | memoryview] = []
+        lines = self._sign(pieces, 0, final=final)
+        self._dispatch(loop, jobs, None, b"".join(pieces), lines, 0)
+
+    def _sign(self, pieces: list[bytes | memoryview], count: int, final: bool = False) -> int:
+        """Append a signed checkpoint to a batch of *count* new records when one is due; the
+        number of lines appended (0 or 1)."""
         signer = self.signer
         if signer is not None:
             signer.note(count)
             if signer.due() or (final and signer.pending):
                 seq, digest = self.chain.position()
-                lines.append(self.chain.link(signer.checkpoint(seq, digest)))
-        return lines
+                self.chain.extend(pieces, (signer.checkpoint(seq, digest),))
+                return 1
+        return 0
 
     def _dispatch(
         self,
         loop: asyncio.AbstractEventLoop,
         jobs: deque[asyncio.Future[Any]],
         span: tuple[int, int] | None,
-        lines: list[bytes],
+        data: bytes,
+        lines: int,
         count: int,
     ) -> None:
+        """Hand *data*, *lines* linked lines of which *count* are records, to the I/O thread."""
         if not lines:
             return
-        first = self.chain.next_seq - len(lines)
+        first = self.chain.next_seq - lines
         position = self.chain.position() if self.journal is None else None
-        job = loop.run_in_executor(self._io, self._store, b"".join(lines), lines, first, position)
+        job = loop.run_in_executor(self._io, self._store, data, lines, first, position)
         self._jobs += 1
         self._inflight_records += count
         self._inflight_jobs.add(job)
-        job.add_done_callback(partial(self._stored, span, count, lines, first))
+        job.add_done_callback(partial(self._stored, span, count, data, first))
         jobs.append(job)
 
-    def _store(
-        self, data: bytes, lines: list[bytes], first: int, position: tuple[int, str] | None
-    ) -> bool:
+    def _store(self, data: bytes, lines: int, first: int, position: tuple[int, str] | None) -> bool:
         """On the I/O thread: write to the journal (or its spool); True when stored."""
         stored = True
         journal = self.journal
@@ -562,12 +583,12 @@ class AuditTrail:
                     self._drain_journal_spool()
                     self._journal_failed = False
                     logger.warning("audit journal %s is writable again", journal.path)
-                journal.write_data(data, len(lines), first)
+                journal.write_data(data, lines, first)
             except OSError as exc:
                 if not self._journal_failed:
                     logger.error("audit journal %s failed (%s); spooling", journal.path, exc)
                 self._journal_failed = True
-                stored = self._spool_journal(lines, first)
+                stored = self._spool_journal(split_lines(data), first)
         elif position is not None:
             try:
                 _write_state(self.config.directory / "chain.tail", position)
@@ -594,7 +615,7 @@ class AuditTrail:
         self,
         span: tuple[int, int] | None,
         count: int,
-        lines: list[bytes],
+        data: bytes,
         first: int,
         job: asyncio.Future[bool],
     ) -> None:
@@ -617,8 +638,10 @@ class AuditTrail:
             self._lose(count, "the journal and its spool could not be written")
         if span is not None:
             self._settle(span, stored)
-        for outbox in self.outboxes:
-            outbox.offer(lines, first)
+        if self.outboxes:
+            lines = split_lines(data)
+            for outbox in self.outboxes:
+                outbox.offer(lines, first)
         spills = [(o, s) for o in self.outboxes if (s := o.take_spill()) is not None]
         if spills:
             loop = asyncio.get_running_loop()
@@ -674,7 +697,7 @@ class AuditTrail:
                     logger.error("audit journal sync failed: %s", exc)
             signer = self.signer
             if signer is not None and signer.due() and not self._queue and not self._closing:
-                self._dispatch(loop, deque(), None, self._sign([], 0), 0)
+                self._checkpoint(loop, deque())
 
     def describe(self) -> str:
         """One line for startup logs: the format, where records go and where the chain stands."""
