@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import socket
 import statistics
@@ -36,11 +37,13 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from loadgen import CLIENT_IP, cpu_seconds, free_port, load
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "policies" / "examples"
 ISSUER = "https://idp.bench/"
 AUDIENCE = "aidr-gate"
-CLIENT_IP = "8.8.8.8"  # registered to the US in the embedded iptocc data
+WARMUP = 50  # requests before each round's clock starts: connections and caches warm
 BODY = json.dumps(
     {
         "model": "aurora-frontier",
@@ -220,14 +223,6 @@ def in_process(config: Path, token: str, count: int) -> dict[str, float]:
 # --- 2. under uvicorn ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def serve(config: Path | None, port: int) -> subprocess.Popen[bytes]:
     """Start a server process for the bare (config None) or gated app."""
     args = [sys.executable, __file__, "--serve", str(port)]
@@ -247,90 +242,6 @@ def serve(config: Path | None, port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """CPU time (user + system) a process has used so far, from /proc; None where there is none."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def load(url: str, token: str, requests: int, concurrency: int, seconds: float) -> dict[str, float]:
-    """Run the load generator in its own process and return its measurements."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--load",
-            url,
-            "--token",
-            token,
-            "--requests",
-            str(requests),
-            "--concurrency",
-            str(concurrency),
-            "--seconds",
-            str(seconds),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=seconds + 60,
-    )
-    result: dict[str, float] = json.loads(out.stdout)
-    return result
-
-
-async def _load(
-    url: str, token: str, requests: int, concurrency: int, seconds: float
-) -> dict[str, float]:
-    import aiohttp
-
-    headers = {
-        "authorization": f"Bearer {token}",
-        "x-forwarded-for": CLIENT_IP,
-        "content-type": "application/json",
-    }
-    latencies: list[float] = []
-    errors = 0
-    remaining = requests
-    deadline = time.monotonic() + seconds
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def worker() -> None:
-            nonlocal remaining, errors
-            while remaining > 0 and time.monotonic() < deadline:
-                remaining -= 1
-                start = time.perf_counter()
-                async with session.post(
-                    f"{url}/v1/chat/completions", data=BODY, headers=headers
-                ) as response:
-                    await response.read()
-                    if response.status != 200:
-                        errors += 1
-                latencies.append(time.perf_counter() - start)
-
-        for _ in range(50):  # warm the connections and the server
-            async with session.post(
-                f"{url}/v1/chat/completions", data=BODY, headers=headers
-            ) as response:
-                await response.read()
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
-    latencies.sort()
-    return {
-        "rps": len(latencies) / elapsed,
-        "p50_ms": latencies[len(latencies) // 2] * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
-        "count": len(latencies),
-        "errors": errors,
-    }
-
-
 def main() -> None:
     """Run both measurements and print ratios."""
     parser = argparse.ArgumentParser()
@@ -341,8 +252,6 @@ def main() -> None:
     parser.add_argument("--in-process", type=int, default=5000, help="requests per side in-process")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
-    parser.add_argument("--load", help=argparse.SUPPRESS)
-    parser.add_argument("--token", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.serve:
@@ -360,12 +269,6 @@ def main() -> None:
             access_log=False,
             proxy_headers=False,
         )
-        return
-    if args.load:
-        result = asyncio.run(
-            _load(args.load, args.token, args.requests, args.concurrency, args.seconds)
-        )
-        print(json.dumps(result))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -399,16 +302,18 @@ def main() -> None:
                 try:
                     before = cpu_seconds(server.pid)
                     x = load(
-                        f"http://127.0.0.1:{port}",
+                        f"http://127.0.0.1:{port}/v1/chat/completions",
                         token,
-                        args.requests,
-                        args.concurrency,
-                        args.seconds,
+                        concurrency=args.concurrency,
+                        requests=args.requests,
+                        seconds=args.seconds,
+                        warmup=WARMUP,
+                        body=BODY,
                     )
-                    after = cpu_seconds(server.pid)
-                    # Includes the load generator's 50 warm-up requests: a slight overestimate.
-                    if before is not None and after is not None:
-                        x["cpu_us"] = (after - before) / (x["count"] + 50) * 1e6
+                    # Includes the warm-up requests: a slight overestimate.
+                    used = cpu_seconds(server.pid) - before
+                    if not math.isnan(used):
+                        x["cpu_us"] = used / (x["requests"] + WARMUP) * 1e6
                 finally:
                     server.terminate()
                     server.wait(timeout=20)
@@ -417,7 +322,7 @@ def main() -> None:
                 print(
                     f"   round {round_number} {name:6} {x['rps']:8.0f} req/s   p50 {x['p50_ms']:6.2f} ms   "
                     f"p99 {x['p99_ms']:6.2f} ms   server CPU {cpu}/request   "
-                    f"({x['count']:.0f} requests, {x['errors']:.0f} errors)"
+                    f"({x['requests']:.0f} requests, {x['failures']:.0f} failed)"
                 )
         best_bare = max(x["rps"] for x in runs["bare"])
         best_gated = max(x["rps"] for x in runs["gated"])

@@ -9,7 +9,7 @@ Everything runs on 127.0.0.1 in separate processes, measured in one run:
   (no command-line switch anywhere turns the gate off);
 - gate on: ``aidr-gate serve`` with the demo's configuration (JWT keys from a file, the example
   registry and catalogue, embedded GeoIP data, an audit file sink with the default fsync policy);
-- the load generator: this script again, in its own process (aiohttp, C concurrent workers,
+- the load generator: ``bench/loadgen.py``, in its own process (aiohttp, C concurrent workers,
   bounded by a request count and a time limit), sending non-streaming chat completions with a
   valid token and an ``X-Forwarded-For`` address.
 
@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,16 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-BODY = {"model": "aurora-mini", "messages": [{"role": "user", "content": "hello bench"}]}
-CLIENT_IP = "8.8.8.8"
+import loadgen
+from loadgen import cpu_seconds, free_port
 
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+PAYLOAD = json.dumps(
+    {"model": "aurora-mini", "messages": [{"role": "user", "content": "hello bench"}]}
+).encode()
 
 
 # -- roles run in child processes ------------------------------------------------------------------
@@ -58,56 +53,6 @@ def role_proxy_off(upstream: str, port: int) -> None:
     server = UvicornServer(uvicorn_config(UpstreamProxy(upstream), port=port, log_level="warning"))
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(server.serve())
-
-
-async def _load(
-    url: str, token: str, concurrency: int, requests: int, seconds: float
-) -> dict[str, Any]:
-    import aiohttp
-
-    payload = json.dumps(BODY).encode()
-    headers = {
-        "authorization": f"Bearer {token}",
-        "content-type": "application/json",
-        "x-forwarded-for": CLIENT_IP,
-    }
-    latencies: list[float] = []
-    failures = 0
-    issued = 0
-    deadline = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def worker() -> None:
-            nonlocal issued, failures
-            while issued < requests and time.perf_counter() < deadline:
-                issued += 1
-                started = time.perf_counter()
-                async with session.post(url, data=payload, headers=headers) as response:
-                    await response.read()
-                    if response.status != 200:
-                        failures += 1
-                latencies.append(time.perf_counter() - started)
-
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
-    latencies.sort()
-    return {
-        "requests": len(latencies),
-        "failures": failures,
-        "seconds": elapsed,
-        "rps": len(latencies) / elapsed if elapsed else 0.0,
-        "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else float("nan"),
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-        if latencies
-        else float("nan"),
-    }
-
-
-def role_load(url: str, token: str, concurrency: int, requests: int, seconds: float) -> None:
-    """Drive *url*; print one JSON line of results."""
-    print(json.dumps(asyncio.run(_load(url, token, concurrency, requests, seconds))), flush=True)
 
 
 # -- the orchestrator ------------------------------------------------------------------------------
@@ -145,40 +90,11 @@ def start(args: list[str], port: int, ready: str, log: Path) -> subprocess.Popen
         time.sleep(0.05)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc; NaN elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def load(url: str, token: str, concurrency: int, requests: int, seconds: float) -> dict[str, Any]:
-    """Run the load generator in its own process."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--role",
-            "load",
-            "--url",
-            url,
-            "--token",
-            token,
-            "--concurrency",
-            str(concurrency),
-            "--requests",
-            str(requests),
-            "--seconds",
-            str(seconds),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=seconds + 60,
+    """Run the shared load generator in its own process; every request must succeed."""
+    result = loadgen.load(
+        url, token, concurrency=concurrency, requests=requests, seconds=seconds, body=PAYLOAD
     )
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     if result["failures"]:
         raise RuntimeError(f"{url}: {result['failures']} requests failed")
     return result
@@ -195,7 +111,7 @@ def server_stack() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--role", choices=["bench", "proxy-off", "load"], default="bench")
+    parser.add_argument("--role", choices=["bench", "proxy-off"], default="bench")
     parser.add_argument("--requests", type=int, default=3000, help="per throughput round")
     parser.add_argument("--seconds", type=float, default=8.0, help="time limit per round")
     parser.add_argument("--concurrency", type=int, default=32)
@@ -203,14 +119,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--upstream")
     parser.add_argument("--port", type=int)
-    parser.add_argument("--url")
-    parser.add_argument("--token", default="")
     args = parser.parse_args()
     if args.role == "proxy-off":
         role_proxy_off(args.upstream, args.port)
-        return 0
-    if args.role == "load":
-        role_load(args.url, args.token, args.concurrency, args.requests, args.seconds)
         return 0
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {server_stack()}")
