@@ -40,6 +40,7 @@ def test_defaults_without_a_section(
     assert config.format is RecordFormat.ECS
     assert config.on_failure is FailurePolicy.DENY
     assert (config.queue_size, config.batch_size, config.shutdown_timeout) == (10_000, 512, 5.0)
+    assert config.batch_linger == 0.005
     assert config.headers == ("user-agent", "x-request-id", "traceparent")
     assert config.signing is None
     (journal,) = config.sinks
@@ -109,12 +110,20 @@ audit:
     assert config.spool_directory == tmp_path / "var" / "audit" / "spool"
 
 
+def test_batch_linger_can_be_turned_off(tmp_path: Path, examples_dir: Path) -> None:
+    config, warnings = parse(tmp_path, examples_dir, "audit: {batch_linger: 0}")
+    assert (config.batch_linger, warnings) == (0.0, [])
+
+
 @pytest.mark.parametrize(
     ("section", "path", "message"),
     [
         ("audit: {format: xml}", "audit.format", "not one of"),
         ("audit: {on_failure: ignore}", "audit.on_failure", "not one of"),
         ("audit: {queue_size: 0}", "audit.queue_size", "at least 1"),
+        ("audit: {batch_linger: -0.1}", "audit.batch_linger", "at least 0"),
+        ("audit: {batch_linger: 2}", "audit.batch_linger", "at most 1 seconds"),
+        ("audit: {batch_linger: soon}", "audit.batch_linger", "must be a number"),
         ("audit: {colour: blue}", "audit.colour", "unknown key"),
         ("audit: {sinks: []}", "audit.sinks", "must not be empty"),
         ("audit: {sinks: [{type: kafka}]}", "audit.sinks[0].type", "not one of"),

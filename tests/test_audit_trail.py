@@ -457,6 +457,72 @@ def test_records_a_sink_missed_and_the_journal_lost_are_counted(
     assert [r["chain"]["seq"] for r in records([out])] == list(range(gone, 15))
 
 
+class CountingTrail(AuditTrail):
+    """A trail that counts the batches its I/O thread stores."""
+
+    batches = 0
+
+    def _store(self, data: bytes, lines: int, first: int, position: tuple[int, str] | None) -> bool:
+        self.batches += 1
+        return super()._store(data, lines, first, position)
+
+
+def test_records_trickling_in_are_written_in_batches_at_most_once_per_linger(
+    tmp_path: Path,
+) -> None:
+    """Each batch costs a round trip to the I/O thread: a trickle must not make one per record."""
+
+    async def run() -> tuple[int, float, list[bool]]:
+        trail = CountingTrail(file_config(tmp_path, batch_linger=0.05))
+        await trail.start()
+        began = time.monotonic()
+        futures = []
+        for i in range(60):
+            futures.append(trail.submit(event(i)))
+            await asyncio.sleep(0.002)  # a request every 2 ms
+        stored = list(await asyncio.gather(*futures))
+        elapsed = time.monotonic() - began
+        await trail.close(5)
+        return trail.batches, elapsed, stored
+
+    batches, elapsed, stored = asyncio.run(run())
+    assert stored == [True] * 60
+    assert 1 <= batches <= elapsed / 0.05 + 2
+    found = records(audit_files(tmp_path))
+    assert [r["chain"]["seq"] for r in found] == list(range(60))
+    assert verify_files(audit_files(tmp_path)).ok
+
+
+def test_no_linger_under_fsync_always_nor_on_close(tmp_path: Path) -> None:
+    """fsync always: a response waits for its record, so the writer takes it at once; and close()
+    writes what is queued without waiting out the linger."""
+
+    async def run() -> tuple[float, float]:
+        always = AuditTrail(
+            file_config(tmp_path / "always", fsync=FsyncPolicy.ALWAYS, batch_linger=1.0)
+        )
+        await always.start()
+        began = time.monotonic()
+        assert await always.submit(event(0))
+        waited = time.monotonic() - began
+        await always.close(5)
+        lazy = AuditTrail(file_config(tmp_path / "lazy", batch_linger=1.0))
+        await lazy.start()
+        assert await lazy.submit(event(1))  # the first batch: nothing to wait for yet
+        future = lazy.submit(event(2))
+        await asyncio.sleep(0.05)  # the writer lets the second batch gather
+        began = time.monotonic()
+        await lazy.close(5)
+        closing = time.monotonic() - began
+        assert future.result() is True
+        return waited, closing
+
+    waited, closing = asyncio.run(run())
+    assert waited < 0.5
+    assert closing < 0.5
+    assert len(records(audit_files(tmp_path / "lazy"))) == 2
+
+
 class SlowStoreTrail(AuditTrail):
     """A trail whose I/O thread takes a while over each batch (a slow disk)."""
 

@@ -149,6 +149,10 @@ class SigningConfig:
     every_seconds: float = 60.0
 
 
+DEFAULT_BATCH_LINGER = 0.005
+MAX_BATCH_LINGER = 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class AuditConfig:
     """The parsed ``audit`` section."""
@@ -158,6 +162,9 @@ class AuditConfig:
     format: RecordFormat = RecordFormat.ECS
     queue_size: int = 10_000
     batch_size: int = 512
+    # Seconds the writer lets records gather before it takes a batch (0: take what is there).
+    # Every batch is a round trip to the I/O thread; see AuditTrail._write_loop.
+    batch_linger: float = DEFAULT_BATCH_LINGER
     on_failure: FailurePolicy = FailurePolicy.DENY
     shutdown_timeout: float = 5.0
     headers: tuple[str, ...] = DEFAULT_HEADERS
@@ -196,6 +203,7 @@ _TOP = (
     "format",
     "queue_size",
     "batch_size",
+    "batch_linger",
     "on_failure",
     "shutdown_timeout",
     "headers",
@@ -272,6 +280,18 @@ class _Reader:
         got = self.check.number(data[key], join(where, key), minimum=0.0)
         if got is not None and got <= 0:
             self.check.error(join(where, key), "must be greater than 0")
+            return default
+        return default if got is None else got
+
+    def seconds(
+        self, data: Mapping[str, Any], key: str, where: str, default: float, maximum: float
+    ) -> float:
+        """A duration from 0 to *maximum* seconds."""
+        if data.get(key) is None:
+            return default
+        got = self.check.number(data[key], join(where, key), minimum=0.0)
+        if got is not None and got > maximum:
+            self.check.error(join(where, key), f"must be at most {maximum:g} seconds, not {got:g}")
             return default
         return default if got is None else got
 
@@ -532,6 +552,9 @@ def read_audit_section(
         ),
         queue_size=reader.count(data, "queue_size", "audit", 10_000),
         batch_size=reader.count(data, "batch_size", "audit", 512),
+        batch_linger=reader.seconds(
+            data, "batch_linger", "audit", DEFAULT_BATCH_LINGER, MAX_BATCH_LINGER
+        ),
         on_failure=FailurePolicy(
             reader.choice(data, "on_failure", "audit", [p.value for p in FailurePolicy], "deny")
         ),
