@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import httpx
+import orjson
 import uvicorn
+
+T = TypeVar("T")
 
 START_TIMEOUT = 15.0
 
@@ -86,3 +92,52 @@ def wait_until_serving(url: str, process: subprocess.Popen[bytes], timeout: floa
                 output = process.stderr.read().decode() if process.stderr else ""
                 raise AssertionError(f"the server did not come up: {output}") from None
             time.sleep(0.05)
+
+
+def sigkill_under_load(
+    server: subprocess.Popen[bytes],
+    url: str,
+    ready: str,
+    send: Callable[[httpx.AsyncClient, int, int], Awaitable[T]],
+    *,
+    answers: int,
+    seconds: float,
+) -> list[T]:
+    """Load *server* with 16 clients, SIGKILL it mid-load, and return what each answer gave.
+
+    ``send(http, client, number)`` makes one request and returns what to remember of its answer;
+    an HTTP error or a body cut short means the server is gone and ends that client. The kill
+    comes once *answers* requests were answered, or one second before *seconds* run out; each
+    client sends at most 400 requests. The server is always reaped.
+    """
+    answered: list[T] = []
+    try:
+        wait_until_serving(url + ready, server)
+
+        async def client(number: int, deadline: float) -> None:
+            async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+                for sent in range(400):
+                    if time.monotonic() > deadline:
+                        return
+                    try:
+                        answered.append(await send(http, number, sent))
+                    except (httpx.HTTPError, orjson.JSONDecodeError):
+                        return  # the server is gone
+
+        async def run() -> None:
+            deadline = time.monotonic() + seconds
+            clients = asyncio.gather(*(client(n, deadline) for n in range(16)))
+            while len(answered) < answers and time.monotonic() < deadline - 1.0:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            os.kill(server.pid, signal.SIGKILL)  # mid-load: no chance to flush anything
+            await clients
+
+        asyncio.run(run())
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+        if server.stderr:
+            server.stderr.close()
+    assert server.returncode == -signal.SIGKILL
+    return answered

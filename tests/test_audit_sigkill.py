@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,7 +18,7 @@ import orjson
 
 from aidr_gate.audit import AuditTrail, verify_files
 from audit_support import audit_files, event, file_config, free_port, records
-from servers import wait_until_serving
+from servers import sigkill_under_load
 
 APP = """
 from __future__ import annotations
@@ -102,31 +100,23 @@ async def app(scope, receive, send):
 """
 
 
-async def load(port: int, answered: list[str], deadline: float) -> None:
-    """Concurrent clients until *deadline* or until the server dies."""
-    countries = [b"SG", b"BR", b"US", b"CN"]
+COUNTRIES = ["SG", "BR", "US", "CN"]
 
-    async def client(number: int) -> None:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-            sent = 0
-            while time.monotonic() < deadline and sent < 400:
-                sent += 1
-                try:
-                    response = await http.post(
-                        "/v1/chat/completions",
-                        content=b'{"model":"aurora-frontier"}',
-                        headers={
-                            "x-country": countries[sent % 4].decode(),
-                            "authorization": "Bearer not-a-real-token",
-                        },
-                    )
-                    data = orjson.loads(response.content)
-                except (httpx.HTTPError, orjson.JSONDecodeError):
-                    return  # the server is gone
-                assert data["durable"] is True
-                answered.append(data["decision_id"])
 
-    await asyncio.gather(*(client(n) for n in range(16)))
+async def send(http: httpx.AsyncClient, client: int, number: int) -> str:
+    """One request; the decision id of its answer, which must say its record was on disk."""
+    response = await http.post(
+        "/v1/chat/completions",
+        content=b'{"model":"aurora-frontier"}',
+        headers={
+            "x-country": COUNTRIES[(number + 1) % 4],
+            "authorization": "Bearer not-a-real-token",
+        },
+    )
+    data = orjson.loads(response.content)
+    assert data["durable"] is True
+    decision_id: str = data["decision_id"]
+    return decision_id
 
 
 def test_sigkill_under_load_loses_no_answered_request(tmp_path: Path) -> None:
@@ -153,26 +143,9 @@ def test_sigkill_under_load_loses_no_answered_request(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    answered: list[str] = []
-    try:
-        wait_until_serving(f"http://127.0.0.1:{port}/ready", server)
-
-        async def run() -> None:
-            deadline = time.monotonic() + 4.0
-            clients = asyncio.create_task(load(port, answered, deadline))
-            while len(answered) < 300 and time.monotonic() < deadline - 1.0:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            os.kill(server.pid, signal.SIGKILL)  # mid-load, no chance to flush anything
-            await clients
-
-        asyncio.run(run())
-    finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait()
-        if server.stderr:
-            server.stderr.close()
-    assert server.returncode == -signal.SIGKILL
+    answered = sigkill_under_load(
+        server, f"http://127.0.0.1:{port}", "/ready", send, answers=300, seconds=4.0
+    )
     assert len(answered) >= 100, len(answered)
 
     files = audit_files(directory)

@@ -8,12 +8,10 @@ id a client received in full must be in the audit files, and the chain must veri
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import subprocess
 import sys
-import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -21,7 +19,7 @@ import orjson
 
 from aidr_gate.audit import verify_files
 from gate_env import IP, GateEnv, make_gate_env
-from servers import free_port, wait_until_serving
+from servers import free_port, sigkill_under_load
 
 SERVER = """
 import sys
@@ -42,31 +40,21 @@ CALLERS = [
 ]
 
 
-async def load(env: GateEnv, port: int, answered: list[tuple[str, int]], deadline: float) -> None:
-    """16 clients sending allowed and denied requests until *deadline* or the server dies."""
+def sender(env: GateEnv) -> Callable[[httpx.AsyncClient, int, int], Awaitable[tuple[str, int]]]:
+    """Requests from every caller in turn, allowed and denied; each answer's decision id and status."""
     tokens = {entity: env.token(entity) for entity, _, _ in CALLERS}
 
-    async def client(number: int) -> None:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-            for sent in range(400):
-                if time.monotonic() > deadline:
-                    return
-                entity, country, model = CALLERS[(number + sent) % len(CALLERS)]
-                try:
-                    response = await http.post(
-                        "/v1/chat/completions",
-                        json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
-                        headers={
-                            "authorization": f"Bearer {tokens[entity]}",
-                            "x-forwarded-for": IP[country],
-                        },
-                    )
-                    orjson.loads(response.content)  # the whole body arrived
-                except (httpx.HTTPError, orjson.JSONDecodeError):
-                    return  # the server is gone
-                answered.append((response.headers["x-aidr-decision-id"], response.status_code))
+    async def send(http: httpx.AsyncClient, client: int, number: int) -> tuple[str, int]:
+        entity, country, model = CALLERS[(client + number) % len(CALLERS)]
+        response = await http.post(
+            "/v1/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"authorization": f"Bearer {tokens[entity]}", "x-forwarded-for": IP[country]},
+        )
+        orjson.loads(response.content)  # the whole body arrived
+        return response.headers["x-aidr-decision-id"], response.status_code
 
-    await asyncio.gather(*(client(n) for n in range(16)))
+    return send
 
 
 def test_sigkill_through_the_middleware_loses_no_answered_request(tmp_path: Path) -> None:
@@ -78,26 +66,9 @@ def test_sigkill_through_the_middleware_loses_no_answered_request(tmp_path: Path
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
-    answered: list[tuple[str, int]] = []
-    try:
-        wait_until_serving(f"http://127.0.0.1:{port}/health", server)
-
-        async def run() -> None:
-            deadline = time.monotonic() + 6.0
-            clients = asyncio.create_task(load(env, port, answered, deadline))
-            while len(answered) < 200 and time.monotonic() < deadline - 1.0:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            os.kill(server.pid, signal.SIGKILL)  # mid-load: no chance to flush anything
-            await clients
-
-        asyncio.run(run())
-    finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait()
-        if server.stderr:
-            server.stderr.close()
-    assert server.returncode == -signal.SIGKILL
+    answered = sigkill_under_load(
+        server, f"http://127.0.0.1:{port}", "/health", sender(env), answers=200, seconds=6.0
+    )
     assert len(answered) >= 50, len(answered)
     files = sorted(env.audit_dir.glob("*.jsonl*"))
     result = verify_files(files)
