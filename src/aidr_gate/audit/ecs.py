@@ -1,20 +1,11 @@
 """The primary rendering: Elastic Common Schema field names, with what ECS lacks under ``aidr.*``.
 
-:meth:`EcsRenderer.fields` states the record as a dict, and is its definition. Building that dict
-and serialising it costs about 12 µs a record, most of it spent on dicts whose content is the same
-for every request of the same kind. So :meth:`EcsRenderer.render` compiles, once per class of
-decision (the same shared facts, status and mode), the record's bytes with every per-request value
-cut out, and fills the gaps with the request's own values, each serialised on its own: about 3 µs.
-
-The template is made from :meth:`fields` itself, by serialising its dict with markers in the
-per-request places, so the two cannot drift apart in key order or shared content. The per-request
-values themselves are serialised by ``render``: a change to how ``fields`` computes one must be made
-there too, and a test that compares both paths' bytes over many generated events says so.
+:meth:`EcsRenderer.fields` states the record; :meth:`EcsRenderer.render` fills a per-class template
+made from it (``template.py``): about 3 µs a record instead of 12.
 """
 
 from __future__ import annotations
 
-import logging
 from enum import IntEnum
 from typing import Any
 
@@ -24,16 +15,13 @@ from aidr_gate.audit.record import (
     DATASET,
     ECS_VERSION,
     AuditEvent,
-    ObjectCache,
-    RecordRenderer,
-    Redactor,
+    RequestContext,
     Shared,
     clean_path,
 )
+from aidr_gate.audit.template import Places, Template, TemplateRenderer
 from aidr_gate.decision import Effect
 from aidr_gate.facts import Identity, Origin
-
-logger = logging.getLogger("aidr_gate.audit")
 
 _TYPE_ALLOWED = ["access", "allowed"]
 _TYPE_DENIED = ["access", "denied"]
@@ -61,7 +49,7 @@ class _Slot(IntEnum):
 
 # Where ``fields`` places each per-request value, in the record's order: ``render`` fills the
 # template's gaps in this order.
-_PLACES: tuple[tuple[tuple[str, ...], _Slot], ...] = (
+_PLACES: Places = (
     (("@timestamp",), _Slot.AT),
     (("event", "id"), _Slot.ID),
     (("event", "duration"), _Slot.DURATION),
@@ -79,46 +67,27 @@ _PLACES: tuple[tuple[tuple[str, ...], _Slot], ...] = (
     (("aidr", "upstream"), _Slot.UPSTREAM),
 )
 _ORDER = tuple(slot for _, slot in _PLACES)
-# orjson escapes every control character inside strings, so a raw 0x01 byte in its output can only
-# come from a marker fragment.
-_MARK = 0x01
 _NO_USER = orjson.dumps({"id": None, "domain": None})
 _NO_CLIENT = orjson.dumps({"ip": None, "geo": {"country_iso_code": None}})
 _NULL = b"null"
 
-Template = tuple[bytes, ...]
 
-
-def _marker(slot: _Slot) -> orjson.Fragment:
-    return orjson.Fragment(bytes((_MARK, 0x41 + slot, _MARK)))
-
-
-def _user_parts(identity: Identity) -> tuple[bytes, bytes]:
-    return orjson.dumps({"id": identity.subject, "domain": identity.issuer}), orjson.dumps(
-        identity.to_dict()
-    )
-
-
-def _client_parts(origin: Origin) -> tuple[bytes, bytes]:
-    return orjson.dumps(
-        {"ip": origin.ip, "geo": {"country_iso_code": origin.country}}
-    ), orjson.dumps(origin.to_dict())
-
-
-class EcsRenderer(RecordRenderer):
+class EcsRenderer(TemplateRenderer):
     """Elastic Common Schema field names, with what ECS lacks under ``aidr.*``."""
 
     name = "ecs"
+    places = _PLACES
 
-    def __init__(self, redactor: Redactor | None = None, limit: int = 4096) -> None:
-        super().__init__(redactor)
-        self._limit = limit
-        # (id(shared), status, mode) -> (shared, template); the strong reference keeps ids unique.
-        self._templates: dict[tuple[int, int | None, object], tuple[Shared, Template]] = {}
-        # The token cache and the origin resolver hand out one object per caller and per address.
-        self._users: ObjectCache[Identity] = ObjectCache(_user_parts, limit)
-        self._clients: ObjectCache[Origin] = ObjectCache(_client_parts, limit)
-        self.compiled = True  # False once a template could not be made: every record uses fields
+    no_user = _NO_USER
+    no_client = _NO_CLIENT
+
+    def user_member(self, identity: Identity) -> bytes:
+        """ECS ``user``."""
+        return orjson.dumps({"id": identity.subject, "domain": identity.issuer})
+
+    def client_member(self, origin: Origin) -> bytes:
+        """ECS ``client``."""
+        return orjson.dumps({"ip": origin.ip, "geo": {"country_iso_code": origin.country}})
 
     def fields(
         self, event: AuditEvent, shared: Shared, at: str, aidr: dict[str, Any]
@@ -175,64 +144,17 @@ class EcsRenderer(RecordRenderer):
 
     # -- the fast path ---------------------------------------------------------------------------
 
-    def compile(self, event: AuditEvent) -> Template:
-        """The bytes of *event*'s record between its per-request values (see the module docstring).
-
-        Raises ``RuntimeError`` if :meth:`fields` no longer places the values in ``_ORDER``.
-        """
-        doc = self.document(event)
-        for path, slot in _PLACES:
-            parent = doc
-            for key in path[:-1]:
-                parent = parent[key]
-            parent[path[-1]] = _marker(slot)
-        parts = orjson.dumps(doc).split(bytes((_MARK,)))
-        slots = tuple(_Slot(part[0] - 0x41) for part in parts[1::2])
-        if slots != _ORDER:
-            raise RuntimeError(f"the ECS record's per-request fields moved: {slots}")
-        return tuple(parts[0::2])
-
-    def _template(self, event: AuditEvent, shared: Shared) -> Template | None:
-        decision = event.decision
-        key = (id(shared), decision.status, decision.mode)
-        hit = self._templates.get(key)
-        if hit is not None and hit[0] is shared:
-            return hit[1]
-        try:
-            template = self.compile(event)
-        except RuntimeError:
-            logger.exception("audit: no ECS template; records are rendered the slow way")
-            self.compiled = False
-            return None
-        if len(self._templates) >= self._limit:
-            self._templates.clear()
-        self._templates[key] = (shared, template)
-        return template
-
-    def render(self, event: AuditEvent) -> bytes:
-        """The record's JSON object: the same bytes as ``orjson.dumps(self.document(event))``."""
-        request = event.request
-        if request is None or not self.compiled:
-            return super().render(event)
-        decision = event.decision
-        evidence = self.evidence
-        shared = evidence.shared(decision)
-        c = self._template(event, shared)
-        if c is None:
-            return super().render(event)
-        identity = decision.evidence.identity
-        origin = decision.evidence.origin
-        user, identity_json = _NO_USER, _NULL
-        if identity is not None:
-            user, identity_json = self._users.get(identity)
-        client, origin_json = _NO_CLIENT, _NULL
-        if origin is not None:
-            client, origin_json = self._clients.get(origin)
+    def fill(
+        self, event: AuditEvent, request: RequestContext, shared: Shared, template: Template
+    ) -> bytes:
+        """The record from *template*, with this request's values in its gaps."""
+        c = template
+        user, identity_json, client, origin_json = self.parties(event)
         dumps = orjson.dumps
-        at = evidence.clock.json(decision.at)
-        decision_id = dumps(decision.decision_id)
+        at, decision_id, headers, request_json, gate_json, upstream_json = self.request_values(
+            event, request
+        )
         gate_us = request.gate_us
-        headers = evidence.redactor.headers(request.headers)
         user_agent = headers.get("user-agent")
         return b"".join(
             (
@@ -270,23 +192,11 @@ class EcsRenderer(RecordRenderer):
                 c[11],
                 origin_json,
                 c[12],
-                dumps(
-                    {
-                        "ending": request.ending,
-                        "headers": headers,
-                        "body_bytes": request.body_bytes,
-                    }
-                ),
+                request_json,
                 c[13],
-                dumps({"added_us": gate_us}),
+                gate_json,
                 c[14],
-                dumps(
-                    {
-                        "status": request.upstream_status,
-                        "duration_us": request.upstream_duration_us,
-                        "error": request.upstream_error,
-                    }
-                ),
+                upstream_json,
                 c[15],
             )
         )

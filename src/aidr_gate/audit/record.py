@@ -271,9 +271,18 @@ class EvidenceRenderer:
         self.clock = _Clock()
         self._limit = limit
         self._shared: dict[tuple[Any, ...], Shared] = {}
-        self._identities: ObjectCache[Identity] = ObjectCache(lambda i: i.to_dict())
-        # The origin resolver hands out one Origin object per client address: render each once.
-        self._origins: ObjectCache[Origin] = ObjectCache(lambda o: _fragment(o.to_dict()))
+        # The token cache and the origin resolver hand out one object per caller and per client
+        # address: each is serialised once, for every renderer's paths.
+        self._identities: ObjectCache[Identity] = ObjectCache(lambda i: orjson.dumps(i.to_dict()))
+        self._origins: ObjectCache[Origin] = ObjectCache(lambda o: orjson.dumps(o.to_dict()))
+
+    def identity_json(self, identity: Identity | None) -> bytes:
+        """The ``aidr.identity`` member's JSON."""
+        return b"null" if identity is None else self._identities.get(identity)
+
+    def origin_json(self, origin: Origin | None) -> bytes:
+        """The ``aidr.origin`` member's JSON."""
+        return b"null" if origin is None else self._origins.get(origin)
 
     def shared(self, decision: Decision) -> Shared:
         """The shared parts of *decision*'s record (cached by the identity of what they rest on)."""
@@ -393,8 +402,8 @@ class EvidenceRenderer:
             },
             "policy": shared.policy,
             "shadow": shared.shadow,
-            "identity": self._identities.get(identity) if identity is not None else None,
-            "origin": None if origin is None else self._origins.get(origin),
+            "identity": orjson.Fragment(self.identity_json(identity)),
+            "origin": orjson.Fragment(self.origin_json(origin)),
             "entity": shared.entity,
             "model": shared.model,
             "jurisdiction": shared.jurisdiction,

@@ -1,15 +1,16 @@
-"""The ECS template path gives the very bytes of the dict path, whatever the request carries."""
+"""The template paths (ECS and OCSF) give the very bytes of the dict path, whatever the request carries."""
 
 from __future__ import annotations
 
 import logging
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aidr_gate.audit import AuditEvent, EcsRenderer, Ending, Redactor, RequestContext
+from aidr_gate.audit import AuditEvent, EcsRenderer, Ending, OcsfRenderer, Redactor, RequestContext
 from aidr_gate.audit.ecs import _ORDER
 from aidr_gate.audit.record import _Clock
 from aidr_gate.decision import Decision, Mode
@@ -24,8 +25,10 @@ ENTITIES = ["merlion-sg", "andes-br", "lab-us", "sakura-jp", "nobody-at-all", ""
 COUNTRIES = ["SG", "BR", "US", "JP", "CN", "KH", None]
 MODELS = ["aurora-frontier", "aurora-mini", "open-giant", "nope", None]
 
-# One renderer for every example: templates made for one request are reused by the next.
-RENDERER = EcsRenderer(Redactor(("user-agent", "x-request-id", "x-tenant")))
+# One renderer of each format for every example: templates made for one request are reused by the
+# next.
+_REDACTOR = Redactor(("user-agent", "x-request-id", "x-tenant"))
+RENDERERS = [EcsRenderer(_REDACTOR), OcsfRenderer(_REDACTOR)]
 _BASE = gate().state
 _DRY_SHADOW = Gate(
     GateState(
@@ -95,10 +98,26 @@ def requests(draw: st.DrawFn) -> RequestContext:
 @given(decision=decisions(), request=requests())
 def test_template_render_equals_the_dict_path(decision: Decision, request: RequestContext) -> None:
     ev = AuditEvent(decision, request)
-    expected = orjson.dumps(RENDERER.document(ev))
-    assert RENDERER.render(ev) == expected
-    assert RENDERER.compiled
-    assert TOKEN.encode() not in expected
+    for renderer in RENDERERS:
+        expected = orjson.dumps(renderer.document(ev))
+        assert renderer.render(ev) == expected, renderer.name
+        assert renderer.compiled
+        assert TOKEN.encode() not in expected
+
+
+def test_ocsf_records_of_one_class_and_activity_share_one_template() -> None:
+    renderer = OcsfRenderer()
+    first, second = event(1), event(2)
+    renderer.render(first)
+    renderer.render(second)
+    assert len(renderer._templates) == 1
+    doc = orjson.loads(renderer.render(second))
+    assert doc["unmapped"]["aidr"]["identity"]["subject"] == "svc-2"
+    assert doc["actor"]["user"]["uid"] == "svc-2"
+    assert second.request is not None
+    listing = AuditEvent(second.decision, msgspec.structs.replace(second.request, method="GET"))
+    assert orjson.loads(renderer.render(listing))["activity_id"] == 2
+    assert len(renderer._templates) == 2
 
 
 def test_every_record_of_a_class_shares_one_template() -> None:
@@ -130,7 +149,7 @@ def test_a_moved_field_falls_back_to_the_dict_path(caplog: pytest.LogCaptureFixt
         body = renderer.render(ev)
     assert body == orjson.dumps(renderer.document(ev))
     assert not renderer.compiled
-    assert "no ECS template" in caplog.text
+    assert "no ecs template" in caplog.text
     assert len(_ORDER) == 15
 
 
