@@ -1,7 +1,7 @@
 """Records from per-class templates: the bytes of ``fields()`` with the per-request values cut out.
 
 A renderer's :meth:`~aidr_gate.audit.record.RecordRenderer.fields` states its record as a dict, and
-is its definition. Building that dict and serialising it costs 12 to 20 µs a record, most of it
+is its definition. Building that dict and serialising it costs 10 to 17 µs a record, most of it
 spent on dicts whose content is the same for every request of the same kind. So a
 :class:`TemplateRenderer` compiles, once per class of decision (the same shared facts, status, mode
 and whatever else its :meth:`~TemplateRenderer.template_key` adds), the record's bytes with every

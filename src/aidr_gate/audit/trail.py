@@ -516,7 +516,7 @@ class AuditTrail:
             if queue and linger and len(queue) < batch_size and not self._closing:
                 wait = taken_at + linger - loop.time()
                 if wait > 0:
-                    # asyncio.sleep, but close() can cut it short (see _hurry).
+                    # asyncio.sleep, but close() can cut it short (it finishes _nap).
                     nap = self._nap = loop.create_future()
                     timer = loop.call_later(wait, _finish, nap)
                     await nap
