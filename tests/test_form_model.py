@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -213,10 +215,44 @@ def test_a_form_of_too_many_parts_is_refused_early() -> None:
         model_from_form(body_of(model + part * 100_000 + end), kind, 1 << 30)
 
 
+def test_a_malformed_form_leaves_no_log_line_whatever_the_host_configures() -> None:
+    """In a process of its own: a host that configures the "aidr_gate" logger with dictConfig (which
+    resets every child logger) still gets no line from the multipart parser."""
+    script = """
+import logging.config, sys
+sys.path.insert(0, sys.argv[1])
+from aidr_gate.errors import BodyNotForm
+from aidr_gate.form_model import form_boundary, model_from_form
+import test_form_model as t
+logging.config.dictConfig({
+    "version": 1,
+    "handlers": {"err": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}},
+    "loggers": {"aidr_gate": {"level": "DEBUG"}},
+    "root": {"level": "DEBUG", "handlers": ["err"]},
+})
+logging.getLogger("aidr_gate.check").warning("the host's handler works")
+data, kind = t.encoded([("model", "aurora-mini")], t.AUDIO)
+boundary = form_boundary(kind)
+broken = data.replace(b"--" + boundary + b"\\r\\n", b"--" + boundary[:-1] + b"!\\r\\n", 1)
+try:
+    model_from_form(t.body_of(broken), kind, t.LIMIT)
+except BodyNotForm:
+    print("refused")
+"""
+    tests_dir = str(Path(__file__).parent)
+    done = subprocess.run(
+        [sys.executable, "-c", script, tests_dir], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "refused", done.stderr
+    assert done.stderr.strip() == "the host's handler works", done.stderr
+
+
 def test_a_malformed_form_leaves_no_log_line(caplog: pytest.LogCaptureFixture) -> None:
     data, kind = encoded([("model", "aurora-mini")], AUDIO)
     boundary = form_boundary(kind)
     broken = data.replace(b"--" + boundary + b"\r\n", b"--" + boundary[:-1] + b"!\r\n", 1)
     with caplog.at_level(logging.DEBUG), pytest.raises(BodyNotForm):
         model_from_form(body_of(broken), kind, LIMIT)
-    assert not [r for r in caplog.records if "multipart" in r.name], caplog.text
+    assert not [r for r in caplog.records if "multipart" in r.name or "form_model" in r.name], (
+        caplog.text
+    )

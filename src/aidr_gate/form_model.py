@@ -21,10 +21,11 @@ FORM_TYPE = b"multipart/form-data"
 # would hold it for seconds. Starlette's own defaults accept 1,000 fields and 1,000 files.
 MAX_PARTS = 2000
 # python-multipart logs every malformed form as a warning: a caller could fill the host's logs. The
-# gate answers 400 BODY_NOT_FORM and audits the refusal instead, so its parsers log nowhere.
-_QUIET = logging.getLogger("aidr_gate.form_model.parser")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
+# gate answers 400 BODY_NOT_FORM and audits the refusal instead, so its parsers log nowhere: to a
+# disabled logger outside the logging manager, which no logging configuration of the host can turn
+# back on (dictConfig resets the children of every logger it names, "aidr_gate" included).
+_QUIET = logging.Logger("aidr_gate.form_model.parser")
+_QUIET.disabled = True
 # A model id is at most MAX_MODEL_ID characters, at most four bytes each in UTF-8.
 _MAX_FIELD_BYTES = MAX_MODEL_ID * 4
 
