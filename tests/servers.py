@@ -11,13 +11,40 @@ import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import orjson
 import uvicorn
 
 T = TypeVar("T")
+C = TypeVar("C", bound="Closable")
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+# Clients a test opened, closed when it ends (see closed_after_test).
+_OPEN_CLIENTS: list[Closable] = []
+
+
+def closed_after_test(client: C) -> C:
+    """Close *client* (an openai SDK client, an httpx client...) when the running test ends.
+
+    A client left to the garbage collector closes its pooled keep-alive sockets whenever it is
+    collected: inside whatever test runs then, where ``filterwarnings = error`` turns the
+    ResourceWarning into that test's failure.
+    """
+    _OPEN_CLIENTS.append(client)
+    return client
+
+
+def close_test_clients() -> None:
+    """Close every client registered by :func:`closed_after_test` (conftest calls it)."""
+    while _OPEN_CLIENTS:
+        _OPEN_CLIENTS.pop().close()
+
 
 START_TIMEOUT = 15.0
 
