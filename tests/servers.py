@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import httpx
+import openai
 import orjson
 import uvicorn
 
@@ -38,6 +39,21 @@ def closed_after_test(client: C) -> C:
     """
     _OPEN_CLIENTS.append(client)
     return client
+
+
+def openai_client(base_url: str, token: str, ip: str, **options: Any) -> openai.OpenAI:
+    """An openai SDK client calling *base_url* as if from *ip* (the tests' loopback is a trusted
+    proxy), with no retries; closed when the running test ends."""
+    return closed_after_test(
+        openai.OpenAI(
+            base_url=base_url,
+            api_key=token,
+            default_headers={"X-Forwarded-For": ip},
+            max_retries=0,
+            timeout=options.pop("timeout", 20),
+            **options,
+        )
+    )
 
 
 def close_test_clients() -> None:

@@ -20,7 +20,7 @@ from aidr_gate.demo.model_server import build_model_app
 from aidr_gate.middleware import AIDRGateMiddleware
 from gate_env import IP, VPN_IP, GateEnv, make_gate_env
 from jwks_server import rsa_key
-from servers import ThreadedServer, closed_after_test, serve
+from servers import ThreadedServer, openai_client, serve
 
 FLAVOURS = ("starlette", "fastapi", "vllm-style")
 
@@ -55,15 +55,7 @@ def served(
 
 def client(server: ThreadedServer, token: str, ip: str) -> openai.OpenAI:
     """An openai SDK client calling through the gate as if from *ip* (behind a loopback proxy)."""
-    return closed_after_test(
-        openai.OpenAI(
-            base_url=f"{server.url}/v1",
-            api_key=token,
-            default_headers={"X-Forwarded-For": ip},
-            max_retries=0,
-            timeout=20,
-        )
-    )
+    return openai_client(f"{server.url}/v1", token, ip)
 
 
 def test_allowed_chat_gets_its_answer(served: tuple[GateEnv, ThreadedServer]) -> None:

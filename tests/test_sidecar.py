@@ -20,7 +20,7 @@ import pytest
 
 from aidr_gate.cli import main
 from gate_env import IP, GateEnv, make_gate_env
-from servers import closed_after_test, free_port
+from servers import free_port, openai_client
 from sidecar_support import Process, model_server, run_cli, sidecar
 
 READ_TIMEOUT = 1.5  # the shared sidecar's --read-timeout: the slow-upstream case waits this long
@@ -57,16 +57,7 @@ def gate(env: GateEnv, upstream: Process) -> Iterator[Process]:
 
 def sdk(base: str, token: str, ip: str = IP["US"], **options: Any) -> openai.OpenAI:
     """An openai client calling *base* as if from *ip* (the test runs on a trusted loopback)."""
-    return closed_after_test(
-        openai.OpenAI(
-            base_url=f"{base}/v1",
-            api_key=token,
-            default_headers={"X-Forwarded-For": ip},
-            max_retries=0,
-            timeout=options.pop("timeout", 20),
-            **options,
-        )
-    )
+    return openai_client(f"{base}/v1", token, ip, **options)
 
 
 def wait_record(env: GateEnv, decision_id: str, timeout: float = 10.0) -> dict[str, Any]:
