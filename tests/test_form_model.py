@@ -18,7 +18,7 @@ from starlette.requests import Request
 
 from aidr_gate.config import load_config
 from aidr_gate.errors import BodyIncomplete, BodyNotForm, BodyTooLarge, ConfigError, ModelMissing
-from aidr_gate.form_model import MAX_PARTS, content_type_of, form_boundary, model_from_form
+from aidr_gate.form_model import MAX_PARTS, content_type_of, form_type, model_from_form
 from aidr_gate.middleware_config import default_settings, parse_middleware_settings
 from aidr_gate.model_id import BufferedBody, valid_model_id
 
@@ -101,7 +101,7 @@ def test_a_model_that_is_not_utf8_is_refused() -> None:
 )
 def test_content_types_that_are_not_forms(content_type: bytes | None, words: str) -> None:
     with pytest.raises(BodyNotForm, match=words):
-        form_boundary(content_type)
+        form_type(content_type)
 
 
 @pytest.mark.parametrize(
@@ -215,6 +215,53 @@ def test_a_form_of_too_many_parts_is_refused_early() -> None:
         model_from_form(body_of(model + part * 100_000 + end), kind, 1 << 30)
 
 
+def raw_form(parts: list[tuple[bytes, bytes]], charset: str | None) -> tuple[bytes, bytes]:
+    """A form written byte by byte (names and values in any encoding), and its content type."""
+    body = b"".join(
+        b'--XyZzy\r\nContent-Disposition: form-data; name="%b"\r\n\r\n%b\r\n' % part
+        for part in parts
+    )
+    kind = b"multipart/form-data; boundary=XyZzy"
+    if charset is not None:
+        kind += b"; charset=" + charset.encode()
+    return body + b"--XyZzy--\r\n", kind
+
+
+def test_a_name_that_spells_model_in_the_forms_charset_is_the_model_field() -> None:
+    """UTF-7 spells "model" as ``+AG0-odel``: Starlette reads that part as the model (the last
+    one wins), so a gate comparing bytes would decide on the other part."""
+    data, kind = raw_form([(b"model", b"aurora-mini"), (b"+AG0-odel", b"aurora-frontier")], "utf-7")
+    assert starlette_model(data, kind) == "aurora-frontier"
+    with pytest.raises(BodyNotForm, match="repeats"):
+        model_from_form(body_of(data), kind, LIMIT)
+    alone, kind = raw_form([(b"+AG0-odel", b"aurora-frontier")], "utf-7")
+    assert model_from_form(body_of(alone), kind, LIMIT) == "aurora-frontier"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    parts=st.lists(
+        st.tuples(
+            st.sampled_from([b"model", b"+AG0-odel", b"mod\xe9l", b"m\x00o\x00", b"prompt"]),
+            st.binary(max_size=12) | st.sampled_from([b"aurora-mini", b"aur\xc3\xa9", b"+AG0-"]),
+        ),
+        max_size=4,
+    ),
+    charset=st.sampled_from(
+        [None, "utf-8", "UTF-7", "utf-16", "latin-1", "cp1252", "hex", "no-such-charset"]
+    ),
+)
+def test_whatever_model_the_gate_reads_from_a_form_the_app_reads_too(
+    parts: list[tuple[bytes, bytes]], charset: str | None
+) -> None:
+    data, kind = raw_form(parts, charset)
+    try:
+        found = model_from_form(body_of(data), kind, LIMIT)
+    except (ModelMissing, BodyNotForm):
+        return  # refused: the app never sees the request
+    assert starlette_model(data, kind) == found
+
+
 def test_a_malformed_form_leaves_no_log_line_whatever_the_host_configures() -> None:
     """In a process of its own: a host that configures the "aidr_gate" logger with dictConfig (which
     resets every child logger) still gets no line from the multipart parser."""
@@ -222,7 +269,7 @@ def test_a_malformed_form_leaves_no_log_line_whatever_the_host_configures() -> N
 import logging.config, sys
 sys.path.insert(0, sys.argv[1])
 from aidr_gate.errors import BodyNotForm
-from aidr_gate.form_model import form_boundary, model_from_form
+from aidr_gate.form_model import form_type, model_from_form
 import test_form_model as t
 logging.config.dictConfig({
     "version": 1,
@@ -232,7 +279,7 @@ logging.config.dictConfig({
 })
 logging.getLogger("aidr_gate.check").warning("the host's handler works")
 data, kind = t.encoded([("model", "aurora-mini")], t.AUDIO)
-boundary = form_boundary(kind)
+boundary, _ = form_type(kind)
 broken = data.replace(b"--" + boundary + b"\\r\\n", b"--" + boundary[:-1] + b"!\\r\\n", 1)
 try:
     model_from_form(t.body_of(broken), kind, t.LIMIT)
@@ -249,7 +296,7 @@ except BodyNotForm:
 
 def test_a_malformed_form_leaves_no_log_line(caplog: pytest.LogCaptureFixture) -> None:
     data, kind = encoded([("model", "aurora-mini")], AUDIO)
-    boundary = form_boundary(kind)
+    boundary, _ = form_type(kind)
     broken = data.replace(b"--" + boundary + b"\r\n", b"--" + boundary[:-1] + b"!\r\n", 1)
     with caplog.at_level(logging.DEBUG), pytest.raises(BodyNotForm):
         model_from_form(body_of(broken), kind, LIMIT)

@@ -1,13 +1,15 @@
 """The model id of a ``multipart/form-data`` request (OpenAI audio transcriptions, image edits).
 
 The body is parsed with python-multipart, the parser Starlette and FastAPI (and so vLLM) use for
-the same forms, so the gate reads the ``model`` field as the app will. Only that field is kept; a
+the same forms, and part names and values are decoded as Starlette decodes them (with the content
+type's ``charset``), so the gate reads the ``model`` field as the app will. Only that field is kept; a
 file part streams through the parser and is not copied. The form must hold exactly one ``model``
 field, a plain field rather than a file: with two, the gate and the app could each read another.
 """
 
 from __future__ import annotations
 
+import codecs
 import logging
 
 from python_multipart.exceptions import MultipartParseError
@@ -30,10 +32,19 @@ _QUIET.disabled = True
 _MAX_FIELD_BYTES = MAX_MODEL_ID * 4
 
 
+def _name(raw: bytes, codec: str) -> str:
+    """A part's name as Starlette decodes it: with *codec*, else as latin-1."""
+    try:
+        return raw.decode(codec)
+    except (UnicodeDecodeError, LookupError):  # LookupError: a codec that is not a text encoding
+        return raw.decode("latin-1")
+
+
 class _ModelFields:
     """Parser callbacks that keep the value of every part named ``model``, and nothing else."""
 
-    def __init__(self) -> None:
+    def __init__(self, codec: str) -> None:
+        self.codec = codec  # what the part names are decoded with
         self.values: list[bytearray] = []
         self.parts = 0
         self.file_named_model = False
@@ -61,11 +72,13 @@ class _ModelFields:
         self._field, self._value = bytearray(), bytearray()
 
     def on_headers_finished(self) -> None:
-        for name, value in self._headers:
-            if name != b"content-disposition":
+        for header, value in self._headers:
+            if header != b"content-disposition":
                 continue
             _, params = parse_options_header(value)
-            if params.get(b"name") != b"model":
+            name = params.get(b"name")
+            # Decoded, not compared as bytes: under another charset other bytes spell "model".
+            if name is None or _name(name, self.codec) != "model":
                 continue
             if b"filename" in params:
                 self.file_named_model = True
@@ -88,8 +101,10 @@ def content_type_of(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return single_header_value(headers, b"content-type", BodyNotForm)
 
 
-def form_boundary(content_type: bytes | None) -> bytes:
-    """The boundary of a ``multipart/form-data`` content type; raises :class:`BodyNotForm`."""
+def form_type(content_type: bytes | None) -> tuple[bytes, str]:
+    """The boundary of a ``multipart/form-data`` content type, and the codec its names and values
+    are decoded with (as Starlette picks it: ``charset``, UTF-8 by default, latin-1 when unknown);
+    raises :class:`BodyNotForm`."""
     if content_type is None:
         raise BodyNotForm("this path needs a multipart/form-data body; no content-type was sent")
     kind, params = parse_options_header(content_type)
@@ -98,7 +113,11 @@ def form_boundary(content_type: bytes | None) -> bytes:
     boundary = params.get(b"boundary")
     if not boundary:
         raise BodyNotForm("the multipart/form-data content type names no boundary")
-    return boundary
+    try:
+        codec = codecs.lookup(params.get(b"charset", b"utf-8").decode("latin-1")).name
+    except LookupError:
+        codec = "latin-1"
+    return boundary, codec
 
 
 def model_from_form(body: BufferedBody, content_type: bytes | None, limit: int) -> str:
@@ -107,8 +126,8 @@ def model_from_form(body: BufferedBody, content_type: bytes | None, limit: int) 
         raise BodyIncomplete("the client disconnected before sending the whole body")
     if not body.complete:
         raise BodyTooLarge(f"request body is larger than {limit} bytes")
-    boundary = form_boundary(content_type)
-    fields = _ModelFields()
+    boundary, codec = form_type(content_type)
+    fields = _ModelFields(codec)
     try:
         parser = MultipartParser(
             boundary,
@@ -137,9 +156,9 @@ def model_from_form(body: BufferedBody, content_type: bytes | None, limit: int) 
     if not fields.values:
         raise ModelMissing("request names no model")
     try:
-        text = fields.values[0].decode("utf-8")
-    except UnicodeDecodeError:
-        text = ""
+        text = fields.values[0].decode(codec)
+    except (UnicodeDecodeError, LookupError):
+        text = ""  # Starlette would fall back to latin-1: refused rather than read another way
     valid = valid_model_id(text)
     if valid is None:
         raise ModelMissing("the model field must be a printable string of at most 256 characters")
