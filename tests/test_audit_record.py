@@ -208,6 +208,9 @@ def test_redactor_allow_list() -> None:
     joined = redactor.headers([("x-request-id", "a"), ("X-Request-Id", "b"), ("cookie", "c")])
     assert joined == {"x-request-id": "a, b"}
     assert redactor.headers([("user-agent", "Bearer abc")]) == {"user-agent": REDACTED}
+    # Any whitespace after the scheme, as servers pass it through (h11 accepts \xa0 and \x85).
+    for gap in ("\xa0", "\x85", "\x0b", "\x0c", "\t", " "):
+        assert redactor.headers([("user-agent", f"Bearer{gap}abc.def")]) == {"user-agent": REDACTED}
     odd = Redactor(["x-\u65e5\u672c", "X-Tenant"])  # a name no raw header can carry is harmless
     assert odd.select([(b"X-TENANT", b"t1"), (b"x-tenant", b"t2"), (b"host", b"h")]) == (
         ("x-tenant", "t1"),
