@@ -159,3 +159,4 @@ def test_the_clocks_cached_json_is_its_text(instants: list[float]) -> None:
     clock = _Clock()
     for at in [*instants, instants[0], instants[0] + 0.0004, instants[0] + 0.001]:
         assert clock.json(at) == orjson.dumps(_Clock().format(at))
+        clock.format(at + 1.0)  # the slow path formats other instants on the same clock

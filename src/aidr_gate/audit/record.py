@@ -215,7 +215,7 @@ class _Clock:
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
-        self._milli = -1
+        self._json_at = (-1, -1)  # the (second, millisecond) self._json is for
         self._json = b""
 
     def format(self, at: float) -> str:
@@ -228,10 +228,11 @@ class _Clock:
     def json(self, at: float) -> bytes:
         """:meth:`format` as a JSON string; records of the same millisecond share it."""
         second = int(at)
-        milli = int((at - second) * 1000)  # as format() computes it: the same text, or a new one
-        if milli != self._milli or second != self._second:
+        key = (second, int((at - second) * 1000))  # as format() computes it
+        # Its own key, not format()'s: format() moves self._second without touching self._json.
+        if key != self._json_at:
             self._json = b'"%s"' % self.format(at).encode("ascii")
-            self._milli = milli
+            self._json_at = key
         return self._json
 
 
