@@ -180,7 +180,9 @@ class Runtime:
             return
         stored = audit.submit(AuditEvent(decision, context))
         if audit.durable_on_await:
-            await stored
+            # Shielded: the future is shared by every record of its batch, and a cancelled request
+            # (a client gone) must not cancel the others' wait.
+            await asyncio.shield(stored)
 
     # -- reloading -----------------------------------------------------------------------------
 

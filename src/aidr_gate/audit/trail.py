@@ -448,6 +448,7 @@ class AuditTrail:
 
         Events submitted before the writer takes its next batch share one future (cheaper than a
         future each); it resolves ``True`` when all of them are stored, ``False`` if any is lost.
+        Await it through ``asyncio.shield``: cancelling an awaiter cancels the shared future.
         """
         self.submitted += 1
         limit = self.config.queue_size

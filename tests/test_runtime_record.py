@@ -1,0 +1,34 @@
+"""Runtime.record under ``fsync: always``: each request waits for its own record, and only that."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from aidr_gate.runtime import Runtime
+from audit_support import event
+from gate_env import make_gate_env
+
+
+def test_a_cancelled_request_does_not_cancel_the_others_wait(tmp_path: Path) -> None:
+    """Records submitted together share one future: one request cancelled (its client gone)
+    must leave the others waiting for, and getting, their records on disk."""
+    env = make_gate_env(tmp_path)  # its audit file sink is on fsync: always
+
+    async def run() -> list[str]:
+        runtime = Runtime.from_config(str(env.config))
+        await runtime.start()
+        try:
+            events = [event(i) for i in range(5)]
+            tasks = [
+                asyncio.create_task(runtime.record(e.decision, e.request))  # type: ignore[arg-type]
+                for e in events
+            ]
+            await asyncio.sleep(0)  # every task has submitted and waits on the shared future
+            tasks[0].cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            return [type(r).__name__ for r in results]
+        finally:
+            await runtime.close()
+
+    assert asyncio.run(run()) == ["CancelledError", "NoneType", "NoneType", "NoneType", "NoneType"]
