@@ -493,6 +493,26 @@ def test_records_trickling_in_are_written_in_batches_at_most_once_per_linger(
     assert verify_files(audit_files(tmp_path)).ok
 
 
+def test_a_full_batch_ends_the_linger(tmp_path: Path) -> None:
+    """Lingering is for batches that are not full: a burst must not wait, or fill the queue."""
+
+    async def run() -> float:
+        trail = AuditTrail(file_config(tmp_path, batch_linger=1.0, batch_size=8))
+        await trail.start()
+        assert await trail.submit(event(0))  # the first batch: taken at once
+        trail.submit(event(1))
+        await asyncio.sleep(0.05)  # the writer lingers over a batch of one
+        began = time.monotonic()
+        burst = [trail.submit(event(i)) for i in range(2, 9)]  # with event 1: a full batch
+        assert all(await asyncio.gather(*burst))
+        waited = time.monotonic() - began
+        await trail.close(5)
+        return waited
+
+    assert asyncio.run(run()) < 0.5
+    assert len(records(audit_files(tmp_path))) == 9
+
+
 def test_no_linger_under_fsync_always_nor_on_close(tmp_path: Path) -> None:
     """fsync always: a response waits for its record, so the writer takes it at once; and close()
     writes what is queued without waiting out the linger."""

@@ -470,6 +470,8 @@ class AuditTrail:
         else:
             self._tickets[-1][1] = index
         self._wake.set()
+        if self._nap is not None and len(self._queue) >= self.config.batch_size:
+            _finish(self._nap)  # a full batch waits: the writer's linger is over
         return ticket
 
     async def drain(self, *, sinks: bool = False) -> None:
