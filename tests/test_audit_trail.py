@@ -493,6 +493,31 @@ def test_records_trickling_in_are_written_in_batches_at_most_once_per_linger(
     assert verify_files(audit_files(tmp_path)).ok
 
 
+def test_a_start_that_fails_at_a_sink_leaves_no_lock_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sink that cannot open fails the start after the journal is locked and opened: the lock
+    must go with it, or every retry (a fresh trail) would find the directory busy until restart."""
+
+    async def broken(self: StdoutSink) -> None:
+        raise OSError("cannot open the sink")
+
+    config = file_config(tmp_path, sinks=(StdoutSinkConfig(name="stdout"),))
+
+    async def run() -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(StdoutSink, "open", broken)
+            with pytest.raises(OSError, match="cannot open the sink"):
+                await AuditTrail(config).start()
+        retry = AuditTrail(config)
+        await retry.start()  # the directory is free again
+        assert await retry.submit(event(0))
+        await retry.close(5)
+
+    asyncio.run(run())
+    assert len(records(audit_files(tmp_path))) == 1
+
+
 def test_a_full_batch_ends_the_linger(tmp_path: Path) -> None:
     """Lingering is for batches that are not full: a burst must not wait, or fill the queue."""
 

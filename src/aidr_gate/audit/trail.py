@@ -216,26 +216,38 @@ class AuditTrail:
             if self.config.per_process:
                 self._build_stores(await loop.run_in_executor(self._io, self._claim_slot))
             seq, digest = await loop.run_in_executor(self._io, self._recover)
+            self.chain = Chain(seq + 1, digest)
+            logger.info(
+                "audit trail: chain continues at seq %d (%s sinks)",
+                seq + 1,
+                1 + len(self.outboxes) if self.journal else len(self.outboxes),
+            )
+            for outbox in self.outboxes:
+                await outbox.open(seq)
+                if self.journal is not None:
+                    await loop.run_in_executor(self._io, self._backfill, outbox, seq)
+                await outbox.start()
         except BaseException:
-            # Nothing was started: this trail is done for, and holds no lock a retry would need.
-            self._closed = True
-            self._io.shutdown(wait=False)
-            self._lock.release()
+            await self._abandon_start()
             raise
-        self.chain = Chain(seq + 1, digest)
-        logger.info(
-            "audit trail: chain continues at seq %d (%s sinks)",
-            seq + 1,
-            1 + len(self.outboxes) if self.journal else len(self.outboxes),
-        )
-        for outbox in self.outboxes:
-            await outbox.open(seq)
-            if self.journal is not None:
-                await loop.run_in_executor(self._io, self._backfill, outbox, seq)
-            await outbox.start()
         self._writer = asyncio.create_task(self._write_loop(), name="aidr-audit-writer")
         self._timer = asyncio.create_task(self._tick(), name="aidr-audit-timer")
         self._started = True
+
+    async def _abandon_start(self) -> None:
+        """A start that failed part way: close what it opened and release the writer lock, which a
+        retry (a fresh trail) needs. The trail is done for."""
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        for outbox in self.outboxes:  # closing one never opened or started is harmless
+            with contextlib.suppress(Exception):
+                await outbox.close(loop.time())
+        journal = self.journal
+        if journal is not None:
+            with contextlib.suppress(Exception):
+                await loop.run_in_executor(self._io, partial(journal.close, 0.1))
+        self._io.shutdown(wait=False)
+        self._lock.release()
 
     def _recover(self) -> tuple[int, str]:
         """On the I/O thread: the last (seq, hash) of the chain, from the journal or the state file.
