@@ -496,7 +496,7 @@ def test_repeated_authorization_or_model_headers_are_refused(tmp_path: Path) -> 
             ],
         )
         assert models.status_code == 400
-        assert models.json()["error"]["code"] == "MODEL_MISSING"
+        assert models.json()["error"]["code"] == "HEADER_REPEATED"
 
     run_in_process(env, scenario)
 

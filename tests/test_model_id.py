@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from aidr_gate.errors import BodyNotForm, BodyNotJSON, ModelMissing
+from aidr_gate.errors import BodyNotForm, BodyNotJSON, HeaderRepeated, TokenMalformed
+from aidr_gate.headers import single_header_value
+from aidr_gate.identity import authorization_header
 from aidr_gate.middleware_config import default_settings
 from aidr_gate.model_id import (
     MAX_CACHED_PATH,
@@ -12,7 +14,6 @@ from aidr_gate.model_id import (
     BufferedBody,
     ModelSources,
     model_from_json,
-    single_header_value,
 )
 
 
@@ -90,8 +91,10 @@ def test_repeated_model_key_is_refused_in_short_and_long_bodies(pad: int) -> Non
 
 def test_a_header_read_for_the_app_is_found_in_any_case_and_never_twice() -> None:
     headers = [(b"X-Model-Id", b"aurora-mini"), (b"host", b"h")]
-    assert single_header_value(headers, b"x-model-id") == b"aurora-mini"
-    with pytest.raises(ModelMissing, match="more than one x-model-id"):
-        single_header_value([*headers, (b"x-model-id", b"other")], b"x-model-id")
+    assert single_header_value(headers, b"x-model-id", HeaderRepeated) == b"aurora-mini"
+    with pytest.raises(HeaderRepeated, match="more than one x-model-id"):
+        single_header_value([*headers, (b"x-model-id", b"other")], b"x-model-id", HeaderRepeated)
     with pytest.raises(BodyNotForm):
         single_header_value([(b"a", b"1"), (b"A", b"2")], b"a", BodyNotForm)
+    with pytest.raises(TokenMalformed):
+        authorization_header([(b"authorization", b"Bearer a"), (b"Authorization", b"Bearer b")])

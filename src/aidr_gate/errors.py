@@ -107,6 +107,12 @@ class ModelMissing(RequestError):
     reason = "MODEL_MISSING"
 
 
+class HeaderRepeated(RequestError):
+    """A header the gate reads for the app's sake comes twice: the two could read different ones."""
+
+    reason = "HEADER_REPEATED"
+
+
 # --- identity (401) -------------------------------------------------------------------------------
 
 

@@ -16,7 +16,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from aidr_gate.errors import BodyIncomplete, BodyNotForm, BodyTooLarge, ModelMissing
-from aidr_gate.model_id import MAX_MODEL_ID, BufferedBody, single_header_value, valid_model_id
+from aidr_gate.headers import single_header_value
+from aidr_gate.model_id import MAX_MODEL_ID, BufferedBody, valid_model_id
 
 FORM_TYPE = b"multipart/form-data"
 # Each part costs a few microseconds of pure-Python parsing, on the event loop: 32 MiB of tiny parts

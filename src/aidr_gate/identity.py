@@ -56,6 +56,7 @@ from aidr_gate.errors import (
     TokenSignatureInvalid,
 )
 from aidr_gate.facts import Identity
+from aidr_gate.headers import single_header_value
 from aidr_gate.jwks import (
     DEFAULT_HTTP_TIMEOUT,
     DEFAULT_MAX_JWKS_BYTES,
@@ -328,14 +329,7 @@ def bearer_token(authorization: bytes | str | None, max_length: int) -> bytes:
 
 def authorization_header(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
     """The one Authorization value of ASGI headers; two of them is ambiguous and refused."""
-    found: bytes | None = None
-    for name, value in headers:
-        # ASGI names are lower case: compare before lowering (which allocates) a stray spelling.
-        if len(name) == 13 and (name == b"authorization" or name.lower() == b"authorization"):
-            if found is not None:
-                raise TokenMalformed("more than one Authorization header")
-            found = value
-    return found
+    return single_header_value(headers, b"authorization", TokenMalformed)
 
 
 # --- claims ------------------------------------------------------------------------------------

@@ -24,19 +24,20 @@ from aidr_gate.errors import (
     AidrGateError,
     AuditUnavailable,
     GateNotReady,
+    HeaderRepeated,
     IdentityError,
     PolicyEvaluationError,
     RequestError,
 )
 from aidr_gate.facts import Identity, Origin
 from aidr_gate.form_model import content_type_of, model_from_form
+from aidr_gate.headers import single_header_value
 from aidr_gate.identity import authorization_header
 from aidr_gate.model_id import (
     BufferedBody,
     model_from_json,
     read_body,
     replay,
-    single_header_value,
     valid_model_id,
 )
 from aidr_gate.responses import error_body, error_headers, json_error, json_headers
@@ -276,7 +277,7 @@ class AIDRGateMiddleware:
             error: AidrGateError | None = None
             if models.header is not None:
                 try:
-                    raw = single_header_value(headers, models.header)
+                    raw = single_header_value(headers, models.header, HeaderRepeated)
                 except RequestError as exc:
                     error = exc
                 else:

@@ -20,7 +20,6 @@ from aidr_gate.errors import (
     BodyNotJSON,
     BodyTooLarge,
     ModelMissing,
-    RequestError,
 )
 
 Message = MutableMapping[str, Any]
@@ -243,21 +242,3 @@ def model_from_json(body: BufferedBody, limit: int) -> str:
     if valid is None:
         raise ModelMissing("the model field must be a printable string of at most 256 characters")
     return valid
-
-
-def single_header_value(
-    headers: list[tuple[bytes, bytes]],
-    name: bytes,
-    error: type[RequestError] = ModelMissing,
-) -> bytes | None:
-    """The value of a header the gate reads for the app's sake (the model, the content type); a
-    repeated one is ambiguous and refused with *error* (the gate and the app could each read a
-    different one). *name* is lower case; ASGI names are too, a stray spelling is lowered."""
-    found: bytes | None = None
-    size = len(name)
-    for key, value in headers:
-        if len(key) == size and (key == name or key.lower() == name):
-            if found is not None:
-                raise error(f"more than one {name.decode('latin-1')} header")
-            found = value
-    return found
