@@ -16,8 +16,8 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
-from starlette.testclient import TestClient
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.testclient import TestClient, WebSocketDenialResponse
+from starlette.websockets import WebSocket
 
 from aidr_gate.audit import AuditTrail, audit_config, verify_files
 from aidr_gate.audit.config import AuditConfig, FileSinkConfig
@@ -178,7 +178,9 @@ def test_a_gate_that_cannot_start_answers_503_until_it_can(
     assert env.audit_records()[-1]["event"]["id"] == answer.headers["x-aidr-decision-id"]
 
 
-def test_a_websocket_to_a_gate_that_cannot_start_is_closed_try_again(tmp_path: Path) -> None:
+def test_a_websocket_to_a_gate_that_cannot_start_is_told_to_try_again(tmp_path: Path) -> None:
+    """Its handshake gets 503 GATE_NOT_READY; a server without the websocket.http.response
+    extension gets an accept and a close 1013, never a close before accepting (a 403)."""
     env = make_gate_env(tmp_path)
     holder = WriterLock()
     holder.acquire(env.audit_dir / DIRECTORY_LOCK, "the audit directory")
@@ -192,9 +194,31 @@ def test_a_websocket_to_a_gate_that_cannot_start_is_closed_try_again(tmp_path: P
     app.add_middleware(AIDRGateMiddleware, config=str(env.config))
     client = TestClient(app)  # no "with": no lifespan, the gate starts on the first connection
     try:
-        with pytest.raises(WebSocketDisconnect) as info, client.websocket_connect("/v1/realtime"):
+        with (
+            pytest.raises(WebSocketDenialResponse) as denied,
+            client.websocket_connect("/v1/realtime"),
+        ):
             pass
-        assert info.value.code == WS_TRY_AGAIN_LATER
+        assert denied.value.status_code == 503
+        assert denied.value.headers["retry-after"] == "1"
+        assert denied.value.json()["error"]["code"] == "GATE_NOT_READY"
+
+        sent: list[dict[str, object]] = []
+        inbox: list[dict[str, object]] = [{"type": "websocket.connect"}]
+
+        async def receive() -> dict[str, object]:
+            return inbox.pop(0)
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        gate = AIDRGateMiddleware(echo, config=str(env.config))  # type: ignore[arg-type]
+        scope = {"type": "websocket", "path": "/v1/realtime", "headers": [], "extensions": {}}
+        asyncio.run(gate(scope, receive, send))  # type: ignore[arg-type]
+        assert sent == [
+            {"type": "websocket.accept"},
+            {"type": "websocket.close", "code": WS_TRY_AGAIN_LATER},
+        ]
         assert not reached
     finally:
         holder.release()

@@ -137,7 +137,7 @@ class AIDRGateMiddleware:
             try:
                 runtime = await self._ensure_runtime()
             except Exception as exc:  # fail closed: nothing reaches the app without a gate
-                await self._not_ready(kind, send, exc)
+                await self._not_ready(scope, receive, send, exc)
                 return
         if runtime.settings.exempt(scope.get("path", "")):
             await self.app(scope, receive, send)
@@ -147,15 +147,16 @@ class AIDRGateMiddleware:
             return
         await self._http(runtime, scope, receive, send)
 
-    async def _not_ready(self, kind: str, send: Send, error: Exception) -> None:
-        """503 GATE_NOT_READY (a websocket: close 1013); the cause goes to the log, not the caller."""
-        if isinstance(error, GateNotReady):
-            logger.warning("request refused: %s", error)
-        else:
+    async def _not_ready(
+        self, scope: Scope, receive: Receive, send: Send, error: Exception
+    ) -> None:
+        """503 GATE_NOT_READY with Retry-After. A websocket gets the same answer to its handshake,
+        or, where the server cannot send one, an accept and a close 1013 (try again later): a
+        close before accepting reaches the client as a 403, a policy denial. The cause of a failed
+        start goes to the log (once per attempt, not once per refused request), never to the
+        caller."""
+        if not isinstance(error, GateNotReady):
             logger.error("the gate cannot start; refusing requests: %s", error, exc_info=error)
-        if kind == "websocket":
-            await send({"type": "websocket.close", "code": WS_TRY_AGAIN_LATER})
-            return
         body = json_error(
             503,
             GateNotReady.reason,
@@ -164,6 +165,17 @@ class AIDRGateMiddleware:
             (GateNotReady.reason,),
         )
         headers = [*json_headers(len(body)), (b"retry-after", b"1")]
+        if scope["type"] == "websocket":
+            if (await receive()).get("type") != "websocket.connect":
+                return
+            if "websocket.http.response" in scope.get("extensions", {}):
+                start = {"type": "websocket.http.response.start", "status": 503, "headers": headers}
+                await send(start)
+                await send({"type": "websocket.http.response.body", "body": body})
+                return
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": WS_TRY_AGAIN_LATER})
+            return
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
