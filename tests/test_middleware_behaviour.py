@@ -519,9 +519,12 @@ def test_dry_run_leaves_the_model_listing_alone(tmp_path: Path) -> None:
         ("/v1/audio/transcriptions", b"multipart/form-data; boundary=x"),
     ],
 )
-def test_no_body_is_read_from_a_caller_the_gate_cannot_identify(
-    tmp_path: Path, path: str, kind: bytes
+@pytest.mark.parametrize("refusal", ["TOKEN_MALFORMED", "AUDIT_UNAVAILABLE"])
+def test_no_body_is_read_from_a_request_refused_before_its_body_matters(
+    tmp_path: Path, path: str, kind: bytes, refusal: str
 ) -> None:
+    """A caller the gate cannot identify, or any caller while audit records cannot be written:
+    the gate reads (and parses, for up to 32 MiB of form) none of the body."""
     env = make_gate_env(tmp_path)
     reads: list[str] = []
 
@@ -533,6 +536,11 @@ def test_no_body_is_read_from_a_caller_the_gate_cannot_identify(
         await runtime.start()
         gate = AIDRGateMiddleware(app, runtime=runtime)
         sent: list[dict[str, Any]] = []
+        token = b"not.a.token"
+        if refusal == "AUDIT_UNAVAILABLE":
+            token = env.token("lab-us").encode()
+            assert runtime.audit is not None
+            runtime.audit._storable = False  # as when even its spool cannot be written
 
         async def receive() -> dict[str, Any]:
             reads.append("body")
@@ -545,15 +553,17 @@ def test_no_body_is_read_from_a_caller_the_gate_cannot_identify(
             "type": "http",
             "method": "POST",
             "path": path,
-            "headers": [(b"content-type", kind), (b"authorization", b"Bearer not.a.token")],
+            "headers": [(b"content-type", kind), (b"authorization", b"Bearer " + token)],
             "client": ("127.0.0.1", 5000),
             "state": {},
         }
         await gate(scope, receive, send)
+        if runtime.audit is not None:
+            runtime.audit._storable = True
         await runtime.close()
         return sent[0]["status"], json.loads(sent[1]["body"])
 
     status, body = asyncio.run(main())
-    assert status == 401
-    assert body["error"]["code"] == "TOKEN_MALFORMED"
-    assert reads == []  # not one chunk of an unidentified caller's body was read
+    assert status == (401 if refusal == "TOKEN_MALFORMED" else 503)
+    assert body["error"]["code"] == refusal
+    assert reads == []  # not one chunk of the body was read

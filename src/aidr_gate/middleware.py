@@ -304,6 +304,9 @@ class AIDRGateMiddleware:
                 # Who is calling comes first: a 401 outranks a bad header, and the gate reads (and
                 # parses, for up to 32 MiB of form) no body of a caller it cannot identify.
                 error = exc
+            if error is None and not runtime.audit_accepting:
+                # Refused whatever the body says: it is not read.
+                error = AuditUnavailable("audit records cannot be written")
             if model_id is None and error is None and models.wants_body(method, path):
                 body = await read_body(receive, models.max_body_bytes)
                 try:
@@ -318,8 +321,6 @@ class AIDRGateMiddleware:
                     )
                 except RequestError as exc:
                     error = exc
-            if error is None and not runtime.audit_accepting:
-                error = AuditUnavailable("audit records cannot be written")
             if error is not None:
                 return gate.refuse(error, identity=identity, origin=origin, model_id=model_id), body
             if method == "GET" and path in runtime.settings.list_models_paths:
