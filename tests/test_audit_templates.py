@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aidr_gate.audit import AuditEvent, EcsRenderer, Ending, OcsfRenderer, Redactor, RequestContext
-from aidr_gate.audit.ecs import _ORDER
 from aidr_gate.audit.record import _Clock
 from aidr_gate.decision import Decision, Mode
 from aidr_gate.errors import AuditUnavailable, BodyNotJSON, TokenExpired
@@ -150,7 +149,7 @@ def test_a_moved_field_falls_back_to_the_dict_path(caplog: pytest.LogCaptureFixt
     assert body == orjson.dumps(renderer.document(ev))
     assert not renderer.compiled
     assert "no ecs template" in caplog.text
-    assert len(_ORDER) == 15
+    assert len(renderer._order) == 15
 
 
 @settings(max_examples=2000, deadline=None)

@@ -228,9 +228,8 @@ def model_from_json(body: BufferedBody, limit: int) -> str:
         raise BodyIncomplete("the client disconnected before sending the whole body")
     if not body.complete:
         raise BodyTooLarge(f"request body is larger than {limit} bytes")
-    chunks = body.chunks  # body.data, without a property call per request
     try:
-        parsed = _parse_object(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        parsed = _parse_object(body.data)
     except (ValueError, RecursionError):
         raise BodyNotJSON("request body is not valid JSON (or repeats a key)") from None
     if not isinstance(parsed, dict):

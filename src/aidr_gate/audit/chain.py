@@ -130,14 +130,8 @@ class Chain:
             # than the hashing itself (bench/audit.py).
             digest = copy()
             update = digest.update
-            if end <= _UNDER_GIL_RELEASE:
-                update(view[:end])
-            elif end <= 2 * _UNDER_GIL_RELEASE:  # a typical record (~3 KB): two pieces
-                update(view[:_UNDER_GIL_RELEASE])
-                update(view[_UNDER_GIL_RELEASE:end])
-            else:
-                for start in range(0, end, _UNDER_GIL_RELEASE):
-                    update(view[start : min(start + _UNDER_GIL_RELEASE, end)])
+            for start in range(0, end, _UNDER_GIL_RELEASE):
+                update(view[start : min(start + _UNDER_GIL_RELEASE, end)])
             update(member)
             prev = digest.hexdigest().encode("ascii")
             append(view[:end])

@@ -66,7 +66,6 @@ _PLACES: Places = (
     (("aidr", "gate"), _Slot.GATE),
     (("aidr", "upstream"), _Slot.UPSTREAM),
 )
-_ORDER = tuple(slot for _, slot in _PLACES)
 _NO_USER = orjson.dumps({"id": None, "domain": None})
 _NO_CLIENT = orjson.dumps({"ip": None, "geo": {"country_iso_code": None}})
 _NULL = b"null"
