@@ -130,8 +130,16 @@ class Chain:
             # than the hashing itself (bench/audit.py).
             digest = copy()
             update = digest.update
-            for start in range(0, end, _UNDER_GIL_RELEASE):
-                update(view[start : min(start + _UNDER_GIL_RELEASE, end)])
+            # A record of up to 4 KB (a typical one is 3) is fed without a loop: the general loop
+            # costs about 0.5 µs more a record, a sixth of the chain's cost.
+            if end <= _UNDER_GIL_RELEASE:
+                update(view[:end])
+            elif end <= 2 * _UNDER_GIL_RELEASE:
+                update(view[:_UNDER_GIL_RELEASE])
+                update(view[_UNDER_GIL_RELEASE:end])
+            else:
+                for start in range(0, end, _UNDER_GIL_RELEASE):
+                    update(view[start : min(start + _UNDER_GIL_RELEASE, end)])
             update(member)
             prev = digest.hexdigest().encode("ascii")
             append(view[:end])
