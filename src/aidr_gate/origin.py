@@ -154,8 +154,9 @@ class OriginResolver:
                 ip=None, resolved_by=client.resolved_by, peer=client.peer, notes=client.notes
             )
         geo = self.geo.lookup(ip)
-        # Notes with an address are a few fixed texts (a trusted peer that forwards nothing, an
-        # all-trusted chain...): part of the key, so those requests share one Origin as well.
+        # Notes are part of the key. Most are fixed texts (a trusted peer that forwards nothing,
+        # an all-trusted chain...), so those requests share one Origin; a note that quotes what
+        # a caller sent only makes one more entry in this bounded cache.
         key = (ip, client.resolved_by, client.peer, client.notes)
         cached = self._origins.get(key)
         if cached is not None and cached[0] is geo:
