@@ -189,3 +189,10 @@ def test_progress_bar_is_silent_off_a_terminal() -> None:
     text = stream.getvalue()
     assert text.count("\r") == 2
     assert "100% 1,000 records, 7 flips" in text
+
+
+def test_at_past_the_year_9999_exits_2(trail_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    at = "9999-12-31T23:59:59-05:00"
+    assert main(["replay", "--pack", "aidr-2025-01", "--at", at, str(trail_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{at!r} is not a date or ISO 8601 time" in err and "Traceback" not in err
