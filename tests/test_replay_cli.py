@@ -196,3 +196,28 @@ def test_at_past_the_year_9999_exits_2(trail_dir: Path, capsys: pytest.CaptureFi
     assert main(["replay", "--pack", "aidr-2025-01", "--at", at, str(trail_dir)]) == 2
     err = capsys.readouterr().err
     assert f"{at!r} is not a date or ISO 8601 time" in err and "Traceback" not in err
+
+
+def test_an_unreadable_file_fails_the_replay_even_when_quiet(
+    trail_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for path in trail_dir.iterdir():
+        if path.is_file():
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+    damaged = next(p for p in sorted(tmp_path.iterdir()) if p.name.endswith(".gz"))
+    damaged.write_bytes(damaged.read_bytes()[:-200])
+    arguments = ["replay", "--pack", "aidr-2025-01", "--no-progress", str(tmp_path)]
+    assert main([*arguments, "--quiet", "--fail-on-flips"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "1 audit file(s) could not be read to the end" in captured.err
+    assert f"  {damaged}: " in captured.err
+    assert "chain error: " in captured.err and "unreadable" in captured.err
+    assert "Traceback" not in captured.err
+
+    assert main(arguments) == 2
+    captured = capsys.readouterr()
+    assert "could not be read to the end: the records after the damage were not replayed" in (
+        captured.out
+    )
+    assert f"  {damaged}: " in captured.err

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aidr_gate.catalog import load_catalog
+from aidr_gate.cli.exit import EXIT_DENY, EXIT_OK, EXIT_USAGE
 from aidr_gate.document import parse_instant
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.policy.pack import load_pack
@@ -31,8 +32,11 @@ def add_parser(sub: Any) -> None:
             "or directories of them) under another pack, from the evidence the records carry, "
             "without touching the network. Prints a summary; writes a JSON and a self-contained "
             "HTML report on request. The hash chain is checked as the files are read; breaks are "
-            "reported as warnings and the records are replayed all the same. Exit code: 0 done "
-            "(1 with --fail-on-flips when any decision changes), 2 usage or configuration error."
+            "reported as warnings and the records are replayed all the same. A file that cannot "
+            "be read to the end (a damaged .gz) is an error, named on stderr even with --quiet: "
+            "its records after the damage are not replayed. Exit code: 0 done (1 with "
+            "--fail-on-flips when any decision changes), 2 usage or configuration error, or an "
+            "audit file that could not be read."
         ),
     )
     parser.add_argument("files", nargs="+", type=Path, metavar="AUDIT_FILE")
@@ -181,4 +185,36 @@ def run(args: argparse.Namespace) -> int:
         for name, target in (("JSON", args.json), ("HTML", args.html)):
             if target and target != "-":
                 print(f"{name} report: {target}", file=stream)
-    return 1 if args.fail_on_flips and report["totals"]["flips"] else 0
+    if _report_unreadable(report, quiet=args.quiet):
+        return EXIT_USAGE
+    return EXIT_DENY if args.fail_on_flips and report["totals"]["flips"] else EXIT_OK
+
+
+def _report_unreadable(report: dict[str, Any], *, quiet: bool) -> bool:
+    """Name on stderr the files that could not be read to the end; ``True`` when there are any.
+
+    Their records after the damage were neither replayed nor counted, so the replay is incomplete
+    whatever else it found: this is said even with --quiet, which hides the summary's chain part.
+    """
+    broken = [f for f in report["files"] if f["error"]]
+    if not broken:
+        return False
+    print(
+        f"aidr-gate: {len(broken)} audit file(s) could not be read to the end; "
+        "the records after the damage were not replayed:",
+        file=sys.stderr,
+    )
+    for entry in broken:
+        print(
+            f"  {entry['path']}: {entry['error']} (after {entry['lines']:,} line(s))",
+            file=sys.stderr,
+        )
+    if quiet:
+        for finding in report["chain"]["findings"]:
+            if finding["severity"] == "error":
+                print(
+                    f"  chain {finding['severity']}: {finding['file']}:{finding['line']}: "
+                    f"{finding['kind']}: {finding['message']}",
+                    file=sys.stderr,
+                )
+    return True

@@ -397,9 +397,16 @@ def summary(report: dict[str, Any], *, top: int = 10) -> str:
         )
     chain = report["chain"]
     if chain["findings"]:
+        unread = sum(1 for f in report["files"] if f["error"])
+        replayed_note = (
+            f"{unread} file(s) could not be read to the end: the records after the damage "
+            "were not replayed"
+            if unread
+            else "the records were replayed all the same"
+        )
         out.append(
             f"Chain: {chain['errors']} problem(s), {chain['warnings']} warning(s) "
-            "(the records were replayed all the same):"
+            f"({replayed_note}):"
         )
         for finding in chain["findings"][:10]:
             out.append(
