@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aidr_gate.cli import main
+from aidr_gate.replay import run
 from aidr_gate.replay.report import ProgressBar
 from replay_support import decide, gate_for, requests, write_trail
 
@@ -221,3 +224,69 @@ def test_an_unreadable_file_fails_the_replay_even_when_quiet(
         captured.out
     )
     assert f"  {damaged}: " in captured.err
+
+
+def test_html_to_stdout_is_refused_before_replaying(
+    trail_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def replay_files(*args: object, **kwargs: object) -> None:
+        raise AssertionError("replayed before checking where the reports go")
+
+    monkeypatch.setattr("aidr_gate.cli.replay.replay_files", replay_files)
+    monkeypatch.chdir(tmp_path)
+    assert main(["replay", "--pack", "aidr-2025-01", "--html", "-", str(trail_dir)]) == 2
+    assert "--html: '-': only --json writes to stdout" in capsys.readouterr().err
+    assert not (tmp_path / "-").exists()
+
+
+def test_a_directory_without_write_permission_is_refused_before_replaying(
+    trail_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Through os.access, so the check holds when the tests run as root, whom no mode stops.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+
+    def access(path: object, mode: int, **kwargs: object) -> bool:
+        if Path(str(path)) == locked and mode & os.W_OK:
+            return False
+        return real_access(path, mode)  # type: ignore[arg-type]
+
+    def replay_files(*args: object, **kwargs: object) -> None:
+        raise AssertionError("replayed before checking where the reports go")
+
+    monkeypatch.setattr("aidr_gate.cli.replay.os.access", access)
+    monkeypatch.setattr("aidr_gate.cli.replay.replay_files", replay_files)
+    target = str(locked / "r.json")
+    assert main(["replay", "--pack", "aidr-2025-01", "--json", target, str(trail_dir)]) == 2
+    assert f"the directory {str(locked)!r} is not writable" in capsys.readouterr().err
+
+
+def test_a_report_that_cannot_be_written_is_a_clear_error(
+    trail_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The directory is there when the options are checked and gone when the report is written."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    real = run.replay_files
+
+    def replay_files(*args: Any, **kwargs: Any) -> Any:
+        gone.rmdir()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("aidr_gate.cli.replay.replay_files", replay_files)
+    target = str(gone / "r.html")
+    code = main(["replay", "--pack", "aidr-2025-01", "--html", target, str(trail_dir)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--html: {target!r}: cannot write the report: No such file or directory" in err
+    assert "Traceback" not in err

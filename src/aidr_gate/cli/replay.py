@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ def add_parser(sub: Any) -> None:
         help="look models up in this catalogue instead of using the recorded model evidence",
     )
     parser.add_argument("--json", metavar="FILE", help="write the JSON report here ('-': stdout)")
-    parser.add_argument("--html", metavar="FILE", help="write the HTML report here")
+    parser.add_argument("--html", metavar="FILE", help="write the HTML report to this file")
     parser.add_argument(
         "--top", type=int, default=10, metavar="N", help="entities and values listed (default 10)"
     )
@@ -133,7 +134,13 @@ def options_from(args: argparse.Namespace) -> ReplayOptions:
     if args.top < 1:
         errors.append(ConfigError.single("<command line>", "--top", "must be at least 1"))
     for flag, target in (("--json", args.json), ("--html", args.html)):
-        why = _unwritable(target) if target and target != "-" else None
+        if not target or (flag == "--json" and target == "-"):
+            continue
+        why = (
+            "only --json writes to stdout; name a file (./- for one called '-')"
+            if target == "-"
+            else _unwritable(target)
+        )
         if why is not None:
             errors.append(ConfigError.single("<command line>", flag, f"{target!r}: {why}"))
     if errors or pack is None:
@@ -158,7 +165,22 @@ def _unwritable(target: str) -> str | None:
         return f"the directory {str(parent)!r} does not exist"
     if not parent.is_dir():
         return f"{str(parent)!r} is not a directory"
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            return "the file is not writable"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        return f"the directory {str(parent)!r} is not writable"
     return None
+
+
+def _write(flag: str, target: str, text: str) -> None:
+    """Write a report; a failure (the disk full, the directory gone) is a clear error, exit 2."""
+    try:
+        Path(target).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError.single(
+            "<command line>", flag, f"{target!r}: cannot write the report: {exc.strerror or exc}"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,9 +197,9 @@ def run(args: argparse.Namespace) -> int:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        _write("--json", args.json, json.dumps(report, indent=2) + "\n")
     if args.html:
-        Path(args.html).write_text(render_html(report), encoding="utf-8")
+        _write("--html", args.html, render_html(report))
     if not args.quiet:
         # With the JSON on stdout, the summary goes to stderr so the JSON stays parseable.
         stream = sys.stderr if args.json == "-" else sys.stdout
