@@ -14,7 +14,10 @@ the terminal summary and the HTML report (``replay/html.py``) render it. Its sha
     files             [{path, lines, records, first_seq, last_seq, torn, error}] in chain order
     range             {first, last}: the earliest and latest decision times read
     totals            lines, records, policy_decisions, replayed, cannot_decide, gate_refusals,
-                      listings, checkpoints, unreadable, flips, outside_pack_window
+                      listings, checkpoints, unreadable, not_records, flips, outside_pack_window
+                      (records are the JSON lines: policy decisions, gate refusals, listings,
+                      checkpoints and not_records, JSON lines without an aidr tree; unreadable
+                      lines are not JSON objects)
     effects           {before: {allow, log, deny}, after: {allow, log, deny}} over replayed records
     transitions       [{from, to, count}] for every (before, after) pair seen
     flips             by_kind {"allow->deny": n, ...}; by_direction {cut_off, let_in, log_change};
@@ -238,6 +241,7 @@ def build_report(
             "listings": tally.listings,
             "checkpoints": tally.checkpoints,
             "unreadable": tally.unreadable,
+            "not_records": tally.not_records,
             "flips": tally.flip_count,
             "outside_pack_window": tally.outside_window,
         },
@@ -386,6 +390,11 @@ def summary(report: dict[str, Any], *, top: int = 10) -> str:
         + (f" ({detail})" if detail else "")
         + f", {_n(report['listings'])} model listings, {_n(totals['checkpoints'])} checkpoints"
     )
+    if totals["unreadable"] or totals["not_records"]:
+        out.append(
+            f"Not records: {_n(totals['unreadable'])} line(s) that are not JSON objects, "
+            f"{_n(totals['not_records'])} JSON line(s) without an aidr tree"
+        )
     cannot = report["cannot_decide"]
     if cannot["count"]:
         why = "; ".join(f"{w['why']} ({_n(w['count'])})" for w in cannot["by_why"][:5])
