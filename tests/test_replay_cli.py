@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from aidr_gate.cli import main
+from aidr_gate.cli.replay import audit_paths
 from aidr_gate.replay import run
 from aidr_gate.replay.report import ProgressBar
 from replay_support import decide, gate_for, requests, write_trail
@@ -290,3 +291,18 @@ def test_a_report_that_cannot_be_written_is_a_clear_error(
     err = capsys.readouterr().err
     assert f"--html: {target!r}: cannot write the report: No such file or directory" in err
     assert "Traceback" not in err
+
+
+def test_a_file_named_twice_is_read_once(
+    trail_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = audit_paths([trail_dir])[0]
+    (tmp_path / "link").symlink_to(trail_dir)
+    again = tmp_path / "link" / first.name
+    assert audit_paths([trail_dir, first, again]) == audit_paths([trail_dir])
+    assert audit_paths([first, trail_dir])[0] == first  # where it first appears
+    code = main(["replay", "--pack", "aidr-2025-01", "--json", "-", str(trail_dir), str(first)])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["totals"]["lines"] == COUNT
+    assert report["chain"]["ok"] and not report["chain"]["findings"]

@@ -82,9 +82,21 @@ def add_parser(sub: Any) -> None:
 
 
 def audit_paths(arguments: list[Path]) -> list[Path]:
-    """The files the arguments name: files as given, directories by their audit files."""
+    """The files the arguments name: files as given, directories by their audit files.
+
+    A file named twice (``DIR DIR/audit.jsonl``, or by two spellings of one path) is read once,
+    where it first appears: read twice, its records would count twice and break the chain.
+    """
     problems = []
     out: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(path)
+
     for path in arguments:
         if path.is_dir():
             found = sorted(
@@ -94,9 +106,10 @@ def audit_paths(arguments: list[Path]) -> list[Path]:
                 problems.append(
                     Problem(str(path), "AUDIT_FILE", "the directory holds no audit files")
                 )
-            out.extend(found)
+            for item in found:
+                add(item)
         elif path.is_file():
-            out.append(path)
+            add(path)
         else:
             problems.append(Problem(str(path), "AUDIT_FILE", "no such file or directory"))
     if problems:
