@@ -43,21 +43,19 @@ effective tier is ``(none)`` under a pack without country tiers (or with no coun
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from aidr_gate.document import format_timestamp
+from aidr_gate.document import Checker, format_timestamp
 from aidr_gate.errors import ConfigError
-from aidr_gate.policy.pack import load_pack
+from aidr_gate.policy.pack import bundled_pack_dir, load_pack
 from aidr_gate.replay.diff import pack_ref, pack_window, window_text
 from aidr_gate.replay.run import EFFECTS, RANK, ReplayResult
 
 FORMAT = "aidr-gate.replay/1"
-_PLAIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_GROUPS = 5000
 KINDS: tuple[str, ...] = (
     "allow->deny",
@@ -100,11 +98,16 @@ def _time(seconds: float | None) -> str | None:
 def bundled_pack_info(pack_id: str, digest: str) -> dict[str, Any]:
     """Title and window of a recorded pack, when a bundled pack has that id and digest."""
     info: dict[str, Any] = {"title": None, "effective": None}
-    # Only plain ids, looked up among the bundled packs: never a path taken from a record.
-    if not _PLAIN_ID.match(pack_id):
+    # Only pack ids, and only the bundled file of that name: never a path taken from a record
+    # (an id like ``mine.yaml`` is a valid id, and load_pack would read it from the current
+    # directory).
+    if not Checker.IDENT.match(pack_id):
+        return info
+    path = bundled_pack_dir() / f"{pack_id}.yaml"
+    if not path.is_file():
         return info
     try:
-        pack = load_pack(pack_id)
+        pack = load_pack(path)
     except ConfigError:
         return info
     if pack.digest == digest:
