@@ -250,3 +250,13 @@ def test_lines_that_are_not_records_are_never_policy_decisions(files: list[Path]
     assert report["cannot_decide"]["records"] == []
     text = summary(report)
     assert "Not records: 2 line(s) that are not JSON objects, 1 JSON line(s) without" in text
+
+
+def test_every_file_belongs_to_one_chain_slot(files: list[Path], tmp_path: Path) -> None:
+    """AuditReader.findings walks the slots alone: open() always gives them, covering every file
+    (one slot for plain files, none empty), so there is no fallback for a reader without slots."""
+    for paths in ([], files, files[:1]):
+        reader = AuditReader.open(paths)
+        assert sum(reader.slots) == len(reader.chains) == len(paths)
+        assert reader.slots
+        assert reader.findings() == []

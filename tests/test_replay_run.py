@@ -7,6 +7,7 @@ with :class:`Gate` under the target pack, and checks the replay's counts and fli
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -371,3 +372,10 @@ def test_recorded_pack_titles_come_only_from_bundled_packs(
     assert mine.id == "mine.yaml"
     assert bundled_pack_info("mine.yaml", mine.digest) == {"title": None, "effective": None}
     assert bundled_pack_info("AIDR-2025-01", bundled.digest)["title"] is None
+
+
+def test_build_report_takes_only_the_result_and_top() -> None:
+    """The report's generated_at is always the time it is built: the parameter that could set it
+    was never passed and is gone."""
+    parameters = inspect.signature(build_report).parameters
+    assert list(parameters) == ["result", "top"]

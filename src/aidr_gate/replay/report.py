@@ -125,9 +125,7 @@ def _ranked(counts: dict[str, Counter[str]]) -> list[dict[str, Any]]:
     return rows
 
 
-def build_report(
-    result: ReplayResult, *, top: int = 10, generated_at: float | None = None
-) -> dict[str, Any]:
+def build_report(result: ReplayResult, *, top: int = 10) -> dict[str, Any]:
     """The JSON report of a finished replay (shape in the module docstring)."""
     tally = result.tally
     options = result.options
@@ -206,7 +204,7 @@ def build_report(
     replayed = tally.replayed
     return {
         "format": FORMAT,
-        "generated_at": _time(time.time() if generated_at is None else generated_at),
+        "generated_at": _time(time.time()),
         "pack": pack_ref(pack),
         "recorded_packs": [
             {
