@@ -277,3 +277,70 @@ def test_one_window_for_every_report(pack_id: str, capsys: pytest.CaptureFixture
     assert main(["packs"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(f"{pack_id} "))
     assert text in line
+
+
+def rewritten(tmp_path: Path, name: str, *edits: tuple[str, str]) -> Path:
+    """A copy of a bundled pack file with each ``(old, new)`` text replaced once."""
+    text = (POLICIES / name).read_text()
+    for old, new in edits:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+CITATION_1 = '  - "90 FR 4544-4584 (2025-01-15), FR Doc 2025-00636, RIN 0694-AJ90"\n'
+CITATION_2 = '  - "15 CFR part 740, Supplement No. 5 (country tiers); ECCN 4E091 (model weights)"\n'
+
+
+def test_reordered_country_lists_and_citations_are_identical(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = rewritten(
+        tmp_path,
+        "aidr-2025-01.yaml",
+        ("tier1: [US, AU, BE,", "tier1: [BE, AU, US,"),
+        (CITATION_1 + CITATION_2, CITATION_2 + CITATION_1),
+    )
+    pack, bundled = load_pack(path), load_pack("aidr-2025-01")
+    assert pack.digest != bundled.digest  # the digest covers how the pack is written
+    diff = diff_packs(bundled, pack)
+    assert diff["identical"] is True
+    assert "identical (written differently)" in render_diff(diff)
+    assert main(["diff", "aidr-2025-01", str(path)]) == 0
+    assert "identical" in capsys.readouterr().out
+
+
+def test_a_changed_pack_id_or_group_title_or_citation_is_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    renamed = rewritten(tmp_path, "aidr-2025-01.yaml", ("id: aidr-2025-01", "id: aidr-copy"))
+    diff = diff_packs(load_pack("aidr-2025-01"), load_pack(renamed))
+    assert not diff["identical"]
+    assert diff["meta"] == [{"field": "id", "a": "aidr-2025-01", "b": "aidr-copy"}]
+    assert "  id: aidr-2025-01 -> aidr-copy" in render_diff(diff)
+
+    retitled = rewritten(
+        tmp_path,
+        "us-embargo-baseline.yaml",
+        ('title: "Country Group E:2 (unilateral embargo)"', 'title: "E:2"'),
+        (
+            'citation: "15 CFR part 740, Supplement No. 1; 22 CFR 126.1"',
+            'citation: "22 CFR 126.1"',
+        ),
+    )
+    assert main(["diff", "us-embargo-baseline", str(retitled)]) == 1
+    out = capsys.readouterr().out
+    for expected in (
+        "Country groups",
+        "  D5:\n    citation: 15 CFR part 740, Supplement No. 1; 22 CFR 126.1 -> 22 CFR 126.1",
+        "  E2:\n    title: Country Group E:2 (unilateral embargo) -> E:2",
+    ):
+        assert expected in out, expected
+    diff = diff_packs(load_pack("us-embargo-baseline"), load_pack(retitled))
+    groups = {g["group"]: g for g in diff["groups"]}
+    assert groups["E2"]["fields"] == [
+        {"field": "title", "a": "Country Group E:2 (unilateral embargo)", "b": "E:2"}
+    ]
+    assert groups["E2"]["added"] == groups["E2"]["removed"] == groups["E2"]["redated"] == []

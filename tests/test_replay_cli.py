@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aidr_gate.cli import main
+from aidr_gate.cli.replay import audit_paths
+from aidr_gate.replay import run
 from aidr_gate.replay.report import ProgressBar
 from replay_support import decide, gate_for, requests, write_trail
 
@@ -189,3 +193,116 @@ def test_progress_bar_is_silent_off_a_terminal() -> None:
     text = stream.getvalue()
     assert text.count("\r") == 2
     assert "100% 1,000 records, 7 flips" in text
+
+
+def test_at_past_the_year_9999_exits_2(trail_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    at = "9999-12-31T23:59:59-05:00"
+    assert main(["replay", "--pack", "aidr-2025-01", "--at", at, str(trail_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{at!r} is not a date or ISO 8601 time" in err and "Traceback" not in err
+
+
+def test_an_unreadable_file_fails_the_replay_even_when_quiet(
+    trail_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for path in trail_dir.iterdir():
+        if path.is_file():
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+    damaged = next(p for p in sorted(tmp_path.iterdir()) if p.name.endswith(".gz"))
+    damaged.write_bytes(damaged.read_bytes()[:-200])
+    arguments = ["replay", "--pack", "aidr-2025-01", "--no-progress", str(tmp_path)]
+    assert main([*arguments, "--quiet", "--fail-on-flips"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "1 audit file(s) could not be read to the end" in captured.err
+    assert f"  {damaged}: " in captured.err
+    assert "chain error: " in captured.err and "unreadable" in captured.err
+    assert "Traceback" not in captured.err
+
+    assert main(arguments) == 2
+    captured = capsys.readouterr()
+    assert "could not be read to the end: the records after the damage were not replayed" in (
+        captured.out
+    )
+    assert f"  {damaged}: " in captured.err
+
+
+def test_html_to_stdout_is_refused_before_replaying(
+    trail_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def replay_files(*args: object, **kwargs: object) -> None:
+        raise AssertionError("replayed before checking where the reports go")
+
+    monkeypatch.setattr("aidr_gate.cli.replay.replay_files", replay_files)
+    monkeypatch.chdir(tmp_path)
+    assert main(["replay", "--pack", "aidr-2025-01", "--html", "-", str(trail_dir)]) == 2
+    assert "--html: '-': only --json writes to stdout" in capsys.readouterr().err
+    assert not (tmp_path / "-").exists()
+
+
+def test_a_directory_without_write_permission_is_refused_before_replaying(
+    trail_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Through os.access, so the check holds when the tests run as root, whom no mode stops.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+
+    def access(path: object, mode: int, **kwargs: object) -> bool:
+        if Path(str(path)) == locked and mode & os.W_OK:
+            return False
+        return real_access(path, mode)  # type: ignore[arg-type]
+
+    def replay_files(*args: object, **kwargs: object) -> None:
+        raise AssertionError("replayed before checking where the reports go")
+
+    monkeypatch.setattr("aidr_gate.cli.replay.os.access", access)
+    monkeypatch.setattr("aidr_gate.cli.replay.replay_files", replay_files)
+    target = str(locked / "r.json")
+    assert main(["replay", "--pack", "aidr-2025-01", "--json", target, str(trail_dir)]) == 2
+    assert f"the directory {str(locked)!r} is not writable" in capsys.readouterr().err
+
+
+def test_a_report_that_cannot_be_written_is_a_clear_error(
+    trail_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The directory is there when the options are checked and gone when the report is written."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    real = run.replay_files
+
+    def replay_files(*args: Any, **kwargs: Any) -> Any:
+        gone.rmdir()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("aidr_gate.cli.replay.replay_files", replay_files)
+    target = str(gone / "r.html")
+    code = main(["replay", "--pack", "aidr-2025-01", "--html", target, str(trail_dir)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--html: {target!r}: cannot write the report: No such file or directory" in err
+    assert "Traceback" not in err
+
+
+def test_a_file_named_twice_is_read_once(
+    trail_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = audit_paths([trail_dir])[0]
+    (tmp_path / "link").symlink_to(trail_dir)
+    again = tmp_path / "link" / first.name
+    assert audit_paths([trail_dir, first, again]) == audit_paths([trail_dir])
+    assert audit_paths([first, trail_dir])[0] == first  # where it first appears
+    code = main(["replay", "--pack", "aidr-2025-01", "--json", "-", str(trail_dir), str(first)])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["totals"]["lines"] == COUNT
+    assert report["chain"]["ok"] and not report["chain"]["findings"]

@@ -374,3 +374,40 @@ def test_models_are_rebuilt_from_their_evidence_block() -> None:
         Model.from_evidence({"known": True, "id": "m", "training_ops": None, "weights": "x"}, "m")
     with pytest.raises(ValueError, match=r"^missing m$"):
         Model.from_evidence(None, "m")
+
+
+PAST_YEAR_9999 = ("9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00")
+
+
+@pytest.mark.parametrize("text", PAST_YEAR_9999)
+def test_a_time_outside_the_years_1_to_9999_is_not_a_time(text: str) -> None:
+    assert parse_instant(text) is None
+    assert Clock().parse(text) is None
+    assert parse_instant("9999-12-31T23:59:59.999Z") is not None
+    assert parse_instant("0001-01-01T00:00:00Z") is not None
+
+
+def test_the_clock_memo_refuses_seconds_past_59() -> None:
+    clock = Clock()
+    assert clock.parse("9999-12-31T23:59:00.000Z") is not None  # seeds the minute
+    assert clock.parse("9999-12-31T23:59:60.000Z") is None
+    assert clock.parse("2026-02-03T00:00:00.000Z") is not None
+    assert clock.parse("2026-02-03T00:00:75.000Z") is None
+
+
+@pytest.mark.parametrize("text", [*PAST_YEAR_9999, "9999-12-31T23:59:60.000Z"])
+def test_a_record_time_past_the_year_9999_cannot_be_decided_and_the_report_is_made(
+    sample_record: dict[str, Any], strict: ReplayOptions, tmp_path: Path, text: str
+) -> None:
+    chain = Chain()
+    path = tmp_path / "audit.jsonl"
+    with path.open("wb") as handle:
+        for at in ("9999-12-31T23:59:00.000Z", text):
+            record = orjson.loads(orjson.dumps(sample_record))
+            record["aidr"]["decision"]["at"] = at
+            handle.write(chain.link(orjson.dumps(record)))
+    report = build_report(replay_files([path], strict))
+    assert report["range"]["last"] == "9999-12-31T23:59:00.000Z"
+    assert report["cannot_decide"]["by_why"] == [
+        {"why": "missing or unreadable aidr.decision.at", "count": 1}
+    ]

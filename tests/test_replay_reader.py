@@ -17,6 +17,7 @@ from aidr_gate.audit.config import SigningConfig
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.replay import AuditReader, ReplayOptions, build_report, replay_files
 from aidr_gate.replay.reader import order_files, suspects
+from aidr_gate.replay.report import summary
 from replay_support import decide, gate_for, requests, write_trail
 from test_audit_verify import lines, rehash
 
@@ -232,3 +233,30 @@ def test_per_process_slots_replay_as_one_chain_each(tmp_path: Path) -> None:
     report = replay(mixed)
     assert report["chain"]["ok"], report["chain"]["findings"]
     assert report["totals"]["records"] == 200
+
+
+def test_lines_that_are_not_records_are_never_policy_decisions(files: list[Path]) -> None:
+    clean = replay(files)["totals"]
+    data = lines(files[0])
+    data[2:2] = [b"not json at all\n", b'{"hello":"world"}\n', b"[1,2]\n", b"\n"]
+    files[0].write_bytes(b"".join(data))
+    report = replay(files)
+    totals = report["totals"]
+    assert totals["unreadable"] == 2 and totals["not_records"] == 1
+    assert totals["records"] == clean["records"] + 1
+    for key in ("policy_decisions", "replayed", "cannot_decide", "gate_refusals", "listings"):
+        assert totals[key] == clean[key], key
+    assert totals["policy_decisions"] + totals["gate_refusals"] + totals["listings"] == COUNT
+    assert report["cannot_decide"]["records"] == []
+    text = summary(report)
+    assert "Not records: 2 line(s) that are not JSON objects, 1 JSON line(s) without" in text
+
+
+def test_every_file_belongs_to_one_chain_slot(files: list[Path], tmp_path: Path) -> None:
+    """AuditReader.findings walks the slots alone: open() always gives them, covering every file
+    (one slot for plain files, none empty), so there is no fallback for a reader without slots."""
+    for paths in ([], files, files[:1]):
+        reader = AuditReader.open(paths)
+        assert sum(reader.slots) == len(reader.chains) == len(paths)
+        assert reader.slots
+        assert reader.findings() == []

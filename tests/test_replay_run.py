@@ -7,6 +7,7 @@ with :class:`Gate` under the target pack, and checks the replay's counts and fli
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +21,8 @@ from aidr_gate.policy.engine import PolicyEngine
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.registry import load_registry
 from aidr_gate.replay import ReplayOptions, build_report, replay_files
-from aidr_gate.replay.report import direction
+from aidr_gate.replay.report import bundled_pack_info, direction
+from conftest import POLICIES
 from replay_support import (
     CLAIMS_ONLY,
     KH_LEAVES,
@@ -354,3 +356,26 @@ def test_direction_names() -> None:
         "let_in",
     ]
     assert direction("allow->log") == direction("log->allow") == "log_change"
+
+
+def test_recorded_pack_titles_come_only_from_bundled_packs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundled = load_pack("aidr-2025-01")
+    assert bundled_pack_info("aidr-2025-01", bundled.digest)["title"] == bundled.title
+    assert bundled_pack_info("aidr-2025-01", "sha256:other") == {"title": None, "effective": None}
+    # A recorded id that is a valid pack id and a file name in the current directory.
+    text = (POLICIES / "aidr-2025-01.yaml").read_text()
+    (tmp_path / "mine.yaml").write_text(text.replace("id: aidr-2025-01", "id: mine.yaml", 1))
+    monkeypatch.chdir(tmp_path)
+    mine = load_pack("mine.yaml")
+    assert mine.id == "mine.yaml"
+    assert bundled_pack_info("mine.yaml", mine.digest) == {"title": None, "effective": None}
+    assert bundled_pack_info("AIDR-2025-01", bundled.digest)["title"] is None
+
+
+def test_build_report_takes_only_the_result_and_top() -> None:
+    """The report's generated_at is always the time it is built: the parameter that could set it
+    was never passed and is gone."""
+    parameters = inspect.signature(build_report).parameters
+    assert list(parameters) == ["result", "top"]

@@ -306,11 +306,23 @@ class Checker:
         return out
 
 
+# The instants a UTC datetime can hold, 0001-01-01T00:00:00Z up to (not including) the year 10000.
+# A time with an offset can fall outside (``9999-12-31T23:59:59-05:00`` is in the year 10000 UTC),
+# and nothing could print it again: such a time is not read as one.
+MIN_INSTANT = -62_135_596_800.0
+END_INSTANT = 253_402_300_800.0
+
+
 def parse_instant(value: object) -> float | None:
-    """Seconds since the epoch for a date (00:00 UTC), a datetime or an ISO 8601 string."""
+    """Seconds since the epoch for a date (00:00 UTC), a datetime or an ISO 8601 string; ``None``
+    for anything else, and for a time outside the years 1 to 9999 in UTC."""
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return moment.timestamp()
+        try:
+            seconds = moment.timestamp()
+        except (OverflowError, ValueError):
+            return None
+        return seconds if MIN_INSTANT <= seconds < END_INSTANT else None
     if isinstance(value, date):
         return datetime.combine(value, time(0), tzinfo=UTC).timestamp()
     if isinstance(value, str):

@@ -20,8 +20,9 @@ def add_parser(sub: Any) -> None:
         description=(
             "Compare two packs (ids or files, extends resolved): country tiers with their dates, "
             "country groups, rules added, removed or changed, model tier thresholds, the default "
-            "outcome, accepted agreement types, the legal window and status. Exit code: 0 the "
-            "packs are identical, 1 they differ, 2 usage or configuration error."
+            "outcome, accepted agreement types, the legal window, status, id and title. Exit code: "
+            "0 the packs are identical (nothing above differs: the order of a country list or of "
+            "the citations does not count), 1 they differ, 2 usage or configuration error."
         ),
     )
     parser.add_argument("pack_a", metavar="PACK_A", help="pack id or file")

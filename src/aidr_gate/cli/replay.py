@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from aidr_gate.catalog import load_catalog
+from aidr_gate.cli.exit import EXIT_DENY, EXIT_OK, EXIT_USAGE
 from aidr_gate.document import parse_instant
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.policy.pack import load_pack
@@ -31,8 +33,11 @@ def add_parser(sub: Any) -> None:
             "or directories of them) under another pack, from the evidence the records carry, "
             "without touching the network. Prints a summary; writes a JSON and a self-contained "
             "HTML report on request. The hash chain is checked as the files are read; breaks are "
-            "reported as warnings and the records are replayed all the same. Exit code: 0 done "
-            "(1 with --fail-on-flips when any decision changes), 2 usage or configuration error."
+            "reported as warnings and the records are replayed all the same. A file that cannot "
+            "be read to the end (a damaged .gz) is an error, named on stderr even with --quiet: "
+            "its records after the damage are not replayed. Exit code: 0 done (1 with "
+            "--fail-on-flips when any decision changes), 2 usage or configuration error, or an "
+            "audit file that could not be read."
         ),
     )
     parser.add_argument("files", nargs="+", type=Path, metavar="AUDIT_FILE")
@@ -55,7 +60,7 @@ def add_parser(sub: Any) -> None:
         help="look models up in this catalogue instead of using the recorded model evidence",
     )
     parser.add_argument("--json", metavar="FILE", help="write the JSON report here ('-': stdout)")
-    parser.add_argument("--html", metavar="FILE", help="write the HTML report here")
+    parser.add_argument("--html", metavar="FILE", help="write the HTML report to this file")
     parser.add_argument(
         "--top", type=int, default=10, metavar="N", help="entities and values listed (default 10)"
     )
@@ -77,9 +82,21 @@ def add_parser(sub: Any) -> None:
 
 
 def audit_paths(arguments: list[Path]) -> list[Path]:
-    """The files the arguments name: files as given, directories by their audit files."""
+    """The files the arguments name: files as given, directories by their audit files.
+
+    A file named twice (``DIR DIR/audit.jsonl``, or by two spellings of one path) is read once,
+    where it first appears: read twice, its records would count twice and break the chain.
+    """
     problems = []
     out: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(path)
+
     for path in arguments:
         if path.is_dir():
             found = sorted(
@@ -89,9 +106,10 @@ def audit_paths(arguments: list[Path]) -> list[Path]:
                 problems.append(
                     Problem(str(path), "AUDIT_FILE", "the directory holds no audit files")
                 )
-            out.extend(found)
+            for item in found:
+                add(item)
         elif path.is_file():
-            out.append(path)
+            add(path)
         else:
             problems.append(Problem(str(path), "AUDIT_FILE", "no such file or directory"))
     if problems:
@@ -129,7 +147,13 @@ def options_from(args: argparse.Namespace) -> ReplayOptions:
     if args.top < 1:
         errors.append(ConfigError.single("<command line>", "--top", "must be at least 1"))
     for flag, target in (("--json", args.json), ("--html", args.html)):
-        why = _unwritable(target) if target and target != "-" else None
+        if not target or (flag == "--json" and target == "-"):
+            continue
+        why = (
+            "only --json writes to stdout; name a file (./- for one called '-')"
+            if target == "-"
+            else _unwritable(target)
+        )
         if why is not None:
             errors.append(ConfigError.single("<command line>", flag, f"{target!r}: {why}"))
     if errors or pack is None:
@@ -154,7 +178,22 @@ def _unwritable(target: str) -> str | None:
         return f"the directory {str(parent)!r} does not exist"
     if not parent.is_dir():
         return f"{str(parent)!r} is not a directory"
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            return "the file is not writable"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        return f"the directory {str(parent)!r} is not writable"
     return None
+
+
+def _write(flag: str, target: str, text: str) -> None:
+    """Write a report; a failure (the disk full, the directory gone) is a clear error, exit 2."""
+    try:
+        Path(target).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError.single(
+            "<command line>", flag, f"{target!r}: cannot write the report: {exc.strerror or exc}"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,9 +210,9 @@ def run(args: argparse.Namespace) -> int:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        _write("--json", args.json, json.dumps(report, indent=2) + "\n")
     if args.html:
-        Path(args.html).write_text(render_html(report), encoding="utf-8")
+        _write("--html", args.html, render_html(report))
     if not args.quiet:
         # With the JSON on stdout, the summary goes to stderr so the JSON stays parseable.
         stream = sys.stderr if args.json == "-" else sys.stdout
@@ -181,4 +220,36 @@ def run(args: argparse.Namespace) -> int:
         for name, target in (("JSON", args.json), ("HTML", args.html)):
             if target and target != "-":
                 print(f"{name} report: {target}", file=stream)
-    return 1 if args.fail_on_flips and report["totals"]["flips"] else 0
+    if _report_unreadable(report, quiet=args.quiet):
+        return EXIT_USAGE
+    return EXIT_DENY if args.fail_on_flips and report["totals"]["flips"] else EXIT_OK
+
+
+def _report_unreadable(report: dict[str, Any], *, quiet: bool) -> bool:
+    """Name on stderr the files that could not be read to the end; ``True`` when there are any.
+
+    Their records after the damage were neither replayed nor counted, so the replay is incomplete
+    whatever else it found: this is said even with --quiet, which hides the summary's chain part.
+    """
+    broken = [f for f in report["files"] if f["error"]]
+    if not broken:
+        return False
+    print(
+        f"aidr-gate: {len(broken)} audit file(s) could not be read to the end; "
+        "the records after the damage were not replayed:",
+        file=sys.stderr,
+    )
+    for entry in broken:
+        print(
+            f"  {entry['path']}: {entry['error']} (after {entry['lines']:,} line(s))",
+            file=sys.stderr,
+        )
+    if quiet:
+        for finding in report["chain"]["findings"]:
+            if finding["severity"] == "error":
+                print(
+                    f"  chain {finding['severity']}: {finding['file']}:{finding['line']}: "
+                    f"{finding['kind']}: {finding['message']}",
+                    file=sys.stderr,
+                )
+    return True

@@ -136,7 +136,13 @@ def _groups(a: Pack, b: Pack) -> list[dict[str, Any]]:
             for c in sorted(set(lines_a) & set(lines_b))
             if lines_a[c] != lines_b[c]
         ]
-        if added or removed or redated:
+        group_a, group_b = a.groups[group_id], b.groups[group_id]
+        fields = [
+            {"field": name, "a": getattr(group_a, name), "b": getattr(group_b, name)}
+            for name in ("title", "citation")
+            if getattr(group_a, name) != getattr(group_b, name)
+        ]
+        if added or removed or redated or fields:
             out.append(
                 {
                     "group": group_id,
@@ -144,6 +150,7 @@ def _groups(a: Pack, b: Pack) -> list[dict[str, Any]]:
                     "added": added,
                     "removed": removed,
                     "redated": redated,
+                    "fields": fields,
                 }
             )
     return out
@@ -234,7 +241,7 @@ def diff_packs(a: Pack, b: Pack) -> dict[str, Any]:
             "added": sorted(set(accepted_b or ()) - set(accepted_a or ())),
             "removed": sorted(set(accepted_a or ()) - set(accepted_b or ())),
         }
-    meta = _fields(da, db, ("title", "status", "extends"))
+    meta = _fields(da, db, ("id", "title", "status", "extends"))
     for edge in ("from", "until"):
         if da["effective"][edge] != db["effective"][edge]:
             meta.append(
@@ -249,7 +256,7 @@ def diff_packs(a: Pack, b: Pack) -> dict[str, Any]:
         "format": FORMAT,
         "a": pack_ref(a),
         "b": pack_ref(b),
-        "identical": a.digest == b.digest,
+        "identical": False,
         "meta": meta,
         "citations": {"added": sorted(cites_b - cites_a), "removed": sorted(cites_a - cites_b)},
         "country_tiers": _country_tiers(a, b),
@@ -261,7 +268,37 @@ def diff_packs(a: Pack, b: Pack) -> dict[str, Any]:
         else {"a": da["default"], "b": db["default"]},
         "agreements": agreements,
     }
+    # Identical when nothing above differs. Not by digest: the digest also covers how the packs
+    # are written (the order of a country list or of the citations, the file a rule comes from),
+    # and a diff that says "they differ" must show how.
+    out["identical"] = not _differs(out)
     return out
+
+
+def _differs(diff: Mapping[str, Any]) -> bool:
+    """True when any section of a :func:`diff_packs` result holds a change."""
+    tiers, rules, models = diff["country_tiers"], diff["rules"], diff["model_tiers"]
+    return bool(
+        diff["meta"]
+        or diff["citations"]["added"]
+        or diff["citations"]["removed"]
+        or tiers["a_present"] != tiers["b_present"]
+        or tiers["order"]
+        or tiers["default"]
+        or tiers["countries"]
+        or diff["groups"]
+        or rules["added"]
+        or rules["removed"]
+        or rules["changed"]
+        or rules["order"]
+        or models["changes"]
+        or models["added"]
+        or models["removed"]
+        or models["changed"]
+        or models["order"]
+        or diff["default"]
+        or diff["agreements"]
+    )
 
 
 # -- terminal ------------------------------------------------------------------------------------
@@ -298,7 +335,8 @@ def render_diff(diff: dict[str, Any]) -> str:
         f"+++ B {b['id']} ({b['status']}, {window_text(b['effective'])}) {b['digest']}",
     ]
     if diff["identical"]:
-        out.append("The packs are identical (same digest): they decide every request alike.")
+        same = "same digest" if a["digest"] == b["digest"] else "written differently"
+        out.append(f"The packs are identical ({same}): they decide every request alike.")
         return "\n".join(out)
     if diff["meta"]:
         out.append("")
@@ -349,6 +387,8 @@ def render_diff(diff: dict[str, Any]) -> str:
                 out.append(f"  {sign} {group['group']}: {', '.join(group['countries'])}")
                 continue
             out.append(f"  {group['group']}:")
+            for item in group["fields"]:
+                out.append(f"    {item['field']}: {_value(item['a'])} -> {_value(item['b'])}")
             for country in group["removed"]:
                 out.append(f"    - {country}")
             for country in group["added"]:

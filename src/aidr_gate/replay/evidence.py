@@ -93,7 +93,9 @@ class Clock:
         minute = self._minutes.get(text[:17])
         if minute is not None and len(text) == 24 and text[19] == "." and text[23] == "Z":
             seconds, millis = text[17:19], text[20:23]
-            if seconds.isdigit() and millis.isdigit():
+            # Seconds 60 to 99 are no time: left to parse_instant, which refuses them (the last
+            # minute of the year 9999 plus 60 seconds would be past what a report can print).
+            if seconds.isdigit() and seconds < "60" and millis.isdigit():
                 return minute + int(seconds) + int(millis) / 1000
         at = parse_instant(text)
         # Only the renderer's UTC layout seeds the memo: ``...T05:00:30.0+05`` is as long, but its

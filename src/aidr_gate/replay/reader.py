@@ -199,7 +199,8 @@ class AuditReader:
     paths: list[Path]
     block: int = BLOCK
     chains: list[FileChain] = field(default_factory=list)
-    slots: list[int] = field(default_factory=list)  # files per chain (per_process slots), in order
+    # Files per chain (per_process slots), in order; open() gives at least one (all the files).
+    slots: list[int] = field(default_factory=list)
     bytes_total: int = 0
     bytes_done: int = 0  # bytes of the files finished, plus the position in the current one
 
@@ -230,7 +231,7 @@ class AuditReader:
         """Every chain problem and warning (call after iterating), chain by chain."""
         found: list[Finding] = []
         start = 0
-        for count in self.slots or [len(self.chains)]:
+        for count in self.slots:
             found += chain_findings(self.chains[start : start + count])
             start += count
         return found

@@ -14,7 +14,10 @@ the terminal summary and the HTML report (``replay/html.py``) render it. Its sha
     files             [{path, lines, records, first_seq, last_seq, torn, error}] in chain order
     range             {first, last}: the earliest and latest decision times read
     totals            lines, records, policy_decisions, replayed, cannot_decide, gate_refusals,
-                      listings, checkpoints, unreadable, flips, outside_pack_window
+                      listings, checkpoints, unreadable, not_records, flips, outside_pack_window
+                      (records are the JSON lines: policy decisions, gate refusals, listings,
+                      checkpoints and not_records, JSON lines without an aidr tree; unreadable
+                      lines are not JSON objects)
     effects           {before: {allow, log, deny}, after: {allow, log, deny}} over replayed records
     transitions       [{from, to, count}] for every (before, after) pair seen
     flips             by_kind {"allow->deny": n, ...}; by_direction {cut_off, let_in, log_change};
@@ -40,21 +43,19 @@ effective tier is ``(none)`` under a pack without country tiers (or with no coun
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from aidr_gate.document import format_timestamp
+from aidr_gate.document import Checker, format_timestamp
 from aidr_gate.errors import ConfigError
-from aidr_gate.policy.pack import load_pack
+from aidr_gate.policy.pack import bundled_pack_dir, load_pack
 from aidr_gate.replay.diff import pack_ref, pack_window, window_text
 from aidr_gate.replay.run import EFFECTS, RANK, ReplayResult
 
 FORMAT = "aidr-gate.replay/1"
-_PLAIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_GROUPS = 5000
 KINDS: tuple[str, ...] = (
     "allow->deny",
@@ -97,11 +98,16 @@ def _time(seconds: float | None) -> str | None:
 def bundled_pack_info(pack_id: str, digest: str) -> dict[str, Any]:
     """Title and window of a recorded pack, when a bundled pack has that id and digest."""
     info: dict[str, Any] = {"title": None, "effective": None}
-    # Only plain ids, looked up among the bundled packs: never a path taken from a record.
-    if not _PLAIN_ID.match(pack_id):
+    # Only pack ids, and only the bundled file of that name: never a path taken from a record
+    # (an id like ``mine.yaml`` is a valid id, and load_pack would read it from the current
+    # directory).
+    if not Checker.IDENT.match(pack_id):
+        return info
+    path = bundled_pack_dir() / f"{pack_id}.yaml"
+    if not path.is_file():
         return info
     try:
-        pack = load_pack(pack_id)
+        pack = load_pack(path)
     except ConfigError:
         return info
     if pack.digest == digest:
@@ -119,9 +125,7 @@ def _ranked(counts: dict[str, Counter[str]]) -> list[dict[str, Any]]:
     return rows
 
 
-def build_report(
-    result: ReplayResult, *, top: int = 10, generated_at: float | None = None
-) -> dict[str, Any]:
+def build_report(result: ReplayResult, *, top: int = 10) -> dict[str, Any]:
     """The JSON report of a finished replay (shape in the module docstring)."""
     tally = result.tally
     options = result.options
@@ -200,7 +204,7 @@ def build_report(
     replayed = tally.replayed
     return {
         "format": FORMAT,
-        "generated_at": _time(time.time() if generated_at is None else generated_at),
+        "generated_at": _time(time.time()),
         "pack": pack_ref(pack),
         "recorded_packs": [
             {
@@ -238,6 +242,7 @@ def build_report(
             "listings": tally.listings,
             "checkpoints": tally.checkpoints,
             "unreadable": tally.unreadable,
+            "not_records": tally.not_records,
             "flips": tally.flip_count,
             "outside_pack_window": tally.outside_window,
         },
@@ -386,6 +391,11 @@ def summary(report: dict[str, Any], *, top: int = 10) -> str:
         + (f" ({detail})" if detail else "")
         + f", {_n(report['listings'])} model listings, {_n(totals['checkpoints'])} checkpoints"
     )
+    if totals["unreadable"] or totals["not_records"]:
+        out.append(
+            f"Not records: {_n(totals['unreadable'])} line(s) that are not JSON objects, "
+            f"{_n(totals['not_records'])} JSON line(s) without an aidr tree"
+        )
     cannot = report["cannot_decide"]
     if cannot["count"]:
         why = "; ".join(f"{w['why']} ({_n(w['count'])})" for w in cannot["by_why"][:5])
@@ -397,9 +407,16 @@ def summary(report: dict[str, Any], *, top: int = 10) -> str:
         )
     chain = report["chain"]
     if chain["findings"]:
+        unread = sum(1 for f in report["files"] if f["error"])
+        replayed_note = (
+            f"{unread} file(s) could not be read to the end: the records after the damage "
+            "were not replayed"
+            if unread
+            else "the records were replayed all the same"
+        )
         out.append(
             f"Chain: {chain['errors']} problem(s), {chain['warnings']} warning(s) "
-            "(the records were replayed all the same):"
+            f"({replayed_note}):"
         )
         for finding in chain["findings"][:10]:
             out.append(

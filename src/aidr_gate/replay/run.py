@@ -99,7 +99,8 @@ class Tally:
     lines: int = 0
     records: int = 0  # lines that are JSON objects (checkpoints included)
     checkpoints: int = 0
-    unreadable: int = 0
+    unreadable: int = 0  # lines that are not JSON objects
+    not_records: int = 0  # JSON objects without an aidr tree that are not checkpoints
     listings: int = 0
     outside_window: int = 0
     flip_count: int = 0
@@ -160,15 +161,19 @@ class Replayer:
         tally.lines += 1
         tree = aidr_tree(line)
         if tree is None:
+            # Not a record at all: counted as unreadable, never as a policy decision.
             if line.strip():
                 tally.unreadable += 1
-                self._cannot(None, None, None, file, number, "the line is not a JSON object")
             return
         tally.records += 1
         decision = tree.get("decision")
         if type(decision) is not dict:
-            if not tree and is_checkpoint(line):
-                tally.checkpoints += 1
+            if not tree:
+                # No aidr tree: a checkpoint, or a JSON line the gate did not write as a record.
+                if is_checkpoint(line):
+                    tally.checkpoints += 1
+                else:
+                    tally.not_records += 1
                 return
             why = "the record has no aidr.decision"
             try:
