@@ -66,6 +66,16 @@ def test_files_in_any_order_are_read_in_chain_order(files: list[Path]) -> None:
     assert [c.first_seq for c in reader.chains] == sorted(c.first_seq or 0 for c in reader.chains)
 
 
+def test_a_file_whose_first_line_is_damaged_keeps_its_place(files: list[Path]) -> None:
+    """Files are ordered by their first chained record, as audit verify orders them: a damaged
+    first line does not send the file to the end."""
+    second = files[1]
+    _, rest = second.read_bytes().split(b"\n", 1)
+    second.write_bytes(b"{not a record}\n" + rest)
+    shuffled = files[::-1]
+    assert order_files(shuffled) == files
+
+
 def test_gzip_and_plain_files_replay_alike(files: list[Path], tmp_path: Path) -> None:
     plain = replay(files)
     zipped_dir = tmp_path / "gz"

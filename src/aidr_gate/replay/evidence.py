@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from aidr_gate.audit.chain import CHECKPOINT_ACTION
 from aidr_gate.audit.record import SCHEMA_VERSION
 from aidr_gate.catalog import Model, ModelCatalog
 from aidr_gate.document import parse_instant
@@ -75,9 +76,12 @@ def aidr_tree(line: bytes) -> dict[str, Any] | None:
     return tree if isinstance(tree, dict) else {}
 
 
+_CHECKPOINT = b'"action":"%b"' % CHECKPOINT_ACTION.encode()
+
+
 def is_checkpoint(line: bytes) -> bool:
     """True for a signed checkpoint line of the chain (not a request)."""
-    return b'"action":"audit-checkpoint"' in line and b'"checkpoint":{' in line
+    return _CHECKPOINT in line and b'"checkpoint":{' in line
 
 
 class Clock:

@@ -59,15 +59,19 @@ def _open(path: Path) -> tuple[BinaryIO, BinaryIO]:
 
 
 def first_seq(path: Path) -> int | None:
-    """The sequence number of a file's first chained record (read without hashing)."""
+    """The sequence number of a file's first chained record (read without hashing), as
+    ``verify_files`` orders files: a damaged first line does not hide the records after it."""
     try:
         raw, stream = _open(path)
         with raw:
-            line = stream.readline(PEEK_LIMIT)
+            head = stream.read(PEEK_LIMIT)
     except READ_ERRORS:
         return None
-    link = parse_link(line, check=False)
-    return link.seq if link is not None else None
+    for line in head.split(b"\n"):
+        link = parse_link(line, check=False)
+        if link is not None:
+            return link.seq
+    return None
 
 
 def order_files(paths: Sequence[Path]) -> list[Path]:
