@@ -226,6 +226,12 @@ def test_an_unreadable_file_fails_the_replay_even_when_quiet(
     )
     assert f"  {damaged}: " in captured.err
 
+    page = tmp_path / "report.html"
+    assert main([*arguments, "--quiet", "--html", str(page)]) == 2
+    capsys.readouterr()
+    assert "1 file(s) could not be read to the end" in page.read_text()
+    assert "replayed all the same" not in page.read_text()
+
 
 def test_html_to_stdout_is_refused_before_replaying(
     trail_dir: Path,

@@ -532,9 +532,16 @@ def _chain(report: dict[str, Any]) -> str:
     if not chain["findings"]:
         body = '<p class="ok">The hash chain of the audit files is intact.</p>'
     else:
+        unread = sum(1 for f in report["files"] if f["error"])
+        replayed = (
+            f"{_n(unread)} file(s) could not be read to the end: the records after the damage "
+            "were not replayed."
+            if unread
+            else "The records that could be read were replayed all the same."
+        )
         body = (
             '<p class="bad">The hash chain does not hold everywhere: records may have been '
-            "edited, removed or reordered. They were replayed all the same; check the files with "
+            f"edited, removed or reordered. {replayed} Check the files with "
             "<code>aidr-gate audit verify</code>.</p>"
             + _table(
                 "table-chain",
