@@ -13,7 +13,7 @@ from html import escape
 from typing import Any
 
 from aidr_gate.replay.charts import Series, grouped_bars, stacked_rows
-from aidr_gate.replay.report import DIRECTION_LABELS, DIRECTIONS, direction
+from aidr_gate.replay.report import DIRECTION_LABELS, DIRECTIONS, direction, unread_note
 from aidr_gate.replay.run import EFFECTS
 
 CHART_ROWS = 15  # rows drawn per bar chart; the table beside it lists every row
@@ -532,13 +532,8 @@ def _chain(report: dict[str, Any]) -> str:
     if not chain["findings"]:
         body = '<p class="ok">The hash chain of the audit files is intact.</p>'
     else:
-        unread = sum(1 for f in report["files"] if f["error"])
-        replayed = (
-            f"{_n(unread)} file(s) could not be read to the end: the records after the damage "
-            "were not replayed."
-            if unread
-            else "The records that could be read were replayed all the same."
-        )
+        unread = unread_note(report)
+        replayed = f"{_e(unread)}." if unread else "The records were replayed all the same."
         body = (
             '<p class="bad">The hash chain does not hold everywhere: records may have been '
             f"edited, removed or reordered. {replayed} Check the files with "

@@ -312,6 +312,17 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[object]], indent: str
     return "\n".join(lines)
 
 
+def unread_note(report: dict[str, Any]) -> str | None:
+    """What the report says of files that could not be read to the end (None: there are none)."""
+    unread = sum(1 for f in report["files"] if f["error"])
+    if not unread:
+        return None
+    return (
+        f"{unread} file(s) could not be read to the end: the records after the damage were not "
+        "replayed"
+    )
+
+
 def summary(report: dict[str, Any], *, top: int = 10) -> str:
     """The terminal summary of a report."""
     pack = report["pack"]
@@ -407,13 +418,7 @@ def summary(report: dict[str, Any], *, top: int = 10) -> str:
         )
     chain = report["chain"]
     if chain["findings"]:
-        unread = sum(1 for f in report["files"] if f["error"])
-        replayed_note = (
-            f"{unread} file(s) could not be read to the end: the records after the damage "
-            "were not replayed"
-            if unread
-            else "the records were replayed all the same"
-        )
+        replayed_note = unread_note(report) or "the records were replayed all the same"
         out.append(
             f"Chain: {chain['errors']} problem(s), {chain['warnings']} warning(s) "
             f"({replayed_note}):"
