@@ -58,6 +58,66 @@ AGREEMENT_TYPES: tuple[str, ...] = ("uveu", "nveu", "security-agreement", "licen
 ANY = "*"
 
 
+class OwnershipStatus(StrEnum):
+    """How much of an entity's ownership the registry knows (BIS Red Flag 29: unknown ownership)."""
+
+    COMPLETE = "complete"  # the owners listed are every holder that matters
+    PARTIAL = "partial"  # some owners are listed; others are not known
+    UNKNOWN = "unknown"  # nothing is known of who owns the entity
+
+
+class ReviewDecision(StrEnum):
+    """A compliance officer's decision on one screening hit."""
+
+    CONFIRMED = "confirmed"  # the entity (or an owner) is the listed party: deny
+    FALSE_POSITIVE = "false-positive"  # a different party with a similar name
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """One holder of an entity: another registry entity, or a named party outside the registry.
+
+    ``share`` is a percentage of ownership, in (0, 100].
+    """
+
+    share: float
+    entity_id: str | None = None
+    name: str | None = None
+    country: str | None = None  # a party outside the registry: where it is established
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form."""
+        return {
+            "entity": self.entity_id,
+            "name": self.name,
+            "country": self.country,
+            "share": self.share,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ScreeningReview:
+    """A recorded decision on a screening hit: which list entry, decided how, by whom, when, why."""
+
+    entry: str  # "<list>:<entry id>", as the screening report names it (e.g. "sdn:36216")
+    decision: ReviewDecision
+    by: str
+    at: float
+    why: str
+    name: str | None = None  # the name that was screened (the entity's, an alias, an owner's)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form."""
+        return {
+            "entry": self.entry,
+            "decision": self.decision.value,
+            "by": self.by,
+            "at": format_instant(self.at),
+            "why": self.why,
+            "name": self.name,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class Agreement:
     """A security agreement or authorization held by an entity."""
@@ -158,6 +218,11 @@ class Entity:
     denied: bool = False
     denied_reason: str | None = None
     agreements: tuple[Agreement, ...] = ()
+    # Other names the entity is known by (trade names, transliterations): screened with ``name``.
+    aliases: tuple[str, ...] = ()
+    owners: tuple[Owner, ...] = ()
+    ownership: OwnershipStatus = OwnershipStatus.UNKNOWN
+    screening_reviews: tuple[ScreeningReview, ...] = ()
 
     @property
     def ultimate_parent(self) -> str | None:
@@ -238,7 +303,20 @@ class InMemoryRegistry:
         return iter(self._entities.values())
 
 
-_ENTITY_KEYS = ("name", "headquarters", "ultimate_parent", "denied", "denied_reason", "agreements")
+_ENTITY_KEYS = (
+    "name",
+    "aliases",
+    "headquarters",
+    "ultimate_parent",
+    "denied",
+    "denied_reason",
+    "agreements",
+    "owners",
+    "ownership",
+    "screening_reviews",
+)
+_OWNER_KEYS = ("entity", "name", "country", "share", "note")
+_REVIEW_KEYS = ("entry", "decision", "by", "at", "why", "name")
 _AGREEMENT_KEYS = (
     "id",
     "type",
@@ -306,6 +384,104 @@ def _read_scope(check: Checker, raw: Any, path: str, countries: bool) -> frozens
     return frozenset(out)
 
 
+def _read_owner(check: Checker, raw: Any, path: str) -> Owner | None:
+    data = check.mapping(raw, path, keys=_OWNER_KEYS, required=("share",))
+    if data is None:
+        return None
+    owner_id = name = country = None
+    if data.get("entity") is not None:
+        owner_id = check.string(data["entity"], join(path, "entity"))
+    if data.get("name") is not None:
+        name = check.string(data["name"], join(path, "name"))
+    if data.get("country") is not None:
+        country = check.country(data["country"], join(path, "country"))
+    if data.get("entity") is None and data.get("name") is None:
+        check.error(path, "an owner needs an entity (a registry id) or a name")
+        return None
+    share = check.number(data.get("share"), join(path, "share"))
+    if share is not None and not 0 < share <= 100:
+        check.error(join(path, "share"), f"must be a percentage in (0, 100], not {share:g}")
+        return None
+    if share is None or (data.get("entity") is not None and owner_id is None):
+        return None
+    return Owner(share=share, entity_id=owner_id, name=name, country=country)
+
+
+def _read_owners(check: Checker, raw: Any, path: str) -> tuple[Owner, ...]:
+    owners = check.each(raw, path, lambda item, where: _read_owner(check, item, where)) or []
+    if sum(o.share for o in owners) > 100 + 1e-9:
+        check.error(path, "shares add up to more than 100")
+    seen: set[str] = set()
+    for index, owner in enumerate(owners):
+        if owner.entity_id is not None:
+            if owner.entity_id in seen:
+                check.error(join(join(path, index), "entity"), "this owner is listed twice")
+            seen.add(owner.entity_id)
+    return tuple(owners)
+
+
+def _read_review(check: Checker, raw: Any, path: str) -> ScreeningReview | None:
+    data = check.mapping(
+        raw, path, keys=_REVIEW_KEYS, required=("entry", "decision", "by", "at", "why")
+    )
+    if data is None:
+        return None
+    entry = check.string(data.get("entry"), join(path, "entry"))
+    decision = check.string(
+        data.get("decision"), join(path, "decision"), choices=[d.value for d in ReviewDecision]
+    )
+    by = check.string(data.get("by"), join(path, "by"))
+    at = check.instant(data.get("at"), join(path, "at"))
+    why = check.string(data.get("why"), join(path, "why"))
+    name = None
+    if data.get("name") is not None:
+        name = check.string(data["name"], join(path, "name"))
+    if entry is None or decision is None or by is None or at is None or why is None:
+        return None
+    return ScreeningReview(entry, ReviewDecision(decision), by, at, why, name)
+
+
+def _default_ownership(owners: tuple[Owner, ...]) -> OwnershipStatus:
+    if not owners:
+        return OwnershipStatus.UNKNOWN
+    complete = sum(o.share for o in owners) >= 100 - 1e-9
+    return OwnershipStatus.COMPLETE if complete else OwnershipStatus.PARTIAL
+
+
+def check_ownership_graph(check: Checker, entities: Iterable[Entity]) -> None:
+    """Owners that name no registry entity, and ownership cycles, are errors at their lines."""
+    by_id = {e.id: e for e in entities}
+    for entity in by_id.values():
+        for index, owner in enumerate(entity.owners):
+            if owner.entity_id is not None and owner.entity_id not in by_id:
+                where = join(join(join("entities", entity.id), "owners"), index)
+                check.error(join(where, "entity"), f"no entity {owner.entity_id!r} in the registry")
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for start in by_id:
+        if state.get(start):
+            continue
+        # Iterative depth-first walk: an ownership chain can be longer than Python's recursion.
+        stack: list[tuple[str, Iterator[Owner]]] = [(start, iter(by_id[start].owners))]
+        state[start] = 1
+        while stack:
+            current, owners = stack[-1]
+            step = next(owners, None)
+            if step is None:
+                state[current] = 2
+                stack.pop()
+                continue
+            nxt = step.entity_id
+            if nxt is None or nxt not in by_id or state.get(nxt) == 2:
+                continue
+            if state.get(nxt) == 1:
+                cycle = [name for name, _ in stack[[n for n, _ in stack].index(nxt) :]]
+                where = join(join("entities", current), "owners")
+                check.error(where, "ownership cycle: " + " -> ".join([*cycle, nxt]))
+                continue
+            state[nxt] = 1
+            stack.append((nxt, iter(by_id[nxt].owners)))
+
+
 def registry_from_document(document: Document) -> tuple[InMemoryRegistry, Checker]:
     """Build a registry from a parsed document; the checker holds every problem found."""
     check = Checker(document)
@@ -338,6 +514,25 @@ def registry_from_document(document: Document) -> tuple[InMemoryRegistry, Checke
             if got is not None:
                 agreements.append(got)
         name = data.get("name")
+        aliases = check.each(
+            data.get("aliases", []),
+            join(path, "aliases"),
+            lambda item, where: check.string(item, where),
+        )
+        owners = _read_owners(check, data.get("owners", []), join(path, "owners"))
+        ownership = _default_ownership(owners)
+        if data.get("ownership") is not None:
+            stated = check.string(
+                data["ownership"],
+                join(path, "ownership"),
+                choices=[s.value for s in OwnershipStatus],
+            )
+            ownership = OwnershipStatus(stated) if stated else ownership
+        reviews = check.each(
+            data.get("screening_reviews", []),
+            join(path, "screening_reviews"),
+            lambda item, where: _read_review(check, item, where),
+        )
         entities.append(
             Entity(
                 id=entity_id,
@@ -347,8 +542,13 @@ def registry_from_document(document: Document) -> tuple[InMemoryRegistry, Checke
                 denied=bool(denied),
                 denied_reason=denied_reason,
                 agreements=tuple(agreements),
+                aliases=tuple(aliases or ()),
+                owners=owners,
+                ownership=ownership,
+                screening_reviews=tuple(reviews or ()),
             )
         )
+    check_ownership_graph(check, entities)
     return InMemoryRegistry(entities, source=document.file), check
 
 
