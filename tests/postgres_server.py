@@ -45,7 +45,7 @@ class PostgresServer:
         self._as_user: list[str] = []
         if os.geteuid() == 0:
             self._as_user = [require_tool("runuser"), "-u", _UNPRIVILEGED, "--"]
-            os.chmod(self.root, 0o755)
+            os.chmod(self.root, 0o755)  # noqa: S103 (the server's user must reach its folder)
             shutil.chown(self.root, _UNPRIVILEGED)
         self._run([_bin("initdb"), "-D", str(self.data), "-U", SUPERUSER, "--auth=trust",
                    "--encoding=UTF8", "--locale=C", "-N"])  # fmt: skip

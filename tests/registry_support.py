@@ -6,7 +6,9 @@ a third hold an agreement (of every status), some have a foreign ultimate parent
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from aidr_gate.registry import Agreement, AgreementStatus, Entity
@@ -85,3 +87,12 @@ def write_yaml_registry(path: Path, count: int) -> Path:
                 out.write(f"        model_tiers: [{', '.join(sorted(agreement.model_tiers))}]\n")
                 out.write(f"        countries: [{', '.join(sorted(agreement.countries))}]\n")
     return path
+
+
+async def until(predicate: Callable[[], object], timeout: float) -> bool:
+    """Poll *predicate* until it is true or *timeout* passes; its last answer, as a bool."""
+    deadline = time.monotonic() + timeout
+    # An effect of another process (a database, a file): there is no event to wait on.
+    while not predicate() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    return bool(predicate())

@@ -1,3 +1,4 @@
+# ruff: noqa: S608
 """The PostgreSQL registry store against a real server: migrations, constraints, two replicas seeing
 a change through NOTIFY, an outage served stale then refused, and recovery without a restart."""
 
@@ -13,11 +14,12 @@ import pytest
 from aidr_gate.errors import ConfigError
 from aidr_gate.registry import AgreementStatus, load_registry
 from aidr_gate.stores import UNAVAILABLE, CacheSettings, EntityCache, open_store
+from aidr_gate.stores.base import RegistryChange
 from aidr_gate.stores.file import write_registry
 from aidr_gate.stores.postgres import PostgresStore
 from conftest import EXAMPLES
 from postgres_server import PostgresServer, postgres_server
-from registry_support import synthetic_entities
+from registry_support import synthetic_entities, until
 
 _COUNTER = iter(range(1_000_000))
 
@@ -85,7 +87,8 @@ _AGREEMENT = "INSERT INTO aidr_registry.agreements (entity_id, id, type, status{
         (_ENTITY + "INSERT INTO aidr_registry.owners (entity_id, name, share) VALUES ('ok', 'X', 0)", "share"),
         (_ENTITY + "INSERT INTO aidr_registry.owners (entity_id, name, share) VALUES ('ok', 'X', 101)", "share"),
         (
-            _ENTITY + "INSERT INTO aidr_registry.owners (entity_id, name, share) VALUES ('ok', 'X', 60), ('ok', 'Y', 50)",
+            _ENTITY + "INSERT INTO aidr_registry.owners (entity_id, name, share) "
+            "VALUES ('ok', 'X', 60), ('ok', 'Y', 50)",
             "more than 100",
         ),
         (
@@ -150,11 +153,12 @@ def test_two_replicas_see_a_revocation_through_notify_within_a_second(
         seen: list[list[float]] = [[], []]
         for index, cache in enumerate(caches):
             await cache.start()
-            cache.on_change(
-                lambda change, i=index: seen[i].append(time.monotonic())
-                if change.entity_ids and "org-0000003" in change.entity_ids
-                else None
-            )
+
+            def record(change: RegistryChange, i: int = index) -> None:
+                if change.entity_ids and "org-0000003" in change.entity_ids:
+                    seen[i].append(time.monotonic())
+
+            cache.on_change(record)
             first = await cache.fetch("org-0000003")
             assert first is not None and first is not UNAVAILABLE
             assert first.agreements[0].status is not AgreementStatus.REVOKED
@@ -165,8 +169,7 @@ def test_two_replicas_see_a_revocation_through_notify_within_a_second(
             "UPDATE aidr_registry.agreements SET status = 'revoked' WHERE entity_id = 'org-0000003'",
             database,
         )
-        while not all(seen) and time.monotonic() - start < 3:
-            await asyncio.sleep(0.01)
+        await until(lambda: all(seen), 3)
         delays = [s[0] - start for s in seen if s]
         for cache in caches:
             again = await cache.fetch("org-0000003")
@@ -195,28 +198,28 @@ def test_an_outage_serves_stale_until_max_staleness_then_refuses_then_recovers(
         asyncio.run(_import(url, path))
 
         async def scenario() -> None:
-            cache = EntityCache(PostgresStore(url, heartbeat=0.2, fetch_timeout=1.0), _fast(max_staleness=1.5, feed_timeout=1.0))
+            cache = EntityCache(
+                PostgresStore(url, heartbeat=0.2, fetch_timeout=1.0),
+                _fast(max_staleness=1.5, feed_timeout=1.0),
+            )
             await cache.start()
             assert cache.health().state == "ready"
             cached = await cache.fetch("org-0000001")
             assert cached is not None and cached is not UNAVAILABLE
             await asyncio.to_thread(own.stop)
             lost_at = time.monotonic()
-            while cache.health().state == "ready" and time.monotonic() - lost_at < 5:
-                await asyncio.sleep(0.02)
+            await until(lambda: cache.health().state != "ready", 5)
             health = cache.health()
             assert health.state == "stale" and health.ready
             assert cache.lookup("org-0000001") is cached  # served from the cache
             assert await cache.fetch("org-0000002") is UNAVAILABLE  # never cached: refused
-            while cache.lookup("org-0000001") is not UNAVAILABLE and time.monotonic() - lost_at < 5:
-                await asyncio.sleep(0.02)
+            await until(lambda: cache.lookup("org-0000001") is UNAVAILABLE, 5)
             assert cache.lookup("org-0000001") is UNAVAILABLE
             assert 1.0 < time.monotonic() - lost_at < 3.0
             assert cache.health().state == "unavailable" and not cache.health().ready
             await asyncio.to_thread(own.start)
-            back = time.monotonic()
-            while cache.health().state != "ready" and time.monotonic() - back < 10:
-                await asyncio.sleep(0.05)
+            time.monotonic()
+            await until(lambda: cache.health().state == "ready", 10)
             assert cache.health().state == "ready"
             assert cache.lookup("org-0000001") is cached  # nothing changed meanwhile: still valid
             fresh = await cache.fetch("org-0000002")
@@ -230,15 +233,14 @@ def test_a_bulk_import_is_one_change_for_everything(dsn: str) -> None:
     async def scenario() -> None:
         cache = EntityCache(PostgresStore(dsn, heartbeat=5.0), _fast())
         await cache.start()
-        changes = []
+        changes: list[RegistryChange] = []
         cache.on_change(changes.append)
         store = PostgresStore(dsn)
         await store.open()
         assert await store.replace_all(list(synthetic_entities(50))) == 50
         await store.close()
-        start = time.monotonic()
-        while not changes and time.monotonic() - start < 3:
-            await asyncio.sleep(0.01)
+        time.monotonic()
+        await until(lambda: bool(changes), 3)
         assert changes and changes[0].everything
         entity = await cache.fetch("org-0000049")
         assert entity is not None and entity is not UNAVAILABLE

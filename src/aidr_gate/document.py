@@ -70,7 +70,11 @@ def _walk(node: yaml.Node, path: str, lines: dict[str, int], dupes: list[tuple[s
 
 def parse_document(text: str, file: str) -> Document:
     """Parse YAML (or JSON, a subset of it) text; raise :class:`ConfigError` naming the line."""
-    loader = _Loader(text)
+    try:
+        # The reader checks the characters as it is built: a NUL is refused here, not later.
+        loader = _Loader(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(Problem(file, "", f"not valid YAML/JSON: {exc}")) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -122,7 +126,9 @@ MAX_LARGE_DOCUMENT_BYTES = 1024 * 1024 * 1024
 # What the fast readers are not trusted with, so the reference reader takes the file: control
 # characters (yaml_rs cuts a value at NUL), tags (it drops unknown ones), merge keys (it keeps
 # ``<<`` as a key). A false alarm only costs speed.
-_FAST_YAML_REFUSES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|(?:^|[\s\[\]{},:])!|<<\s*:", re.M)
+_FAST_YAML_REFUSES = re.compile(
+    r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|(?:^|[\s\[\]{},:])!|<<\s*:", re.M
+)
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"(\s*:)?')
 
 

@@ -445,9 +445,7 @@ def _read_review(check: Checker, raw: Any, path: str) -> ScreeningReview | None:
     if data is None:
         return None
     entry = check.string(data.get("entry"), join(path, "entry"))
-    decision = check.string(
-        data.get("decision"), join(path, "decision"), choices=_DECISION_VALUES
-    )
+    decision = check.string(data.get("decision"), join(path, "decision"), choices=_DECISION_VALUES)
     by = check.string(data.get("by"), join(path, "by"))
     at = check.instant(data.get("at"), join(path, "at"))
     why = check.string(data.get("why"), join(path, "why"))
@@ -538,9 +536,7 @@ def _read_entity(check: Checker, entity_id: str, raw: Any) -> Entity | None:
     owners = _read_owners(check, data["owners"], join(path, "owners")) if "owners" in data else ()
     ownership = _default_ownership(owners)
     if get("ownership") is not None:
-        stated = check.string(
-            data["ownership"], join(path, "ownership"), choices=_OWNERSHIP_VALUES
-        )
+        stated = check.string(data["ownership"], join(path, "ownership"), choices=_OWNERSHIP_VALUES)
         ownership = OwnershipStatus(stated) if stated else ownership
     reviews: list[ScreeningReview] | None = None
     if "screening_reviews" in data:

@@ -57,7 +57,9 @@ def open_store(name: str) -> WritableStore:
             from aidr_gate.stores.postgres import PostgresStore
         except ImportError:
             raise ConfigError.single(
-                "registry", "", "the PostgreSQL store needs psycopg: pip install 'aidr-gate[postgres]'"
+                "registry",
+                "",
+                "the PostgreSQL store needs psycopg: pip install 'aidr-gate[postgres]'",
             ) from None
         return PostgresStore(name)
     if name.startswith("sqlite:") or name.lower().endswith(_SQLITE_SUFFIXES):

@@ -79,11 +79,11 @@ class RegistryHealth:
 class RegistryView(Protocol):
     """What the request path and the runtime use: :class:`EntityCache` or :class:`SnapshotView`."""
 
-    def lookup(self, entity_id: str) -> Entity | None | Absent:
+    def lookup(self, entity_id: str) -> Entity | Absent | None:
         """The cached answer: an entity, ``None`` (no such entity), MISS or UNAVAILABLE."""
         ...
 
-    async def fetch(self, entity_id: str) -> Entity | None | Unavailable:
+    async def fetch(self, entity_id: str) -> Entity | Unavailable | None:
         """The answer after reading the store if needed."""
         ...
 
@@ -164,7 +164,7 @@ class EntityCache:
         self._clock = clock
         self._entries: OrderedDict[str, Entity] = OrderedDict()
         self._negative: dict[str, float] = {}  # id -> monotonic expiry
-        self._inflight: dict[str, asyncio.Task[Entity | None | Unavailable]] = {}
+        self._inflight: dict[str, asyncio.Task[Entity | Unavailable | None]] = {}
         self._dirty: set[str] = set()  # changed while being read: the read is not cached
         self._listeners: list[ChangeListener] = []
         self._feed = _Feed(store, self._settings)
@@ -174,10 +174,11 @@ class EntityCache:
         self._expiry: asyncio.TimerHandle | None = None
         self._hits = self._misses = self._fetch_errors = 0
         self._last_error: str | None = None
+        self._synced = asyncio.Event()
 
     # -- the request path ---------------------------------------------------------------------
 
-    def lookup(self, entity_id: str) -> Entity | None | Absent:
+    def lookup(self, entity_id: str) -> Entity | Absent | None:
         """The cached answer, without I/O: an entity, ``None``, MISS or UNAVAILABLE."""
         if not self._available:
             return UNAVAILABLE
@@ -195,7 +196,7 @@ class EntityCache:
             del self._negative[entity_id]
         return MISS
 
-    async def fetch(self, entity_id: str) -> Entity | None | Unavailable:
+    async def fetch(self, entity_id: str) -> Entity | Unavailable | None:
         """The answer, reading the store on a miss; concurrent misses for one id share a read."""
         found = self.lookup(entity_id)
         if found is not MISS:
@@ -210,12 +211,12 @@ class EntityCache:
         # A waiter that is cancelled (its client left) must not cancel the others' read.
         return await asyncio.shield(task)
 
-    def _read_done(self, entity_id: str, task: asyncio.Task[Entity | None | Unavailable]) -> None:
+    def _read_done(self, entity_id: str, task: asyncio.Task[Entity | Unavailable | None]) -> None:
         if self._inflight.get(entity_id) is task:
             del self._inflight[entity_id]
         self._dirty.discard(entity_id)
 
-    async def _read(self, entity_id: str) -> Entity | None | Unavailable:
+    async def _read(self, entity_id: str) -> Entity | Unavailable | None:
         self._misses += 1
         try:
             entity = await self._store.get(entity_id)
@@ -258,9 +259,12 @@ class EntityCache:
         self._synced_at = self._clock()
         if not self._feed_up:
             if self._last_error is not None:
-                log.warning("registry %s is back at revision %s", self._store.source, change.revision)
+                log.warning(
+                    "registry %s is back at revision %s", self._store.source, change.revision
+                )
             self._feed_up = True
         self._available = True
+        self._synced.set()
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -308,9 +312,8 @@ class EntityCache:
         leaves the cache unavailable, retried in the background)."""
         if self._feed.task is None:
             self._feed.task = asyncio.create_task(self._feed.run(self._apply, self._lost))
-        deadline = self._clock() + wait
-        while not self._available and self._clock() < deadline and not self._feed.task.done():
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._synced.wait(), wait)
 
     async def close(self) -> None:
         """Stop following the store and close it."""
@@ -364,14 +367,15 @@ class SnapshotView:
         self._listeners: list[ChangeListener] = []
         self._ready = False
         self._last_error: str | None = None
+        self._synced = asyncio.Event()
 
-    def lookup(self, entity_id: str) -> Entity | None | Absent:
+    def lookup(self, entity_id: str) -> Entity | Absent | None:
         """The entity, or ``None``; UNAVAILABLE only before the first load."""
         if not self._ready:
             return UNAVAILABLE
         return self._entities.get(entity_id)
 
-    async def fetch(self, entity_id: str) -> Entity | None | Unavailable:
+    async def fetch(self, entity_id: str) -> Entity | Unavailable | None:
         """Same as :meth:`lookup`: nothing to read."""
         found = self.lookup(entity_id)
         return None if found is MISS else found
@@ -386,6 +390,7 @@ class SnapshotView:
         if snapshot is not None:
             self._entities = snapshot
         self._ready = True
+        self._synced.set()
         if change.entity_ids is None or change.entity_ids:
             for listener in list(self._listeners):
                 try:
@@ -406,9 +411,8 @@ class SnapshotView:
         """Load the store and follow it; waits for the first load."""
         if self._feed.task is None:
             self._feed.task = asyncio.create_task(self._feed.run(self._apply, self._lost))
-        deadline = time.monotonic() + wait
-        while not self._ready and time.monotonic() < deadline and not self._feed.task.done():
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._synced.wait(), wait)
 
     async def close(self) -> None:
         """Stop following the store."""
@@ -423,7 +427,11 @@ class SnapshotView:
     def health(self) -> RegistryHealth:
         """Ready once loaded; a reload that fails keeps the last good snapshot."""
         return RegistryHealth(
-            state="ready" if self._ready else "starting" if self._last_error is None else "unavailable",
+            state="ready"
+            if self._ready
+            else "starting"
+            if self._last_error is None
+            else "unavailable",
             kind=self._store.kind,
             source=self._store.source,
             revision=self._feed.revision,

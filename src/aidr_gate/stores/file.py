@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 import yaml
 
-from aidr_gate.document import format_instant
 from aidr_gate.errors import ConfigError
 from aidr_gate.registry import Entity, InMemoryRegistry, OwnershipStatus, load_registry
 from aidr_gate.stores.base import RegistryChange
@@ -63,7 +62,9 @@ def entity_document(entity: Entity) -> dict[str, Any]:
             {k: v for k, v in a.to_dict().items() if v is not None} for a in entity.agreements
         ]
     if entity.owners:
-        out["owners"] = [{k: v for k, v in o.to_dict().items() if v is not None} for o in entity.owners]
+        out["owners"] = [
+            {k: v for k, v in o.to_dict().items() if v is not None} for o in entity.owners
+        ]
     if entity.owners or entity.ownership is not OwnershipStatus.UNKNOWN:
         out["ownership"] = entity.ownership.value
     if entity.screening_reviews:
@@ -149,7 +150,9 @@ class FileStore:
                 registry, revision, stamp = await asyncio.to_thread(self._load)
             except ConfigError as exc:
                 self._stamp = stamp  # reported once; retried when the file changes again
-                log.error("registry %s not reloaded, keeping the last good one:\n%s", self.path, exc)
+                log.error(
+                    "registry %s not reloaded, keeping the last good one:\n%s", self.path, exc
+                )
                 yield RegistryChange(self._revision, frozenset())
                 continue
             old, self._registry = self._registry._entities, registry
@@ -164,4 +167,6 @@ class FileStore:
         await asyncio.to_thread(write_registry, self.path, entities)
         await self.open()
         new = self._registry._entities
-        return sum(1 for i, e in new.items() if before.get(i) != e) + len(before.keys() - new.keys())
+        return sum(1 for i, e in new.items() if before.get(i) != e) + len(
+            before.keys() - new.keys()
+        )

@@ -158,12 +158,21 @@ class PostgresStore:
         """One entity, read in one round trip (a prepared statement on a pooled connection)."""
         try:
             async with asyncio.timeout(self._fetch_timeout):
-                async with self._pool.connection() as conn:
-                    cur = await conn.execute(_GET, (entity_id,))
-                    row = await cur.fetchone()
+                try:
+                    row = await self._get_row(entity_id)
+                except psycopg.OperationalError:
+                    # Pooled connections that died with the server: drop every broken one, so
+                    # the first read after an outage gets a live connection instead of failing.
+                    await self._pool.check()
+                    row = await self._get_row(entity_id)
         except _DRIVER_ERRORS as exc:
             raise self._unavailable(exc) from None
         return None if row is None else entity_from_row(row)
+
+    async def _get_row(self, entity_id: str) -> tuple[Any, ...] | None:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(_GET, (entity_id,))
+            return await cur.fetchone()
 
     async def revision(self) -> str:
         """The revision of the last committed change."""
@@ -225,7 +234,8 @@ class PostgresStore:
                 replaced = [e.id for e in changed if e.id in current]
                 if gone or replaced:
                     await conn.execute(
-                        "DELETE FROM aidr_registry.entities WHERE id = ANY(%s)", ([*gone, *replaced],)
+                        "DELETE FROM aidr_registry.entities WHERE id = ANY(%s)",
+                        ([*gone, *replaced],),
                     )
                 await _copy(conn, changed)
                 return len(changed) + len(gone)

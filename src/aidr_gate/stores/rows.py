@@ -58,9 +58,19 @@ def _agreement(raw: Sequence[Any]) -> Agreement:
 
 def entity_from_row(row: Sequence[Any]) -> Entity:
     """The entity a store's ``entity_documents`` row describes."""
-    (entity_id, name, hq, parent, denied, reason, aliases, ownership, agreements, owners, reviews) = (
-        row
-    )
+    (
+        entity_id,
+        name,
+        hq,
+        parent,
+        denied,
+        reason,
+        aliases,
+        ownership,
+        agreements,
+        owners,
+        reviews,
+    ) = row
     return Entity(
         id=entity_id,
         headquarters=hq,

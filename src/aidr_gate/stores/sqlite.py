@@ -219,7 +219,9 @@ def _replace_all(conn: sqlite3.Connection, entities: Sequence[Entity]) -> int:
             conn.execute("UPDATE state SET bulk = 1")
             _insert(conn, entities)
             conn.execute("UPDATE state SET bulk = 0, revision = revision + 1")
-            conn.execute("INSERT INTO changes (revision, entity_id) SELECT revision, NULL FROM state")
+            conn.execute(
+                "INSERT INTO changes (revision, entity_id) SELECT revision, NULL FROM state"
+            )
             return len(entities)
         current = {e.id: e for e in map(_decoded, conn.execute(_DOCUMENT))}
         wanted = {e.id for e in entities}
