@@ -135,6 +135,13 @@ class PostgresStore:
     async def open(self) -> None:
         """Open the pool (without waiting for the database) and check the schema version."""
         await self._pool.open(wait=False)
+        try:
+            await self._check_schema()
+        except BaseException:
+            await self._pool.close()  # its workers must not outlive a store that did not open
+            raise
+
+    async def _check_schema(self) -> None:
         need = latest_version("postgres")
         try:
             async with self._pool.connection(timeout=self._fetch_timeout) as conn:
