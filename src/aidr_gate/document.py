@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import yaml
+import yaml_rs
 
 from aidr_gate.countries import COUNTRY_CODES
 from aidr_gate.errors import ConfigError, Problem
@@ -68,7 +70,11 @@ def _walk(node: yaml.Node, path: str, lines: dict[str, int], dupes: list[tuple[s
 
 def parse_document(text: str, file: str) -> Document:
     """Parse YAML (or JSON, a subset of it) text; raise :class:`ConfigError` naming the line."""
-    loader = _Loader(text)
+    try:
+        # The reader checks the characters as it is built: a NUL is refused here, not later.
+        loader = _Loader(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(Problem(file, "", f"not valid YAML/JSON: {exc}")) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -94,21 +100,108 @@ def parse_document(text: str, file: str) -> Document:
     return Document(file, data, lines)
 
 
-def load_document(path: str | Path) -> Document:
-    """Read and parse a data file; a missing, unreadable or oversized file is a :class:`ConfigError`."""
+def _read_text(path: str | Path, max_bytes: int) -> str:
     name = str(path)
     try:
         with open(path, "rb") as handle:
-            raw = handle.read(MAX_DOCUMENT_BYTES + 1)
+            raw = handle.read(max_bytes + 1)
     except OSError as exc:
         raise ConfigError(Problem(name, "", f"cannot read file: {exc.strerror or exc}")) from None
-    if len(raw) > MAX_DOCUMENT_BYTES:
-        raise ConfigError(Problem(name, "", f"file is larger than {MAX_DOCUMENT_BYTES} bytes"))
+    if len(raw) > max_bytes:
+        raise ConfigError(Problem(name, "", f"file is larger than {max_bytes} bytes"))
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(Problem(name, "", f"not UTF-8 text (byte {exc.start})")) from None
-    return parse_document(text, name)
+
+
+def load_document(path: str | Path) -> Document:
+    """Read and parse a data file; a missing, unreadable or oversized file is a :class:`ConfigError`."""
+    return parse_document(_read_text(path, MAX_DOCUMENT_BYTES), str(path))
+
+
+# Large data files (entity registries of 100k entities and more) may be this large.
+MAX_LARGE_DOCUMENT_BYTES = 1024 * 1024 * 1024
+
+# What the fast readers are not trusted with, so the reference reader takes the file: control
+# characters (yaml_rs cuts a value at NUL), tags (it drops unknown ones), merge keys (it keeps
+# ``<<`` as a key). A false alarm only costs speed.
+_FAST_YAML_REFUSES = re.compile(
+    r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|(?:^|[\s\[\]{},:])!|<<\s*:", re.M
+)
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"(\s*:)?')
+
+
+class _LazyLines(Mapping[str, int]):
+    """The key-path-to-line map of a document, computed only when a problem needs a line."""
+
+    def __init__(self, text: str, file: str) -> None:
+        self._text: str | None = text
+        self._file = file
+        self._lines: Mapping[str, int] = {}
+
+    def _resolve(self) -> Mapping[str, int]:
+        if self._text is not None:
+            text, self._text = self._text, None
+            self._lines = parse_document(text, self._file).lines
+        return self._lines
+
+    def __getitem__(self, key: str) -> int:
+        return self._resolve()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._resolve()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._resolve())
+
+    def __len__(self) -> int:
+        return len(self._resolve())
+
+
+def _count_keys(data: Any) -> int:
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            count += len(node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
+
+
+def _fast_data(text: str, json: bool) -> dict[str, Any] | None:
+    """The data of *text* read by a fast reader, or ``None`` when the reference reader must read it
+    (anything the fast readers might read differently, every error, and duplicate keys)."""
+    try:
+        if json:
+            data = orjson.loads(text)
+            # orjson keeps the last of duplicate keys: count the keys in the text (every string
+            # token, in order, is exact in JSON) against those it kept.
+            keys = sum(1 for m in _JSON_STRING.finditer(text) if m.group(1) is not None)
+            if keys != _count_keys(data):
+                return None
+        else:
+            if _FAST_YAML_REFUSES.search(text):
+                return None
+            data = yaml_rs.loads(text, duplicate_key_policy=yaml_rs.DuplicateKeyPolicy.Error)
+    except (orjson.JSONDecodeError, yaml_rs.YAMLDecodeError, ValueError, TypeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def load_large_document(path: str | Path, max_bytes: int = MAX_LARGE_DOCUMENT_BYTES) -> Document:
+    """Like :func:`load_document`, for large files: a fast reader (orjson for ``.json``, yaml_rs,
+    YAML 1.2 core schema, otherwise) reads the data, and lines are found only when a problem is
+    recorded. Whatever the fast reader would read differently or refuses, the reference reader
+    reads (its errors, with their lines, are the ones reported)."""
+    name = str(path)
+    text = _read_text(path, max_bytes)
+    data = _fast_data(text, name.lower().endswith(".json"))
+    if data is None:
+        return parse_document(text, name)
+    return Document(name, data, _LazyLines(text, name))
 
 
 def join(path: str, key: str | int) -> str:

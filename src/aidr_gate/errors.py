@@ -227,3 +227,11 @@ class GateNotReady(AidrGateError):
 
     reason = "GATE_NOT_READY"
     status = 503
+
+
+class RegistryUnavailable(AidrGateError):
+    """The entity registry's store cannot be reached and what the gate cached of it is older than
+    the configured ``max_staleness`` (or was never cached): the request is denied (fail closed)."""
+
+    reason = "REGISTRY_UNAVAILABLE"
+    status = 503

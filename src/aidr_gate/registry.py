@@ -18,7 +18,7 @@ from aidr_gate.document import (
     Document,
     format_instant,
     join,
-    load_document,
+    load_large_document,
     parse_instant,
 )
 
@@ -317,6 +317,26 @@ _ENTITY_KEYS = (
 )
 _OWNER_KEYS = ("entity", "name", "country", "share", "note")
 _REVIEW_KEYS = ("entry", "decision", "by", "at", "why", "name")
+_STATUS_VALUES = tuple(s.value for s in AgreementStatus)
+_STATUS_OF: Mapping[str, AgreementStatus] = {s.value: s for s in AgreementStatus}
+_DECISION_VALUES = tuple(d.value for d in ReviewDecision)
+_OWNERSHIP_VALUES = tuple(s.value for s in OwnershipStatus)
+# One object for each country code, agreement type and scope a registry repeats: a large registry
+# holds each once instead of once per entity.
+_CANONICAL: dict[str, str] = {name: name for name in AGREEMENT_TYPES}
+_SCOPES: dict[frozenset[str], frozenset[str]] = {}
+
+
+def _canonical(text: str) -> str:
+    return _CANONICAL.setdefault(text, text) if len(text) <= 3 else _CANONICAL.get(text, text)
+
+
+def _scope(names: frozenset[str]) -> frozenset[str]:
+    if len(_SCOPES) > 4096:  # bounded: scopes are few in practice, never unbounded
+        return names
+    return _SCOPES.setdefault(names, names)
+
+
 _AGREEMENT_KEYS = (
     "id",
     "type",
@@ -339,9 +359,7 @@ def _read_agreement(check: Checker, raw: Any, path: str, seen: set[str]) -> Agre
             check.error(join(path, "id"), f"agreement id {agreement_id!r} is used twice")
         seen.add(agreement_id)
     kind = check.string(data.get("type"), join(path, "type"), choices=AGREEMENT_TYPES)
-    status_text = check.string(
-        data.get("status"), join(path, "status"), choices=[s.value for s in AgreementStatus]
-    )
+    status_text = check.string(data.get("status"), join(path, "status"), choices=_STATUS_VALUES)
     valid_from = valid_until = None
     if data.get("valid_from") is not None:
         valid_from = check.instant(data["valid_from"], join(path, "valid_from"))
@@ -357,12 +375,12 @@ def _read_agreement(check: Checker, raw: Any, path: str, seen: set[str]) -> Agre
         return None
     return Agreement(
         id=agreement_id,
-        type=kind,
-        status=AgreementStatus(status_text),
+        type=_CANONICAL.get(kind, kind),
+        status=_STATUS_OF[status_text],
         valid_from=valid_from,
         valid_until=valid_until,
-        model_tiers=tiers,
-        countries=countries,
+        model_tiers=_scope(tiers),
+        countries=_scope(countries),
     )
 
 
@@ -380,7 +398,7 @@ def _read_scope(check: Checker, raw: Any, path: str, countries: bool) -> frozens
             continue
         got = check.country(item, item_path) if countries else check.ident(item, item_path, "tier")
         if got is not None:
-            out.add(got)
+            out.add(_canonical(got))
     return frozenset(out)
 
 
@@ -427,9 +445,7 @@ def _read_review(check: Checker, raw: Any, path: str) -> ScreeningReview | None:
     if data is None:
         return None
     entry = check.string(data.get("entry"), join(path, "entry"))
-    decision = check.string(
-        data.get("decision"), join(path, "decision"), choices=[d.value for d in ReviewDecision]
-    )
+    decision = check.string(data.get("decision"), join(path, "decision"), choices=_DECISION_VALUES)
     by = check.string(data.get("by"), join(path, "by"))
     at = check.instant(data.get("at"), join(path, "at"))
     why = check.string(data.get("why"), join(path, "why"))
@@ -482,78 +498,96 @@ def check_ownership_graph(check: Checker, entities: Iterable[Entity]) -> None:
             stack.append((nxt, iter(by_id[nxt].owners)))
 
 
-def registry_from_document(document: Document) -> tuple[InMemoryRegistry, Checker]:
-    """Build a registry from a parsed document; the checker holds every problem found."""
-    check = Checker(document)
-    top = check.mapping(document.data, "", keys=("entities", "version", "description"))
-    entities: list[Entity] = []
-    raw_entities = check.mapping(top.get("entities") if top else None, "entities")
-    for entity_id, raw in (raw_entities or {}).items():
-        path = join("entities", entity_id)
-        if not entity_id.strip() or len(entity_id) > 256:
-            check.error(path, "entity id must be 1 to 256 characters")
-            continue
-        data = check.mapping(raw, path, keys=_ENTITY_KEYS, required=("headquarters",))
-        if data is None:
-            continue
-        hq = check.country(data.get("headquarters"), join(path, "headquarters"))
-        parent = None
-        if data.get("ultimate_parent") is not None:
-            parent = check.country(data["ultimate_parent"], join(path, "ultimate_parent"))
-        denied = check.boolean(data.get("denied", False), join(path, "denied"))
-        denied_reason = None
-        if data.get("denied_reason") is not None:
-            denied_reason = check.string(data["denied_reason"], join(path, "denied_reason"))
-        if denied and not denied_reason:
-            check.warn(join(path, "denied_reason"), "a denied entity should say why")
+def _read_entity(check: Checker, entity_id: str, raw: Any) -> Entity | None:
+    path = join("entities", entity_id)
+    if not entity_id.strip() or len(entity_id) > 256:
+        check.error(path, "entity id must be 1 to 256 characters")
+        return None
+    data = check.mapping(raw, path, keys=_ENTITY_KEYS, required=("headquarters",))
+    if data is None:
+        return None
+    get = data.get
+    hq = check.country(get("headquarters"), join(path, "headquarters"))
+    parent = None
+    if get("ultimate_parent") is not None:
+        parent = check.country(data["ultimate_parent"], join(path, "ultimate_parent"))
+    denied = False
+    if "denied" in data:
+        denied = bool(check.boolean(data["denied"], join(path, "denied")))
+    denied_reason = None
+    if get("denied_reason") is not None:
+        denied_reason = check.string(data["denied_reason"], join(path, "denied_reason"))
+    if denied and not denied_reason:
+        check.warn(join(path, "denied_reason"), "a denied entity should say why")
+    # Optional lists are read only when present: most entities of a large registry have none.
+    agreements: list[Agreement] = []
+    if "agreements" in data:
         seen: set[str] = set()
-        agreements: list[Agreement] = []
-        raw_agreements = check.sequence(data.get("agreements", []), join(path, "agreements"))
-        for index, item in enumerate(raw_agreements or []):
-            got = _read_agreement(check, item, join(join(path, "agreements"), index), seen)
+        where = join(path, "agreements")
+        for index, item in enumerate(check.sequence(data["agreements"], where) or []):
+            got = _read_agreement(check, item, join(where, index), seen)
             if got is not None:
                 agreements.append(got)
-        name = data.get("name")
+    aliases: list[str] | None = None
+    if "aliases" in data:
         aliases = check.each(
-            data.get("aliases", []),
-            join(path, "aliases"),
-            lambda item, where: check.string(item, where),
+            data["aliases"], join(path, "aliases"), lambda item, at: check.string(item, at)
         )
-        owners = _read_owners(check, data.get("owners", []), join(path, "owners"))
-        ownership = _default_ownership(owners)
-        if data.get("ownership") is not None:
-            stated = check.string(
-                data["ownership"],
-                join(path, "ownership"),
-                choices=[s.value for s in OwnershipStatus],
-            )
-            ownership = OwnershipStatus(stated) if stated else ownership
+    owners = _read_owners(check, data["owners"], join(path, "owners")) if "owners" in data else ()
+    ownership = _default_ownership(owners)
+    if get("ownership") is not None:
+        stated = check.string(data["ownership"], join(path, "ownership"), choices=_OWNERSHIP_VALUES)
+        ownership = OwnershipStatus(stated) if stated else ownership
+    reviews: list[ScreeningReview] | None = None
+    if "screening_reviews" in data:
         reviews = check.each(
-            data.get("screening_reviews", []),
+            data["screening_reviews"],
             join(path, "screening_reviews"),
-            lambda item, where: _read_review(check, item, where),
+            lambda item, at: _read_review(check, item, at),
         )
-        entities.append(
-            Entity(
-                id=entity_id,
-                headquarters=hq,
-                parent=parent,
-                name=name if isinstance(name, str) else None,
-                denied=bool(denied),
-                denied_reason=denied_reason,
-                agreements=tuple(agreements),
-                aliases=tuple(aliases or ()),
-                owners=owners,
-                ownership=ownership,
-                screening_reviews=tuple(reviews or ()),
-            )
-        )
+    name = get("name")
+    return Entity(
+        id=entity_id,
+        headquarters=None if hq is None else _canonical(hq),
+        parent=None if parent is None else _canonical(parent),
+        name=name if isinstance(name, str) else None,
+        denied=denied,
+        denied_reason=denied_reason,
+        agreements=tuple(agreements),
+        aliases=tuple(aliases or ()),
+        owners=owners,
+        ownership=ownership,
+        screening_reviews=tuple(reviews or ()),
+    )
+
+
+def registry_from_document(
+    document: Document, *, consume: bool = False
+) -> tuple[InMemoryRegistry, Checker]:
+    """Build a registry from a parsed document; the checker holds every problem found.
+
+    With *consume*, each entity's data is dropped from the document once read, so a large
+    registry's parsed text and its entities are not both held whole at once.
+    """
+    check = Checker(document)
+    top = check.mapping(document.data, "", keys=("entities", "version", "description"))
+    raw_entities = check.mapping(top.get("entities") if top else None, "entities")
+    source = document.data.get("entities") if consume and top else None
+    entities: list[Entity] = []
+    items = raw_entities or {}
+    for entity_id in list(items):
+        raw = items.pop(entity_id) if consume else items[entity_id]
+        if isinstance(source, dict):
+            source.pop(entity_id, None)
+        entity = _read_entity(check, entity_id, raw)
+        if entity is not None:
+            entities.append(entity)
     check_ownership_graph(check, entities)
     return InMemoryRegistry(entities, source=document.file), check
 
 
 def load_registry(path: str | Path) -> InMemoryRegistry:
     """Load and validate a registry file; raise :class:`ConfigError` listing every problem."""
-    registry, check = registry_from_document(load_document(path))
+    registry, check = registry_from_document(load_large_document(path), consume=True)
     check.raise_if_errors()
     return registry

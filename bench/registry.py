@@ -1,0 +1,180 @@
+"""Registry stores: start time, memory, cache hits against InMemoryRegistry.get, misses, and
+change-to-visibility across two store instances; the file store at 100k entities.
+
+Run: ``.venv/bin/python bench/registry.py [--entities 1000000] [--file-entities 100000]``.
+
+PostgreSQL runs in a temporary cluster (tests/postgres_server.py), SQLite in a temporary file; both
+are filled with synthetic entities (a third with agreements) by the stores' own bulk import (COPY
+for PostgreSQL), not timed as start. Hit timings interleave the cache and InMemoryRegistry.get in
+the same loop rounds; RSS is measured in this process before and after the cache is filled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from aidr_gate.registry import InMemoryRegistry, load_registry
+from aidr_gate.stores import MISS, UNAVAILABLE, CacheSettings, EntityCache
+from aidr_gate.stores.base import RegistryChange, WritableStore
+from aidr_gate.stores.postgres import PostgresStore
+from aidr_gate.stores.sqlite import SqliteStore
+from postgres_server import postgres_server
+from registry_support import entity_id, synthetic_entities, write_yaml_registry
+
+
+def rss_mb() -> float:
+    """This process's resident set, in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def hit_ns(cache: EntityCache, baseline: InMemoryRegistry, ids: list[str]) -> tuple[float, float]:
+    """ns per lookup, cache hit vs InMemoryRegistry.get, best of interleaved rounds."""
+    best_cache = best_base = float("inf")
+    for _ in range(7):
+        start = time.perf_counter_ns()
+        for key in ids:
+            cache.lookup(key)
+        best_cache = min(best_cache, (time.perf_counter_ns() - start) / len(ids))
+        start = time.perf_counter_ns()
+        for key in ids:
+            baseline.get(key)
+        best_base = min(best_base, (time.perf_counter_ns() - start) / len(ids))
+    return best_cache, best_base
+
+
+async def measure(
+    label: str, make: type[WritableStore] | object, target: str, count: int, edit: object
+) -> None:
+    """Start, fill, hit, miss and change timings for one database store."""
+    factory = make  # a callable building a store for *target*
+    gc.collect()
+    before = rss_mb()
+    started = time.perf_counter()
+    caches = [EntityCache(factory(target), CacheSettings()) for _ in range(2)]  # type: ignore[operator]
+    for cache in caches:
+        await cache.start()
+    start_s = time.perf_counter() - started
+    cache = caches[0]
+    rng = random.Random(7)
+    misses = []
+    sample = [entity_id(rng.randrange(count)) for _ in range(100_000)]
+    for key in sample:
+        if cache.lookup(key) is not MISS:
+            continue  # only real misses are timed
+        t = time.perf_counter()
+        found = await cache.fetch(key)
+        misses.append(time.perf_counter() - t)
+        assert found is not UNAVAILABLE
+    filled = rss_mb()
+    hot = sample[:20_000]
+    baseline = InMemoryRegistry(
+        [e for e in (cache.lookup(k) for k in hot) if e and e is not UNAVAILABLE]
+    )  # type: ignore[misc]
+    cache_ns, base_ns = hit_ns(cache, baseline, hot)
+    seen: list[list[float]] = [[], []]
+    marks: dict[str, float] = {}
+    for index, each in enumerate(caches):
+
+        def record(change: RegistryChange, i: int = index) -> None:
+            for key in change.entity_ids or ():
+                if key in marks:
+                    seen[i].append(time.perf_counter() - marks[key])
+
+        each.on_change(record)
+    for round_ in range(50):
+        key = entity_id(3 * (round_ + 1))
+        marks[key] = time.perf_counter()
+        await edit(target, key)  # type: ignore[operator]
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)
+    delays = sorted(seen[0] + seen[1])
+    for each in caches:
+        await each.close()
+    p99 = delays[int(len(delays) * 0.99) - 1] if delays else float("nan")
+    print(
+        f"{label:10} {count:>9,} entities: start {start_s:.2f} s (target < 2); RSS +{filled - before:.0f} MB "
+        f"with {cache.health().entries:,} cached (target < +150); hit {cache_ns:.0f} ns vs "
+        f"InMemoryRegistry.get {base_ns:.0f} ns (+{(cache_ns - base_ns) / 1000:.3f} µs, target < 1); "
+        f"miss p50 {statistics.median(misses) * 1e3:.3f} ms (target < 1); change-to-visibility "
+        f"p50 {statistics.median(delays) * 1e3:.0f} ms p99 {p99 * 1e3:.0f} ms over {len(delays)} "
+        f"(2 instances; target p99 < 1000)"
+    )
+
+
+def main() -> None:
+    """Run every measurement and print one line each."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--entities", type=int, default=1_000_000)
+    parser.add_argument("--file-entities", type=int, default=100_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_yaml_registry(Path(folder) / "e.yaml", args.file_entities)
+        gc.collect()
+        before, started = rss_mb(), time.perf_counter()
+        registry = load_registry(path)
+        print(f"file       {len(registry):>9,} entities: load {time.perf_counter() - started:.2f} s "
+              f"(target < 5), RSS +{rss_mb() - before:.0f} MB (target < +200)")  # fmt: skip
+        del registry
+        entities = list(synthetic_entities(args.entities))
+
+        async def sqlite_edit(target: str, key: str) -> None:
+            import sqlite3
+
+            def run() -> None:
+                conn = sqlite3.connect(target)
+                with conn:
+                    conn.execute("UPDATE entities SET name = name || '.' WHERE id = ?", (key,))
+                conn.close()
+
+            await asyncio.to_thread(run)
+
+        async def sqlite_run() -> None:
+            target = str(Path(folder) / "r.db")
+            store = SqliteStore(target)
+            await store.migrate()
+            await store.replace_all(entities)
+            await store.close()
+            await measure("sqlite", SqliteStore, target, args.entities, sqlite_edit)
+
+        asyncio.run(sqlite_run())
+        with postgres_server() as server:
+            dsn = server.create_database("bench")
+
+            async def pg_edit(target: str, key: str) -> None:
+                import psycopg
+
+                async with await psycopg.AsyncConnection.connect(target, autocommit=True) as conn:
+                    await conn.execute(
+                        "UPDATE aidr_registry.entities SET name = name || '.' WHERE id = %s", (key,)
+                    )
+
+            async def pg_run() -> None:
+                store = PostgresStore(dsn)
+                await store.migrate()
+                await store.open()
+                loaded = time.perf_counter()
+                await store.replace_all(entities)
+                print(
+                    f"postgres   COPY of {len(entities):,} entities: {time.perf_counter() - loaded:.1f} s"
+                )
+                await store.close()
+                await measure("postgres", PostgresStore, dsn, args.entities, pg_edit)
+
+            asyncio.run(pg_run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Registry stores: the file (the embedded default), SQLite, PostgreSQL; and the cache before them.
+
+:func:`open_store` names a store the way the ``registry`` commands do: a path to a ``.yaml``,
+``.yml`` or ``.json`` file, a path to a ``.db``/``.sqlite``/``.sqlite3`` file (or ``sqlite:PATH``),
+a ``postgresql://`` URL or libpq connection string, or ``env:NAME`` for a connection string held
+in an environment variable (so no password is on a command line).
+"""
+
+from __future__ import annotations
+
+import os
+
+from aidr_gate.errors import ConfigError
+from aidr_gate.stores.base import RegistryChange, RegistryStore, WritableStore
+from aidr_gate.stores.cache import (
+    MISS,
+    UNAVAILABLE,
+    Absent,
+    CacheSettings,
+    EntityCache,
+    RegistryHealth,
+    RegistryView,
+    SnapshotView,
+    registry_view,
+)
+from aidr_gate.stores.file import FileStore
+
+__all__ = [
+    "MISS",
+    "UNAVAILABLE",
+    "Absent",
+    "CacheSettings",
+    "EntityCache",
+    "FileStore",
+    "RegistryChange",
+    "RegistryHealth",
+    "RegistryStore",
+    "RegistryView",
+    "SnapshotView",
+    "WritableStore",
+    "open_store",
+    "registry_view",
+]
+
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def open_store(name: str) -> WritableStore:
+    """The store *name* designates (see the module docstring); not yet opened."""
+    if name.startswith("env:"):
+        value = os.environ.get(name[4:], "")
+        if not value:
+            raise ConfigError.single(name, "", f"environment variable {name[4:]} is not set")
+        name = value
+    if name.startswith(("postgresql://", "postgres://")) or "dbname=" in name or "host=" in name:
+        try:
+            from aidr_gate.stores.postgres import PostgresStore
+        except ImportError:
+            raise ConfigError.single(
+                "registry",
+                "",
+                "the PostgreSQL store needs psycopg: pip install 'aidr-gate[postgres]'",
+            ) from None
+        return PostgresStore(name)
+    if name.startswith("sqlite:") or name.lower().endswith(_SQLITE_SUFFIXES):
+        from aidr_gate.stores.sqlite import SqliteStore
+
+        return SqliteStore(name.removeprefix("sqlite:"))
+    return FileStore(name)
