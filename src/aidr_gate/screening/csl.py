@@ -61,8 +61,12 @@ def read_csl(path: str) -> tuple[list[ListEntry], RawFile]:
             header = [c.strip().lower() for c in row]
             missing = [c for c in REQUIRED_COLUMNS if c not in header]
             if not is_csl_header(row) or missing:
-                problems.add(line, "not a Consolidated Screening List header row (missing: "
-                             + ", ".join(missing or ["_id or source first"]) + ")")
+                problems.add(
+                    line,
+                    "not a Consolidated Screening List header row (missing: "
+                    + ", ".join(missing or ["_id or source first"])
+                    + ")",
+                )
                 break
             continue
         if len(row) != len(header):
@@ -114,7 +118,8 @@ def _entry(cells: dict[str, str], file: str, line: int) -> ListEntry:
         countries |= {c for c in map(country_code, _split(cells.get(column))) if c}
     name = _clean_name(cells["name"])
     aliases = tuple(
-        Alias(alias) for alias in dict.fromkeys(map(_clean_name, _split(cells.get("alt_names"))))
+        Alias(alias)
+        for alias in dict.fromkeys(map(_clean_name, _split(cells.get("alt_names"))))
         if alias and alias != name
     )
     start, end = cells.get("start_date") or None, cells.get("end_date") or None

@@ -133,7 +133,9 @@ class DateBasis(StrEnum):
     """Where a list file's date comes from: the operator's word, or the best the file shows."""
 
     STATED = "stated"  # given with the file (the publication date the operator downloaded)
-    NEWEST_ENTRY = "newest-entry"  # the latest listing date in the file: the list is at least this new
+    NEWEST_ENTRY = (
+        "newest-entry"  # the latest listing date in the file: the list is at least this new
+    )
     FILE_MODIFIED = "file-modified"  # the file's modification time: all an OFAC CSV carries
 
 

@@ -195,8 +195,10 @@ def load_snapshot(sources: Sequence[ListSource]) -> ListSnapshot:
     digest = hashlib.sha256(
         "\n".join(sorted(f"{v.format} {v.digest}" for v in versions)).encode()
     ).hexdigest()
-    version = ListVersion("sha256:" + digest, min(v.date for v in versions), tuple(versions))
-    return ListSnapshot(merged, version, tuple(notes))
+    snapshot_version = ListVersion(
+        "sha256:" + digest, min(v.date for v in versions), tuple(versions)
+    )
+    return ListSnapshot(merged, snapshot_version, tuple(notes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +271,9 @@ class ListStore:
             except ConfigError as exc:
                 self.last_error, self._stamp = exc, stamp
                 kept = f"version {old.version.label}" if old is not None else "no lists at all"
-                detail = f"screening list reload refused, keeping the last good lists ({kept}): {exc}"
+                detail = (
+                    f"screening list reload refused, keeping the last good lists ({kept}): {exc}"
+                )
                 logger.warning("%s", detail)
                 return ListReload(False, False, detail)
             self._snapshot, self._stamp, self.last_error = snapshot, stamp, None
