@@ -27,6 +27,9 @@ DEFAULT_THRESHOLD = 88.0
 SELECTIVE_POSTING = 400
 # A name whose every key is common still meets the names under its rarest key, up to this many.
 MAX_POSTING = 4000
+# Two words are "spelled alike" at this rapidfuzz ratio or above (cuba/cuha is 75, landmark/landtek 53).
+TOKEN_CUTOFF = 82.0
+COMPACT_CUTOFF = 95.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +121,12 @@ class NameIndex:
         if not numbers:
             return []
         scores: dict[int, float] = {}
-        cutoff = self.threshold
-        for query, choices in (
-            (form.sorted_folded, self._sorted),
-            (form.compact, self._compact),
+        # Written without spaces, names lose their word boundaries: only a near-identical compact
+        # form counts ("AERO-CARIBBEAN" and "AEROCARIBBEAN", not "Velux Investment" and
+        # "VELINVESTMENT").
+        for query, choices, cutoff in (
+            (form.sorted_folded, self._sorted, self.threshold),
+            (form.compact, self._compact, max(self.threshold, COMPACT_CUTOFF)),
         ):
             found = process.extract(
                 query,
@@ -138,6 +143,8 @@ class NameIndex:
         best: dict[str, NameMatch] = {}
         for number, score in scores.items():
             found_match = _explain(form, self._names[number], score)
+            if found_match is None:
+                continue
             known = best.get(found_match.entry)
             if known is None or found_match.score > known.score:
                 best[found_match.entry] = found_match
@@ -157,7 +164,27 @@ class NameIndex:
                 )
 
 
-def _explain(form: NameForm, listed: _Listed, score: float) -> NameMatch:
+def _covered(tokens: Sequence[str], others: Sequence[str]) -> int:
+    """How many of *tokens* have a counterpart among *others* spelled alike."""
+    return sum(
+        1
+        for token in tokens
+        if process.extractOne(token, others, scorer=fuzz.ratio, score_cutoff=TOKEN_CUTOFF)
+    )
+
+
+def _words_agree(form: NameForm, other: NameForm) -> bool:
+    """Every word of the shorter name, and all but one of the longer, is matched by a word of
+    the other spelled alike: a name that shares its common words with a listed one ("Ningbo New
+    Era Import and Export" and "Ningbo New Century Import and Export") but not its distinctive
+    word is a different party, however close the whole strings are."""
+    short, long = sorted((form.folded, other.folded), key=len)
+    if _covered(short, long) < len(short):
+        return False
+    return _covered(long, short) >= len(long) - 1 if len(long) > len(short) else True
+
+
+def _explain(form: NameForm, listed: _Listed, score: float) -> NameMatch | None:
     other = listed.form
     reasons: list[str] = []
     if form.tokens != other.tokens and sorted(form.tokens) == sorted(other.tokens):
@@ -179,9 +206,11 @@ def _explain(form: NameForm, listed: _Listed, score: float) -> NameMatch:
     elif set(form.folded) < set(other.folded) and listed.individual:
         method = "name-parts"
         reasons.append("names given are part of the listed name")
-    else:
+    elif _words_agree(form, other):
         method = "fuzzy"
         reasons.append(f"similar spelling ({score:.0f}/100)")
+    else:
+        return None
     return NameMatch(
         entry=listed.entry,
         listed_name=other.text,
