@@ -83,8 +83,10 @@ _NOT_WORD = re.compile(r"[^a-z0-9]+")
 @lru_cache(maxsize=65536)
 def fold_token(token: str) -> str:
     """One token's canonical spelling (``khusyaynova`` → ``husainova``)."""
-    for pattern, replacement in _FOLDS:
-        token = pattern.sub(replacement, token)
+    # Twice: a fold can make what an earlier one folds (German "schtsch" for "shch").
+    for _ in range(2):
+        for pattern, replacement in _FOLDS:
+            token = pattern.sub(replacement, token)
     return token
 
 
