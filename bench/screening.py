@@ -25,7 +25,7 @@ import time
 import timeit
 from pathlib import Path
 
-from aidr_gate.registry import Entity, OwnershipStatus, Owner
+from aidr_gate.registry import Entity, Owner, OwnershipStatus
 from aidr_gate.screening.facts import screening_table
 from aidr_gate.screening.matcher import NameIndex
 from aidr_gate.screening.ofac import OfacFiles, read_ofac
@@ -54,8 +54,10 @@ def labelled(snapshot: ListSnapshot, sample: int) -> None:
     flagged = [d.name for d in screening_support.DISTINCT if index.match(d.name)]
     recall = found / max(found + missed, 1)
     precision = found / max(found + len(flagged), 1)
-    print(f"labelled set: {found + missed} variants of {sample} real entries, "
-          f"{len(screening_support.DISTINCT)} distinct but similar names")
+    print(
+        f"labelled set: {found + missed} variants of {sample} real entries, "
+        f"{len(screening_support.DISTINCT)} distinct but similar names"
+    )
     for kind, (hits, total) in sorted(by_kind.items()):
         print(f"  {kind:13s} {hits:5d}/{total:<5d} found")
     print(f"  recall    {recall:.4f}  ({missed} variants missed)")
@@ -95,32 +97,41 @@ def screening_time(count: int) -> None:
     table = screening_table(entities, run)
     total = time.perf_counter() - started
     potential = sum(1 for e in entities if table.get(e.id).potential_hit)
-    print(f"screening {count:,} entities ({run.names_screened:,} names) against the SDN list "
-          f"({len(sdn):,} entries, {len(index):,} names):")
+    print(
+        f"screening {count:,} entities ({run.names_screened:,} names) against the SDN list "
+        f"({len(sdn):,} entries, {len(index):,} names):"
+    )
     print(f"  index built in {built:.1f} s; screened, ownership and facts in {total - built:.1f} s")
-    print(f"  total {total:.1f} s (target under {SCREEN_TARGET_SECONDS:.0f} s): "
-          f"{'met' if total < SCREEN_TARGET_SECONDS else 'MISSED'}; "
-          f"{potential:,} entities with potential hits ({len(planted)} planted)")
+    print(
+        f"  total {total:.1f} s (target under {SCREEN_TARGET_SECONDS:.0f} s): "
+        f"{'met' if total < SCREEN_TARGET_SECONDS else 'MISSED'}; "
+        f"{potential:,} entities with potential hits ({len(planted)} planted)"
+    )
     lookup_cost(table, [e.id for e in entities])
 
 
 def lookup_cost(table: object, ids: list[str], rounds: int = 7) -> None:
     """``ScreeningTable.get`` against ``dict.get`` on the same ids, interleaved, best of rounds."""
-    baseline = {entity_id: None for entity_id in ids}
+    baseline = dict.fromkeys(ids)
     sample = ids[:: max(len(ids) // 1000, 1)][:1000]
     loops = 200
     setup = {"table": table, "baseline": baseline, "sample": sample}
     best_table = best_dict = float("inf")
     for _ in range(rounds):
-        best_dict = min(best_dict, timeit.timeit(
-            "for i in sample: baseline.get(i)", globals=setup, number=loops))
-        best_table = min(best_table, timeit.timeit(
-            "for i in sample: table.get(i)", globals=setup, number=loops))
+        best_dict = min(
+            best_dict,
+            timeit.timeit("for i in sample: baseline.get(i)", globals=setup, number=loops),
+        )
+        best_table = min(
+            best_table, timeit.timeit("for i in sample: table.get(i)", globals=setup, number=loops)
+        )
     per_table = best_table / (loops * len(sample)) * 1e9
     per_dict = best_dict / (loops * len(sample)) * 1e9
-    print(f"per-request screening facts: {per_table:.0f} ns (dict.get baseline {per_dict:.0f} ns, "
-          f"ratio {per_table / per_dict:.2f}); target under {LOOKUP_TARGET_NS:.0f} ns: "
-          f"{'met' if per_table < LOOKUP_TARGET_NS else 'MISSED'}")
+    print(
+        f"per-request screening facts: {per_table:.0f} ns (dict.get baseline {per_dict:.0f} ns, "
+        f"ratio {per_table / per_dict:.2f}); target under {LOOKUP_TARGET_NS:.0f} ns: "
+        f"{'met' if per_table < LOOKUP_TARGET_NS else 'MISSED'}"
+    )
 
 
 def main() -> int:
@@ -132,8 +143,10 @@ def main() -> int:
     if not screening_support.sanctions_present():
         print(screening_support.MISSING, file=sys.stderr)
         return 2
-    print(f"python {platform.python_version()} on {platform.machine()}, "
-          f"{len(__import__('os').sched_getaffinity(0))} cores")
+    print(
+        f"python {platform.python_version()} on {platform.machine()}, "
+        f"{len(__import__('os').sched_getaffinity(0))} cores"
+    )
     labelled(screening_support.load_all(), args.sample)
     screening_time(args.entities)
     return 0

@@ -208,15 +208,101 @@ DISTINCT: tuple[Distinct, ...] = (
 
 # --- generated registries (for bench/screening.py and the scale tests) --------------------------
 
-_WORDS = (
-    "nordic data systems alpine cloud analytics pacific harbor green valley summit blue river "
-    "quantum logic vertex solar bright north star lake forest crystal maple silver oak iron "
-    "stone meadow coral delta orbit nova terra prime atlas apex cedar willow falcon eagle "
-    "horizon sierra aurora boreal metro urban coastal global trading holdings partners group "
-    "capital labs robotics software media energy logistics research ventures networks"
-).split()
-_FIRST = "anna maria john peter li wei ahmed fatima ivan olga carlos sofia kenji yuki".split()
-_LAST = "smith garcia müller novak kim chen patel rossi ivanova haddad tanaka silva".split()
+_WORDS = [
+    "nordic",
+    "data",
+    "systems",
+    "alpine",
+    "cloud",
+    "analytics",
+    "pacific",
+    "harbor",
+    "green",
+    "valley",
+    "summit",
+    "blue",
+    "river",
+    "quantum",
+    "logic",
+    "vertex",
+    "solar",
+    "bright",
+    "north",
+    "star",
+    "lake",
+    "forest",
+    "crystal",
+    "maple",
+    "silver",
+    "oak",
+    "iron",
+    "stone",
+    "meadow",
+    "coral",
+    "delta",
+    "orbit",
+    "nova",
+    "terra",
+    "prime",
+    "atlas",
+    "apex",
+    "cedar",
+    "willow",
+    "falcon",
+    "eagle",
+    "horizon",
+    "sierra",
+    "aurora",
+    "boreal",
+    "metro",
+    "urban",
+    "coastal",
+    "global",
+    "trading",
+    "holdings",
+    "partners",
+    "group",
+    "capital",
+    "labs",
+    "robotics",
+    "software",
+    "media",
+    "energy",
+    "logistics",
+    "research",
+    "ventures",
+    "networks",
+]
+_FIRST = [
+    "anna",
+    "maria",
+    "john",
+    "peter",
+    "li",
+    "wei",
+    "ahmed",
+    "fatima",
+    "ivan",
+    "olga",
+    "carlos",
+    "sofia",
+    "kenji",
+    "yuki",
+]
+_LAST = [
+    "smith",
+    "garcia",
+    "müller",
+    "novak",
+    "kim",
+    "chen",
+    "patel",
+    "rossi",
+    "ivanova",
+    "haddad",
+    "tanaka",
+    "silva",
+]
 _FORMS = ("GmbH", "LLC", "Ltd", "Inc.", "S.A.", "AB", "Oy", "K.K.", "B.V.", "PLC", "")
 _COUNTRIES = ("US", "DE", "GB", "FR", "JP", "SE", "NL", "CA", "AU", "IN", "BR", "SG", "AE", "CN")
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from aidr_gate.cli import audit, check, demo, diff, packs, replay, serve, validate
+from aidr_gate.cli import audit, check, demo, diff, packs, replay, screen, serve, validate
 from aidr_gate.cli.exit import EXIT_BROKEN_PIPE
 from aidr_gate.cli.exit import EXIT_DENY as EXIT_DENY  # re-exported: shared by every subcommand
 from aidr_gate.cli.exit import EXIT_LOG as EXIT_LOG
@@ -26,6 +26,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     audit,
     replay,
     diff,
+    screen,
 )
 
 
