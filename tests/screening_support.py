@@ -27,6 +27,17 @@ def sanctions_present() -> bool:
     return SDN.is_file() and CSL_LEGACY.is_file() and CSL_CURRENT.is_file()
 
 
+def require_sanctions() -> Path:
+    """The folder of real lists; a test without it skips, naming the folder, and fails under CI."""
+    import pytest  # only the tests call this; bench/screening.py checks for itself
+
+    if not sanctions_present():
+        if IN_CI:
+            pytest.fail(MISSING)
+        pytest.skip(MISSING)
+    return SANCTIONS
+
+
 def load_all() -> ListSnapshot:
     """Every real list in the folder: OFAC's SDN set and both CSL samples."""
     return load_snapshot(sources_for([SANCTIONS]))
@@ -57,7 +68,8 @@ def to_cyrillic(text: str) -> str:
     out: list[str] = []
     lower, index = text.lower(), 0
     while index < len(lower):
-        if lower[index] == "y" and out and out[-1] not in "аеёиоуыэюя ":
+        following = lower[index + 1 : index + 2]
+        if lower[index] == "y" and out and out[-1] not in "аеиоуыэюя " and following not in "aeiou":
             out.append("ы")  # y after a consonant is ы (SPETSIALNYKH), after a vowel й
             index += 1
             continue
