@@ -68,6 +68,10 @@ def detect_format(path: Path) -> str:
     for _, row in rows(raw):
         if is_csl_header(row):
             return CSL
+        if path.name.lower().endswith("sdn.csv") and not path.name.lower().endswith(
+            "_comments.csv"
+        ):
+            return OFAC_SDN  # named as OFAC names it: its reader says what is wrong, by line
         if row[0].strip().isdigit():
             if len(row) == 12:
                 return OFAC_SDN
