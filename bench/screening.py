@@ -97,9 +97,14 @@ def screening_time(count: int) -> None:
     table = screening_table(entities, run)
     total = time.perf_counter() - started
     potential = sum(1 for e in entities if table.get(e.id).potential_hit)
+    distinct = len(
+        {e.name for e in entities}
+        | {a for e in entities for a in e.aliases}
+        | {o.name for e in entities for o in e.owners}
+    )
     print(
         f"screening {count:,} entities ({run.names_screened:,} names) against the SDN list "
-        f"({len(sdn):,} entries, {len(index):,} names):"
+        f"({len(sdn):,} entries, {len(index):,} names); {distinct:,} distinct names matched:"
     )
     print(f"  index built in {built:.1f} s; screened, ownership and facts in {total - built:.1f} s")
     print(
