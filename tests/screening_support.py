@@ -215,6 +215,8 @@ DISTINCT: tuple[Distinct, ...] = (
     Distinct("Atlas Copco AB", "Atlas Sanatgaran", "a Swedish manufacturer"),
     Distinct("Gulf Gate Hotel", "Gulf Gate Shipping Co. LLC", "a hotel"),
     Distinct("Rosneft Trading Academy", "ROSNEFT TRADE LIMITED", "a school"),
+    Distinct("Horizon Star S.A.", "ORION STAR", "another word"),
+    Distinct("Maria Garcia", "GARCIA DURAN, Maria Del Rosario", "two listed names missing"),
 )
 
 

@@ -27,8 +27,9 @@ DEFAULT_THRESHOLD = 88.0
 SELECTIVE_POSTING = 400
 # A name whose every key is common still meets the names under its rarest key, up to this many.
 MAX_POSTING = 4000
-# Two words are "spelled alike" at this rapidfuzz ratio or above (cuba/cuha is 75, landmark/landtek 53).
-TOKEN_CUTOFF = 82.0
+# Two words are "spelled alike" at this rapidfuzz ratio or above (nacional/nacionel 87.5;
+# horizon/orion 83, landmark/landtek 53 are other words).
+TOKEN_CUTOFF = 85.0
 COMPACT_CUTOFF = 95.0
 
 
@@ -157,7 +158,10 @@ class NameIndex:
             listed = self._names[number]
             if not listed.individual or number in scores:
                 continue
-            if len(listed.form.folded) > len(query) and query <= set(listed.form.folded):
+            # One listed part may be missing (a patronymic, a second surname), not more: "Maria
+            # Garcia" is not "GARCIA DURAN, Maria Del Rosario".
+            extra = len(listed.form.folded) - len(form.folded)
+            if extra == 1 and query <= set(listed.form.folded):
                 # Scored below exact: the missing parts are for the reviewer to weigh.
                 scores[number] = min(
                     95.0, fuzz.token_set_ratio(form.sorted_folded, self._sorted[number])

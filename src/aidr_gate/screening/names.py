@@ -67,6 +67,8 @@ _FOLDS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         ("w", "v"),
         ("tz", "c"),
         ("ts", "c"),
+        ("our$", "or"),  # British and American spellings: Harbour / Harbor
+        ("([^aeiou])re$", r"\1er"),  # Centre / Center
         ("ou", "u"),
         ("oo", "u"),
         ("ee", "i"),
