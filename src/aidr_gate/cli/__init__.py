@@ -9,7 +9,18 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from aidr_gate.cli import audit, check, demo, diff, packs, registry, replay, serve, validate
+from aidr_gate.cli import (
+    audit,
+    check,
+    demo,
+    diff,
+    packs,
+    registry,
+    replay,
+    screen,
+    serve,
+    validate,
+)
 from aidr_gate.cli.exit import EXIT_BROKEN_PIPE
 from aidr_gate.cli.exit import EXIT_DENY as EXIT_DENY  # re-exported: shared by every subcommand
 from aidr_gate.cli.exit import EXIT_LOG as EXIT_LOG
@@ -27,6 +38,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     replay,
     diff,
     registry,
+    screen,
 )
 
 

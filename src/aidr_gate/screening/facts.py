@@ -1,0 +1,142 @@
+"""The screening facts of each entity, and the table the request path reads them from.
+
+Built when the registry or the lists change (``screening_table``); read per request with one dict
+lookup (:meth:`ScreeningTable.get`). An entity the table does not hold (added to the registry
+after the last screening) gets facts that say it was not screened, so a pack can refuse it: a
+missing answer is never an allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+from aidr_gate.registry import Entity, OwnershipStatus
+from aidr_gate.screening.entries import ListVersion
+from aidr_gate.screening.ownership import OwnershipFinding, listed_ownership
+from aidr_gate.screening.screen import EntityScreen, ScreeningRun
+
+
+class ScreeningFacts(msgspec.Struct, frozen=True, gc=False):
+    """What screening found about one entity: the facts packs test."""
+
+    screened: bool = True
+    listed: bool = False  # a confirmed hit: the entity is a listed party (RESTRICTED_PARTY)
+    owned_by_listed: bool = False  # 50% or more held, in aggregate, by listed parties
+    potential_hit: bool = False  # an unreviewed hit on the entity's own names
+    exact_hit: bool = False  # one of those matched a listed name word for word
+    potential_owned_by_listed: bool = False  # owned 50%+ if unreviewed owner hits were confirmed
+    ownership_unknown: bool = False  # nothing is known of the owners (BIS Red Flag 29)
+    ownership_partial: bool = False  # some owners are known, not all
+    listed_share: float = 0.0  # aggregate % held by holders that count as listed
+    entries: tuple[str, ...] = ()  # confirmed entries: the entity's own, then its listed owners'
+    potential_entries: tuple[str, ...] = ()  # entries of unreviewed hits (own names and owners)
+    ownership_path: tuple[str, ...] = ()  # entity ← holder (share) ← ... ← listed party
+    list_version: str = ""  # ListVersion.label of the lists screened against
+
+    @property
+    def treated_as_listed(self) -> bool:
+        """Listed, or owned 50% or more by listed parties: the gate denies ``RESTRICTED_PARTY``."""
+        return self.listed or self.owned_by_listed
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form for evidence and audit."""
+        return {
+            "screened": self.screened,
+            "listed": self.listed,
+            "owned_by_listed": self.owned_by_listed,
+            "potential_hit": self.potential_hit,
+            "exact_hit": self.exact_hit,
+            "potential_owned_by_listed": self.potential_owned_by_listed,
+            "ownership_unknown": self.ownership_unknown,
+            "ownership_partial": self.ownership_partial,
+            "listed_share": self.listed_share,
+            "entries": list(self.entries),
+            "potential_entries": list(self.potential_entries),
+            "ownership_path": list(self.ownership_path),
+            "list_version": self.list_version,
+        }
+
+
+class ScreeningTable:
+    """Every entity's screening facts, for the request path: one lookup, no work."""
+
+    __slots__ = ("_facts", "_unscreened", "findings", "version")
+
+    def __init__(
+        self,
+        facts: Mapping[str, ScreeningFacts],
+        version: ListVersion,
+        findings: Mapping[str, OwnershipFinding] | None = None,
+    ) -> None:
+        self._facts = dict(facts)
+        self.version = version
+        self.findings: Mapping[str, OwnershipFinding] = findings or {}
+        self._unscreened = ScreeningFacts(screened=False, list_version=version.label)
+
+    def get(self, entity_id: str) -> ScreeningFacts:
+        """The entity's facts; facts saying ``screened=False`` for an entity never screened."""
+        return self._facts.get(entity_id, self._unscreened)
+
+    def __len__(self) -> int:
+        return len(self._facts)
+
+
+def screening_table(entities: Iterable[Entity], run: ScreeningRun) -> ScreeningTable:
+    """The facts of every entity from a screening run, ownership included (a pure function)."""
+    by_id = {e.id: e for e in entities}
+    results = run.results
+    listed = {eid: r.confirmed for eid, r in results.items() if r.confirmed}
+    listed_owners = {eid: r.listed_owners for eid, r in results.items() if r.listed_owners}
+    confirmed = listed_ownership(by_id, listed, listed_owners)
+    # The same test with every unreviewed hit taken as confirmed: what the reviews could change.
+    maybe_listed = dict(listed)
+    maybe_owners: dict[str, dict[int, tuple[str, ...]]] = {
+        k: dict(v) for k, v in listed_owners.items()
+    }
+    for eid, result in results.items():
+        potential = tuple(dict.fromkeys(h.entry for h in result.potential))
+        if potential:
+            maybe_listed[eid] = maybe_listed.get(eid, ()) + potential
+        for index, entries in result.potential_owners.items():
+            maybe_owners.setdefault(eid, {})[index] = entries
+    possible = listed_ownership(by_id, maybe_listed, maybe_owners)
+    facts = {
+        eid: _facts_for(entity, results[eid], confirmed.get(eid), possible.get(eid), run.version)
+        for eid, entity in by_id.items()
+        if eid in results
+    }
+    return ScreeningTable(facts, run.version, confirmed)
+
+
+def _facts_for(
+    entity: Entity,
+    result: EntityScreen,
+    finding: OwnershipFinding | None,
+    possible: OwnershipFinding | None,
+    version: ListVersion,
+) -> ScreeningFacts:
+    owned = finding is not None and finding.owned_by_listed
+    own_potential = result.potential
+    listed_links = finding.links if finding is not None else ()
+    owner_potential = [e for entries in result.potential_owners.values() for e in entries]
+    return ScreeningFacts(
+        listed=bool(result.confirmed),
+        owned_by_listed=owned,
+        potential_hit=bool(own_potential),
+        exact_hit=any(h.match.score >= 100.0 for h in own_potential),
+        potential_owned_by_listed=not owned and possible is not None and possible.owned_by_listed,
+        ownership_unknown=entity.ownership is OwnershipStatus.UNKNOWN,
+        ownership_partial=entity.ownership is OwnershipStatus.PARTIAL,
+        listed_share=finding.listed_share if finding is not None else 0.0,
+        entries=_unique([*result.confirmed, *(e for link in listed_links for e in link.entries)]),
+        potential_entries=_unique([*(h.entry for h in own_potential), *owner_potential]),
+        ownership_path=finding.path if finding is not None and owned else (),
+        list_version=version.label,
+    )
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
