@@ -176,10 +176,7 @@ class FileJournal:
             self._open()
         now = self._clock()
         config = self.config
-        if self._size > 0 and (
-            self._size >= config.max_bytes
-            or (config.rotate_seconds is not None and now - self._opened >= config.rotate_seconds)
-        ):
+        if self.rotation_due():
             self.rotate()
         if self._size == 0:
             self._first_seq = first_seq
@@ -200,6 +197,17 @@ class FileJournal:
         self._dirty = not sync
         if sync:
             self._last_sync = now
+
+    def rotation_due(self) -> bool:
+        """True when the active file has reached its size or age: the next write rotates."""
+        config = self.config
+        return self._size > 0 and (
+            self._size >= config.max_bytes
+            or (
+                config.rotate_seconds is not None
+                and self._clock() - self._opened >= config.rotate_seconds
+            )
+        )
 
     def sync(self) -> None:
         """Force written records to disk."""
