@@ -276,6 +276,7 @@ def write_trail(
         rotate_seconds=None,
         fsync=FsyncPolicy.NEVER,
         compress=compress,
+        compression="gzip",
     )
     # Small batches, so the journal can rotate every few dozen records.
     config = AuditConfig(

@@ -610,3 +610,22 @@ def test_a_close_timeout_does_not_cancel_a_batch_being_written(
     # The sink got the lines: delivered, or kept in its spool for the next start.
     outbox = trail.outboxes[0]
     assert outbox.delivered + outbox.spool.count == 4
+
+
+def test_rotated_files_are_zstd_by_default_and_read_back(tmp_path: Path) -> None:
+    """The default codec: rotated files are zstd, and verify, recovery and replay read them."""
+    from aidr_gate.audit.compression import ZSTD_MAGIC
+    from aidr_gate.policy.pack import load_pack
+    from aidr_gate.replay import ReplayOptions, replay_files
+
+    asyncio.run(write(tmp_path, 20, max_bytes=3_000, compress=True, compression="zstd"))
+    asyncio.run(write(tmp_path, 5, start=20))  # the chain's tail is recovered after them
+    files = audit_files(tmp_path)
+    packed = [p for p in files if p.name.endswith(".jsonl.zst")]
+    assert packed and all(p.read_bytes()[:4] == ZSTD_MAGIC for p in packed)
+    result = verify_files(files)
+    assert result.ok, result.findings
+    assert (result.records, result.last_seq) == (25, 24)
+    replayed = replay_files(files, ReplayOptions(load_pack("strict-hypothetical")))
+    assert replayed.tally.records == 25
+    assert not replayed.tally.cannot_decide

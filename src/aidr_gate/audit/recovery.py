@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import zlib
 from pathlib import Path
 
 from aidr_gate.audit.chain import GENESIS, open_bytes, parse_link
+from aidr_gate.audit.compression import READ_ERRORS
 from aidr_gate.audit.delivery import Outbox
 from aidr_gate.audit.sinks.file import FileJournal, first_seq_of, rotated_files
 
@@ -40,7 +40,7 @@ def backfill(journal: FileJournal, outbox: Outbox, tail_seq: int) -> None:
             break
         try:
             data = open_bytes(path)
-        except (OSError, EOFError, zlib.error) as exc:
+        except READ_ERRORS as exc:
             unreadable.append(f"{path.name}: {exc}")
             continue
         for line in data.splitlines(keepends=True):

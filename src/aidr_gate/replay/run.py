@@ -311,7 +311,7 @@ def replay_files(
     progress: Progress | None = None,
     block: int = BLOCK,
 ) -> ReplayResult:
-    """Replay audit files (any order; rotated and .gz too) under ``options.pack``."""
+    """Replay audit files (any order; rotated and compressed too) under ``options.pack``."""
     started = time.perf_counter()
     reader = AuditReader.open(list(paths), block=block)
     replayer = Replayer(options)
