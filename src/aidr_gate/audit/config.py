@@ -154,9 +154,9 @@ class SigningConfig:
     every_seconds: float = 60.0
 
 
-# 20 ms: at most 50 batches a second, each two to four wake-ups of the writer thread (its
+# 50 ms: at most 20 batches a second, each a few wake-ups of the writer thread (its
 # timer, the GIL), so under 250 a second at any rate (bench/middleware.py counts them).
-DEFAULT_BATCH_LINGER = 0.02
+DEFAULT_BATCH_LINGER = 0.05
 MAX_BATCH_LINGER = 1.0
 
 

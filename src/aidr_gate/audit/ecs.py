@@ -9,14 +9,13 @@ Members without a value are left out. :meth:`EcsRenderer.fields` states the reco
 
 from __future__ import annotations
 
-from enum import IntEnum
 from typing import Any
 
 import orjson
 
 from aidr_gate.audit.facts import Shared
 from aidr_gate.audit.record import DATASET, SCHEMA_VERSION, AuditEvent, clean_path
-from aidr_gate.audit.template import Places, TemplateRenderer, Values, put
+from aidr_gate.audit.template import Places, TemplateRenderer, Values, presence, put
 from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.facts import Identity, Origin
 
@@ -26,8 +25,9 @@ _CATEGORY = ["web", "iam"]
 _dumps = orjson.dumps
 
 
-class _Slot(IntEnum):
-    """A per-request value of a record: what a template leaves out."""
+class _Slot:
+    """The slot numbers of the per-request values (plain ints: an IntEnum member costs a lookup
+    through the enum machinery on every use, on the hot path)."""
 
     AT = 0
     ID = 1
@@ -59,8 +59,6 @@ _PLACES: Places = (
     (("aidr", "request"), _Slot.REQUEST),
     (("aidr", "upstream"), _Slot.UPSTREAM),
 )
-# Bits of the members every record has whatever its request: the rest are optional.
-_ALWAYS = (1 << _Slot.AT) | (1 << _Slot.ID) | (1 << _Slot.FACTS)
 
 
 def decision_member(decision: Decision, *, effect: bool = True) -> dict[str, Any]:
@@ -141,13 +139,12 @@ class EcsRenderer(TemplateRenderer):
 
     def slot_values(
         self, event: AuditEvent, shared: Shared, *, facts_inline: bool = False
-    ) -> tuple[Values, int]:
+    ) -> tuple[Values, tuple[type, ...]]:
         """Every per-request value of the ECS record, by slot."""
         decision = event.decision
         evidence = decision.evidence
         request = event.request
         values: Values = [None] * 13
-        mask = _ALWAYS
         values[_Slot.FACTS] = shared.facts if facts_inline else shared.ref
         values[_Slot.AT] = self.clock.json(decision.at)
         values[_Slot.ID] = _dumps(decision.decision_id)
@@ -172,10 +169,7 @@ class EcsRenderer(TemplateRenderer):
             if agent is not None:
                 values[_Slot.USER_AGENT] = _dumps({"original": agent})
             values[_Slot.REQUEST], values[_Slot.UPSTREAM] = request_values(event, headers)
-        for slot in range(2, 12):
-            if values[slot] is not None:
-                mask |= 1 << slot
-        return values, mask
+        return values, presence(values)
 
     def fields(self, event: AuditEvent, shared: Shared, values: Values) -> dict[str, Any]:
         """The ECS record."""

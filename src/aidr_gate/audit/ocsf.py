@@ -10,7 +10,6 @@ the gate's added time, which OCSF has no microsecond field for) and the shared f
 
 from __future__ import annotations
 
-from enum import IntEnum
 from typing import Any
 
 import orjson
@@ -19,7 +18,7 @@ from aidr_gate import __version__
 from aidr_gate.audit.ecs import compact_tree, identity_member, origin_member, request_values
 from aidr_gate.audit.facts import Shared
 from aidr_gate.audit.record import AuditEvent, RequestContext, clean_path
-from aidr_gate.audit.template import Places, TemplateRenderer, Values, put
+from aidr_gate.audit.template import Places, TemplateRenderer, Values, presence, put
 from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.facts import Identity, Origin
 
@@ -58,8 +57,9 @@ def _disposition(decision: Decision) -> tuple[int, str, int, str, int]:
     return ACTION_ALLOWED, "Allowed", DISPOSITION_ALLOWED, "Allowed", SEVERITY_INFORMATIONAL
 
 
-class _Slot(IntEnum):
-    """A per-request value of a record: what a template leaves out."""
+class _Slot:
+    """The slot numbers of the per-request values (plain ints: an IntEnum member costs a lookup
+    through the enum machinery on every use, on the hot path)."""
 
     TIME = 0
     ID = 1
@@ -89,7 +89,6 @@ _PLACES: Places = (
     (("unmapped", "aidr", "gate_us"), _Slot.GATE),
     (("unmapped", "aidr", "upstream"), _Slot.UPSTREAM),
 )
-_ALWAYS = (1 << _Slot.TIME) | (1 << _Slot.ID) | (1 << _Slot.ACTOR) | (1 << _Slot.FACTS)
 _dumps = orjson.dumps
 
 
@@ -126,14 +125,16 @@ class OcsfRenderer(TemplateRenderer):
             endpoint["location"] = {"country": origin.country}
         return _dumps(endpoint), origin_member(origin)
 
-    def template_key(self, event: AuditEvent, shared: Shared, mask: int) -> tuple[Any, ...]:
+    def template_key(
+        self, event: AuditEvent, shared: Shared, mask: tuple[type, ...]
+    ) -> tuple[Any, ...]:
         """The activity (from the method) too: it names the record's type."""
         decision = event.decision
         return (id(shared), decision.status, decision.mode, mask, _activity(event.request)[1])
 
     def slot_values(
         self, event: AuditEvent, shared: Shared, *, facts_inline: bool = False
-    ) -> tuple[Values, int]:
+    ) -> tuple[Values, tuple[type, ...]]:
         """Every per-request value of the OCSF record, by slot."""
         decision = event.decision
         evidence = decision.evidence
@@ -172,11 +173,7 @@ class OcsfRenderer(TemplateRenderer):
             if request.gate_us is not None:
                 values[_Slot.GATE] = b"%d" % request.gate_us
             values[_Slot.REQUEST], values[_Slot.UPSTREAM] = request_values(event, headers)
-        mask = _ALWAYS
-        for slot in range(3, 11):
-            if values[slot] is not None:
-                mask |= 1 << slot
-        return values, mask
+        return values, presence(values)
 
     def fields(self, event: AuditEvent, shared: Shared, values: Values) -> dict[str, Any]:
         """The OCSF record."""
