@@ -199,8 +199,8 @@ def report(runs: dict[str, list[Round]], single: dict[str, list[float]]) -> None
         f"   gate on - gate off: the gate adds {mid:.1f} µs of sidecar CPU a request "
         f"(rounds {low:.1f} .. {high:.1f})   target <= 60 µs   {'OK' if mid <= 60 else 'MISSED'}"
     )
-    rps = {name: median_spread([r.load.rps for r in rounds])[0] for name, rounds in runs.items()}
-    print(f"   gate on / gate off requests per second: {rps['gate on'] / rps['gate off']:.1%}")
+    speed = {name: median_spread([r.load.rps for r in rounds])[0] for name, rounds in runs.items()}
+    print(f"   gate on / gate off requests per second: {speed['gate on'] / speed['gate off']:.1%}")
     latency = median_spread(
         [a - b for a, b in zip(single["gate on"], single["direct"], strict=True)]
     )[0]
