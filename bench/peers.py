@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import urllib.request
 from pathlib import Path
 
 from loadgen import free_port
-from serving import WRK_HINT, LoadGenerator, Round, describe_machine, median_spread
+from serving import WRK_HINT, LoadGenerator, Round, describe_machine, median_spread, stop_all
 from sidecar import start, write_gate
 
 PATH = "/v1/chat/completions"
@@ -168,13 +167,7 @@ def main() -> int:
                 targets["litellm"] = (f"http://127.0.0.1:{ports['litellm']}", litellm.pid, key)
             results = measure(load, targets, rounds, args.seconds, args.connections)
         finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_all(procs)
         report(results)
     return 0
 

@@ -277,3 +277,14 @@ def describe_machine() -> str:
         pass
     load = os.getloadavg()
     return f"{model}, {os.cpu_count()} CPUs; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+
+
+def stop_all(processes: Sequence[subprocess.Popen[bytes]], timeout: float = 20.0) -> None:
+    """SIGTERM every process, then wait for each (killing one that outlives *timeout*)."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()

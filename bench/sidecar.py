@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,15 @@ import time
 from pathlib import Path
 
 from loadgen import free_port
-from serving import WRK_HINT, LoadGenerator, Round, describe_machine, differences, median_spread
+from serving import (
+    WRK_HINT,
+    LoadGenerator,
+    Round,
+    describe_machine,
+    differences,
+    median_spread,
+    stop_all,
+)
 
 PATH = "/v1/chat/completions"
 PAYLOAD = json.dumps(
@@ -172,13 +179,7 @@ def main() -> int:
                         flush=True,
                     )
         finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_all(procs)
         report(runs, single)
     return 0
 

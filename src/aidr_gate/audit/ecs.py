@@ -96,6 +96,16 @@ def origin_member(origin: Origin) -> bytes:
     return _dumps(member)
 
 
+def address_member(origin: Origin, place: str, country: str) -> bytes:
+    """The client address and its country, as a format names them (``{"ip":..,place:{country:..}}``)."""
+    member: dict[str, Any] = {}
+    if origin.ip is not None:
+        member["ip"] = origin.ip
+    if origin.country is not None:
+        member[place] = {country: origin.country}
+    return _dumps(member)
+
+
 def request_values(
     event: AuditEvent, redactor_headers: dict[str, str]
 ) -> tuple[bytes | None, bytes | None]:
@@ -130,12 +140,7 @@ class EcsRenderer(TemplateRenderer):
 
     def origin_members(self, origin: Origin) -> tuple[bytes | None, ...]:
         """ECS ``client`` and ``aidr.origin``."""
-        client: dict[str, Any] = {}
-        if origin.ip is not None:
-            client["ip"] = origin.ip
-        if origin.country is not None:
-            client["geo"] = {"country_iso_code": origin.country}
-        return _dumps(client), origin_member(origin)
+        return address_member(origin, "geo", "country_iso_code"), origin_member(origin)
 
     def slot_values(
         self, event: AuditEvent, shared: Shared, *, facts_inline: bool = False

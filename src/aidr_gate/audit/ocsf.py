@@ -15,7 +15,13 @@ from typing import Any
 import orjson
 
 from aidr_gate import __version__
-from aidr_gate.audit.ecs import compact_tree, identity_member, origin_member, request_values
+from aidr_gate.audit.ecs import (
+    address_member,
+    compact_tree,
+    identity_member,
+    origin_member,
+    request_values,
+)
 from aidr_gate.audit.facts import Shared
 from aidr_gate.audit.record import AuditEvent, RequestContext, clean_path
 from aidr_gate.audit.template import Places, TemplateRenderer, Values, presence, put
@@ -118,12 +124,7 @@ class OcsfRenderer(TemplateRenderer):
 
     def origin_members(self, origin: Origin) -> tuple[bytes | None, ...]:
         """OCSF ``src_endpoint`` and ``aidr.origin``."""
-        endpoint: dict[str, Any] = {}
-        if origin.ip is not None:
-            endpoint["ip"] = origin.ip
-        if origin.country is not None:
-            endpoint["location"] = {"country": origin.country}
-        return _dumps(endpoint), origin_member(origin)
+        return address_member(origin, "location", "country"), origin_member(origin)
 
     def template_key(
         self, event: AuditEvent, shared: Shared, mask: tuple[type, ...]
