@@ -629,3 +629,43 @@ def test_rotated_files_are_zstd_by_default_and_read_back(tmp_path: Path) -> None
     replayed = replay_files(files, ReplayOptions(load_pack("strict-hypothetical")))
     assert replayed.tally.records == 25
     assert not replayed.tally.cannot_decide
+
+
+def test_an_overload_under_deny_loses_no_record(tmp_path: Path) -> None:
+    """Records arrive far faster than a slow disk takes them: new requests are refused while the
+    queue is full (accepting False), and every request already admitted waits for its record
+    (as Runtime.record does) instead of the record being dropped. Nothing is lost."""
+    from aidr_gate.runtime import Runtime
+
+    class SlowDisk(AuditTrail):
+        def _store(
+            self, data: bytes, lines: int, first: int, position: tuple[int, str] | None
+        ) -> bool:
+            time.sleep(0.02)
+            return super()._store(data, lines, first, position)
+
+    async def run() -> tuple[int, int, AuditTrail]:
+        trail = SlowDisk(file_config(tmp_path, queue_size=8, batch_size=4))
+        runtime = Runtime.__new__(Runtime)  # only its record() path is used here
+        runtime.audit = trail
+        await trail.start()
+        refused = 0
+
+        async def request(index: int) -> None:
+            nonlocal refused
+            if not trail.accepting:
+                refused += 1  # the middleware answers 503 AUDIT_UNAVAILABLE, and records that
+            ev = event(index)
+            assert ev.request is not None
+            await runtime.record(ev.decision, ev.request)
+
+        await asyncio.gather(*(request(i) for i in range(300)))
+        await trail.close(30)
+        return refused, trail.stats().lost, trail
+
+    refused, lost, trail = asyncio.run(run())
+    assert lost == 0
+    assert refused > 0  # the queue filled up: backpressure was exercised
+    assert trail.written == 300
+    result = verify_files(audit_files(tmp_path))
+    assert result.ok and result.records == 300
