@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
+
 from aidr_gate.audit import EcsRenderer, verify_files
 from aidr_gate.audit.chain import Chain
 from aidr_gate.decision import Decision
@@ -72,22 +74,26 @@ _MARK = re.compile(rb"(\x00I\x00|\x00T\x00)")
 
 
 class Template:
-    """One decision's rendered record with its id and time left open."""
+    """One decision's rendered record with its id and time left open, in both forms: with its
+    class's shared facts inline (the first record of the class in a file) and naming them."""
 
     def __init__(self, renderer: EcsRenderer, decision: Decision) -> None:
         self.decision = decision
-        stamp = renderer.evidence.clock.format(decision.at).encode()
-        body = renderer.render(
-            replay_support.event_for(redated(decision, PLACEHOLDER_ID, decision.at))
-        )
-        marked = body.replace(PLACEHOLDER_ID.encode(), b"\x00I\x00").replace(stamp, b"\x00T\x00")
-        self.parts = _MARK.split(marked)
+        stamp = renderer.clock.format(decision.at).encode()
+        event = replay_support.event_for(redated(decision, PLACEHOLDER_ID, decision.at))
+        self.forms = []
+        for inline in (True, False):
+            body = orjson.dumps(renderer.document(event, facts_inline=inline))
+            marked = body.replace(PLACEHOLDER_ID.encode(), b"\x00I\x00").replace(
+                stamp, b"\x00T\x00"
+            )
+            self.forms.append(_MARK.split(marked))
 
-    def fill(self, decision_id: bytes, stamp: bytes) -> bytes:
+    def fill(self, decision_id: bytes, stamp: bytes, inline: bool) -> bytes:
         """The record for this decision with another id and time."""
         return b"".join(
             decision_id if p == b"\x00I\x00" else stamp if p == b"\x00T\x00" else p
-            for p in self.parts
+            for p in self.forms[0 if inline else 1]
         )
 
 
@@ -100,21 +106,13 @@ def generate(directory: Path, records: int, distinct: int, compress: bool) -> li
     handle = None
     size = 0
     batch: list[bytes] = []
+    in_file: set[int] = set()  # templates whose facts this file holds already
     per = max(1, records // len(templates))
     for index in range(records):
         template = templates[min(index // per, len(templates) - 1)]
         # Records of one template are a few milliseconds apart: their recorded decision holds.
         at = template.decision.at + (index % per) / 1000
         decision_id = f"{int(at * 1000):012x}5eed0000{index & 0xFFFFFFFF:08x}"
-        stamp = renderer.evidence.clock.format(at)
-        body = template.fill(decision_id.encode(), stamp.encode())
-        if index % CHECK_EVERY == 0:
-            real = renderer.render(
-                replay_support.event_for(redated(template.decision, decision_id, at))
-            )
-            if real != body:
-                raise SystemExit(f"template output differs from the renderer at record {index}")
-        line = chain.link(body)
         if handle is None or size >= FILE_BYTES:
             if handle is not None:
                 handle.writelines(batch)
@@ -122,8 +120,19 @@ def generate(directory: Path, records: int, distinct: int, compress: bool) -> li
                 handle.close()
             path = directory / f"audit-{len(files):03d}.jsonl"
             files.append(path)
+            in_file.clear()
             handle = open(path, "wb")  # noqa: SIM115 - closed on rotation and at the end
             size = 0
+        stamp = renderer.clock.format(at)
+        inline = id(template) not in in_file  # the class's first record in this file
+        in_file.add(id(template))
+        body = template.fill(decision_id.encode(), stamp.encode(), inline)
+        if index % CHECK_EVERY == 0:
+            event = replay_support.event_for(redated(template.decision, decision_id, at))
+            real = orjson.dumps(renderer.document(event, facts_inline=inline))
+            if real != body:
+                raise SystemExit(f"template output differs from the renderer at record {index}")
+        line = chain.link(body)
         batch.append(line)
         size += len(line)
         if len(batch) >= 4096:

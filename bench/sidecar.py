@@ -1,6 +1,6 @@
 """Sidecar cost: direct to the model server, through the plain proxy (gate off), and through the gate.
 
-Run: ``.venv/bin/python bench/sidecar.py [--requests N] [--seconds S] [--concurrency C]``.
+Run: ``.venv/bin/python bench/sidecar.py [--rounds 5] [--seconds 5] [--connections 32]``.
 
 Everything runs on 127.0.0.1 in separate processes, measured in one run:
 
@@ -9,14 +9,15 @@ Everything runs on 127.0.0.1 in separate processes, measured in one run:
   (no command-line switch anywhere turns the gate off);
 - gate on: ``aidr-gate serve`` with the demo's configuration (JWT keys from a file, the example
   registry and catalogue, embedded GeoIP data, an audit file sink with the default fsync policy);
-- the load generator: ``bench/loadgen.py``, in its own process (aiohttp, C concurrent workers,
-  bounded by a request count and a time limit), sending non-streaming chat completions with a
-  valid token and an ``X-Forwarded-For`` address.
+- the load: ``wrk`` (``serving.py``; the aiohttp load generator when wrk is absent) sending
+  non-streaming chat completions with a valid token and an ``X-Forwarded-For`` address.
 
-Two phases per target: throughput at C concurrent requests, and latency one request at a time (at
-C concurrent requests, latency is queueing: what the sidecar adds to one request shows unloaded).
-Each target is measured in alternating rounds and the best round is kept, to damp noise on a
-shared machine. Prints requests/s, p50/p99 for each, the ratios, and p50 added latency.
+The measure is the serving process's CPU per request (from /proc): the model server's for direct,
+the sidecar's for the others. Targets are measured in interleaved rounds (direct, gate off, gate
+on, direct, ...) and the result is the median of the per-round differences, with the spread:
+gate on minus gate off is what the gate adds to the sidecar (target <= 60 µs). Requests per second
+and latency at C connections, and p50 with one connection (what the sidecar adds to one request,
+unloaded), are printed beside.
 """
 
 from __future__ import annotations
@@ -24,18 +25,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-import loadgen
-from loadgen import cpu_seconds, free_port
+from loadgen import free_port
+from serving import (
+    WRK_HINT,
+    LoadGenerator,
+    Round,
+    describe_machine,
+    differences,
+    median_spread,
+    stop_all,
+)
 
+PATH = "/v1/chat/completions"
 PAYLOAD = json.dumps(
     {"model": "aurora-mini", "messages": [{"role": "user", "content": "hello bench"}]}
 ).encode()
@@ -90,16 +97,6 @@ def start(args: list[str], port: int, ready: str, log: Path) -> subprocess.Popen
         time.sleep(0.05)
 
 
-def load(url: str, token: str, concurrency: int, requests: int, seconds: float) -> dict[str, Any]:
-    """Run the shared load generator in its own process; every request must succeed."""
-    result = loadgen.load(
-        url, token, concurrency=concurrency, requests=requests, seconds=seconds, body=PAYLOAD
-    )
-    if result["failures"]:
-        raise RuntimeError(f"{url}: {result['failures']} requests failed")
-    return result
-
-
 def server_stack() -> str:
     """Which HTTP parser and event loop uvicorn picks here ("auto" prefers the C ones)."""
     import importlib.util
@@ -110,23 +107,26 @@ def server_stack() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Start the three targets, measure them in interleaved rounds, print the table."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--role", choices=["bench", "proxy-off"], default="bench")
-    parser.add_argument("--requests", type=int, default=3000, help="per throughput round")
-    parser.add_argument("--seconds", type=float, default=8.0, help="time limit per round")
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--latency-requests", type=int, default=400)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="load per round and target")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (at least 4)")
     parser.add_argument("--upstream")
     parser.add_argument("--port", type=int)
     args = parser.parse_args()
     if args.role == "proxy-off":
         role_proxy_off(args.upstream, args.port)
         return 0
-
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {server_stack()}")
+    rounds = max(4, args.rounds)
     with tempfile.TemporaryDirectory(prefix="aidr-bench-") as scratch:
         root = Path(scratch)
+        load = LoadGenerator(root)
+        print(f"aidr_gate sidecar bench: {describe_machine()}")
+        print(f"python {sys.version.split()[0]}; {server_stack()}; {load.name}")
+        if load.wrk is None:
+            print(WRK_HINT)
         config, token = write_gate(root)
         ports = {name: free_port() for name in ("upstream", "off", "on")}
         upstream = f"http://127.0.0.1:{ports['upstream']}"
@@ -147,78 +147,65 @@ def main() -> int:
                 ports["on"], "/healthz", root / "on.log",
             ),
         ]  # fmt: skip
+        targets = {
+            "direct": (upstream, procs[0].pid),
+            "gate off": (f"http://127.0.0.1:{ports['off']}", procs[1].pid),
+            "gate on": (f"http://127.0.0.1:{ports['on']}", procs[2].pid),
+        }
+        runs: dict[str, list[Round]] = {name: [] for name in targets}
+        single: dict[str, list[float]] = {name: [] for name in targets}
         try:
-            targets = {
-                "direct": upstream,
-                "gate off": f"http://127.0.0.1:{ports['off']}",
-                "gate on": f"http://127.0.0.1:{ports['on']}",
-            }
-            best: dict[str, dict[str, Any]] = {}
-            quiet: dict[str, dict[str, Any]] = {}
-            for base in targets.values():  # warm up: connections, keys, caches
-                load(base + "/v1/chat/completions", token, args.concurrency, 300, 5)
-            servers = {"direct": procs[0], "gate off": procs[1], "gate on": procs[2]}
-            for _ in range(args.rounds):
-                for name, base in targets.items():
-                    url = base + "/v1/chat/completions"
-                    pid = servers[name].pid
-                    cpu = cpu_seconds(pid)
-                    run = load(url, token, args.concurrency, args.requests, args.seconds)
-                    run["cpu_us"] = 1e6 * (cpu_seconds(pid) - cpu) / max(1, run["requests"])
-                    if name not in best or run["rps"] > best[name]["rps"]:
-                        best[name] = run
-                    one = load(url, token, 1, args.latency_requests, args.seconds)
-                    if name not in quiet or one["p50_ms"] < quiet[name]["p50_ms"]:
-                        quiet[name] = one
+            for base, _ in targets.values():  # warm up: connections, keys, caches
+                load.run(base + PATH, token=token, body=PAYLOAD, connections=8, seconds=1)
+            for number in range(1, rounds + 1):
+                for name, (base, pid) in targets.items():
+                    url = base + PATH
+                    got = Round.measure(
+                        pid,
+                        lambda url=url: load.run(  # type: ignore[misc]
+                            url, token=token, body=PAYLOAD,
+                            connections=args.connections, seconds=args.seconds,
+                        ),
+                    )  # fmt: skip
+                    if got.load.failures:
+                        raise RuntimeError(f"{name}: {got.load.failures} requests failed")
+                    runs[name].append(got)
+                    one = load.run(url, token=token, body=PAYLOAD, connections=1, seconds=1)
+                    single[name].append(one.p50_ms)
+                    print(
+                        f"   round {number} {name:9} {got.load.rps:7.0f} req/s  p50 "
+                        f"{got.load.p50_ms:5.2f} ms  CPU {got.cpu_us:6.1f} µs/request;  "
+                        f"one connection p50 {one.p50_ms:6.3f} ms",
+                        flush=True,
+                    )
         finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        report(best, quiet, args.concurrency)
+            stop_all(procs)
+        report(runs, single)
     return 0
 
 
-def report(best: dict[str, dict[str, Any]], quiet: dict[str, dict[str, Any]], c: int) -> None:
-    """Print the table, the ratios and the targets."""
-    print(f"\nthroughput at {c} concurrent (best of the rounds), and one request at a time:")
-    print(
-        f"{'target':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}   "
-        f"{'1-at-a-time p50 ms':>19} {'p99 ms':>8}"
-    )
-    for name in ("direct", "gate off", "gate on"):
-        b, q = best[name], quiet[name]
+def report(runs: dict[str, list[Round]], single: dict[str, list[float]]) -> None:
+    """Medians of the per-round differences, the ratios, and the target."""
+    print("\nmedian of per-round values and differences (serving process CPU per request):")
+    for name, rounds in runs.items():
+        mid, low, high = median_spread([r.cpu_us for r in rounds])
+        rps = median_spread([r.load.rps for r in rounds])[0]
         print(
-            f"{name:<10} {b['rps']:>8.0f} {b['p50_ms']:>8.2f} {b['p99_ms']:>8.2f} "
-            f"{b['cpu_us']:>11.0f}   {q['p50_ms']:>19.3f} {q['p99_ms']:>8.3f}"
+            f"   {name:9} CPU {mid:6.1f} µs (rounds {low:.1f} .. {high:.1f}), {rps:7.0f} req/s, "
+            f"one connection p50 {median_spread(single[name])[0]:.3f} ms"
         )
+    added = differences(runs, "gate on", "gate off")
+    mid, low, high = median_spread(added)
     print(
-        "(CPU us/req: of the serving process alone: the model server for direct, the sidecar "
-        "for the others)"
+        f"   gate on - gate off: the gate adds {mid:.1f} µs of sidecar CPU a request "
+        f"(rounds {low:.1f} .. {high:.1f})   target <= 60 µs   {'OK' if mid <= 60 else 'MISSED'}"
     )
-    on_off = best["gate on"]["rps"] / best["gate off"]["rps"]
-    off_direct = best["gate off"]["rps"] / best["direct"]["rps"]
-    added = quiet["gate on"]["p50_ms"] - quiet["direct"]["p50_ms"]
-    gate_only = quiet["gate on"]["p50_ms"] - quiet["gate off"]["p50_ms"]
-    cpu_ratio = best["gate off"]["cpu_us"] / best["gate on"]["cpu_us"]
-    print(f"\ngate on / gate off throughput: {on_off:.1%}   (target >= 90%)")
-    print(f"gate off / direct throughput:  {off_direct:.1%}")
-    print(
-        f"sidecar CPU per request: gate off {best['gate off']['cpu_us']:.0f} us, gate on "
-        f"{best['gate on']['cpu_us']:.0f} us (the gate adds "
-        f"{best['gate on']['cpu_us'] - best['gate off']['cpu_us']:.0f} us; off/on {cpu_ratio:.1%})"
-    )
-    print(f"p50 added latency, whole sidecar vs direct: {added:.3f} ms   (target < 1 ms)")
-    print(f"p50 added latency, the gate alone (on vs off): {gate_only:.3f} ms")
-    print(
-        "targets: "
-        + ("met" if on_off >= 0.9 and added < 1.0 else "MISSED")
-        + f" (throughput {'ok' if on_off >= 0.9 else 'missed'}, "
-        f"latency {'ok' if added < 1.0 else 'missed'})"
-    )
+    speed = {name: median_spread([r.load.rps for r in rounds])[0] for name, rounds in runs.items()}
+    print(f"   gate on / gate off requests per second: {speed['gate on'] / speed['gate off']:.1%}")
+    latency = median_spread(
+        [a - b for a, b in zip(single["gate on"], single["direct"], strict=True)]
+    )[0]
+    print(f"   one connection, p50 added by the whole sidecar vs direct: {latency:.3f} ms")
 
 
 if __name__ == "__main__":

@@ -91,10 +91,12 @@ def file_config(
     fsync: FsyncPolicy = FsyncPolicy.NEVER,
     max_bytes: int = 1 << 30,
     compress: bool = False,
+    compression: str = "gzip",
     spool_max_bytes: int = 1 << 30,
     **kwargs: Any,
 ) -> AuditConfig:
-    """A trail configuration with a file journal in *directory* plus *sinks*."""
+    """A trail configuration with a file journal in *directory* plus *sinks* (rotated files
+    gzipped, which the damage tests know how to break; zstd is the default elsewhere)."""
     journal = FileSinkConfig(
         name="file",
         path=directory / "audit.jsonl",
@@ -102,6 +104,7 @@ def file_config(
         rotate_seconds=None,
         fsync=fsync,
         compress=compress,
+        compression=compression,
         spool_max_bytes=spool_max_bytes,
     )
     return AuditConfig(directory=directory, sinks=(journal, *sinks), **kwargs)

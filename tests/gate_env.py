@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aidr_gate.audit.reader import RecordReader
 from conftest import EXAMPLES
 from jwks_server import AUDIENCE, ISSUER, SigningKey, claims, jwks_of, rsa_key
 from mmdb_files import write_anonymous_db, write_country_db
@@ -68,12 +69,16 @@ class GateEnv:
         return self.key.sign(claims(sub=entity, **overrides))
 
     def audit_records(self) -> list[dict[str, Any]]:
-        """Every audit record written so far, in order, parsed."""
+        """Every audit record written so far, in order, parsed; ``aidr`` holds the whole
+        evidence tree as the record reader gives it back (compact records name shared facts)."""
         records = []
+        reader = RecordReader()
         for path in sorted(self.audit_dir.glob("*.jsonl*")):
-            for line in path.read_text().splitlines():
+            for line in path.read_bytes().splitlines():
                 if line.strip():
-                    records.append(json.loads(line))
+                    record = json.loads(line)
+                    record["aidr"] = reader.tree(line)
+                    records.append(record)
         return records
 
 

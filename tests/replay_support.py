@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from aidr_gate.audit import AuditEvent, AuditTrail, Ending, RequestContext
 from aidr_gate.audit.config import (
     AuditConfig,
@@ -25,7 +27,8 @@ from aidr_gate.audit.config import (
     RecordFormat,
     SigningConfig,
 )
-from aidr_gate.audit.record import Renderer
+from aidr_gate.audit.facts import full_tree
+from aidr_gate.audit.record import Redactor, Renderer
 from aidr_gate.audit.sinks.file import rotated_files
 from aidr_gate.catalog import Model, Weights
 from aidr_gate.decision import Decision
@@ -211,6 +214,43 @@ def event_for(decision: Decision) -> AuditEvent:
     )
 
 
+class LegacyRenderer:
+    """Schema 1 records, as gates wrote them before the compact record: the whole evidence tree
+    in every record (``aidr`` last for ECS, ``unmapped.aidr`` for OCSF). Replay reads them still;
+    tests that edit a record's evidence write these, whose tree sits in one place."""
+
+    def __init__(self, record_format: RecordFormat = RecordFormat.ECS) -> None:
+        self.name = record_format.value
+        self.redactor = Redactor()
+
+    def render(self, event: AuditEvent) -> bytes:
+        tree = full_tree(event, lambda request: self.redactor.headers(request.headers))
+        tree["schema"] = 1
+        decision = event.decision
+        identity = decision.evidence.identity
+        if self.name == RecordFormat.OCSF.value:
+            return orjson.dumps(
+                {
+                    "class_uid": 6003,
+                    "time": int(decision.at * 1000),
+                    "metadata": {"version": "1.3.0", "uid": decision.decision_id},
+                    "unmapped": {"aidr": tree},
+                }
+            )
+        return orjson.dumps(
+            {
+                "@timestamp": tree["decision"]["at"],
+                "ecs": {"version": "8.11.0"},
+                "event": {"id": decision.decision_id, "kind": "event"},
+                "user": {"id": identity.subject if identity else None},
+                "aidr": tree,
+            }
+        )
+
+    def new_file(self) -> None:
+        """Schema 1 records share nothing across records."""
+
+
 def write_trail(
     directory: Path,
     decisions: Sequence[Decision],
@@ -221,8 +261,14 @@ def write_trail(
     renderer: Renderer | None = None,
     batch_size: int = 64,
     signing: SigningConfig | None = None,
+    legacy: bool = False,
 ) -> list[Path]:
-    """Write *decisions* through a real :class:`AuditTrail`; the journal's files, oldest first."""
+    """Write *decisions* through a real :class:`AuditTrail`; the journal's files, oldest first.
+
+    *legacy*: schema 1 records (:class:`LegacyRenderer`), as older gates wrote them.
+    """
+    if legacy and renderer is None:
+        renderer = LegacyRenderer(record_format)
     journal = FileSinkConfig(
         name="file",
         path=directory / "audit.jsonl",
@@ -230,6 +276,7 @@ def write_trail(
         rotate_seconds=None,
         fsync=FsyncPolicy.NEVER,
         compress=compress,
+        compression="gzip",
     )
     # Small batches, so the journal can rotate every few dozen records.
     config = AuditConfig(

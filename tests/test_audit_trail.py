@@ -48,9 +48,9 @@ async def write(directory: Path, count: int, start: int = 0, **kwargs: object) -
 
 def test_chain_continues_across_restarts_and_rotation(tmp_path: Path) -> None:
     async def run() -> None:
-        await write(tmp_path, 30, max_bytes=40_000)
-        await write(tmp_path, 30, start=30, max_bytes=40_000, compress=True)
-        await write(tmp_path, 5, start=60, max_bytes=40_000)
+        await write(tmp_path, 30, max_bytes=8_000)
+        await write(tmp_path, 30, start=30, max_bytes=8_000, compress=True)
+        await write(tmp_path, 5, start=60, max_bytes=8_000)
 
     asyncio.run(run())
     files = audit_files(tmp_path)
@@ -179,6 +179,10 @@ def test_journal_failure_spools_then_recovers_in_order(tmp_path: Path) -> None:
     assert [r["user"]["id"] for r in records([journal])] == [f"svc-{i}" for i in range(15)]
 
 
+def _backlogged(trail: AuditTrail) -> bool:
+    return trail.backlogged  # read afresh each time (the type checker would pin the first answer)
+
+
 def test_queue_full_is_counted_never_blocking(tmp_path: Path) -> None:
     async def run() -> None:
         trail = AuditTrail(file_config(tmp_path, queue_size=4, on_failure=FailurePolicy.ALLOW))
@@ -193,10 +197,13 @@ def test_queue_full_is_counted_never_blocking(tmp_path: Path) -> None:
         await strict.start()
         futures = [strict.submit(event(i)) for i in range(4)]
         assert not strict.stats().accepting  # full: the middleware refuses new requests
-        futures += [strict.submit(event(i)) for i in range(4, 10)]  # admitted earlier: slack
+        assert _backlogged(strict)  # and a request whose record is queued now waits for it
+        futures += [strict.submit(event(i)) for i in range(4, 10)]  # admitted earlier
         results = await asyncio.gather(*futures)
-        assert results.count(True) == 8
+        assert results == [True] * 10  # deny never loses a record to a full queue
+        assert strict.stats().lost == 0
         assert strict.accepting
+        assert not _backlogged(strict)
         await strict.close(5)
 
     asyncio.run(run())
@@ -363,7 +370,7 @@ def test_an_encrypted_signing_key_is_a_configuration_error(tmp_path: Path) -> No
 def test_a_corrupt_rotated_gzip_is_reported_not_fatal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    asyncio.run(write(tmp_path, 12, max_bytes=12_000, compress=True))
+    asyncio.run(write(tmp_path, 12, max_bytes=4_000, compress=True))
     journal = tmp_path / "audit.jsonl"
     rotated = rotated_files(journal)
     assert len(rotated) >= 2
@@ -426,7 +433,7 @@ def test_records_a_sink_missed_and_the_journal_lost_are_counted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A sink behind the journal gets what the journal still holds; the rest counts as lost."""
-    asyncio.run(write(tmp_path, 15, max_bytes=8_000))
+    asyncio.run(write(tmp_path, 15, max_bytes=2_500))
     journal = tmp_path / "audit.jsonl"
     rotated = rotated_files(journal)
     assert len(rotated) >= 3
@@ -603,3 +610,62 @@ def test_a_close_timeout_does_not_cancel_a_batch_being_written(
     # The sink got the lines: delivered, or kept in its spool for the next start.
     outbox = trail.outboxes[0]
     assert outbox.delivered + outbox.spool.count == 4
+
+
+def test_rotated_files_are_zstd_by_default_and_read_back(tmp_path: Path) -> None:
+    """The default codec: rotated files are zstd, and verify, recovery and replay read them."""
+    from aidr_gate.audit.compression import ZSTD_MAGIC
+    from aidr_gate.policy.pack import load_pack
+    from aidr_gate.replay import ReplayOptions, replay_files
+
+    asyncio.run(write(tmp_path, 20, max_bytes=3_000, compress=True, compression="zstd"))
+    asyncio.run(write(tmp_path, 5, start=20))  # the chain's tail is recovered after them
+    files = audit_files(tmp_path)
+    packed = [p for p in files if p.name.endswith(".jsonl.zst")]
+    assert packed and all(p.read_bytes()[:4] == ZSTD_MAGIC for p in packed)
+    result = verify_files(files)
+    assert result.ok, result.findings
+    assert (result.records, result.last_seq) == (25, 24)
+    replayed = replay_files(files, ReplayOptions(load_pack("strict-hypothetical")))
+    assert replayed.tally.records == 25
+    assert not replayed.tally.cannot_decide
+
+
+def test_an_overload_under_deny_loses_no_record(tmp_path: Path) -> None:
+    """Records arrive far faster than a slow disk takes them: new requests are refused while the
+    queue is full (accepting False), and every request already admitted waits for its record
+    (as Runtime.record does) instead of the record being dropped. Nothing is lost."""
+    from aidr_gate.runtime import Runtime
+
+    class SlowDisk(AuditTrail):
+        def _store(
+            self, data: bytes, lines: int, first: int, position: tuple[int, str] | None
+        ) -> bool:
+            time.sleep(0.02)
+            return super()._store(data, lines, first, position)
+
+    async def run() -> tuple[int, int, AuditTrail]:
+        trail = SlowDisk(file_config(tmp_path, queue_size=8, batch_size=4))
+        runtime = Runtime.__new__(Runtime)  # only its record() path is used here
+        runtime.audit = trail
+        await trail.start()
+        refused = 0
+
+        async def request(index: int) -> None:
+            nonlocal refused
+            if not trail.accepting:
+                refused += 1  # the middleware answers 503 AUDIT_UNAVAILABLE, and records that
+            ev = event(index)
+            assert ev.request is not None
+            await runtime.record(ev.decision, ev.request)
+
+        await asyncio.gather(*(request(i) for i in range(300)))
+        await trail.close(30)
+        return refused, trail.stats().lost, trail
+
+    refused, lost, trail = asyncio.run(run())
+    assert lost == 0
+    assert refused > 0  # the queue filled up: backpressure was exercised
+    assert trail.written == 300
+    result = verify_files(audit_files(tmp_path))
+    assert result.ok and result.records == 300

@@ -24,12 +24,12 @@ def write_trail(
     directory: Path, count: int, *, compress: bool = False, **kwargs: object
 ) -> list[Path]:
     """Write *count* records through a real trail, rotating every ~PER_FILE records."""
-    size = len(_one_line(directory))
+    first, later = _lines()
 
     async def run() -> None:
         config = file_config(
             directory,
-            max_bytes=size * PER_FILE - 1,
+            max_bytes=len(first) + len(later) * (PER_FILE - 1) - 1,
             compress=compress,
             batch_size=1,
             **kwargs,  # type: ignore[arg-type]
@@ -45,11 +45,13 @@ def write_trail(
     return [*rotated_files(journal), journal]
 
 
-def _one_line(directory: Path) -> bytes:
+def _lines() -> tuple[bytes, bytes]:
+    """A file's first line (it carries the shared facts) and a later one."""
     from aidr_gate.audit import EcsRenderer
     from aidr_gate.audit.chain import Chain
 
-    return Chain().link(EcsRenderer().render(event(0)))
+    renderer = EcsRenderer()
+    return Chain().link(renderer.render(event(0))), Chain().link(renderer.render(event(1)))
 
 
 @pytest.fixture

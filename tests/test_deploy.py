@@ -657,7 +657,8 @@ def test_shipper_reads_the_file_the_gate_writes() -> None:
     assert any(fnmatch.fnmatch(audit, pattern) for pattern in source["include"])
     # Rotated files too, but not compressed ones.
     assert any(fnmatch.fnmatch(audit + ".1", pattern) for pattern in source["include"])
-    assert any(fnmatch.fnmatch(audit + ".1.gz", pattern) for pattern in source["exclude"])
+    for packed in (".1.gz", ".1.zst"):
+        assert any(fnmatch.fnmatch(audit + packed, pattern) for pattern in source["exclude"])
     spec = pod_spec(shipping_objects())
     shipper, gate = container(spec, SHIPPER), container(spec, GATE)
     read, written = mount_for(shipper, audit), mount_for(gate, audit)

@@ -697,6 +697,81 @@ def test_entries_of_a_rotated_out_key_are_dropped() -> None:
         auth.authenticate_sync(rsa_header)
 
 
+def _counting_signature_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the signature checks every key's algorithm object makes from now on."""
+    from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+    calls = [0]
+    for cls in (RSAAlgorithm, ECAlgorithm, OKPAlgorithm):
+        original = cls.verify
+
+        def counted(self: Any, *args: Any, _original: Any = original) -> Any:
+            calls[0] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(cls, "verify", counted)
+    return calls
+
+
+def test_a_repeated_forged_token_costs_no_second_signature_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flood of one forged token: the first costs a signature check, every repeat a lookup."""
+    calls = _counting_signature_checks(monkeypatch)
+    auth = _authenticator()
+    forged = _bearer(_tamper(ED.sign(claims())))
+    for _ in range(50):
+        with pytest.raises(TokenSignatureInvalid):
+            auth.authenticate_sync(forged)
+        with pytest.raises(TokenSignatureInvalid):
+            asyncio.run(auth.authenticate(forged))
+    assert calls[0] == 1
+    assert auth.refused_tokens == 1
+    expired = _bearer(RSA.sign(claims(exp=int(time.time()) - 3600)))
+    for _ in range(3):
+        with pytest.raises(TokenExpired):
+            auth.authenticate_sync(expired)
+    assert calls[0] == 2
+    for _ in range(3):
+        with pytest.raises(TokenMalformed):
+            auth.authenticate_sync(_bearer("not-a-token"))
+    assert auth.refused_tokens == 3
+
+
+def test_refusals_are_bounded_and_never_evict_verified_callers() -> None:
+    auth = _authenticator(cache_size=4)
+    good = [_bearer(t) for t in tokens(ED, 2)]
+    for header in good:
+        auth.authenticate_sync(header)
+    for index in range(20):  # distinct forged tokens
+        with pytest.raises(TokenSignatureInvalid):
+            auth.authenticate_sync(_bearer(_tamper(ED.sign(claims(jti=str(index))))))
+    assert auth.refused_tokens == 4
+    assert all(auth.authenticate_sync(header).cached for header in good)
+
+
+def test_refusals_that_time_or_keys_may_undo_are_not_kept_for_good() -> None:
+    """A token not yet valid becomes valid; a new key set may verify what the old one refused."""
+    auth = _authenticator(leeway=0)
+    now = time.time()
+    early = _bearer(EC.sign(claims(nbf=int(now) + 60)))
+    with pytest.raises(TokenNotYetValid):
+        auth.authenticate_sync(early, now=now)
+    assert auth.refused_tokens == 0
+    assert auth.authenticate_sync(early, now=now + 61).entity_id
+    keys = _static(RSA)
+    rotating = Authenticator(_config(), keys=keys)
+    newcomer = _bearer(EC.sign(claims()))
+    with pytest.raises(TokenKeyUnknown):
+        rotating.authenticate_sync(newcomer)
+    assert rotating.refused_tokens == 1  # until a refetch may bring the key
+    with pytest.raises(TokenKeyUnknown):
+        rotating.authenticate_sync(newcomer, now=now + rotating.config.unknown_kid_interval + 1)
+    keys.replace(build_key_set(jwks_of(RSA, EC), PINNED, source="rotated"))
+    assert rotating.refused_tokens == 0
+    assert rotating.authenticate_sync(newcomer).entity_id
+
+
 # --- claim mapping ---------------------------------------------------------------------------------
 
 

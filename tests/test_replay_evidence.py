@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from aidr_gate.audit import AuditEvent, EcsRenderer, OcsfRenderer
 from aidr_gate.audit.chain import Chain
 from aidr_gate.audit.config import RecordFormat
+from aidr_gate.audit.reader import RecordReader
 from aidr_gate.catalog import Model
 from aidr_gate.document import format_timestamp, parse_instant
 from aidr_gate.policy.pack import load_pack
@@ -30,7 +31,15 @@ from aidr_gate.replay.evidence import (
     recorded_entity,
     recorded_model,
 )
-from replay_support import MODELS, decide, event_for, gate_for, requests, write_trail
+from replay_support import (
+    MODELS,
+    LegacyRenderer,
+    decide,
+    event_for,
+    gate_for,
+    requests,
+    write_trail,
+)
 
 Edit = Callable[[dict[str, Any]], None]
 
@@ -65,9 +74,12 @@ class EditingRenderer:
     name = "ecs"
 
     def __init__(self, edits: dict[str, Edit], broken: set[str]) -> None:
-        self.inner = EcsRenderer()
+        self.inner = LegacyRenderer()
         self.edits = edits
         self.broken = broken
+
+    def new_file(self) -> None:
+        """Nothing shared across records."""
 
     def render(self, event: AuditEvent) -> bytes:
         decision_id = event.decision.decision_id
@@ -88,7 +100,7 @@ WHY = {
     "missing aidr.origin": drop("origin"),
     "missing or unreadable aidr.decision.at": set_value("yesterday", "decision", "at"),
     "aidr.model.weights is unknown: 'translucent'": set_value("translucent", "model", "weights"),
-    "aidr.schema is 2, this replay reads 1": set_value(2, "schema"),
+    "aidr.schema is 3, this replay reads 1 and 2": set_value(3, "schema"),
     "aidr.origin.anonymizer has an unknown flag: ['carrier-pigeon']": set_value(
         ["carrier-pigeon"], "origin", "anonymizer"
     ),
@@ -205,9 +217,11 @@ def test_every_record_time_round_trips() -> None:
 
 def test_recorded_entity_and_model_are_rebuilt_faithfully() -> None:
     gate = gate_for("aidr-2025-01")
+    records = RecordReader()
     for request in requests(300, seed=8, extras=False):
         decision = decide(gate, request)
-        tree = aidr_tree(Chain().link(EcsRenderer().render(event_for(decision))).rstrip(b"\n"))
+        line = Chain().link(EcsRenderer().render(event_for(decision))).rstrip(b"\n")
+        tree = records.tree(line)
         assert tree is not None
         entity, hq, _ = recorded_entity(tree["entity"])
         model = recorded_model(tree["model"])
@@ -242,8 +256,10 @@ def test_inputs_are_shared_between_records_with_the_same_evidence() -> None:
     reader = EvidenceReader()
     request = requests(1, seed=1, extras=False)[0]
     trees = []
+    records = RecordReader()
+    renderer = EcsRenderer()
     for _ in range(3):
-        tree = aidr_tree(Chain().link(EcsRenderer().render(event_for(decide(gate, request)))))
+        tree = records.tree(Chain().link(renderer.render(event_for(decide(gate, request)))))
         assert tree is not None
         trees.append(tree)
     first = reader.inputs(trees[0])
@@ -284,7 +300,7 @@ def sample_record() -> dict[str, Any]:
     gate = gate_for("aidr-2025-01")
     # An entity with an agreement, so the agreement's fields are garbled too.
     request = next(r for r in requests(200, seed=5, extras=False) if r.entity == "merlion-sg")
-    record: dict[str, Any] = orjson.loads(EcsRenderer().render(event_for(decide(gate, request))))
+    record: dict[str, Any] = orjson.loads(LegacyRenderer().render(event_for(decide(gate, request))))
     return record
 
 
@@ -411,3 +427,37 @@ def test_a_record_time_past_the_year_9999_cannot_be_decided_and_the_report_is_ma
     assert report["cannot_decide"]["by_why"] == [
         {"why": "missing or unreadable aidr.decision.at", "count": 1}
     ]
+
+
+@pytest.mark.parametrize("record_format", [RecordFormat.ECS, RecordFormat.OCSF])
+def test_compact_records_replay_as_the_records_before_them(
+    tmp_path: Path, record_format: RecordFormat
+) -> None:
+    """The same decisions, written as schema 1 records (the whole tree in each) and as compact
+    records (shared facts once per file, rotated and gzipped): the same flips, counts and ranges.
+    """
+    gate = gate_for("aidr-2025-01")
+    decisions = [decide(gate, r) for r in requests(1500, seed=21)]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old = write_trail(tmp_path / "old", decisions, record_format=record_format, legacy=True)
+    new = write_trail(
+        tmp_path / "new",
+        decisions,
+        record_format=record_format,
+        max_bytes=200_000,
+        compress=True,
+    )
+    assert len(new) >= 3  # facts are written again in each file
+    assert b'"schema":1' in old[0].read_bytes()[:4000]
+    options = ReplayOptions(load_pack("strict-hypothetical"))
+    a = build_report(replay_files(old, options))
+    b = build_report(replay_files(new, options))
+    for key in ("effects", "transitions", "flips", "gate_refusals", "listings", "range"):
+        assert a[key] == b[key], key
+    assert a["totals"]["flips"] > 0
+    assert a["cannot_decide"] == b["cannot_decide"]
+    # Each file alone is readable: its records' shared facts are in it.
+    last = build_report(replay_files(new[-1:], options))
+    assert last["cannot_decide"]["count"] == 0
+    assert last["totals"]["replayed"] > 0

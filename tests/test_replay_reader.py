@@ -105,7 +105,7 @@ def test_small_read_blocks_split_lines_correctly(files: list[Path]) -> None:
 
 def test_a_changed_record_is_warned_about_and_still_replayed(files: list[Path]) -> None:
     data = lines(files[1])
-    data[3] = data[3].replace(b'"version":"8.11.0"', b'"version":"8.11.1"', 1)
+    data[3] = data[3].replace(b'"kind":"event"', b'"kind":"Event"', 1)
     files[1].write_bytes(b"".join(data))
     report = replay(files)
     chain = report["chain"]
@@ -119,7 +119,7 @@ def test_a_changed_record_is_warned_about_and_still_replayed(files: list[Path]) 
 
 def test_a_forged_rehashed_record_breaks_the_link_to_the_next(files: list[Path]) -> None:
     data = lines(files[2])
-    data[5] = rehash(data[5].replace(b'"version":"8.11.0"', b'"version":"8.11.1"', 1))
+    data[5] = rehash(data[5].replace(b'"kind":"event"', b'"kind":"Event"', 1))
     files[2].write_bytes(b"".join(data))
     report = replay(files)
     findings = report["chain"]["findings"]

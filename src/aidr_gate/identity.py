@@ -440,6 +440,24 @@ def _fail_closed() -> Iterator[None]:
 
 
 _Entry = tuple[Identity, float, str]  # the cached identity, its exp, the verifying key's thumbprint
+# A refused token: the error's class and message, and until when the refusal is remembered.
+_Refusal = tuple[type[IdentityError], str, float]
+# Refusals that a later attempt with the same keys would repeat, and so may be remembered: each cost
+# a parse and usually a signature check. Not remembered: a token whose time has not come yet
+# (TokenNotYetValid), keys not loaded, an internal error. An unknown kid is remembered only until a
+# refetch may bring the key (``unknown_kid_interval``).
+_SETTLED: frozenset[type[IdentityError]] = frozenset(
+    {
+        TokenMalformed,
+        TokenAlgorithmNotAllowed,
+        TokenSignatureInvalid,
+        TokenExpired,
+        TokenIssuerInvalid,
+        TokenAudienceInvalid,
+        TokenClaimMissing,
+        TokenClaimInvalid,
+    }
+)
 
 
 class Authenticator:
@@ -467,6 +485,9 @@ class Authenticator:
         self._max_length = config.max_token_length
         self._cache_size = config.cache_size
         self._cache: dict[bytes, _Entry] = {}
+        # Refused tokens, by digest, bounded apart from the verified ones: a flood of forged tokens
+        # repeated costs a lookup each, and can never push a verified caller out of its cache.
+        self._refused: dict[bytes, _Refusal] = {}
         self._entity = ClaimPath(config.entity_claim)
         self._required = tuple(ClaimPath(c) for c in config.required_claims)
         self._hq = ClaimPath(config.headquarters_claim) if config.headquarters_claim else None
@@ -501,6 +522,7 @@ class Authenticator:
         """Stop background refresh and forget cached identities."""
         await self._keys.close()
         self._cache.clear()
+        self._refused.clear()
 
     async def __aenter__(self) -> Authenticator:
         await self.start()
@@ -510,6 +532,8 @@ class Authenticator:
         await self.close()
 
     def _keys_changed(self, old: KeySet | None, new: KeySet) -> None:
+        # A new key set may verify a token refused before: refusals are forgotten.
+        self._refused.clear()
         # Identities verified with a key that was rotated out are verified again on next use.
         if old is None:
             return
@@ -534,6 +558,14 @@ class Authenticator:
         cached = self._cached(digest, when)
         if cached is not None:
             return cached
+        self._raise_if_refused(digest, when)
+        try:
+            return await self._authenticate(token, digest, when)
+        except IdentityError as exc:
+            self._remember_refusal(digest, exc, when)
+            raise
+
+    async def _authenticate(self, token: bytes, digest: bytes, when: float) -> Identity:
         with _fail_closed():
             parsed = parse_token(token, self._algorithms)
             key_set = self._keys.current
@@ -567,13 +599,52 @@ class Authenticator:
         cached = self._cached(digest, when)
         if cached is not None:
             return cached
-        with _fail_closed():
-            parsed = parse_token(token, self._algorithms)
-            key_set = self._keys.current or self._load_blocking()
-            keys = self._select(parsed, key_set)
-            if keys is None:
-                keys = self._unnamed(parsed, key_set)
-            return self._verify(parsed, keys, digest, when)
+        self._raise_if_refused(digest, when)
+        try:
+            with _fail_closed():
+                parsed = parse_token(token, self._algorithms)
+                key_set = self._keys.current or self._load_blocking()
+                keys = self._select(parsed, key_set)
+                if keys is None:
+                    keys = self._unnamed(parsed, key_set)
+                return self._verify(parsed, keys, digest, when)
+        except IdentityError as exc:
+            self._remember_refusal(digest, exc, when)
+            raise
+
+    @property
+    def refused_tokens(self) -> int:
+        """How many refused tokens the cache remembers now."""
+        return len(self._refused)
+
+    def _raise_if_refused(self, digest: bytes, now: float) -> None:
+        """Raise the remembered refusal of this token again, as a new error (no traceback piles
+        up on a shared one)."""
+        refusal = self._refused.get(digest)
+        if refusal is None:
+            return
+        kind, message, until = refusal
+        if now < until:
+            raise kind(message)
+        self._refused.pop(digest, None)
+
+    def _remember_refusal(self, digest: bytes, error: IdentityError, now: float) -> None:
+        kind = type(error)
+        if kind in _SETTLED:
+            until = math.inf
+        elif kind is TokenKeyUnknown:
+            until = now + self.config.unknown_kid_interval
+        else:
+            return
+        if self._cache_size <= 0:
+            return
+        refused = self._refused
+        while len(refused) >= self._cache_size:
+            try:  # oldest first
+                del refused[next(iter(refused))]
+            except (KeyError, RuntimeError, StopIteration):
+                break
+        refused[digest] = (kind, str(error), until)
 
     def _cached(self, digest: bytes, now: float) -> Identity | None:
         entry = self._cache.get(digest)

@@ -179,7 +179,9 @@ class Runtime:
         if audit is None:
             return
         stored = audit.submit(AuditEvent(decision, context))
-        if audit.durable_on_await:
+        # fsync always: answered means recorded. A backlog under on_failure deny: the request
+        # waits for its record (backpressure) rather than the record being lost.
+        if audit.durable_on_await or audit.backlogged:
             # Shielded: the future is shared by every record of its batch, and a cancelled request
             # (a client gone) must not cancel the others' wait.
             await asyncio.shield(stored)

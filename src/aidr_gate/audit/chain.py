@@ -14,12 +14,10 @@ and hash of the record before them, so a holder of the public key can prove who 
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
 import logging
 import os
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from aidr_gate.audit.compression import READ_ERRORS, compressed, decompress
 from aidr_gate.audit.record import DATASET, _Clock
 
 GENESIS = "0" * 64
@@ -45,7 +44,6 @@ _CHAIN_AT = b'"chain":{"seq":'
 CHECKPOINT_ACTION = "audit-checkpoint"
 SIGNATURE_CONTEXT = b"aidr-gate-audit-checkpoint-v1"
 TAIL_READ = 256 * 1024
-_GZIP_MAGIC = b"\x1f\x8b"
 
 logger = logging.getLogger("aidr_gate.audit")
 
@@ -160,12 +158,10 @@ class Chain:
 
 
 def open_bytes(path: Path) -> bytes:
-    """The whole content of an audit file, gunzipped when it is gzip-compressed."""
+    """The whole content of an audit file, decompressed when it is gzip or zstd."""
     with open(path, "rb") as handle:
         data = handle.read()
-    if data[:2] == _GZIP_MAGIC:
-        return gzip.decompress(data)
-    return data
+    return decompress(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,21 +178,21 @@ def read_tail(path: Path) -> Tail | None:
     """The last record of a file; ``None`` when the file holds no complete record.
 
     Plain files are read from the end (a bounded window); compressed ones whole. A file that cannot
-    be read (a corrupt ``.gz`` included) is logged and counts as holding no record.
+    be read (a corrupt compressed one included) is logged and counts as holding no record.
     """
     try:
         with open(path, "rb") as handle:
-            compressed = handle.read(2) == _GZIP_MAGIC
-            if not compressed:
+            packed = compressed(handle.read(4))
+            if not packed:
                 size = handle.seek(0, os.SEEK_END)
                 start = max(0, size - TAIL_READ)
                 handle.seek(start)
                 data = handle.read()
                 if start > 0:  # the window began mid-line: drop that partial line
                     data = data[data.find(b"\n") + 1 :]
-        if compressed:
+        if packed:
             data = open_bytes(path)
-    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+    except READ_ERRORS as exc:
         logger.error("audit file %s cannot be read (%s); no chain tail taken from it", path, exc)
         return None
     torn = 0

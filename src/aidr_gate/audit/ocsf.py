@@ -1,26 +1,30 @@
 """The alternative rendering: OCSF class 6003 API Activity with the ``security_control`` profile.
 
-For Amazon Security Lake and other OCSF pipelines. The gate's decision maps onto ``action_id``,
-``disposition_id``, ``policy``, ``authorizations`` and ``firewall_rule``; the full evidence tree
-(the same ``aidr`` tree as the ECS record) travels in ``unmapped.aidr``.
+For Amazon Security Lake and other OCSF pipelines. A compact record (schema 2), each fact once: the
+decision maps onto ``action_id``, ``disposition_id``, ``status_code``, ``policy`` and
+``firewall_rule``, the caller onto ``actor``, the address onto ``src_endpoint``, the request onto
+``http_request``/``http_response``; caption attributes (``class_name``, ``action``...) that only
+restate an id are left out. ``unmapped.aidr`` holds the same compact tree as the ECS record (with
+the gate's added time, which OCSF has no microsecond field for) and the shared facts.
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
 from typing import Any
 
 import orjson
 
 from aidr_gate import __version__
-from aidr_gate.audit.record import (
-    DATASET,
-    AuditEvent,
-    RequestContext,
-    Shared,
-    clean_path,
+from aidr_gate.audit.ecs import (
+    address_member,
+    compact_tree,
+    identity_member,
+    origin_member,
+    request_values,
 )
-from aidr_gate.audit.template import Places, Template, TemplateRenderer
+from aidr_gate.audit.facts import Shared
+from aidr_gate.audit.record import AuditEvent, RequestContext, clean_path
+from aidr_gate.audit.template import Places, TemplateRenderer, Values, presence, put
 from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.facts import Identity, Origin
 
@@ -59,48 +63,39 @@ def _disposition(decision: Decision) -> tuple[int, str, int, str, int]:
     return ACTION_ALLOWED, "Allowed", DISPOSITION_ALLOWED, "Allowed", SEVERITY_INFORMATIONAL
 
 
-class _Slot(IntEnum):
-    """A per-request value of a record: what a template leaves out."""
+class _Slot:
+    """The slot numbers of the per-request values (plain ints: an IntEnum member costs a lookup
+    through the enum machinery on every use, on the hot path)."""
 
     TIME = 0
-    AT = 1
-    ID = 2
-    ACTOR = 3
-    OPERATION = 4
-    CODE = 5
-    ENDPOINT = 6
-    HTTP_REQUEST = 7
-    HTTP_RESPONSE = 8
-    IDENTITY = 9
-    ORIGIN = 10
-    REQUEST = 11
-    GATE = 12
-    UPSTREAM = 13
+    ID = 1
+    ACTOR = 2
+    ENDPOINT = 3
+    HTTP_REQUEST = 4
+    HTTP_RESPONSE = 5
+    IDENTITY = 6
+    ORIGIN = 7
+    REQUEST = 8
+    GATE = 9
+    UPSTREAM = 10
+    FACTS = 11
 
 
-# Where ``fields`` places each per-request value, in the record's order: ``fill`` fills the
-# template's gaps in this order.
 _PLACES: Places = (
     (("time",), _Slot.TIME),
-    (("time_dt",), _Slot.AT),
     (("metadata", "uid"), _Slot.ID),
-    (("actor", "user", "uid"), _Slot.ACTOR),
-    (("api", "operation"), _Slot.OPERATION),
-    (("api", "request", "uid"), _Slot.ID),
-    (("api", "response", "code"), _Slot.CODE),
+    (("actor",), _Slot.ACTOR),
     (("src_endpoint",), _Slot.ENDPOINT),
     (("http_request",), _Slot.HTTP_REQUEST),
     (("http_response",), _Slot.HTTP_RESPONSE),
-    (("unmapped", "aidr", "decision", "id"), _Slot.ID),
-    (("unmapped", "aidr", "decision", "at"), _Slot.AT),
+    (("unmapped", "aidr", "facts"), _Slot.FACTS),
     (("unmapped", "aidr", "identity"), _Slot.IDENTITY),
     (("unmapped", "aidr", "origin"), _Slot.ORIGIN),
     (("unmapped", "aidr", "request"), _Slot.REQUEST),
-    (("unmapped", "aidr", "gate"), _Slot.GATE),
+    (("unmapped", "aidr", "gate_us"), _Slot.GATE),
     (("unmapped", "aidr", "upstream"), _Slot.UPSTREAM),
 )
-_NO_ENDPOINT = orjson.dumps({"ip": None, "location": {"country": None}})
-_NULL = b"null"
+_dumps = orjson.dumps
 
 
 def _activity(request: RequestContext | None) -> tuple[str, int, str]:
@@ -110,167 +105,115 @@ def _activity(request: RequestContext | None) -> tuple[str, int, str]:
     return method, activity_id, activity
 
 
+def epoch_ms(at: float) -> int:
+    """The decision time in whole milliseconds, as the ISO time string of the record rounds it."""
+    second = int(at)
+    return second * 1000 + int((at - second) * 1000)
+
+
 class OcsfRenderer(TemplateRenderer):
     """OCSF 6003 API Activity records."""
 
     name = "ocsf"
     places = _PLACES
 
-    no_user = _NULL
-    no_client = _NO_ENDPOINT
+    def identity_members(self, identity: Identity) -> tuple[bytes | None, ...]:
+        """The caller's ``actor.user.uid`` (a JSON string, or None) and ``aidr.identity``."""
+        subject = None if identity.subject is None else _dumps(identity.subject)
+        return subject, identity_member(identity)
 
-    def user_member(self, identity: Identity) -> bytes:
-        """OCSF ``actor.user.uid``."""
-        return orjson.dumps(identity.subject)
+    def origin_members(self, origin: Origin) -> tuple[bytes | None, ...]:
+        """OCSF ``src_endpoint`` and ``aidr.origin``."""
+        return address_member(origin, "location", "country"), origin_member(origin)
 
-    def client_member(self, origin: Origin) -> bytes:
-        """OCSF ``src_endpoint``."""
-        return orjson.dumps({"ip": origin.ip, "location": {"country": origin.country}})
-
-    def template_key(self, event: AuditEvent, shared: Shared) -> tuple[Any, ...]:
+    def template_key(
+        self, event: AuditEvent, shared: Shared, mask: tuple[type, ...]
+    ) -> tuple[Any, ...]:
         """The activity (from the method) too: it names the record's type."""
         decision = event.decision
-        return (id(shared), decision.status, decision.mode, _activity(event.request)[1])
+        return (id(shared), decision.status, decision.mode, mask, _activity(event.request)[1])
 
-    def fields(
-        self, event: AuditEvent, shared: Shared, at: str, aidr: dict[str, Any]
-    ) -> dict[str, Any]:
-        """The OCSF record."""
+    def slot_values(
+        self, event: AuditEvent, shared: Shared, *, facts_inline: bool = False
+    ) -> tuple[Values, tuple[type, ...]]:
+        """Every per-request value of the OCSF record, by slot."""
         decision = event.decision
         evidence = decision.evidence
-        identity = evidence.identity
-        origin = evidence.origin
         request = event.request
-        method, activity_id, activity = _activity(request)
-        action_id, action, disposition_id, disposition, severity_id = _disposition(decision)
-        headers = aidr["request"]["headers"] if request else {}
-        path = clean_path(request.path) if request else None
-        failed = decision.effect is Effect.DENY
-        return {
-            "class_uid": CLASS_UID,
-            "class_name": "API Activity",
-            "category_uid": CATEGORY_UID,
-            "category_name": "Application Activity",
-            "activity_id": activity_id,
-            "activity_name": activity,
-            "type_uid": CLASS_UID * 100 + activity_id,
-            "type_name": f"API Activity: {activity}",
-            "time": int(decision.at * 1000),
-            "time_dt": at,
-            "severity_id": severity_id,
-            "status_id": 2 if failed else 1,
-            "status": "Failure" if failed else "Success",
-            "status_code": decision.reasons[0] if decision.reasons else None,
-            "status_detail": ", ".join(decision.reasons),
-            "action_id": action_id,
-            "action": action,
-            "disposition_id": disposition_id,
-            "disposition": disposition,
-            "policy": shared.ocsf_policy,
-            "authorizations": shared.ocsf_authorizations,
-            "firewall_rule": {"uid": decision.rule, "name": decision.rule},
-            "metadata": {
-                "version": OCSF_VERSION,
-                "uid": decision.decision_id,
-                "profiles": ["security_control"],
-                "log_name": DATASET,
-                "product": {
-                    "name": "aidr_gate",
-                    "vendor_name": "aidr_gate",
-                    "version": __version__,
-                },
-            },
-            "actor": {
-                "user": {
-                    "uid": identity.subject if identity else None,
-                    "org": {
-                        "uid": evidence.entity_id,
-                        "name": evidence.entity.name if evidence.entity else None,
-                    },
-                },
-                "authorizations": shared.ocsf_authorizations,
-            },
-            "api": {
-                "operation": f"{method} {path}" if request else None,
-                "service": {"name": "aidr-gate"},
-                "request": {"uid": decision.decision_id},
-                "response": {"code": request.status if request else decision.status},
-            },
-            "src_endpoint": {
-                "ip": origin.ip if origin else None,
-                "location": {"country": origin.country if origin else None},
-            },
-            "http_request": None
-            if request is None
-            else {
+        values: Values = [None] * 12
+        values[_Slot.FACTS] = shared.facts if facts_inline else shared.ref
+        values[_Slot.TIME] = b"%d" % epoch_ms(decision.at)
+        values[_Slot.ID] = _dumps(decision.decision_id)
+        user: dict[str, Any] = {}
+        parties = self.identity_of(evidence.identity)
+        if parties is not None:
+            subject, values[_Slot.IDENTITY] = parties
+            if subject is not None:
+                user["uid"] = orjson.Fragment(subject)
+        if evidence.entity_id is not None:
+            user["org"] = {"uid": evidence.entity_id}
+        values[_Slot.ACTOR] = _dumps({"user": user})
+        place = self.origin_of(evidence.origin)
+        if place is not None:
+            values[_Slot.ENDPOINT], values[_Slot.ORIGIN] = place
+        if request is not None:
+            method = _activity(request)[0]
+            http: dict[str, Any] = {
                 "http_method": method,
-                "version": request.http_version,
-                "url": {"path": path, "scheme": request.scheme},
-                "user_agent": headers.get("user-agent"),
-            },
-            "http_response": None if request is None else {"code": request.status},
-            "unmapped": {"aidr": aidr},
-        }
+                "url": {"path": clean_path(request.path), "scheme": request.scheme},
+            }
+            headers = self.redactor.headers(request.headers)
+            agent = headers.get("user-agent")
+            if agent is not None:
+                http["user_agent"] = agent
+            if request.body_bytes is not None:
+                http["length"] = request.body_bytes
+            values[_Slot.HTTP_REQUEST] = _dumps(http)
+            if request.status is not None:
+                values[_Slot.HTTP_RESPONSE] = b'{"code":%d}' % request.status
+            if request.gate_us is not None:
+                values[_Slot.GATE] = b"%d" % request.gate_us
+            values[_Slot.REQUEST], values[_Slot.UPSTREAM] = request_values(event, headers)
+        return values, presence(values)
 
-    # -- the fast path ---------------------------------------------------------------------------
-
-    def fill(
-        self, event: AuditEvent, request: RequestContext, shared: Shared, template: Template
-    ) -> bytes:
-        """The record from *template*, with this request's values in its gaps."""
-        c = template
+    def fields(self, event: AuditEvent, shared: Shared, values: Values) -> dict[str, Any]:
+        """The OCSF record."""
         decision = event.decision
-        actor, identity_json, endpoint, origin_json = self.parties(event)
-        dumps = orjson.dumps
-        method = _activity(request)[0]
-        path = clean_path(request.path)
-        at, decision_id, headers, request_json, gate_json, upstream_json = self.request_values(
-            event, request
-        )
-        status = dumps(request.status)
-        return b"".join(
-            (
-                c[0],
-                b"%d" % int(decision.at * 1000),
-                c[1],
-                at,
-                c[2],
-                decision_id,
-                c[3],
-                actor,
-                c[4],
-                dumps(f"{method} {path}"),
-                c[5],
-                decision_id,
-                c[6],
-                status,
-                c[7],
-                endpoint,
-                c[8],
-                dumps(
-                    {
-                        "http_method": method,
-                        "version": request.http_version,
-                        "url": {"path": path, "scheme": request.scheme},
-                        "user_agent": headers.get("user-agent"),
-                    }
-                ),
-                c[9],
-                b'{"code":%b}' % status,
-                c[10],
-                decision_id,
-                c[11],
-                at,
-                c[12],
-                identity_json,
-                c[13],
-                origin_json,
-                c[14],
-                request_json,
-                c[15],
-                gate_json,
-                c[16],
-                upstream_json,
-                c[17],
-            )
-        )
+        _, activity_id, _ = _activity(event.request)
+        action_id, _, disposition_id, _, severity_id = _disposition(decision)
+        failed = decision.effect is Effect.DENY
+        doc: dict[str, Any] = {
+            "class_uid": CLASS_UID,
+            "category_uid": CATEGORY_UID,
+            "activity_id": activity_id,
+            "type_uid": CLASS_UID * 100 + activity_id,
+        }
+        put(doc, "time", values[_Slot.TIME])
+        doc["severity_id"] = severity_id
+        doc["status_id"] = 2 if failed else 1
+        if decision.reasons:
+            doc["status_code"] = decision.reasons[0]
+        doc["action_id"] = action_id
+        doc["disposition_id"] = disposition_id
+        metadata: dict[str, Any] = {"version": OCSF_VERSION}
+        put(metadata, "uid", values[_Slot.ID])
+        metadata["product"] = {
+            "name": "aidr_gate",
+            "vendor_name": "aidr_gate",
+            "version": __version__,
+        }
+        doc["metadata"] = metadata
+        doc["policy"] = {"uid": decision.policy.id}
+        doc["firewall_rule"] = {"uid": decision.rule}
+        put(doc, "actor", values[_Slot.ACTOR])
+        doc["api"] = {"operation": "model-access"}
+        put(doc, "src_endpoint", values[_Slot.ENDPOINT])
+        put(doc, "http_request", values[_Slot.HTTP_REQUEST])
+        put(doc, "http_response", values[_Slot.HTTP_RESPONSE])
+        # The effect is the action and the disposition: not written again.
+        aidr = compact_tree(decision, shared, values, _Slot, effect=False)
+        if decision.evidence.model_requested is not None:
+            # OCSF has no attribute for a model: the one the request named travels here.
+            aidr = {**aidr, "model": decision.evidence.model_requested}
+        doc["unmapped"] = {"aidr": aidr}
+        return doc

@@ -17,20 +17,17 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 import orjson
 
-from aidr_gate.catalog import Model
-from aidr_gate.decision import Decision, Effect, Mode
+from aidr_gate.decision import Decision, Mode
 from aidr_gate.document import format_instant
-from aidr_gate.facts import Identity, Origin
-from aidr_gate.registry import Entity
 
-SCHEMA_VERSION = 1
+# 2: the compact record (shared facts in facts records, each fact written once); 1: before.
+SCHEMA_VERSION = 2
 ECS_VERSION = "8.11.0"
 DATASET = "aidr_gate.audit"
 
@@ -173,42 +170,6 @@ class ObjectCache(Generic[K]):
         return value
 
 
-def _entity_static(entity: Entity) -> dict[str, Any]:
-    return {
-        "name": entity.name,
-        "denied": entity.denied,
-        "denied_reason": entity.denied_reason,
-        "agreements": [a.to_dict() for a in entity.agreements],
-    }
-
-
-_NO_ENTITY: dict[str, Any] = {
-    "name": None,
-    "denied": False,
-    "denied_reason": None,
-    "agreements": [],
-}
-_NO_MODEL: dict[str, Any] = {
-    "id": None,
-    "known": False,
-    "training_ops": None,
-    "weights": None,
-    "catalog_tier": None,
-}
-
-
-def _model_static(model: Model | None) -> dict[str, Any]:
-    if model is None:
-        return _NO_MODEL
-    return {
-        "id": model.id,
-        "known": True,
-        "training_ops": model.training_ops,
-        "weights": model.weights,
-        "catalog_tier": model.tier,
-    }
-
-
 class _Clock:
     """ISO 8601 UTC with milliseconds; the second part is formatted once per second."""
 
@@ -236,195 +197,6 @@ class _Clock:
         return self._json
 
 
-@dataclass(frozen=True, slots=True)
-class Shared:
-    """The parts of a record that depend only on objects many decisions share, pre-serialised."""
-
-    refs: tuple[object, ...]
-    policy: orjson.Fragment
-    shadow: orjson.Fragment | None
-    entity: orjson.Fragment
-    model: orjson.Fragment
-    jurisdiction: orjson.Fragment | None
-    agreement: orjson.Fragment
-    rule: orjson.Fragment  # ECS ``rule``
-    organization: orjson.Fragment  # ECS ``organization``
-    gen_ai: orjson.Fragment  # ECS ``gen_ai``
-    ocsf_policy: orjson.Fragment  # OCSF ``policy``
-    ocsf_authorizations: orjson.Fragment  # OCSF ``authorizations`` (also under ``actor``)
-
-
-def _fragment(value: Any) -> orjson.Fragment:
-    return orjson.Fragment(orjson.dumps(value))
-
-
-class EvidenceRenderer:
-    """Builds the ``aidr`` tree: the decision, every fact it used, and the request's transport data.
-
-    The shape equals ``Decision.to_dict()``'s evidence (a test keeps them equal) plus the request,
-    gate and upstream parts; enough for ``replay`` to re-decide the request under another pack.
-    What depends only on shared objects (the engine's cached facts, the registry's entity, the
-    catalogue's model, the pack reference) is serialised once and reused.
-    """
-
-    def __init__(self, redactor: Redactor, limit: int = 4096) -> None:
-        self.redactor = redactor
-        self.clock = _Clock()
-        self._limit = limit
-        self._shared: dict[tuple[Any, ...], Shared] = {}
-        # The token cache and the origin resolver hand out one object per caller and per client
-        # address: each is serialised once, for every renderer's paths.
-        self._identities: ObjectCache[Identity] = ObjectCache(lambda i: orjson.dumps(i.to_dict()))
-        self._origins: ObjectCache[Origin] = ObjectCache(lambda o: orjson.dumps(o.to_dict()))
-
-    def identity_json(self, identity: Identity | None) -> bytes:
-        """The ``aidr.identity`` member's JSON."""
-        return b"null" if identity is None else self._identities.get(identity)
-
-    def origin_json(self, origin: Origin | None) -> bytes:
-        """The ``aidr.origin`` member's JSON."""
-        return b"null" if origin is None else self._origins.get(origin)
-
-    def shared(self, decision: Decision) -> Shared:
-        """The shared parts of *decision*'s record (cached by the identity of what they rest on)."""
-        evidence = decision.evidence
-        refs = (
-            evidence.facts,
-            evidence.entity,
-            evidence.model,
-            evidence.agreement,
-            decision.policy,
-            decision.shadow,
-            decision.reasons,
-        )
-        key = (
-            *map(id, refs),
-            decision.rule,
-            decision.effect,
-            evidence.entity_id,
-            evidence.entity_source,
-            evidence.claims_disagree,
-            evidence.model_requested,
-            evidence.model_tier_source,
-        )
-        hit = self._shared.get(key)
-        # Tuple equality checks identity first; equal objects render the same anyway.
-        if hit is not None and hit.refs == refs:
-            return hit
-        built = self._build_shared(decision, refs)
-        if len(self._shared) >= self._limit:
-            self._shared.clear()
-        self._shared[key] = built
-        return built
-
-    @staticmethod
-    def _build_shared(decision: Decision, refs: tuple[object, ...]) -> Shared:
-        evidence = decision.evidence
-        facts = evidence.facts
-        entity = evidence.entity
-        agreement = evidence.agreement
-        shadow = decision.shadow
-        policy = decision.policy
-        ocsf_policy = {
-            "uid": policy.id,
-            "name": policy.id,
-            "version": policy.digest,
-            "desc": f"status {policy.status}; legal window covers the request: {policy.in_window}",
-            "is_applied": True,
-        }
-        return Shared(
-            refs=refs,
-            policy=_fragment(policy.to_dict()),
-            shadow=None if shadow is None else _fragment(shadow.to_dict()),
-            entity=_fragment(
-                {
-                    "id": evidence.entity_id,
-                    "known": entity is not None,
-                    "source": evidence.entity_source,
-                    "headquarters": facts.headquarters if facts else None,
-                    "parent": facts.parent if facts else None,
-                    "claims_disagree": list(evidence.claims_disagree),
-                    **(_entity_static(entity) if entity is not None else _NO_ENTITY),
-                }
-            ),
-            model=_fragment(
-                {
-                    "requested": evidence.model_requested,
-                    **_model_static(evidence.model),
-                    "tier": facts.model_tier if facts else None,
-                    "tier_source": evidence.model_tier_source,
-                }
-            ),
-            jurisdiction=_fragment(facts.jurisdiction_dict()) if facts is not None else None,
-            agreement=_fragment(
-                {
-                    "state": facts.agreement if facts else None,
-                    "id": agreement.id if agreement else None,
-                    "type": agreement.type if agreement else None,
-                    "status": agreement.status if agreement else None,
-                }
-            ),
-            rule=_fragment(
-                {
-                    "id": decision.rule,
-                    "name": decision.rule,
-                    "ruleset": policy.id,
-                    "version": policy.digest,
-                }
-            ),
-            organization=_fragment(
-                {"id": evidence.entity_id, "name": entity.name if entity else None}
-            ),
-            gen_ai=_fragment({"request": {"model": evidence.model_requested}}),
-            ocsf_policy=_fragment(ocsf_policy),
-            ocsf_authorizations=_fragment(
-                [{"decision": decision.effect.value, "policy": ocsf_policy}]
-            ),
-        )
-
-    def aidr(self, event: AuditEvent, shared: Shared, at: str) -> dict[str, Any]:
-        """The ``aidr`` namespace of one record."""
-        decision = event.decision
-        evidence = decision.evidence
-        request = event.request
-        identity = evidence.identity
-        origin = evidence.origin
-        return {
-            "schema": SCHEMA_VERSION,
-            "decision": {
-                "id": decision.decision_id,
-                "at": at,
-                "effect": decision.effect,
-                "status": decision.status,
-                "reasons": decision.reasons,
-                "rule": decision.rule,
-                "mode": decision.mode,
-                "blocked": decision.effect is Effect.DENY and decision.mode is Mode.ENFORCE,
-            },
-            "policy": shared.policy,
-            "shadow": shared.shadow,
-            "identity": orjson.Fragment(self.identity_json(identity)),
-            "origin": orjson.Fragment(self.origin_json(origin)),
-            "entity": shared.entity,
-            "model": shared.model,
-            "jurisdiction": shared.jurisdiction,
-            "agreement": shared.agreement,
-            "request": None
-            if request is None
-            else {
-                "ending": request.ending,
-                "headers": self.redactor.headers(request.headers),
-                "body_bytes": request.body_bytes,
-            },
-            "gate": {"added_us": request.gate_us if request else None},
-            "upstream": {
-                "status": request.upstream_status if request else None,
-                "duration_us": request.upstream_duration_us if request else None,
-                "error": request.upstream_error if request else None,
-            },
-        }
-
-
 class Renderer(Protocol):
     """Turns an event into the bytes of one JSON object (no newline)."""
 
@@ -434,34 +206,9 @@ class Renderer(Protocol):
         """The record's JSON object."""
         ...
 
-
-class RecordRenderer:
-    """What the ECS and OCSF renderers share: the evidence tree, and one JSON object per event.
-
-    A subclass maps a record's fields in :meth:`fields`, given the parts every format starts from.
-    """
-
-    name: str
-
-    def __init__(self, redactor: Redactor | None = None) -> None:
-        self.evidence = EvidenceRenderer(redactor or Redactor())
-
-    def document(self, event: AuditEvent) -> dict[str, Any]:
-        """The record as a dict (``render`` serialises it); shared parts are ``orjson.Fragment``."""
-        evidence = self.evidence
-        shared = evidence.shared(event.decision)
-        at = evidence.clock.format(event.decision.at)
-        return self.fields(event, shared, at, evidence.aidr(event, shared, at))
-
-    def fields(
-        self, event: AuditEvent, shared: Shared, at: str, aidr: dict[str, Any]
-    ) -> dict[str, Any]:
-        """The record of *event*: its *shared* parts, its timestamp *at* and its *aidr* tree."""
-        raise NotImplementedError
-
-    def render(self, event: AuditEvent) -> bytes:
-        """The record's JSON object."""
-        return orjson.dumps(self.document(event))
+    def new_file(self) -> None:
+        """The journal starts a new file: the shared facts (``facts.py``) are written again."""
+        ...
 
 
 def fallback_record(event: object, error: BaseException) -> bytes:

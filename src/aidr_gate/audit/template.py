@@ -1,34 +1,30 @@
 """Records from per-class templates: the bytes of ``fields()`` with the per-request values cut out.
 
-A renderer's :meth:`~aidr_gate.audit.record.RecordRenderer.fields` states its record as a dict, and
-is its definition. Building that dict and serialising it costs 10 to 17 µs a record, most of it
-spent on dicts whose content is the same for every request of the same kind. So a
-:class:`TemplateRenderer` compiles, once per class of decision (the same shared facts, status, mode
-and whatever else its :meth:`~TemplateRenderer.template_key` adds), the record's bytes with every
-per-request value cut out, and :meth:`~TemplateRenderer.fill` puts the request's own values into
-the gaps, each serialised on its own.
+A renderer's :meth:`~TemplateRenderer.fields` states its record as a dict, and is its definition.
+Building that dict and serialising it costs 10 to 17 µs a record, most of it spent on members that
+are the same for every request of the same kind. So a :class:`TemplateRenderer` compiles, once per
+class of decision (the same shared facts, status and mode, the same members present, and whatever
+else its :meth:`~TemplateRenderer.template_key` adds), the record's bytes with every per-request
+value cut out, and :meth:`~TemplateRenderer.render` puts the request's own values into the gaps.
 
-The template is made from ``fields`` itself, by serialising its dict with markers in the
-per-request places, so the two cannot drift apart in key order or shared content. The per-request
-values are serialised by ``fill``: a change to how ``fields`` computes one must be made there too,
-and tests that compare both paths' bytes over many generated events say so.
+The per-request values come from one method, :meth:`~TemplateRenderer.slot_values`, which both
+paths use: ``fields`` places each value that is present as a raw JSON fragment, and a template is
+``fields``' output with markers in those places. A member whose value is absent (``None``) is left
+out of the record, so the template depends on which members are present: that is part of its key.
+Tests compare both paths' bytes over many generated events.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from operator import itemgetter
 from typing import Any, ClassVar
 
 import orjson
 
-from aidr_gate.audit.record import (
-    AuditEvent,
-    ObjectCache,
-    RecordRenderer,
-    Redactor,
-    RequestContext,
-    Shared,
-)
+from aidr_gate.audit.facts import FactsBook, Shared
+from aidr_gate.audit.record import AuditEvent, ObjectCache, Redactor, _Clock
 from aidr_gate.facts import Identity, Origin
 
 logger = logging.getLogger("aidr_gate.audit")
@@ -37,135 +33,153 @@ logger = logging.getLogger("aidr_gate.audit")
 # come from a marker fragment.
 _MARK = 0x01
 _FIRST_SLOT = 0x41  # a slot number is written as one byte from "A" on
-_NULL = b"null"
 
-Template = tuple[bytes, ...]
-# Where ``fields`` places each per-request value, in the record's order: (key path, slot number).
+# A template: the record's bytes with a ``%b`` for each value (``%`` escaped), and what picks the
+# values out of a slot list in that order: one bytes-formatting call fills it, in C.
+Template = tuple[bytes, Callable[[Any], tuple[bytes, ...]]]
+# Where ``fields`` places each per-request value: (key path, slot number).
 Places = tuple[tuple[tuple[str, ...], int], ...]
+# One value per slot (``None``: the member is left out).
+Values = list[bytes | None]
+
+
+def presence(values: Values) -> tuple[type, ...]:
+    """Which values are present (their types: bytes, or None's), as a template key part."""
+    return tuple(map(type, values))
 
 
 def _marker(slot: int) -> orjson.Fragment:
     return orjson.Fragment(bytes((_MARK, _FIRST_SLOT + slot, _MARK)))
 
 
-class TemplateRenderer(RecordRenderer):
+def fragment(value: bytes | None) -> orjson.Fragment | None:
+    """A slot's value as ``fields`` places it (``None`` stays ``None``: the member is left out)."""
+    return None if value is None else orjson.Fragment(value)
+
+
+def put(doc: dict[str, Any], key: str, value: bytes | None) -> None:
+    """Set *key* in *doc* to the raw JSON *value*, unless it is absent."""
+    if value is not None:
+        doc[key] = orjson.Fragment(value)
+
+
+class TemplateRenderer:
     """A renderer whose records come from compiled templates (see the module docstring)."""
 
+    name: str
     places: ClassVar[Places]
-    # The format's members for a record without a verified caller, and without a client address.
-    no_user: ClassVar[bytes]
-    no_client: ClassVar[bytes]
 
     def __init__(self, redactor: Redactor | None = None, limit: int = 4096) -> None:
-        super().__init__(redactor)
+        self.redactor = redactor or Redactor()
+        self.clock = _Clock()
+        self.book = FactsBook(limit)
         self._limit = limit
-        # The token cache and the origin resolver hand out one object per caller and per address.
-        # Each is cached with the format's member and the evidence renderer's JSON of the same
-        # object (whose bytes are the evidence cache's own): one lookup a record.
-        evidence = self.evidence
-        self._users: ObjectCache[Identity] = ObjectCache(
-            lambda i: (self.user_member(i), evidence.identity_json(i)), limit
-        )
-        self._clients: ObjectCache[Origin] = ObjectCache(
-            lambda o: (self.client_member(o), evidence.origin_json(o)), limit
-        )
-        self._order = tuple(slot for _, slot in self.places)
+        # The token cache and the origin resolver hand out one object per caller and per address:
+        # each one's members are serialised once.
+        self._identities: ObjectCache[Identity] = ObjectCache(self.identity_members, limit)
+        self._origins: ObjectCache[Origin] = ObjectCache(self.origin_members, limit)
+        self._slots = len(self.places)
         # template_key -> (shared, template); the strong reference keeps ids unique.
         self._templates: dict[tuple[Any, ...], tuple[Shared, Template]] = {}
         self.compiled = True  # False once a template could not be made: every record uses fields
 
-    def template_key(self, event: AuditEvent, shared: Shared) -> tuple[Any, ...]:
-        """What every record of one template has in common: the shared facts (by identity; the
-        cache keeps them alive, so the id stays theirs), the status and the mode."""
-        decision = event.decision
-        return (id(shared), decision.status, decision.mode)
+    # -- what a format defines -------------------------------------------------------------------
 
-    def user_member(self, identity: Identity) -> bytes:
-        """The format's member for the verified caller, serialised."""
+    def identity_members(self, identity: Identity) -> tuple[bytes | None, ...]:
+        """The format's per-caller values, serialised (cached per identity object)."""
         raise NotImplementedError
 
-    def client_member(self, origin: Origin) -> bytes:
-        """The format's member for the client address, serialised."""
+    def origin_members(self, origin: Origin) -> tuple[bytes | None, ...]:
+        """The format's per-address values, serialised (cached per origin object)."""
         raise NotImplementedError
 
-    def parties(self, event: AuditEvent) -> tuple[bytes, bytes, bytes, bytes]:
-        """The caller's member and ``aidr.identity``, the client's member and ``aidr.origin``."""
-        evidence = event.decision.evidence
-        identity = evidence.identity
-        origin = evidence.origin
-        user, identity_json = (
-            (self.no_user, _NULL) if identity is None else self._users.get(identity)
-        )
-        client, origin_json = (
-            (self.no_client, _NULL) if origin is None else self._clients.get(origin)
-        )
-        return user, identity_json, client, origin_json
+    def slot_values(
+        self, event: AuditEvent, shared: Shared, *, facts_inline: bool = False
+    ) -> tuple[Values, tuple[type, ...]]:
+        """Every per-request value, serialised, by slot; and which are present (:func:`presence`).
 
-    def request_values(
-        self, event: AuditEvent, request: RequestContext
-    ) -> tuple[bytes, bytes, dict[str, str], bytes, bytes, bytes]:
-        """What every format's record takes from the request, serialised: the decision's time
-        and id, the recorded headers (a dict), and the ``aidr`` tree's ``request``, ``gate`` and
-        ``upstream`` members as ``aidr()`` puts them."""
-        decision = event.decision
-        evidence = self.evidence
-        dumps = orjson.dumps
-        headers = evidence.redactor.headers(request.headers)
-        return (
-            evidence.clock.json(decision.at),
-            dumps(decision.decision_id),
-            headers,
-            dumps({"ending": request.ending, "headers": headers, "body_bytes": request.body_bytes}),
-            dumps({"added_us": request.gate_us}),
-            dumps(
-                {
-                    "status": request.upstream_status,
-                    "duration_us": request.upstream_duration_us,
-                    "error": request.upstream_error,
-                }
-            ),
-        )
-
-    def fill(
-        self, event: AuditEvent, request: RequestContext, shared: Shared, template: Template
-    ) -> bytes:
-        """The record: *template*'s parts with this request's values in its gaps, in order."""
-        raise NotImplementedError
-
-    def compile(self, event: AuditEvent) -> Template:
-        """The bytes of *event*'s record between its per-request values.
-
-        Raises ``RuntimeError`` if :meth:`fields` no longer places the values in :attr:`places`.
+        ``aidr.facts`` is the facts object with *facts_inline* (the class's first record in a
+        file), its id otherwise.
         """
-        doc = self.document(event)
+        raise NotImplementedError
+
+    def fields(self, event: AuditEvent, shared: Shared, values: Values) -> dict[str, Any]:
+        """The record of *event*: its *shared* facts and its per-request *values* (fragments)."""
+        raise NotImplementedError
+
+    def template_key(
+        self, event: AuditEvent, shared: Shared, mask: tuple[type, ...]
+    ) -> tuple[Any, ...]:
+        """What every record of one template has in common: the shared facts (by identity; the
+        cache keeps them alive, so the id stays theirs), the status, the mode, the members."""
+        decision = event.decision
+        return (id(shared), decision.status, decision.mode, mask)
+
+    # -- rendering -------------------------------------------------------------------------------
+
+    def identity_of(self, identity: Identity | None) -> tuple[bytes | None, ...] | None:
+        """The cached per-caller values (``None`` without a verified caller)."""
+        return None if identity is None else self._identities.get(identity)
+
+    def origin_of(self, origin: Origin | None) -> tuple[bytes | None, ...] | None:
+        """The cached per-address values (``None`` without a client address)."""
+        return None if origin is None else self._origins.get(origin)
+
+    def document(self, event: AuditEvent, *, facts_inline: bool = False) -> dict[str, Any]:
+        """The record as a dict (``render`` gives its bytes); values are ``orjson.Fragment``."""
+        shared = self.book.shared(event.decision)
+        values, _ = self.slot_values(event, shared, facts_inline=facts_inline)
+        return self.fields(event, shared, values)
+
+    def compile(self, event: AuditEvent, shared: Shared, values: Values) -> Template:
+        """The bytes of *event*'s record between its per-request values, and their slots.
+
+        Raises ``RuntimeError`` if :meth:`fields` does not place the values where
+        :attr:`places` says.
+        """
+        doc = self.fields(event, shared, values)
+        expected = []
         for path, slot in self.places:
-            parent = doc
+            parent: Any = doc
             for key in path[:-1]:
-                parent = parent[key]
-            parent[path[-1]] = _marker(slot)
+                parent = parent.get(key) if isinstance(parent, dict) else None
+            present = isinstance(parent, dict) and path[-1] in parent
+            if present != (values[slot] is not None):
+                raise RuntimeError(f"the {self.name} record's {'.'.join(path)} moved")
+            if present:
+                parent[path[-1]] = _marker(slot)
+                expected.append(slot)
         parts = orjson.dumps(doc).split(bytes((_MARK,)))
         slots = tuple(part[0] - _FIRST_SLOT for part in parts[1::2])
-        if slots != self._order:
+        if sorted(slots) != sorted(expected) or len(slots) < 2:
             raise RuntimeError(f"the {self.name} record's per-request fields moved: {slots}")
-        return tuple(parts[0::2])
+        text = b"%b".join(part.replace(b"%", b"%%") for part in parts[0::2])
+        return text, itemgetter(*slots)
 
     def render(self, event: AuditEvent) -> bytes:
-        """The record's JSON object: the same bytes as ``orjson.dumps(self.document(event))``."""
-        request = event.request
-        if request is None or not self.compiled:
-            return super().render(event)
-        shared = self.evidence.shared(event.decision)
-        key = self.template_key(event, shared)
+        """The record's JSON object: the same bytes as ``orjson.dumps(self.document(event))``
+        (with ``facts_inline`` for the first record of its class in the current file)."""
+        shared = self.book.shared(event.decision)
+        values, mask = self.slot_values(event, shared, facts_inline=self.book.due(shared))
+        if not self.compiled:
+            return orjson.dumps(self.fields(event, shared, values))
+        key = self.template_key(event, shared, mask)
         hit = self._templates.get(key)
-        if hit is not None and hit[0] is shared:
-            return self.fill(event, request, shared, hit[1])
-        try:
-            template = self.compile(event)
-        except RuntimeError:
-            logger.exception("audit: no %s template; records are rendered the slow way", self.name)
-            self.compiled = False
-            return super().render(event)
-        if len(self._templates) >= self._limit:
-            self._templates.clear()
-        self._templates[key] = (shared, template)
-        return self.fill(event, request, shared, template)
+        if hit is None or hit[0] is not shared:
+            try:
+                template = self.compile(event, shared, values)
+            except RuntimeError:
+                logger.exception(
+                    "audit: no %s template; records are rendered the slow way", self.name
+                )
+                self.compiled = False
+                return orjson.dumps(self.fields(event, shared, values))
+            if len(self._templates) >= self._limit:
+                self._templates.clear()
+            hit = self._templates[key] = (shared, template)
+        text, pick = hit[1]
+        return text % pick(values)
+
+    def new_file(self) -> None:
+        """The journal starts a new file: each class's facts are written again there."""
+        self.book.forget()

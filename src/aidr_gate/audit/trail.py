@@ -1,13 +1,16 @@
-"""The audit trail: a bounded queue, one writer that renders and chains, the journal, the outboxes.
+"""The audit trail: a queue, one writer thread that renders and chains, the journal, the outboxes.
 
-``submit()`` only appends to a queue and returns a future; it never waits for a sink. One writer
-task renders each event and links it into the hash chain, and hands the batch to a single I/O
-thread, which appends it to the journal (the rotating file sink) and fsyncs it per policy; every delivery
-sink's outbox gets the same linked lines. The future resolves ``True`` once the record is stored
-as the journal's fsync policy promises (``always``: on disk), ``False`` if it could be stored
-nowhere (counted as lost and logged). With the ``deny`` failure policy, :attr:`AuditTrail.accepting`
-turns False while records cannot be stored or the queue is full, and the middleware refuses new
-requests with 503 (``AuditUnavailable``): no audit, no access.
+``submit()`` only appends to a queue and returns a future; it never waits for a sink, and it is all
+the event loop does for a record. The writer thread (``writer.py``) takes batches, renders each
+event, links it into the hash chain, appends the batch to the journal (the rotating file sink) and
+fsyncs it per policy; every delivery sink's outbox gets the same linked lines. The future resolves
+``True`` once the record is stored as the journal's fsync policy promises (``always``: on disk),
+``False`` if it could be stored nowhere (counted as lost and logged). With the ``deny`` failure
+policy, :attr:`AuditTrail.accepting` turns False while records cannot be stored or the queue is
+full, and the middleware refuses new requests with 503 (``AuditUnavailable``): no audit, no
+access. A full queue never loses a record under ``deny``: a request whose record finds it full
+waits for it to be stored before it is answered (:attr:`AuditTrail.backlogged`), backpressure
+rather than loss.
 """
 
 from __future__ import annotations
@@ -15,26 +18,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-from aidr_gate.audit.chain import (
-    GENESIS,
-    Chain,
-    Signer,
-    load_private_key,
-    open_bytes,
-    parse_link,
-    read_tail,
-)
+from aidr_gate.audit.chain import GENESIS, Chain, Signer, load_private_key, parse_link, read_tail
 from aidr_gate.audit.config import (
     AuditConfig,
     FailurePolicy,
@@ -55,21 +48,15 @@ from aidr_gate.audit.lock import (
     lock_path_for_journal,
 )
 from aidr_gate.audit.ocsf import OcsfRenderer
-from aidr_gate.audit.record import AuditEvent, Redactor, Renderer, fallback_record
+from aidr_gate.audit.record import AuditEvent, Redactor, Renderer
+from aidr_gate.audit.recovery import backfill, read_state, write_state
 from aidr_gate.audit.sinks import DeliverySink
-from aidr_gate.audit.sinks.file import FileJournal, first_seq_of, rotated_files
+from aidr_gate.audit.sinks.file import FileJournal
 from aidr_gate.audit.spool import Spool
+from aidr_gate.audit.writer import IO_THREAD, SPOOL_THREAD, WriterThread, name_thread
 from aidr_gate.errors import ConfigError, Problem
 
 logger = logging.getLogger("aidr_gate.audit")
-
-_MAX_JOBS = 4  # I/O jobs in flight: bounds memory, lets rendering overlap writing
-_LINK_RUN = 64  # records rendered before their run is hashed (see _write_loop)
-
-
-def _finish(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def split_lines(data: bytes) -> list[bytes]:
@@ -110,7 +97,7 @@ def build_sink(config: StdoutSinkConfig | SyslogSinkConfig | HttpSinkConfig) -> 
     return HttpSink(config)
 
 
-class AuditTrail:
+class AuditTrail(WriterThread):
     """Records every decision, chained, durable, delivered; see the module docstring."""
 
     def __init__(
@@ -138,12 +125,23 @@ class AuditTrail:
         self._accepted = 0  # index of the next accepted event
         self._taken = 0  # events the writer has taken
         self._failed: list[tuple[int, int]] = []  # index ranges of batches that could not be stored
-        self._wake = asyncio.Event()
-        self._nap: asyncio.Future[None] | None = None  # the writer's linger, while it lasts
-        self._io = ThreadPoolExecutor(1, thread_name_prefix="aidr-audit-io")
+        self._settled = 0  # events whose batch was stored or lost (counted on the event loop)
+        # The writer thread and the event loop meet here: the queue, the open ticket, the flags.
+        self._cv = threading.Condition(threading.Lock())
+        self._sleeping = False  # the writer waits for any record
+        self._lingering = False  # the writer waits for a full batch or the end of its linger
+        self._stop = False
+        self._abandon = False  # close() timed out: the writer stops after the batch in hand
+        # Startup, and the delivery sinks' spools and cursors: a thread of their own.
+        self._io = ThreadPoolExecutor(
+            1,
+            thread_name_prefix=SPOOL_THREAD,
+            initializer=name_thread,
+            initargs=(SPOOL_THREAD,),
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._timer: asyncio.Task[None] | None = None
+        self._writer: threading.Thread | None = None
+        self._writer_done: asyncio.Future[None] | None = None
         self._started = False
         self._closing = False
         self._closed = False
@@ -173,9 +171,6 @@ class AuditTrail:
         self.written = 0
         self.spooled = 0
         self.lost = 0
-        self._jobs = 0
-        self._inflight_jobs: set[asyncio.Future[bool]] = set()
-        self._inflight_records = 0
         self._last_loss_log = 0.0
         self.recovered_torn = 0
         self._lock = WriterLock()
@@ -225,13 +220,14 @@ class AuditTrail:
             for outbox in self.outboxes:
                 await outbox.open(seq)
                 if self.journal is not None:
-                    await loop.run_in_executor(self._io, self._backfill, outbox, seq)
+                    await loop.run_in_executor(self._io, backfill, self.journal, outbox, seq)
                 await outbox.start()
         except BaseException:
             await self._abandon_start()
             raise
-        self._writer = asyncio.create_task(self._write_loop(), name="aidr-audit-writer")
-        self._timer = asyncio.create_task(self._tick(), name="aidr-audit-timer")
+        self._writer_done = loop.create_future()
+        self._writer = threading.Thread(target=self._writer_main, name=IO_THREAD, daemon=True)
+        self._writer.start()
         self._started = True
 
     async def _abandon_start(self) -> None:
@@ -259,7 +255,7 @@ class AuditTrail:
         if not self._lock.held:  # a claimed process slot is locked already
             self._lock_stores(self.config)
         if self.journal is None:
-            return _read_state(self.config.directory / "chain.tail")
+            return read_state(self.config.directory / "chain.tail")
         recovery = self.journal.recover()
         self.recovered_torn = recovery.torn
         spool = self._journal_spool
@@ -321,68 +317,6 @@ class AuditTrail:
             journal.write_data(b"".join(lines), len(lines), link.seq if link else 0)
             spool.consume(used, len(lines))
 
-    def _backfill(self, outbox: Outbox, tail_seq: int) -> None:
-        """On the I/O thread: records a sink never received (lost from memory in a crash)."""
-        journal = self.journal
-        if journal is None:
-            return
-        start = outbox.cursor + 1
-        spool_first = outbox.spool.first_seq()
-        end = spool_first if spool_first is not None else tail_seq + 1
-        if start >= end:
-            return
-        wanted: list[bytes] = []
-        size = 0
-        budget = outbox.spool.max_bytes
-        over_budget = False
-        unreadable: list[str] = []
-        rotated = rotated_files(journal.path)
-        firsts = [first_seq_of(p) for p in rotated]
-        for index, path in enumerate([*rotated, journal.path]):
-            if index + 1 < len(rotated) and firsts[index + 1] <= start:
-                continue  # every record of this file comes before the gap
-            if index < len(rotated) and firsts[index] >= end:
-                break
-            try:
-                data = open_bytes(path)
-            except (OSError, EOFError, zlib.error) as exc:
-                unreadable.append(f"{path.name}: {exc}")
-                continue
-            for line in data.splitlines(keepends=True):
-                link = parse_link(line, check=False)
-                if link is not None and start <= link.seq < end and line.endswith(b"\n"):
-                    size += len(line)
-                    if size > budget:
-                        over_budget = True
-                        break
-                    wanted.append(line)
-            if over_budget:
-                break
-        missed = end - start - len(wanted)
-        if missed > 0:  # more than the spool holds, or no longer in the journal (retention, damage)
-            outbox.lost += missed
-            why = []
-            if over_budget:
-                why.append(
-                    f"more than its spool holds ({budget} bytes); they remain in the journal"
-                )
-            if unreadable:
-                why.append(f"unreadable journal files ({'; '.join(unreadable)})")
-            logger.error(
-                "audit sink %s: %d records behind; %d of them LOST for it (%s)",
-                outbox.sink.name,
-                end - start,
-                missed,
-                ", ".join(why) or "no longer in the journal",
-            )
-        if wanted:
-            outbox.spool.prepend(wanted, start)
-            logger.warning(
-                "audit sink %s: %d records it never received are re-sent from the journal",
-                outbox.sink.name,
-                len(wanted),
-            )
-
     async def close(self, timeout: float | None = None) -> None:
         """Write what is queued, deliver what can be delivered, all within *timeout* seconds."""
         if self._closed:
@@ -391,32 +325,28 @@ class AuditTrail:
         self._closed = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.config.shutdown_timeout if timeout is None else timeout)
-        self._wake.set()
-        if self._nap is not None:  # the writer is letting a batch gather: no more waiting
-            _finish(self._nap)
-        if self._writer is not None:
+        with self._cv:  # no more lingering: write what is queued, then stop
+            self._stop = True
+            self._cv.notify()
+        done = self._writer_done
+        if done is not None:
             try:
-                await asyncio.wait_for(
-                    asyncio.shield(self._writer), max(0.0, deadline - loop.time())
-                )
+                await asyncio.wait_for(asyncio.shield(done), max(0.0, deadline - loop.time()))
             except TimeoutError:
-                self._writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._writer
-        if self._inflight_jobs:
-            # The writer is gone, not the I/O (it awaits its jobs shielded): account for every batch
-            # handed to the I/O thread before the outboxes close. The journal's close below, on the
-            # same thread, waits for them anyway.
-            await asyncio.wait(list(self._inflight_jobs))
+                with self._cv:
+                    self._abandon = True
+                # The batch in hand is finished, counted and handed to the sinks, never
+                # abandoned half way; nothing after it is taken.
+                await done
         if self._queue:
-            self._lose(len(self._queue), "the shutdown timeout passed before they were written")
+            left = len(self._queue)
             self._queue.clear()
+            self._settled += left
+            self._lose(left, "the shutdown timeout passed before they were written")
         for _, _, future in self._tickets:
             if not future.done():
                 future.set_result(False)
         self._tickets.clear()
-        if self._timer is not None:
-            self._timer.cancel()
         closed = await asyncio.gather(
             *(o.close(deadline) for o in self.outboxes), return_exceptions=True
         )
@@ -455,41 +385,58 @@ class AuditTrail:
         """True when awaiting :meth:`submit`'s future means the record is on disk (fsync always)."""
         return self._fsync_always
 
+    @property
+    def backlogged(self) -> bool:
+        """True when a request must wait for its record to be stored before it is answered.
+
+        Under ``deny``, past ``queue_size`` records waiting: backpressure instead of a lost
+        record (new requests are refused meanwhile: :attr:`accepting` is False).
+        """
+        return (
+            self.config.on_failure is FailurePolicy.DENY
+            and len(self._queue) >= self.config.queue_size
+        )
+
     def submit(self, event: AuditEvent) -> asyncio.Future[bool]:
         """Queue one event; never blocks. The future resolves when the record is stored.
 
         Events submitted before the writer takes its next batch share one future (cheaper than a
         future each); it resolves ``True`` when all of them are stored, ``False`` if any is lost.
         Await it through ``asyncio.shield``: cancelling an awaiter cancels the shared future.
+        Under ``allow`` a full queue loses the record (counted); under ``deny`` the queue takes
+        it and the caller waits (:attr:`backlogged`).
         """
         self.submitted += 1
-        limit = self.config.queue_size
-        if self.config.on_failure is FailurePolicy.DENY:
-            limit *= 2  # requests admitted before accepting turned False still get their record
-        if self._closing or len(self._queue) >= limit:
+        loop = self._loop or asyncio.get_running_loop()
+        full = len(self._queue) >= self.config.queue_size
+        if self._closing or (full and self.config.on_failure is FailurePolicy.ALLOW):
             self._lose(1, "submitted after close" if self._closing else "the audit queue is full")
-            lost: asyncio.Future[bool] = (self._loop or asyncio.get_running_loop()).create_future()
+            lost: asyncio.Future[bool] = loop.create_future()
             lost.set_result(False)
             return lost
-        self._queue.append(event)
-        index = self._accepted
-        self._accepted = index + 1
-        ticket = self._open_ticket
-        if ticket is None:
-            ticket = (self._loop or asyncio.get_running_loop()).create_future()
-            self._open_ticket = ticket
-            self._tickets.append([index, index, ticket])
-        else:
-            self._tickets[-1][1] = index
-        self._wake.set()
-        if self._nap is not None and len(self._queue) >= self.config.batch_size:
-            _finish(self._nap)  # a full batch waits: the writer's linger is over
+        queue = self._queue
+        with self._cv:
+            queue.append(event)
+            index = self._accepted
+            self._accepted = index + 1
+            ticket = self._open_ticket
+            if ticket is None:
+                ticket = self._open_ticket = loop.create_future()
+                self._tickets.append([index, index, ticket])
+            else:
+                self._tickets[-1][1] = index
+            # The writer is woken only when it sleeps, or when a full batch ends its linger: not
+            # once per record.
+            if self._sleeping or (self._lingering and len(queue) >= self.config.batch_size):
+                self._cv.notify()
         return ticket
 
     async def drain(self, *, sinks: bool = False) -> None:
         """Wait until everything submitted is written (and, with *sinks*, delivered everywhere)."""
-        # Several tasks and a thread move these counters: polling is the simple, honest wait.
-        while self._queue or self._jobs or (sinks and not all(o.idle for o in self.outboxes)):  # noqa: ASYNC110
+        # Two threads move these counters: polling is the simple, honest wait.
+        while self._accepted > self._settled or (  # noqa: ASYNC110
+            sinks and not all(o.idle for o in self.outboxes)
+        ):
             await asyncio.sleep(0.005)
 
     def _lose(self, count: int, why: str) -> None:
@@ -498,121 +445,6 @@ class AuditTrail:
         if now - self._last_loss_log >= 1.0:
             self._last_loss_log = now
             logger.error("audit: %d records LOST (%s); %d lost in total", count, why, self.lost)
-
-    # -- the writer ------------------------------------------------------------------------------
-
-    def _render(self, event: AuditEvent) -> bytes:
-        try:
-            return self.renderer.render(event)
-        except Exception as exc:  # a renderer bug must not lose the record
-            logger.exception("audit: rendering failed; writing a minimal record")
-            return fallback_record(event, exc)
-
-    async def _write_loop(self) -> None:
-        """Render and link on the event loop; the I/O thread only writes and syncs.
-
-        Hashing stays on this thread on purpose: SHA-256 releases the GIL for each record over
-        2 KiB, and a second thread taking the GIL back hundreds of times a batch costs more than
-        the hashing (measured in bench/audit.py). The I/O thread gets one joined buffer a batch.
-        """
-        loop = asyncio.get_running_loop()
-        jobs: deque[asyncio.Future[Any]] = deque()
-        batch_size = self.config.batch_size
-        # Every batch is a round trip to the I/O thread, two thread wake-ups that cost more CPU
-        # than rendering a record (about 200 µs a batch on a small VM): under moderate load,
-        # records taken as they come make batches of one or two. So batches are taken at most
-        # once per linger unless a full one is waiting. Not under fsync always, where each
-        # response waits for its batch.
-        linger = 0.0 if self._fsync_always else self.config.batch_linger
-        taken_at = -linger
-        queue = self._queue
-        render = self._render
-        while True:
-            if queue and linger and len(queue) < batch_size and not self._closing:
-                wait = taken_at + linger - loop.time()
-                if wait > 0:
-                    # asyncio.sleep, but close() can cut it short (it finishes _nap).
-                    nap = self._nap = loop.create_future()
-                    timer = loop.call_later(wait, _finish, nap)
-                    await nap
-                    timer.cancel()
-                    self._nap = None
-                    continue
-            if not queue:
-                if jobs:
-                    # Shielded: cancelling the writer (a close timeout) must not cancel the I/O.
-                    await asyncio.shield(jobs.popleft())
-                    continue
-                if self._closing:
-                    if self.signer is not None and self.signer.pending:
-                        self._checkpoint(loop, jobs, final=True)
-                        continue
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            count = min(batch_size, len(queue))
-            taken_at = loop.time()
-            self._open_ticket = None  # later submissions get a new future
-            first = self._taken
-            self._taken += count
-            # Render a run of records, then hash the run: SHA-256 of a 3 KB record costs about
-            # 2 µs while its code stays hot, twice that when every hash follows a render. A run of
-            # 64 bodies (~190 KB) still sits in the CPU's L2 cache when it is hashed.
-            # The lines are never copied one by one: the chain appends each line's pieces and the
-            # batch is joined once.
-            extend = self.chain.extend
-            popleft = queue.popleft
-            pieces: list[bytes | memoryview] = []
-            for start in range(0, count, _LINK_RUN):
-                extend(pieces, [render(popleft()) for _ in range(min(_LINK_RUN, count - start))])
-            lines = count + self._sign(pieces, count)
-            self._dispatch(loop, jobs, (first, first + count), b"".join(pieces), lines, count)
-            if len(jobs) >= _MAX_JOBS:
-                await asyncio.shield(jobs.popleft())
-            elif count == batch_size:
-                await asyncio.sleep(0)  # let requests run between large batches
-
-    def _checkpoint(
-        self, loop: asyncio.AbstractEventLoop, jobs: deque[asyncio.Future[Any]], final: bool = False
-    ) -> None:
-        """Write a signed checkpoint on its own when one is due (or, *final*, pending)."""
-        pieces: list[bytes | memoryview] = []
-        lines = self._sign(pieces, 0, final=final)
-        self._dispatch(loop, jobs, None, b"".join(pieces), lines, 0)
-
-    def _sign(self, pieces: list[bytes | memoryview], count: int, final: bool = False) -> int:
-        """Append a signed checkpoint to a batch of *count* new records when one is due; the
-        number of lines appended (0 or 1)."""
-        signer = self.signer
-        if signer is not None:
-            signer.note(count)
-            if signer.due() or (final and signer.pending):
-                seq, digest = self.chain.position()
-                self.chain.extend(pieces, (signer.checkpoint(seq, digest),))
-                return 1
-        return 0
-
-    def _dispatch(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        jobs: deque[asyncio.Future[Any]],
-        span: tuple[int, int] | None,
-        data: bytes,
-        lines: int,
-        count: int,
-    ) -> None:
-        """Hand *data*, *lines* linked lines of which *count* are records, to the I/O thread."""
-        if not lines:
-            return
-        first = self.chain.next_seq - lines
-        position = self.chain.position() if self.journal is None else None
-        job = loop.run_in_executor(self._io, self._store, data, lines, first, position)
-        self._jobs += 1
-        self._inflight_records += count
-        self._inflight_jobs.add(job)
-        job.add_done_callback(partial(self._stored, span, count, data, first))
-        jobs.append(job)
 
     def _store(self, data: bytes, lines: int, first: int, position: tuple[int, str] | None) -> bool:
         """On the I/O thread: write to the journal (or its spool); True when stored."""
@@ -632,7 +464,7 @@ class AuditTrail:
                 stored = self._spool_journal(split_lines(data), first)
         elif position is not None:
             try:
-                _write_state(self.config.directory / "chain.tail", position)
+                write_state(self.config.directory / "chain.tail", position)
             except OSError as exc:
                 logger.error("audit: cannot save the chain position: %s", exc)
         self._storable = stored
@@ -658,21 +490,10 @@ class AuditTrail:
         count: int,
         data: bytes,
         first: int,
-        job: asyncio.Future[bool],
+        stored: bool,
     ) -> None:
-        """Back on the event loop: resolve the futures, hand the lines to the outboxes."""
-        self._jobs -= 1
-        self._inflight_records -= count
-        self._inflight_jobs.discard(job)
-        if job.cancelled():  # the I/O thread never ran it (the executor went away first)
-            logger.error("audit: a batch of %d records was cancelled before it was stored", count)
-            stored = False
-        else:
-            try:
-                stored = job.result()
-            except Exception:  # a bug on the I/O thread: count the loss, never hide it
-                logger.exception("audit: storing a batch failed")
-                stored = False
+        """Back on the event loop: count, resolve the futures, hand the lines to the outboxes."""
+        self._settled += count
         if stored:
             self.written += count
         else:
@@ -722,24 +543,6 @@ class AuditTrail:
         for (outbox, (lines, _)), error in zip(spills, errors, strict=True):
             outbox.spilled(lines, error)
 
-    async def _tick(self) -> None:
-        """Interval fsync, and time-based checkpoints while the trail is idle."""
-        loop = asyncio.get_running_loop()
-        journal = self.journal
-        interval = 1.0
-        if journal is not None and journal.config.fsync is FsyncPolicy.INTERVAL:
-            interval = min(interval, journal.config.fsync_interval)
-        while True:
-            await asyncio.sleep(interval)
-            if journal is not None and not self._journal_failed:
-                try:
-                    await loop.run_in_executor(self._io, journal.sync_due)
-                except OSError as exc:
-                    logger.error("audit journal sync failed: %s", exc)
-            signer = self.signer
-            if signer is not None and signer.due() and not self._queue and not self._closing:
-                self._checkpoint(loop, deque())
-
     def describe(self) -> str:
         """One line for startup logs: the format, where records go and where the chain stands."""
         parts = []
@@ -760,7 +563,7 @@ class AuditTrail:
     def stats(self) -> TrailStats:
         """A snapshot of every counter."""
         sinks: list[SinkStats] = []
-        pending = len(self._queue) + self._inflight_records
+        pending = self._accepted - self._settled
         if self.journal is not None:
             sinks.append(
                 SinkStats(
@@ -787,19 +590,3 @@ class AuditTrail:
             accepting=self.accepting,
             sinks=tuple(sinks),
         )
-
-
-def _read_state(path: Path) -> tuple[int, str]:
-    try:
-        seq_text, digest = path.read_text().split()
-        if len(digest) == 64:
-            return int(seq_text), digest
-    except (OSError, ValueError):
-        pass
-    return -1, GENESIS
-
-
-def _write_state(path: Path, position: tuple[int, str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{position[0]} {position[1]}\n")
-    os.replace(tmp, path)

@@ -1,6 +1,6 @@
 """Checks audit files: the hash chain, the sequence, and (with public keys) the signed checkpoints.
 
-Files may be given in any order, rotated and gzip-compressed ones included; they are ordered by the
+Files may be given in any order, rotated and compressed ones included; they are ordered by the
 first sequence number they hold. Each line's hash is recomputed over its exact bytes (nothing is
 re-serialised). The first problem named is the first place the chain breaks: a record that was
 changed, removed, reordered or inserted, with its file and line. A torn final line (a crash
@@ -9,8 +9,6 @@ mid-write) is reported as a warning: the chain continues past it in the next fil
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from aidr_gate.audit.chain import (
     open_bytes,
     parse_link,
 )
+from aidr_gate.audit.compression import READ_ERRORS
 
 MAX_ERRORS = 20
 _CHECKPOINT_MARK = b'"action":"' + CHECKPOINT_ACTION.encode() + b'"'
@@ -115,7 +114,7 @@ def _read(path: Path, result: VerifyResult) -> list[_Line]:
     name = str(path)
     try:
         data = open_bytes(path)
-    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+    except READ_ERRORS as exc:
         result.findings.append(Finding("unreadable", name, 0, None, f"cannot read the file: {exc}"))
         return []
     raw_lines = data.splitlines(keepends=True)

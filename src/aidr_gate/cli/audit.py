@@ -23,7 +23,7 @@ def add_parser(sub: Any) -> None:
         "verify",
         help="check the hash chain of audit files and name the first place it breaks",
         description=(
-            "Check audit files (any order; rotated and .gz files too). Exit code: 0 the chain "
+            "Check audit files (any order; rotated and compressed files too). Exit code: 0 the chain "
             "is intact, 1 it is broken (the first problem names file and line), 2 usage error."
         ),
     )

@@ -20,7 +20,7 @@ from aidr_gate.replay.report import ProgressBar, build_report, summary
 from aidr_gate.replay.run import ReplayOptions, replay_files
 
 # Files a directory argument stands for: active and rotated journal files, plain or gzipped.
-AUDIT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".log", ".log.gz")
+AUDIT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".log", ".log.gz", ".log.zst")
 
 
 def add_parser(sub: Any) -> None:
@@ -29,12 +29,12 @@ def add_parser(sub: Any) -> None:
         "replay",
         help="re-decide recorded requests under another pack and report what would change",
         description=(
-            "Re-decide every policy decision in audit files (any order; rotated and .gz files, "
+            "Re-decide every policy decision in audit files (any order; rotated and compressed files, "
             "or directories of them) under another pack, from the evidence the records carry, "
             "without touching the network. Prints a summary; writes a JSON and a self-contained "
             "HTML report on request. The hash chain is checked as the files are read; breaks are "
             "reported as warnings and the records are replayed all the same. A file that cannot "
-            "be read to the end (a damaged .gz) is an error, named on stderr even with --quiet: "
+            "be read to the end (a damaged .gz or .zst) is an error, named on stderr even with --quiet: "
             "its records after the damage are not replayed. Exit code: 0 done (1 with "
             "--fail-on-flips when any decision changes), 2 usage or configuration error, or an "
             "audit file that could not be read."

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from jwt.algorithms import OKPAlgorithm
 
 from aidr_gate.audit import verify_files
+from aidr_gate.audit.reader import RecordReader
 from aidr_gate.config import embedded_config_path, load_config
 from aidr_gate.demo.model_server import build_model_app
 from aidr_gate.sidecar import SidecarApp, UvicornServer, build_sidecar, uvicorn_config
@@ -210,11 +211,14 @@ async def _serve(app: Any, sock: socket.socket) -> tuple[UvicornServer, asyncio.
 
 
 def _records(audit_dir: Path) -> dict[str, dict[str, Any]]:
+    """The records by decision id, each with its whole evidence tree under ``aidr``."""
     out: dict[str, dict[str, Any]] = {}
+    reader = RecordReader()  # compact records name the shared facts written once per file
     for path in sorted(audit_dir.glob("*.jsonl*")):
-        for line in path.read_text().splitlines():
+        for line in path.read_bytes().splitlines():
             if line.strip():
                 record = json.loads(line)
+                record["aidr"] = reader.tree(line)
                 out[record["event"]["id"]] = record
     return out
 

@@ -19,18 +19,14 @@ from typing import Any
 import orjson
 
 from aidr_gate.audit.chain import CHECKPOINT_ACTION
-from aidr_gate.audit.record import SCHEMA_VERSION
+from aidr_gate.audit.reader import aidr_tree as aidr_tree  # re-exported: bench/replay.py
 from aidr_gate.catalog import Model, ModelCatalog
 from aidr_gate.document import parse_instant
 from aidr_gate.facts import AnonymizerFlag, Identity
 from aidr_gate.gate import jurisdiction_of
 from aidr_gate.registry import Agreement, Entity, EntityRegistry
 
-# Where the ``aidr`` tree starts in a rendered line: ECS puts it last before the chain member,
-# OCSF inside ``unmapped``. JSON escapes every quote inside strings, so this byte sequence can
-# only be structure.
-_AIDR_AT = b'"aidr":{"schema":'
-_CHAIN_AT = b',"chain":{"seq":'
+READABLE_SCHEMAS = (1, 2)  # 1: whole trees; 2: compact records and facts records
 _KEY_MEMO_LIMIT = 65_536
 _MINUTE_MEMO_LIMIT = 65_536
 
@@ -41,39 +37,6 @@ class MissingEvidence(Exception):
     def __init__(self, why: str) -> None:
         super().__init__(why)
         self.why = why
-
-
-def aidr_tree(line: bytes) -> dict[str, Any] | None:
-    """The ``aidr`` tree of one record line, or ``None`` when the line is not a JSON object.
-
-    Parses only the tree's own bytes when the line has the rendered layout (about a third less
-    JSON to read); anything else is parsed whole, so an odd but valid record still works.
-    """
-    start = line.find(_AIDR_AT)
-    if start >= 0:
-        end = line.rfind(_CHAIN_AT)
-        if end > start:
-            body = line[start + 7 : end]
-            # OCSF closes ``unmapped`` before the chain member: drop that one brace.
-            if body.endswith(b"}}") and line.startswith(b'{"class_uid"'):
-                body = body[:-1]
-            try:
-                tree = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                pass
-            else:
-                if isinstance(tree, dict):
-                    return tree
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(record, dict):
-        return None
-    tree = record.get("aidr")
-    if tree is None and isinstance(record.get("unmapped"), dict):
-        tree = record["unmapped"].get("aidr")
-    return tree if isinstance(tree, dict) else {}
 
 
 _CHECKPOINT = b'"action":"%b"' % CHECKPOINT_ACTION.encode()
@@ -360,5 +323,10 @@ def check_schema(tree: dict[str, Any]) -> None:
             f"the gate could not render this record ({tree.get('render_error')}): no evidence"
         )
     schema = tree.get("schema")
-    if schema != SCHEMA_VERSION:
-        raise MissingEvidence(f"aidr.schema is {schema!r}, this replay reads {SCHEMA_VERSION}")
+    if schema not in READABLE_SCHEMAS:
+        raise MissingEvidence(f"aidr.schema is {schema!r}, this replay reads 1 and 2")
+    missing = tree.get("facts_missing")
+    if missing is not None:
+        raise MissingEvidence(
+            f"the facts record {missing!r} the record names was not among the files read"
+        )

@@ -1,4 +1,4 @@
-"""Reading audit files for replay: rotated and gzip-compressed, in chain order, checked as read.
+"""Reading audit files for replay: rotated and compressed, in chain order, checked as read.
 
 Files are ordered by the first sequence number they hold (as ``audit verify`` orders them) and read
 in large blocks, so a million records cost a few hundred reads, not a million. Every line's hash is
@@ -11,20 +11,17 @@ a warning says the trail may have been edited, not that the decisions in it are 
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from aidr_gate.audit.chain import GENESIS, parse_link
+from aidr_gate.audit.compression import READ_ERRORS, reading
 from aidr_gate.audit.verify import Finding, chains_of, verify_files
 
 BLOCK = 4 << 20  # bytes read per call: large enough that per-read overhead vanishes
 PEEK_LIMIT = 4 << 20  # bytes read to find the first record of a file when ordering them
-_GZIP_MAGIC = b"\x1f\x8b"
-READ_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile)
 
 
 @dataclass(slots=True)
@@ -45,17 +42,13 @@ class FileChain:
 
 
 def _open(path: Path) -> tuple[BinaryIO, BinaryIO]:
-    """The raw file and the stream to read records from (gunzipping when compressed)."""
+    """The raw file and the stream to read records from (decompressing gzip and zstd)."""
     raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
     try:
-        magic = raw.read(2)
-        raw.seek(0)
-    except OSError:
+        return raw, reading(raw)
+    except BaseException:
         raw.close()
         raise
-    if magic == _GZIP_MAGIC:
-        return raw, gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    return raw, raw
 
 
 def first_seq(path: Path) -> int | None:

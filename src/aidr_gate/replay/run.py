@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from aidr_gate.audit.reader import RecordReader
 from aidr_gate.audit.verify import Finding
 from aidr_gate.catalog import ModelCatalog
 from aidr_gate.decision import Effect
@@ -39,7 +40,6 @@ from aidr_gate.replay.evidence import (
     EvidenceReader,
     Inputs,
     MissingEvidence,
-    aidr_tree,
     check_schema,
     is_checkpoint,
 )
@@ -154,12 +154,13 @@ class Replayer:
         )
         self.clock = Clock()
         self.tally = Tally()
+        self.records = RecordReader()  # keeps the shared facts met, for the records after them
 
     def feed(self, line: bytes, file: str, number: int) -> None:
         """Sort and re-decide one record line (the hot path: kept free of needless work)."""
         tally = self.tally
         tally.lines += 1
-        tree = aidr_tree(line)
+        tree = self.records.tree(line)
         if tree is None:
             # Not a record at all: counted as unreadable, never as a policy decision.
             if line.strip():
@@ -310,7 +311,7 @@ def replay_files(
     progress: Progress | None = None,
     block: int = BLOCK,
 ) -> ReplayResult:
-    """Replay audit files (any order; rotated and .gz too) under ``options.pack``."""
+    """Replay audit files (any order; rotated and compressed too) under ``options.pack``."""
     started = time.perf_counter()
     reader = AuditReader.open(list(paths), block=block)
     replayer = Replayer(options)

@@ -1,7 +1,7 @@
 """The rotating JSONL file sink: the trail's journal, written from one I/O thread.
 
 Rotation by size and by age renames the active file to ``<stem>-<UTC stamp>-<first seq>.jsonl`` and
-optionally gzips it in the background. On start the chain's tail is recovered from the newest file;
+optionally compresses it (zstd or gzip) in the background. On start the chain's tail is recovered from the newest file;
 an active file that ends in a torn record (a crash mid-write) is reported and rotated aside, so the
 torn bytes stay where they are, as evidence, at the end of a closed file.
 """
@@ -9,11 +9,9 @@ torn bytes stay where they are, as evidence, at the end of a closed file.
 from __future__ import annotations
 
 import glob
-import gzip
 import logging
 import os
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -21,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aidr_gate.audit.chain import Tail, parse_link, read_tail
+from aidr_gate.audit.compression import SUFFIXES, compress_file
 from aidr_gate.audit.config import FileSinkConfig, FsyncPolicy
 
 logger = logging.getLogger("aidr_gate.audit")
 
-_ROTATED = re.compile(r"-(\d{8}T\d{6}Z)-(\d+)\.jsonl(\.gz)?$")
+_ROTATED = re.compile(r"-(\d{8}T\d{6}Z)-(\d+)\.jsonl(\.gz|\.zst)?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +120,8 @@ class FileJournal:
     def recover(self) -> Recovery:
         """Open the journal and find where the chain ends (before the first write)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for part in self.path.parent.glob(glob.escape(journal_stem(self.path)) + "-*.gz.part"):
-            original = part.with_name(part.name[: -len(".gz.part")])
+        for part in self.path.parent.glob(glob.escape(journal_stem(self.path)) + "-*.part"):
+            original = part.with_name(part.name.rsplit(".", 2)[0])
             if original.exists():  # a compression cut short: the original is intact
                 part.unlink(missing_ok=True)
         torn = 0
@@ -176,10 +175,7 @@ class FileJournal:
             self._open()
         now = self._clock()
         config = self.config
-        if self._size > 0 and (
-            self._size >= config.max_bytes
-            or (config.rotate_seconds is not None and now - self._opened >= config.rotate_seconds)
-        ):
+        if self.rotation_due():
             self.rotate()
         if self._size == 0:
             self._first_seq = first_seq
@@ -200,6 +196,17 @@ class FileJournal:
         self._dirty = not sync
         if sync:
             self._last_sync = now
+
+    def rotation_due(self) -> bool:
+        """True when the active file has reached its size or age: the next write rotates."""
+        config = self.config
+        return self._size > 0 and (
+            self._size >= config.max_bytes
+            or (
+                config.rotate_seconds is not None
+                and self._clock() - self._opened >= config.rotate_seconds
+            )
+        )
 
     def sync(self) -> None:
         """Force written records to disk."""
@@ -240,7 +247,10 @@ class FileJournal:
         self._dirty = False
         if self.config.compress:
             worker = threading.Thread(
-                target=_compress, args=(target,), name="aidr-audit-gzip", daemon=True
+                target=_compress,
+                args=(target, self.config.compression, self.config.compress_level),
+                name="aidr-audit-compress",
+                daemon=True,
             )
             worker.start()
             self._compressors = [t for t in self._compressors if t.is_alive()] + [worker]
@@ -285,17 +295,14 @@ def _first_seq(path: Path) -> int | None:
     return link.seq if link else None
 
 
-def _compress(path: Path) -> None:
-    part = path.with_name(path.name + ".gz.part")
+def _compress(path: Path, codec: str = "zstd", level: int = 1) -> None:
+    """Compress a rotated file beside it, on a thread of its own (zstd and zlib release the GIL
+    while they compress a block, so the serving threads are not held up)."""
     try:
-        with open(path, "rb") as src, open(part, "wb") as raw:
-            with gzip.GzipFile(filename=path.name, fileobj=raw, mode="wb", mtime=0) as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(part, path.with_name(path.name + ".gz"))
+        compress_file(path, codec, level)
         path.unlink()
         _fsync_dir(path.parent)
     except OSError as exc:
         logger.error("could not compress audit file %s: %s (left uncompressed)", path, exc)
-        part.unlink(missing_ok=True)
+        for suffix in SUFFIXES.values():
+            path.with_name(path.name + suffix + ".part").unlink(missing_ok=True)
