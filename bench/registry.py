@@ -19,10 +19,11 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from aidr_gate.registry import InMemoryRegistry, load_registry
+from aidr_gate.registry import Entity, InMemoryRegistry, load_registry
 from aidr_gate.stores import MISS, UNAVAILABLE, CacheSettings, EntityCache
 from aidr_gate.stores.base import RegistryChange, WritableStore
 from aidr_gate.stores.postgres import PostgresStore
@@ -56,14 +57,17 @@ def hit_ns(cache: EntityCache, baseline: InMemoryRegistry, ids: list[str]) -> tu
 
 
 async def measure(
-    label: str, make: type[WritableStore] | object, target: str, count: int, edit: object
+    label: str,
+    factory: Callable[[str], WritableStore],
+    target: str,
+    count: int,
+    edit: object,
 ) -> None:
     """Start, fill, hit, miss and change timings for one database store."""
-    factory = make  # a callable building a store for *target*
     gc.collect()
     before = rss_mb()
     started = time.perf_counter()
-    caches = [EntityCache(factory(target), CacheSettings()) for _ in range(2)]  # type: ignore[operator]
+    caches = [EntityCache(factory(target), CacheSettings()) for _ in range(2)]
     for cache in caches:
         await cache.start()
     start_s = time.perf_counter() - started
@@ -81,8 +85,8 @@ async def measure(
     filled = rss_mb()
     hot = sample[:20_000]
     baseline = InMemoryRegistry(
-        [e for e in (cache.lookup(k) for k in hot) if e and e is not UNAVAILABLE]
-    )  # type: ignore[misc]
+        [e for e in (cache.lookup(k) for k in hot) if isinstance(e, Entity)]
+    )
     cache_ns, base_ns = hit_ns(cache, baseline, hot)
     seen: list[list[float]] = [[], []]
     marks: dict[str, float] = {}
