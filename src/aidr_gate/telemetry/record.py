@@ -15,7 +15,9 @@ they exist (``client.address``, ``enduser.id``, ``gen_ai.request.model``); the r
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -40,7 +42,15 @@ from aidr_gate.telemetry.sources import (
 )
 from aidr_gate.telemetry.spans import span_attributes
 from aidr_gate.telemetry.store import OTHER, Cells, HistogramPoint, Labels, Point
-from aidr_gate.telemetry.table import DECISION_BUCKETS, METRICS, UPSTREAM_BUCKETS, Kind, MetricSpec
+from aidr_gate.telemetry.table import (
+    DECISION_BUCKETS,
+    METRICS,
+    RELOAD_COMPONENTS,
+    RELOAD_RESULTS,
+    UPSTREAM_BUCKETS,
+    Kind,
+    MetricSpec,
+)
 
 if TYPE_CHECKING:
     from aidr_gate.audit.trail import AuditTrail
@@ -95,11 +105,15 @@ class Telemetry:
         self._duration = self.cells["aidr_gate.decision.duration"]
         self._shadow = self.cells["aidr_gate.shadow.disagreements"]
         self._restart_pending = 0
+        if self.counting:
+            reloads = self.cells["aidr_gate.reloads"]
+            for component in RELOAD_COMPONENTS:
+                for result in RELOAD_RESULTS:
+                    reloads.cell((component, result), (component, result))
         self._sources: dict[str, Source] = {}
         self._own_tracer = tracer is not None
         self._tracer = tracer or trace.get_tracer(INSTRUMENTATION, __version__)
-        meter = metrics.get_meter(INSTRUMENTATION, __version__)
-        self._host_histograms = _bridge(meter, self)
+        self._host_histograms = _bridge(self)
         self._host_decision_time = self._host_histograms["aidr_gate.decision.duration"]
         # True when the global providers are opentelemetry-api's proxies, which stay no-ops until
         # a host sets a provider: then each call checks the globals rather than doing the work.
@@ -284,35 +298,44 @@ def attributes(spec: MetricSpec, labels: Labels) -> dict[str, str]:
     return {key: value for key, value in zip(spec.labels, labels, strict=True) if value}
 
 
-def _bridge(meter: metrics.Meter, telemetry: Telemetry) -> dict[str, metrics.Histogram]:
-    """Observable instruments on the global meter for every counter and gauge, reading the cells;
-    the histograms are recorded as they happen. All no-ops until a host sets an SDK provider."""
-    histograms: dict[str, metrics.Histogram] = {}
-    for spec in METRICS:
-        if spec.kind is Kind.HISTOGRAM:
-            histograms[spec.name] = meter.create_histogram(
-                spec.name,
-                unit=spec.unit,
-                description=spec.help,
-                explicit_bucket_boundaries_advisory=list(spec.buckets),
+# The bridge to a host's SDK: one set of instruments per process (a provider keeps every instrument
+# registered with it), reading every live Telemetry.
+_BRIDGED: weakref.WeakSet[Telemetry] = weakref.WeakSet()
+_HOST_HISTOGRAMS: dict[str, metrics.Histogram] = {}
+_BRIDGE_LOCK = threading.Lock()
+
+
+def _bridge(telemetry: Telemetry) -> dict[str, metrics.Histogram]:
+    """Observable instruments on the global meter for every counter and gauge, reading the cells
+    of every live Telemetry; the histograms are recorded as they happen. All no-ops until a host
+    sets an SDK provider."""
+    with _BRIDGE_LOCK:
+        _BRIDGED.add(telemetry)
+        if _HOST_HISTOGRAMS:
+            return _HOST_HISTOGRAMS
+        meter = metrics.get_meter(INSTRUMENTATION, __version__)
+        for spec in METRICS:
+            if spec.kind is Kind.HISTOGRAM:
+                _HOST_HISTOGRAMS[spec.name] = meter.create_histogram(
+                    spec.name,
+                    unit=spec.unit,
+                    description=spec.help,
+                    explicit_bucket_boundaries_advisory=list(spec.buckets),
+                )
+                continue
+            create = (
+                meter.create_observable_counter
+                if spec.kind is Kind.COUNTER
+                else meter.create_observable_gauge
             )
-            continue
-        create = (
-            meter.create_observable_counter
-            if spec.kind is Kind.COUNTER
-            else meter.create_observable_gauge
-        )
-        create(
-            spec.name, callbacks=[_observer(telemetry, spec)], unit=spec.unit, description=spec.help
-        )
-    return histograms
+            create(spec.name, callbacks=[_observer(spec)], unit=spec.unit, description=spec.help)
+        return _HOST_HISTOGRAMS
 
 
-def _observer(
-    telemetry: Telemetry, spec: MetricSpec
-) -> Callable[[CallbackOptions], Iterable[Observation]]:
+def _observer(spec: MetricSpec) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def observe(options: CallbackOptions) -> Iterator[Observation]:
-        for labels, value in telemetry.points(spec.name):
-            yield Observation(value, attributes(spec, labels))
+        for telemetry in list(_BRIDGED):
+            for labels, value in telemetry.points(spec.name):
+                yield Observation(value, attributes(spec, labels))
 
     return observe

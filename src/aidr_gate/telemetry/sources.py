@@ -100,12 +100,22 @@ class KeySource:
         provider = self._follow()
         if provider is None:
             return
-        yield "aidr_gate.keys.fetches", ("ok",), self._installs
-        yield "aidr_gate.keys.fetches", ("failed",), getattr(provider, "failures", 0)
+        kind = (key_source(provider),)
+        yield "aidr_gate.keys.fetches", (*kind, "ok"), self._installs
+        yield "aidr_gate.keys.fetches", (*kind, "failed"), getattr(provider, "failures", 0)
         since = self._installed_at if self._installed_at is not None else self._since
-        yield "aidr_gate.keys.age", (), max(0.0, self._clock() - since)
+        yield "aidr_gate.keys.age", kind, max(0.0, self._clock() - since)
         current = provider.current
-        yield "aidr_gate.keys.loaded", (), len(current) if current is not None else 0
+        yield "aidr_gate.keys.loaded", kind, len(current) if current is not None else 0
+
+
+def key_source(provider: KeyProvider) -> str:
+    """``jwks`` for a fetched key set, ``file`` for a key file, ``static`` for keys in memory."""
+    from aidr_gate.jwks import FileKeys, RemoteJwks
+
+    if isinstance(provider, RemoteJwks):
+        return "jwks"
+    return "file" if isinstance(provider, FileKeys) else "static"
 
 
 class GeoSource:

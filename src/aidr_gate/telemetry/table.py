@@ -66,6 +66,11 @@ UPSTREAM_BUCKETS = (
     120.0,
 )
 
+# Components a reload names (the policy files and the configuration's sections). Their series start
+# at 0, so the first failed reload after a start is an increase an alert sees, not a new series.
+RELOAD_COMPONENTS = ("policy", "identity", "network", "geoip", "middleware", "audit", "proxy")
+RELOAD_RESULTS = ("ok", "failed")
+
 _UNIT_SUFFIX = {"s": "seconds", "By": "bytes"}
 
 
@@ -127,6 +132,7 @@ def _observed(
 
 EFFECT = "aidr.effect"
 SINK = ("aidr.audit.sink", "aidr.audit.sink.kind")
+KEYS_SOURCE = "aidr.keys.source"
 _TRAIL = "AuditTrail.stats()"
 
 METRICS: tuple[MetricSpec, ...] = (
@@ -255,23 +261,24 @@ METRICS: tuple[MetricSpec, ...] = (
         "aidr_gate.keys.fetches",
         Kind.COUNTER,
         "{fetch}",
-        ("aidr.result",),
-        "Key set loads (JWKS fetches, key file reads) by result (ok, failed)",
+        (KEYS_SOURCE, "aidr.result"),
+        "Key set loads by source (jwks, file, static) and result (ok, failed)",
         "the key provider: its swaps and failures",
     ),
     _observed(
         "aidr_gate.keys.age",
         Kind.GAUGE,
         "s",
-        (),
-        "Seconds since the last good key set was installed (since watching began when none was)",
+        (KEYS_SOURCE,),
+        "Seconds since the last good key set was installed (since watching began when none was); "
+        "for a key file, since its keys last changed",
         "the key provider: its swaps",
     ),
     _observed(
         "aidr_gate.keys.loaded",
         Kind.GAUGE,
         "{key}",
-        (),
+        (KEYS_SOURCE,),
         "Verification keys in the current set (0 when none has loaded)",
         "KeyProvider.current",
     ),
