@@ -228,13 +228,23 @@ def test_entities_only_when_opted_in_and_at_most_max_entities() -> None:
 
 
 def test_nothing_is_counted_while_nothing_reads_the_metrics() -> None:
-    """No exporter and no host SDK: the request path does no work (an SDK here is per process;
-    see test_telemetry.py for a host that sets one)."""
-    telemetry = Telemetry()
-    for decision in decisions():
-        telemetry.record(decision, 0.00004, None)
-        telemetry.upstream(200, 0.1, None)
-    assert all(not cells.labelled for cells in telemetry.cells.values())
+    """No exporter and no host SDK: the request path does no work. In a process of its own: a
+    host SDK is per process, and other tests set one."""
+    out = run_script(
+        """\
+        from aidr_gate.telemetry import Telemetry
+        from telemetry_support import decisions
+
+        telemetry = Telemetry()
+        for decision in decisions():
+            telemetry.record(decision, 0.00004, None)
+            telemetry.upstream(200, 0.1, None)
+            telemetry.reload("policy", ok=False)
+        assert all(not cells.labelled for cells in telemetry.cells.values())
+        print("ok")
+        """
+    )
+    assert out == "ok"
 
 
 # -- observed sources -------------------------------------------------------------------------
@@ -330,6 +340,50 @@ def test_a_host_sdk_gets_counters_gauges_and_histograms() -> None:
         assert sum(p.value for p in got["aidr_gate.decisions"].data.data_points) == len(made)
         assert sum(p.count for p in got["aidr_gate.decision.duration"].data.data_points) == len(made)
         assert [p.value for p in got["aidr_gate.ready"].data.data_points] == [1.0]
+        print("ok")
+        """
+    )
+    assert out == "ok"
+
+
+def test_a_host_counter_sums_every_telemetry_and_keeps_the_counts_of_one_gone() -> None:
+    """Two runtimes' telemetries count the same series: the host sees their sum, and the counts
+    of one that is collected stay, so a cumulative counter never goes down."""
+    out = run_script(
+        """\
+        import gc
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from aidr_gate.telemetry import Telemetry
+        from telemetry_support import decisions
+
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+
+        def decided() -> float:
+            data = reader.get_metrics_data()
+            return sum(
+                p.value
+                for rm in data.resource_metrics
+                for sm in rm.scope_metrics
+                for m in sm.metrics
+                if m.name == "aidr_gate.decisions"
+                for p in m.data.data_points
+            )
+
+        made = decisions()
+        first, second = Telemetry(), Telemetry()
+        for telemetry in (first, second):
+            for decision in made:
+                telemetry.record(decision, 0.00004, None)
+        assert decided() == 2 * len(made)
+        del first
+        gc.collect()
+        assert decided() == 2 * len(made)
+        for decision in made:
+            second.record(decision, 0.00004, None)
+        assert decided() == 3 * len(made)
         print("ok")
         """
     )

@@ -299,9 +299,12 @@ def attributes(spec: MetricSpec, labels: Labels) -> dict[str, str]:
 
 
 # The bridge to a host's SDK: one set of instruments per process (a provider keeps every instrument
-# registered with it), reading every live Telemetry.
+# registered with it), reading every live Telemetry. A counter is cumulative for the process: the
+# counts of a Telemetry that is gone (a runtime replaced, a test's gate closed) are kept in
+# _RETIRED, so a host's counters never go down; gauges of a gone Telemetry go with it.
 _BRIDGED: weakref.WeakSet[Telemetry] = weakref.WeakSet()
 _HOST_HISTOGRAMS: dict[str, metrics.Histogram] = {}
+_RETIRED: dict[str, dict[Labels, float]] = {}
 _BRIDGE_LOCK = threading.Lock()
 
 
@@ -311,6 +314,7 @@ def _bridge(telemetry: Telemetry) -> dict[str, metrics.Histogram]:
     sets an SDK provider."""
     with _BRIDGE_LOCK:
         _BRIDGED.add(telemetry)
+        weakref.finalize(telemetry, _retire, telemetry.cells, telemetry.settings.max_series)
         if _HOST_HISTOGRAMS:
             return _HOST_HISTOGRAMS
         meter = metrics.get_meter(INSTRUMENTATION, __version__)
@@ -332,10 +336,36 @@ def _bridge(telemetry: Telemetry) -> dict[str, metrics.Histogram]:
         return _HOST_HISTOGRAMS
 
 
+def _retire(cells: dict[str, Cells], limit: int) -> None:
+    """Keep the counts of a Telemetry that is gone (bounded like its own series: past *limit*
+    label sets of one counter, the rest are added under ``_other``)."""
+    with _BRIDGE_LOCK:
+        for name, metric in cells.items():
+            if metric.spec.kind is not Kind.COUNTER:
+                continue  # histograms went to the host as they happened
+            kept = _RETIRED.setdefault(name, {})
+            for labels, value in metric.points():
+                if labels not in kept and len(kept) >= limit:
+                    labels = (OTHER,) * len(labels)
+                kept[labels] = kept.get(labels, 0.0) + value
+
+
 def _observer(spec: MetricSpec) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def observe(options: CallbackOptions) -> Iterator[Observation]:
-        for telemetry in list(_BRIDGED):
+        with _BRIDGE_LOCK:
+            live = list(_BRIDGED)
+            retired = dict(_RETIRED.get(spec.name, {}))
+        if spec.kind is not Kind.COUNTER:
+            for telemetry in live:
+                for labels, value in telemetry.points(spec.name):
+                    yield Observation(value, attributes(spec, labels))
+            return
+        # One observation per label set: the SDK keeps the last of several, so they are summed.
+        totals = retired
+        for telemetry in live:
             for labels, value in telemetry.points(spec.name):
-                yield Observation(value, attributes(spec, labels))
+                totals[labels] = totals.get(labels, 0.0) + value
+        for labels, value in totals.items():
+            yield Observation(value, attributes(spec, labels))
 
     return observe
