@@ -182,3 +182,31 @@ def test_a_sample_ratio_of_zero_exports_metrics_and_no_spans() -> None:
     assert not list(spans(receiver))
     assert "aidr_gate.decisions" in last_metrics(receiver)
     assert all("content-encoding" not in h for h in receiver.headers)
+
+
+def test_the_ratio_samples_roots_and_a_sampled_parent_keeps_its_decision_span() -> None:
+    """At ratio 0.25, about a quarter of 400 root decisions are traced (bounds far outside the
+    binomial's spread); at ratio 0, a decision inside a sampled request span is still traced, as
+    its child: the parent decides."""
+    made = decisions()
+    with Receiver() as receiver:
+        settings = OtlpSettings(endpoint=receiver.url, metrics=False, sample_ratio=0.25)
+        exporters = Exporters(TelemetrySettings(otlp=settings))
+        for index in range(400):
+            exporters.telemetry.record(made[index % len(made)], 0.00004, None)
+        asyncio.run(exporters.close())
+    assert 50 <= len(list(spans(receiver))) <= 150
+
+    with Receiver() as receiver:
+        settings = OtlpSettings(endpoint=receiver.url, metrics=False, sample_ratio=0.0)
+        exporters = Exporters(TelemetrySettings(otlp=settings))
+        tracer = exporters.tracer_provider.get_tracer("host-app")
+        with tracer.start_as_current_span("POST /v1/chat/completions") as request:
+            exporters.telemetry.record(made[0], 0.00004, None)
+        exporters.telemetry.record(made[0], 0.00004, None)  # a root: not traced at ratio 0
+        asyncio.run(exporters.close())
+    got = {s.name: s for s in spans(receiver)}
+    assert set(got) == {"aidr_gate.decide", "POST /v1/chat/completions"}
+    assert got["aidr_gate.decide"].parent_span_id == request.get_span_context().span_id.to_bytes(
+        8, "big"
+    )

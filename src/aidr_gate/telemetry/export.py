@@ -39,13 +39,15 @@ class Exporters:
         self.settings = settings
         self.tracer_provider: Any = None
         tracer = None
+        ratio = 1.0
         otlp = settings.otlp
         if otlp is not None and otlp.traces:
             from aidr_gate.telemetry.otlp import tracer_provider
 
             self.tracer_provider = tracer_provider(otlp)
             tracer = self.tracer_provider.get_tracer(INSTRUMENTATION, __version__)
-        self.telemetry = Telemetry(settings, tracer=tracer)
+            ratio = otlp.sample_ratio
+        self.telemetry = Telemetry(settings, tracer=tracer, root_sample_ratio=ratio)
         self.metrics_app: MetricsApp | None = None
         if settings.prometheus is not None:
             from aidr_gate.telemetry.prometheus import metrics_app

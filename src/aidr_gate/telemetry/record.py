@@ -21,6 +21,7 @@ import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from random import random
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
@@ -84,7 +85,13 @@ class Collected:
 class Telemetry:
     """Metrics and spans for decisions; next to free while nothing reads them."""
 
-    def __init__(self, settings: TelemetrySettings | None = None, *, tracer: Tracer | None = None):
+    def __init__(
+        self,
+        settings: TelemetrySettings | None = None,
+        *,
+        tracer: Tracer | None = None,
+        root_sample_ratio: float = 1.0,
+    ):
         self.settings = settings or TelemetrySettings()
         self.started_ns = time.time_ns()
         # Our exporters read the cells: count every decision. Otherwise only while a host SDK does.
@@ -112,6 +119,9 @@ class Telemetry:
                     reloads.cell((component, result), (component, result))
         self._sources: dict[str, Source] = {}
         self._own_tracer = tracer is not None
+        # With a tracer of ours: the share of decisions outside any span that start one (a
+        # decision inside a span follows its sampling, through the tracer's parent-based sampler).
+        self._root_ratio = root_sample_ratio if tracer is not None else 1.0
         self._tracer = tracer or trace.get_tracer(INSTRUMENTATION, __version__)
         self._host_histograms = _bridge(self)
         self._host_decision_time = self._host_histograms["aidr_gate.decision.duration"]
@@ -136,6 +146,8 @@ class Telemetry:
             if host_meter:
                 self._host_decision_time.record(seconds, {"aidr.effect": decision.effect.value})
         if self._own_tracer or not self._proxied or trace._TRACER_PROVIDER is not None:
+            if self._root_ratio < 1.0 and self._unsampled_root():
+                return
             span = self._tracer.start_span("aidr_gate.decide", kind=SpanKind.INTERNAL)
             if span.is_recording():
                 span.set_attributes(span_attributes(decision, path))
@@ -143,6 +155,12 @@ class Telemetry:
                     reason = decision.reasons[0] if decision.reasons else "NONE"
                     span.set_status(Status(StatusCode.ERROR, reason))
             span.end()
+
+    def _unsampled_root(self) -> bool:
+        """True for a decision outside any span that the root ratio leaves untraced."""
+        if trace.get_current_span().get_span_context().is_valid:
+            return False
+        return random() >= self._root_ratio  # noqa: S311 - sampling, not secrecy
 
     def _count(self, decision: Decision, seconds: float) -> None:
         # Keys are the values the decision already holds (StrEnum members hash as their text);
