@@ -19,11 +19,15 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from aidr_gate.cli import main
 from aidr_gate.decision import Effect
 from aidr_gate.facts import Identity, declared_origin
 from aidr_gate.geo import MaxMindCountryResolver, OverrideCountryResolver, OverrideEntry
 from aidr_gate.jwks import FileKeys, StaticKeys
 from aidr_gate.keys import build_key_set
+from aidr_gate.stores import FileStore, open_store, registry_view
+from aidr_gate.stores.cache import CacheSettings, EntityCache
+from aidr_gate.stores.sqlite import SqliteStore
 from aidr_gate.telemetry import (
     METRICS,
     Kind,
@@ -37,6 +41,7 @@ from aidr_gate.telemetry.table import BY_NAME, metrics_markdown
 from conftest import ROOT
 from jwks_server import jwks_of, rsa_key
 from mmdb_files import BUILD_EPOCH, write_country_db
+from registry_support import until, write_yaml_registry
 from servers import closed_after_test, serve
 from telemetry_support import decisions, gate
 
@@ -58,6 +63,8 @@ def busy_telemetry(settings: TelemetrySettings = PROMETHEUS) -> Telemetry:
     keys = StaticKeys(build_key_set(jwks_of(rsa_key()), ["RS256"], source="test"))
     telemetry.watch_keys(lambda: keys)
     telemetry.watch_readiness(lambda: {"keys": True, "upstream": False})
+    registry = registry_view(FileStore(str(ROOT / "policies" / "examples" / "entities.yaml")))
+    telemetry.watch_registry(lambda: registry)  # not started: the "starting" state
     return telemetry
 
 
@@ -290,6 +297,78 @@ def test_geoip_build_age_through_an_override_table(tmp_path: Path) -> None:
     assert labels == ("country",)
     assert abs(age - (time.time() - BUILD_EPOCH)) < 60
     database.close()
+
+
+def registry_metrics(telemetry: Telemetry) -> dict[str, float]:
+    """The registry's series now: ``state:sqlite:ready``, ``lookups:hit``, ``entries``..."""
+    out = {}
+    for c in telemetry.collect():
+        if c.spec.name.startswith("aidr_gate.registry."):
+            for labels, value in c.points:
+                out[":".join((c.spec.name.removeprefix("aidr_gate.registry."), *labels))] = value
+    return out
+
+
+def test_a_file_registry_is_ready_with_every_entity_in_memory(tmp_path: Path) -> None:
+    path = write_yaml_registry(tmp_path / "entities.yaml", 20)
+    telemetry = Telemetry(PROMETHEUS)
+
+    async def scenario() -> dict[str, float]:
+        view = registry_view(open_store(str(path)))
+        telemetry.watch_registry(lambda: view)
+        await view.start()
+        try:
+            return registry_metrics(telemetry)
+        finally:
+            await view.close()
+
+    got = asyncio.run(scenario())
+    assert got["state:file:ready"] == 1
+    assert got["state:file:starting"] == got["state:file:stale"] == 0
+    assert (got["entries"], got["staleness"], got["lookups:miss"]) == (20, 0, 0)
+
+
+def test_registry_state_staleness_and_cache_counters_follow_a_database_store(
+    tmp_path: Path,
+) -> None:
+    """A SQLite store behind the bounded cache: hits and misses are counted; when the store's
+    change log cannot be read the cache serves stale entities, then refuses; then recovers."""
+    import sqlite3
+
+    name = str(tmp_path / "registry.db")
+    assert main(["registry", "migrate", name]) == 0
+    assert (
+        main(["registry", "import", str(write_yaml_registry(tmp_path / "e.yaml", 30)), name]) == 0
+    )
+    telemetry = Telemetry(PROMETHEUS)
+    settings = CacheSettings(max_staleness=0.5, feed_timeout=0.3, retry_min=0.05, retry_max=0.1)
+
+    def rename(old: str, new: str) -> None:
+        with sqlite3.connect(name) as conn:
+            conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
+
+    async def scenario() -> None:
+        cache = EntityCache(SqliteStore(name, poll_interval=0.05), settings)
+        telemetry.watch_registry(lambda: cache)
+        assert registry_metrics(telemetry)["state:sqlite:starting"] == 1
+        await cache.start()
+        got = registry_metrics(telemetry)
+        assert got["state:sqlite:ready"] == 1 and got["staleness"] == 0
+        assert await cache.fetch("org-0000001") is not None  # a miss, read from the store
+        assert cache.lookup("org-0000001") is not None  # a hit
+        got = registry_metrics(telemetry)
+        assert (got["lookups:hit"], got["lookups:miss"], got["entries"]) == (1, 1, 1)
+        rename("state", "state_away")  # the change feed's reads now fail
+        assert await until(lambda: registry_metrics(telemetry)["state:sqlite:stale"] == 1, 5)
+        assert 0 < registry_metrics(telemetry)["staleness"] < 5
+        assert await until(lambda: registry_metrics(telemetry)["state:sqlite:unavailable"], 5)
+        assert sum(v for k, v in registry_metrics(telemetry).items() if k.startswith("state")) == 1
+        rename("state_away", "state")
+        assert await until(lambda: registry_metrics(telemetry)["state:sqlite:ready"] == 1, 5)
+        assert registry_metrics(telemetry)["staleness"] == 0
+        await cache.close()
+
+    asyncio.run(scenario())
 
 
 def test_a_failing_source_is_skipped_not_fatal(caplog: pytest.LogCaptureFixture) -> None:

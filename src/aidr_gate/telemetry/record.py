@@ -38,6 +38,7 @@ from aidr_gate.telemetry.sources import (
     GeoSource,
     KeySource,
     ReadinessSource,
+    RegistrySource,
     Source,
     read_sources,
 )
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from aidr_gate.audit.trail import AuditTrail
     from aidr_gate.geo import CountryResolver
     from aidr_gate.jwks import KeyProvider
+    from aidr_gate.stores.cache import RegistryView
 
 INSTRUMENTATION = "aidr_gate"
 UNKNOWN_COUNTRY = "unknown"
@@ -261,6 +263,10 @@ class Telemetry:
     def watch_geoip(self, geo: Callable[[], CountryResolver | None]) -> None:
         """Report the build age of the GeoIP databases in use (through *geo*)."""
         self._sources["geoip"] = GeoSource(geo)
+
+    def watch_registry(self, view: Callable[[], RegistryView | None]) -> None:
+        """Report the entity registry's state, staleness and cache counters (through *view*)."""
+        self._sources["registry"] = RegistrySource(view)
 
     def watch_readiness(self, checks: Callable[[], Mapping[str, bool]]) -> None:
         """Report each readiness check (what ``/readyz`` would say, without probing anything)."""

@@ -13,12 +13,14 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from aidr_gate.telemetry.store import Labels
+from aidr_gate.telemetry.table import REGISTRY_STATES
 
 if TYPE_CHECKING:
     from aidr_gate.audit.trail import AuditTrail
     from aidr_gate.geo import CountryResolver
     from aidr_gate.jwks import KeyProvider
     from aidr_gate.keys import KeySet
+    from aidr_gate.stores.cache import RegistryView
 
 logger = logging.getLogger("aidr_gate.telemetry")
 
@@ -142,6 +144,28 @@ class GeoSource:
             info = getattr(resolver, attribute, None)
             if info is not None:
                 yield "aidr_gate.geoip.build.age", (role,), max(0.0, now - info.build_epoch)
+
+
+class RegistrySource:
+    """The entity registry's state, staleness and cache counters, from its view's ``health()``."""
+
+    def __init__(self, view: Callable[[], RegistryView | None]) -> None:
+        self._view = view
+
+    def samples(self) -> Iterator[Sample]:
+        """One series per state (1 for the current one), staleness, entries, lookups, errors."""
+        view = self._view()
+        if view is None:
+            return
+        health = view.health()
+        for state in REGISTRY_STATES:
+            value = 1.0 if health.state == state else 0.0
+            yield "aidr_gate.registry.state", (health.kind, state), value
+        yield "aidr_gate.registry.staleness", (), health.stale_for or 0.0
+        yield "aidr_gate.registry.entries", (), health.entries
+        yield "aidr_gate.registry.lookups", ("hit",), health.hits
+        yield "aidr_gate.registry.lookups", ("miss",), health.misses
+        yield "aidr_gate.registry.fetch.errors", (), health.fetch_errors
 
 
 class ReadinessSource:

@@ -70,6 +70,8 @@ UPSTREAM_BUCKETS = (
 # at 0, so the first failed reload after a start is an increase an alert sees, not a new series.
 RELOAD_COMPONENTS = ("policy", "identity", "network", "geoip", "middleware", "audit", "proxy")
 RELOAD_RESULTS = ("ok", "failed")
+# The registry view's states (RegistryHealth.state): one series each, 1 for the state it is in.
+REGISTRY_STATES = ("starting", "ready", "stale", "unavailable")
 
 _UNIT_SUFFIX = {"s": "seconds", "By": "bytes"}
 
@@ -131,6 +133,7 @@ def _observed(
 
 
 EFFECT = "aidr.effect"
+REGISTRY = "RegistryView.health()"
 SINK = ("aidr.audit.sink", "aidr.audit.sink.kind")
 KEYS_SOURCE = "aidr.keys.source"
 _TRAIL = "AuditTrail.stats()"
@@ -289,6 +292,48 @@ METRICS: tuple[MetricSpec, ...] = (
         ("aidr.geoip.role",),
         "Seconds since the GeoIP database in use was built, by role (country, anonymous_ip)",
         "MaxMindCountryResolver.country_info / anonymous_ip_info",
+    ),
+    _observed(
+        "aidr_gate.registry.state",
+        Kind.GAUGE,
+        "",
+        ("aidr.registry.kind", "aidr.registry.state"),
+        "1 for the state the entity registry is in (starting, ready, stale: serving cached "
+        "entities while its store is lost, unavailable: lookups denied), 0 for the others",
+        REGISTRY,
+    ),
+    _observed(
+        "aidr_gate.registry.staleness",
+        Kind.GAUGE,
+        "s",
+        (),
+        "Seconds since the registry store last confirmed the cached entities, while its change "
+        "feed is lost; 0 while it is up",
+        REGISTRY,
+    ),
+    _observed(
+        "aidr_gate.registry.entries",
+        Kind.GAUGE,
+        "{entity}",
+        (),
+        "Entities held in memory: the whole file, or the database store's bounded cache",
+        REGISTRY,
+    ),
+    _observed(
+        "aidr_gate.registry.lookups",
+        Kind.COUNTER,
+        "{lookup}",
+        ("aidr.result",),
+        "Entity lookups of a database store's cache by result (hit, miss: read from the store)",
+        REGISTRY,
+    ),
+    _observed(
+        "aidr_gate.registry.fetch.errors",
+        Kind.COUNTER,
+        "{fetch}",
+        (),
+        "Reads of a database store that failed (the request is denied REGISTRY_UNAVAILABLE)",
+        REGISTRY,
     ),
     _counter(
         "aidr_gate.upstream.responses",
