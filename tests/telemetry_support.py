@@ -1,10 +1,16 @@
 """Real decisions for the telemetry tests: the bundled packs (one enforced, one in shadow) deciding
-callers from several countries, entities and models, and the audit events they make."""
+callers from several countries, entities and models, and the audit events they make; and the
+shipped monitoring files (deploy/grafana, deploy/prometheus) as the tests read them."""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
 from functools import cache
+from typing import Any
+
+import yaml
 
 from aidr_gate.audit import AuditEvent, RequestContext
 from aidr_gate.catalog import Model, Weights
@@ -14,6 +20,13 @@ from aidr_gate.facts import Identity, declared_origin
 from aidr_gate.gate import Gate, state_for
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.registry import Entity
+from conftest import ROOT
+
+DASHBOARD = ROOT / "deploy" / "grafana" / "aidr-gate.json"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yaml"
+# Grafana's variables, as Prometheus would see them for "all gates, the last five minutes".
+GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$__range": "5m", "$instance": ".*"}
 
 ENFORCED = "aidr-2025-01"
 SHADOW = "aidr-2025-05-rescinded"
@@ -88,3 +101,33 @@ def audit_event(decision: Decision) -> AuditEvent:
             gate_us=40,
         ),
     )
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    """Every panel of the shipped dashboard, rows and the panels of collapsed rows included."""
+
+    def walk(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for item in items:
+            yield item
+            yield from walk(item.get("panels", []))
+
+    board: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return list(walk(board["panels"]))
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every target of every panel, with Grafana's variables filled in."""
+    out = []
+    for panel in dashboard_panels():
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for name, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(name, value)
+            out.append((panel["title"], expr))
+    return out
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    """Every rule of the shipped alert rules."""
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]

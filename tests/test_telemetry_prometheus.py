@@ -2,114 +2,45 @@
 
 Prometheus (Debian's package) scrapes the exposition app under a real uvicorn every second while
 real decisions of the bundled packs flow through :class:`Telemetry`, with a real audit trail (one
-HTTP sink whose collector is down, so it spools), a real JWKS endpoint and a GeoIP database written
-at test time. Every query of every dashboard panel and the inputs of every alert rule then return
-series through Prometheus' HTTP API, and the records-lost alert fires once a record is lost.
+HTTP sink whose collector is down, so it spools), a real JWKS endpoint, a GeoIP database written
+at test time and a SQLite registry behind the entity cache. Every query of every dashboard panel
+and every alert rule runs, the panels' queries and the rules' inputs return series through
+Prometheus' HTTP API, and the records-lost, reload-failing and not-ready alerts fire when their
+conditions are produced. tests/test_deploy_monitoring.py checks the same files offline (promtool).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
-import yaml
 
 from aidr_gate.audit import AuditTrail, FailurePolicy, HttpSinkConfig
 from aidr_gate.audit.config import DeliveryConfig
+from aidr_gate.cli import main
 from aidr_gate.decision import Effect
 from aidr_gate.geo import MaxMindCountryResolver
 from aidr_gate.jwks import RemoteJwks
-from aidr_gate.telemetry import METRICS, PrometheusSettings, Telemetry, TelemetrySettings
+from aidr_gate.stores.cache import EntityCache
+from aidr_gate.stores.sqlite import SqliteStore
+from aidr_gate.telemetry import PrometheusSettings, Telemetry, TelemetrySettings
 from aidr_gate.telemetry.export import Exporters
 from audit_support import file_config
-from conftest import ROOT, require_tool
 from jwks_server import JwksServer, jwks_of, rsa_key
 from mmdb_files import write_country_db
 from prometheus_server import PrometheusServer
+from registry_support import entity_id, write_yaml_registry
 from servers import free_port
-from telemetry_support import audit_event, decisions, timed
+from telemetry_support import ALERTS, alert_rules, audit_event, dashboard_queries, decisions, timed
 
-DASHBOARD = ROOT / "deploy" / "grafana" / "aidr-gate.json"
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
-PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yaml"
-# Grafana's variables, as Prometheus would see them for "all gates, the last five minutes".
-GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$__range": "5m", "$instance": ".*"}
 NETWORKS = {"8.8.8.0/24": "US", "1.0.16.0/24": "JP"}
 _NAME = re.compile(r"\baidr_gate_[a-z_]+")
-
-
-def dashboard_queries() -> list[tuple[str, str]]:
-    """(panel title, PromQL) of every target of every panel, with Grafana's variables filled in."""
-    board = json.loads(DASHBOARD.read_text())
-
-    def panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for item in items:
-            yield item
-            yield from panels(item.get("panels", []))
-
-    out = []
-    for panel in panels(board["panels"]):
-        for target in panel.get("targets", []):
-            expr = target["expr"]
-            for name, value in GRAFANA_VARIABLES.items():
-                expr = expr.replace(name, value)
-            out.append((panel["title"], expr))
-    return out
-
-
-def alert_rules() -> list[dict[str, Any]]:
-    """Every rule of the shipped alert rules."""
-    groups = yaml.safe_load(ALERTS.read_text())["groups"]
-    return [rule for group in groups for rule in group["rules"]]
-
-
-def test_promtool_accepts_the_shipped_rules_and_configuration() -> None:
-    promtool = require_tool("promtool")
-    for command in (["check", "rules", str(ALERTS)], ["check", "config", str(PROMETHEUS_CONFIG)]):
-        done = subprocess.run([promtool, *command], capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stdout + done.stderr
-
-
-def test_the_shipped_queries_name_only_metrics_and_labels_of_the_table() -> None:
-    """A renamed metric or label breaks this test, not a dashboard in production."""
-    samples = {spec.sample_name: spec for spec in METRICS}
-    samples.update({spec.prometheus_name + "_count": spec for spec in METRICS})
-    exprs = [expr for _, expr in dashboard_queries()] + [r["expr"] for r in alert_rules()]
-    panels = {title for title, _ in dashboard_queries()}
-    assert {"Decisions by effect", "Denials by reason", "Denials by network country"} <= panels
-    assert {"Gate time p50 / p99", "Audit records lost", "Key set age"} <= panels
-    for expr in exprs:
-        names = set(_NAME.findall(expr))
-        assert names, expr
-        labels = {samples[n].prometheus_labels for n in names}
-        known = {label for group in labels for label in group} | {"instance", "job", "le"}
-        for group in re.findall(r"\bby \(([^)]*)\)", expr):
-            assert {g.strip() for g in group.split(",")} <= known, expr
-        for label in re.findall(r"([a-z_]+)=~?\"", expr):
-            assert label in known, expr
-
-
-def test_alert_rules_cover_what_must_page() -> None:
-    names = {rule["alert"] for rule in alert_rules()}
-    assert {
-        "AidrGateAuditRecordsLost",
-        "AidrGateAuditSpoolGrowing",
-        "AidrGateKeySetStale",
-        "AidrGateReloadFailing",
-        "AidrGateNotReady",
-    } <= names
-    for rule in alert_rules():
-        assert rule["labels"]["severity"] in ("critical", "warning", "info")
-        assert rule["annotations"]["summary"]
 
 
 class Served:
@@ -132,10 +63,14 @@ class Served:
         self.thread.join(timeout=15)
 
 
-async def send_traffic(telemetry: Telemetry, trail: AuditTrail, stop: asyncio.Event) -> int:
-    """Real decisions, recorded and audited, a batch every 50 ms until *stop*; how many."""
+async def send_traffic(
+    telemetry: Telemetry, trail: AuditTrail, registry: EntityCache, stop: asyncio.Event
+) -> int:
+    """Real decisions, recorded and audited, and entity lookups, a batch every 50 ms until
+    *stop*; how many decisions."""
     sent = 0
     while not stop.is_set():
+        await registry.fetch(entity_id(sent % 20))  # a miss, then hits
         for _ in range(8):
             decision, seconds = timed(sent)
             telemetry.record(decision, seconds, "/v1/chat/completions")
@@ -185,6 +120,9 @@ async def scenario(
     )
     await trail.start()
     telemetry.watch_audit(lambda: trail)
+    registry = EntityCache(SqliteStore(str(tmp_path / "registry.db")))
+    await registry.start()
+    telemetry.watch_registry(lambda: registry)
     upstream_up = False  # the model server is not there: the gate is not ready
     telemetry.watch_readiness(
         lambda: {
@@ -197,7 +135,7 @@ async def scenario(
     telemetry.stream_cut("ACCESS_REVOKED")
     telemetry.restart_pending(1)
     stop = asyncio.Event()
-    traffic = asyncio.create_task(send_traffic(telemetry, trail, stop))
+    traffic = asyncio.create_task(send_traffic(telemetry, trail, registry, stop))
     try:
         await until(prometheus, 'up{job="aidr-gate"} == 1')
         for title, expr in dashboard_queries():
@@ -242,6 +180,7 @@ async def scenario(
         await traffic
         await trail.close(5)
         await keys.close()
+        await registry.close()
         geo.close()
 
 
@@ -249,6 +188,12 @@ async def scenario(
 def test_prometheus_scrapes_the_gate_and_the_shipped_dashboard_and_alerts_work(
     tmp_path: Path,
 ) -> None:
+    database = str(tmp_path / "registry.db")  # a SQLite registry of 20 entities
+    assert main(["registry", "migrate", database]) == 0
+    assert (
+        main(["registry", "import", str(write_yaml_registry(tmp_path / "e.yaml", 20)), database])
+        == 0
+    )
     port = free_port()
     exporters = Exporters(TelemetrySettings(prometheus=PrometheusSettings(port=port)))
     with (
