@@ -246,7 +246,11 @@ class Telemetry:
             self._add(self.cells["aidr_gate.streams.cut"], (reason,))
 
     def truncated(self, part: str) -> None:
-        """Count an audit record cut to its caps: ``value`` (one field) or ``record`` (the whole)."""
+        """Count an audit record cut to its caps: ``value`` (one field) or ``record`` (the whole).
+
+        Like every recording method, from one thread only: the cells are not locked (the audit
+        writer's thread, where records are rendered, may be that thread for this counter).
+        """
         if self._counts():
             self._add(self.cells["aidr_gate.audit.records.truncated"], (part,))
 
