@@ -81,7 +81,8 @@ SCRIPT = textwrap.dedent(
     first, second = (set_traces, set_metrics) if sys.argv[1] == "traces" else (set_metrics, set_traces)
     first()
     telemetry.record(DECISION, 0.001, "/v1/chat/completions")
-    assert tracer.started == 1
+    # A span is built only once a tracer provider records them.
+    assert tracer.started == (1 if first is set_traces else 0)
     if first is set_traces:
         assert len(SPANS.get_finished_spans()) == 1
         assert SPANS.get_finished_spans()[0].attributes["aidr.reasons"] == ("ENTITY_DENIED",)

@@ -1,0 +1,399 @@
+"""Telemetry: what the gate records per decision and per event, and what it reads when collected.
+
+Per decision the request path adds to a few in-process cells (:mod:`aidr_gate.telemetry.store`)
+and, when a tracer records, emits one ``aidr_gate.decide`` span. Gauges, ages and the audit
+trail's counters are read from the watched objects only when metrics are collected
+(:mod:`aidr_gate.telemetry.sources`). With nothing configured and no OpenTelemetry SDK set by the
+host, :meth:`Telemetry.record` returns at once.
+
+Through opentelemetry-api only: a host that sets its own SDK ``MeterProvider`` gets the same
+metrics as observable instruments reading these cells (and the two histograms recorded directly),
+and a host ``TracerProvider`` gets the spans. Attribute names follow the semantic conventions where
+they exist (``client.address``, ``enduser.id``, ``gen_ai.request.model``); the rest are under
+``aidr.``. The same reason codes label metrics, responses and audit records.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from random import random
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import _internal as _metrics_api
+from opentelemetry.trace import ProxyTracerProvider, SpanKind, Status, StatusCode, Tracer
+
+from aidr_gate import __version__
+from aidr_gate.countries import COUNTRY_CODES
+from aidr_gate.decision import Decision, Effect
+from aidr_gate.telemetry.settings import TelemetrySettings
+from aidr_gate.telemetry.sources import (
+    AuditSource,
+    GeoSource,
+    KeySource,
+    ReadinessSource,
+    RegistrySource,
+    Source,
+    read_sources,
+)
+from aidr_gate.telemetry.spans import span_attributes
+from aidr_gate.telemetry.store import OTHER, Cells, HistogramPoint, Labels, Point
+from aidr_gate.telemetry.table import (
+    DECISION_BUCKETS,
+    METRICS,
+    RELOAD_COMPONENTS,
+    RELOAD_RESULTS,
+    UPSTREAM_BUCKETS,
+    Kind,
+    MetricSpec,
+)
+
+if TYPE_CHECKING:
+    from aidr_gate.audit.trail import AuditTrail
+    from aidr_gate.geo import CountryResolver
+    from aidr_gate.jwks import KeyProvider
+    from aidr_gate.stores.cache import RegistryView
+
+INSTRUMENTATION = "aidr_gate"
+UNKNOWN_COUNTRY = "unknown"
+
+# Where opentelemetry-api keeps the global providers: None until a host sets one (or names one in
+# OTEL_PYTHON_*_PROVIDER, loaded by the first get_tracer/get_meter). Its proxies read the same
+# globals, so while both are None the proxy tracer and instruments drop everything. The public
+# getters cost a microsecond each (they look up the environment), more than the work they would
+# save; without these globals (another opentelemetry-api) every decision takes the full path.
+_PROVIDER_GLOBALS = (
+    hasattr(trace, "_TRACER_PROVIDER")
+    and hasattr(_metrics_api, "_METER_PROVIDER")
+    and hasattr(_metrics_api, "_ProxyMeterProvider")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Collected:
+    """One metric's series at collection time (``histograms`` for histograms, else ``points``)."""
+
+    spec: MetricSpec
+    points: tuple[Point, ...] = ()
+    histograms: tuple[HistogramPoint, ...] = ()
+
+
+class Telemetry:
+    """Metrics and spans for decisions; next to free while nothing reads them."""
+
+    def __init__(
+        self,
+        settings: TelemetrySettings | None = None,
+        *,
+        tracer: Tracer | None = None,
+        root_sample_ratio: float = 1.0,
+    ):
+        self.settings = settings or TelemetrySettings()
+        self.started_ns = time.time_ns()
+        # Our exporters read the cells: count every decision. Otherwise only while a host SDK does.
+        self.counting = self.settings.exporting
+        limit = self.settings.max_series
+        self.cells = {
+            spec.name: Cells(spec, limit)
+            for spec in METRICS
+            if spec.kind is not Kind.GAUGE and spec.source.value == "recorded"
+        }
+        self._entities_on = self.settings.labels.entities
+        self._entities_max = self.settings.labels.max_entities
+        self._entity_names: set[str] = set()
+        # Hot-path aliases: one attribute load each instead of a lookup by name.
+        self._decisions = self.cells["aidr_gate.decisions"]
+        self._network = self.cells["aidr_gate.network.decisions"]
+        self._entities = self.cells["aidr_gate.entity.decisions"]
+        self._duration = self.cells["aidr_gate.decision.duration"]
+        self._shadow = self.cells["aidr_gate.shadow.disagreements"]
+        self._restart_pending = 0
+        if self.counting:
+            reloads = self.cells["aidr_gate.reloads"]
+            for component in RELOAD_COMPONENTS:
+                for result in RELOAD_RESULTS:
+                    reloads.cell((component, result), (component, result))
+        self._sources: dict[str, Source] = {}
+        self._own_tracer = tracer is not None
+        # With a tracer of ours: the share of decisions outside any span that start one (a
+        # decision inside a span follows its sampling, through the tracer's parent-based sampler).
+        self._root_ratio = root_sample_ratio if tracer is not None else 1.0
+        self._tracer = tracer or trace.get_tracer(INSTRUMENTATION, __version__)
+        self._host_histograms = _bridge(self)
+        self._host_decision_time = self._host_histograms["aidr_gate.decision.duration"]
+        # True when the global providers are opentelemetry-api's proxies, which stay no-ops until
+        # a host sets a provider: then each call checks the globals rather than doing the work.
+        self._proxied = bool(
+            _PROVIDER_GLOBALS
+            and isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+            and isinstance(metrics.get_meter_provider(), _metrics_api._ProxyMeterProvider)
+        )
+
+    # -- the request path ------------------------------------------------------------------------
+
+    def _host_meter(self) -> bool:
+        return not self._proxied or _metrics_api._METER_PROVIDER is not None
+
+    def record(self, decision: Decision, seconds: float, path: str | None) -> None:
+        """Count one decision, record its time, and emit its span."""
+        host_meter = not self._proxied or _metrics_api._METER_PROVIDER is not None
+        if self.counting or host_meter:
+            self._count(decision, seconds)
+            if host_meter:
+                self._host_decision_time.record(seconds, {"aidr.effect": decision.effect.value})
+        if self._own_tracer or not self._proxied or trace._TRACER_PROVIDER is not None:
+            if self._root_ratio < 1.0 and self._unsampled_root():
+                return
+            span = self._tracer.start_span("aidr_gate.decide", kind=SpanKind.INTERNAL)
+            if span.is_recording():
+                span.set_attributes(span_attributes(decision, path))
+                if decision.effect is Effect.DENY:
+                    reason = decision.reasons[0] if decision.reasons else "NONE"
+                    span.set_status(Status(StatusCode.ERROR, reason))
+            span.end()
+
+    def _unsampled_root(self) -> bool:
+        """True for a decision outside any span that the root ratio leaves untraced."""
+        if trace.get_current_span().get_span_context().is_valid:
+            return False
+        return random() >= self._root_ratio  # noqa: S311 - sampling, not secrecy
+
+    def _count(self, decision: Decision, seconds: float) -> None:
+        # Keys are the values the decision already holds (StrEnum members hash as their text);
+        # label strings are built once per new series, on a miss.
+        effect = decision.effect
+        reasons = decision.reasons
+        reason = reasons[0] if reasons else "NONE"
+        key = (effect, reason, decision.mode, decision.policy.id)
+        cell = self._decisions.series.get(key)
+        if cell is None:
+            cell = self._decisions.cell(
+                key, (effect.value, reason, decision.mode.value, decision.policy.id)
+            )
+        cell[0] += 1
+        timing = self._duration.series.get(effect)
+        if timing is None:
+            timing = self._duration.cell(effect, (effect.value,))
+        timing[0] += seconds
+        timing[2 + bisect_left(DECISION_BUCKETS, seconds)] += 1
+        origin = decision.evidence.origin
+        country = origin.country if origin is not None else None
+        where = self._network.series.get((effect, country))
+        if where is None:
+            label = country if country in COUNTRY_CODES else UNKNOWN_COUNTRY
+            where = self._network.cell((effect, country), (effect.value, label))
+        where[0] += 1
+        shadow = decision.shadow
+        if shadow is not None and not shadow.agrees:
+            other = shadow.outcome.effect
+            self._add(self._shadow, (effect.value, other.value, shadow.policy.id))
+        if self._entities_on:
+            self._count_entity(effect, decision.evidence.entity_id)
+
+    def _count_entity(self, effect: Effect, entity_id: str | None) -> None:
+        name = entity_id or ""
+        if name not in self._entity_names:
+            if len(self._entity_names) >= self._entities_max:
+                name = OTHER
+            else:
+                self._entity_names.add(name)
+        self._add(self._entities, (effect.value, name))
+
+    @staticmethod
+    def _add(cells: Cells, labels: Labels, amount: float = 1) -> None:
+        cell = cells.series.get(labels)
+        if cell is None:
+            cell = cells.cell(labels, labels)
+        cell[0] += amount
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def _counts(self) -> bool:
+        return self.counting or self._host_meter()
+
+    def reload(self, component: str, ok: bool) -> None:
+        """Count a reload attempt of *component* (policy, identity, geoip, ...)."""
+        if self._counts():
+            self._add(self.cells["aidr_gate.reloads"], (component, "ok" if ok else "failed"))
+
+    def restart_pending(self, settings: int) -> None:
+        """Say how many changed settings wait for a restart (0 when none)."""
+        self._restart_pending = max(0, settings)
+
+    def upstream(self, status: int | None, seconds: float | None, error: str | None) -> None:
+        """Count one sidecar upstream exchange: the upstream's status, or the error code instead."""
+        if not self._counts():
+            return
+        code = str(status) if status is not None and 100 <= status <= 599 else ""
+        self._add(self.cells["aidr_gate.upstream.responses"], (code, error or ""))
+        if seconds is not None:
+            cells = self.cells["aidr_gate.upstream.duration"]
+            cell = cells.series.get(()) or cells.cell((), ())
+            cell[0] += seconds
+            cell[2 + bisect_left(UPSTREAM_BUCKETS, seconds)] += 1
+            if self._host_meter():
+                self._host_histograms["aidr_gate.upstream.duration"].record(seconds)
+
+    def stream_cut(self, reason: str) -> None:
+        """Count an admitted stream ended because a change now denies it."""
+        if self._counts():
+            self._add(self.cells["aidr_gate.streams.cut"], (reason,))
+
+    def truncated(self, part: str) -> None:
+        """Count an audit record cut to its caps: ``value`` (one field) or ``record`` (the whole).
+
+        Like every recording method, from one thread only: the cells are not locked (the audit
+        writer's thread, where records are rendered, may be that thread for this counter).
+        """
+        if self._counts():
+            self._add(self.cells["aidr_gate.audit.records.truncated"], (part,))
+
+    # -- watched objects -------------------------------------------------------------------------
+
+    def watch_audit(self, trail: Callable[[], AuditTrail | None]) -> None:
+        """Read the audit trail's counters (through *trail*, the current one) when collected."""
+        self._sources["audit"] = AuditSource(trail)
+
+    def watch_keys(self, keys: Callable[[], KeyProvider | None]) -> None:
+        """Count key set loads and report the current set's age (through *keys*)."""
+        self._sources["keys"] = KeySource(keys)
+
+    def watch_geoip(self, geo: Callable[[], CountryResolver | None]) -> None:
+        """Report the build age of the GeoIP databases in use (through *geo*)."""
+        self._sources["geoip"] = GeoSource(geo)
+
+    def watch_registry(self, view: Callable[[], RegistryView | None]) -> None:
+        """Report the entity registry's state, staleness and cache counters (through *view*)."""
+        self._sources["registry"] = RegistrySource(view)
+
+    def watch_readiness(self, checks: Callable[[], Mapping[str, bool]]) -> None:
+        """Report each readiness check (what ``/readyz`` would say, without probing anything)."""
+        self._sources["readiness"] = ReadinessSource(checks)
+
+    def watch_runtime(self, runtime: Any) -> None:
+        """Watch a :class:`~aidr_gate.runtime.Runtime`: its trail, keys, GeoIP and readiness."""
+        self.watch_audit(lambda: runtime.audit)
+        self.watch_keys(lambda: runtime.identity.keys)
+        self.watch_geoip(lambda: runtime.origin.geo)
+        self.watch_readiness(
+            lambda: {
+                "started": bool(runtime.started),
+                "keys": bool(runtime.identity.ready),
+                "audit": bool(runtime.audit_accepting),
+            }
+        )
+
+    # -- collection ------------------------------------------------------------------------------
+
+    def collect(self) -> list[Collected]:
+        """Every exported metric's series now, in table order (never on the request path)."""
+        observed = read_sources(self._sources)
+        observed["aidr_gate.reload.restart_pending"] = [((), float(self._restart_pending))]
+        out: list[Collected] = []
+        for spec in METRICS:
+            if spec.opt_in and not self._entities_on:
+                continue
+            cells = self.cells.get(spec.name)
+            if spec.kind is Kind.HISTOGRAM and cells is not None:
+                out.append(Collected(spec, histograms=tuple(cells.histogram_points())))
+            elif cells is not None:
+                out.append(Collected(spec, points=tuple(cells.points())))
+            else:
+                out.append(Collected(spec, points=tuple(observed.get(spec.name, ()))))
+        return out
+
+    def points(self, name: str) -> list[Point]:
+        """One counter's or gauge's series now (the host bridge's callbacks use this)."""
+        spec = next(s for s in METRICS if s.name == name)
+        cells = self.cells.get(name)
+        if cells is not None:
+            return cells.points()
+        if name == "aidr_gate.reload.restart_pending":
+            return [((), float(self._restart_pending))]
+        if spec.opt_in and not self._entities_on:
+            return []
+        return read_sources(self._sources).get(name, [])
+
+
+def attributes(spec: MetricSpec, labels: Labels) -> dict[str, str]:
+    """A series' labels as OpenTelemetry attributes (empty values left out)."""
+    return {key: value for key, value in zip(spec.labels, labels, strict=True) if value}
+
+
+# The bridge to a host's SDK: one set of instruments per process (a provider keeps every instrument
+# registered with it), reading every live Telemetry. A counter is cumulative for the process: the
+# counts of a Telemetry that is gone (a runtime replaced, a test's gate closed) are kept in
+# _RETIRED, so a host's counters never go down; gauges of a gone Telemetry go with it.
+_BRIDGED: weakref.WeakSet[Telemetry] = weakref.WeakSet()
+_HOST_HISTOGRAMS: dict[str, metrics.Histogram] = {}
+_RETIRED: dict[str, dict[Labels, float]] = {}
+_BRIDGE_LOCK = threading.Lock()
+
+
+def _bridge(telemetry: Telemetry) -> dict[str, metrics.Histogram]:
+    """Observable instruments on the global meter for every counter and gauge, reading the cells
+    of every live Telemetry; the histograms are recorded as they happen. All no-ops until a host
+    sets an SDK provider."""
+    with _BRIDGE_LOCK:
+        _BRIDGED.add(telemetry)
+        weakref.finalize(telemetry, _retire, telemetry.cells, telemetry.settings.max_series)
+        if _HOST_HISTOGRAMS:
+            return _HOST_HISTOGRAMS
+        meter = metrics.get_meter(INSTRUMENTATION, __version__)
+        for spec in METRICS:
+            if spec.kind is Kind.HISTOGRAM:
+                _HOST_HISTOGRAMS[spec.name] = meter.create_histogram(
+                    spec.name,
+                    unit=spec.unit,
+                    description=spec.help,
+                    explicit_bucket_boundaries_advisory=list(spec.buckets),
+                )
+                continue
+            create = (
+                meter.create_observable_counter
+                if spec.kind is Kind.COUNTER
+                else meter.create_observable_gauge
+            )
+            create(spec.name, callbacks=[_observer(spec)], unit=spec.unit, description=spec.help)
+        return _HOST_HISTOGRAMS
+
+
+def _retire(cells: dict[str, Cells], limit: int) -> None:
+    """Keep the counts of a Telemetry that is gone (bounded like its own series: past *limit*
+    label sets of one counter, the rest are added under ``_other``)."""
+    with _BRIDGE_LOCK:
+        for name, metric in cells.items():
+            if metric.spec.kind is not Kind.COUNTER:
+                continue  # histograms went to the host as they happened
+            kept = _RETIRED.setdefault(name, {})
+            for labels, value in metric.points():
+                if labels not in kept and len(kept) >= limit:
+                    labels = (OTHER,) * len(labels)
+                kept[labels] = kept.get(labels, 0.0) + value
+
+
+def _observer(spec: MetricSpec) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(options: CallbackOptions) -> Iterator[Observation]:
+        with _BRIDGE_LOCK:
+            live = list(_BRIDGED)
+            retired = dict(_RETIRED.get(spec.name, {}))
+        if spec.kind is not Kind.COUNTER:
+            for telemetry in live:
+                for labels, value in telemetry.points(spec.name):
+                    yield Observation(value, attributes(spec, labels))
+            return
+        # One observation per label set: the SDK keeps the last of several, so they are summed.
+        totals = retired
+        for telemetry in live:
+            for labels, value in telemetry.points(spec.name):
+                totals[labels] = totals.get(labels, 0.0) + value
+        for labels, value in totals.items():
+            yield Observation(value, attributes(spec, labels))
+
+    return observe
