@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +93,8 @@ class Evidence(msgspec.Struct, frozen=True, gc=False):
     model_tier_source: str  # "catalog", "thresholds", "unknown-model" or "not-evaluated"
     facts: PolicyFacts | None
     agreement: Agreement | None
+    # The access-pattern signals of the request (``patterns/``): name (with its window) to value.
+    signals: Mapping[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form, the shape ``check`` prints and audit records carry."""
@@ -129,6 +132,7 @@ class Evidence(msgspec.Struct, frozen=True, gc=False):
                 "type": self.agreement.type if self.agreement else None,
                 "status": self.agreement.status.value if self.agreement else None,
             },
+            "signals": dict(self.signals) if self.signals else None,
         }
 
 

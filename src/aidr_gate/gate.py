@@ -29,6 +29,7 @@ from aidr_gate.decision import (
 )
 from aidr_gate.errors import AidrGateError, ConfigError, PolicyEvaluationError, Problem
 from aidr_gate.facts import Identity, Origin
+from aidr_gate.patterns.tracker import PatternTracker, Signals
 from aidr_gate.policy.engine import PolicyEngine, Verdict
 from aidr_gate.policy.pack import Pack, load_pack
 from aidr_gate.registry import Entity, EntityRegistry, InMemoryRegistry, load_registry
@@ -112,10 +113,19 @@ def state_for(
 class Gate:
     """Decides requests with the current :class:`GateState`; safe to share across tasks."""
 
-    def __init__(self, state: GateState, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        state: GateState,
+        *,
+        clock: Callable[[], float] = time.time,
+        patterns: PatternTracker | None = None,
+    ) -> None:
         self._state = state
         self._clock = clock
         self._ids = DecisionIds()
+        # Kept across reloads: the counts are about traffic, not about the pack.
+        self.patterns = patterns or PatternTracker()
+        self.patterns.want(_pattern_keys(state))
 
     @property
     def state(self) -> GateState:
@@ -124,6 +134,7 @@ class Gate:
 
     def swap(self, state: GateState) -> GateState:
         """Replace the state atomically (one reference assignment); returns the old one."""
+        self.patterns.want(_pattern_keys(state))
         old, self._state = self._state, state
         return old
 
@@ -176,10 +187,17 @@ class Gate:
         entity = state.registry.get(entity_id) if entity_id else None
         headquarters, parent, source, disagree = jurisdiction_of(entity, identity)
         model = state.catalog.get(model_id) if model_id else None
-        verdict = _evaluate(state.engine, entity, headquarters, parent, model, origin, at)
+        patterns = self.patterns
+        signals = None
+        if patterns.active:
+            worse = state.engine.origin_worse(origin.country, headquarters, at)
+            signals = patterns.observe(at, identity, origin, worse)
+        verdict = _evaluate(state.engine, entity, headquarters, parent, model, origin, at, signals)
         shadow = None
         if state.shadow is not None:
-            other = _evaluate(state.shadow, entity, headquarters, parent, model, origin, at)
+            other = _evaluate(
+                state.shadow, entity, headquarters, parent, model, origin, at, signals
+            )
             shadow = ShadowResult(
                 outcome=other.outcome,
                 policy=other.policy,
@@ -207,6 +225,7 @@ class Gate:
                 verdict.model_tier_source,
                 verdict.facts,
                 verdict.agreement,
+                signals,
             ),
             state.mode,
             shadow,
@@ -301,7 +320,9 @@ class Gate:
         entity = state.registry.get(entity_id) if entity_id else None
         headquarters, parent, _, _ = jurisdiction_of(entity, identity)
         when = self._clock() if at is None else at
-        return _evaluate(state.engine, entity, headquarters, parent, model, origin, when)
+        patterns = self.patterns
+        signals = patterns.signals(when, identity, origin) if patterns.active else None
+        return _evaluate(state.engine, entity, headquarters, parent, model, origin, when, signals)
 
     def allowed_models(
         self,
@@ -330,6 +351,7 @@ def _evaluate(
     model: Model | None,
     origin: Origin,
     at: float,
+    signals: Signals | None = None,
 ) -> Verdict:
     # One argument list for the enforced pack and the shadow pack alike; a function, not a
     # closure built per request.
@@ -341,7 +363,14 @@ def _evaluate(
         network_country=origin.country,
         anonymizer=origin.anonymizer,
         at=at,
+        signals=signals,
     )
+
+
+def _pattern_keys(state: GateState) -> tuple[str, ...]:
+    """The pattern signals the enforced and the shadow pack test (what the tracker must track)."""
+    keys = state.engine.pattern_keys
+    return keys + state.shadow.pattern_keys if state.shadow is not None else keys
 
 
 def jurisdiction_of(

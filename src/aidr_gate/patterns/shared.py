@@ -1,0 +1,343 @@
+"""A fleet's shared pattern state in Redis or Valkey: batched writes, a view refreshed in the background.
+
+Requests never wait for Redis. The tracker notes which keys a request changed (a set add); every
+``interval`` one background round trip writes those keys and reads back the fleet's view of every
+key this replica saw within ``watch`` seconds, and merges it into the tracker's tables:
+
+- distinct items (countries, entities) are a sorted set per key, member the item, score the last
+  time any replica saw it (``ZADD GT``), trimmed to the longest window and to ``max_distinct``;
+  merging takes the later time of each item, so reading back one's own writes counts nothing twice;
+- request shares are a hash per key, one field per replica holding its own decayed counts (a
+  replica overwrites its field, never adds to another's); the view sums the other replicas' fields.
+
+When a round trip fails, or the view is older than ``stale_after``, the state is *degraded*: the
+tables keep counting this replica's own requests (nothing is erased), the ``patterns_degraded``
+signal is 1 (a pack may deny on it), ``/readyz`` and the metrics say so, and the next round that
+succeeds writes what was counted meanwhile and clears it, without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aidr_gate.patterns.settings import RedisSettings
+from aidr_gate.patterns.signals import Subject
+from aidr_gate.patterns.sketches import RecentSet, Shares
+
+if TYPE_CHECKING:
+    from aidr_gate.patterns.tracker import PatternTracker, Table
+
+logger = logging.getLogger("aidr_gate.patterns")
+
+Key = tuple[Subject, str]
+# Round trips are cut into chunks of this many keys, with a yield to the event loop between
+# chunks, so merging a large view never holds requests up for long.
+CHUNK = 256
+MAX_BACKOFF = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class SharedHealth:
+    """What ``/readyz`` and the metrics say of the shared view."""
+
+    state: str  # "starting", "shared" or "degraded"
+    degraded: bool
+    age: float | None  # seconds since the view was last refreshed (None: never)
+    since: float | None  # when the current state began (epoch seconds)
+    error: str | None  # the last failure, while degraded
+    rounds: int
+    failures: int
+    pending: int  # keys changed locally and not yet written
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (``/readyz`` detail)."""
+        return {
+            "state": self.state,
+            "degraded": self.degraded,
+            "view_age_s": None if self.age is None else round(self.age, 3),
+            "error": self.error,
+            "pending": self.pending,
+        }
+
+
+def _encode(windows: tuple[float, ...], at: float, values: list[float]) -> str:
+    head = ",".join(f"{w:g}" for w in windows)
+    return f"{head};{at:.3f};" + ",".join(f"{v:.6g}" for v in values)
+
+
+def _decode(text: str, windows: tuple[float, ...]) -> tuple[float, list[float]] | None:
+    try:
+        head, at, body = text.split(";")
+        if tuple(float(w) for w in head.split(",")) != windows:
+            return None  # another layout (a replica on another pack during a rollout): skipped
+        values = [float(v) for v in body.split(",")]
+    except ValueError:
+        return None
+    return (float(at), values) if len(values) == 3 * len(windows) else None
+
+
+class SharedState:
+    """The background exchange between one tracker and Redis (see the module docstring)."""
+
+    def __init__(
+        self,
+        tracker: PatternTracker,
+        settings: RedisSettings,
+        *,
+        replica: str | None = None,
+        clock: Callable[[], float] = time.time,
+        client: Any = None,
+    ) -> None:
+        self.tracker = tracker
+        self.settings = settings
+        self.replica = replica or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
+        self.dirty: set[Key] = set()
+        self._watched: dict[Key, float] = {}
+        self._clock = clock
+        self._client = client
+        self._task: asyncio.Task[None] | None = None
+        self._state = "starting"
+        self._since: float | None = None
+        self._synced_at: float | None = None
+        self._flushed_at = 0.0
+        self._error: str | None = None
+        self.rounds = 0
+        self.failures = 0
+        tracker.shared = self
+
+    # -- state -------------------------------------------------------------------------------------
+
+    @property
+    def degraded(self) -> bool:
+        """True unless the last round succeeded within ``stale_after`` seconds."""
+        synced = self._synced_at
+        return synced is None or self._clock() - synced > self.settings.stale_after
+
+    def health(self) -> SharedHealth:
+        """The view's state now."""
+        synced = self._synced_at
+        now = self._clock()
+        degraded = self.degraded
+        state = "starting" if synced is None and self._error is None else self._state
+        if degraded and state == "shared":
+            state = "degraded"  # stale without a failure yet: a round trip that hangs
+        return SharedHealth(
+            state=state,
+            degraded=degraded,
+            age=None if synced is None else now - synced,
+            since=self._since,
+            error=self._error if degraded else None,
+            rounds=self.rounds,
+            failures=self.failures,
+            pending=len(self.dirty),
+        )
+
+    def _enter(self, state: str, error: str | None = None) -> None:
+        if state != self._state:
+            self._since = self._clock()
+            if state == "degraded":
+                logger.warning(
+                    "patterns: Redis %s unreachable (%s); signals count this replica only",
+                    _safe_url(self.settings.url),
+                    error,
+                )
+            elif self._state == "degraded":
+                logger.info("patterns: Redis reachable again; the fleet's view is back")
+        self._state = state
+        self._error = error
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and make one round (a failure only degrades), then keep going in the background."""
+        if self._client is None:
+            import redis.asyncio as redis_asyncio
+
+            self._client = redis_asyncio.from_url(
+                self.settings.url,
+                socket_timeout=self.settings.timeout,
+                socket_connect_timeout=self.settings.timeout,
+                decode_responses=True,
+                health_check_interval=0,
+                retry_on_timeout=False,
+            )
+        await self.round()
+        self._task = asyncio.create_task(self._run(), name="aidr-patterns-redis")
+
+    async def close(self) -> None:
+        """Stop the background task, write what is pending (best effort) and disconnect."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.round(), self.settings.timeout * 2)
+            with contextlib.suppress(Exception):
+                await self._client.aclose()
+            self._client = None
+
+    async def _run(self) -> None:
+        delay = self.settings.interval
+        while True:
+            await asyncio.sleep(delay)
+            ok = await self.round()
+            # After a failure, retry at a slower pace (up to two seconds), never give up.
+            delay = self.settings.interval if ok else min(max(delay * 2, 0.1), MAX_BACKOFF)
+
+    # -- one round -------------------------------------------------------------------------------
+
+    async def round(self) -> bool:
+        """Write the changed keys and refresh the view; False (and degraded) when Redis fails."""
+        now = self._clock()
+        changed, self.dirty = self.dirty, set()
+        try:
+            await asyncio.wait_for(self._exchange(now, changed), self.settings.timeout * 4)
+        except Exception as exc:  # any Redis failure only degrades; the next round retries
+            if len(self.dirty) < self.tracker.settings.max_keys:
+                self.dirty |= changed
+            self.failures += 1
+            self._enter("degraded", f"{type(exc).__name__}: {exc}"[:200])
+            return False
+        self._flushed_at = now
+        self._synced_at = now
+        self.rounds += 1
+        self._enter("shared")
+        return True
+
+    def _key(self, subject: Subject, kind: str, key: str) -> str:
+        return f"{self.settings.prefix}{subject.value}:{kind}:{key}"
+
+    def _sets(self, subject: Subject) -> Table[RecentSet]:
+        t = self.tracker
+        return {
+            Subject.TOKEN: t.token_sets,
+            Subject.ENTITY: t.entity_sets,
+            Subject.ADDRESS: t.address_sets,
+            Subject.NETWORK: t.network_sets,
+        }[subject]
+
+    def _shares(self, subject: Subject) -> Table[Shares] | None:
+        t = self.tracker
+        if subject is Subject.TOKEN:
+            return t.token_shares
+        return t.entity_shares if subject is Subject.ENTITY else None
+
+    async def _exchange(self, now: float, changed: set[Key]) -> None:
+        tracker = self.tracker
+        client = self._client
+        horizon = max(tracker.horizon, 1.0)
+        ttl = int(horizon) + 60
+        capacity = tracker.capacity
+        watched = self._watched
+        for entry in changed:
+            watched.pop(entry, None)
+            watched[entry] = now  # most recently changed last
+        # Write: the changed keys, in chunks.
+        since = max(now - horizon, self._flushed_at - 2 * self.settings.interval)
+        writes = list(changed)
+        for start in range(0, len(writes), self.settings.max_batch):
+            pipe = client.pipeline(transaction=False)
+            for subject, key in writes[start : start + self.settings.max_batch]:
+                row = self._sets(subject).rows.get(key)
+                name = self._key(subject, "s", key)
+                if row is not None:
+                    items = row.items_since(since)
+                    if items:
+                        pipe.zadd(name, dict(items), gt=True)
+                    pipe.zremrangebyscore(name, "-inf", now - horizon)
+                    pipe.zremrangebyrank(name, 0, -(capacity + 1))
+                    pipe.expire(name, ttl)
+                shares = self._shares(subject)
+                srow = shares.rows.get(key) if shares is not None else None
+                if srow is not None:
+                    cname = self._key(subject, "c", key)
+                    values = srow.decayed(now, tracker.windows)
+                    pipe.hset(cname, self.replica, _encode(tracker.windows, now, values))
+                    pipe.expire(cname, ttl)
+            await pipe.execute()
+        # Read back: every key seen within ``watch``, most recent first, at most ``max_batch``.
+        cutoff = now - self.settings.watch
+        while watched:
+            first = next(iter(watched))
+            if watched[first] >= cutoff:
+                break
+            del watched[first]
+        reads: list[Key] = []
+        for entry in reversed(watched):
+            reads.append(entry)
+            if len(reads) >= self.settings.max_batch:
+                break
+        for start in range(0, len(reads), CHUNK):
+            chunk = reads[start : start + CHUNK]
+            pipe = client.pipeline(transaction=False)
+            for subject, key in chunk:
+                pipe.zrangebyscore(
+                    self._key(subject, "s", key), now - horizon, "+inf", withscores=True
+                )
+                if self._shares(subject) is not None:
+                    pipe.hgetall(self._key(subject, "c", key))
+            replies = await pipe.execute()
+            self._merge(now, chunk, replies)
+            await asyncio.sleep(0)  # let requests through between chunks
+
+    def _merge(self, now: float, chunk: list[Key], replies: list[Any]) -> None:
+        tracker = self.tracker
+        capacity, horizon = tracker.capacity, max(tracker.horizon, 1.0)
+        windows = tracker.windows
+        position = 0
+        for subject, key in chunk:
+            items = replies[position]
+            position += 1
+            table = self._sets(subject)
+            if items:
+                row = table.rows.get(key)
+                if row is None:
+                    if len(table.rows) >= table.limit:
+                        table.make_room(now)
+                    row = table.rows[key] = RecentSet()
+                row.merge(((str(i), float(t)) for i, t in items), capacity, horizon)
+            shares = self._shares(subject)
+            if shares is None:
+                continue
+            fields = replies[position]
+            position += 1
+            srow = shares.rows.get(key)
+            if srow is None or len(srow.values) != 3 * len(windows):
+                continue
+            others = [0.0] * (3 * len(windows))
+            for replica, text in (fields or {}).items():
+                if replica == self.replica:
+                    continue
+                decoded = _decode(str(text), windows)
+                if decoded is None:
+                    continue
+                at, values = decoded
+                for index, tau in enumerate(windows):
+                    keep = _decay(now - at, tau)
+                    for k in range(3 * index, 3 * index + 3):
+                        others[k] += values[k] * keep
+            srow.others = others
+            srow.others_at = now
+
+
+def _decay(elapsed: float, tau: float) -> float:
+    return math.exp(-max(elapsed, 0.0) / tau)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password (for logs)."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
