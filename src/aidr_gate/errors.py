@@ -235,3 +235,15 @@ class RegistryUnavailable(AidrGateError):
 
     reason = "REGISTRY_UNAVAILABLE"
     status = 503
+
+
+# --- access patterns (reason codes pattern rules give; see policies/examples/patterns.yaml) ---------
+
+# Pack rules name their own reasons; these are the ones the bundled examples and the README use for
+# rules on pattern signals (``patterns/``), kept here so responses, records and dashboards agree.
+ORIGIN_VELOCITY = "ORIGIN_VELOCITY"  # one token used from more countries in a window than allowed
+INTERMEDIARY_SUSPECTED = "INTERMEDIARY_SUSPECTED"  # one address or network fronting many entities
+ANONYMIZER_SHIFT = "ANONYMIZER_SHIFT"  # an entity's traffic moving to VPN, proxy or hosting origins
+PATTERNS_DEGRADED = "PATTERNS_DEGRADED"  # the fleet's shared view is lost and the pack will not
+# decide controlled access on one replica's counts alone
+PATTERN_REASONS = (ORIGIN_VELOCITY, INTERMEDIARY_SUSPECTED, ANONYMIZER_SHIFT, PATTERNS_DEGRADED)

@@ -29,6 +29,7 @@ from aidr_gate.identity import Authenticator, parse_identity_config
 from aidr_gate.jwks import FileKeys, RemoteJwks
 from aidr_gate.middleware_config import MiddlewareSettings, parse_middleware_settings
 from aidr_gate.origin import OriginResolver, origin_resolver_for
+from aidr_gate.patterns.runtime import pattern_tracker_for
 from aidr_gate.telemetry import Telemetry
 
 T = TypeVar("T")
@@ -97,10 +98,11 @@ class Runtime:
         origin = attempt(origin_resolver_for)
         settings = attempt(parse_middleware_settings)
         audit = attempt(lambda c: AuditTrail(audit_config(c)))
+        patterns = attempt(pattern_tracker_for)
         if errors or state is None or identity_config is None or origin is None or settings is None:
             raise ConfigError.merge(errors)
         return cls(
-            gate=Gate(state),
+            gate=Gate(state, patterns=patterns),
             identity=Authenticator(identity_config),
             origin=origin,
             settings=settings,
@@ -121,6 +123,9 @@ class Runtime:
             except BaseException:
                 await self.identity.close()  # a runtime that failed to start leaves nothing running
                 raise
+        shared = self.gate.patterns.shared
+        if shared is not None:
+            await shared.start()  # one round trip at most; Redis down only degrades
         self._tasks.append(asyncio.create_task(self.origin.watch(), name="aidr-geoip-watch"))
         if self.config is not None and self._watch_interval > 0:
             self._tasks.append(asyncio.create_task(self._watch_policy(), name="aidr-policy-watch"))
@@ -135,6 +140,9 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        shared = self.gate.patterns.shared
+        if shared is not None:
+            await shared.close()
         if self.audit is not None:
             await self.audit.close(timeout)
         await self.identity.close()
@@ -155,6 +163,7 @@ class Runtime:
         ]
         if state.shadow is not None:
             parts.insert(1, f"shadow {state.shadow.pack.id}")
+        parts.append(f"patterns: {self.gate.patterns.describe()}")
         parts.append(f"audit: {self.audit.describe()}" if self.audit is not None else "audit: none")
         return "aidr-gate ready: " + "; ".join(parts)
 

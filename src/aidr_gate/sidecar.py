@@ -218,6 +218,9 @@ class SidecarApp:
             "geoip": runtime.origin.describe(),
             "audit": runtime.audit_accepting,
             "upstream": self._upstream_ok,
+            # Informational: a lost shared view degrades signals to this replica's own counts and
+            # the pack decides what that means (``patterns_degraded``); it is not a reason to stop.
+            "patterns": runtime.gate.patterns.health(),
         }
         ready = bool(
             runtime.started

@@ -17,7 +17,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from aidr_gate.facts import Identity, Origin
 from aidr_gate.patterns.settings import PatternSettings
@@ -289,6 +289,22 @@ class PatternTracker:
         if self._degraded_wanted:
             out[DEGRADED_KEY] = 1.0 if self.degraded else 0.0
         return out
+
+    def health(self) -> dict[str, Any]:
+        """What ``/readyz`` says: local, or the shared view's state; and the signals tracked."""
+        shared = self.shared
+        out: dict[str, Any] = (
+            {"state": "local", "degraded": False} if shared is None else shared.health().to_dict()
+        )
+        out["signals"] = list(self.names)
+        return out
+
+    def describe(self) -> str:
+        """One line for the startup summary."""
+        if not self.active:
+            return "none tested"
+        where = "local" if self.shared is None else f"shared ({self.shared.health().state})"
+        return f"{len(self.names)} signals, {where}"
 
     def sizes(self) -> dict[str, int]:
         """Keys held per table (metrics, the bench)."""
