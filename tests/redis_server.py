@@ -42,7 +42,7 @@ class RedisServer:
             'save ""\nappendonly no\ndaemonize no\nprotected-mode yes\n'
             f"logfile {self.root / 'server.log'}\n"
         )
-        self._process = subprocess.Popen(  # noqa: S603 - our own command line
+        self._process = subprocess.Popen(
             [self._binary, str(config)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
