@@ -118,9 +118,13 @@ class SharedState:
 
     @property
     def degraded(self) -> bool:
-        """True unless the last round succeeded within ``stale_after`` seconds."""
+        """True when the last round failed, or none succeeded within ``stale_after`` seconds."""
         synced = self._synced_at
-        return synced is None or self._clock() - synced > self.settings.stale_after
+        return (
+            self._state == "degraded"
+            or synced is None
+            or self._clock() - synced > self.settings.stale_after
+        )
 
     def health(self) -> SharedHealth:
         """The view's state now."""
@@ -278,6 +282,8 @@ class SharedState:
             reads.append(entry)
             if len(reads) >= self.settings.max_batch:
                 break
+        if not writes and not reads:
+            await client.ping()  # nothing to exchange: still find out whether Redis is there
         for start in range(0, len(reads), CHUNK):
             chunk = reads[start : start + CHUNK]
             pipe = client.pipeline(transaction=False)

@@ -142,18 +142,23 @@ class PatternTracker:
             for k in keys
         )
         self.subjects = frozenset(k.family.subject for k in keys)
-        self._degraded_wanted = DEGRADED_KEY in self._pack_keys or self.settings.redis is not None
+        self._degraded_wanted = DEGRADED_KEY in self._pack_keys
 
     @property
     def active(self) -> bool:
         """True when some signal is tracked (else observing costs nothing)."""
-        return bool(self._wanted) or self._degraded_wanted
+        return bool(self._wanted) or self._reports_degraded
 
     @property
     def names(self) -> tuple[str, ...]:
         """The signals each decision carries, in order."""
         out = tuple(w.name for w in self._wanted)
-        return (*out, DEGRADED_KEY) if self._degraded_wanted else out
+        return (*out, DEGRADED_KEY) if self._reports_degraded else out
+
+    @property
+    def _reports_degraded(self) -> bool:
+        # Tested by the pack, or a shared view is configured: every record says which it was.
+        return self._degraded_wanted or self.shared is not None
 
     def tables(self) -> tuple[Table[RecentSet] | Table[Shares], ...]:
         """Every table (for sizes and the shared view)."""
@@ -286,7 +291,7 @@ class PatternTracker:
                         which = 1 if measure is Measure.ANONYMIZER_SHARE else 2
                         value = round(srow.share(w.index, which, at, w.seconds), 4)
             out[w.name] = value
-        if self._degraded_wanted:
+        if self._reports_degraded:
             out[DEGRADED_KEY] = 1.0 if self.degraded else 0.0
         return out
 
