@@ -125,9 +125,10 @@ def test_an_outage_degrades_to_local_and_recovers_without_a_restart() -> None:
             samples = {c.spec.name: c.points for c in telemetry.collect()}
             assert [v for _, v in samples["aidr_gate.patterns.shared"]] == [0.0]
             server.start()
-            deadline = time.monotonic() + 5.0
-            while time.monotonic() < deadline and not await share_a.round():
-                await asyncio.sleep(0.05)
+            for _ in range(100):  # the client reconnects by itself: no restart, no new object
+                if await share_a.round():
+                    break
+                await asyncio.sleep(0.05)  # noqa: ASYNC110 - polling a server we restarted
             assert share_a.health().state == "shared" and not a.degraded
             # What was counted during the outage reaches the fleet.
             await share_b.round()
@@ -136,7 +137,7 @@ def test_an_outage_degrades_to_local_and_recovers_without_a_restart() -> None:
             assert b.signals(time.time(), ALICE, seen("US"))["origin_countries_1m"] == 3
             samples = {c.spec.name: c.points for c in telemetry.collect()}
             assert [v for _, v in samples["aidr_gate.patterns.shared"]] == [1.0]
-            assert [v for _, v in samples["aidr_gate.patterns.sync.failures"]][0] >= 1
+            assert next(v for _, v in samples["aidr_gate.patterns.sync.failures"]) >= 1
         finally:
             await share_a.close()
             await share_b.close()
