@@ -128,7 +128,7 @@ def test_an_outage_degrades_to_local_and_recovers_without_a_restart() -> None:
             for _ in range(100):  # the client reconnects by itself: no restart, no new object
                 if await share_a.round():
                     break
-                await asyncio.sleep(0.05)  # noqa: ASYNC110 - polling a server we restarted
+                await asyncio.sleep(0.05)
             assert share_a.health().state == "shared" and not a.degraded
             # What was counted during the outage reaches the fleet.
             await share_b.round()
