@@ -81,7 +81,7 @@ class _Wanted:
 
 
 @lru_cache(maxsize=65_536)
-def _network_of(ip: str, v4: int, v6: int) -> str | None:
+def network_of(ip: str, v4: int, v6: int) -> str | None:
     """The prefix a client address belongs to (``203.0.113.0/24``); ``None`` for no address."""
     try:
         address = ipaddress.ip_address(ip)
@@ -188,7 +188,7 @@ class PatternTracker:
         ip = origin.ip
         network = None
         if ip is not None and Subject.NETWORK in self.subjects:
-            network = _network_of(ip, self.settings.ipv4_prefix, self.settings.ipv6_prefix)
+            network = network_of(ip, self.settings.ipv4_prefix, self.settings.ipv6_prefix)
         return token, entity, ip, network
 
     # -- per request ------------------------------------------------------------------------------
