@@ -190,7 +190,9 @@ class Gate:
         patterns = self.patterns
         signals = None
         if patterns.active:
-            worse = state.engine.origin_worse(origin.country, headquarters, at)
+            worse = patterns.needs_worse and state.engine.origin_worse(
+                origin.country, headquarters, at
+            )
             signals = patterns.observe(at, identity, origin, worse)
         verdict = _evaluate(state.engine, entity, headquarters, parent, model, origin, at, signals)
         shadow = None

@@ -62,4 +62,7 @@ def compile_pattern_test(key: str, value: Any) -> Callable[[Mapping[str, float]]
         want = 1.0 if value else 0.0
         return lambda signals: signals.get(key, 0.0) == want
     checks = [(OPERATORS[name], threshold) for name, threshold in sorted(value.items())]
+    if len(checks) == 1:  # the usual case, without a generator per request
+        op, threshold = checks[0]
+        return lambda signals: op(signals.get(key, 0.0), threshold)
     return lambda signals: all(op(signals.get(key, 0.0), t) for op, t in checks)

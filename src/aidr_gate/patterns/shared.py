@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("aidr_gate.patterns")
 
-Key = tuple[Subject, str]
+Key = tuple[str, str]  # (a Subject, the key)
 # Round trips are cut into chunks of this many keys, with a yield to the event loop between
 # chunks, so merging a large view never holds requests up for long.
 CHUNK = 256
@@ -219,10 +219,10 @@ class SharedState:
         self._enter("shared")
         return True
 
-    def _key(self, subject: Subject, kind: str, key: str) -> str:
-        return f"{self.settings.prefix}{subject.value}:{kind}:{key}"
+    def _key(self, subject: str, kind: str, key: str) -> str:
+        return f"{self.settings.prefix}{subject}:{kind}:{key}"
 
-    def _sets(self, subject: Subject) -> Table[RecentSet]:
+    def _sets(self, subject: str) -> Table[RecentSet]:
         t = self.tracker
         return {
             Subject.TOKEN: t.token_sets,
@@ -231,11 +231,11 @@ class SharedState:
             Subject.NETWORK: t.network_sets,
         }[subject]
 
-    def _shares(self, subject: Subject) -> Table[Shares] | None:
+    def _shares(self, subject: str) -> Table[Shares] | None:
         t = self.tracker
-        if subject is Subject.TOKEN:
+        if subject == Subject.TOKEN:
             return t.token_shares
-        return t.entity_shares if subject is Subject.ENTITY else None
+        return t.entity_shares if subject == Subject.ENTITY else None
 
     async def _exchange(self, now: float, changed: set[Key]) -> None:
         tracker = self.tracker
@@ -266,8 +266,8 @@ class SharedState:
                 srow = shares.rows.get(key) if shares is not None else None
                 if srow is not None:
                     cname = self._key(subject, "c", key)
-                    values = srow.decayed(now, tracker.windows)
-                    pipe.hset(cname, self.replica, _encode(tracker.windows, now, values))
+                    values = srow.decayed(now, tracker.share_windows)
+                    pipe.hset(cname, self.replica, _encode(tracker.share_windows, now, values))
                     pipe.expire(cname, ttl)
             await pipe.execute()
         # Read back: every key seen within ``watch``, most recent first, at most ``max_batch``.
@@ -300,7 +300,7 @@ class SharedState:
     def _merge(self, now: float, chunk: list[Key], replies: list[Any]) -> None:
         tracker = self.tracker
         capacity, horizon = tracker.capacity, max(tracker.horizon, 1.0)
-        windows = tracker.windows
+        windows = tracker.share_windows
         position = 0
         for subject, key in chunk:
             items = replies[position]

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 
 
-class Subject(StrEnum):
-    """Whose requests a family counts over (one bounded table of state each)."""
+class Subject:
+    """Whose requests a family counts over (one bounded table of state each).
+
+    Plain strings, not an enum: these are hashed on the request path, and an enum member's hash
+    is a Python-level call.
+    """
 
     TOKEN = "token"  # noqa: S105 - a subject kind, not a secret; one token subject of one entity (``sub`` within the entity)
     ENTITY = "entity"  # every token of one entity
@@ -24,8 +27,8 @@ class Subject(StrEnum):
     NETWORK = "network"  # one network prefix (``ipv4_prefix`` / ``ipv6_prefix``)
 
 
-class Measure(StrEnum):
-    """What a family counts."""
+class Measure:
+    """What a family counts (plain strings, like :class:`Subject`)."""
 
     COUNTRIES = "countries"  # distinct network countries
     ENTITIES = "entities"  # distinct entities
@@ -38,8 +41,8 @@ class Family:
     """One kind of signal: its name prefix, whose requests, what it counts, and what it means."""
 
     name: str
-    subject: Subject
-    measure: Measure
+    subject: str  # a Subject
+    measure: str  # a Measure
     doc: str
 
 

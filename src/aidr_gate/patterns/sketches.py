@@ -21,19 +21,27 @@ from collections.abc import Iterable, Sequence
 class RecentSet:
     """Distinct items with the time each was last seen; at most *capacity* (the most recent)."""
 
-    __slots__ = ("seen", "touched")
+    __slots__ = ("oldest", "seen", "touched")
 
     def __init__(self) -> None:
         self.seen: dict[str, float] = {}
         self.touched = 0.0  # when this key was last observed (or merged into): eviction order
+        # At most the earliest time in ``seen`` (exact after a full count): while a window starts
+        # before it, every entry is inside and the count is ``len(seen)``, with no loop.
+        self.oldest = math.inf
 
     def add(self, item: str, at: float, capacity: int, horizon: float) -> None:
         """Note *item* at *at*; past *capacity*, forget what is older than *horizon* seconds, then
         the least recently seen."""
         seen = self.seen
-        if item not in seen and len(seen) >= capacity:
-            self._make_room(at, capacity, horizon)
-        if seen.get(item, -math.inf) < at:
+        old = seen.get(item)
+        if old is None:
+            if len(seen) >= capacity:
+                self._make_room(at, capacity, horizon)
+            seen[item] = at
+            if at < self.oldest:
+                self.oldest = at
+        elif old < at:
             seen[item] = at
         if at > self.touched:
             self.touched = at
@@ -45,13 +53,20 @@ class RecentSet:
             del seen[item]
         while len(seen) >= capacity:
             del seen[min(seen, key=seen.__getitem__)]
+        self.oldest = min(seen.values(), default=math.inf)
 
     def count(self, since: float) -> int:
         """Distinct items seen after *since*."""
+        if since < self.oldest:
+            return len(self.seen)
         n = 0
+        oldest = math.inf
         for t in self.seen.values():
             if t > since:
                 n += 1
+            if t < oldest:
+                oldest = t
+        self.oldest = oldest
         return n
 
     def merge(self, items: Iterable[tuple[str, float]], capacity: int, horizon: float) -> None:

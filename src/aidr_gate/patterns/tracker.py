@@ -14,9 +14,7 @@ back into the same tables; the request path never waits for it.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from functools import lru_cache
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from aidr_gate.facts import Identity, Origin
@@ -69,18 +67,18 @@ class Table(Generic[V]):
             self.evicted += 1
 
 
-@dataclass(frozen=True, slots=True)
-class _Wanted:
-    """One signal to compute per request: its name, what it reads, and its window."""
+# One request's keys: token (entity and subject), entity, client address, network prefix.
+Keys = tuple[str | None, str, str | None, str | None]
+# One request's rows: token, entity, address and network sets, then token and entity shares
+# (``None`` where the request has no such key, or the row is not tracked).
+Rows = list[RecentSet | Shares | None]
+# A signal computed from one request's rows: (at, rows) -> value.
+Compute = Callable[[float, Rows], float]
+_SET_SLOT = {Subject.TOKEN: 0, Subject.ENTITY: 1, Subject.ADDRESS: 2, Subject.NETWORK: 3}
+_SHARE_SLOT = {Subject.TOKEN: 4, Subject.ENTITY: 5}
+NETWORK_CACHE = 65_536  # client addresses whose prefix is remembered
 
-    name: str
-    subject: Subject
-    measure: Measure
-    seconds: float
-    index: int  # the window's position among the tracked windows (Shares' layout)
 
-
-@lru_cache(maxsize=65_536)
 def network_of(ip: str, v4: int, v6: int) -> str | None:
     """The prefix a client address belongs to (``203.0.113.0/24``); ``None`` for no address."""
     try:
@@ -89,6 +87,22 @@ def network_of(ip: str, v4: int, v6: int) -> str | None:
         return None
     bits = v4 if address.version == 4 else v6
     return str(ipaddress.ip_network(f"{address}/{bits}", strict=False))
+
+
+def _counter(slot: int, seconds: float) -> Compute:
+    def count(at: float, rows: Rows) -> float:
+        row = rows[slot]
+        return row.count(at - seconds) if row is not None else 0  # type: ignore[union-attr]
+
+    return count
+
+
+def _sharer(slot: int, window: int, which: int, tau: float) -> Compute:
+    def share(at: float, rows: Rows) -> float:
+        row = rows[slot]
+        return row.share(window, which, at, tau) if row is not None else 0.0  # type: ignore[union-attr]
+
+    return share
 
 
 class PatternTracker:
@@ -104,10 +118,14 @@ class PatternTracker:
         self.observed = 0
         self._pack_keys: tuple[str, ...] = ()
         self.windows: tuple[float, ...] = ()
+        self.share_windows: tuple[float, ...] = ()  # the windows of share signals only
         self.horizon = 0.0
-        self._wanted: tuple[_Wanted, ...] = ()
-        self.subjects: frozenset[Subject] = frozenset()
+        self._computes: tuple[tuple[str, Compute], ...] = ()
+        self.subjects: frozenset[str] = frozenset()
+        self._token_sets = self._token_shares = self._entity_sets = self._entity_shares = False
+        self._addresses = self._networks = False
         self._degraded_wanted = False
+        self._prefixes: dict[str, str | None] = {}
         # One table per subject and kind of sketch; ``spare`` is filled in by ``want``.
         self.token_sets: Table[RecentSet] = Table(limit, 0.0)
         self.entity_sets: Table[RecentSet] = Table(limit, 0.0)
@@ -128,31 +146,57 @@ class PatternTracker:
             if parsed is not None and parsed not in keys:
                 keys.append(parsed)
         windows = tuple(sorted({k.seconds for k in keys}))
-        if windows != self.windows:
+        share_windows = tuple(
+            sorted(
+                {
+                    k.seconds
+                    for k in keys
+                    if k.family.measure in (Measure.ANONYMIZER_SHARE, Measure.WORSE_SHARE)
+                }
+            )
+        )
+        if share_windows != self.share_windows:
             # Shares keep one slot per window: a new layout starts their counts afresh.
             self.token_shares.rows.clear()
             self.entity_shares.rows.clear()
         self.windows = windows
+        self.share_windows = share_windows
         self.horizon = windows[-1] if windows else 0.0
         shortest = windows[0] if windows else 0.0
         for table in self.tables():
             table.spare = shortest
-        self._wanted = tuple(
-            _Wanted(k.name, k.family.subject, k.family.measure, k.seconds, windows.index(k.seconds))
-            for k in keys
-        )
-        self.subjects = frozenset(k.family.subject for k in keys)
+        computes: list[tuple[str, Compute]] = []
+        wanted: set[tuple[str, bool]] = set()  # (subject, counts distinct items)
+        for k in keys:
+            subject, measure = k.family.subject, k.family.measure
+            if measure in (Measure.COUNTRIES, Measure.ENTITIES):
+                computes.append((k.name, _counter(_SET_SLOT[subject], k.seconds)))
+                wanted.add((subject, True))
+            else:
+                which = 1 if measure == Measure.ANONYMIZER_SHARE else 2
+                slot = share_windows.index(k.seconds)
+                computes.append((k.name, _sharer(_SHARE_SLOT[subject], slot, which, k.seconds)))
+                wanted.add((subject, False))
+        self._computes = tuple(computes)
+        self.subjects = frozenset(subject for subject, _ in wanted)
+        self._token_sets = (Subject.TOKEN, True) in wanted
+        self._token_shares = (Subject.TOKEN, False) in wanted
+        self._entity_sets = (Subject.ENTITY, True) in wanted
+        self._entity_shares = (Subject.ENTITY, False) in wanted
+        self._addresses = Subject.ADDRESS in self.subjects
+        self._networks = Subject.NETWORK in self.subjects
         self._degraded_wanted = DEGRADED_KEY in self._pack_keys
+        self.needs_worse = any(k.family.measure == Measure.WORSE_SHARE for k in keys)
 
     @property
     def active(self) -> bool:
         """True when some signal is tracked (else observing costs nothing)."""
-        return bool(self._wanted) or self._reports_degraded
+        return bool(self._computes) or self._reports_degraded
 
     @property
     def names(self) -> tuple[str, ...]:
         """The signals each decision carries, in order."""
-        out = tuple(w.name for w in self._wanted)
+        out = tuple(name for name, _ in self._computes)
         return (*out, DEGRADED_KEY) if self._reports_degraded else out
 
     @property
@@ -177,123 +221,117 @@ class PatternTracker:
         shared = self.shared
         return shared is not None and shared.degraded
 
-    def keys_for(
-        self, identity: Identity | None, origin: Origin
-    ) -> tuple[str | None, str | None, str | None, str | None]:
+    def keys_for(self, identity: Identity, origin: Origin) -> Keys:
         """The token, entity, address and network keys of one request."""
-        if identity is None:
-            return None, None, None, None
         entity = identity.entity_id
-        token = f"{entity}\x1f{identity.subject}" if identity.subject is not None else None
+        subject = identity.subject
         ip = origin.ip
         network = None
-        if ip is not None and Subject.NETWORK in self.subjects:
-            network = network_of(ip, self.settings.ipv4_prefix, self.settings.ipv6_prefix)
-        return token, entity, ip, network
+        if ip is not None and self._networks:
+            prefixes = self._prefixes
+            if ip in prefixes:
+                network = prefixes[ip]
+            else:
+                if len(prefixes) >= NETWORK_CACHE:
+                    prefixes.clear()
+                settings = self.settings
+                network = prefixes[ip] = network_of(ip, settings.ipv4_prefix, settings.ipv6_prefix)
+        return (
+            entity + "\x1f" + subject if subject is not None else None,
+            entity,
+            ip,
+            network,
+        )
 
     # -- per request ------------------------------------------------------------------------------
 
     def observe(self, at: float, identity: Identity | None, origin: Origin, worse: bool) -> Signals:
         """Count one request, then give the signals wanted (the request itself included)."""
-        if not self.active:
-            return NO_SIGNALS
-        if identity is not None:
-            self._count(at, identity, origin, worse)
-        return self.signals(at, identity, origin)
-
-    def _count(self, at: float, identity: Identity, origin: Origin, worse: bool) -> None:
-        token, _, ip, network = self.keys_for(identity, origin)
-        entity = identity.entity_id
-        subjects = self.subjects
-        country = origin.country
-        capacity, horizon = self.capacity, self.horizon
-        shared = self.shared
-        dirty = shared.dirty if shared is not None else None
-        self.observed += 1
-        if Subject.TOKEN in subjects and token is not None:
-            if country is not None:
-                self._set(self.token_sets, token, country, at, capacity, horizon)
-            self._share(self.token_shares, token, at, origin, worse)
-            if dirty is not None:
-                dirty.add((Subject.TOKEN, token))
-        if Subject.ENTITY in subjects:
-            if country is not None:
-                self._set(self.entity_sets, entity, country, at, capacity, horizon)
-            self._share(self.entity_shares, entity, at, origin, worse)
-            if dirty is not None:
-                dirty.add((Subject.ENTITY, entity))
-        if ip is not None and Subject.ADDRESS in subjects:
-            self._set(self.address_sets, ip, entity, at, capacity, horizon)
-            if dirty is not None:
-                dirty.add((Subject.ADDRESS, ip))
-        if network is not None:
-            self._set(self.network_sets, network, entity, at, capacity, horizon)
-            if dirty is not None:
-                dirty.add((Subject.NETWORK, network))
-
-    @staticmethod
-    def _set(
-        table: Table[RecentSet], key: str, item: str, at: float, capacity: int, horizon: float
-    ) -> None:
-        row = table.rows.get(key)
-        if row is None:
-            if len(table.rows) >= table.limit:
-                table.make_room(at)
-            row = table.rows[key] = RecentSet()
-        row.add(item, at, capacity, horizon)
-
-    def _share(
-        self, table: Table[Shares], key: str, at: float, origin: Origin, worse: bool
-    ) -> None:
-        row = table.rows.get(key)
-        if row is None:
-            if len(table.rows) >= table.limit:
-                table.make_room(at)
-            row = table.rows[key] = Shares(len(self.windows))
-        row.add(at, bool(origin.anonymizer), worse, self.windows)
+        if identity is None:
+            return self._blank()
+        keys = self.keys_for(identity, origin)
+        rows = self._count(at, keys, origin.country, bool(origin.anonymizer), worse)
+        return self._compute(at, rows)
 
     def signals(self, at: float, identity: Identity | None, origin: Origin) -> Signals:
         """The signals wanted for a request like this one, without counting it."""
-        out: dict[str, float] = {}
-        if not self.active:
-            return out
+        if identity is None:
+            return self._blank()
         token, entity, ip, network = self.keys_for(identity, origin)
-        for w in self._wanted:
-            subject, measure = w.subject, w.measure
-            key = (
-                token
-                if subject is Subject.TOKEN
-                else entity
-                if subject is Subject.ENTITY
-                else ip
-                if subject is Subject.ADDRESS
-                else network
-            )
-            value = 0.0
-            if key is not None:
-                if measure is Measure.COUNTRIES or measure is Measure.ENTITIES:
-                    sets = (
-                        self.token_sets
-                        if subject is Subject.TOKEN
-                        else self.entity_sets
-                        if subject is Subject.ENTITY
-                        else self.address_sets
-                        if subject is Subject.ADDRESS
-                        else self.network_sets
-                    )
-                    row = sets.rows.get(key)
-                    if row is not None:
-                        value = row.count(at - w.seconds)
-                else:
-                    shares = self.token_shares if subject is Subject.TOKEN else self.entity_shares
-                    srow = shares.rows.get(key)
-                    if srow is not None:
-                        which = 1 if measure is Measure.ANONYMIZER_SHARE else 2
-                        value = round(srow.share(w.index, which, at, w.seconds), 4)
-            out[w.name] = value
+        rows: Rows = [
+            self.token_sets.rows.get(token) if token is not None else None,
+            self.entity_sets.rows.get(entity),
+            self.address_sets.rows.get(ip) if ip is not None else None,
+            self.network_sets.rows.get(network) if network is not None else None,
+            self.token_shares.rows.get(token) if token is not None else None,
+            self.entity_shares.rows.get(entity),
+        ]
+        return self._compute(at, rows)
+
+    def _blank(self) -> dict[str, float]:
+        out = {name: 0.0 for name, _ in self._computes}
         if self._reports_degraded:
             out[DEGRADED_KEY] = 1.0 if self.degraded else 0.0
         return out
+
+    def _compute(self, at: float, rows: Rows) -> dict[str, float]:
+        out = {name: compute(at, rows) for name, compute in self._computes}
+        if self._degraded_wanted or self.shared is not None:
+            out[DEGRADED_KEY] = 1.0 if self.degraded else 0.0
+        return out
+
+    def _count(
+        self, at: float, keys: Keys, country: str | None, anonymous: bool, worse: bool
+    ) -> Rows:
+        """Count one request in every tracked row; the rows it touched (for its signals)."""
+        token, entity, ip, network = keys
+        capacity, horizon = self.capacity, self.horizon
+        shared = self.shared
+        dirty = shared.dirty if shared is not None else None
+        rows: Rows = [None, None, None, None, None, None]
+        self.observed += 1
+        if token is not None:
+            if self._token_sets:
+                rows[0] = (
+                    _add(self.token_sets, token, country, at, capacity, horizon)
+                    if country is not None
+                    else self.token_sets.rows.get(token)
+                )
+            if self._token_shares:
+                rows[4] = self._share(self.token_shares, token, at, anonymous, worse)
+            if dirty is not None and (self._token_sets or self._token_shares):
+                dirty.add((Subject.TOKEN, token))
+        if self._entity_sets or self._entity_shares:
+            if self._entity_sets:
+                rows[1] = (
+                    _add(self.entity_sets, entity, country, at, capacity, horizon)
+                    if country is not None
+                    else self.entity_sets.rows.get(entity)
+                )
+            if self._entity_shares:
+                rows[5] = self._share(self.entity_shares, entity, at, anonymous, worse)
+            if dirty is not None:
+                dirty.add((Subject.ENTITY, entity))
+        if ip is not None and self._addresses:
+            rows[2] = _add(self.address_sets, ip, entity, at, capacity, horizon)
+            if dirty is not None:
+                dirty.add((Subject.ADDRESS, ip))
+        if network is not None:
+            rows[3] = _add(self.network_sets, network, entity, at, capacity, horizon)
+            if dirty is not None:
+                dirty.add((Subject.NETWORK, network))
+        return rows
+
+    def _share(
+        self, table: Table[Shares], key: str, at: float, anonymous: bool, worse: bool
+    ) -> Shares:
+        row = table.rows.get(key)
+        if row is None:
+            if len(table.rows) >= table.limit:
+                table.make_room(at)
+            row = table.rows[key] = Shares(len(self.share_windows))
+        row.add(at, anonymous, worse, self.share_windows)
+        return row
 
     def health(self) -> dict[str, Any]:
         """What ``/readyz`` says: local, or the shared view's state; and the signals tracked."""
@@ -315,3 +353,15 @@ class PatternTracker:
         """Keys held per table (metrics, the bench)."""
         names = ("token", "entity", "address", "network", "token_shares", "entity_shares")
         return {name: len(table) for name, table in zip(names, self.tables(), strict=True)}
+
+
+def _add(
+    table: Table[RecentSet], key: str, item: str, at: float, capacity: int, horizon: float
+) -> RecentSet:
+    row = table.rows.get(key)
+    if row is None:
+        if len(table.rows) >= table.limit:
+            table.make_room(at)
+        row = table.rows[key] = RecentSet()
+    row.add(item, at, capacity, horizon)
+    return row
