@@ -15,7 +15,7 @@ Read with a :class:`~aidr_gate.document.Checker` like every other section, so pr
         url: redis://127.0.0.1:6379/0
         prefix: "aidr:patterns:"
         interval: 0.25           # seconds between a batch of writes and a refresh of the view
-        timeout: 0.5             # seconds a Redis round trip may take
+        timeout: 1.0             # seconds a Redis reply may take (a round: four times that)
         stale_after: 2.0         # a view older than this is degraded: signals count this replica only
         watch: 300               # seconds a key stays in the refreshed view after its last request
         max_batch: 5000          # keys written or read per round trip at most
@@ -46,7 +46,7 @@ class RedisSettings:
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "aidr:patterns:"
     interval: float = 0.25
-    timeout: float = 0.5
+    timeout: float = 1.0
     stale_after: float = 2.0
     watch: float = 300.0
     max_batch: int = 5000

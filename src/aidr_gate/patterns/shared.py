@@ -41,8 +41,9 @@ logger = logging.getLogger("aidr_gate.patterns")
 Key = tuple[str, str]  # (a Subject, the key)
 # Round trips are cut into chunks of this many keys, with a yield to the event loop between
 # chunks, so merging a large view never holds requests up for long.
-CHUNK = 256
+CHUNK = 32
 MAX_BACKOFF = 2.0
+TRIM_EVERY = 16  # a key's sorted set is trimmed about one write in this many
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,10 @@ class SharedState:
         self._since: float | None = None
         self._synced_at: float | None = None
         self._flushed_at = 0.0
+        self._trims = 0
+        self._cursor = 0
+        self._read_at: dict[Key, float] = {}
+        self._rotation: list[Key] = []
         self._error: str | None = None
         self.rounds = 0
         self.failures = 0
@@ -247,55 +252,91 @@ class SharedState:
         for entry in changed:
             watched.pop(entry, None)
             watched[entry] = now  # most recently changed last
-        # Write: the changed keys, in chunks.
+        # Write what is news: an item this replica has not shared, or counts and last-seen times
+        # not shared for ``resolution`` seconds (a window's edge moves by at most that much).
+        resolution = max(self.settings.interval, min(tracker.windows or (60.0,)) / 20)
         since = max(now - horizon, self._flushed_at - 2 * self.settings.interval)
-        writes = list(changed)
-        for start in range(0, len(writes), self.settings.max_batch):
+        writes = [k for k in changed if self._due(k, now, resolution)]
+        self._trims += 1
+        for start in range(0, len(writes), CHUNK):
             pipe = client.pipeline(transaction=False)
-            for subject, key in writes[start : start + self.settings.max_batch]:
-                row = self._sets(subject).rows.get(key)
-                name = self._key(subject, "s", key)
+            for subject, key in writes[start : start + CHUNK]:
+                row = self._sets(subject).rows.get(key) if tracker.tracks_sets(subject) else None
                 if row is not None:
+                    row.news, row.flushed = False, now
+                    name = self._key(subject, "s", key)
                     items = row.items_since(since)
                     if items:
                         pipe.zadd(name, dict(items), gt=True)
-                    pipe.zremrangebyscore(name, "-inf", now - horizon)
-                    pipe.zremrangebyrank(name, 0, -(capacity + 1))
                     pipe.expire(name, ttl)
+                    # Trimming is for size only (reads ask for the window): now and then.
+                    if (self._trims + len(key)) % TRIM_EVERY == 0:
+                        pipe.zremrangebyscore(name, "-inf", now - horizon)
+                        pipe.zremrangebyrank(name, 0, -(capacity + 1))
                 shares = self._shares(subject)
                 srow = shares.rows.get(key) if shares is not None else None
                 if srow is not None:
+                    srow.flushed = now
                     cname = self._key(subject, "c", key)
                     values = srow.decayed(now, tracker.share_windows)
                     pipe.hset(cname, self.replica, _encode(tracker.share_windows, now, values))
                     pipe.expire(cname, ttl)
             await pipe.execute()
-        # Read back: every key seen within ``watch``, most recent first, at most ``max_batch``.
+            await asyncio.sleep(0)
+        # Read back what changed here, and a rotating share of the other keys seen within
+        # ``watch`` (what other replicas may have changed since), at most ``max_batch`` keys.
         cutoff = now - self.settings.watch
         while watched:
             first = next(iter(watched))
             if watched[first] >= cutoff:
                 break
             del watched[first]
-        reads: list[Key] = []
-        for entry in reversed(watched):
-            reads.append(entry)
-            if len(reads) >= self.settings.max_batch:
-                break
+        budget = self.settings.max_batch
+        # Keys used here are read again at most every other round: a change another replica
+        # made is seen within about three intervals.
+        refresh = 2 * self.settings.interval
+        read_at = self._read_at
+        reads = [k for k in changed if now - read_at.get(k, 0.0) >= refresh][:budget]
+        if len(reads) < budget and watched:
+            # A rotation through the other keys seen here, a slice per round.
+            if self._cursor >= len(self._rotation):
+                self._rotation, self._cursor = list(watched), 0
+            take = min(max(budget // 4, 1), budget - len(reads))
+            for entry in self._rotation[self._cursor : self._cursor + take]:
+                if entry in watched and entry not in changed:
+                    reads.append(entry)
+            self._cursor += take
         if not writes and not reads:
             await client.ping()  # nothing to exchange: still find out whether Redis is there
+        if len(read_at) > 2 * max(len(watched), 1024):
+            self._read_at = read_at = {k: t for k, t in read_at.items() if k in watched}
         for start in range(0, len(reads), CHUNK):
             chunk = reads[start : start + CHUNK]
             pipe = client.pipeline(transaction=False)
+            for entry in chunk:
+                read_at[entry] = now
             for subject, key in chunk:
-                pipe.zrangebyscore(
-                    self._key(subject, "s", key), now - horizon, "+inf", withscores=True
-                )
-                if self._shares(subject) is not None:
+                if tracker.tracks_sets(subject):
+                    pipe.zrangebyscore(
+                        self._key(subject, "s", key), now - horizon, "+inf", withscores=True
+                    )
+                if tracker.tracks_shares(subject):
                     pipe.hgetall(self._key(subject, "c", key))
             replies = await pipe.execute()
             self._merge(now, chunk, replies)
             await asyncio.sleep(0)  # let requests through between chunks
+
+    def _due(self, entry: Key, now: float, resolution: float) -> bool:
+        """True when a key changed here holds something to share."""
+        subject, key = entry
+        tracker = self.tracker
+        if tracker.tracks_sets(subject):
+            row = self._sets(subject).rows.get(key)
+            if row is not None and (row.news or now - row.flushed >= resolution):
+                return True
+        shares = self._shares(subject)
+        srow = shares.rows.get(key) if shares is not None else None
+        return srow is not None and now - srow.flushed >= resolution
 
     def _merge(self, now: float, chunk: list[Key], replies: list[Any]) -> None:
         tracker = self.tracker
@@ -303,22 +344,25 @@ class SharedState:
         windows = tracker.share_windows
         position = 0
         for subject, key in chunk:
-            items = replies[position]
-            position += 1
-            table = self._sets(subject)
-            if items:
-                row = table.rows.get(key)
-                if row is None:
-                    if len(table.rows) >= table.limit:
-                        table.make_room(now)
-                    row = table.rows[key] = RecentSet()
-                row.merge(((str(i), float(t)) for i, t in items), capacity, horizon)
-            shares = self._shares(subject)
-            if shares is None:
+            if tracker.tracks_sets(subject):
+                items = replies[position]
+                position += 1
+                table = self._sets(subject)
+                if items:
+                    row = table.rows.get(key)
+                    if row is None:
+                        if len(table.rows) >= table.limit:
+                            table.make_room(now)
+                        row = table.rows[key] = RecentSet()
+                    news = row.news  # what another replica told is no news of this one's
+                    row.merge(items, capacity, horizon)
+                    row.news = news
+            if not tracker.tracks_shares(subject):
                 continue
             fields = replies[position]
             position += 1
-            srow = shares.rows.get(key)
+            shares = self._shares(subject)
+            srow = shares.rows.get(key) if shares is not None else None
             if srow is None or len(srow.values) != 3 * len(windows):
                 continue
             others = [0.0] * (3 * len(windows))

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 class RecentSet:
     """Distinct items with the time each was last seen; at most *capacity* (the most recent)."""
 
-    __slots__ = ("oldest", "seen", "touched")
+    __slots__ = ("flushed", "news", "oldest", "seen", "touched")
 
     def __init__(self) -> None:
         self.seen: dict[str, float] = {}
@@ -29,6 +29,9 @@ class RecentSet:
         # At most the earliest time in ``seen`` (exact after a full count): while a window starts
         # before it, every entry is inside and the count is ``len(seen)``, with no loop.
         self.oldest = math.inf
+        # For a fleet: an item this replica has not shared yet, and when it last shared the set.
+        self.news = False
+        self.flushed = 0.0
 
     def add(self, item: str, at: float, capacity: int, horizon: float) -> None:
         """Note *item* at *at*; past *capacity*, forget what is older than *horizon* seconds, then
@@ -39,6 +42,7 @@ class RecentSet:
             if len(seen) >= capacity:
                 self._make_room(at, capacity, horizon)
             seen[item] = at
+            self.news = True
             if at < self.oldest:
                 self.oldest = at
         elif old < at:
@@ -86,7 +90,7 @@ class Shares:
     rest of the fleet (as of ``others_at``), refreshed from the shared view.
     """
 
-    __slots__ = ("at", "others", "others_at", "touched", "values")
+    __slots__ = ("at", "flushed", "others", "others_at", "touched", "values")
 
     def __init__(self, windows: int) -> None:
         self.values = [0.0] * (3 * windows)
@@ -94,6 +98,7 @@ class Shares:
         self.others: list[float] | None = None
         self.others_at = 0.0
         self.touched = 0.0
+        self.flushed = 0.0  # when this replica last shared its counts
 
     def add(self, at: float, anonymous: bool, worse: bool, taus: Sequence[float]) -> None:
         """Count one request at *at* in every window (time constants *taus*)."""

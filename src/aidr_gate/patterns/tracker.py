@@ -215,6 +215,20 @@ class PatternTracker:
             self.entity_shares,
         )
 
+    def tracks_sets(self, subject: str) -> bool:
+        """True when distinct items are counted for *subject* (a :class:`Subject`)."""
+        if subject == Subject.TOKEN:
+            return self._token_sets
+        if subject == Subject.ENTITY:
+            return self._entity_sets
+        return self._addresses if subject == Subject.ADDRESS else self._networks
+
+    def tracks_shares(self, subject: str) -> bool:
+        """True when request shares are counted for *subject*."""
+        if subject == Subject.TOKEN:
+            return self._token_shares
+        return self._entity_shares if subject == Subject.ENTITY else False
+
     @property
     def degraded(self) -> bool:
         """True when the fleet's view is configured but lost: signals count this replica only."""
