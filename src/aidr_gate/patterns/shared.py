@@ -46,6 +46,47 @@ MAX_BACKOFF = 2.0
 TRIM_EVERY = 16  # a key's sorted set is trimmed about one write in this many
 
 
+# Writes of one chunk. ARGV: ttl, trim-below score, capacity, replica; then per key, in KEYS
+# order, either "s", trim (0/1), n, score, member... (a sorted set of items by last-seen time,
+# ZADD GT: a later time wins whoever wrote it) or "c", this replica's counts (its hash field).
+_WRITE = """
+local ttl, low, cap, replica = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local p = 5
+for _, key in ipairs(KEYS) do
+  if ARGV[p] == "s" then
+    local trim, n = ARGV[p + 1] == "1", tonumber(ARGV[p + 2])
+    p = p + 3
+    for _ = 1, n do
+      redis.call("ZADD", key, "GT", ARGV[p], ARGV[p + 1])
+      p = p + 2
+    end
+    if trim then
+      redis.call("ZREMRANGEBYSCORE", key, "-inf", low)
+      redis.call("ZREMRANGEBYRANK", key, 0, -(cap + 1))
+    end
+  else
+    redis.call("HSET", key, replica, ARGV[p + 1])
+    p = p + 2
+  end
+  redis.call("EXPIRE", key, ttl)
+end
+return #KEYS
+"""
+# Reads of one chunk: per key, the items seen since ARGV[1] with their times (a sorted set: "s"
+# in ARGV[1 + i]) or every replica's counts (a hash: "c"), as flat lists.
+_READ = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  if ARGV[i + 1] == "s" then
+    out[i] = redis.call("ZRANGEBYSCORE", key, ARGV[1], "+inf", "WITHSCORES")
+  else
+    out[i] = redis.call("HGETALL", key)
+  end
+end
+return out
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class SharedHealth:
     """What ``/readyz`` and the metrics say of the shared view."""
@@ -114,6 +155,7 @@ class SharedState:
         self._cursor = 0
         self._read_at: dict[Key, float] = {}
         self._rotation: list[Key] = []
+        self._scripts: tuple[Any, ...] = ()
         self._error: str | None = None
         self.rounds = 0
         self.failures = 0
@@ -179,6 +221,10 @@ class SharedState:
                 health_check_interval=0,
                 retry_on_timeout=False,
             )
+        self._scripts = (
+            self._client.register_script(_WRITE),
+            self._client.register_script(_READ),
+        )
         await self.round()
         self._task = asyncio.create_task(self._run(), name="aidr-patterns-redis")
 
@@ -259,29 +305,29 @@ class SharedState:
         writes = [k for k in changed if self._due(k, now, resolution)]
         self._trims += 1
         for start in range(0, len(writes), CHUNK):
-            pipe = client.pipeline(transaction=False)
+            # One script call per chunk: redis-py spends far more per command than per argument.
+            keys: list[str] = []
+            args: list[str | float | int] = [ttl, now - horizon, capacity, self.replica]
             for subject, key in writes[start : start + CHUNK]:
                 row = self._sets(subject).rows.get(key) if tracker.tracks_sets(subject) else None
                 if row is not None:
                     row.news, row.flushed = False, now
-                    name = self._key(subject, "s", key)
                     items = row.items_since(since)
-                    if items:
-                        pipe.zadd(name, dict(items), gt=True)
-                    pipe.expire(name, ttl)
+                    keys.append(self._key(subject, "s", key))
                     # Trimming is for size only (reads ask for the window): now and then.
-                    if (self._trims + len(key)) % TRIM_EVERY == 0:
-                        pipe.zremrangebyscore(name, "-inf", now - horizon)
-                        pipe.zremrangebyrank(name, 0, -(capacity + 1))
+                    trim = (self._trims + len(key)) % TRIM_EVERY == 0
+                    args += ("s", 1 if trim else 0, len(items))
+                    for item, at in items:
+                        args += (at, item)
                 shares = self._shares(subject)
                 srow = shares.rows.get(key) if shares is not None else None
                 if srow is not None:
                     srow.flushed = now
-                    cname = self._key(subject, "c", key)
+                    keys.append(self._key(subject, "c", key))
                     values = srow.decayed(now, tracker.share_windows)
-                    pipe.hset(cname, self.replica, _encode(tracker.share_windows, now, values))
-                    pipe.expire(cname, ttl)
-            await pipe.execute()
+                    args += ("c", _encode(tracker.share_windows, now, values))
+            if keys:
+                await self._scripts[0](keys=keys, args=args, client=client)
             await asyncio.sleep(0)
         # Read back what changed here, and a rotating share of the other keys seen within
         # ``watch`` (what other replicas may have changed since), at most ``max_batch`` keys.
@@ -312,17 +358,18 @@ class SharedState:
             self._read_at = read_at = {k: t for k, t in read_at.items() if k in watched}
         for start in range(0, len(reads), CHUNK):
             chunk = reads[start : start + CHUNK]
-            pipe = client.pipeline(transaction=False)
+            keys = []
+            kinds: list[str | float] = [now - horizon]
             for entry in chunk:
                 read_at[entry] = now
-            for subject, key in chunk:
+                subject, key = entry
                 if tracker.tracks_sets(subject):
-                    pipe.zrangebyscore(
-                        self._key(subject, "s", key), now - horizon, "+inf", withscores=True
-                    )
+                    keys.append(self._key(subject, "s", key))
+                    kinds.append("s")
                 if tracker.tracks_shares(subject):
-                    pipe.hgetall(self._key(subject, "c", key))
-            replies = await pipe.execute()
+                    keys.append(self._key(subject, "c", key))
+                    kinds.append("c")
+            replies = await self._scripts[1](keys=keys, args=kinds, client=client)
             self._merge(now, chunk, replies)
             await asyncio.sleep(0)  # let requests through between chunks
 
@@ -349,6 +396,7 @@ class SharedState:
                 position += 1
                 table = self._sets(subject)
                 if items:
+                    items = [(items[n], float(items[n + 1])) for n in range(0, len(items), 2)]
                     row = table.rows.get(key)
                     if row is None:
                         if len(table.rows) >= table.limit:
@@ -366,7 +414,9 @@ class SharedState:
             if srow is None or len(srow.values) != 3 * len(windows):
                 continue
             others = [0.0] * (3 * len(windows))
-            for replica, text in (fields or {}).items():
+            pairs = fields or []
+            for n in range(0, len(pairs) - 1, 2):
+                replica, text = pairs[n], pairs[n + 1]
                 if replica == self.replica:
                     continue
                 decoded = _decode(str(text), windows)
