@@ -43,41 +43,46 @@ Key = tuple[str, str]  # (a Subject, the key)
 # chunks, so merging a large view never holds requests up for long.
 CHUNK = 32
 MAX_BACKOFF = 2.0
+_SEP = "\x1f"
 TRIM_EVERY = 16  # a key's sorted set is trimmed about one write in this many
 
 
-# Writes of one chunk. ARGV: ttl, trim-below score, capacity, replica; then per key, in KEYS
-# order, either "s", trim (0/1), n, score, member... (a sorted set of items by last-seen time,
-# ZADD GT: a later time wins whoever wrote it) or "c", this replica's counts (its hash field).
+# Writes of one chunk. ARGV: ttl, trim-below score, capacity, replica; then one per key, in KEYS
+# order: "s" (or "t": and trim) and score, member, score, member... joined by \x1f (a sorted set
+# of items by last-seen time, ZADD GT: a later time wins whoever wrote it), or "c" and this
+# replica's counts (its field of the key's hash). Item names never hold \x1f (ids and codes).
 _WRITE = """
 local ttl, low, cap, replica = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local p = 5
-for _, key in ipairs(KEYS) do
-  if ARGV[p] == "s" then
-    local trim, n = ARGV[p + 1] == "1", tonumber(ARGV[p + 2])
-    p = p + 3
-    for _ = 1, n do
-      redis.call("ZADD", key, "GT", ARGV[p], ARGV[p + 1])
-      p = p + 2
+for i, key in ipairs(KEYS) do
+  local arg = ARGV[i + 4]
+  local kind, body = string.sub(arg, 1, 1), string.sub(arg, 2)
+  if kind == "c" then
+    redis.call("HSET", key, replica, body)
+  else
+    local score = nil
+    for part in string.gmatch(body, "[^\\31]+") do
+      if score == nil then
+        score = part
+      else
+        redis.call("ZADD", key, "GT", score, part)
+        score = nil
+      end
     end
-    if trim then
+    if kind == "t" then
       redis.call("ZREMRANGEBYSCORE", key, "-inf", low)
       redis.call("ZREMRANGEBYRANK", key, 0, -(cap + 1))
     end
-  else
-    redis.call("HSET", key, replica, ARGV[p + 1])
-    p = p + 2
   end
   redis.call("EXPIRE", key, ttl)
 end
 return #KEYS
 """
 # Reads of one chunk: per key, the items seen since ARGV[1] with their times (a sorted set: "s"
-# in ARGV[1 + i]) or every replica's counts (a hash: "c"), as flat lists.
+# at position i of ARGV[2]) or every replica's counts (a hash: "c"), as flat lists.
 _READ = """
 local out = {}
 for i, key in ipairs(KEYS) do
-  if ARGV[i + 1] == "s" then
+  if string.sub(ARGV[2], i, i) == "s" then
     out[i] = redis.call("ZRANGEBYSCORE", key, ARGV[1], "+inf", "WITHSCORES")
   else
     out[i] = redis.call("HGETALL", key)
@@ -316,16 +321,18 @@ class SharedState:
                     keys.append(self._key(subject, "s", key))
                     # Trimming is for size only (reads ask for the window): now and then.
                     trim = (self._trims + len(key)) % TRIM_EVERY == 0
-                    args += ("s", 1 if trim else 0, len(items))
-                    for item, at in items:
-                        args += (at, item)
+                    # One argument per key: redis-py encodes each argument in Python.
+                    packed = _SEP.join(
+                        f"{at:.3f}{_SEP}{item}" for item, at in items if _SEP not in item
+                    )
+                    args.append(("t" if trim else "s") + packed)
                 shares = self._shares(subject)
                 srow = shares.rows.get(key) if shares is not None else None
                 if srow is not None:
                     srow.flushed = now
                     keys.append(self._key(subject, "c", key))
                     values = srow.decayed(now, tracker.share_windows)
-                    args += ("c", _encode(tracker.share_windows, now, values))
+                    args.append("c" + _encode(tracker.share_windows, now, values))
             if keys:
                 await self._scripts[0](keys=keys, args=args, client=client)
             await asyncio.sleep(0)
@@ -359,7 +366,7 @@ class SharedState:
         for start in range(0, len(reads), CHUNK):
             chunk = reads[start : start + CHUNK]
             keys = []
-            kinds: list[str | float] = [now - horizon]
+            kinds: list[str] = []
             for entry in chunk:
                 read_at[entry] = now
                 subject, key = entry
@@ -369,7 +376,9 @@ class SharedState:
                 if tracker.tracks_shares(subject):
                     keys.append(self._key(subject, "c", key))
                     kinds.append("c")
-            replies = await self._scripts[1](keys=keys, args=kinds, client=client)
+            replies = await self._scripts[1](
+                keys=keys, args=[now - horizon, "".join(kinds)], client=client
+            )
             self._merge(now, chunk, replies)
             await asyncio.sleep(0)  # let requests through between chunks
 
