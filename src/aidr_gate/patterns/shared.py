@@ -39,9 +39,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("aidr_gate.patterns")
 
 Key = tuple[str, str]  # (a Subject, the key)
-# Round trips are cut into chunks of this many keys, with a yield to the event loop between
+# Round trips are cut into chunks of keys, with a yield to the event loop between
 # chunks, so merging a large view never holds requests up for long.
-CHUNK = 32
+CHUNK = 256  # keys per round trip at most
+# Seconds of work the exchange does between two yields to the event loop, about: a request
+# arriving meanwhile waits no longer than this.
+STALL = 20e-6
 MAX_BACKOFF = 2.0
 _SEP = "\x1f"
 TRIM_EVERY = 16  # a key's sorted set is trimmed about one write in this many
@@ -161,6 +164,7 @@ class SharedState:
         self._read_at: dict[Key, float] = {}
         self._rotation: list[Key] = []
         self._scripts: tuple[Any, ...] = ()
+        self._chunk = 8  # keys per round trip: adapted to the time their handling takes
         self._error: str | None = None
         self.rounds = 0
         self.failures = 0
@@ -309,11 +313,14 @@ class SharedState:
         since = max(now - horizon, self._flushed_at - 2 * self.settings.interval)
         writes = [k for k in changed if self._due(k, now, resolution)]
         self._trims += 1
-        for start in range(0, len(writes), CHUNK):
+        start = 0
+        while start < len(writes):
             # One script call per chunk: redis-py spends far more per command than per argument.
+            began = time.perf_counter()
             keys: list[str] = []
             args: list[str | float | int] = [ttl, now - horizon, capacity, self.replica]
-            for subject, key in writes[start : start + CHUNK]:
+            size = self._chunk
+            for subject, key in writes[start : start + size]:
                 row = self._sets(subject).rows.get(key) if tracker.tracks_sets(subject) else None
                 if row is not None:
                     row.news, row.flushed = False, now
@@ -333,6 +340,8 @@ class SharedState:
                     keys.append(self._key(subject, "c", key))
                     values = srow.decayed(now, tracker.share_windows)
                     args.append("c" + _encode(tracker.share_windows, now, values))
+            start += size
+            self._adapt(time.perf_counter() - began)
             if keys:
                 await self._scripts[0](keys=keys, args=args, client=client)
             await asyncio.sleep(0)
@@ -363,8 +372,10 @@ class SharedState:
             await client.ping()  # nothing to exchange: still find out whether Redis is there
         if len(read_at) > 2 * max(len(watched), 1024):
             self._read_at = read_at = {k: t for k, t in read_at.items() if k in watched}
-        for start in range(0, len(reads), CHUNK):
-            chunk = reads[start : start + CHUNK]
+        start = 0
+        while start < len(reads):
+            chunk = reads[start : start + self._chunk]
+            start += len(chunk)
             keys = []
             kinds: list[str] = []
             for entry in chunk:
@@ -379,8 +390,17 @@ class SharedState:
             replies = await self._scripts[1](
                 keys=keys, args=[now - horizon, "".join(kinds)], client=client
             )
+            began = time.perf_counter()
             self._merge(now, chunk, replies)
+            self._adapt(time.perf_counter() - began)
             await asyncio.sleep(0)  # let requests through between chunks
+
+    def _adapt(self, spent: float) -> None:
+        """Size the next chunk so that the work between two yields stays near ``STALL``."""
+        if spent > STALL and self._chunk > 1:
+            self._chunk = max(1, self._chunk // 2)
+        elif spent < STALL / 2 and self._chunk < CHUNK:
+            self._chunk = min(CHUNK, self._chunk * 2)
 
     def _due(self, entry: Key, now: float, resolution: float) -> bool:
         """True when a key changed here holds something to share."""
