@@ -232,6 +232,7 @@ def build_report(result: ReplayResult, *, top: int = 10) -> dict[str, Any]:
             for chain in result.chains
         ],
         "range": {"first": _time(tally.first_at), "last": _time(tally.last_at)},
+        "signals": result.signals,
         "totals": {
             "lines": tally.lines,
             "records": tally.records,
