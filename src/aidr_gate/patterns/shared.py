@@ -46,6 +46,7 @@ CHUNK = 256  # keys per round trip at most
 # arriving meanwhile waits no longer than this.
 STALL = 20e-6
 MAX_BACKOFF = 2.0
+ROUND_LIMIT = 60.0  # seconds
 _SEP = "\x1f"
 TRIM_EVERY = 16  # a key's sorted set is trimmed about one write in this many
 
@@ -266,7 +267,9 @@ class SharedState:
         now = self._clock()
         changed, self.dirty = self.dirty, set()
         try:
-            await asyncio.wait_for(self._exchange(now, changed), self.settings.timeout * 4)
+            # Each call has its own timeout (a server gone or hung fails the round at once); this
+            # bound is a safety net only: a busy, healthy round may take long.
+            await asyncio.wait_for(self._exchange(now, changed), ROUND_LIMIT)
         except Exception as exc:  # any Redis failure only degrades; the next round retries
             if len(self.dirty) < self.tracker.settings.max_keys:
                 self.dirty |= changed
@@ -274,7 +277,7 @@ class SharedState:
             self._enter("degraded", f"{type(exc).__name__}: {exc}"[:200])
             return False
         self._flushed_at = now
-        self._synced_at = now
+        self._synced_at = self._clock()
         self.rounds += 1
         self._enter("shared")
         return True
@@ -344,6 +347,7 @@ class SharedState:
             self._adapt(time.perf_counter() - began)
             if keys:
                 await self._scripts[0](keys=keys, args=args, client=client)
+                self._alive()
             await asyncio.sleep(0)
         # Read back what changed here, and a rotating share of the other keys seen within
         # ``watch`` (what other replicas may have changed since), at most ``max_batch`` keys.
@@ -390,10 +394,16 @@ class SharedState:
             replies = await self._scripts[1](
                 keys=keys, args=[now - horizon, "".join(kinds)], client=client
             )
+            self._alive()
             began = time.perf_counter()
             self._merge(now, chunk, replies)
             self._adapt(time.perf_counter() - began)
             await asyncio.sleep(0)  # let requests through between chunks
+
+    def _alive(self) -> None:
+        # A call answered while the round goes on: the view is being refreshed, not stale.
+        if self._state == "shared":
+            self._synced_at = self._clock()
 
     def _adapt(self, spent: float) -> None:
         """Size the next chunk so that the work between two yields stays near ``STALL``."""
