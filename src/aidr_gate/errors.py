@@ -229,6 +229,15 @@ class GateNotReady(AidrGateError):
     status = 503
 
 
+class ScreeningUnavailable(AidrGateError):
+    """The restricted-party screening a decision needs is missing: the screening lists could not be
+    (re)loaded, or the entities re-screened, for longer than the configured ``max_staleness``, so
+    what the gate holds may no longer be the lists in force: the request is denied (fail closed)."""
+
+    reason = "SCREENING_UNAVAILABLE"
+    status = 503
+
+
 class RegistryUnavailable(AidrGateError):
     """The entity registry's store cannot be reached and what the gate cached of it is older than
     the configured ``max_staleness`` (or was never cached): the request is denied (fail closed)."""
