@@ -285,7 +285,7 @@ class Gate:
             status=error.status,
             reasons=(error.reason,),
             rule=f"gate/{stage}",
-            policy=PolicyRef(pack.id, pack.digest, pack.status, pack.in_window(when)),
+            policy=PolicyRef(pack.id, pack.digest, pack.status_at(when), pack.in_window(when)),
             evidence=Evidence(
                 identity=identity,
                 origin=origin,

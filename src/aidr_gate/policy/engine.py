@@ -183,6 +183,9 @@ class _Segment:
     regions: dict[str, frozenset[str]] = field(default_factory=dict)  # region -> groups, whole
     uncertain: dict[str, frozenset[str]] = field(default_factory=dict)  # region -> groups, part
     region_countries: dict[str, frozenset[str]] = field(default_factory=dict)  # country -> groups
+    # The pack reference decisions in this stretch carry, outside and inside the legal window:
+    # the status is the one in force then (``status_history``).
+    refs: tuple[PolicyRef, PolicyRef] = (PolicyRef("", "", "", False), PolicyRef("", "", "", True))
 
 
 class PolicyEngine:
@@ -204,8 +207,6 @@ class PolicyEngine:
         self._model_tiers = pack.model_tiers
         self._known_tiers = frozenset(t.id for t in pack.model_tiers.tiers)
         self._accepted = pack.accepted_agreement_types
-        self._ref_in = PolicyRef(pack.id, pack.digest, pack.status, True)
-        self._ref_out = PolicyRef(pack.id, pack.digest, pack.status, False)
         self._window_from = pack.effective_from if pack.effective_from is not None else -math.inf
         self._window_until = pack.effective_until if pack.effective_until is not None else math.inf
         self._evaluate = lru_cache(maxsize=cache_size)(self._evaluate_uncached)
@@ -224,6 +225,7 @@ class PolicyEngine:
         dated += [m for g in pack.region_groups.values() for m in (*g.regions, *g.uncertain)]
         dated += [w for rule in pack.rules for w in rule.during]
         bounds = sorted({t for m in dated for t in (m.since, m.until) if t is not None})
+        bounds = sorted({*bounds, *(c.since for c in pack.status_history)})
         segments: list[_Segment] = []
         for index in range(len(bounds) + 1):
             # A moment inside segment ``index``: ``[bounds[index-1], bounds[index])``.
@@ -249,6 +251,10 @@ class PolicyEngine:
                     {c: frozenset(g) for c, g in groups.items()},
                     rules,
                     *_region_tables(pack, probe),
+                    refs=(
+                        PolicyRef(pack.id, pack.digest, pack.status_at(probe), False),
+                        PolicyRef(pack.id, pack.digest, pack.status_at(probe), True),
+                    ),
                 )
             )
         return bounds, segments
@@ -305,8 +311,9 @@ class PolicyEngine:
                 at=at,
                 accepted_types=self._accepted,
             )
+        segment = bisect.bisect_right(self._bounds, at)
         facts, outcome, reasons = self._evaluate(
-            bisect.bisect_right(self._bounds, at),
+            segment,
             network_country,
             headquarters,
             parent,
@@ -329,7 +336,7 @@ class PolicyEngine:
             facts,
             agreement,
             tier_source,
-            self._ref_in if in_window else self._ref_out,
+            self._segments[segment].refs[in_window],
         )
 
     def _evaluate_uncached(

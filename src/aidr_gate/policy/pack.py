@@ -30,14 +30,26 @@ from aidr_gate.policy.reach import (
     REGION_KEYS,
     SCREENING_KEYS,
     RegionGroup,
+    StatusChange,
     Window,
     read_during,
     read_reach_test,
     read_region_groups,
+    read_status_history,
+    status_at,
 )
 from aidr_gate.registry import AGREEMENT_TYPES, AgreementState
 
-PACK_STATUSES = ("in-force", "not-enforced", "rescinded", "proposed", "hypothetical")
+# "contested": in the regulation's text, not enforced, its non-enforcement itself challenged
+# (aidr-2025-01 after GAO B-337935).
+PACK_STATUSES = (
+    "in-force",
+    "not-enforced",
+    "contested",
+    "rescinded",
+    "proposed",
+    "hypothetical",
+)
 DENY_STATUSES = (401, 403, 451)
 MAX_EXTENDS_DEPTH = 8
 # Group ids follow the EAR's names where they exist ("E1", "D5"), hence upper case and colons.
@@ -47,6 +59,7 @@ _TOP_KEYS = (
     "id",
     "title",
     "status",
+    "status_history",
     "citations",
     "effective",
     "extends",
@@ -150,6 +163,7 @@ class Rule:
     description: str | None = None
     citation: str | None = None
     during: tuple[Window, ...] = ()  # dated windows the rule applies in; empty: always
+    last: bool = False  # evaluated after every rule without it (a base pack's log rules)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain form for digests and diffs."""
@@ -167,6 +181,8 @@ class Rule:
         }
         if self.during:  # only when present: packs without windows keep their digests
             out["during"] = [w.to_dict() for w in self.during]
+        if self.last:
+            out["last"] = True
         return out
 
 
@@ -190,7 +206,12 @@ class Pack:
     files: tuple[str, ...]
     notes: str | None = None
     region_groups: Mapping[str, RegionGroup] = field(default_factory=dict)
+    status_history: tuple[StatusChange, ...] = ()
     digest: str = field(default="")
+
+    def status_at(self, at: float) -> str:
+        """The pack's legal status at *at* (its ``status_history``, else ``status``)."""
+        return status_at(self.status_history, self.status, at)
 
     def in_window(self, at: float) -> bool:
         """True when *at* falls inside the pack's legal window ``[effective.from, effective.until)``."""
@@ -253,6 +274,8 @@ class Pack:
                 "reason": self.default.reason,
             },
         }
+        if self.status_history:
+            out["status_history"] = [c.to_dict() for c in self.status_history]
         if self.region_groups:  # only when present: packs without regions keep their digests
             out["region_groups"] = {
                 g.id: g.to_dict() for g in sorted(self.region_groups.values(), key=lambda g: g.id)
@@ -751,6 +774,7 @@ def _merge(chain: list[_RawPack]) -> Pack | None:
     rules: list[Rule] = []
     for raw in chain:
         _merge_rules(raw, rules, ctx)
+    rules.sort(key=lambda rule: rule.last)  # stable: the order within each part is kept
     if model_tiers is None or default is None:
         return None
     meta = child.data
@@ -796,6 +820,7 @@ def _merge(chain: list[_RawPack]) -> Pack | None:
         files=tuple(r.check.document.file for r in chain),
         notes=notes if isinstance(notes, str) else None,
         region_groups=region_groups,
+        status_history=read_status_history(child.check, meta.get("status_history"), PACK_STATUSES),
     )
     return _with_digest(pack)
 
@@ -820,7 +845,7 @@ def _merge_rules(raw: _RawPack, rules: list[Rule], ctx: _Context) -> None:
         spec = check.mapping(
             item,
             path,
-            keys=("id", "description", "citation", "when", "then", "during"),
+            keys=("id", "description", "citation", "when", "then", "during", "last"),
             required=("id", "then"),
         )
         if spec is None:
@@ -845,6 +870,7 @@ def _merge_rules(raw: _RawPack, rules: list[Rule], ctx: _Context) -> None:
             description if isinstance(description, str) else None,
             citation if isinstance(citation, str) else None,
             read_during(check, spec.get("during"), join(path, "during")),
+            bool(check.boolean(spec.get("last", False), join(path, "last"))),
         )
         position = next((i for i, r in enumerate(rules) if r.id == rule_id), None)
         if position is None:

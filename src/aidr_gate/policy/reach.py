@@ -9,7 +9,10 @@ Kept apart from ``pack`` so its schema stays readable; ``pack`` calls these read
   subdivision cannot tell apart (``uncertain``). An origin in a country of the group whose region
   is unknown, or is one of the ``uncertain`` ones, is ``region_uncertain`` for that group.
 - ``during`` limits a rule to dated windows (the Affiliates rule's suspension, say): outside them
-  the rule is skipped, as if absent.
+  the rule is skipped, as if absent. ``last: true`` moves a rule behind every rule without it, so
+  a base pack's ``log`` rules never pre-empt the denies of a pack that extends it.
+- ``status_history`` dates a pack's legal status (``aidr-2025-01``: in force, then not enforced,
+  then contested), so a decision reports the status at its own time.
 """
 
 from __future__ import annotations
@@ -199,6 +202,58 @@ def read_reach_test(
             c for i, v in enumerate(items) if (c := region_code(check, v, join(path, i)))
         )
     return _flag_set(check, value, path, tuple(region_groups), "region group")
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """From ``since`` on, the pack's legal status is ``status`` (until the next change)."""
+
+    status: str
+    since: float
+    citation: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain form for digests and diffs."""
+        return {
+            "status": self.status,
+            "from": format_instant(self.since),
+            "citation": self.citation,
+        }
+
+
+def read_status_history(
+    check: Checker, raw: Any, statuses: Sequence[str]
+) -> tuple[StatusChange, ...]:
+    """A pack's ``status_history``: dated statuses, oldest first."""
+    if raw is None:
+        return ()
+    out: list[StatusChange] = []
+    for index, item in enumerate(check.sequence(raw, "status_history", allow_empty=False) or []):
+        path = join("status_history", index)
+        keys = ("status", "from", "citation", "note")
+        data = check.mapping(item, path, keys=keys, required=("status", "from"))
+        if data is None:
+            continue
+        status = check.string(data.get("status"), join(path, "status"), choices=statuses)
+        since = check.instant(data.get("from"), join(path, "from"))
+        citation = data.get("citation")
+        if status is None or since is None:
+            continue
+        if out and since <= out[-1].since:
+            check.error(join(path, "from"), "must be after the previous change's 'from'")
+            continue
+        out.append(StatusChange(status, since, citation if isinstance(citation, str) else None))
+    return tuple(out)
+
+
+def status_at(history: Sequence[StatusChange], default: str, at: float) -> str:
+    """The status in force at *at*: the latest change before it, else *default*."""
+    current = default
+    for change in history:
+        if change.since > at:
+            break
+        current = change.status
+    return current
 
 
 def read_during(check: Checker, raw: Any, path: str) -> tuple[Window, ...]:
