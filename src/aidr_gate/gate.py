@@ -90,10 +90,23 @@ def load_state(config: GateConfig, *, warnings: list[Problem] | None = None) -> 
         catalog = load_catalog(config.catalog)
     except ConfigError as exc:
         errors.append(exc)
+    screening = None
+    if registry is not None and config.sections.get("screening") is not None:
+        from aidr_gate.screening.settings import load_screening  # only when lists are configured
+
+        try:
+            screening = load_screening(config, registry)  # off the request path: at load
+        except ConfigError as exc:
+            errors.append(exc)
     if errors or engine is None or registry is None or catalog is None:
         raise ConfigError.merge(errors)
     return GateState(
-        engine=engine, registry=registry, catalog=catalog, mode=config.mode, shadow=shadow
+        engine=engine,
+        registry=registry,
+        catalog=catalog,
+        mode=config.mode,
+        shadow=shadow,
+        screening=screening,
     )
 
 

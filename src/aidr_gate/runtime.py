@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -124,6 +125,10 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self.origin.watch(), name="aidr-geoip-watch"))
         if self.config is not None and self._watch_interval > 0:
             self._tasks.append(asyncio.create_task(self._watch_policy(), name="aidr-policy-watch"))
+        if self.gate.state.screening is not None and self.gate.state.screening.source is not None:
+            self._tasks.append(
+                asyncio.create_task(self._watch_screening(), name="aidr-screening-watch")
+            )
         self.started = True
         logger.info("%s", self.summary())
 
@@ -155,6 +160,8 @@ class Runtime:
         ]
         if state.shadow is not None:
             parts.insert(1, f"shadow {state.shadow.pack.id}")
+        if state.screening is not None:
+            parts.append(f"screening lists {state.screening.version.label}")
         parts.append(f"audit: {self.audit.describe()}" if self.audit is not None else "audit: none")
         return "aidr-gate ready: " + "; ".join(parts)
 
@@ -256,6 +263,28 @@ class Runtime:
             await keys.refresh()
         await asyncio.to_thread(self.origin.reload)
         return report
+
+    async def _watch_screening(self) -> None:
+        # The lists are checked in a thread; a change re-screens the registry there, and the new
+        # table is swapped in with the state it was screened for (unless a reload replaced it).
+        while True:
+            state = self.gate.state
+            table = state.screening
+            if table is None or table.source is None:
+                return
+            await asyncio.sleep(table.source.settings.check_interval)
+            state = self.gate.state
+            table = state.screening
+            if table is None or table.source is None:
+                return
+            try:
+                fresh = await asyncio.to_thread(table.source.check, table, state.registry)
+            except Exception:  # a bug here must not end the watch; the staleness bound holds
+                logger.exception("screening check failed")
+                continue
+            if fresh is not None and self.gate.state is state:
+                self.gate.swap(dataclasses.replace(state, screening=fresh))
+                self.telemetry.reload("screening", ok=True)
 
     async def _watch_policy(self) -> None:
         while True:

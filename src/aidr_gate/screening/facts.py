@@ -89,7 +89,7 @@ def with_flags(facts: ScreeningFacts) -> ScreeningFacts:
 class ScreeningTable:
     """Every entity's screening facts, for the request path: one lookup, no work."""
 
-    __slots__ = ("_facts", "_unscreened", "findings", "unavailable", "version")
+    __slots__ = ("_facts", "_unscreened", "findings", "source", "unavailable", "version")
 
     def __init__(
         self,
@@ -111,6 +111,9 @@ class ScreeningTable:
         # Set (by the runtime) when the lists behind this table are older than the bound the
         # configuration allows: the gate then denies SCREENING_UNAVAILABLE (fail closed).
         self.unavailable: str | None = None
+        # The lists and settings the table was screened with (screening.settings), when a
+        # running gate keeps them current; None for a table built by hand.
+        self.source: Any = None
 
     def get(self, entity_id: str) -> ScreeningFacts:
         """The entity's facts; facts saying ``screened=False`` for an entity never screened."""
