@@ -37,7 +37,7 @@ CITY_NETWORKS = {
     "37.0.3.0/24": ("UA", None),  # Ukraine, no subdivision in the record
     "37.0.4.0/24": ("DE", "BE"),
 }
-TODAY = parse_instant("2026-12-02")
+TODAY = parse_instant("2026-12-02") or 0.0
 MODELS = list(load_catalog(EXAMPLES / "models.yaml"))
 ACME = Entity(id="acme-de", headquarters="DE", name="Acme Analytics GmbH")
 

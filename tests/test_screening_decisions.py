@@ -58,9 +58,17 @@ entities:
   clean: {{name: Plain Widgets, headquarters: DE, owners: [{{name: Founder Person, share: 100}}]}}
   nobody-knows: {{name: Obscure Ventures, headquarters: DE}}
 """
-TODAY = parse_instant("2026-12-02")
-SUSPENDED = parse_instant("2026-01-15")  # inside the Affiliates rule's suspension
-FIRST_WINDOW = parse_instant("2025-10-15")  # after publication, before the suspension
+
+
+def instant(text: str) -> float:
+    at = parse_instant(text)
+    assert at is not None
+    return at
+
+
+TODAY = instant("2026-12-02")
+SUSPENDED = instant("2026-01-15")  # inside the Affiliates rule's suspension
+FIRST_WINDOW = instant("2025-10-15")  # after publication, before the suspension
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +136,10 @@ ALLOW = ("allow", None, "ALLOWED")
     ],
 )
 def test_us_baseline(
-    screened: tuple[list[Entity], ScreeningTable], entity: str, at: float, expected: tuple[str, ...]
+    screened: tuple[list[Entity], ScreeningTable],
+    entity: str,
+    at: float,
+    expected: tuple[str, int | None, str],
 ) -> None:
     assert outcome(decide(gate_for("us-embargo-baseline", screened), entity, at=at)) == expected
 
@@ -138,7 +149,7 @@ def test_a_logged_fact_never_lets_in_what_another_rule_denies(
 ) -> None:
     """The baseline's log rules are ``last``: a Tier 3 entity's potential hit is still denied."""
     gate = gate_for("aidr-2025-01", screened)
-    at = parse_instant("2025-03-01")
+    at = instant("2025-03-01")
     decision = decide(gate, "potential-cn", model="aurora-frontier", at=at)
     assert outcome(decision) == ("deny", 451, "TIER3_CONTROLLED_MODEL")
     assert "potential-hit" in decision.evidence.to_dict()["screening"]["flags"]
