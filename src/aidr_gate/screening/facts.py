@@ -83,7 +83,13 @@ def with_flags(facts: ScreeningFacts) -> ScreeningFacts:
         "ownership-partial": facts.ownership_partial,
         "not-screened": not facts.screened,
     }
-    return msgspec.structs.replace(facts, flags=frozenset(k for k, v in named.items() if v))
+    flags = frozenset(k for k, v in named.items() if v)
+    # One object per distinct set (at most 2**9): the engine's cache compares keys by identity
+    # first, so a shared set is found without comparing members.
+    return msgspec.structs.replace(facts, flags=_FLAG_SETS.setdefault(flags, flags))
+
+
+_FLAG_SETS: dict[frozenset[str], frozenset[str]] = {}
 
 
 class ScreeningTable:
