@@ -57,6 +57,11 @@ entities:
   potential-cn: {{name: Red Harbour Logistix, headquarters: CN, ownership: complete}}
   clean: {{name: Plain Widgets, headquarters: DE, owners: [{{name: Founder Person, share: 100}}]}}
   nobody-knows: {{name: Obscure Ventures, headquarters: DE}}
+  parent-cn: {{name: Dragon Holdings, headquarters: CN, ownership: complete}}
+  sub-se:
+    name: Nordic Dragon AB
+    headquarters: SE
+    owners: [{{entity: parent-cn, share: 60}}, {{name: Founder Person, share: 40}}]
 """
 
 
@@ -209,3 +214,16 @@ def table_snapshot(table: ScreeningTable) -> ListSnapshot:
     """The snapshot a table was screened from (rebuilt here from the same fixture text)."""
     path = Path(table.version.sources[0].name)
     return load_snapshot([ListSource(path, CSL, date="2026-11-30")])
+
+
+def test_the_controlling_owner_chain_gives_the_jurisdiction(
+    screened: tuple[list[Entity], ScreeningTable],
+) -> None:
+    """No ultimate parent stated: a Swedish company 60% held by a Chinese one is Chinese."""
+    gate = gate_for("aidr-2025-05-rescinded", screened)
+    decision = decide(gate, "sub-se", model="aurora-frontier")
+    assert outcome(decision) == ("deny", 451, "D5_HEADQUARTERED_CONTROLLED_MODEL")
+    evidence = decision.evidence.to_dict()
+    assert evidence["entity"]["parent"] == "CN"
+    assert evidence["screening"]["controlling_chain"] == ["sub-se", "parent-cn"]
+    assert outcome(decide(gate, "clean", model="aurora-frontier")) == ALLOW

@@ -202,6 +202,8 @@ class Gate:
         headquarters, parent, source, disagree = jurisdiction_of(entity, identity)
         model = state.catalog.get(model_id) if model_id else None
         screened = screening_of(state, entity)
+        if screened is not None and parent is None and screened.controlling_country is not None:
+            parent = screened.controlling_country  # no stated parent: the controlling owners'
         verdict = _evaluate(state.engine, entity, headquarters, parent, model, origin, at, screened)
         shadow = None
         if state.shadow is not None:
@@ -331,6 +333,8 @@ class Gate:
         headquarters, parent, _, _ = jurisdiction_of(entity, identity)
         when = self._clock() if at is None else at
         screened = screening_of(state, entity)
+        if screened is not None and parent is None and screened.controlling_country is not None:
+            parent = screened.controlling_country
         return _evaluate(state.engine, entity, headquarters, parent, model, origin, when, screened)
 
     def allowed_models(

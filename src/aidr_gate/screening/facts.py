@@ -15,7 +15,7 @@ import msgspec
 
 from aidr_gate.registry import Entity, OwnershipStatus
 from aidr_gate.screening.entries import ListVersion
-from aidr_gate.screening.ownership import OwnershipFinding, listed_ownership
+from aidr_gate.screening.ownership import OwnershipFinding, controlling_chain, listed_ownership
 from aidr_gate.screening.screen import EntityScreen, ScreeningRun
 
 
@@ -41,6 +41,10 @@ class ScreeningFacts(msgspec.Struct, frozen=True, gc=False):
     # The facts above as the flags a pack's ``screening`` condition names (policy.reach), built
     # once here so a request hands the engine one ready frozenset.
     flags: frozenset[str] = frozenset()
+    # No ultimate parent stated: the country at the top of the controlling owner chain (owners
+    # over 50%), which the gate takes as the parent's; None when there is no such owner.
+    controlling_country: str | None = None
+    controlling_chain: tuple[str, ...] = ()
 
     @property
     def treated_as_listed(self) -> bool:
@@ -67,6 +71,8 @@ class ScreeningFacts(msgspec.Struct, frozen=True, gc=False):
             "list_date": self.list_date,
             "owned_by_sdn": self.owned_by_sdn,
             "flags": sorted(self.flags),
+            "controlling_country": self.controlling_country,
+            "controlling_chain": list(self.controlling_chain),
         }
 
 
@@ -165,6 +171,7 @@ def screening_table(entities: Iterable[Entity], run: ScreeningRun) -> ScreeningT
             possible.get(eid),
             run.version,
             by_sdn.get(eid),
+            by_id,
         )
         for eid, entity in by_id.items()
         if eid in results
@@ -179,12 +186,17 @@ def _facts_for(
     possible: OwnershipFinding | None,
     version: ListVersion,
     by_sdn: OwnershipFinding | None,
+    by_id: Mapping[str, Entity],
 ) -> ScreeningFacts:
     owned = finding is not None and finding.owned_by_listed
     own_potential = result.potential
     listed_links = finding.links if finding is not None else ()
     owner_potential = [e for entries in result.potential_owners.values() for e in entries]
+    control = controlling_chain(by_id, entity.id) if entity.parent is None else None
+    controlled = control is not None and control.basis == "controlling owner" and control.country
     facts = ScreeningFacts(
+        controlling_country=control.country if controlled and control is not None else None,
+        controlling_chain=control.chain if controlled and control is not None else (),
         listed=bool(result.confirmed),
         owned_by_listed=owned,
         potential_hit=bool(own_potential),
