@@ -152,3 +152,22 @@ screening:
     assert any("screening.lists: names no list file" in m for m in messages)
     assert any("screening.threshold: must be at most 100" in m for m in messages)
     assert any(m.startswith("config.yaml:4: screening.check_interval") for m in messages)
+
+
+def test_validate_passes_exactly_when_serve_would_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aidr_gate.cli import main
+
+    (tmp_path / "lists").mkdir()
+    registry = tmp_path / "entities.yaml"
+    registry.write_text(REGISTRY)
+    env = make_gate_env(
+        tmp_path, pack="us-embargo-baseline", registry=registry, middleware=SCREENING
+    )
+    # The list file is missing: the configuration names it, so validate refuses it by name.
+    assert main(["validate", "--config", str(env.config)]) == 2
+    assert "lists/csl.csv: no such file or directory" in capsys.readouterr().err
+    (tmp_path / "lists" / "csl.csv").write_text(LIST)
+    assert main(["validate", "--config", str(env.config)]) == 0
+    assert "3 entities screened against lists 2026-11-30/sha256:" in capsys.readouterr().out
