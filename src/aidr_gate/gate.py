@@ -391,7 +391,7 @@ def screening_of(state: GateState, entity: Entity | None) -> ScreeningFacts | No
         return None
     if table.unavailable is not None:
         raise errors.ScreeningUnavailable(table.unavailable)
-    return table.get(entity.id)
+    return table.facts.get(entity.id, table.unscreened)  # ScreeningTable.get, without the call
 
 
 def jurisdiction_of(

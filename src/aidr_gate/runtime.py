@@ -268,15 +268,18 @@ class Runtime:
         # The lists are checked in a thread; a change re-screens the registry there, and the new
         # table is swapped in with the state it was screened for (unless a reload replaced it).
         while True:
+            table = self.gate.state.screening
+            source = table.source if table is not None else None
+            # A reload may drop the screening: section, or bring it back; the watch goes on.
+            await asyncio.sleep(
+                source.settings.check_interval
+                if source is not None
+                else DEFAULT_POLICY_WATCH_INTERVAL
+            )
             state = self.gate.state
             table = state.screening
             if table is None or table.source is None:
-                return
-            await asyncio.sleep(table.source.settings.check_interval)
-            state = self.gate.state
-            table = state.screening
-            if table is None or table.source is None:
-                return
+                continue
             try:
                 fresh = await asyncio.to_thread(table.source.check, table, state.registry)
             except Exception:  # a bug here must not end the watch; the staleness bound holds

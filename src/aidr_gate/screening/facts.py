@@ -101,7 +101,7 @@ _FLAG_SETS: dict[frozenset[str], frozenset[str]] = {}
 class ScreeningTable:
     """Every entity's screening facts, for the request path: one lookup, no work."""
 
-    __slots__ = ("_facts", "_unscreened", "findings", "source", "unavailable", "version")
+    __slots__ = ("facts", "findings", "source", "unavailable", "unscreened", "version")
 
     def __init__(
         self,
@@ -109,10 +109,10 @@ class ScreeningTable:
         version: ListVersion,
         findings: Mapping[str, OwnershipFinding] | None = None,
     ) -> None:
-        self._facts = dict(facts)
+        self.facts = dict(facts)  # read directly by the gate (one lookup, no method call)
         self.version = version
         self.findings: Mapping[str, OwnershipFinding] = findings or {}
-        self._unscreened = with_flags(
+        self.unscreened = with_flags(
             ScreeningFacts(
                 screened=False,
                 list_version=version.label,
@@ -129,10 +129,10 @@ class ScreeningTable:
 
     def get(self, entity_id: str) -> ScreeningFacts:
         """The entity's facts; facts saying ``screened=False`` for an entity never screened."""
-        return self._facts.get(entity_id, self._unscreened)
+        return self.facts.get(entity_id, self.unscreened)
 
     def __len__(self) -> int:
-        return len(self._facts)
+        return len(self.facts)
 
 
 def screening_table(entities: Iterable[Entity], run: ScreeningRun) -> ScreeningTable:
