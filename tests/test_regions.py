@@ -165,3 +165,32 @@ def test_region_overrides_in_configuration(tmp_path: Path) -> None:
     text = str(caught.value)
     assert "geoip.overrides[0].region: UA-43 is not in RU" in text
     assert "geoip.overrides[1].region: must be an ISO 3166-2 region code" in text
+
+
+def test_check_takes_a_region_by_hand(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from aidr_gate.cli import main
+
+    base = [
+        "check",
+        "--pack",
+        "us-embargo-baseline",
+        "--entity",
+        "lab-us",
+        "--model",
+        "aurora-mini",
+    ]
+    assert main([*base, "--region", "UA-43", "--compact"]) == 1  # a deny
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["reasons"] == ["EMBARGOED_REGION"]
+    origin = decision["evidence"]["origin"]
+    assert (origin["country"], origin["region"], origin["region_source"]) == (
+        "UA",
+        "UA-43",
+        "declared",
+    )
+    assert main([*base, "--country", "UA", "--region", "UA-30"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--country", "RU", "--region", "UA-30"]) == 2
+    assert "--region: UA-30 is not in RU" in capsys.readouterr().err
