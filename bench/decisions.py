@@ -65,6 +65,8 @@ def bench_pack() -> Pack:
     pack = load_pack(PACK_ID)
     kept = replace(pack, rules=tuple(r for r in pack.rules if not _tests_reach(r.when)))
     return replace(kept, digest=compute_digest(kept))
+
+
 # The country groups under comprehensive embargo (the baseline's first rule) and the tier names of
 # the pack, least restrictive first: both formulations below test these by name.
 EMBARGO_GROUPS = ("E1", "E2")

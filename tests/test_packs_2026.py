@@ -99,7 +99,7 @@ def test_unconfirmed_items_are_marked() -> None:
     # The Affiliates rule's return after its suspension is dated data, marked in the pack file.
     baseline = load_pack("us-embargo-baseline")
     windows = next(r for r in baseline.rules if r.id == "affiliates-rule").during
-    assert [w.note for w in windows][1].startswith("UNCONFIRMED")
+    assert (windows[1].note or "").startswith("UNCONFIRMED")
     text = (bundled_pack_dir() / "us-embargo-baseline.yaml").read_text()
     assert re.search(r"# UNCONFIRMED: the rule applies again from 2026-11-10", text)
 
