@@ -277,10 +277,18 @@ class Telemetry:
         self._sources["readiness"] = ReadinessSource(checks)
 
     def watch_runtime(self, runtime: Any) -> None:
-        """Watch a :class:`~aidr_gate.runtime.Runtime`: its trail, keys, GeoIP and readiness."""
+        """Watch a :class:`~aidr_gate.runtime.Runtime`: its trail, keys, GeoIP, registry (when its
+        state's registry is a view with ``health()``, as the database stores' cache is) and
+        readiness."""
         self.watch_audit(lambda: runtime.audit)
         self.watch_keys(lambda: runtime.identity.keys)
         self.watch_geoip(lambda: runtime.origin.geo)
+
+        def registry() -> RegistryView | None:
+            view = runtime.gate.state.registry
+            return view if callable(getattr(view, "health", None)) else None
+
+        self.watch_registry(registry)
         self.watch_readiness(
             lambda: {
                 "started": bool(runtime.started),
