@@ -11,6 +11,7 @@ from functools import cache
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from aidr_gate.audit import AuditEvent, RequestContext
 from aidr_gate.catalog import Model, Weights
@@ -131,3 +132,12 @@ def alert_rules() -> list[dict[str, Any]]:
     """Every rule of the shipped alert rules."""
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
     return [rule for group in groups for rule in group["rules"]]
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition by (name, sorted labels)."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

@@ -26,13 +26,16 @@ import pytest
 
 from aidr_gate import AIDRGateMiddleware, Runtime
 from aidr_gate.cli import main
+from aidr_gate.config import load_config
 from aidr_gate.demo.model_server import build_model_app
+from aidr_gate.sidecar import build_sidecar
 from conftest import EXAMPLES
 from gate_env import IP, GateEnv, make_gate_env
 from otlp_receiver import Receiver, attrs, last_metrics, spans
 from prometheus_server import PrometheusServer
 from servers import free_port, serve
 from sidecar_support import model_server, run_cli, sidecar
+from telemetry_support import samples
 
 CHAT = {"model": "aurora-frontier", "messages": [{"role": "user", "content": "hi"}]}
 # (entity, network country, answer): allowed from the US, denied from Sweden.
@@ -185,6 +188,38 @@ def test_prometheus_scrapes_the_sidecar_and_a_middleware_app_configured_by_their
         assert gate.stop() == 0
     with socket.socket() as probe:  # the metrics listener closed with the process
         assert probe.connect_ex(("127.0.0.1", metrics_port)) != 0
+
+
+def test_the_sidecar_answers_the_scrape_on_its_main_port_and_never_forwards_it(
+    tmp_path: Path,
+) -> None:
+    """``on_main_port``: the path (exempt from the gate by default) is the gate's own answer, in
+    both exposition formats; the upstream sees the gated request only."""
+    env = gate_with(tmp_path, "telemetry:\n  prometheus: {on_main_port: true}\n")
+    upstream_app = build_model_app(token_delay=0, faults=True)
+    with serve(upstream_app) as upstream:
+        app = build_sidecar(load_config(env.config), upstream.url)
+        with serve(app) as gate, httpx.Client(base_url=gate.url, timeout=10) as client:
+            ask(client, env, ALLOWED)
+            text = client.get("/metrics")
+            open_metrics = client.get(
+                "/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"}
+            )
+            assert client.post("/metrics").status_code == 405
+        stats = httpx.get(upstream.url + "/demo/stats", timeout=5).json()
+    assert stats["requests"] == 1
+    assert text.status_code == 200
+    assert text.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert open_metrics.text.endswith("# EOF\n")
+    got = samples(text.text)
+    assert (
+        got[
+            "aidr_gate_upstream_responses_total",
+            (("error_type", ""), ("http_response_status_code", "200")),
+        ]
+        == 1
+    )
 
 
 @pytest.mark.timeout(90)
