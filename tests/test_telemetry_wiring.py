@@ -222,6 +222,29 @@ def test_the_sidecar_answers_the_scrape_on_its_main_port_and_never_forwards_it(
     )
 
 
+def test_a_middleware_host_gets_the_listener_of_its_own_for_its_lifespan(tmp_path: Path) -> None:
+    """Without ``on_main_port`` the middleware's runtime listens on ``prometheus.port`` as the
+    sidecar does, from the host's lifespan startup to its shutdown; the main port's ``/metrics``
+    stays the app's (exempt from the gate by default, and this app has none)."""
+    port = free_port()
+    env = gate_with(tmp_path, f"telemetry:\n  prometheus: {{port: {port}}}\n")
+    app = build_model_app(token_delay=0)
+    app.add_middleware(AIDRGateMiddleware, config=str(env.config))
+    with serve(app) as host, httpx.Client(base_url=host.url, timeout=10) as client:
+        ask(client, env, DENIED)
+        scrape = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert client.get("/metrics").status_code == 404  # the app's answer
+    assert scrape.status_code == 200
+    decided = {
+        dict(labels)["aidr_effect"]: n
+        for (name, labels), n in samples(scrape.text).items()
+        if name == "aidr_gate_decisions_total"
+    }
+    assert decided == {"deny": 1}
+    with socket.socket() as probe:  # closed with the host's lifespan shutdown
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
 @pytest.mark.timeout(90)
 def test_otlp_from_the_configuration_gets_spans_and_counters_of_served_requests(
     tmp_path: Path,
