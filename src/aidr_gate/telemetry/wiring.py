@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import socket
 from collections.abc import Iterable, MutableMapping
@@ -101,8 +102,17 @@ class TelemetryWiring:
             raise OSError(
                 exc.errno, f"the metrics listener cannot bind {host}:{port}: {exc.strerror}"
             ) from None
-        server = UvicornServer(uvicorn_config(app, host=host, port=port, log_level="warning"))
-        task = asyncio.create_task(server.serve(sockets=[sock]), name="aidr-metrics-listener")
+        # log_level None: the process's logging levels stay as they are (uvicorn would set them).
+        server = UvicornServer(uvicorn_config(app, host=host, port=port))
+        # The listener's own uvicorn INFO lines (started, shutting down) would read as the main
+        # server's: they are dropped, its warnings and errors kept (the task runs in a copy of
+        # this context, where the flag is set).
+        _install_quiet_filter()
+        flag = _IN_LISTENER.set(True)
+        try:
+            task = asyncio.create_task(server.serve(sockets=[sock]), name="aidr-metrics-listener")
+        finally:
+            _IN_LISTENER.reset(flag)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LISTENER_TIMEOUT
         while not server.started:
@@ -128,6 +138,27 @@ class TelemetryWiring:
                 logger.warning("the metrics listener did not stop cleanly")
         if self.exporters is not None:
             await self.exporters.close()
+
+
+_IN_LISTENER: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "aidr_metrics_listener", default=False
+)
+
+
+class _QuietListener(logging.Filter):
+    """Drops uvicorn's INFO records logged by the metrics listener's task."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not _IN_LISTENER.get()
+
+
+_QUIET = _QuietListener()
+
+
+def _install_quiet_filter() -> None:
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if _QUIET not in uvicorn_log.filters:
+        uvicorn_log.addFilter(_QUIET)
 
 
 # -- reloads ----------------------------------------------------------------------------------------
