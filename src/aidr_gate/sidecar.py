@@ -180,7 +180,6 @@ class SidecarApp:
             f"pool {s.pool_size}, connect {s.connect_timeout:g}s, read {s.read_timeout:g}s",
             f"drain {self.settings.shutdown_timeout:g}s on SIGTERM",
             f"audit: {audit.describe()}" if audit is not None else "no audit",
-            f"metrics: {self.runtime.wiring.describe()}",
         ]
         return "aidr-gate sidecar: " + "; ".join(parts)
 
