@@ -11,7 +11,6 @@ from functools import cache
 from typing import Any
 
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from aidr_gate.audit import AuditEvent, RequestContext
 from aidr_gate.catalog import Model, Weights
@@ -136,6 +135,9 @@ def alert_rules() -> list[dict[str, Any]]:
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of an exposition by (name, sorted labels)."""
+    # Imported here: a test imports this module where prometheus_client is blocked.
+    from prometheus_client.parser import text_string_to_metric_families
+
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
