@@ -67,10 +67,22 @@ UPSTREAM_BUCKETS = (
 )
 
 # Components a reload names: the configuration file itself, the policy packs, the registry and the
-# catalogue (reloaded together on a change or SIGHUP), the key file or JWKS, the GeoIP databases.
-# Their series start at 0, so the first failed reload after a start is an increase an alert sees,
-# not a new series.
-RELOAD_COMPONENTS = ("config", "policy", "registry", "catalog", "keys", "geoip")
+# catalogue (read again together on a change or SIGHUP), the key file or JWKS, the GeoIP databases,
+# and the configuration's sections a reload applies in place. Their series start at 0, so the
+# first failed reload after a start is an increase an alert sees, not a new series.
+RELOAD_COMPONENTS = (
+    "config",
+    "policy",
+    "registry",
+    "catalog",
+    "keys",
+    "geoip",
+    "identity",
+    "network",
+    "middleware",
+    "audit",
+    "proxy",
+)
 RELOAD_RESULTS = ("ok", "failed")
 # The registry view's states (RegistryHealth.state): one series each, 1 for the state it is in.
 REGISTRY_STATES = ("starting", "ready", "stale", "unavailable")
@@ -187,8 +199,8 @@ METRICS: tuple[MetricSpec, ...] = (
         "aidr_gate.reloads",
         "{reload}",
         ("aidr.component", "aidr.result"),
-        "Reload attempts by component (config, policy, registry, catalog, keys, geoip) and "
-        "result (ok, failed)",
+        "Reload attempts by component (config, policy, registry, catalog, keys, geoip, or a "
+        "section applied in place) and result (ok, failed)",
         "Telemetry.reload",
     ),
     MetricSpec(
