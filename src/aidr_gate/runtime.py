@@ -317,13 +317,14 @@ class Runtime:
             if table is None or table.source is None:
                 continue
             try:
-                fresh = await asyncio.to_thread(table.source.check, table, state.registry)
+                fresh, tried = await asyncio.to_thread(table.source.check, table, state.registry)
             except Exception:  # a bug here must not end the watch; the staleness bound holds
                 logger.exception("screening check failed")
                 continue
+            if tried is not None:
+                self.telemetry.reload("screening", ok=tried)
             if fresh is not None and self.gate.state is state:
                 self.gate.swap(dataclasses.replace(state, screening=fresh))
-                self.telemetry.reload("screening", ok=True)
 
     async def _watch_policy(self) -> None:
         while True:

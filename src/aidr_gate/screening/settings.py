@@ -148,21 +148,25 @@ class ScreeningSource:
         )
         return table
 
-    def check(self, table: ScreeningTable, entities: Iterable[Entity]) -> ScreeningTable | None:
-        """Reload changed lists (a thread, never the event loop): a new table when they changed.
+    def check(
+        self, table: ScreeningTable, entities: Iterable[Entity]
+    ) -> tuple[ScreeningTable | None, bool | None]:
+        """Reload changed lists (a thread, never the event loop): a new table when they changed,
+        and whether a reload was tried and worked (``None``: no file changed).
 
         When the lists cannot be reloaded for longer than ``max_staleness``, *table* is marked
         unavailable (requests of registry entities are denied); a good reload clears that.
         """
         with self._lock:
             outcome = self.store.reload_if_changed()
+            tried = None if outcome is None else outcome.ok
             now = self._clock()
             if outcome is None and self.store.last_error is None:
                 self.last_good = now
             elif outcome is not None and outcome.ok:
                 self.last_good = now
                 if outcome.changed or table.unavailable is not None:
-                    return self.screen(entities)
+                    return self.screen(entities), True
             stale = now - self.last_good
             if self.store.last_error is not None and stale > self.settings.max_staleness:
                 if table.unavailable is None:
@@ -174,7 +178,7 @@ class ScreeningSource:
                 table.unavailable = (
                     f"screening lists not reloadable for {stale:.0f} s: {self.store.last_error}"
                 )[:300]
-            return None
+            return None, tried
 
 
 def load_screening(
