@@ -300,6 +300,7 @@ def test_readyz_reports_what_is_loaded(gate: Process) -> None:
     assert checks["keys"] is True and checks["upstream"] is True and checks["audit"] is True
     assert checks["registry"] > 10 and checks["catalog"] == 6
     assert "GeoIP2-Country built 2025-03-04" in checks["geoip"]
+    assert checks["screening"] is None  # no screening: section
 
 
 # -- client disconnect ---------------------------------------------------------------------------
