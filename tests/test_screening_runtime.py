@@ -5,6 +5,7 @@ closed past ``max_staleness``)."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,21 @@ entities:
   listed-co: {{name: Volga Photonics Holding, headquarters: RU, screening_reviews: [{CONFIRM}]}}
   owned-51: {{name: Target Systems, headquarters: DE, owners: [{{entity: listed-co, share: 51}}]}}
   acme-de: {{name: Acme Analytics GmbH, headquarters: DE, owners: [{{name: Founder, share: 100}}]}}
+  harbor:
+    name: Red Harbor Logistics Ltd
+    headquarters: HK
+    screening_reviews: [{{entry: 'el:e2', decision: confirmed, by: c.o, at: 2026-12-01, why: same}}]
+  owned-49:
+    name: Forty Nine GmbH
+    headquarters: DE
+    owners: [{{entity: listed-co, share: 49}}, {{name: Founder, share: 51}}]
+  owned-30-25:
+    name: Two Owners GmbH
+    headquarters: DE
+    owners:
+      - {{entity: listed-co, share: 30}}
+      - {{entity: harbor, share: 25}}
+      - {{name: Founder, share: 45}}
 """
 DE, CRIMEA, KYIV = "37.0.4.10", "37.0.0.10", "37.0.1.10"
 CITY = {"37.0.0.0/24": ("UA", "43"), "37.0.1.0/24": ("UA", "30"), "37.0.4.0/24": ("DE", "BE")}
@@ -94,14 +110,17 @@ def test_requests_are_decided_on_the_screening_result(
     assert code(ask(env, server, "owned-51", DE)) == (403, "RESTRICTED_PARTY_AFFILIATE")
     assert code(ask(env, server, "acme-de", CRIMEA)) == (451, "EMBARGOED_REGION")
     assert code(ask(env, server, "acme-de", KYIV)) == (200, None)
+    assert code(ask(env, server, "owned-49", DE)) == (200, None)
+    assert code(ask(env, server, "owned-30-25", DE)) == (403, "RESTRICTED_PARTY_AFFILIATE")
     version = load_snapshot([ListSource(tmp_path / "lists" / "csl.csv", CSL, "2026-11-30")]).version
     records = env.audit_records()
-    assert len(records) == 4
+    assert len(records) == 6
     for record in records:
         screening = record["aidr"]["screening"]
         assert screening["list_digest"] == version.digest  # every decision names its lists
         assert screening["list_date"] == "2026-11-30"
-    listed, owned, crimea, kyiv = (r["aidr"] for r in records)
+    listed, owned, crimea, kyiv, _, two_owners = (r["aidr"] for r in records)
+    assert two_owners["screening"]["listed_share"] == 55.0
     assert listed["screening"]["flags"] == ["listed", "ownership-unknown"]
     assert owned["screening"]["ownership_path"] == ["owned-51", "listed-co (51%, listed: el:e1)"]
     assert (crimea["origin"]["region"], crimea["origin"]["region_source"]) == ("UA-43", "geoip")
@@ -111,9 +130,9 @@ def test_requests_are_decided_on_the_screening_result(
     files = sorted(env.audit_dir.glob("*.jsonl*"))
     result = replay_files(files, ReplayOptions(pack=load_pack("aidr-2025-05-rescinded")))
     report = build_report(result)
-    assert report["totals"]["replayed"] == 4 and report["totals"]["flips"] == 0
-    assert report["screening_lists"] == [{"version": version.label, "records": 4}]
-    assert f"screening lists {version.label}: 4 records" in summary(report)
+    assert report["totals"]["replayed"] == 6 and report["totals"]["flips"] == 0
+    assert report["screening_lists"] == [{"version": version.label, "records": 6}]
+    assert f"screening lists {version.label}: 6 records" in summary(report)
 
 
 def test_a_list_change_is_screened_and_a_broken_list_fails_closed(
@@ -170,4 +189,14 @@ def test_validate_passes_exactly_when_serve_would_start(
     assert "lists/csl.csv: no such file or directory" in capsys.readouterr().err
     (tmp_path / "lists" / "csl.csv").write_text(LIST)
     assert main(["validate", "--config", str(env.config)]) == 0
-    assert "3 entities screened against lists 2026-11-30/sha256:" in capsys.readouterr().out
+    assert "6 entities screened against lists 2026-11-30/sha256:" in capsys.readouterr().out
+    # An ownership cycle is refused at load, naming the file and line: the gate would not start.
+    registry.write_text(
+        REGISTRY + "  loop-a: {headquarters: CY, owners: [{entity: loop-b, share: 60}]}\n"
+        "  loop-b: {headquarters: CY, owners: [{entity: loop-a, share: 60}]}\n"
+    )
+    assert main(["validate", "--config", str(env.config)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(
+        rf"{re.escape(str(registry))}:\d+: entities\.loop-b\.owners: ownership cycle", err
+    )
