@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from msgspec.structs import replace
 
@@ -34,6 +35,9 @@ from aidr_gate.policy.engine import PolicyEngine, Verdict
 from aidr_gate.policy.pack import Pack, load_pack
 from aidr_gate.registry import Entity, EntityRegistry, InMemoryRegistry, load_registry
 
+if TYPE_CHECKING:
+    from aidr_gate.screening.facts import ScreeningFacts, ScreeningTable
+
 logger = logging.getLogger("aidr_gate")
 
 # The reason an allowed model listing carries (the listing is filtered model by model), and the
@@ -51,6 +55,8 @@ class GateState:
     catalog: ModelCatalog
     mode: Mode = Mode.ENFORCE
     shadow: PolicyEngine | None = None
+    # Every entity's screening result (built off the request path); None: nothing is screened.
+    screening: ScreeningTable | None = None
 
     @property
     def pack(self) -> Pack:
@@ -85,10 +91,23 @@ def load_state(config: GateConfig, *, warnings: list[Problem] | None = None) -> 
         catalog = load_catalog(config.catalog)
     except ConfigError as exc:
         errors.append(exc)
+    screening = None
+    if registry is not None and config.sections.get("screening") is not None:
+        from aidr_gate.screening.settings import load_screening  # only when lists are configured
+
+        try:
+            screening = load_screening(config, registry)  # off the request path: at load
+        except ConfigError as exc:
+            errors.append(exc)
     if errors or engine is None or registry is None or catalog is None:
         raise ConfigError.merge(errors)
     return GateState(
-        engine=engine, registry=registry, catalog=catalog, mode=config.mode, shadow=shadow
+        engine=engine,
+        registry=registry,
+        catalog=catalog,
+        mode=config.mode,
+        shadow=shadow,
+        screening=screening,
     )
 
 
@@ -99,6 +118,7 @@ def state_for(
     models: list[Model] | None = None,
     mode: Mode = Mode.ENFORCE,
     shadow: Pack | None = None,
+    screening: ScreeningTable | None = None,
 ) -> GateState:
     """An in-memory state (tests, embedding): no files involved."""
     return GateState(
@@ -107,6 +127,7 @@ def state_for(
         catalog=InMemoryCatalog(models or []),
         mode=mode,
         shadow=PolicyEngine(shadow) if shadow else None,
+        screening=screening,
     )
 
 
@@ -164,6 +185,10 @@ class Gate:
         when = self._clock() if at is None else at
         try:
             return self._decide(state, identity, origin, model_id, when)
+        except AidrGateError as exc:  # a stage that knows why it cannot answer (stale lists)
+            return self.refuse(
+                exc, identity=identity, origin=origin, model_id=model_id, at=when, state=state
+            )
         except Exception as exc:  # fail closed: a bug in evaluation is a deny, never an allow
             logger.exception("policy evaluation failed; denying")
             return self.refuse(
@@ -187,6 +212,9 @@ class Gate:
         entity = state.registry.get(entity_id) if entity_id else None
         headquarters, parent, source, disagree = jurisdiction_of(entity, identity)
         model = state.catalog.get(model_id) if model_id else None
+        screened = screening_of(state, entity)
+        if screened is not None and parent is None and screened.controlling_country is not None:
+            parent = screened.controlling_country  # no stated parent: the controlling owners'
         patterns = self.patterns
         signals = None
         if patterns.active:
@@ -194,11 +222,13 @@ class Gate:
                 origin.country, headquarters, at
             )
             signals = patterns.observe(at, identity, origin, worse)
-        verdict = _evaluate(state.engine, entity, headquarters, parent, model, origin, at, signals)
+        verdict = _evaluate(
+            state.engine, entity, headquarters, parent, model, origin, at, screened, signals
+        )
         shadow = None
         if state.shadow is not None:
             other = _evaluate(
-                state.shadow, entity, headquarters, parent, model, origin, at, signals
+                state.shadow, entity, headquarters, parent, model, origin, at, screened, signals
             )
             shadow = ShadowResult(
                 outcome=other.outcome,
@@ -227,6 +257,7 @@ class Gate:
                 verdict.model_tier_source,
                 verdict.facts,
                 verdict.agreement,
+                screened,
                 signals,
             ),
             state.mode,
@@ -290,7 +321,7 @@ class Gate:
             status=error.status,
             reasons=(error.reason,),
             rule=f"gate/{stage}",
-            policy=PolicyRef(pack.id, pack.digest, pack.status, pack.in_window(when)),
+            policy=PolicyRef(pack.id, pack.digest, pack.status_at(when), pack.in_window(when)),
             evidence=Evidence(
                 identity=identity,
                 origin=origin,
@@ -322,9 +353,14 @@ class Gate:
         entity = state.registry.get(entity_id) if entity_id else None
         headquarters, parent, _, _ = jurisdiction_of(entity, identity)
         when = self._clock() if at is None else at
+        screened = screening_of(state, entity)
+        if screened is not None and parent is None and screened.controlling_country is not None:
+            parent = screened.controlling_country
         patterns = self.patterns
         signals = patterns.signals(when, identity, origin) if patterns.active else None
-        return _evaluate(state.engine, entity, headquarters, parent, model, origin, when, signals)
+        return _evaluate(
+            state.engine, entity, headquarters, parent, model, origin, when, screened, signals
+        )
 
     def allowed_models(
         self,
@@ -353,6 +389,7 @@ def _evaluate(
     model: Model | None,
     origin: Origin,
     at: float,
+    screened: ScreeningFacts | None,
     signals: Signals | None = None,
 ) -> Verdict:
     # One argument list for the enforced pack and the shadow pack alike; a function, not a
@@ -365,14 +402,29 @@ def _evaluate(
         network_country=origin.country,
         anonymizer=origin.anonymizer,
         at=at,
+        screening=screened.flags if screened is not None else _NOT_SCREENED,
+        region=origin.region,
         signals=signals,
     )
+
+
+_NOT_SCREENED: frozenset[str] = frozenset()
 
 
 def _pattern_keys(state: GateState) -> tuple[str, ...]:
     """The pattern signals the enforced and the shadow pack test (what the tracker must track)."""
     keys = state.engine.pattern_keys
     return keys + state.shadow.pattern_keys if state.shadow is not None else keys
+
+
+def screening_of(state: GateState, entity: Entity | None) -> ScreeningFacts | None:
+    """The entity's screening result: one dict lookup. Raises when the lists are too stale."""
+    table = state.screening
+    if table is None or entity is None:
+        return None
+    if table.unavailable is not None:
+        raise errors.ScreeningUnavailable(table.unavailable)
+    return table.facts.get(entity.id, table.unscreened)  # ScreeningTable.get, without the call
 
 
 def jurisdiction_of(
@@ -402,4 +454,6 @@ def _stage_of(error: AidrGateError) -> str:
         return "origin"
     if isinstance(error, errors.AuditUnavailable):
         return "audit"
+    if isinstance(error, errors.ScreeningUnavailable):
+        return "screening"
     return "policy"
