@@ -26,7 +26,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aidr_gate.audit.reader import RecordReader
 from aidr_gate.audit.verify import Finding, chains_of
@@ -41,11 +41,11 @@ MAX_BUCKETS = 1000  # buckets kept per entity (the most recent); older ones are 
 MAX_COUNTRIES = 64  # distinct countries counted per entity and bucket
 SAMPLES = 10  # requests kept behind each peak
 _FLAG = frozenset({AnonymizerFlag.VPN})  # stands for "some anonymizer flag" (shares only count)
+_NO_FLAG: frozenset[AnonymizerFlag] = frozenset()
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """What the report needs of one recorded request."""
+class Row(NamedTuple):
+    """What the report needs of one recorded request (a tuple: one is built per record)."""
 
     at: float
     decision_id: str
@@ -98,7 +98,10 @@ class EntityStats:
     reasons: Counter[str] = field(default_factory=Counter)
     # bucket start -> [requests, anonymous, worse, set of countries]
     buckets: dict[int, list[Any]] = field(default_factory=dict)
-    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+    # The last requests, kept as (row, signals); made into samples only when a peak is set.
+    recent: deque[tuple[Row, dict[str, float]]] = field(
+        default_factory=lambda: deque(maxlen=SAMPLES)
+    )
     countries_peak: Peak = field(default_factory=Peak)
     token_peak: Peak = field(default_factory=Peak)
     anonymizer_peak: Peak = field(default_factory=Peak)
@@ -206,11 +209,13 @@ def _sample(row: Row, signals: dict[str, float]) -> dict[str, Any]:
     }
 
 
-def _raise(peak: Peak, value: float, row: Row, recent: Iterable[dict[str, Any]]) -> None:
+def _raise(
+    peak: Peak, value: float, row: Row, recent: Iterable[tuple[Row, dict[str, float]]]
+) -> None:
     if value > peak.value:
         peak.value = value
         peak.at = row.at
-        peak.requests = list(recent)
+        peak.requests = [_sample(r, s) for r, s in recent]
 
 
 def run_report(paths: Sequence[Path], options: ReportOptions) -> dict[str, Any]:
@@ -231,13 +236,22 @@ def run_report(paths: Sequence[Path], options: ReportOptions) -> dict[str, Any]:
     counts = [0, 0]  # lines read, records skipped
     bucket_size = options.bucket
     v4, v6 = options.settings.ipv4_prefix, options.settings.ipv6_prefix
+    identities: dict[tuple[str, str | None], Identity] = {}
+    prefixes: dict[str, str] = {}
     for row in read_rows(paths, chains, findings, counts):
         tally.records += 1
-        identity = Identity(row.entity, subject=row.subject, method="declared")
+        caller = (row.entity, row.subject)
+        identity = identities.get(caller)
+        if identity is None:
+            if len(identities) >= 100_000:
+                identities.clear()
+            identity = identities[caller] = Identity(
+                row.entity, subject=row.subject, method="declared"
+            )
         origin = Origin(
-            ip=row.ip, country=row.country, anonymizer=_FLAG if row.anonymous else frozenset()
+            ip=row.ip, country=row.country, anonymizer=_FLAG if row.anonymous else _NO_FLAG
         )
-        signals = dict(tracker.observe(row.at, identity, origin, row.worse))
+        signals: dict[str, float] = tracker.observe(row.at, identity, origin, row.worse)  # type: ignore[assignment]
         tally.observed += 1
         tally.first = row.at if tally.first is None else tally.first
         tally.last = row.at
@@ -269,13 +283,17 @@ def run_report(paths: Sequence[Path], options: ReportOptions) -> dict[str, Any]:
         bucket[2] += row.worse
         if row.country is not None and len(bucket[3]) < MAX_COUNTRIES:
             bucket[3].add(row.country)
-        stats.recent.append(_sample(row, signals))
+        stats.recent.append((row, signals))
         _raise(stats.countries_peak, signals[names["countries"]], row, stats.recent)
         _raise(stats.token_peak, signals[names["token"]], row, stats.recent)
         _raise(stats.anonymizer_peak, signals[names["anonymizer"]], row, stats.recent)
         fronted = signals[names["network"]]
         if fronted >= 2 and row.ip is not None:
-            network = network_of(row.ip, v4, v6) or row.ip
+            network = prefixes.get(row.ip)
+            if network is None:
+                if len(prefixes) >= 100_000:
+                    prefixes.clear()
+                network = prefixes[row.ip] = network_of(row.ip, v4, v6) or row.ip
             net = tally.networks.get(network)
             if net is None:
                 net = tally.networks[network] = NetworkStats(network)
