@@ -27,14 +27,12 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aidr_gate.patterns.settings import RedisSettings
 from aidr_gate.patterns.signals import Subject
 from aidr_gate.patterns.sketches import RecentSet, Shares
-
-if TYPE_CHECKING:
-    from aidr_gate.patterns.tracker import PatternTracker, Table
+from aidr_gate.patterns.tracker import PatternTracker, Table
 
 logger = logging.getLogger("aidr_gate.patterns")
 

@@ -15,15 +15,38 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from aidr_gate.facts import Identity, Origin
 from aidr_gate.patterns.settings import PatternSettings
 from aidr_gate.patterns.signals import DEGRADED_KEY, Measure, SignalKey, Subject, parse_signal_key
 from aidr_gate.patterns.sketches import RecentSet, Shares
 
-if TYPE_CHECKING:
-    from aidr_gate.patterns.shared import SharedState
+
+class SharedHealthView(Protocol):
+    """What the tracker and the metrics read of the shared view's health."""
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def degraded(self) -> bool: ...
+    @property
+    def failures(self) -> int: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class Sharing(Protocol):
+    """A fleet's shared view as the tracker sees it (``shared.SharedState``, which imports this
+    module: a protocol here keeps the two free of an import cycle)."""
+
+    dirty: set[tuple[str, str]]
+
+    @property
+    def degraded(self) -> bool: ...
+    def health(self) -> SharedHealthView: ...
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
 
 Signals = Mapping[str, float]
 NO_SIGNALS: Signals = {}
@@ -114,7 +137,7 @@ class PatternTracker:
         self.settings = settings or PatternSettings()
         limit = self.settings.max_keys
         self.capacity = self.settings.max_distinct
-        self.shared: SharedState | None = None
+        self.shared: Sharing | None = None
         self.observed = 0
         self._pack_keys: tuple[str, ...] = ()
         self.windows: tuple[float, ...] = ()
