@@ -22,10 +22,10 @@ from aidr_gate.audit.chain import (
     Link,
     check_signature,
     key_id,
-    open_bytes,
     parse_link,
 )
 from aidr_gate.audit.compression import READ_ERRORS
+from aidr_gate.audit.reader import FileLines
 
 MAX_ERRORS = 20
 _CHECKPOINT_MARK = b'"action":"' + CHECKPOINT_ACTION.encode() + b'"'
@@ -104,7 +104,7 @@ class VerifyResult:
 class _Line:
     file: str
     number: int
-    raw: bytes
+    raw: bytes  # without its newline
     link: Link | None
     last: bool  # the final line of its file
     terminated: bool  # ends with a newline
@@ -112,24 +112,20 @@ class _Line:
 
 def _read(path: Path, result: VerifyResult) -> list[_Line]:
     name = str(path)
+    reader = FileLines(path)
     try:
-        data = open_bytes(path)
+        complete = reader.lines()
     except READ_ERRORS as exc:
         result.findings.append(Finding("unreadable", name, 0, None, f"cannot read the file: {exc}"))
         return []
-    raw_lines = data.splitlines(keepends=True)
-    out = []
-    for index, raw in enumerate(raw_lines):
-        out.append(
-            _Line(
-                name,
-                index + 1,
-                raw,
-                parse_link(raw) if raw.endswith(b"\n") else None,
-                index == len(raw_lines) - 1,
-                raw.endswith(b"\n"),
-            )
-        )
+    out = [
+        _Line(name, index, raw, parse_link(raw), False, True)
+        for index, raw in enumerate(complete, 1)
+    ]
+    if reader.torn:
+        out.append(_Line(name, len(out) + 1, reader.torn, None, True, False))
+    elif out:
+        out[-1].last = True
     return out
 
 
