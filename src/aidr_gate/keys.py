@@ -25,6 +25,8 @@ from jwt import PyJWK
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from jwt.exceptions import PyJWTError
 
+from aidr_gate.errors import AidrGateError
+
 # Which key type (and curve) can verify which algorithm. Nothing symmetric: an HS* entry here would
 # let a public key double as an HMAC secret.
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
@@ -46,8 +48,10 @@ _THUMBPRINT_MEMBERS: Mapping[str, tuple[str, ...]] = {
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 
 
-class KeySetError(ValueError):
-    """A JWKS document or key file holds no usable verification key; the last good set is kept."""
+class KeySetError(AidrGateError, ValueError):
+    """A JWKS document or key file holds no usable verification key; the last good set is kept.
+
+    Also a ``ValueError``, as it was before the exception tree took it in."""
 
 
 def valid_kid(kid: object) -> bool:
