@@ -21,12 +21,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import uvicorn
 
+from aidr_gate.asgi_types import Receive, Scope, Send
 from aidr_gate.config import GateConfig
 from aidr_gate.document import Checker
 from aidr_gate.errors import ConfigError
@@ -36,11 +37,6 @@ from aidr_gate.responses import json_headers
 from aidr_gate.runtime import Runtime
 
 logger = logging.getLogger("aidr_gate.sidecar")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 __all__ = [
     "SidecarApp",
