@@ -22,12 +22,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import uvicorn
 
+from aidr_gate.asgi_types import Receive, Scope, Send
 from aidr_gate.config import GateConfig
 from aidr_gate.document import Checker
 from aidr_gate.errors import ConfigError
@@ -38,11 +39,6 @@ from aidr_gate.runtime import Runtime
 from aidr_gate.telemetry.wiring import count_upstream
 
 logger = logging.getLogger("aidr_gate.sidecar")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 __all__ = [
     "SidecarApp",
