@@ -235,3 +235,12 @@ class RegistryUnavailable(AidrGateError):
 
     reason = "REGISTRY_UNAVAILABLE"
     status = 503
+
+
+class AccessRevoked(AidrGateError):
+    """An admitted stream was ended because a change (a registry change, a pack reload) now
+    denies it; the final event and the cut's own audit record carry this reason first, then the
+    reasons of the deny that caused it."""
+
+    reason = "ACCESS_REVOKED"
+    status = 403

@@ -10,6 +10,7 @@ filtered), and the audit record is written from a ``finally``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -31,6 +32,7 @@ from aidr_gate.errors import (
 )
 from aidr_gate.facts import Identity, Origin
 from aidr_gate.form_model import content_type_of, model_from_form
+from aidr_gate.gate import Resolved
 from aidr_gate.headers import single_header_value
 from aidr_gate.identity import authorization_header
 from aidr_gate.model_id import (
@@ -43,6 +45,8 @@ from aidr_gate.model_id import (
 from aidr_gate.responses import error_body, error_headers, json_error, json_headers
 from aidr_gate.runtime import Runtime
 from aidr_gate.stages import CLIENT_DISCONNECTED, UPSTREAM_STATE_KEY
+from aidr_gate.stores.cache import MISS
+from aidr_gate.streams import AdmittedStream
 
 logger = logging.getLogger("aidr_gate.middleware")
 
@@ -194,6 +198,7 @@ class AIDRGateMiddleware:
         recorded = False
         gate_seconds = 0.0
         app_started: float | None = None
+        stream: AdmittedStream | None = None  # an event stream a change may cut
 
         async def record() -> None:
             nonlocal recorded
@@ -237,16 +242,23 @@ class AIDRGateMiddleware:
             app_receive = replay(body, receive) if body is not None else receive
 
             async def send_wrapper(message: Message) -> None:
-                nonlocal response_status, ended
+                nonlocal response_status, ended, stream
                 kind = message["type"]
                 if kind == "http.response.start":
                     response_status = message["status"]
                     message = dict(message)
-                    message["headers"] = [*message.get("headers", ()), *extra]
-                elif kind == "http.response.body" and not message.get("more_body", False):
-                    ended = Ending.COMPLETED
-                    # The record is as durable as configured before the client has the whole answer.
-                    await record()
+                    headers_out = message.get("headers", ())
+                    stream = runtime.streams.admit(decision, headers_out)
+                    message["headers"] = [*headers_out, *extra]
+                elif kind == "http.response.body":
+                    if not message.get("more_body", False):
+                        if stream is not None:
+                            runtime.streams.done(stream)  # its last chunk: no longer cut
+                        ended = Ending.COMPLETED
+                        # As durable as configured before the client has the whole answer.
+                        await record()
+                    elif stream is not None:
+                        stream.sent(message.get("body", b""))
                 await send(message)
 
             app_send: Send = send_wrapper
@@ -258,7 +270,16 @@ class AIDRGateMiddleware:
             ):
                 app_send = self._listing_filter(runtime, decision, send_wrapper)
             app_started = time.perf_counter()
-            await self.app(scope, app_receive, app_send)
+            try:
+                await self.app(scope, app_receive, app_send)
+            except asyncio.CancelledError:
+                if stream is None or stream.cut is None or _cancelled_otherwise():
+                    raise
+                ended = Ending.CUT  # cancelled by the stream book: a change denies it now
+                await _end_cut(runtime, send, stream, scope, headers)
+            finally:
+                if stream is not None:
+                    runtime.streams.done(stream)
             if ended is not Ending.COMPLETED and response_status is not None:
                 ended = Ending.CLIENT_DISCONNECTED
         except (OSError, asyncio.CancelledError):
@@ -323,9 +344,18 @@ class AIDRGateMiddleware:
                     error = exc
             if error is not None:
                 return gate.refuse(error, identity=identity, origin=origin, model_id=model_id), body
+            state = gate.state
+            entity: Resolved = None
+            if identity is not None and identity.entity_id:
+                # A cache hit is a dict read; only a miss awaits the store (coalesced).
+                entity = state.registry.lookup(identity.entity_id)
+                if entity is MISS:
+                    entity = await state.registry.fetch(identity.entity_id)
             if method == "GET" and path in runtime.settings.list_models_paths:
-                return gate.decide_listing(identity=identity, origin=origin), body
-            return gate.decide(identity=identity, origin=origin, model_id=model_id), body
+                return gate.decide_listing(identity=identity, origin=origin, entity=entity), body
+            return gate.decide(
+                identity=identity, origin=origin, model_id=model_id, state=state, entity=entity
+            ), body
         except Exception:  # fail closed: a bug in a stage is a deny, never an allow
             logger.exception("deciding a request failed; denying")
             fallback = origin or _unknown_origin(scope)
@@ -476,6 +506,40 @@ class AIDRGateMiddleware:
                 ending=ended,
             )
             await _shielded(runtime.record(decision, context))
+
+
+def _cancelled_otherwise() -> bool:
+    """Withdraw the stream book's cancellation; True if another one (a shutdown) remains."""
+    task = asyncio.current_task()
+    return task is None or task.uncancel() > 0
+
+
+async def _end_cut(
+    runtime: Runtime,
+    send: Send,
+    stream: AdmittedStream,
+    scope: Scope,
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Finish a cut stream: the final error event, then the cut's own audit record (linked to
+    the admitted decision by ``aidr.request.cut_of``)."""
+    cut = stream.cut
+    if cut is None:  # pragma: no cover - only called for a cut stream
+        return
+    # The client may have left meanwhile: the cut is recorded all the same.
+    with contextlib.suppress(OSError):
+        await send({"type": "http.response.body", "body": stream.final_event(), "more_body": False})
+    context = RequestContext(
+        scope.get("method", "GET"),
+        scope.get("path", ""),
+        scope.get("scheme", "http"),
+        scope.get("http_version", "1.1"),
+        runtime.recorded_headers(headers),
+        cut.status,
+        ending=Ending.CUT,
+        cut_of=stream.decision.decision_id,
+    )
+    await _shielded(runtime.record(cut, context))
 
 
 def _filter_listing(

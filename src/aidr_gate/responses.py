@@ -41,6 +41,8 @@ _MESSAGES = {
     "AUDIT_UNAVAILABLE": "The service cannot record requests right now and refuses them.",
     "POLICY_EVALUATION_FAILED": "The request could not be evaluated and is refused.",
     "GATE_NOT_READY": "The gate is not ready.",
+    "REGISTRY_UNAVAILABLE": "The registry of customers cannot be reached; the request is refused.",
+    "ACCESS_REVOKED": "Access ended while the response was streaming.",
 }
 
 

@@ -34,6 +34,7 @@ from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.proxy import ProxySettings, UpstreamProxy
 from aidr_gate.responses import json_headers
 from aidr_gate.runtime import Runtime
+from aidr_gate.stores.settings import registry_detail
 
 logger = logging.getLogger("aidr_gate.sidecar")
 
@@ -212,7 +213,7 @@ class SidecarApp:
         checks: dict[str, Any] = {
             "started": runtime.started,
             "policy": f"{state.pack.id} ({state.pack.status})",
-            "registry": len(state.registry),
+            "registry": registry_detail(state.registry, runtime.registry),
             "catalog": len(state.catalog),
             "keys": runtime.identity.ready,
             "geoip": runtime.origin.describe(),
@@ -224,6 +225,7 @@ class SidecarApp:
             and runtime.identity.ready
             and runtime.audit_accepting
             and self._upstream_ok
+            and (runtime.registry is None or runtime.registry.health().ready)
         )
         return ready, {"status": "ready" if ready else "not ready", "checks": checks}
 
