@@ -275,12 +275,16 @@ class AIDRGateMiddleware:
             except asyncio.CancelledError:
                 if stream is None or stream.cut is None or _cancelled_otherwise():
                     raise
-                ended = Ending.CUT  # cancelled by the stream book: a change denies it now
-                await _end_cut(runtime, send, stream, scope, headers)
             finally:
                 if stream is not None:
                     runtime.streams.done(stream)
-            if ended is not Ending.COMPLETED and response_status is not None:
+            if stream is not None and stream.cut is not None and ended is not Ending.COMPLETED:
+                # Cut by the stream book (a change denies it now). An app may absorb the
+                # cancellation (anyio task groups do) and return: the cut is finished here too.
+                _withdraw_cancel()
+                ended = Ending.CUT
+                await _end_cut(runtime, send, stream, scope, headers)
+            if ended not in (Ending.COMPLETED, Ending.CUT) and response_status is not None:
                 ended = Ending.CLIENT_DISCONNECTED
         except (OSError, asyncio.CancelledError):
             ended = Ending.CLIENT_DISCONNECTED
@@ -512,6 +516,13 @@ def _cancelled_otherwise() -> bool:
     """Withdraw the stream book's cancellation; True if another one (a shutdown) remains."""
     task = asyncio.current_task()
     return task is None or task.uncancel() > 0
+
+
+def _withdraw_cancel() -> None:
+    """An app that absorbed the stream book's cancellation left it counted: withdraw it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling() == 1:
+        task.uncancel()
 
 
 async def _end_cut(

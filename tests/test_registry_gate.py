@@ -1,0 +1,126 @@
+"""A database registry on the request path: the middleware under uvicorn in front of the model app,
+the registry in SQLite behind the cache; entities resolved on a miss and cached, unknown ones
+remembered, a revocation enforced without a reload, and an admitted stream cut when it comes."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from aidr_gate.demo.model_server import build_model_app
+from aidr_gate.middleware import AIDRGateMiddleware
+from aidr_gate.runtime import Runtime
+from gate_env import IP, GateEnv
+from postgres_server import wait_until
+from registry_gate_support import StreamWatch, database_gate_env, import_examples, sqlite_exec
+from servers import ThreadedServer, openai_client, serve
+
+
+@pytest.fixture
+def sqlite_gate(tmp_path: Path) -> Iterator[tuple[GateEnv, Path, Runtime, ThreadedServer]]:
+    """The middleware with a SQLite registry, in front of the model app under uvicorn."""
+    db = tmp_path / "registry.db"
+    import_examples(f"sqlite:{db}")
+    env = database_gate_env(tmp_path, f"sqlite:{db}")
+    runtime = Runtime.from_config(str(env.config))
+    runtime.telemetry.counting = True  # as with an exporter configured
+    app = build_model_app(token_delay=0.01)
+    app.add_middleware(AIDRGateMiddleware, runtime=runtime)
+    with serve(app, proxy_headers=False) as server:
+        yield env, db, runtime, server
+
+
+def _client(env: GateEnv, server: ThreadedServer, entity: str, country: str) -> openai.OpenAI:
+    return openai_client(f"{server.url}/v1", env.token(entity), IP[country])
+
+
+def _ask(client: openai.OpenAI, model: str = "aurora-frontier") -> openai.APIStatusError | None:
+    try:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    except openai.APIStatusError as exc:
+        return exc
+    return None
+
+
+def test_entities_are_read_once_then_served_from_the_cache(
+    sqlite_gate: tuple[GateEnv, Path, Runtime, ThreadedServer],
+) -> None:
+    env, _, runtime, server = sqlite_gate
+    assert runtime.registry is not None
+    merlion = _client(env, server, "merlion-sg", "SG")
+    for _ in range(3):
+        assert _ask(merlion) is None
+    unknown = openai_client(f"{server.url}/v1", env.token("nobody-zz"), IP["US"])
+    for _ in range(3):
+        denied = _ask(unknown)
+        assert denied is not None and denied.status_code == 403
+        assert denied.body["code"] == "HEADQUARTERS_UNKNOWN"  # type: ignore[index]
+    health = runtime.registry.health()
+    # One store read each: the entity is cached, the unknown id negative-cached.
+    assert health.misses == 2 and health.entries >= 1 and health.negatives == 1
+    assert health.hits >= 4
+    records = [r["aidr"] for r in env.audit_records()]
+    revisions = {r["registry"]["revision"] for r in records}
+    assert revisions == {runtime.registry.revision} and runtime.registry.revision
+
+
+def test_a_revocation_in_the_database_cuts_the_stream_and_denies_the_next_request(
+    sqlite_gate: tuple[GateEnv, Path, Runtime, ThreadedServer],
+) -> None:
+    env, db, runtime, server = sqlite_gate
+    watch = StreamWatch(_client(env, server, "merlion-sg", "SG")).start()
+    before = runtime.registry.revision if runtime.registry else None
+    sqlite_exec(db, "UPDATE agreements SET status = 'revoked' WHERE id = 'SA-2025-014'")
+    watch.wait()
+    assert not watch.finished and watch.chunks > 0
+    assert isinstance(watch.error, openai.APIError) and watch.code == "ACCESS_REVOKED"
+    denied = _ask(_client(env, server, "merlion-sg", "SG"))
+    assert denied is not None and denied.status_code == 403
+    assert wait_until(lambda: len(env.audit_records()) >= 3)
+    records = [r["aidr"] for r in env.audit_records()]
+    admitted = next(r for r in records if r["decision"]["id"] == watch.decision_id)
+    cut = next(r for r in records if (r["request"] or {}).get("cut_of") == watch.decision_id)
+    assert admitted["request"]["ending"] == "cut" and admitted["registry"]["revision"] == before
+    assert cut["request"]["ending"] == "cut"
+    assert cut["decision"]["reasons"][0] == "ACCESS_REVOKED" and cut["decision"]["effect"] == "deny"
+    assert cut["agreement"]["status"] == "revoked"
+    assert cut["registry"]["revision"] != before
+    assert runtime.streams.cuts == 1 and len(runtime.streams) == 0
+    counted = {
+        labels: value
+        for c in runtime.telemetry.collect()
+        if c.spec.name == "aidr_gate.streams.cut"
+        for labels, value in c.points
+    }
+    assert counted == {(cut["decision"]["reasons"][-1],): 1}
+
+
+def test_a_change_that_still_allows_leaves_the_stream_alone(
+    sqlite_gate: tuple[GateEnv, Path, Runtime, ThreadedServer],
+) -> None:
+    env, db, runtime, server = sqlite_gate
+    watch = StreamWatch(_client(env, server, "merlion-sg", "SG")).start()
+    sqlite_exec(db, "UPDATE entities SET name = 'Merlion Data Pte Ltd' WHERE id = 'merlion-sg'")
+    assert wait_until(
+        lambda: runtime.registry is not None and runtime.registry.health().misses >= 1
+    )
+    watch.wait(30)
+    assert watch.finished and watch.error is None and runtime.streams.cuts == 0
+
+
+def test_unreadable_sqlite_file_denies_with_registry_unavailable(tmp_path: Path) -> None:
+    db = tmp_path / "registry.db"
+    sqlite3.connect(db).close()  # a file with no schema: the store cannot open
+    env = database_gate_env(tmp_path, f"sqlite:{db}")
+    runtime = Runtime.from_config(str(env.config))
+    app = build_model_app(token_delay=0.01)
+    app.add_middleware(AIDRGateMiddleware, runtime=runtime)
+    with serve(app, proxy_headers=False) as server:
+        denied = _ask(_client(env, server, "lab-us", "US"))
+        assert denied is not None and denied.status_code == 503
+        assert denied.body["code"] == "REGISTRY_UNAVAILABLE"  # type: ignore[index]
+        assert runtime.registry is not None and not runtime.registry.health().ready
