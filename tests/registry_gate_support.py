@@ -78,7 +78,7 @@ class StreamWatch:
                     self.chunks += 1
                     self.first.set()
             self.finished = True
-        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        except BaseException as exc:  # the test inspects it
             self.error = exc
         finally:
             self.first.set()
