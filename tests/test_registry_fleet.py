@@ -6,6 +6,7 @@ goes away is served from the cache until ``max_staleness``, then refused, then s
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +15,12 @@ import httpx
 import openai
 import pytest
 
+from aidr_gate.cli import main as cli_main
 from aidr_gate.stores.postgres import PostgresStore
 from gate_env import IP, GateEnv
 from postgres_server import PostgresServer, postgres_server, wait_until
 from registry_gate_support import StreamWatch, database_gate_env, import_examples
-from servers import openai_client
+from servers import free_port, openai_client
 from sidecar_support import Process, model_server, sidecar
 
 DSN_VARIABLE = "AIDR_TEST_REGISTRY_DSN"
@@ -247,3 +249,22 @@ def test_the_revision_in_the_records_is_the_database_revision(
             break
         time.sleep(0.05)
     assert last["registry"]["revision"] == now
+
+
+def test_check_reads_the_entity_from_postgresql(
+    server: PostgresServer,
+    database: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(DSN_VARIABLE, server.dsn(database))
+    flags = ("--entity", "lab-us", "--country", "US", "--model", "aurora-frontier", "--compact")
+    for store in (server.dsn(database), f"env:{DSN_VARIABLE}"):
+        assert cli_main(["check", "--registry", store, *flags]) == 0
+        decision = json.loads(capsys.readouterr().out)
+        assert decision["evidence"]["entity"]["known"] is True
+        assert decision["registry"]["revision"]
+    nowhere = f"postgresql://aidr@127.0.0.1:{free_port()}/registry"  # nothing listens there
+    assert cli_main(["check", "--registry", nowhere, *flags]) == 1
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["reasons"] == ["REGISTRY_UNAVAILABLE"]

@@ -4,16 +4,20 @@ remembered, a revocation enforced without a reload, and an admitted stream cut w
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 
+from aidr_gate.cli import main as cli_main
 from aidr_gate.demo.model_server import build_model_app
 from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.runtime import Runtime
+from conftest import EXAMPLES
 from gate_env import IP, GateEnv
 from postgres_server import wait_until
 from registry_gate_support import StreamWatch, database_gate_env, import_examples, sqlite_exec
@@ -124,3 +128,55 @@ def test_unreadable_sqlite_file_denies_with_registry_unavailable(tmp_path: Path)
         assert denied is not None and denied.status_code == 503
         assert denied.body["code"] == "REGISTRY_UNAVAILABLE"  # type: ignore[index]
         assert runtime.registry is not None and not runtime.registry.health().ready
+
+
+def _cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    code = cli_main(list(args))
+    out: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return code, out
+
+
+def test_check_and_replay_read_any_store(
+    sqlite_gate: tuple[GateEnv, Path, Runtime, ThreadedServer],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    env, db, runtime, server = sqlite_gate
+    for _ in range(3):
+        assert _ask(_client(env, server, "merlion-sg", "SG")) is None
+    decided_on = runtime.registry.revision if runtime.registry else None
+    assert decided_on
+    flags = ("--entity", "merlion-sg", "--country", "SG", "--model", "aurora-frontier")
+    # The configured store (SQLite, through the cache), then the same store named on the line.
+    code, decision = _cli_json(capsys, "check", "--config", str(env.config), "--compact", *flags)
+    assert code == 0 and decision["registry"] == {"revision": decided_on}
+    sqlite_exec(db, "UPDATE agreements SET status = 'revoked' WHERE id = 'SA-2025-014'")
+    code, decision = _cli_json(capsys, "check", "--registry", f"sqlite:{db}", "--compact", *flags)
+    assert code == 1 and decision["reasons"][0] == "NO_VALID_AGREEMENT"
+    now = decision["registry"]["revision"]
+    assert now != decided_on
+    # A file store named with --registry is read whole, with the file's revision.
+    code, decision = _cli_json(
+        capsys, "check", "--registry", str(EXAMPLES / "entities.yaml"), "--compact", *flags
+    )
+    assert code == 0 and str(decision["registry"]["revision"]).startswith("sha256:")
+    # replay re-decides the records with the store as it is now, and says on which revisions
+    # they were decided.
+    assert wait_until(lambda: len(env.audit_records()) >= 3)
+    code = cli_main(
+        [
+            "replay",
+            "--pack",
+            "aidr-2025-01",
+            "--registry",
+            f"sqlite:{db}",
+            "--json",
+            "-",
+            "--quiet",
+            str(env.audit_dir),
+        ]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["registry_revision"] == now
+    assert {r["revision"] for r in report["recorded_registries"]} == {decided_on}
+    assert report["flips"]["by_kind"].get("allow->deny", 0) >= 3
+    assert code in (0, 1)

@@ -13,6 +13,7 @@ from aidr_gate.catalog import InMemoryCatalog, Model, ModelCatalog, Weights, loa
 from aidr_gate.config import GateConfig, PolicyConfig, load_config
 from aidr_gate.decision import Decision, Effect, Evidence, Mode, Outcome, PolicyRef, ShadowResult
 from aidr_gate.errors import (
+    AccessRevoked,
     AidrGateError,
     AuditUnavailable,
     BodyIncomplete,
@@ -62,6 +63,7 @@ from aidr_gate.runtime import Runtime
 
 __all__ = [
     "AIDRGateMiddleware",
+    "AccessRevoked",
     "Agreement",
     "AgreementState",
     "AgreementStatus",

@@ -9,7 +9,10 @@ the terminal summary and the HTML report (``replay/html.py``) render it. Its sha
                       extends (the packs it builds on, nearest first)
     recorded_packs    [{id, digest, status, records, title, effective}]: the packs the records
                       were decided under (title and window when a bundled pack matches the digest)
-    registry, catalog file names given with --registry/--catalog, or null (evidence as recorded)
+    registry, catalog file names given with --registry/--catalog, or null (evidence as recorded);
+    registry_revision the --registry store's revision when replay read it, or null
+    recorded_registries [{revision, records}]: the registry revisions the records were decided
+                      on (records from before revisions were recorded are not counted)
     at                ISO time every record was re-decided at (--at), or null (each its own time)
     files             [{path, lines, records, first_seq, last_seq, torn, error}] in chain order
     range             {first, last}: the earliest and latest decision times read
@@ -217,6 +220,11 @@ def build_report(result: ReplayResult, *, top: int = 10) -> dict[str, Any]:
             for (pid, digest, status), count in tally.recorded_packs.most_common()
         ],
         "registry": options.registry_source,
+        "registry_revision": options.registry_revision,
+        "recorded_registries": [
+            {"revision": revision, "records": count}
+            for revision, count in tally.recorded_registries.most_common()
+        ],
         "catalog": options.catalog_source,
         "at": _time(options.at),
         "files": [
@@ -340,9 +348,16 @@ def summary(report: dict[str, Any], *, top: int = 10) -> str:
             f"  recorded under {recorded['id']} ({recorded['status']}, "
             f"{_short(recorded['digest'])}): {_n(recorded['records'])} records"
         )
+    revisions = report["recorded_registries"]
+    if revisions:
+        shown = ", ".join(f"{r['revision']} ({_n(r['records'])})" for r in revisions[:3])
+        others = f" and {len(revisions) - 3} more" if len(revisions) > 3 else ""
+        out.append(f"  decided on registry revisions {shown}{others}")
     if report["registry"] or report["catalog"]:
         out.append(
-            f"  registry: {report['registry'] or 'as recorded'}; "
+            f"  registry: {report['registry'] or 'as recorded'}"
+            + (f" at {report['registry_revision']}" if report["registry_revision"] else "")
+            + "; "
             f"catalogue: {report['catalog'] or 'as recorded'}"
         )
     out.append("")

@@ -8,9 +8,11 @@ in an environment variable (so no password is on a command line).
 
 from __future__ import annotations
 
+import asyncio
 import os
 
-from aidr_gate.errors import ConfigError
+from aidr_gate.errors import ConfigError, RegistryUnavailable
+from aidr_gate.registry import InMemoryRegistry
 from aidr_gate.stores.base import RegistryChange, RegistryStore, WritableStore
 from aidr_gate.stores.cache import (
     MISS,
@@ -38,6 +40,7 @@ __all__ = [
     "RegistryView",
     "SnapshotView",
     "WritableStore",
+    "load_whole",
     "open_store",
     "registry_view",
 ]
@@ -67,3 +70,23 @@ def open_store(name: str) -> WritableStore:
 
         return SqliteStore(name.removeprefix("sqlite:"))
     return FileStore(name)
+
+
+def load_whole(name: str) -> tuple[InMemoryRegistry, str]:
+    """Every entity of the store *name* designates, in memory, and the store's revision (for
+    offline tools: ``replay --registry``); raises ConfigError when it cannot be read."""
+
+    async def read() -> tuple[InMemoryRegistry, str]:
+        store = open_store(name)
+        await store.open()
+        try:
+            revision = await store.revision()
+            entities = [entity async for entity in store.entities()]
+        finally:
+            await store.close()
+        return InMemoryRegistry(entities, source=store.source, revision=revision), revision
+
+    try:
+        return asyncio.run(read())
+    except RegistryUnavailable as exc:
+        raise ConfigError.single(name, "", f"the registry cannot be read: {exc.message}") from None
