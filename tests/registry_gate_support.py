@@ -17,7 +17,7 @@ from aidr_gate.cli import main as cli_main
 from conftest import EXAMPLES
 from gate_env import GateEnv, make_gate_env
 
-LONG_PROMPT = " ".join(f"word{i}" for i in range(400))  # ~400 tokens: a stream of seconds
+LONG_PROMPT = " ".join(f"word{i}" for i in range(12))  # the demo echoes 12 words: 18 chunks
 
 
 def import_examples(store: str) -> None:

@@ -55,7 +55,7 @@ def fleet(
         for i in (0, 1):
             (root / f"r{i}").mkdir()
         envs = [database_gate_env(root / f"r{i}", f"env:{DSN_VARIABLE}") for i in (0, 1)]
-        with model_server(root, token_delay=0.02) as upstream:
+        with model_server(root, token_delay=0.3) as upstream:
             gates = [sidecar(env.root, env.config, upstream.url).start() for env in envs]
             try:
                 yield envs, gates

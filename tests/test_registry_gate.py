@@ -18,7 +18,7 @@ from aidr_gate.demo.model_server import build_model_app
 from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.runtime import Runtime
 from conftest import EXAMPLES
-from gate_env import IP, GateEnv
+from gate_env import IP, GateEnv, make_gate_env
 from postgres_server import wait_until
 from registry_gate_support import StreamWatch, database_gate_env, import_examples, sqlite_exec
 from servers import ThreadedServer, openai_client, serve
@@ -32,7 +32,7 @@ def sqlite_gate(tmp_path: Path) -> Iterator[tuple[GateEnv, Path, Runtime, Thread
     env = database_gate_env(tmp_path, f"sqlite:{db}")
     runtime = Runtime.from_config(str(env.config))
     runtime.telemetry.counting = True  # as with an exporter configured
-    app = build_model_app(token_delay=0.01)
+    app = build_model_app(token_delay=0.3)
     app.add_middleware(AIDRGateMiddleware, runtime=runtime)
     with serve(app, proxy_headers=False) as server:
         yield env, db, runtime, server
@@ -121,7 +121,7 @@ def test_unreadable_sqlite_file_denies_with_registry_unavailable(tmp_path: Path)
     sqlite3.connect(db).close()  # a file with no schema: the store cannot open
     env = database_gate_env(tmp_path, f"sqlite:{db}")
     runtime = Runtime.from_config(str(env.config))
-    app = build_model_app(token_delay=0.01)
+    app = build_model_app(token_delay=0.3)
     app.add_middleware(AIDRGateMiddleware, runtime=runtime)
     with serve(app, proxy_headers=False) as server:
         denied = _ask(_client(env, server, "lab-us", "US"))
@@ -180,3 +180,24 @@ def test_check_and_replay_read_any_store(
     assert {r["revision"] for r in report["recorded_registries"]} == {decided_on}
     assert report["flips"]["by_kind"].get("allow->deny", 0) >= 3
     assert code in (0, 1)
+
+
+def test_a_reloaded_registry_file_cuts_the_stream_it_now_denies(tmp_path: Path) -> None:
+    registry = tmp_path / "entities.yaml"
+    registry.write_text((EXAMPLES / "entities.yaml").read_text())
+    env = make_gate_env(tmp_path, registry=registry)
+    runtime = Runtime.from_config(str(env.config))  # the policy files are polled every 2 s
+    app = build_model_app(token_delay=0.3)
+    app.add_middleware(AIDRGateMiddleware, runtime=runtime)
+    with serve(app, proxy_headers=False) as server:
+        watch = StreamWatch(_client(env, server, "merlion-sg", "SG")).start()
+        before = registry.read_text()
+        text = before.replace(
+            "SA-2025-014\n        type: security-agreement\n        status: active",
+            "SA-2025-014\n        type: security-agreement\n        status: revoked",
+        )
+        assert text != before
+        registry.write_text(text)
+        watch.wait(20)
+        assert watch.code == "ACCESS_REVOKED" and not watch.finished
+        assert runtime.streams.cuts == 1
