@@ -39,12 +39,13 @@ RECHECK_BATCH = 256
 class AdmittedStream:
     """One streamed response in flight: its decision, its task, and how far it got."""
 
-    __slots__ = ("at_boundary", "cut", "decision", "task")
+    __slots__ = ("active", "at_boundary", "cut", "decision", "task")
 
     def __init__(self, decision: Decision, task: asyncio.Task[object]) -> None:
         self.decision = decision
         self.task = task
         self.cut: Decision | None = None  # the deny that ended it
+        self.active = True  # False once it sends its last chunk (or ends): never cut after
         self.at_boundary = True  # the bytes sent so far end between two events
 
     def sent(self, chunk: bytes) -> None:
@@ -108,6 +109,7 @@ class StreamBook:
 
     def done(self, stream: AdmittedStream) -> None:
         """The stream ended (or is sending its last chunk): it can no longer be cut."""
+        stream.active = False
         entity_id = stream.decision.evidence.entity_id or ""
         streams = self._by_entity.get(entity_id)
         if streams is not None:
@@ -149,7 +151,7 @@ class StreamBook:
                 entities[entity_id] = found
             for stream in batch:
                 found = entities[stream.decision.evidence.entity_id or ""]
-                if isinstance(found, Absent) or stream.cut is not None or stream.task.done():
+                if isinstance(found, Absent) or not stream.active or stream.task.done():
                     continue
                 evidence = stream.decision.evidence
                 if evidence.origin is None:
@@ -166,7 +168,7 @@ class StreamBook:
 
     def cut(self, stream: AdmittedStream, because: Decision) -> None:
         """End *stream*: its task is cancelled; the middleware sends the final event."""
-        if stream.cut is not None or stream.task.done():
+        if stream.cut is not None or not stream.active or stream.task.done():
             return
         stream.cut = replace(because, reasons=(AccessRevoked.reason, *because.reasons))
         self.done(stream)
