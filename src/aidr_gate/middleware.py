@@ -410,6 +410,7 @@ class AIDRGateMiddleware:
         """Wrap *send* so a model listing only names models this caller may use."""
         identity = decision.evidence.identity
         origin = decision.evidence.origin
+        entity = decision.evidence.entity  # as resolved for the decision: no second lookup
         limit = runtime.settings.max_listing_bytes
         start: Message | None = None
         chunks: list[bytes] = []
@@ -435,7 +436,12 @@ class AIDRGateMiddleware:
             if message.get("more_body", False):
                 return
             payload = _filter_listing(
-                runtime, b"".join(chunks) if size <= limit else b"", identity, origin, decision.at
+                runtime,
+                b"".join(chunks) if size <= limit else b"",
+                identity,
+                origin,
+                decision.at,
+                entity,
             )
             headers = [
                 (k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"
@@ -554,7 +560,12 @@ async def _end_cut(
 
 
 def _filter_listing(
-    runtime: Runtime, payload: bytes, identity: Identity | None, origin: Origin | None, at: float
+    runtime: Runtime,
+    payload: bytes,
+    identity: Identity | None,
+    origin: Origin | None,
+    at: float,
+    entity: Resolved = MISS,
 ) -> bytes:
     """Keep only the listed models this caller may use; anything unreadable lists nothing."""
     try:
@@ -576,6 +587,7 @@ def _filter_listing(
             origin=origin or _unknown_origin({}),
             model=catalog.get(model_id),
             at=at,
+            entity=entity,
         )
         if verdict.outcome.effect is not Effect.DENY:
             keep.append(item)
