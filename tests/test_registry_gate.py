@@ -201,3 +201,19 @@ def test_a_reloaded_registry_file_cuts_the_stream_it_now_denies(tmp_path: Path) 
         watch.wait(20)
         assert watch.code == "ACCESS_REVOKED" and not watch.finished
         assert runtime.streams.cuts == 1
+
+
+def test_a_listing_names_what_the_database_entity_may_use(
+    sqlite_gate: tuple[GateEnv, Path, Runtime, ThreadedServer],
+) -> None:
+    env, db, _, server = sqlite_gate
+    listed = {m.id for m in _client(env, server, "merlion-sg", "SG").models.list()}
+    assert "aurora-frontier" in listed
+    sqlite_exec(db, "UPDATE entities SET headquarters = 'CN' WHERE id = 'merlion-sg'")
+    assert wait_until(
+        lambda: (
+            "aurora-frontier"
+            not in {m.id for m in _client(env, server, "merlion-sg", "SG").models.list()}
+        ),
+        10,
+    )
