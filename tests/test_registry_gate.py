@@ -5,6 +5,7 @@ remembered, a revocation enforced without a reload, and an admitted stream cut w
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +20,11 @@ from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.runtime import Runtime
 from conftest import EXAMPLES
 from gate_env import IP, GateEnv, make_gate_env
+from jwks_server import jwks_of, rsa_key
 from postgres_server import wait_until
 from registry_gate_support import StreamWatch, database_gate_env, import_examples, sqlite_exec
 from servers import ThreadedServer, openai_client, serve
+from sidecar_support import model_server, sidecar
 
 
 @pytest.fixture
@@ -217,3 +220,28 @@ def test_a_listing_names_what_the_database_entity_may_use(
         ),
         10,
     )
+
+
+def test_a_removed_key_cuts_the_streams_its_tokens_opened(tmp_path: Path) -> None:
+    """Through ``aidr-gate serve``: the key file rotated to another key only, then SIGHUP."""
+    env = make_gate_env(tmp_path)
+    with (
+        model_server(tmp_path, token_delay=0.3) as upstream,
+        sidecar(env.root, env.config, upstream.url) as gate,
+    ):
+        client = openai_client(f"{gate.url}/v1", env.token("lab-us"), IP["US"])
+        watch = StreamWatch(client).start()
+        (tmp_path / "jwks.json").write_text(json.dumps(jwks_of(rsa_key("next-key"))))
+        gate.signal(signal.SIGHUP)
+        watch.wait(20)
+        assert watch.code == "ACCESS_REVOKED" and not watch.finished
+
+        def cut_records() -> list[dict[str, Any]]:
+            return [
+                r["aidr"]
+                for r in env.audit_records()
+                if (r["aidr"]["request"] or {}).get("cut_of") == watch.decision_id
+            ]
+
+        assert wait_until(lambda: len(cut_records()) == 1, 10)
+        assert cut_records()[0]["decision"]["reasons"] == ["ACCESS_REVOKED", "TOKEN_KEY_UNKNOWN"]

@@ -91,6 +91,7 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._policy_stamp = self._stamp()
         self._unwatch: Callable[[], None] = lambda: None
+        self._keys_watched = False
         self.started = False
         self.last_reload: ReloadReport | None = None
 
@@ -140,6 +141,9 @@ class Runtime:
             await self.registry.start()
             self._unwatch = self.registry.on_change(self.streams.changed)
         self.telemetry.watch_registry(lambda: self.registry)
+        if not self._keys_watched:  # a removed key cuts the streams its tokens opened
+            self.identity.keys.add_listener(self.streams.keys_changed)
+            self._keys_watched = True
         await self.identity.start()
         if self.audit is not None:
             try:

@@ -8,8 +8,10 @@ again with the same identity, origin and model under the current state; a deny (
 cuts it: the request's task is cancelled, which ends the app's (or the proxy's upstream) work where
 it waits, and the middleware sends a final SSE event in the OpenAI error shape with reason
 ``ACCESS_REVOKED``, ends the response, and writes an audit record of the cut that names the
-original decision. A registry that cannot be read while rechecking cuts nothing: the outage is
-not a decision (new requests are refused past ``max_staleness``).
+original decision. A key removed from the key set cuts the streams whose token it verified
+(:meth:`StreamBook.keys_changed`, a key set listener): the token would now be refused. A registry
+that cannot be read while rechecking cuts nothing: the outage is not a decision (new requests are
+refused past ``max_staleness``).
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from typing import TYPE_CHECKING
 from msgspec.structs import replace
 
 from aidr_gate.decision import Decision
-from aidr_gate.errors import AccessRevoked
+from aidr_gate.errors import AccessRevoked, TokenKeyUnknown
 from aidr_gate.stores.base import RegistryChange
 from aidr_gate.stores.cache import MISS, Absent
 
 if TYPE_CHECKING:
     from aidr_gate.gate import Gate
+    from aidr_gate.keys import KeySet
 
 logger = logging.getLogger("aidr_gate.streams")
 
@@ -165,6 +168,26 @@ class StreamBook:
                 )
                 if now.blocks:
                     self.cut(stream, now)
+
+    def keys_changed(self, old: KeySet | None, new: KeySet) -> None:
+        """A key set listener: cut the streams whose token was verified with a key the new set
+        no longer holds (the token would now be refused, TOKEN_KEY_UNKNOWN)."""
+        if not self._by_entity:
+            return
+        known = frozenset(new.key_ids)
+        for stream in [s for streams in self._by_entity.values() for s in streams]:
+            evidence = stream.decision.evidence
+            identity = evidence.identity
+            if identity is None or identity.key_id is None or identity.key_id in known:
+                continue
+            refused = self.gate.refuse(
+                TokenKeyUnknown("the key that verified the token was removed"),
+                identity=identity,
+                origin=evidence.origin,
+                model_id=evidence.model_requested,
+            )
+            if refused.blocks:
+                self.cut(stream, refused)
 
     def cut(self, stream: AdmittedStream, because: Decision) -> None:
         """End *stream*: its task is cancelled; the middleware sends the final event."""
