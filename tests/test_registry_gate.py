@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -245,3 +246,16 @@ def test_a_removed_key_cuts_the_streams_its_tokens_opened(tmp_path: Path) -> Non
 
         assert wait_until(lambda: len(cut_records()) == 1, 10)
         assert cut_records()[0]["decision"]["reasons"] == ["ACCESS_REVOKED", "TOKEN_KEY_UNKNOWN"]
+
+
+def test_an_agreement_that_expires_mid_stream_cuts_it_then(
+    sqlite_gate: tuple[GateEnv, Path, Runtime, ThreadedServer],
+) -> None:
+    env, db, runtime, server = sqlite_gate
+    ends = time.time() + 2.0
+    sqlite_exec(db, "UPDATE agreements SET valid_until = ? WHERE id = 'SA-2025-014'", ends)
+    watch = StreamWatch(_client(env, server, "merlion-sg", "SG")).start()
+    watch.wait(20)
+    assert watch.code == "ACCESS_REVOKED" and not watch.finished
+    assert time.time() >= ends  # cut when the window closed, with no change to the registry
+    assert runtime.streams.cuts == 1

@@ -4,7 +4,8 @@ The middleware registers a response when it starts as an event stream (``text/ev
 a caller with an entity, and forgets it when it ends; nothing is kept for other responses. When
 the registry says entities changed (:meth:`StreamBook.changed`, an ``EntityCache.on_change``
 listener) or the pack is reloaded (:meth:`StreamBook.recheck`), each affected stream is decided
-again with the same identity, origin and model under the current state; a deny (in enforce mode)
+again with the same identity, origin and model under the current state (and so is a stream
+whose entity's agreement window opens or closes while it runs, at that instant); a deny (in enforce mode)
 cuts it: the request's task is cancelled, which ends the app's (or the proxy's upstream) work where
 it waits, and the middleware sends a final SSE event in the OpenAI error shape with reason
 ``ACCESS_REVOKED``, ends the response, and writes an audit record of the cut that names the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -37,18 +39,22 @@ logger = logging.getLogger("aidr_gate.streams")
 EVENT_STREAM = b"text/event-stream"
 # Streams rechecked at once at most (each may await one registry read).
 RECHECK_BATCH = 256
+# An agreement window that opens or closes within this many seconds of a stream's start gets a
+# timer that rechecks the stream then (a stream outliving a day is rechecked on changes only).
+WINDOW_HORIZON = 86_400.0
 
 
 class AdmittedStream:
     """One streamed response in flight: its decision, its task, and how far it got."""
 
-    __slots__ = ("active", "at_boundary", "cut", "decision", "task")
+    __slots__ = ("active", "at_boundary", "cut", "decision", "task", "timer")
 
     def __init__(self, decision: Decision, task: asyncio.Task[object]) -> None:
         self.decision = decision
         self.task = task
         self.cut: Decision | None = None  # the deny that ended it
         self.active = True  # False once it sends its last chunk (or ends): never cut after
+        self.timer: asyncio.TimerHandle | None = None  # an agreement window's next edge
         self.at_boundary = True  # the bytes sent so far end between two events
 
     def sent(self, chunk: bytes) -> None:
@@ -108,11 +114,28 @@ class StreamBook:
             return None
         stream = AdmittedStream(decision, task)
         self._by_entity.setdefault(entity_id, set()).add(stream)
+        entity = decision.evidence.entity
+        if entity is not None and entity.agreements:
+            # An agreement that expires (or starts) while the stream runs changes the answer
+            # without any change to the registry: recheck at that instant.
+            now = time.time()
+            edges = [
+                t
+                for a in entity.agreements
+                for t in (a.valid_from, a.valid_until)
+                if t is not None and now < t < now + WINDOW_HORIZON
+            ]
+            if edges:
+                stream.timer = asyncio.get_running_loop().call_later(
+                    min(edges) - now + 0.01, self.recheck, (entity_id,)
+                )
         return stream
 
     def done(self, stream: AdmittedStream) -> None:
         """The stream ended (or is sending its last chunk): it can no longer be cut."""
         stream.active = False
+        if stream.timer is not None:
+            stream.timer.cancel()
         entity_id = stream.decision.evidence.entity_id or ""
         streams = self._by_entity.get(entity_id)
         if streams is not None:
