@@ -16,11 +16,14 @@ import openai
 import pytest
 
 from aidr_gate.cli import main as cli_main
+from aidr_gate.demo.model_server import build_model_app
+from aidr_gate.middleware import AIDRGateMiddleware
+from aidr_gate.runtime import Runtime
 from aidr_gate.stores.postgres import PostgresStore
 from gate_env import IP, GateEnv
 from postgres_server import PostgresServer, postgres_server, wait_until
 from registry_gate_support import StreamWatch, database_gate_env, import_examples
-from servers import free_port, openai_client
+from servers import free_port, openai_client, serve
 from sidecar_support import Process, model_server, sidecar
 
 DSN_VARIABLE = "AIDR_TEST_REGISTRY_DSN"
@@ -268,3 +271,29 @@ def test_check_reads_the_entity_from_postgresql(
     assert cli_main(["check", "--registry", nowhere, *flags]) == 1
     decision = json.loads(capsys.readouterr().out)
     assert decision["reasons"] == ["REGISTRY_UNAVAILABLE"]
+
+
+def test_the_middleware_in_process_on_postgresql_cuts_and_denies(
+    server: PostgresServer, tmp_path: Path
+) -> None:
+    name = f"inproc{next(_COUNTER)}"
+    import_examples(server.create_database(name))
+    env = database_gate_env(tmp_path, server.dsn(name))
+    runtime = Runtime.from_config(str(env.config))
+    app = build_model_app(token_delay=0.3)
+    app.add_middleware(AIDRGateMiddleware, runtime=runtime)
+    with serve(app, proxy_headers=False) as served:
+        client = openai_client(f"{served.url}/v1", env.token("merlion-sg"), IP["SG"])
+        watch = StreamWatch(client).start()
+        server.psql(
+            "UPDATE aidr_registry.agreements SET status = 'revoked' WHERE id = 'SA-2025-014'", name
+        )
+        watch.wait()
+        assert watch.code == "ACCESS_REVOKED" and not watch.finished
+        with pytest.raises(openai.PermissionDeniedError) as denied:
+            client.chat.completions.create(
+                model="aurora-frontier", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert isinstance(denied.value.body, dict)
+        assert denied.value.body["code"] == "NO_VALID_AGREEMENT"
+        assert runtime.registry is not None and runtime.registry.health().kind == "postgres"

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -259,3 +260,23 @@ def test_an_agreement_that_expires_mid_stream_cuts_it_then(
     assert watch.code == "ACCESS_REVOKED" and not watch.finished
     assert time.time() >= ends  # cut when the window closed, with no change to the registry
     assert runtime.streams.cuts == 1
+
+
+def test_the_sidecar_on_sqlite_cuts_and_denies(tmp_path: Path) -> None:
+    db = tmp_path / "registry.db"
+    import_examples(f"sqlite:{db}")
+    env = database_gate_env(tmp_path, f"sqlite:{db}")
+    with (
+        model_server(tmp_path, token_delay=0.3) as upstream,
+        sidecar(env.root, env.config, upstream.url) as gate,
+    ):
+        client = openai_client(f"{gate.url}/v1", env.token("merlion-sg"), IP["SG"])
+        watch = StreamWatch(client).start()
+        sqlite_exec(db, "UPDATE agreements SET status = 'suspended' WHERE id = 'SA-2025-014'")
+        watch.wait()
+        assert watch.code == "ACCESS_REVOKED" and not watch.finished
+        denied = _ask(client)
+        assert denied is not None and denied.body["code"] == "NO_VALID_AGREEMENT"  # type: ignore[index]
+        # The upstream was told: its stream was cancelled, not run to the end.
+        stats = httpx.get(f"{upstream.url}/demo/stats").json()
+        assert stats["streams_cancelled"] >= 1
