@@ -280,3 +280,15 @@ def test_the_sidecar_on_sqlite_cuts_and_denies(tmp_path: Path) -> None:
         # The upstream was told: its stream was cancelled, not run to the end.
         stats = httpx.get(f"{upstream.url}/demo/stats").json()
         assert stats["streams_cancelled"] >= 1
+
+
+def test_an_agreement_shortened_mid_stream_cuts_it_when_the_new_window_closes(
+    sqlite_gate: tuple[GateEnv, Path, Runtime, ThreadedServer],
+) -> None:
+    env, db, runtime, server = sqlite_gate
+    watch = StreamWatch(_client(env, server, "merlion-sg", "SG")).start()
+    ends = time.time() + 2.0  # still valid when the change arrives, closed before the stream ends
+    sqlite_exec(db, "UPDATE agreements SET valid_until = ? WHERE id = 'SA-2025-014'", ends)
+    watch.wait(20)
+    assert watch.code == "ACCESS_REVOKED" and not watch.finished
+    assert time.time() >= ends and runtime.streams.cuts == 1

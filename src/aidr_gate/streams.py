@@ -27,6 +27,7 @@ from msgspec.structs import replace
 
 from aidr_gate.decision import Decision
 from aidr_gate.errors import AccessRevoked, TokenKeyUnknown
+from aidr_gate.registry import Entity
 from aidr_gate.stores.base import RegistryChange
 from aidr_gate.stores.cache import MISS, Absent
 
@@ -114,22 +115,28 @@ class StreamBook:
             return None
         stream = AdmittedStream(decision, task)
         self._by_entity.setdefault(entity_id, set()).add(stream)
-        entity = decision.evidence.entity
-        if entity is not None and entity.agreements:
-            # An agreement that expires (or starts) while the stream runs changes the answer
-            # without any change to the registry: recheck at that instant.
-            now = time.time()
-            edges = [
-                t
-                for a in entity.agreements
-                for t in (a.valid_from, a.valid_until)
-                if t is not None and now < t < now + WINDOW_HORIZON
-            ]
-            if edges:
-                stream.timer = asyncio.get_running_loop().call_later(
-                    min(edges) - now + 0.01, self.recheck, (entity_id,)
-                )
+        self._arm(stream, decision.evidence.entity)
         return stream
+
+    def _arm(self, stream: AdmittedStream, entity: Entity | None) -> None:
+        """Recheck *stream* when the next agreement window of *entity* opens or closes: that
+        changes the answer without any change to the registry."""
+        if stream.timer is not None:
+            stream.timer.cancel()
+            stream.timer = None
+        if entity is None or not entity.agreements:
+            return
+        now = time.time()
+        edges = [
+            t
+            for a in entity.agreements
+            for t in (a.valid_from, a.valid_until)
+            if t is not None and now < t < now + WINDOW_HORIZON
+        ]
+        if edges:
+            stream.timer = asyncio.get_running_loop().call_later(
+                min(edges) - now + 0.01, self.recheck, (entity.id,)
+            )
 
     def done(self, stream: AdmittedStream) -> None:
         """The stream ended (or is sending its last chunk): it can no longer be cut."""
@@ -191,6 +198,8 @@ class StreamBook:
                 )
                 if now.blocks:
                     self.cut(stream, now)
+                else:  # still allowed: follow the windows of the entity as it is now
+                    self._arm(stream, found)
 
     def keys_changed(self, old: KeySet | None, new: KeySet) -> None:
         """A key set listener: cut the streams whose token was verified with a key the new set
