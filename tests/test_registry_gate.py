@@ -4,6 +4,7 @@ remembered, a revocation enforced without a reload, and an admitted stream cut w
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sqlite3
@@ -292,3 +293,29 @@ def test_an_agreement_shortened_mid_stream_cuts_it_when_the_new_window_closes(
     watch.wait(20)
     assert watch.code == "ACCESS_REVOKED" and not watch.finished
     assert time.time() >= ends and runtime.streams.cuts == 1
+
+
+def test_a_reload_keeps_the_store_it_started_on(tmp_path: Path) -> None:
+    db = tmp_path / "registry.db"
+    import_examples(f"sqlite:{db}")
+    env = database_gate_env(tmp_path, f"sqlite:{db}")
+    original = env.config.read_text()
+
+    async def run() -> None:
+        runtime = Runtime.from_config(str(env.config))
+        await runtime.start()
+        try:
+            env.config.write_text(original.replace(f"sqlite:{db}", f"sqlite:{tmp_path / 'o.db'}"))
+            report = await runtime.reload()
+            assert not report.ok and "needs a restart" in report.detail
+            assert runtime.registry is not None and runtime.registry.health().state == "ready"
+            # What the stream book does is not the store: it is taken on reload.
+            env.config.write_text(
+                original.replace("negative_ttl: 30\n", "negative_ttl: 30\n  cut_streams: false\n")
+            )
+            report = await runtime.reload()
+            assert report.ok and runtime.streams.enabled is False
+        finally:
+            await runtime.close()
+
+    asyncio.run(run())

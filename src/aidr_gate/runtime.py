@@ -269,6 +269,8 @@ class Runtime:
             return report
         old = self.gate.swap(state)
         self.config = config
+        if config.registry_settings is not None:
+            self.streams.enabled = config.registry_settings.cut_streams
         self.streams.recheck()  # a stream the new pack (or registry file) denies is cut
         self._policy_stamp = self._stamp()
         changed = old.pack.digest != state.pack.digest or old is not state
@@ -309,7 +311,11 @@ def _load_policy(
 ) -> tuple[GateConfig, GateState]:
     config = load_config(path)
     settings = config.registry_settings
-    if registry is not None and (settings is None or running is None or settings != running):
+    if registry is not None and (
+        settings is None
+        or running is None
+        or (settings.store, settings.cache) != (running.store, running.cache)
+    ):
         # The cache follows the store it was started on: another store (or other cache bounds)
         # needs a restart; a file registry is reloaded with the policy.
         raise ConfigError.single(
