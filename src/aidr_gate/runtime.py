@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -25,14 +26,21 @@ from aidr_gate.config import GateConfig, load_config
 from aidr_gate.decision import Decision
 from aidr_gate.errors import ConfigError
 from aidr_gate.gate import Gate, GateState, load_state
+from aidr_gate.geo import ReloadResult
 from aidr_gate.identity import Authenticator, parse_identity_config
 from aidr_gate.jwks import FileKeys, RemoteJwks
 from aidr_gate.middleware_config import MiddlewareSettings, parse_middleware_settings
 from aidr_gate.origin import OriginResolver, origin_resolver_for
 from aidr_gate.stores.cache import RegistryView
 from aidr_gate.stores.settings import RegistrySettings, open_registry, registry_summary
-from aidr_gate.streams import StreamBook
+from aidr_gate.streams import AdmittedStream, StreamBook
 from aidr_gate.telemetry import Telemetry
+from aidr_gate.telemetry.wiring import (
+    TelemetryWiring,
+    count_geoip_reload,
+    count_reload,
+    pending_restart,
+)
 
 T = TypeVar("T")
 
@@ -65,6 +73,7 @@ class Runtime:
         config: GateConfig | None = None,
         telemetry: Telemetry | None = None,
         policy_watch_interval: float = DEFAULT_POLICY_WATCH_INTERVAL,
+        wiring: TelemetryWiring | None = None,
         registry: RegistryView | None = None,
     ) -> None:
         self.gate = gate
@@ -75,25 +84,32 @@ class Runtime:
         self.streams = StreamBook(
             gate,
             enabled=settings_of.cut_streams if settings_of is not None else True,
-            on_cut=lambda stream: (
-                self.telemetry.stream_cut(stream.cut.reasons[-1])
-                if stream.cut is not None
-                else None
-            ),
+            on_cut=self._stream_cut,
         )
         self.identity = identity
         self.origin = origin
         self.settings = settings
         self.audit = audit
         self.config = config
-        self.telemetry = telemetry or Telemetry()
+        # The exporters the telemetry: section names, started and closed with the runtime.
+        self.wiring = wiring or TelemetryWiring()
+        self.telemetry = telemetry or self.wiring.telemetry
+        self.telemetry.watch_runtime(self)
+        if isinstance(identity.keys, FileKeys):
+            identity.keys.on_reload = lambda ok: self.telemetry.reload("keys", ok=ok)
+        self._started_config = config  # what a reload is compared with for restart-only changes
         self._watch_interval = policy_watch_interval
         self._tasks: list[asyncio.Task[None]] = []
         self._policy_stamp = self._stamp()
         self._unwatch: Callable[[], None] = lambda: None
-        self._keys_watched = False
+        self._watching = False
         self.started = False
         self.last_reload: ReloadReport | None = None
+
+    def _stream_cut(self, stream: AdmittedStream) -> None:
+        reasons = stream.cut.reasons if stream.cut is not None else ()
+        if reasons:  # counted by the deny's own first reason (after ACCESS_REVOKED)
+            self.telemetry.stream_cut(reasons[1] if len(reasons) > 1 else reasons[0])
 
     # -- building -------------------------------------------------------------------------------
 
@@ -117,6 +133,7 @@ class Runtime:
         origin = attempt(origin_resolver_for)
         settings = attempt(parse_middleware_settings)
         audit = attempt(lambda c: AuditTrail(audit_config(c)))
+        wiring = attempt(TelemetryWiring.from_config)
         if errors or state is None or identity_config is None or origin is None or settings is None:
             raise ConfigError.merge(errors)
         return cls(
@@ -126,6 +143,7 @@ class Runtime:
             settings=settings,
             audit=audit,
             config=cfg,
+            wiring=wiring,
             registry=registry,
         )
 
@@ -135,25 +153,38 @@ class Runtime:
         """Start background work: key refresh, GeoIP and policy file watching, audit delivery."""
         if self.started:
             return
+        await self.wiring.start()  # first: a metrics port in use fails the start before the rest
         if self.registry is not None:
             # A store that is down leaves the cache unavailable (requests are denied with
             # REGISTRY_UNAVAILABLE) and is retried in the background: the gate still starts.
+            # Idempotent: a start retried after a failure below follows the same cache.
             await self.registry.start()
-            self._unwatch = self.registry.on_change(self.streams.changed)
-        self.telemetry.watch_registry(lambda: self.registry)
-        if not self._keys_watched:  # a removed key cuts the streams its tokens opened
+        if not self._watching:  # registry changes and removed keys cut admitted streams
+            if self.registry is not None:
+                self._unwatch = self.registry.on_change(self.streams.changed)
             self.identity.keys.add_listener(self.streams.keys_changed)
-            self._keys_watched = True
-        await self.identity.start()
+            self._watching = True
+        try:
+            await self.identity.start()
+        except BaseException:
+            await self.wiring.close()
+            raise
         if self.audit is not None:
             try:
                 await self.audit.start()
             except BaseException:
                 await self.identity.close()  # a runtime that failed to start leaves nothing running
+                await self.wiring.close()
                 raise
-        self._tasks.append(asyncio.create_task(self.origin.watch(), name="aidr-geoip-watch"))
+        self._tasks.append(
+            asyncio.create_task(self.origin.watch(self._geoip_reloaded), name="aidr-geoip-watch")
+        )
         if self.config is not None and self._watch_interval > 0:
             self._tasks.append(asyncio.create_task(self._watch_policy(), name="aidr-policy-watch"))
+        if self.gate.state.screening is not None and self.gate.state.screening.source is not None:
+            self._tasks.append(
+                asyncio.create_task(self._watch_screening(), name="aidr-screening-watch")
+            )
         self.started = True
         logger.info("%s", self.summary())
 
@@ -173,6 +204,7 @@ class Runtime:
             await self.audit.close(timeout)
         await self.identity.close()
         self.origin.close()
+        await self.wiring.close()  # last: the final export has the audit trail's final counts
         self.started = False
 
     def summary(self) -> str:
@@ -186,9 +218,12 @@ class Runtime:
             f"{len(state.catalog)} models",
             self.origin.describe(),
             "keys ready" if self.identity.ready else "keys not loaded yet",
+            f"metrics: {self.wiring.describe()}",
         ]
         if state.shadow is not None:
             parts.insert(1, f"shadow {state.shadow.pack.id}")
+        if state.screening is not None:
+            parts.append(f"screening lists {state.screening.version.label}")
         parts.append(f"audit: {self.audit.describe()}" if self.audit is not None else "audit: none")
         return "aidr-gate ready: " + "; ".join(parts)
 
@@ -263,7 +298,7 @@ class Runtime:
                 False, False, f"reload refused, keeping the last good state: {exc}"
             )
             logger.error("%s", report.detail)
-            self.telemetry.reload("policy", ok=False)
+            count_reload(self.telemetry, self.config, exc)
             self.last_reload = report
             self._policy_stamp = self._stamp()
             return report
@@ -281,9 +316,19 @@ class Runtime:
             f"{registry_summary(state.registry, self.registry)}, {len(state.catalog)} models",
         )
         logger.info("%s", report.detail)
-        self.telemetry.reload("policy", ok=True)
+        count_reload(self.telemetry, config, None)
+        self._note_restart_only(config)
         self.last_reload = report
         return report
+
+    def _note_restart_only(self, config: GateConfig) -> None:
+        restart = pending_restart(self._started_config or config, config)
+        self.telemetry.restart_pending(len(restart))
+        if restart:
+            logger.warning("changed settings need a restart to apply: %s", ", ".join(restart))
+
+    def _geoip_reloaded(self, results: tuple[ReloadResult, ...]) -> None:
+        count_geoip_reload(self.telemetry, results)
 
     async def reload_all(self) -> ReloadReport:
         """What SIGHUP does: reload the policy files, and the key file (or refetch the JWKS) and
@@ -292,11 +337,37 @@ class Runtime:
         report = await self.reload()
         keys = self.identity.keys
         if isinstance(keys, FileKeys):
-            await keys.reload()
+            await keys.reload()  # counted by the key file's own reload hook
         elif isinstance(keys, RemoteJwks):
-            await keys.refresh()
-        await asyncio.to_thread(self.origin.reload)
+            self.telemetry.reload("keys", ok=await keys.refresh())
+        self._geoip_reloaded(await asyncio.to_thread(self.origin.reload))
         return report
+
+    async def _watch_screening(self) -> None:
+        # The lists are checked in a thread; a change re-screens the registry there, and the new
+        # table is swapped in with the state it was screened for (unless a reload replaced it).
+        while True:
+            table = self.gate.state.screening
+            source = table.source if table is not None else None
+            # A reload may drop the screening: section, or bring it back; the watch goes on.
+            await asyncio.sleep(
+                source.settings.check_interval
+                if source is not None
+                else DEFAULT_POLICY_WATCH_INTERVAL
+            )
+            state = self.gate.state
+            table = state.screening
+            if table is None or table.source is None:
+                continue
+            try:
+                fresh, tried = await asyncio.to_thread(table.source.check, table, state.registry)
+            except Exception:  # a bug here must not end the watch; the staleness bound holds
+                logger.exception("screening check failed")
+                continue
+            if tried is not None:
+                self.telemetry.reload("screening", ok=tried)
+            if fresh is not None and self.gate.state is state:
+                self.gate.swap(dataclasses.replace(state, screening=fresh))
 
     async def _watch_policy(self) -> None:
         while True:

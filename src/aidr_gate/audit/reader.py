@@ -129,6 +129,7 @@ class RecordReader:
             "jurisdiction": facts.get("jurisdiction"),
             "agreement": facts.get("agreement"),
             "registry": facts.get("registry"),
+            "screening": facts.get("screening"),
             "request": _request(tree, aidr),
             "gate": {"added_us": tree["gate_us"]},
             "upstream": {
@@ -238,6 +239,8 @@ def _origin(tree: dict[str, Any], aidr: dict[str, Any], facts: dict[str, Any]) -
         "anonymizer_database": shared.get("anonymizer_database"),
         "anonymizer_database_build": shared.get("anonymizer_database_build"),
         "notes": own.get("notes", []),
+        "region": shared.get("region"),
+        "region_source": shared.get("region_source", "none"),
     }
 
 

@@ -9,6 +9,8 @@ the terminal summary and the HTML report (``replay/html.py``) render it. Its sha
                       extends (the packs it builds on, nearest first)
     recorded_packs    [{id, digest, status, records, title, effective}]: the packs the records
                       were decided under (title and window when a bundled pack matches the digest)
+    screening_lists   [{version, records}]: the restricted-party list versions ("date/sha256:...")
+                      the re-decided records saw, "(none)" for records without screening
     registry, catalog file names given with --registry/--catalog, or null (evidence as recorded);
     registry_revision the --registry store's revision when replay read it, or null
     recorded_registries [{revision, records}]: the registry revisions the records were decided
@@ -219,6 +221,11 @@ def build_report(result: ReplayResult, *, top: int = 10) -> dict[str, Any]:
             }
             for (pid, digest, status), count in tally.recorded_packs.most_common()
         ],
+        # Which restricted-party lists the re-decided records saw (their screening evidence).
+        "screening_lists": [
+            {"version": version, "records": count}
+            for version, count in tally.list_versions.most_common()
+        ],
         "registry": options.registry_source,
         "registry_revision": options.registry_revision,
         "recorded_registries": [
@@ -353,6 +360,9 @@ def summary(report: dict[str, Any], *, top: int = 10) -> str:
         shown = ", ".join(f"{r['revision']} ({_n(r['records'])})" for r in revisions[:3])
         others = f" and {len(revisions) - 3} more" if len(revisions) > 3 else ""
         out.append(f"  decided on registry revisions {shown}{others}")
+    screened = [row for row in report.get("screening_lists", []) if row["version"] != "(none)"]
+    for row in screened:
+        out.append(f"  screening lists {row['version']}: {_n(row['records'])} records")
     if report["registry"] or report["catalog"]:
         out.append(
             f"  registry: {report['registry'] or 'as recorded'}"
