@@ -19,6 +19,7 @@ import pytest
 
 from aidr_gate.cli import main as cli_main
 from aidr_gate.demo.model_server import build_model_app
+from aidr_gate.errors import ConfigError
 from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.runtime import Runtime
 from conftest import EXAMPLES
@@ -319,3 +320,12 @@ def test_a_reload_keeps_the_store_it_started_on(tmp_path: Path) -> None:
             await runtime.close()
 
     asyncio.run(run())
+
+
+def test_screening_a_database_registry_is_refused_at_load(tmp_path: Path) -> None:
+    db = tmp_path / "registry.db"
+    import_examples(f"sqlite:{db}")
+    env = database_gate_env(tmp_path, f"sqlite:{db}")
+    env.config.write_text(env.config.read_text() + "screening:\n  lists: []\n")
+    with pytest.raises(ConfigError, match="screening a registry held in a database"):
+        Runtime.from_config(str(env.config))
