@@ -10,7 +10,6 @@ filtered), and the audit record is written from a ``finally``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -46,7 +45,7 @@ from aidr_gate.responses import error_body, error_headers, json_error, json_head
 from aidr_gate.runtime import Runtime
 from aidr_gate.stages import CLIENT_DISCONNECTED, UPSTREAM_STATE_KEY
 from aidr_gate.stores.cache import MISS
-from aidr_gate.streams import AdmittedStream
+from aidr_gate.streams import AdmittedStream, cancelled_otherwise, finish_cut
 
 logger = logging.getLogger("aidr_gate.middleware")
 
@@ -278,7 +277,7 @@ class AIDRGateMiddleware:
             try:
                 await self.app(scope, app_receive, app_send)
             except asyncio.CancelledError:
-                if stream is None or stream.cut is None or _cancelled_otherwise():
+                if stream is None or stream.cut is None or cancelled_otherwise():
                     raise
             finally:
                 if stream is not None:
@@ -286,9 +285,10 @@ class AIDRGateMiddleware:
             if stream is not None and stream.cut is not None and ended is not Ending.COMPLETED:
                 # Cut by the stream book (a change denies it now). An app may absorb the
                 # cancellation (anyio task groups do) and return: the cut is finished here too.
-                _withdraw_cancel()
                 ended = Ending.CUT
-                await _end_cut(runtime, send, stream, scope, headers)
+                await finish_cut(
+                    stream, send, runtime.record, scope, runtime.recorded_headers(headers)
+                )
             if ended not in (Ending.COMPLETED, Ending.CUT) and response_status is not None:
                 ended = Ending.CLIENT_DISCONNECTED
         except (OSError, asyncio.CancelledError):
@@ -521,47 +521,6 @@ class AIDRGateMiddleware:
                 ending=ended,
             )
             await _shielded(runtime.record(decision, context))
-
-
-def _cancelled_otherwise() -> bool:
-    """Withdraw the stream book's cancellation; True if another one (a shutdown) remains."""
-    task = asyncio.current_task()
-    return task is None or task.uncancel() > 0
-
-
-def _withdraw_cancel() -> None:
-    """An app that absorbed the stream book's cancellation left it counted: withdraw it."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling() == 1:
-        task.uncancel()
-
-
-async def _end_cut(
-    runtime: Runtime,
-    send: Send,
-    stream: AdmittedStream,
-    scope: Scope,
-    headers: list[tuple[bytes, bytes]],
-) -> None:
-    """Finish a cut stream: the final error event, then the cut's own audit record (linked to
-    the admitted decision by ``aidr.request.cut_of``)."""
-    cut = stream.cut
-    if cut is None:  # pragma: no cover - only called for a cut stream
-        return
-    # The client may have left meanwhile: the cut is recorded all the same.
-    with contextlib.suppress(OSError):
-        await send({"type": "http.response.body", "body": stream.final_event(), "more_body": False})
-    context = RequestContext(
-        scope.get("method", "GET"),
-        scope.get("path", ""),
-        scope.get("scheme", "http"),
-        scope.get("http_version", "1.1"),
-        runtime.recorded_headers(headers),
-        cut.status,
-        ending=Ending.CUT,
-        cut_of=stream.decision.decision_id,
-    )
-    await _shielded(runtime.record(cut, context))
 
 
 def _filter_listing(

@@ -18,13 +18,15 @@ refused past ``max_staleness``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 from msgspec.structs import replace
 
+from aidr_gate.audit.record import Ending, RequestContext
 from aidr_gate.decision import Decision
 from aidr_gate.errors import AccessRevoked, TokenKeyUnknown
 from aidr_gate.registry import Entity
@@ -243,3 +245,49 @@ class StreamBook:
         for task in list(self._pending):
             task.cancel()
         await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+# -- the middleware's side of a cut ------------------------------------------------------------
+
+
+def cancelled_otherwise() -> bool:
+    """Withdraw the stream book's cancellation of this task; True if another one (a shutdown)
+    remains, so the caller re-raises."""
+    task = asyncio.current_task()
+    return task is None or task.uncancel() > 0
+
+
+async def finish_cut(
+    stream: AdmittedStream,
+    send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    record: Callable[[Decision, RequestContext], Awaitable[None]],
+    scope: MutableMapping[str, Any],
+    headers: tuple[tuple[str, str], ...],
+) -> None:
+    """End a cut stream: the final error event, then the cut's own audit record (linked to the
+    admitted decision by ``cut_of``). The app may have absorbed the cancellation (anyio task
+    groups do) and returned: it is withdrawn here too."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling() == 1:
+        task.uncancel()
+    cut = stream.cut
+    if cut is None:  # pragma: no cover - only called for a cut stream
+        return
+    # The client may have left meanwhile: the cut is recorded all the same.
+    with contextlib.suppress(OSError):
+        await send({"type": "http.response.body", "body": stream.final_event(), "more_body": False})
+    context = RequestContext(
+        scope.get("method", "GET"),
+        scope.get("path", ""),
+        scope.get("scheme", "http"),
+        scope.get("http_version", "1.1"),
+        headers,
+        cut.status,
+        ending=Ending.CUT,
+        cut_of=stream.decision.decision_id,
+    )
+    # Shielded: a cancellation arriving now (a shutdown) must not lose the record.
+    try:
+        await asyncio.shield(asyncio.ensure_future(record(cut, context)))
+    except Exception:  # the response is complete: say so in the log, not to the server
+        logger.exception("writing the audit record of a cut failed")
