@@ -9,7 +9,8 @@ import pytest
 
 from aidr_gate.config import config_from_text
 from aidr_gate.errors import ConfigError
-from aidr_gate.stores.settings import RegistrySettings, store_kind
+from aidr_gate.stores.base import store_kind
+from aidr_gate.stores.settings import RegistrySettings
 from conftest import EXAMPLES
 
 _BASE = f"policy: aidr-2025-01\ncatalog: {EXAMPLES / 'models.yaml'}\n"

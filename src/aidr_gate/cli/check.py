@@ -32,7 +32,8 @@ from aidr_gate.policy.engine import PolicyEngine
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.policy.reach import region_code
 from aidr_gate.stores import RegistryView, open_store, registry_view
-from aidr_gate.stores.settings import open_registry, store_kind
+from aidr_gate.stores.base import store_kind
+from aidr_gate.stores.settings import open_registry
 
 
 def add_parser(sub: Any) -> None:

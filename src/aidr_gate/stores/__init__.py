@@ -13,7 +13,7 @@ import os
 
 from aidr_gate.errors import ConfigError, RegistryUnavailable
 from aidr_gate.registry import InMemoryRegistry
-from aidr_gate.stores.base import RegistryChange, RegistryStore, WritableStore
+from aidr_gate.stores.base import RegistryChange, RegistryStore, WritableStore, store_kind
 from aidr_gate.stores.cache import (
     MISS,
     UNAVAILABLE,
@@ -45,8 +45,6 @@ __all__ = [
     "registry_view",
 ]
 
-_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-
 
 def open_store(name: str) -> WritableStore:
     """The store *name* designates (see the module docstring); not yet opened."""
@@ -55,7 +53,8 @@ def open_store(name: str) -> WritableStore:
         if not value:
             raise ConfigError.single(name, "", f"environment variable {name[4:]} is not set")
         name = value
-    if name.startswith(("postgresql://", "postgres://")) or "dbname=" in name or "host=" in name:
+    kind = store_kind(name)
+    if kind == "postgres":
         try:
             from aidr_gate.stores.postgres import PostgresStore
         except ImportError:
@@ -65,7 +64,7 @@ def open_store(name: str) -> WritableStore:
                 "the PostgreSQL store needs psycopg: pip install 'aidr-gate[postgres]'",
             ) from None
         return PostgresStore(name)
-    if name.startswith("sqlite:") or name.lower().endswith(_SQLITE_SUFFIXES):
+    if kind == "sqlite":
         from aidr_gate.stores.sqlite import SqliteStore
 
         return SqliteStore(name.removeprefix("sqlite:"))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aidr_gate.document import Checker
+from aidr_gate.stores.base import store_kind
 from aidr_gate.stores.cache import CacheSettings, RegistryView
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 SECTION = "registry"
 KEYS = ("store", "max_staleness", "cache_size", "negative_ttl", "cut_streams")
-_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,17 +47,6 @@ class RegistrySettings:
     def database(self) -> bool:
         """True when the registry is read through the cache (not a file loaded whole)."""
         return self.file is None
-
-
-def store_kind(name: str) -> str:
-    """``file``, ``sqlite``, ``postgres`` or ``env`` (decided when the variable is read)."""
-    if name.startswith("env:"):
-        return "env"
-    if name.startswith(("postgresql://", "postgres://")) or "dbname=" in name or "host=" in name:
-        return "postgres"
-    if name.startswith("sqlite:") or name.lower().endswith(_SQLITE_SUFFIXES):
-        return "sqlite"
-    return "file"
 
 
 def _absolute(base_dir: Path | None, value: str) -> Path:
