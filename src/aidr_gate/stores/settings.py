@@ -21,14 +21,11 @@ from __future__ import annotations
 from collections.abc import Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aidr_gate.document import Checker
 from aidr_gate.stores.base import store_kind
 from aidr_gate.stores.cache import CacheSettings, RegistryView
-
-if TYPE_CHECKING:
-    from aidr_gate.config import GateConfig
 
 SECTION = "registry"
 KEYS = ("store", "max_staleness", "cache_size", "negative_ttl", "cut_streams")
@@ -99,7 +96,15 @@ def read_registry(
     return RegistrySettings(store=name, cache=cache, cut_streams=cut)
 
 
-def open_registry(config: GateConfig) -> RegistryView | None:
+class _NamesARegistry(Protocol):
+    """What :func:`open_registry` reads of a configuration (a protocol: the configuration module
+    imports this one)."""
+
+    @property
+    def registry_settings(self) -> RegistrySettings | None: ...
+
+
+def open_registry(config: _NamesARegistry) -> RegistryView | None:
     """The cache of the configuration's database store (not started), or ``None`` for a file
     (loaded whole with the policy). Raises ConfigError (an unset ``env:`` variable, no psycopg)."""
     from aidr_gate.stores import open_store, registry_view
