@@ -18,7 +18,7 @@ from aidr_gate.patterns.sketches import RecentSet, Shares
 from aidr_gate.patterns.tracker import PatternTracker
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.registry import Entity
-from conftest import EXAMPLES
+from support.environment import EXAMPLES
 
 EXAMPLE_PACK = EXAMPLES / "patterns.yaml"
 BIG = Model("big", training_ops=4e26, weights=Weights.CLOSED)  # controlled

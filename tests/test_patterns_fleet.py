@@ -22,13 +22,13 @@ import openai
 import pytest
 
 from aidr_gate.audit.reader import RecordReader
-from conftest import EXAMPLES
 from gate_env import _ANONYMOUS, _NETWORKS, IP
 from jwks_server import AUDIENCE, ISSUER, SigningKey, claims, jwks_of, rsa_key
 from mmdb_files import write_anonymous_db, write_country_db
 from redis_server import RedisServer, redis_server
 from servers import openai_client
 from sidecar_support import Process, model_server, sidecar
+from support.environment import EXAMPLES
 
 ENTITIES = [f"reseller-client-{i:02d}" for i in range(12)]
 FLAG_WITHIN = 1.0  # seconds: the issue's bound for a pattern to show on every replica

@@ -11,8 +11,8 @@ from aidr_gate.gate import Gate, state_for
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.registry import Entity
 from aidr_gate.replay import ReplayOptions, build_report, replay_files
-from conftest import EXAMPLES
 from replay_support import write_trail
+from support.environment import EXAMPLES
 
 T0 = 1_767_225_600.0
 MODELS = [Model("aurora-frontier", training_ops=4e26, weights=Weights.CLOSED)]

@@ -15,8 +15,8 @@ from aidr_gate.facts import AnonymizerFlag, CountrySource, Identity, Origin
 from aidr_gate.gate import Gate, state_for
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.registry import Entity
-from conftest import EXAMPLES, require_tool
 from replay_support import write_trail
+from support.environment import EXAMPLES, require_tool
 from test_replay_html import by_id, console_problems, parse, render
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00Z

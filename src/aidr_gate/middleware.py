@@ -13,10 +13,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
+from aidr_gate.asgi_types import ASGIApp, Message, Receive, Scope, Send
 from aidr_gate.audit.record import Ending, RequestContext
 from aidr_gate.config import GateConfig
 from aidr_gate.decision import Decision, Effect, Mode
@@ -31,6 +31,7 @@ from aidr_gate.errors import (
 )
 from aidr_gate.facts import Identity, Origin
 from aidr_gate.form_model import content_type_of, model_from_form
+from aidr_gate.gate import Resolved
 from aidr_gate.headers import single_header_value
 from aidr_gate.identity import authorization_header
 from aidr_gate.model_id import (
@@ -43,14 +44,10 @@ from aidr_gate.model_id import (
 from aidr_gate.responses import error_body, error_headers, json_error, json_headers
 from aidr_gate.runtime import Runtime
 from aidr_gate.stages import CLIENT_DISCONNECTED, UPSTREAM_STATE_KEY
+from aidr_gate.stores.cache import MISS
+from aidr_gate.streams import AdmittedStream, cancelled_otherwise, finish_cut
 
 logger = logging.getLogger("aidr_gate.middleware")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Close code for a websocket refused by policy (RFC 6455 "policy violation").
 WS_POLICY_VIOLATION = 1008
@@ -199,6 +196,7 @@ class AIDRGateMiddleware:
         recorded = False
         gate_seconds = 0.0
         app_started: float | None = None
+        stream: AdmittedStream | None = None  # an event stream a change may cut
 
         async def record() -> None:
             nonlocal recorded
@@ -242,16 +240,23 @@ class AIDRGateMiddleware:
             app_receive = replay(body, receive) if body is not None else receive
 
             async def send_wrapper(message: Message) -> None:
-                nonlocal response_status, ended
+                nonlocal response_status, ended, stream
                 kind = message["type"]
                 if kind == "http.response.start":
                     response_status = message["status"]
                     message = dict(message)
-                    message["headers"] = [*message.get("headers", ()), *extra]
-                elif kind == "http.response.body" and not message.get("more_body", False):
-                    ended = Ending.COMPLETED
-                    # The record is as durable as configured before the client has the whole answer.
-                    await record()
+                    headers_out = message.get("headers", ())
+                    stream = runtime.streams.admit(decision, headers_out)
+                    message["headers"] = [*headers_out, *extra]
+                elif kind == "http.response.body":
+                    if not message.get("more_body", False):
+                        if stream is not None:
+                            runtime.streams.done(stream)  # its last chunk: no longer cut
+                        ended = Ending.COMPLETED
+                        # As durable as configured before the client has the whole answer.
+                        await record()
+                    elif stream is not None:
+                        stream.sent(message.get("body", b""))
                 await send(message)
 
             app_send: Send = send_wrapper
@@ -263,8 +268,22 @@ class AIDRGateMiddleware:
             ):
                 app_send = self._listing_filter(runtime, decision, send_wrapper)
             app_started = time.perf_counter()
-            await self.app(scope, app_receive, app_send)
-            if ended is not Ending.COMPLETED and response_status is not None:
+            try:
+                await self.app(scope, app_receive, app_send)
+            except asyncio.CancelledError:
+                if stream is None or stream.cut is None or cancelled_otherwise():
+                    raise
+            finally:
+                if stream is not None:
+                    runtime.streams.done(stream)
+            if stream is not None and stream.cut is not None and ended is not Ending.COMPLETED:
+                # Cut by the stream book (a change denies it now). An app may absorb the
+                # cancellation (anyio task groups do) and return: the cut is finished here too.
+                ended = Ending.CUT
+                await finish_cut(
+                    stream, send, runtime.record, scope, runtime.recorded_headers(headers)
+                )
+            if ended not in (Ending.COMPLETED, Ending.CUT) and response_status is not None:
                 ended = Ending.CLIENT_DISCONNECTED
         except (OSError, asyncio.CancelledError):
             ended = Ending.CLIENT_DISCONNECTED
@@ -328,9 +347,18 @@ class AIDRGateMiddleware:
                     error = exc
             if error is not None:
                 return gate.refuse(error, identity=identity, origin=origin, model_id=model_id), body
+            state = gate.state
+            entity: Resolved = None
+            if identity is not None and identity.entity_id:
+                # A cache hit is a dict read; only a miss awaits the store (coalesced).
+                entity = state.registry.lookup(identity.entity_id)
+                if entity is MISS:
+                    entity = await state.registry.fetch(identity.entity_id)
             if method == "GET" and path in runtime.settings.list_models_paths:
-                return gate.decide_listing(identity=identity, origin=origin), body
-            return gate.decide(identity=identity, origin=origin, model_id=model_id), body
+                return gate.decide_listing(identity=identity, origin=origin, entity=entity), body
+            return gate.decide(
+                identity=identity, origin=origin, model_id=model_id, state=state, entity=entity
+            ), body
         except Exception:  # fail closed: a bug in a stage is a deny, never an allow
             logger.exception("deciding a request failed; denying")
             fallback = origin or _unknown_origin(scope)
@@ -381,6 +409,7 @@ class AIDRGateMiddleware:
         """Wrap *send* so a model listing only names models this caller may use."""
         identity = decision.evidence.identity
         origin = decision.evidence.origin
+        entity = decision.evidence.entity  # as resolved for the decision: no second lookup
         limit = runtime.settings.max_listing_bytes
         start: Message | None = None
         chunks: list[bytes] = []
@@ -406,7 +435,12 @@ class AIDRGateMiddleware:
             if message.get("more_body", False):
                 return
             payload = _filter_listing(
-                runtime, b"".join(chunks) if size <= limit else b"", identity, origin, decision.at
+                runtime,
+                b"".join(chunks) if size <= limit else b"",
+                identity,
+                origin,
+                decision.at,
+                entity,
             )
             headers = [
                 (k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"
@@ -484,7 +518,12 @@ class AIDRGateMiddleware:
 
 
 def _filter_listing(
-    runtime: Runtime, payload: bytes, identity: Identity | None, origin: Origin | None, at: float
+    runtime: Runtime,
+    payload: bytes,
+    identity: Identity | None,
+    origin: Origin | None,
+    at: float,
+    entity: Resolved = MISS,
 ) -> bytes:
     """Keep only the listed models this caller may use; anything unreadable lists nothing."""
     try:
@@ -506,6 +545,7 @@ def _filter_listing(
             origin=origin or _unknown_origin({}),
             model=catalog.get(model_id),
             at=at,
+            entity=entity,
         )
         if verdict.outcome.effect is not Effect.DENY:
             keep.append(item)

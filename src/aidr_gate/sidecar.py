@@ -22,12 +22,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import uvicorn
 
+from aidr_gate.asgi_types import Receive, Scope, Send
 from aidr_gate.config import GateConfig
 from aidr_gate.document import Checker
 from aidr_gate.errors import ConfigError
@@ -35,14 +36,10 @@ from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.proxy import ProxySettings, UpstreamProxy
 from aidr_gate.responses import json_headers
 from aidr_gate.runtime import Runtime
+from aidr_gate.stores.settings import registry_detail
 from aidr_gate.telemetry.wiring import count_upstream
 
 logger = logging.getLogger("aidr_gate.sidecar")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 __all__ = [
     "SidecarApp",
@@ -230,7 +227,7 @@ class SidecarApp:
         checks: dict[str, Any] = {
             "started": decisive["started"],
             "policy": f"{state.pack.id} ({state.pack.status})",
-            "registry": len(state.registry),
+            "registry": registry_detail(state.registry, runtime.registry),
             "catalog": len(state.catalog),
             "keys": decisive["keys"],
             "geoip": runtime.origin.describe(),
@@ -259,6 +256,8 @@ class SidecarApp:
             "keys": bool(runtime.identity.ready),
             "audit": bool(runtime.audit_accepting),
             "upstream": self._upstream_ok,
+            # A database registry past max_staleness (or never reached) refuses every entity.
+            "registry": runtime.registry is None or runtime.registry.health().ready,
         }
 
     async def _probe_upstream(self) -> None:

@@ -19,8 +19,8 @@ from typing import Any
 import msgspec
 
 from aidr_gate.catalog import Model, Weights
-from aidr_gate.decision import Outcome, PolicyRef
 from aidr_gate.facts import NO_FLAGS, AnonymizerFlag
+from aidr_gate.outcome import Outcome, PolicyRef
 from aidr_gate.patterns.conditions import compile_pattern_test
 from aidr_gate.patterns.signals import is_pattern_key
 from aidr_gate.policy.pack import Condition, Membership, Pack
