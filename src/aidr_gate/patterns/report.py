@@ -221,90 +221,112 @@ def _raise(
 def run_report(paths: Sequence[Path], options: ReportOptions) -> dict[str, Any]:
     """Read *paths*, recompute the signals in time order, and build the report (JSON-ready)."""
     started = time.perf_counter()
-    w = options.window
-    names = {
-        "token": f"origin_countries_{w}",
-        "countries": f"entity_countries_{w}",
-        "anonymizer": f"entity_anonymizer_share_{w}",
-        "network": f"network_entities_{w}",
-        "address": f"address_entities_{w}",
-    }
-    tracker = PatternTracker(options.settings, wanted=list(names.values()))
-    tally = PatternTally()
+    run = _Run(options)
     chains: list[FileChain] = []
     findings: list[Finding] = []
     counts = [0, 0]  # lines read, records skipped
-    bucket_size = options.bucket
-    v4, v6 = options.settings.ipv4_prefix, options.settings.ipv6_prefix
-    identities: dict[tuple[str, str | None], Identity] = {}
-    prefixes: dict[str, str] = {}
     for row in read_rows(paths, chains, findings, counts):
+        run.feed(row)
+    run.tally.lines, run.tally.skipped = counts
+    seconds = time.perf_counter() - started
+    return build(run.tally, chains, findings, options, run.names, seconds)
+
+
+class _Run:
+    """One report's tracker and tallies, fed one row at a time, in time order."""
+
+    def __init__(self, options: ReportOptions) -> None:
+        w = options.window
+        self.names = {
+            "token": f"origin_countries_{w}",
+            "countries": f"entity_countries_{w}",
+            "anonymizer": f"entity_anonymizer_share_{w}",
+            "network": f"network_entities_{w}",
+            "address": f"address_entities_{w}",
+        }
+        self.options = options
+        self.tracker = PatternTracker(options.settings, wanted=list(self.names.values()))
+        self.tally = PatternTally()
+        self.identities: dict[tuple[str, str | None], Identity] = {}
+        self.prefixes: dict[str, str] = {}
+
+    def feed(self, row: Row) -> None:
+        """Count one request: the tracker's signals, the entity's aggregates, its network."""
+        tally = self.tally
         tally.records += 1
         caller = (row.entity, row.subject)
-        identity = identities.get(caller)
+        identity = self.identities.get(caller)
         if identity is None:
-            if len(identities) >= 100_000:
-                identities.clear()
-            identity = identities[caller] = Identity(
+            if len(self.identities) >= 100_000:
+                self.identities.clear()
+            identity = self.identities[caller] = Identity(
                 row.entity, subject=row.subject, method="declared"
             )
         origin = Origin(
             ip=row.ip, country=row.country, anonymizer=_FLAG if row.anonymous else _NO_FLAG
         )
-        signals: dict[str, float] = tracker.observe(row.at, identity, origin, row.worse)  # type: ignore[assignment]
+        signals: dict[str, float] = self.tracker.observe(row.at, identity, origin, row.worse)  # type: ignore[assignment]
         tally.observed += 1
         tally.first = row.at if tally.first is None else tally.first
         tally.last = row.at
         stats = tally.entities.get(row.entity)
         if stats is None:
             stats = tally.entities[row.entity] = EntityStats(row.entity, first=row.at)
-        stats.headquarters = row.headquarters or stats.headquarters
-        stats.headquarters_tier = row.headquarters_tier or stats.headquarters_tier
-        stats.requests += 1
-        stats.anonymous += row.anonymous
-        stats.worse += row.worse
-        stats.denied += row.effect == "deny"
-        stats.last = row.at
-        stats.reasons[row.reason] += 1
-        if row.subject is not None and len(stats.subjects) < 1000:
-            stats.subjects.add(row.subject)
-        if row.country is not None and (
-            row.country in stats.countries or len(stats.countries) < MAX_COUNTRIES
-        ):
-            stats.countries[row.country] += 1
-        start = int(row.at // bucket_size * bucket_size)
-        bucket = stats.buckets.get(start)
-        if bucket is None:
-            if len(stats.buckets) >= MAX_BUCKETS:
-                del stats.buckets[min(stats.buckets)]
-            bucket = stats.buckets[start] = [0, 0, 0, set()]
-        bucket[0] += 1
-        bucket[1] += row.anonymous
-        bucket[2] += row.worse
-        if row.country is not None and len(bucket[3]) < MAX_COUNTRIES:
-            bucket[3].add(row.country)
+        _count_entity(stats, row, self.options.bucket)
         stats.recent.append((row, signals))
+        names = self.names
         _raise(stats.countries_peak, signals[names["countries"]], row, stats.recent)
         _raise(stats.token_peak, signals[names["token"]], row, stats.recent)
         _raise(stats.anonymizer_peak, signals[names["anonymizer"]], row, stats.recent)
         fronted = signals[names["network"]]
         if fronted >= 2 and row.ip is not None:
-            network = prefixes.get(row.ip)
-            if network is None:
-                if len(prefixes) >= 100_000:
-                    prefixes.clear()
-                network = prefixes[row.ip] = network_of(row.ip, v4, v6) or row.ip
-            net = tally.networks.get(network)
-            if net is None:
-                net = tally.networks[network] = NetworkStats(network)
-            net.requests += 1
-            if row.entity in net.entities or len(net.entities) < MAX_COUNTRIES:
-                net.entities[row.entity] += 1
-            if fronted > net.peak.value:
-                net.peak.value, net.peak.at = fronted, row.at
-                net.peak.requests = [_sample(row, signals)]
-    tally.lines, tally.skipped = counts
-    return build(tally, chains, findings, options, names, time.perf_counter() - started)
+            self._count_network(row, row.ip, fronted, signals)
+
+    def _count_network(self, row: Row, ip: str, fronted: float, signals: dict[str, float]) -> None:
+        network = self.prefixes.get(ip)
+        if network is None:
+            if len(self.prefixes) >= 100_000:
+                self.prefixes.clear()
+            settings = self.options.settings
+            network = network_of(ip, settings.ipv4_prefix, settings.ipv6_prefix) or ip
+            self.prefixes[ip] = network
+        net = self.tally.networks.get(network)
+        if net is None:
+            net = self.tally.networks[network] = NetworkStats(network)
+        net.requests += 1
+        if row.entity in net.entities or len(net.entities) < MAX_COUNTRIES:
+            net.entities[row.entity] += 1
+        if fronted > net.peak.value:
+            net.peak.value, net.peak.at = fronted, row.at
+            net.peak.requests = [_sample(row, signals)]
+
+
+def _count_entity(stats: EntityStats, row: Row, bucket_size: float) -> None:
+    """The entity's totals and its time bucket."""
+    stats.headquarters = row.headquarters or stats.headquarters
+    stats.headquarters_tier = row.headquarters_tier or stats.headquarters_tier
+    stats.requests += 1
+    stats.anonymous += row.anonymous
+    stats.worse += row.worse
+    stats.denied += row.effect == "deny"
+    stats.last = row.at
+    stats.reasons[row.reason] += 1
+    if row.subject is not None and len(stats.subjects) < 1000:
+        stats.subjects.add(row.subject)
+    country = row.country
+    if country is not None and (country in stats.countries or len(stats.countries) < MAX_COUNTRIES):
+        stats.countries[country] += 1
+    start = int(row.at // bucket_size * bucket_size)
+    bucket = stats.buckets.get(start)
+    if bucket is None:
+        if len(stats.buckets) >= MAX_BUCKETS:
+            del stats.buckets[min(stats.buckets)]
+        bucket = stats.buckets[start] = [0, 0, 0, set()]
+    bucket[0] += 1
+    bucket[1] += row.anonymous
+    bucket[2] += row.worse
+    if country is not None and len(bucket[3]) < MAX_COUNTRIES:
+        bucket[3].add(country)
 
 
 def _score(stats: EntityStats) -> tuple[float, dict[str, float]]:

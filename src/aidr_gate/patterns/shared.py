@@ -299,56 +299,73 @@ class SharedState:
         return t.entity_shares if subject == Subject.ENTITY else None
 
     async def _exchange(self, now: float, changed: set[Key]) -> None:
-        tracker = self.tracker
-        client = self._client
-        horizon = max(tracker.horizon, 1.0)
-        ttl = int(horizon) + 60
-        capacity = tracker.capacity
+        """One round: note what changed, write what is news, read back what is due."""
         watched = self._watched
         for entry in changed:
             watched.pop(entry, None)
             watched[entry] = now  # most recently changed last
-        # Write what is news: an item this replica has not shared, or counts and last-seen times
-        # not shared for ``resolution`` seconds (a window's edge moves by at most that much).
+        writes = await self._write(now, changed)
+        reads = self._reads_due(now, changed)
+        if not writes and not reads:
+            await self._client.ping()  # nothing to exchange: still find out whether Redis is there
+        await self._read(now, reads)
+
+    async def _write(self, now: float, changed: set[Key]) -> list[Key]:
+        """Write what is news: an item this replica has not shared, or counts and last-seen times
+        not shared for ``resolution`` seconds (a window's edge moves by at most that much)."""
+        tracker = self.tracker
         resolution = max(self.settings.interval, min(tracker.windows or (60.0,)) / 20)
-        since = max(now - horizon, self._flushed_at - 2 * self.settings.interval)
         writes = [k for k in changed if self._due(k, now, resolution)]
         self._trims += 1
         start = 0
         while start < len(writes):
             # One script call per chunk: redis-py spends far more per command than per argument.
             began = time.perf_counter()
-            keys: list[str] = []
-            args: list[str | float | int] = [ttl, now - horizon, capacity, self.replica]
             size = self._chunk
-            for subject, key in writes[start : start + size]:
-                row = self._sets(subject).rows.get(key) if tracker.tracks_sets(subject) else None
-                if row is not None:
-                    row.news, row.flushed = False, now
-                    items = row.items_since(since)
-                    keys.append(self._key(subject, "s", key))
-                    # Trimming is for size only (reads ask for the window): now and then.
-                    trim = (self._trims + len(key)) % TRIM_EVERY == 0
-                    # One argument per key: redis-py encodes each argument in Python.
-                    packed = _SEP.join(
-                        f"{at:.3f}{_SEP}{item}" for item, at in items if _SEP not in item
-                    )
-                    args.append(("t" if trim else "s") + packed)
-                shares = self._shares(subject)
-                srow = shares.rows.get(key) if shares is not None else None
-                if srow is not None:
-                    srow.flushed = now
-                    keys.append(self._key(subject, "c", key))
-                    values = srow.decayed(now, tracker.share_windows)
-                    args.append("c" + _encode(tracker.share_windows, now, values))
+            keys, args = self._write_args(now, writes[start : start + size])
             start += size
             self._adapt(time.perf_counter() - began)
             if keys:
-                await self._scripts[0](keys=keys, args=args, client=client)
+                await self._scripts[0](keys=keys, args=args, client=self._client)
                 self._alive()
             await asyncio.sleep(0)
-        # Read back what changed here, and a rotating share of the other keys seen within
-        # ``watch`` (what other replicas may have changed since), at most ``max_batch`` keys.
+        return writes
+
+    def _write_args(self, now: float, chunk: list[Key]) -> tuple[list[str], list[str | float]]:
+        """The write script's keys and arguments for *chunk* (see ``_WRITE``)."""
+        tracker = self.tracker
+        horizon = max(tracker.horizon, 1.0)
+        since = max(now - horizon, self._flushed_at - 2 * self.settings.interval)
+        keys: list[str] = []
+        args: list[str | float] = [int(horizon) + 60, now - horizon, tracker.capacity, self.replica]
+        for subject, key in chunk:
+            row = self._sets(subject).rows.get(key) if tracker.tracks_sets(subject) else None
+            if row is not None:
+                row.news, row.flushed = False, now
+                keys.append(self._key(subject, "s", key))
+                # Trimming is for size only (reads ask for the window): now and then.
+                trim = (self._trims + len(key)) % TRIM_EVERY == 0
+                # One argument per key: redis-py encodes each argument in Python.
+                packed = _SEP.join(
+                    f"{at:.3f}{_SEP}{item}"
+                    for item, at in row.items_since(since)
+                    if _SEP not in item
+                )
+                args.append(("t" if trim else "s") + packed)
+            shares = self._shares(subject)
+            srow = shares.rows.get(key) if shares is not None else None
+            if srow is not None:
+                srow.flushed = now
+                keys.append(self._key(subject, "c", key))
+                values = srow.decayed(now, tracker.share_windows)
+                args.append("c" + _encode(tracker.share_windows, now, values))
+        return keys, args
+
+    def _reads_due(self, now: float, changed: set[Key]) -> list[Key]:
+        """What changed here (read again at most every other round: a change another replica
+        made is seen within about three intervals), and a rotating slice of the other keys seen
+        within ``watch``; at most ``max_batch`` keys."""
+        watched = self._watched
         cutoff = now - self.settings.watch
         while watched:
             first = next(iter(watched))
@@ -356,13 +373,10 @@ class SharedState:
                 break
             del watched[first]
         budget = self.settings.max_batch
-        # Keys used here are read again at most every other round: a change another replica
-        # made is seen within about three intervals.
         refresh = 2 * self.settings.interval
         read_at = self._read_at
         reads = [k for k in changed if now - read_at.get(k, 0.0) >= refresh][:budget]
         if len(reads) < budget and watched:
-            # A rotation through the other keys seen here, a slice per round.
             if self._cursor >= len(self._rotation):
                 self._rotation, self._cursor = list(watched), 0
             take = min(max(budget // 4, 1), budget - len(reads))
@@ -370,18 +384,22 @@ class SharedState:
                 if entry in watched and entry not in changed:
                     reads.append(entry)
             self._cursor += take
-        if not writes and not reads:
-            await client.ping()  # nothing to exchange: still find out whether Redis is there
         if len(read_at) > 2 * max(len(watched), 1024):
-            self._read_at = read_at = {k: t for k, t in read_at.items() if k in watched}
+            self._read_at = {k: t for k, t in read_at.items() if k in watched}
+        return reads
+
+    async def _read(self, now: float, reads: list[Key]) -> None:
+        """Read *reads* back in chunks and merge the fleet's view into the tables."""
+        tracker = self.tracker
+        low = now - max(tracker.horizon, 1.0)
         start = 0
         while start < len(reads):
             chunk = reads[start : start + self._chunk]
             start += len(chunk)
-            keys = []
+            keys: list[str] = []
             kinds: list[str] = []
             for entry in chunk:
-                read_at[entry] = now
+                self._read_at[entry] = now
                 subject, key = entry
                 if tracker.tracks_sets(subject):
                     keys.append(self._key(subject, "s", key))
@@ -390,7 +408,7 @@ class SharedState:
                     keys.append(self._key(subject, "c", key))
                     kinds.append("c")
             replies = await self._scripts[1](
-                keys=keys, args=[now - horizon, "".join(kinds)], client=client
+                keys=keys, args=[low, "".join(kinds)], client=self._client
             )
             self._alive()
             began = time.perf_counter()
