@@ -30,7 +30,7 @@ from aidr_gate.geo import (
     special_address,
     watch,
 )
-from aidr_gate.geo.maxmind import _V4_SPECIAL_FIRST_OCTETS, _V6_SPECIAL_IN_GLOBAL
+from aidr_gate.geo.resolver import _V4_SPECIAL_FIRST_OCTETS, _V6_SPECIAL_IN_GLOBAL
 from mmdb_files import (
     ANONYMOUS,
     BUILD,

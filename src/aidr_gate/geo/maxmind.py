@@ -1,34 +1,20 @@
-"""GeoIP: the country and anonymizer flags of a client address, behind a small resolver interface.
+"""MaxMind GeoIP2/GeoLite2: country and region from a Country or City database, flags from an
+Anonymous IP database, reloaded when their files change.
 
-Two implementations of :class:`CountryResolver`:
+:class:`MaxMindCountryResolver` reads the databases with ``maxminddb`` directly. ``geoip2``'s
+``country()`` builds model objects for every lookup (several times the cost of the raw read, see
+``bench/origin.py``); here the raw record is read and only ``country.iso_code`` is taken. When a
+record has no ``country`` but has a ``registered_country`` (some anycast and satellite ranges), that
+is used and labelled :attr:`CountrySource.REGISTRATION`, never passed off as geolocation.
 
-- :class:`MaxMindCountryResolver`: a GeoIP2/GeoLite2 Country or City database, plus optionally a GeoIP2
-  Anonymous IP database, read with ``maxminddb`` directly. ``geoip2``'s ``country()`` builds model
-  objects for every lookup (several times the cost of the raw read, see ``bench/origin.py``); here the
-  raw record is read and only ``country.iso_code`` is taken. When a record has no ``country`` but has a
-  ``registered_country`` (some anycast and satellite ranges), that is used and labelled
-  :attr:`CountrySource.REGISTRATION`, never passed off as geolocation.
-- :class:`IptoccCountryResolver`: the embedded default, so a fresh install runs with no licence key and
-  no network. ``iptocc`` carries the RIRs' delegation data in its wheel: the country a block is
-  *registered* to, not where its users are, so every answer is :attr:`CountrySource.REGISTRATION`, and it
-  has no anonymizer signal. GeoLite2 data is never bundled (its licence requires deleting stale copies).
-
-Either can sit behind :class:`OverrideCountryResolver`: a small table of networks the operator knows
-better than any database (its own egress ranges, a partner's VPN concentrator, internal ranges),
-checked first. An override sets the country (:attr:`CountrySource.DECLARED`: nobody looked it up),
-the anonymizer flags, or both; what it leaves out comes from the database behind it.
-
-Both resolve private, reserved, loopback, link-local, multicast and not-found addresses to an unknown
-country (``None``) with a note, normalise IPv4-mapped IPv6 first (databases written with mmdb-writer do
-not alias ``::ffff:a.b.c.d``), and cache answers per IP in a bounded dict.
-
-Reloading (MaxMind): :meth:`MaxMindCountryResolver.refresh_if_changed` stats the files at most once per
+Reloading: :meth:`MaxMindCountryResolver.refresh_if_changed` stats the files at most once per
 ``reload_check_interval`` and reloads a file whose identity (device, inode, size, mtime) changed;
 :meth:`~MaxMindCountryResolver.reload` reloads unconditionally. Run either from a background task
-(:func:`watch`), never per request. A replacement is opened and validated (metadata, the database type
-fits its role, probe lookups, the first records decoded) before it is swapped in; a file that fails is
-refused, the loaded database kept, and a warning logged. Keep files current with ``geoipupdate``, which
-writes a new file and renames it over the old one: an in-place rewrite could be read half-written.
+(:func:`aidr_gate.geo.watch`), never per request. A replacement is opened and validated (metadata,
+the database type fits its role, probe lookups, the first records decoded) before it is swapped in;
+a file that fails is refused, the loaded database kept, and a warning logged. Keep files current
+with ``geoipupdate``, which writes a new file and renames it over the old one: an in-place rewrite
+could be read half-written.
 
 The loaded databases and their cache form one immutable generation, replaced by a single attribute
 assignment, so a lookup sees the old databases or the new ones, never a mix, and a swap empties the
@@ -41,47 +27,43 @@ so even a lookup outliving the grace period fails closed (unknown country, with 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
-from importlib.metadata import version
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import iptocc
 import maxminddb
 
-from aidr_gate.client_ip import normalize_ip, normalize_network
-from aidr_gate.countries import is_country_code
 from aidr_gate.errors import ConfigError
 from aidr_gate.facts import NO_FLAGS, AnonymizerFlag, CountrySource, RegionSource
+from aidr_gate.geo.resolver import (
+    DEFAULT_CACHE_SIZE,
+    GeoResult,
+    ReloadOutcome,
+    ReloadResult,
+    classify,
+    failed_lookup,
+    known_country,
+    store_bounded,
+)
 
 __all__ = [
-    "DEFAULT_CACHE_SIZE",
-    "CountryResolver",
+    "ANONYMIZER_ATTRIBUTES",
+    "DEFAULT_RELOAD_CHECK_INTERVAL",
+    "RETIRE_GRACE",
     "DatabaseInfo",
-    "GeoResult",
-    "IptoccCountryResolver",
     "MaxMindCountryResolver",
-    "OverrideCountryResolver",
-    "OverrideEntry",
-    "ReloadOutcome",
-    "ReloadResult",
-    "special_address",
-    "watch",
 ]
 
+# The logger the module had before geo/ became a package: logging configurations name it.
 logger = logging.getLogger("aidr_gate.geo")
 
-DEFAULT_CACHE_SIZE = 65536
 DEFAULT_RELOAD_CHECK_INTERVAL = 1.0
 # A replaced reader stays open this long (and until the next refresh) for lookups still holding it.
 RETIRE_GRACE = 2.0
@@ -101,43 +83,6 @@ _FIRST_RECORDS = 16
 
 
 @dataclass(frozen=True, slots=True)
-class GeoResult:
-    """What a resolver says of one address: country, its source, anonymizer flags, and which data."""
-
-    country: str | None
-    source: CountrySource
-    anonymizer: frozenset[AnonymizerFlag] = NO_FLAGS
-    database: str | None = None
-    database_build: str | None = None
-    anonymizer_database: str | None = None
-    anonymizer_database_build: str | None = None
-    notes: tuple[str, ...] = ()
-    region: str | None = None  # ISO 3166-2 ("UA-43"): the first subdivision of a City record
-    region_source: RegionSource = RegionSource.NONE
-
-
-class ReloadOutcome(StrEnum):
-    """What a reload check did to one database."""
-
-    RELOADED = "reloaded"  # a new file was validated and swapped in
-    UNCHANGED = "unchanged"  # the file is the one loaded (or nothing to reload)
-    REFUSED = "refused"  # the new file failed validation; the loaded database is kept
-    MISSING = "missing"  # the file cannot be read; the loaded database is kept
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadResult:
-    """The outcome of a reload check for one database, and the database now in use."""
-
-    role: str  # "country", "anonymous_ip" or "embedded"
-    path: str | None
-    outcome: ReloadOutcome
-    detail: str
-    database: str | None
-    database_build: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class DatabaseInfo:
     """Metadata of a loaded database, as evidence gives it."""
 
@@ -152,173 +97,6 @@ class DatabaseInfo:
         """The build time, ISO 8601 UTC (``2026-02-04T22:49:29Z``)."""
         return datetime.fromtimestamp(self.build_epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-
-class CountryResolver(Protocol):
-    """Country (and anonymizer flags) of an IP address; lookups never raise."""
-
-    def lookup(self, ip: str) -> GeoResult:
-        """Resolve one address (any textual form); cached, no I/O when warm."""
-        ...
-
-    def refresh_if_changed(self) -> tuple[ReloadResult, ...]:
-        """Reload databases whose files changed; rate-limited, blocking: run off the event loop."""
-        ...
-
-    def reload(self) -> tuple[ReloadResult, ...]:
-        """Reload every database now (validated; a bad file is refused and the old one kept)."""
-        ...
-
-    def close(self) -> None:
-        """Release the databases."""
-        ...
-
-
-# Every IANA special-purpose, multicast and reserved IPv4 range lies in these first octets; outside
-# them an address is global unicast, decided without scanning ipaddress's network lists (the slow
-# part of a miss). tests/test_geo.py checks this against the running Python's ipaddress tables.
-_V4_SPECIAL_FIRST_OCTETS = frozenset({0, 10, 100, 127, 169, 172, 192, 198, 203, *range(224, 256)})
-# Likewise for IPv6: global unicast is 2000::/3, whose special ranges sit in 2001::/16, 2002::/16
-# (6to4) and 3fff::/16 (documentation, RFC 9637).
-_V6_SPECIAL_IN_GLOBAL = frozenset({0x2001, 0x2002, 0x3FFF})
-
-
-def special_address(address: IPv4Address | IPv6Address) -> str | None:
-    """Why an address has no country (loopback, private...), or None for a global unicast address."""
-    value = int(address)
-    if address.version == 4:
-        if value >> 24 not in _V4_SPECIAL_FIRST_OCTETS:
-            return None
-    else:
-        top = value >> 112
-        if 0x2000 <= top <= 0x3FFF and top not in _V6_SPECIAL_IN_GLOBAL:
-            return None
-    if address.is_global and not address.is_multicast:
-        return None
-    if address.is_unspecified:
-        return "unspecified"
-    if address.is_loopback:
-        return "loopback"
-    if address.is_link_local:
-        return "link-local"
-    if address.is_multicast:
-        return "multicast"
-    if address.is_private:
-        return "private or special-purpose"
-    if address.is_reserved:
-        return "reserved"
-    return "not globally routable"  # global unicast returned None above
-
-
-def _classify(ip: str) -> str | GeoResult:
-    """The canonical text of a global address, or the unknown result for anything else."""
-    address = normalize_ip(ip) if isinstance(ip, str) else None
-    if address is None:
-        shown = repr(ip) if len(str(ip)) <= 48 else f"{str(ip)[:48]!r}..."
-        return GeoResult(None, CountrySource.NONE, notes=(f"{shown} is not an IP address",))
-    reason = special_address(address)
-    if reason is not None:
-        note = f"{address} is a {reason} address; country unknown"
-        return GeoResult(None, CountrySource.NONE, notes=(note,))
-    # ipaddress accepts only the canonical dotted-quad form of IPv4 (no leading zeros, no spaces),
-    # so IPv4 text that parsed as IPv4 is already canonical; IPv6 text may not be.
-    if address.version == 4 and ":" not in ip:
-        return ip
-    return str(address)
-
-
-def _store(cache: dict[str, GeoResult], size: int, key: str, result: GeoResult) -> None:
-    # Clearing when full costs one burst of misses; an LRU costs on every hit (bench/origin.py).
-    if len(cache) >= size:
-        cache.clear()
-    cache[key] = result
-
-
-def _known_country(code: str, notes: list[str]) -> str | None:
-    """A database's country code if ISO 3166-1 assigns it; else None, and a note why."""
-    if is_country_code(code):
-        return code
-    notes.append(f"unrecognised country code {code!r:.12}; country unknown")
-    return None
-
-
-def _failed(exc: BaseException) -> GeoResult:
-    return GeoResult(None, CountrySource.NONE, notes=(f"GeoIP lookup failed: {exc!r:.120}",))
-
-
-# --- the embedded default: iptocc ------------------------------------------------------------------
-
-
-class IptoccCountryResolver:
-    """Registration country from the RIR delegation data embedded in ``iptocc``; no anonymizer flags."""
-
-    database = "iptocc"
-
-    def __init__(self, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
-        """An in-process resolver; nothing to open, nothing to reload."""
-        if cache_size < 1:
-            raise ValueError("cache_size must be positive")
-        self.cache_size = cache_size
-        self.database_build = version("iptocc")
-        self._cache: dict[str, GeoResult] = {}
-        self._results: dict[str | None, GeoResult] = {}
-
-    def lookup(self, ip: str) -> GeoResult:
-        """Resolve one address; never raises."""
-        cache = self._cache
-        try:
-            hit = cache.get(ip)
-            if hit is not None:
-                return hit
-            text = _classify(ip)
-            result = text if isinstance(text, GeoResult) else self._find(text)
-        except Exception as exc:  # never raise per request; fail closed
-            return _failed(exc)
-        _store(cache, self.cache_size, ip, result)
-        return result
-
-    def _find(self, text: str) -> GeoResult:
-        code = iptocc.country_code(text)
-        result = self._results.get(code)  # one shared answer per country
-        if result is None:
-            notes: list[str] = []
-            country = None
-            if code is None:
-                notes.append("not in the RIR delegation data; country unknown")
-            else:
-                country = _known_country(code, notes)
-            result = GeoResult(
-                country,
-                CountrySource.REGISTRATION,
-                database=self.database,
-                database_build=self.database_build,
-                notes=tuple(notes),
-                region_source=RegionSource.NO_CITY_DATABASE if country else RegionSource.NONE,
-            )
-            self._results[code] = result
-        return result
-
-    def refresh_if_changed(self) -> tuple[ReloadResult, ...]:
-        """Nothing to watch: the data is in the installed wheel."""
-        return ()
-
-    def reload(self) -> tuple[ReloadResult, ...]:
-        """Nothing to reload; upgrade the ``iptocc`` package to refresh its data."""
-        return (
-            ReloadResult(
-                "embedded",
-                None,
-                ReloadOutcome.UNCHANGED,
-                "embedded data; upgrade the iptocc package to refresh it",
-                self.database,
-                self.database_build,
-            ),
-        )
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-
-# --- MaxMind GeoIP2 / GeoLite2 ---------------------------------------------------------------------
 
 _Signature = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 
@@ -481,11 +259,11 @@ class MaxMindCountryResolver:
             hit = gen.cache.get(ip)
             if hit is not None:
                 return hit
-            text = _classify(ip)
+            text = classify(ip)
             result = text if isinstance(text, GeoResult) else self._find(gen, text)
         except Exception as exc:  # never raise per request; fail closed, not cached
-            return _failed(exc)
-        _store(gen.cache, self.cache_size, ip, result)
+            return failed_lookup(exc)
+        store_bounded(gen.cache, self.cache_size, ip, result)
         return result
 
     def _find(self, gen: _Generation, text: str) -> GeoResult:
@@ -515,7 +293,7 @@ class MaxMindCountryResolver:
             else:
                 notes.append(f"{kind} record is not a map; country unknown")
         if country is not None:
-            country = _known_country(country, notes)
+            country = known_country(country, notes)
         if country is not None and isinstance(record, dict) and source is CountrySource.GEOIP:
             region, region_source = _region(record, country, "City" in kind or "Enterprise" in kind)
         elif country is not None:
@@ -649,168 +427,5 @@ class MaxMindCountryResolver:
             self._gen = _Generation(gen.country, gen.anonymous)  # drop cached answers
 
 
-# --- static overrides ------------------------------------------------------------------------------
-
-OVERRIDE_DATABASE = "static-overrides"
-
-
-@dataclass(frozen=True, slots=True)
-class OverrideEntry:
-    """One row of the override table: a network and what is known of it.
-
-    ``country`` None keeps the database's country; ``anonymizer`` None keeps the database's flags,
-    an empty set clears them (an operator's own egress that a database lists as hosting).
-    """
-
-    network: IPv4Network | IPv6Network
-    country: str | None = None
-    anonymizer: frozenset[AnonymizerFlag] | None = None
-    note: str | None = None
-    region: str | None = None  # ISO 3166-2; its country is the entry's country
-
-    def describe(self) -> str:
-        """The entry as evidence shows it: ``static override 203.0.113.0/24 (demo VPN exit)``."""
-        return f"static override {self.network}" + (f" ({self.note})" if self.note else "")
-
-
-class OverrideCountryResolver:
-    """A fixed table of networks checked before the database behind it; lookups never raise.
-
-    The most specific network wins. Addresses outside the table cost one dictionary lookup more than
-    the database alone; answers for addresses inside it are shared objects, rebuilt only when the
-    database behind them answers differently (after a reload).
-    """
-
-    def __init__(
-        self,
-        entries: Sequence[OverrideEntry],
-        inner: CountryResolver,
-        *,
-        cache_size: int = DEFAULT_CACHE_SIZE,
-    ) -> None:
-        """Most specific networks first; two entries for one network are refused.
-
-        A network written IPv4-mapped (``::ffff:203.0.113.0/120``) is read as its IPv4 range, since
-        lookups normalise addresses to IPv4.
-        """
-        entries = [replace(entry, network=normalize_network(entry.network)) for entry in entries]
-        networks = [entry.network for entry in entries]
-        if len(set(networks)) != len(networks):
-            raise ValueError("a network is listed more than once")
-        if cache_size < 1:
-            raise ValueError("cache_size must be positive")
-        self.entries = tuple(sorted(entries, key=lambda e: -e.network.prefixlen))
-        self.inner = inner
-        self.cache_size = cache_size
-        # ip -> the matching entry, or None: the table is fixed, so this never goes stale.
-        self._match: dict[str, OverrideEntry | None] = {}
-        # ip -> (the database's answer it was built on, the answer given)
-        self._answers: dict[str, tuple[GeoResult, GeoResult]] = {}
-
-    def lookup(self, ip: str) -> GeoResult:
-        """Resolve one address: the table first, then the database; never raises."""
-        try:
-            match = self._match[ip]
-        except KeyError:
-            try:
-                match = self._find(ip)
-            except Exception as exc:  # never raise per request; fail closed
-                return _failed(exc)
-            if len(self._match) >= self.cache_size:
-                self._match.clear()
-            self._match[ip] = match
-        except Exception as exc:  # unhashable input
-            return _failed(exc)
-        base = self.inner.lookup(ip)
-        if match is None:
-            return base
-        cached = self._answers.get(ip)
-        if cached is not None and cached[0] is base:
-            return cached[1]
-        result = _overridden(match, base)
-        if len(self._answers) >= self.cache_size:
-            self._answers.clear()
-        self._answers[ip] = (base, result)
-        return result
-
-    def _find(self, ip: str) -> OverrideEntry | None:
-        address = normalize_ip(ip) if isinstance(ip, str) else None
-        if address is None:
-            return None
-        for entry in self.entries:
-            if address.version == entry.network.version and address in entry.network:
-                return entry
-        return None
-
-    def refresh_if_changed(self) -> tuple[ReloadResult, ...]:
-        """Reload the database behind the table if its files changed."""
-        return self.inner.refresh_if_changed()
-
-    def reload(self) -> tuple[ReloadResult, ...]:
-        """Reload the database behind the table (the table itself is configuration)."""
-        return self.inner.reload()
-
-    def close(self) -> None:
-        """Release the database behind the table."""
-        self.inner.close()
-
-
-def _overridden(entry: OverrideEntry, base: GeoResult) -> GeoResult:
-    note = entry.describe()
-    country, source = base.country, base.source
-    database, build = base.database, base.database_build
-    notes = base.notes
-    region, region_source = base.region, base.region_source
-    if entry.country is not None:
-        if entry.country != country:  # another country: the database's region is not its own
-            region, region_source = None, RegionSource.NONE
-        country, source = entry.country, CountrySource.DECLARED
-        database, build = OVERRIDE_DATABASE, None
-        notes = ()  # the database's doubts about this address no longer apply
-    if entry.region is not None:
-        region, region_source = entry.region, RegionSource.DECLARED
-    anonymizer = base.anonymizer
-    anon_db, anon_build = base.anonymizer_database, base.anonymizer_database_build
-    if entry.anonymizer is not None:
-        anonymizer = entry.anonymizer
-        anon_db, anon_build = OVERRIDE_DATABASE, None
-    return GeoResult(
-        country,
-        source,
-        anonymizer,
-        database,
-        build,
-        anon_db,
-        anon_build,
-        (*notes, note),
-        region,
-        region_source,
-    )
-
-
 def _describe(info: DatabaseInfo) -> str:
     return f"{info.database_type} built {info.build}"
-
-
-async def watch(
-    resolver: CountryResolver,
-    interval: float,
-    report: Callable[[tuple[ReloadResult, ...]], None] | None = None,
-) -> None:
-    """Check for changed database files every *interval* seconds until cancelled; never raises.
-    *report*, when given, is told what each check did.
-
-    The stat, open and validation run in a worker thread, so the event loop never blocks on them.
-    """
-    if isinstance(resolver, OverrideCountryResolver):
-        resolver = resolver.inner
-    if interval <= 0 or isinstance(resolver, IptoccCountryResolver):
-        return  # nothing to watch: embedded data changes only with the installed package
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            results = await asyncio.to_thread(resolver.refresh_if_changed)
-            if report is not None and results:
-                report(results)
-        except Exception:  # a failed check must not end the watch; the old databases stay
-            logger.exception("GeoIP database check failed")
