@@ -18,11 +18,9 @@ from aidr_gate.registry.model import (
     OwnershipStatus,
     ReviewDecision,
     ScreeningReview,
-    check_ownership_graph,
     evaluate_agreements,
-    load_registry,
-    registry_from_document,
 )
+from aidr_gate.registry.reader import check_ownership_graph, load_registry, registry_from_document
 
 __all__ = [
     "AGREEMENT_TYPES",
