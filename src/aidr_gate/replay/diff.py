@@ -280,32 +280,44 @@ def diff_packs(a: Pack, b: Pack) -> dict[str, Any]:
     return out
 
 
+# Where a :func:`diff_packs` result holds a change, section then part: any non-empty one differs.
+_CHANGE_AT: tuple[tuple[str, ...], ...] = (
+    ("meta",),
+    ("citations", "added"),
+    ("citations", "removed"),
+    ("country_tiers", "order"),
+    ("country_tiers", "default"),
+    ("country_tiers", "countries"),
+    ("groups",),
+    ("rules", "added"),
+    ("rules", "removed"),
+    ("rules", "changed"),
+    ("rules", "order"),
+    ("model_tiers", "changes"),
+    ("model_tiers", "added"),
+    ("model_tiers", "removed"),
+    ("model_tiers", "changed"),
+    ("model_tiers", "order"),
+    ("default",),
+    ("agreements",),
+    ("region_groups",),
+    ("status_history",),
+)
+
+
 def _differs(diff: Mapping[str, Any]) -> bool:
     """True when any section of a :func:`diff_packs` result holds a change."""
-    tiers, rules, models = diff["country_tiers"], diff["rules"], diff["model_tiers"]
-    return bool(
-        diff["meta"]
-        or diff["citations"]["added"]
-        or diff["citations"]["removed"]
-        or tiers["a_present"] != tiers["b_present"]
-        or tiers["order"]
-        or tiers["default"]
-        or tiers["countries"]
-        or diff["groups"]
-        or rules["added"]
-        or rules["removed"]
-        or rules["changed"]
-        or rules["order"]
-        or models["changes"]
-        or models["added"]
-        or models["removed"]
-        or models["changed"]
-        or models["order"]
-        or diff["default"]
-        or diff["agreements"]
-        or diff["region_groups"]
-        or diff["status_history"]
-    )
+    tiers = diff["country_tiers"]
+    if tiers["a_present"] != tiers["b_present"]:  # one pack has a tier table, the other none
+        return True
+    return any(_part(diff, path) for path in _CHANGE_AT)
+
+
+def _part(diff: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = diff
+    for key in path:
+        value = value[key]
+    return value
 
 
 # -- terminal ------------------------------------------------------------------------------------
