@@ -11,7 +11,7 @@ from aidr_gate.cli import main
 from aidr_gate.document import parse_instant
 from aidr_gate.policy.pack import Membership, load_pack
 from aidr_gate.replay.diff import (
-    _CHANGE_AT,
+    CHANGE_PARTS,
     describe,
     diff_packs,
     pack_window,
@@ -87,7 +87,9 @@ def test_identical_looks_at_every_part_of_a_diff() -> None:
     # Only one pack has a tier table: _differs compares the two flags; the summary shows that table.
     parts -= {("country_tiers", "a_present"), ("country_tiers", "b_present")}
     parts -= {("country_tiers", "summary")}
-    assert parts == set(_CHANGE_AT)
+    assert parts == {(s, p) for s, ps in CHANGE_PARTS.items() for p in ps} | {
+        (s,) for s, ps in CHANGE_PARTS.items() if not ps
+    }
 
 
 def test_published_rule_against_rescission() -> None:

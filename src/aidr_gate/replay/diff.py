@@ -280,29 +280,19 @@ def diff_packs(a: Pack, b: Pack) -> dict[str, Any]:
     return out
 
 
-# Where a :func:`diff_packs` result holds a change, section then part: any non-empty one differs.
-_CHANGE_AT: tuple[tuple[str, ...], ...] = (
-    ("meta",),
-    ("citations", "added"),
-    ("citations", "removed"),
-    ("country_tiers", "order"),
-    ("country_tiers", "default"),
-    ("country_tiers", "countries"),
-    ("groups",),
-    ("rules", "added"),
-    ("rules", "removed"),
-    ("rules", "changed"),
-    ("rules", "order"),
-    ("model_tiers", "changes"),
-    ("model_tiers", "added"),
-    ("model_tiers", "removed"),
-    ("model_tiers", "changed"),
-    ("model_tiers", "order"),
-    ("default",),
-    ("agreements",),
-    ("region_groups",),
-    ("status_history",),
-)
+# Where a :func:`diff_packs` result holds a change: these parts of a section, or () for the section.
+CHANGE_PARTS: Mapping[str, tuple[str, ...]] = {
+    "meta": (),
+    "citations": ("added", "removed"),
+    "country_tiers": ("order", "default", "countries"),
+    "groups": (),
+    "rules": ("added", "removed", "changed", "order"),
+    "model_tiers": ("changes", "added", "removed", "changed", "order"),
+    "default": (),
+    "agreements": (),
+    "region_groups": (),
+    "status_history": (),
+}
 
 
 def _differs(diff: Mapping[str, Any]) -> bool:
@@ -310,14 +300,10 @@ def _differs(diff: Mapping[str, Any]) -> bool:
     tiers = diff["country_tiers"]
     if tiers["a_present"] != tiers["b_present"]:  # one pack has a tier table, the other none
         return True
-    return any(_part(diff, path) for path in _CHANGE_AT)
-
-
-def _part(diff: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = diff
-    for key in path:
-        value = value[key]
-    return value
+    return any(
+        any(diff[section][part] for part in parts) if parts else diff[section]
+        for section, parts in CHANGE_PARTS.items()
+    )
 
 
 # -- terminal ------------------------------------------------------------------------------------
