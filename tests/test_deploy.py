@@ -28,6 +28,8 @@ from dockerfile_parse import DockerfileParser
 
 from aidr_gate.cli import EXIT_OK, main
 from conftest import IN_CI, ROOT, require_tool
+from jwks_server import jwks_of, rsa_key
+from mmdb_files import write_country_db
 
 DEPLOY = ROOT / "deploy"
 KUBE = DEPLOY / "kubernetes"
@@ -448,7 +450,20 @@ def test_configmap_holds_no_databases_or_keys() -> None:
 def test_shipped_configuration_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The ConfigMap's files, laid out as the pod mounts them, pass ``aidr-gate validate``."""
     (configmap,) = generated_configmaps(KUBE)
+    # What the pod mounts beside the ConfigMap: the Secret's key set, geoipupdate's database and
+    # the writable audit volume, under tmp_path in place of /etc, /var/lib (validate opens them).
+    mounts = {
+        "/etc/aidr-gate-keys/": tmp_path / "keys",
+        "/var/lib/geoip/": tmp_path / "geoip",
+        "/var/lib/aidr-gate/": tmp_path / "state",
+    }
+    for folder in mounts.values():
+        folder.mkdir()
+    (tmp_path / "keys" / "jwks.json").write_text(json.dumps(jwks_of(rsa_key())))
+    write_country_db(tmp_path / "geoip" / "GeoLite2-Country.mmdb", {"8.8.8.0/24": "US"})
     for name, text in configmap["data"].items():
+        for mounted, local in mounts.items():
+            text = text.replace(mounted, f"{local}/")
         (tmp_path / name).write_text(text, encoding="utf-8")
     assert main(["validate", "--config", str(tmp_path / "config.yaml")]) == EXIT_OK
     assert "ok:" in capsys.readouterr().out

@@ -10,7 +10,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from aidr_gate.catalog import InMemoryCatalog, Model, ModelCatalog, Weights, load_catalog
-from aidr_gate.config import GateConfig, PolicyConfig, load_config
 from aidr_gate.decision import Decision, Effect, Evidence, Mode, Outcome, PolicyRef, ShadowResult
 from aidr_gate.errors import (
     AidrGateError,
@@ -44,7 +43,7 @@ from aidr_gate.errors import (
 )
 from aidr_gate.facts import AnonymizerFlag, CountrySource, Identity, Origin, declared_origin
 from aidr_gate.gate import Gate, GateState, load_state, state_for
-from aidr_gate.identity import Authenticator, IdentityConfig, parse_identity_config
+from aidr_gate.identity import Authenticator
 from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.origin import OriginResolver, origin_resolver_for
 from aidr_gate.policy.engine import PolicyEngine, PolicyFacts, Verdict
@@ -59,6 +58,8 @@ from aidr_gate.registry import (
     load_registry,
 )
 from aidr_gate.runtime import Runtime
+from aidr_gate.settings.identity import IdentityConfig, parse_identity_config
+from aidr_gate.settings.loader import GateConfig, PolicyConfig, load_config
 
 __all__ = [
     "AIDRGateMiddleware",

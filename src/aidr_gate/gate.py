@@ -17,7 +17,6 @@ from msgspec.structs import replace
 
 from aidr_gate import errors
 from aidr_gate.catalog import InMemoryCatalog, Model, ModelCatalog, load_catalog
-from aidr_gate.config import GateConfig, load_config
 from aidr_gate.decision import (
     Decision,
     DecisionIds,
@@ -32,6 +31,7 @@ from aidr_gate.facts import Identity, Origin
 from aidr_gate.policy.engine import PolicyEngine, Verdict
 from aidr_gate.policy.pack import Pack, load_pack
 from aidr_gate.registry import Entity, EntityRegistry, InMemoryRegistry, load_registry
+from aidr_gate.settings.loader import GateConfig, load_config
 
 logger = logging.getLogger("aidr_gate")
 
@@ -213,14 +213,19 @@ class Gate:
         )
 
     def decide_listing(
-        self, *, identity: Identity | None, origin: Origin, at: float | None = None
+        self,
+        *,
+        identity: Identity | None,
+        origin: Origin,
+        at: float | None = None,
+        state: GateState | None = None,
     ) -> Decision:
         """Decide a model listing: allowed when the caller may use at least one catalogue model.
 
         The listing itself is then filtered model by model (see :meth:`verdict`), so listing and
         invoking agree. When every model is denied, the answer is the deny for the first one.
         """
-        state = self._state
+        state = state or self._state
         when = self._clock() if at is None else at
         allowed = next(
             self.allowed_models(identity=identity, origin=origin, at=when, state=state), None

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from aidr_gate.audit.record import Ending, RequestContext
-from aidr_gate.config import GateConfig
 from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.errors import (
     AidrGateError,
@@ -41,7 +40,9 @@ from aidr_gate.model_id import (
     valid_model_id,
 )
 from aidr_gate.responses import error_body, error_headers, json_error, json_headers
-from aidr_gate.runtime import Runtime
+from aidr_gate.runtime import Runtime, Serving
+from aidr_gate.settings.loader import GateConfig
+from aidr_gate.settings.middleware import MiddlewareSettings
 from aidr_gate.stages import CLIENT_DISCONNECTED, UPSTREAM_STATE_KEY
 
 logger = logging.getLogger("aidr_gate.middleware")
@@ -139,7 +140,7 @@ class AIDRGateMiddleware:
             except Exception as exc:  # fail closed: nothing reaches the app without a gate
                 await self._not_ready(scope, receive, send, exc)
                 return
-        if runtime.settings.exempt(scope.get("path", "")):
+        if runtime.serving.settings.exempt(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         if kind == "websocket":
@@ -183,7 +184,8 @@ class AIDRGateMiddleware:
 
     async def _http(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        settings = runtime.settings
+        serving = runtime.serving  # one configuration for the whole request, even across a reload
+        settings = serving.settings
         method: str = scope.get("method", "GET")
         path: str = scope.get("path", "")
         headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
@@ -221,11 +223,13 @@ class AIDRGateMiddleware:
             await runtime.record(decision, context)
 
         try:
-            decision, body = await self._decide_http(runtime, scope, receive, method, path, headers)
+            decision, body = await self._decide_http(
+                runtime, serving, scope, receive, method, path, headers
+            )
             gate_seconds = time.perf_counter() - started
             scope.setdefault("state", {})[settings.state_key] = decision
             runtime.telemetry.record(decision, gate_seconds, path)
-            extra = self._response_headers(runtime, decision, gate_seconds)
+            extra = _response_headers(settings, decision, gate_seconds)
             if body is not None and body.disconnected:
                 ended = Ending.CLIENT_DISCONNECTED  # nobody is left to answer
                 return
@@ -256,7 +260,7 @@ class AIDRGateMiddleware:
                 and method == "GET"
                 and path in settings.list_models_paths
             ):
-                app_send = self._listing_filter(runtime, decision, send_wrapper)
+                app_send = self._listing_filter(runtime, serving, decision, send_wrapper)
             app_started = time.perf_counter()
             await self.app(scope, app_receive, app_send)
             if ended is not Ending.COMPLETED and response_status is not None:
@@ -271,6 +275,7 @@ class AIDRGateMiddleware:
     async def _decide_http(
         self,
         runtime: Runtime,
+        serving: Serving,
         scope: Scope,
         receive: Receive,
         method: str,
@@ -279,13 +284,14 @@ class AIDRGateMiddleware:
     ) -> tuple[Decision, BufferedBody | None]:
         """Resolve every stage and decide; any failure becomes a deny with its reason code."""
         gate = runtime.gate
-        models = runtime.settings.models
+        state = serving.state
+        models = serving.settings.models
         identity: Identity | None = None
         origin: Origin | None = None
         model_id: str | None = None
         body: BufferedBody | None = None
         try:
-            origin = runtime.origin.resolve(_peer(scope), headers)
+            origin = serving.origin.resolve(_peer(scope), headers)
             error: AidrGateError | None = None
             if models.header is not None:
                 try:
@@ -299,7 +305,7 @@ class AIDRGateMiddleware:
                 model_id = models.from_path(path)
             try:
                 # Two Authorization headers are refused: the app might read the other one.
-                identity = await runtime.identity.authenticate(authorization_header(headers))
+                identity = await serving.identity.authenticate(authorization_header(headers))
             except IdentityError as exc:
                 # Who is calling comes first: a 401 outranks a bad header, and the gate reads (and
                 # parses, for up to 32 MiB of form) no body of a caller it cannot identify.
@@ -322,10 +328,14 @@ class AIDRGateMiddleware:
                 except RequestError as exc:
                     error = exc
             if error is not None:
-                return gate.refuse(error, identity=identity, origin=origin, model_id=model_id), body
-            if method == "GET" and path in runtime.settings.list_models_paths:
-                return gate.decide_listing(identity=identity, origin=origin), body
-            return gate.decide(identity=identity, origin=origin, model_id=model_id), body
+                refused = gate.refuse(
+                    error, identity=identity, origin=origin, model_id=model_id, state=state
+                )
+                return refused, body
+            if method == "GET" and path in serving.settings.list_models_paths:
+                return gate.decide_listing(identity=identity, origin=origin, state=state), body
+            decision = gate.decide(identity=identity, origin=origin, model_id=model_id, state=state)
+            return decision, body
         except Exception:  # fail closed: a bug in a stage is a deny, never an allow
             logger.exception("deciding a request failed; denying")
             fallback = origin or _unknown_origin(scope)
@@ -335,24 +345,10 @@ class AIDRGateMiddleware:
                     identity=identity,
                     origin=fallback,
                     model_id=model_id,
+                    state=state,
                 ),
                 body,
             )
-
-    def _response_headers(
-        self, runtime: Runtime, decision: Decision, gate_seconds: float
-    ) -> list[tuple[bytes, bytes]]:
-        settings = runtime.settings
-        extra = [
-            (settings.decision_header, decision.decision_id.encode()),
-            (settings.overhead_header, f"{gate_seconds * 1000:.3f}".encode()),
-        ]
-        if decision.mode is Mode.DRY_RUN:
-            verdict = decision.effect.value
-            if decision.effect is Effect.DENY:
-                verdict = f"deny {decision.status} {decision.reasons[0]}"
-            extra.append((settings.dry_run_header, verdict.encode()))
-        return extra
 
     async def _send_error(
         self,
@@ -372,11 +368,13 @@ class AIDRGateMiddleware:
         await record()
         await send({"type": "http.response.body", "body": payload, "more_body": False})
 
-    def _listing_filter(self, runtime: Runtime, decision: Decision, send: Send) -> Send:
+    def _listing_filter(
+        self, runtime: Runtime, serving: Serving, decision: Decision, send: Send
+    ) -> Send:
         """Wrap *send* so a model listing only names models this caller may use."""
         identity = decision.evidence.identity
         origin = decision.evidence.origin
-        limit = runtime.settings.max_listing_bytes
+        limit = serving.settings.max_listing_bytes
         start: Message | None = None
         chunks: list[bytes] = []
         size = 0
@@ -401,7 +399,12 @@ class AIDRGateMiddleware:
             if message.get("more_body", False):
                 return
             payload = _filter_listing(
-                runtime, b"".join(chunks) if size <= limit else b"", identity, origin, decision.at
+                runtime,
+                serving,
+                b"".join(chunks) if size <= limit else b"",
+                identity,
+                origin,
+                decision.at,
             )
             headers = [
                 (k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"
@@ -418,11 +421,14 @@ class AIDRGateMiddleware:
         self, runtime: Runtime, scope: Scope, receive: Receive, send: Send
     ) -> None:
         started = time.perf_counter()
+        serving = runtime.serving
         path: str = scope.get("path", "")
         headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
-        decision, _ = await self._decide_http(runtime, scope, receive, "GET", path, headers)
+        decision, _ = await self._decide_http(
+            runtime, serving, scope, receive, "GET", path, headers
+        )
         gate_seconds = time.perf_counter() - started
-        scope.setdefault("state", {})[runtime.settings.state_key] = decision
+        scope.setdefault("state", {})[serving.settings.state_key] = decision
         runtime.telemetry.record(decision, gate_seconds, path)
         ended = Ending.ERROR
         status: int | None = None
@@ -452,7 +458,7 @@ class AIDRGateMiddleware:
                         }
                     )
                 return
-            extra = self._response_headers(runtime, decision, gate_seconds)
+            extra = _response_headers(serving.settings, decision, gate_seconds)
 
             async def send_wrapper(message: Message) -> None:
                 nonlocal status
@@ -478,8 +484,28 @@ class AIDRGateMiddleware:
             await _shielded(runtime.record(decision, context))
 
 
+def _response_headers(
+    settings: MiddlewareSettings, decision: Decision, gate_seconds: float
+) -> list[tuple[bytes, bytes]]:
+    extra = [
+        (settings.decision_header, decision.decision_id.encode()),
+        (settings.overhead_header, f"{gate_seconds * 1000:.3f}".encode()),
+    ]
+    if decision.mode is Mode.DRY_RUN:
+        verdict = decision.effect.value
+        if decision.effect is Effect.DENY:
+            verdict = f"deny {decision.status} {decision.reasons[0]}"
+        extra.append((settings.dry_run_header, verdict.encode()))
+    return extra
+
+
 def _filter_listing(
-    runtime: Runtime, payload: bytes, identity: Identity | None, origin: Origin | None, at: float
+    runtime: Runtime,
+    serving: Serving,
+    payload: bytes,
+    identity: Identity | None,
+    origin: Origin | None,
+    at: float,
 ) -> bytes:
     """Keep only the listed models this caller may use; anything unreadable lists nothing."""
     try:
@@ -490,7 +516,7 @@ def _filter_listing(
     except (ValueError, KeyError, TypeError):
         logger.warning("model listing is not the OpenAI shape; returning an empty list")
         return b'{"object":"list","data":[]}'
-    catalog = runtime.gate.state.catalog
+    catalog = serving.state.catalog
     keep = []
     for item in data:
         model_id = item.get("id") if isinstance(item, dict) else None
@@ -501,6 +527,7 @@ def _filter_listing(
             origin=origin or _unknown_origin({}),
             model=catalog.get(model_id),
             at=at,
+            state=serving.state,
         )
         if verdict.outcome.effect is not Effect.DENY:
             keep.append(item)

@@ -1,9 +1,13 @@
 """Everything a serving gate holds: the decision core, the stages, the audit trail, and their lifecycle.
 
-The middleware and the sidecar share one :class:`Runtime`. Loading happens once, up front, and a bad
-configuration fails with every problem listed. While serving, background tasks refresh keys, watch
-GeoIP databases and watch the policy files; a reload builds a whole new :class:`GateState` off the
-event loop and swaps it in, and a reload that fails keeps the last good state and says so.
+The middleware and the sidecar share one :class:`Runtime`. Loading happens once, up front, through
+the one settings loader, and a bad configuration fails with every problem listed. While serving,
+background tasks refresh keys, watch GeoIP databases and watch the configuration's files. A reload
+reads the whole configuration again, builds a new :class:`Serving` (the gate state, the
+authenticator, the origin resolver, the middleware settings) and swaps it in with one assignment:
+a request decides with the old one or the new one, never a mix. A reload that fails keeps the last
+good state and says so; a changed setting that only a restart applies keeps its running value and
+is reported as waiting for a restart, never as reloaded.
 """
 
 from __future__ import annotations
@@ -13,25 +17,26 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
-from aidr_gate.audit.config import audit_config
 from aidr_gate.audit.record import AuditEvent, RequestContext
 from aidr_gate.audit.trail import AuditTrail
-from aidr_gate.config import GateConfig, load_config
 from aidr_gate.decision import Decision
-from aidr_gate.errors import ConfigError
+from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.gate import Gate, GateState, load_state
-from aidr_gate.identity import Authenticator, parse_identity_config
+from aidr_gate.identity import Authenticator
 from aidr_gate.jwks import FileKeys, RemoteJwks
-from aidr_gate.middleware_config import MiddlewareSettings, parse_middleware_settings
-from aidr_gate.origin import OriginResolver, origin_resolver_for
+from aidr_gate.origin import OriginResolver, build_origin_resolver
+from aidr_gate.settings.audit import AUDIT
+from aidr_gate.settings.identity import IDENTITY, parse_identity_config
+from aidr_gate.settings.loader import GateConfig, read_config
+from aidr_gate.settings.middleware import MIDDLEWARE, MiddlewareSettings
+from aidr_gate.settings.origin import GEOIP, NETWORK
+from aidr_gate.settings.sections import SECTIONS
 from aidr_gate.telemetry import Telemetry
-
-T = TypeVar("T")
 
 logger = logging.getLogger("aidr_gate.runtime")
 
@@ -40,12 +45,52 @@ DEFAULT_POLICY_WATCH_INTERVAL = 2.0
 
 @dataclass(slots=True)
 class ReloadReport:
-    """What one reload attempt did."""
+    """What one reload attempt did; *restart_pending* names changed settings not applied."""
 
     ok: bool
     changed: bool
     detail: str
     at: float = field(default_factory=time.time)
+    restart_pending: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """What requests are decided with, built together and replaced together (one assignment)."""
+
+    state: GateState
+    identity: Authenticator
+    origin: OriginResolver
+    settings: MiddlewareSettings
+    config: GateConfig | None = None
+
+
+def load_everything(
+    config: GateConfig | str | Path | None, *, warnings: list[Problem] | None = None
+) -> tuple[GateConfig, GateState]:
+    """The configuration and everything it names, or one :class:`ConfigError` listing every
+    problem: its sections, the packs, registry and catalogue, and the identity serving needs."""
+    problems: list[Problem] = []
+    if isinstance(config, GateConfig):
+        cfg: GateConfig | None = config
+    else:
+        cfg, check = read_config(config)
+        problems += check.errors
+        if warnings is not None:
+            warnings.extend(check.warnings)
+    state = None
+    if cfg is not None:
+        try:
+            parse_identity_config(cfg)
+        except ConfigError as exc:
+            problems += exc.problems
+        try:
+            state = load_state(cfg, warnings=warnings)
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems or cfg is None or state is None:
+        raise ConfigError(problems)
+    return cfg, state
 
 
 class Runtime:
@@ -64,47 +109,65 @@ class Runtime:
         policy_watch_interval: float = DEFAULT_POLICY_WATCH_INTERVAL,
     ) -> None:
         self.gate = gate
-        self.identity = identity
-        self.origin = origin
-        self.settings = settings
+        self._serving = Serving(gate.state, identity, origin, settings, config)
         self.audit = audit
-        self.config = config
         self.telemetry = telemetry or Telemetry()
         self._watch_interval = policy_watch_interval
         self._tasks: list[asyncio.Task[None]] = []
+        self._geoip_watch: asyncio.Task[None] | None = None
         self._policy_stamp = self._stamp()
+        self._reloading = asyncio.Lock()
         self.started = False
         self.last_reload: ReloadReport | None = None
+        # Changed settings that wait for a restart, by key path (a reload never applies them).
+        self.restart_pending: tuple[str, ...] = ()
+
+    # -- what requests see ----------------------------------------------------------------------
+
+    @property
+    def serving(self) -> Serving:
+        """The current state, authenticator, origin resolver and settings, as one value: a
+        request reads it once."""
+        return self._serving
+
+    @property
+    def identity(self) -> Authenticator:
+        """The current authenticator."""
+        return self._serving.identity
+
+    @property
+    def origin(self) -> OriginResolver:
+        """The current origin resolver."""
+        return self._serving.origin
+
+    @property
+    def settings(self) -> MiddlewareSettings:
+        """The current ``middleware:`` settings."""
+        return self._serving.settings
+
+    @property
+    def config(self) -> GateConfig | None:
+        """The configuration in force (restart-only sections as they were at start)."""
+        return self._serving.config
 
     # -- building -------------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, config: GateConfig | str | Path | None = None) -> Runtime:
+    def from_config(
+        cls,
+        config: GateConfig | str | Path | None = None,
+        *,
+        warnings: list[Problem] | None = None,
+    ) -> Runtime:
         """Load everything a configuration names; raise one :class:`ConfigError` listing every problem."""
-        cfg = config if isinstance(config, GateConfig) else load_config(config)
-        errors: list[ConfigError] = []
-
-        def attempt(load: Callable[[GateConfig], T]) -> T | None:
-            # Every section is read even when one fails: the error lists every problem at once.
-            try:
-                return load(cfg)
-            except ConfigError as exc:
-                errors.append(exc)
-                return None
-
-        state = attempt(load_state)
-        identity_config = attempt(parse_identity_config)
-        origin = attempt(origin_resolver_for)
-        settings = attempt(parse_middleware_settings)
-        audit = attempt(lambda c: AuditTrail(audit_config(c)))
-        if errors or state is None or identity_config is None or origin is None or settings is None:
-            raise ConfigError.merge(errors)
+        cfg, state = load_everything(config, warnings=warnings)
+        origin = build_origin_resolver(cfg.get(NETWORK), cfg.get(GEOIP))
         return cls(
             gate=Gate(state),
-            identity=Authenticator(identity_config),
+            identity=Authenticator(parse_identity_config(cfg)),
             origin=origin,
-            settings=settings,
-            audit=audit,
+            settings=cfg.get(MIDDLEWARE),
+            audit=AuditTrail(cfg.get(AUDIT)),
             config=cfg,
         )
 
@@ -121,7 +184,7 @@ class Runtime:
             except BaseException:
                 await self.identity.close()  # a runtime that failed to start leaves nothing running
                 raise
-        self._tasks.append(asyncio.create_task(self.origin.watch(), name="aidr-geoip-watch"))
+        self._watch_geoip(self.origin)
         if self.config is not None and self._watch_interval > 0:
             self._tasks.append(asyncio.create_task(self._watch_policy(), name="aidr-policy-watch"))
         self.started = True
@@ -135,11 +198,22 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        await self._stop_geoip_watch()
         if self.audit is not None:
             await self.audit.close(timeout)
         await self.identity.close()
         self.origin.close()
         self.started = False
+
+    def _watch_geoip(self, origin: OriginResolver) -> None:
+        self._geoip_watch = asyncio.create_task(origin.watch(), name="aidr-geoip-watch")
+
+    async def _stop_geoip_watch(self) -> None:
+        task, self._geoip_watch = self._geoip_watch, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     def summary(self) -> str:
         """One readable line of what is loaded: pack, entities, models, GeoIP, keys, audit."""
@@ -212,37 +286,87 @@ class Runtime:
         return tuple(out)
 
     async def reload(self) -> ReloadReport:
-        """Reload the configuration, packs, registry and catalogue; keep the old state on failure."""
-        if self.config is None:
-            report = ReloadReport(False, False, "no configuration file to reload from")
-            self.last_reload = report
-            return report
-        path = self.config.file
+        """Read the whole configuration again and apply every section that can change in place,
+        at once; keep the last good state when anything in it fails."""
+        async with self._reloading:  # a file change and a SIGHUP at once: one after the other
+            report = await self._reload()
+        self.last_reload = report
+        self._policy_stamp = self._stamp()
+        return report
+
+    async def _reload(self) -> ReloadReport:
+        old = self._serving
+        if old.config is None:
+            return ReloadReport(False, False, "no configuration file to reload from")
         try:
-            config, state = await asyncio.to_thread(_load_policy, path)
+            config, state = await asyncio.to_thread(load_everything, old.config.file)
+            applied, pending = _keep_restart_only(old.config, config)
+            new = await self._build(old, applied, state)
         except ConfigError as exc:
             report = ReloadReport(
-                False, False, f"reload refused, keeping the last good state: {exc}"
+                False,
+                False,
+                f"reload refused, keeping the last good state: {exc}",
+                restart_pending=self.restart_pending,
             )
             logger.error("%s", report.detail)
-            self.telemetry.reload("policy", ok=False)
-            self.last_reload = report
-            self._policy_stamp = self._stamp()
+            self.telemetry.reload(_component_of(exc), ok=False)
             return report
-        old = self.gate.swap(state)
-        self.config = config
-        self._policy_stamp = self._stamp()
-        changed = old.pack.digest != state.pack.digest or old is not state
-        report = ReloadReport(
-            True,
-            changed,
-            f"reloaded: pack {state.pack.id} ({state.pack.digest[:19]}), "
-            f"{len(state.registry)} entities, {len(state.catalog)} models",
-        )
-        logger.info("%s", report.detail)
+        changed = _changed_sections(old.config, applied)
+        # The swap: the gate's own state (for callers of Gate) and what requests read, with no
+        # await between them, so no request on this loop sees one without the other.
+        self.gate.swap(state)
+        self._serving = new
+        await self._retire(old, new)
+        self.restart_pending = pending
+        self.telemetry.restart_pending(len(pending))
         self.telemetry.reload("policy", ok=True)
-        self.last_reload = report
-        return report
+        for name in changed:
+            self.telemetry.reload(name, ok=True)
+        detail = (
+            f"reloaded: pack {state.pack.id} ({state.pack.digest[:19]}), "
+            f"{len(state.registry)} entities, {len(state.catalog)} models"
+            + (f"; sections changed: {', '.join(changed)}" if changed else "")
+        )
+        logger.info("%s", detail)
+        if pending:
+            logger.warning(
+                "not applied, each needs a restart (running with the values from the start): %s",
+                ", ".join(pending),
+            )
+        return ReloadReport(True, True, detail, restart_pending=pending)
+
+    async def _build(self, old: Serving, config: GateConfig, state: GateState) -> Serving:
+        """The new serving state: stages whose settings did not change are kept as they are (the
+        token cache, the fetched keys, the open GeoIP databases); new ones are started first."""
+        assert old.config is not None
+        identity = old.identity
+        identity_settings = parse_identity_config(config)
+        if identity_settings != old.config.get(IDENTITY) or identity_settings != identity.config:
+            identity = Authenticator(identity_settings)
+            if self.started:
+                await identity.start()  # a key file that fails to load refuses the reload
+        origin = old.origin
+        network, geoip = config.get(NETWORK), config.get(GEOIP)
+        if network != old.config.get(NETWORK) or geoip != old.config.get(GEOIP):
+            try:
+                origin = await asyncio.to_thread(build_origin_resolver, network, geoip)
+            except ConfigError:
+                if identity is not old.identity:
+                    await identity.close()
+                raise
+        return Serving(state, identity, origin, config.get(MIDDLEWARE), config)
+
+    async def _retire(self, old: Serving, new: Serving) -> None:
+        """Close the stages the new state replaced (after the swap: lookups are synchronous on
+        this loop, so none is using them now)."""
+        if new.identity is not old.identity:
+            await old.identity.close()
+        if new.origin is not old.origin:
+            await self._stop_geoip_watch()
+            old.origin.close()
+            if self.started:
+                self._watch_geoip(new.origin)
 
     async def reload_all(self) -> ReloadReport:
         """What SIGHUP does: reload the policy files, and the key file (or refetch the JWKS) and
@@ -265,6 +389,28 @@ class Runtime:
                 await self.reload()
 
 
-def _load_policy(path: str) -> tuple[GateConfig, GateState]:
-    config = load_config(path)
-    return config, load_state(config)
+def _keep_restart_only(old: GateConfig, new: GateConfig) -> tuple[GateConfig, tuple[str, ...]]:
+    """*new* with every restart-only setting as it runs now, and the key paths that differ."""
+    kept: dict[str, Any] = {}
+    pending: list[str] = []
+    for section in SECTIONS:
+        before, after = old.get(section), new.get(section)
+        changes = section.restart_changes(before, after)
+        if changes:
+            pending += changes
+            kept[section.name] = section.keep_running(before, after)
+    return new.with_values(kept), tuple(pending)
+
+
+def _changed_sections(old: GateConfig, new: GateConfig) -> list[str]:
+    return [s.name for s in SECTIONS if old.get(s) != new.get(s)]
+
+
+def _component_of(error: ConfigError) -> str:
+    """The reload component a refused reload is counted under: the first problem's section."""
+    names = {s.name for s in SECTIONS}
+    for problem in error.problems:
+        head = problem.path.split(".", 1)[0].split("[", 1)[0]
+        if head in names:
+            return head
+    return "policy"

@@ -8,17 +8,18 @@ import sys
 from typing import Any
 
 from aidr_gate.cli.exit import EXIT_DENY, EXIT_LOG, EXIT_OK
-from aidr_gate.config import load_config
 from aidr_gate.countries import normalize_country
 from aidr_gate.decision import Decision, Effect
 from aidr_gate.document import parse_instant
 from aidr_gate.errors import ConfigError, IdentityError, Problem
 from aidr_gate.facts import AnonymizerFlag, Identity, declared_origin
 from aidr_gate.gate import Gate, GateState, load_state
-from aidr_gate.identity import Authenticator, parse_identity_config
+from aidr_gate.identity import Authenticator
 from aidr_gate.origin import origin_resolver_for
 from aidr_gate.policy.engine import PolicyEngine
 from aidr_gate.policy.pack import load_pack
+from aidr_gate.settings.identity import parse_identity_config
+from aidr_gate.settings.loader import load_config
 
 
 def add_parser(sub: Any) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aidr_gate.audit.chain import Tail, parse_link, read_tail
 from aidr_gate.audit.compression import SUFFIXES, compress_file
-from aidr_gate.audit.config import FileSinkConfig, FsyncPolicy
+from aidr_gate.settings.audit import FileSinkConfig, FsyncPolicy
 
 logger = logging.getLogger("aidr_gate.audit")
 

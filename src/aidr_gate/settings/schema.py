@@ -1,0 +1,83 @@
+"""What a configuration section is: a frozen settings type, its reader, its documented keys.
+
+A :class:`Section` ties a section name to a reader with one signature,
+``read(check, raw, base_dir) -> T | None``: *raw* is the section's value as the file gives it
+(``None`` when absent: the reader returns its defaults), problems go to *check* with their key
+paths, and *base_dir* is where relative paths start. The keys a section documents (the README's
+reference is tested against them) and the keys that only a restart applies live beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from aidr_gate.document import Checker
+
+T = TypeVar("T")
+
+# A section whose every key waits for a restart.
+EVERY_KEY = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyDoc:
+    """One documented key of a section (the README's reference and a test read these)."""
+
+    name: str
+    doc: str
+    keys: tuple[KeyDoc, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Section(Generic[T]):
+    """One top-level section: its name, reader, documented keys and restart-only keys.
+
+    *restart* names the keys (or :data:`EVERY_KEY`) that a running process cannot change: a
+    reload that changes them keeps the running value and says "needs a restart".
+    """
+
+    name: str
+    read: Callable[[Checker, Any, Path], T | None]
+    keys: tuple[KeyDoc, ...]
+    restart: tuple[str, ...] = ()
+    doc: str = ""
+
+    def key_names(self) -> tuple[str, ...]:
+        """The section's top-level keys."""
+        return tuple(k.name for k in self.keys)
+
+    def restart_changes(self, old: T, new: T) -> tuple[str, ...]:
+        """Key paths of restart-only settings that differ between *old* and *new*."""
+        if not self.restart or old == new:
+            return ()
+        if EVERY_KEY in self.restart:
+            return tuple(f"{self.name}.{key}" for key in _changed(old, new)) or (self.name,)
+        changed = set(_changed(old, new))
+        return tuple(f"{self.name}.{key}" for key in self.restart if key in changed)
+
+    def keep_running(self, old: T, new: T) -> T:
+        """*new* with its restart-only settings as they are in *old* (what keeps running)."""
+        if EVERY_KEY in self.restart or not is_dataclass(new):
+            return old
+        return replace(new, **{key: getattr(old, key) for key in self.restart})  # type: ignore[type-var]
+
+
+def _changed(old: object, new: object) -> list[str]:
+    """The fields that differ; a nested settings value (the proxy's pool) is looked into."""
+    if not (is_dataclass(old) and is_dataclass(new)) or type(old) is not type(new):
+        return []
+    out: list[str] = []
+    for f in fields(old):
+        before, after = getattr(old, f.name), getattr(new, f.name)
+        if before != after:
+            inner = _changed(before, after)
+            out += inner or [f.name]
+    return out
+
+
+def subkeys(keys: tuple[KeyDoc, ...], name: str) -> tuple[str, ...]:
+    """The names under *name* in a documented key table."""
+    return next(tuple(k.name for k in key.keys) for key in keys if key.name == name)

@@ -1,0 +1,23 @@
+"""Every section of the configuration file, registered in one place, in the order they are read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aidr_gate.settings.audit import AUDIT
+from aidr_gate.settings.identity import IDENTITY
+from aidr_gate.settings.middleware import MIDDLEWARE
+from aidr_gate.settings.origin import GEOIP, NETWORK
+from aidr_gate.settings.proxy import PROXY
+from aidr_gate.settings.schema import Section
+from aidr_gate.telemetry.settings import TELEMETRY
+
+SECTIONS: tuple[Section[Any], ...] = (
+    IDENTITY,
+    NETWORK,
+    GEOIP,
+    MIDDLEWARE,
+    AUDIT,
+    PROXY,
+    TELEMETRY,
+)
