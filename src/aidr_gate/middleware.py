@@ -22,6 +22,7 @@ from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.errors import (
     AidrGateError,
     AuditUnavailable,
+    ConfigError,
     GateNotReady,
     HeaderRepeated,
     IdentityError,
@@ -59,6 +60,31 @@ WS_TRY_AGAIN_LATER = 1013
 # A gate that failed to start (a bad key file, an audit directory another process holds) is tried
 # again at most this often; requests meanwhile get 503 GATE_NOT_READY, never the app.
 RETRY_START_SECONDS = 1.0
+
+
+class _StartFailed(Exception):
+    """Unwinds the app's lifespan handler once the server has been told the start failed."""
+
+
+def start_failure(error: Exception) -> str:
+    """What a failed start says: every configuration problem on a line of its own, no traceback."""
+    if isinstance(error, ConfigError):
+        lines = "\n".join(f"  {problem}" for problem in error.problems)
+        return f"aidr-gate cannot start: configuration problems:\n{lines}"
+    return f"aidr-gate cannot start: {error}"
+
+
+def _log_somewhere() -> None:
+    """A server that configures only its own loggers (uvicorn does) leaves the gate's INFO lines,
+    the one that says what was loaded among them, going nowhere: give them stderr then."""
+    gate_logger = logging.getLogger("aidr_gate")
+    if gate_logger.hasHandlers():
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    gate_logger.addHandler(handler)
+    if gate_logger.level == logging.NOTSET:
+        gate_logger.setLevel(logging.INFO)
 
 
 class AIDRGateMiddleware:
@@ -108,20 +134,66 @@ class AIDRGateMiddleware:
             return runtime
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Start the gate when the server starts the app, and report a failed start through the
+        protocol (``lifespan.startup.failed`` with the problem list): uvicorn, with its default
+        ``--lifespan auto`` too, then prints the problems and exits non-zero. An exception out of
+        here would read as "lifespan unsupported" under ``auto`` and start serving 503s."""
+        failed = False
+        received = False
+
         async def receive_wrapper() -> Message:
+            nonlocal failed, received
             message = await receive()
+            received = True
             kind = message.get("type")
             if kind == "lifespan.startup":
-                # A bad configuration fails startup loudly, before any request is served.
-                await self._ensure_runtime()
-            elif kind == "lifespan.shutdown" and self._runtime is not None and self._owns_runtime:
-                # A closed runtime cannot restart (its audit trail is flushed and shut): the next
-                # startup, if the server runs the app again, loads a fresh one.
-                runtime, self._runtime = self._runtime, None
-                await runtime.close()
+                _log_somewhere()
+                try:
+                    await self._ensure_runtime()
+                except Exception as exc:
+                    failed = True
+                    await send({"type": "lifespan.startup.failed", "message": start_failure(exc)})
+                    raise _StartFailed from None
+            elif kind == "lifespan.shutdown":
+                await self._close_runtime()
             return message
 
-        await self.app(scope, receive_wrapper, send)
+        async def send_wrapper(message: Message) -> None:
+            if not failed:  # the server has its answer; the app's own (a traceback) would be two
+                await send(message)
+
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except Exception:
+            if failed:
+                return
+            if received:
+                raise
+            # The app does not speak lifespan: the gate still starts with the server.
+            await self._own_lifespan(receive, send)
+
+    async def _own_lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                _log_somewhere()
+                try:
+                    await self._ensure_runtime()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": start_failure(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self._close_runtime()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _close_runtime(self) -> None:
+        if self._runtime is not None and self._owns_runtime:
+            # A closed runtime cannot restart (its audit trail is flushed and shut): the next
+            # startup, if the server runs the app again, loads a fresh one.
+            runtime, self._runtime = self._runtime, None
+            await runtime.close()
 
     # -- dispatch --------------------------------------------------------------------------------
 
