@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aidr_gate.document import Checker, join
-from aidr_gate.settings.schema import EVERY_KEY, KeyDoc, Section
+from aidr_gate.settings.schema import EVERY_KEY, KeyDoc, Section, subkeys
 
 DEFAULT_DIRECTORY = "aidr-gate-audit"
 # Rotated files are compressed with one of these (aidr_gate.audit.compression).
@@ -220,19 +220,6 @@ class AuditConfig:
         return self.directory / "spool"
 
 
-_TOP = (
-    "directory",
-    "per_process",
-    "format",
-    "queue_size",
-    "batch_size",
-    "batch_linger",
-    "on_failure",
-    "shutdown_timeout",
-    "headers",
-    "signing",
-    "sinks",
-)
 _DELIVERY = (
     "queue_size",
     "batch_size",
@@ -523,7 +510,7 @@ def read_audit(check: Checker, raw: Any, base_dir: Path) -> AuditConfig | None:
             directory=directory,
             sinks=(FileSinkConfig(name="file", path=directory / "audit.jsonl"),),
         )
-    data = check.mapping(raw, "audit", keys=_TOP)
+    data = check.mapping(raw, "audit", keys=[k.name for k in KEYS])
     if data is None:
         return None
     reader = _Reader(check, base_dir)
@@ -568,7 +555,7 @@ def read_audit(check: Checker, raw: Any, base_dir: Path) -> AuditConfig | None:
         sign = check.mapping(
             data["signing"],
             where,
-            keys=("key_file", "every_records", "every_seconds"),
+            keys=subkeys(KEYS, "signing"),
             required=("key_file",),
         )
         if sign is not None and sign.get("key_file") is not None:
@@ -653,7 +640,7 @@ def _sink_docs() -> tuple[KeyDoc, ...]:
 
 KEYS = (
     KeyDoc("directory", "the journal, spools and chain state; default ./aidr-gate-audit"),
-    KeyDoc("per_process", "true: one chain per process, in slots p0, p1, ..."),
+    KeyDoc("per_process", "true: one chain per process, in slots p0, p1 and on"),
     KeyDoc("format", "ecs or ocsf"),
     KeyDoc("queue_size", "records waiting for the writer at most"),
     KeyDoc("batch_size", "records written in one batch at most"),

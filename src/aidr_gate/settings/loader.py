@@ -24,7 +24,7 @@ from aidr_gate.document import (
 )
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.policy.pack import bundled_pack_dir, find_pack_file
-from aidr_gate.settings.schema import Section
+from aidr_gate.settings.schema import KeyDoc, Section, subkeys
 from aidr_gate.settings.sections import SECTIONS
 
 T = TypeVar("T")
@@ -32,8 +32,22 @@ T = TypeVar("T")
 CONFIG_ENV = "AIDR_GATE_CONFIG"
 DEFAULT_CONFIG_PATHS = (Path("/etc/aidr-gate/config.yaml"),)
 
-TOP_KEYS = ("policy", "mode", "registry", "catalog")
-POLICY_KEYS = ("pack", "shadow", "search")
+TOP = (
+    KeyDoc(
+        "policy",
+        "the enforced pack: an id or a file, or a mapping",
+        (
+            KeyDoc("pack", "a bundled pack id, an id in search, or a path to a pack file"),
+            KeyDoc("shadow", "a pack decided beside the enforced one, never enforced"),
+            KeyDoc("search", "folders where pack ids are looked up first"),
+        ),
+    ),
+    KeyDoc("mode", "enforce, or dry-run (decide and record, never block)"),
+    KeyDoc("registry", "the entity registry file"),
+    KeyDoc("catalog", "the model catalogue file"),
+)
+TOP_KEYS = tuple(k.name for k in TOP)
+POLICY_KEYS = subkeys(TOP, "policy")
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ KEYS = (
     KeyDoc("max_body_bytes", "JSON bodies read to find the model at most; larger: 413"),
     KeyDoc("max_form_bytes", "the same for multipart uploads"),
     KeyDoc("list_models_paths", "model listings, filtered to what the caller may use"),
-    KeyDoc("max_listing_bytes", "a listing larger than this is not filtered but refused"),
+    KeyDoc("max_listing_bytes", "a larger model listing is answered as an empty list"),
     KeyDoc("decision_header", "response header with the decision id"),
     KeyDoc("overhead_header", "response header with the gate's added time"),
     KeyDoc("dry_run_header", "response header saying what dry-run would have done"),
