@@ -89,3 +89,23 @@ def test_every_section_reads_its_defaults_from_nothing() -> None:
         assert check.problems == [], section.name
         for key in section.keys:
             assert key.doc and not key.doc.endswith("."), (section.name, key.name)
+
+
+def test_restart_only_keys_are_named_and_kept() -> None:
+    """A section with one restart-only key: the rest of it applies, that key keeps running."""
+    from dataclasses import replace
+
+    from aidr_gate.settings.middleware import MIDDLEWARE, default_settings
+    from aidr_gate.settings.proxy import PROXY, SidecarSettings
+
+    old = default_settings()
+    new = replace(old, state_key="other", max_listing_bytes=2048)
+    assert MIDDLEWARE.restart_changes(old, new) == ("middleware.state_key",)
+    kept = MIDDLEWARE.keep_running(old, new)
+    assert (kept.state_key, kept.max_listing_bytes) == ("aidr_decision", 2048)
+    assert MIDDLEWARE.restart_changes(old, replace(old, max_listing_bytes=2048)) == ()
+    # A section restart-only as a whole names each changed key, nested pool settings included.
+    running = SidecarSettings()
+    changed = replace(running, proxy=replace(running.proxy, pool_size=8), shutdown_timeout=5)
+    assert PROXY.restart_changes(running, changed) == ("proxy.pool_size", "proxy.shutdown_timeout")
+    assert PROXY.keep_running(running, changed) is running

@@ -296,23 +296,26 @@ class Runtime:
 
     async def _reload(self) -> ReloadReport:
         old = self._serving
-        if old.config is None:
+        running = old.config
+        if running is None:
             return ReloadReport(False, False, "no configuration file to reload from")
         try:
-            config, state = await asyncio.to_thread(load_everything, old.config.file)
-            applied, pending = _keep_restart_only(old.config, config)
-            new = await self._build(old, applied, state)
-        except ConfigError as exc:
+            config, state = await asyncio.to_thread(load_everything, running.file)
+            applied, pending = _keep_restart_only(running, config)
+            new = await self._build(old, running, applied, state)
+        except Exception as exc:  # whatever fails, the last good state keeps serving
+            component = _component_of(exc) if isinstance(exc, ConfigError) else "policy"
+            reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
             report = ReloadReport(
                 False,
                 False,
-                f"reload refused, keeping the last good state: {exc}",
+                f"reload refused, keeping the last good state: {reason}",
                 restart_pending=self.restart_pending,
             )
             logger.error("%s", report.detail)
-            self.telemetry.reload(_component_of(exc), ok=False)
+            self.telemetry.reload(component, ok=False)
             return report
-        changed = _changed_sections(old.config, applied)
+        changed = _changed_sections(running, applied)
         # The swap: the gate's own state (for callers of Gate) and what requests read, with no
         # await between them, so no request on this loop sees one without the other.
         self.gate.swap(state)
@@ -336,22 +339,23 @@ class Runtime:
             )
         return ReloadReport(True, True, detail, restart_pending=pending)
 
-    async def _build(self, old: Serving, config: GateConfig, state: GateState) -> Serving:
+    async def _build(
+        self, old: Serving, running: GateConfig, config: GateConfig, state: GateState
+    ) -> Serving:
         """The new serving state: stages whose settings did not change are kept as they are (the
         token cache, the fetched keys, the open GeoIP databases); new ones are started first."""
-        assert old.config is not None
         identity = old.identity
         identity_settings = parse_identity_config(config)
-        if identity_settings != old.config.get(IDENTITY) or identity_settings != identity.config:
+        if identity_settings != running.get(IDENTITY) or identity_settings != identity.config:
             identity = Authenticator(identity_settings)
             if self.started:
                 await identity.start()  # a key file that fails to load refuses the reload
         origin = old.origin
         network, geoip = config.get(NETWORK), config.get(GEOIP)
-        if network != old.config.get(NETWORK) or geoip != old.config.get(GEOIP):
+        if network != running.get(NETWORK) or geoip != running.get(GEOIP):
             try:
                 origin = await asyncio.to_thread(build_origin_resolver, network, geoip)
-            except ConfigError:
+            except BaseException:
                 if identity is not old.identity:
                     await identity.close()
                 raise

@@ -224,7 +224,7 @@ def _check_key_file(check: Checker, path: Path, algorithms: tuple[str, ...], whe
         check.error(where, f"no such file: {path}")
         return
     try:
-        FileKeys(path, algorithms).load_sync()
+        FileKeys(path, algorithms).read_now()
     except KeySetError as exc:
         check.error(where, str(exc))
 

@@ -43,11 +43,6 @@ class Section(Generic[T]):
     read: Callable[[Checker, Any, Path], T | None]
     keys: tuple[KeyDoc, ...]
     restart: tuple[str, ...] = ()
-    doc: str = ""
-
-    def key_names(self) -> tuple[str, ...]:
-        """The section's top-level keys."""
-        return tuple(k.name for k in self.keys)
 
     def restart_changes(self, old: T, new: T) -> tuple[str, ...]:
         """Key paths of restart-only settings that differ between *old* and *new*."""
