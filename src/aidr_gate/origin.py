@@ -13,7 +13,7 @@ anonymizer list, or both; the database fills in what an override leaves out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from aidr_gate.client_ip import ClientIP, TrustedProxies, normalize_ip
@@ -143,9 +143,10 @@ class OriginResolver:
         """What answers GeoIP questions, for the start summary: database, build date, overrides."""
         return describe_geo(self.geo)
 
-    async def watch(self) -> None:
-        """Check the GeoIP files every ``reload_check_interval`` until cancelled (start at startup)."""
-        await watch(self.geo, self.reload_check_interval)
+    async def watch(self, report: Callable[[tuple[ReloadResult, ...]], None] | None = None) -> None:
+        """Check the GeoIP files every ``reload_check_interval`` until cancelled (start at startup);
+        *report* is told what each check did (for the reload counters)."""
+        await watch(self.geo, self.reload_check_interval, report)
 
     def close(self) -> None:
         """Release the GeoIP databases."""

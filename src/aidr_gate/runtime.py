@@ -27,6 +27,7 @@ from aidr_gate.audit.trail import AuditTrail
 from aidr_gate.decision import Decision
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.gate import Gate, GateState, load_state
+from aidr_gate.geo import ReloadResult
 from aidr_gate.identity import Authenticator
 from aidr_gate.jwks import FileKeys, RemoteJwks
 from aidr_gate.origin import OriginResolver, build_origin_resolver
@@ -37,6 +38,8 @@ from aidr_gate.settings.middleware import MIDDLEWARE, MiddlewareSettings
 from aidr_gate.settings.origin import GEOIP, NETWORK
 from aidr_gate.settings.sections import SECTIONS
 from aidr_gate.telemetry import Telemetry
+from aidr_gate.telemetry.settings import TELEMETRY
+from aidr_gate.telemetry.wiring import TelemetryWiring, count_geoip_reload, count_reload
 
 logger = logging.getLogger("aidr_gate.runtime")
 
@@ -107,11 +110,16 @@ class Runtime:
         config: GateConfig | None = None,
         telemetry: Telemetry | None = None,
         policy_watch_interval: float = DEFAULT_POLICY_WATCH_INTERVAL,
+        wiring: TelemetryWiring | None = None,
     ) -> None:
         self.gate = gate
         self._serving = Serving(gate.state, identity, origin, settings, config)
         self.audit = audit
-        self.telemetry = telemetry or Telemetry()
+        # The exporters the telemetry: section names, started and closed with the runtime.
+        self.wiring = wiring or TelemetryWiring()
+        self.telemetry: Telemetry = telemetry or self.wiring.telemetry
+        self.telemetry.watch_runtime(self)
+        self._count_key_reloads(identity)
         self._watch_interval = policy_watch_interval
         self._tasks: list[asyncio.Task[None]] = []
         self._geoip_watch: asyncio.Task[None] | None = None
@@ -161,6 +169,7 @@ class Runtime:
     ) -> Runtime:
         """Load everything a configuration names; raise one :class:`ConfigError` listing every problem."""
         cfg, state = load_everything(config, warnings=warnings)
+        wiring = TelemetryWiring(cfg.get(TELEMETRY), file=cfg.file)
         origin = build_origin_resolver(cfg.get(NETWORK), cfg.get(GEOIP))
         return cls(
             gate=Gate(state),
@@ -169,7 +178,12 @@ class Runtime:
             settings=cfg.get(MIDDLEWARE),
             audit=AuditTrail(cfg.get(AUDIT)),
             config=cfg,
+            wiring=wiring,
         )
+
+    def _count_key_reloads(self, identity: Authenticator) -> None:
+        if isinstance(identity.keys, FileKeys):
+            identity.keys.on_reload = lambda ok: self.telemetry.reload("keys", ok=ok)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -177,12 +191,18 @@ class Runtime:
         """Start background work: key refresh, GeoIP and policy file watching, audit delivery."""
         if self.started:
             return
-        await self.identity.start()
+        await self.wiring.start()  # first: a metrics port in use fails the start before the rest
+        try:
+            await self.identity.start()
+        except BaseException:
+            await self.wiring.close()
+            raise
         if self.audit is not None:
             try:
                 await self.audit.start()
             except BaseException:
                 await self.identity.close()  # a runtime that failed to start leaves nothing running
+                await self.wiring.close()
                 raise
         self._watch_geoip(self.origin)
         if self.config is not None and self._watch_interval > 0:
@@ -203,10 +223,16 @@ class Runtime:
             await self.audit.close(timeout)
         await self.identity.close()
         self.origin.close()
+        await self.wiring.close()  # last: the final export has the audit trail's final counts
         self.started = False
 
     def _watch_geoip(self, origin: OriginResolver) -> None:
-        self._geoip_watch = asyncio.create_task(origin.watch(), name="aidr-geoip-watch")
+        self._geoip_watch = asyncio.create_task(
+            origin.watch(self._geoip_reloaded), name="aidr-geoip-watch"
+        )
+
+    def _geoip_reloaded(self, results: tuple[ReloadResult, ...]) -> None:
+        count_geoip_reload(self.telemetry, results)
 
     async def _stop_geoip_watch(self) -> None:
         task, self._geoip_watch = self._geoip_watch, None
@@ -226,6 +252,7 @@ class Runtime:
             f"{len(state.catalog)} models",
             self.origin.describe(),
             "keys ready" if self.identity.ready else "keys not loaded yet",
+            f"metrics: {self.wiring.describe()}",
         ]
         if state.shadow is not None:
             parts.insert(1, f"shadow {state.shadow.pack.id}")
@@ -304,8 +331,8 @@ class Runtime:
             applied, pending = _keep_restart_only(running, config)
             new = await self._build(old, running, applied, state)
         except Exception as exc:  # whatever fails, the last good state keeps serving
-            component = _component_of(exc) if isinstance(exc, ConfigError) else "policy"
-            reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+            error = exc if isinstance(exc, ConfigError) else None
+            reason = str(exc) if error is not None else f"{type(exc).__name__}: {exc}"
             report = ReloadReport(
                 False,
                 False,
@@ -313,7 +340,7 @@ class Runtime:
                 restart_pending=self.restart_pending,
             )
             logger.error("%s", report.detail)
-            self.telemetry.reload(component, ok=False)
+            count_reload(self.telemetry, running, error or ConfigError([]))
             return report
         changed = _changed_sections(running, applied)
         # The swap: the gate's own state (for callers of Gate) and what requests read, with no
@@ -323,8 +350,8 @@ class Runtime:
         await self._retire(old, new)
         self.restart_pending = pending
         self.telemetry.restart_pending(len(pending))
-        self.telemetry.reload("policy", ok=True)
-        for name in changed:
+        count_reload(self.telemetry, applied, None)  # the packs, registry and catalogue
+        for name in changed:  # and each section applied in place
             self.telemetry.reload(name, ok=True)
         detail = (
             f"reloaded: pack {state.pack.id} ({state.pack.digest[:19]}), "
@@ -348,6 +375,7 @@ class Runtime:
         identity_settings = parse_identity_config(config)
         if identity_settings != running.get(IDENTITY) or identity_settings != identity.config:
             identity = Authenticator(identity_settings)
+            self._count_key_reloads(identity)
             if self.started:
                 await identity.start()  # a key file that fails to load refuses the reload
         origin = old.origin
@@ -379,10 +407,10 @@ class Runtime:
         report = await self.reload()
         keys = self.identity.keys
         if isinstance(keys, FileKeys):
-            await keys.reload()
+            await keys.reload()  # counted by the key file's own reload hook
         elif isinstance(keys, RemoteJwks):
-            await keys.refresh()
-        await asyncio.to_thread(self.origin.reload)
+            self.telemetry.reload("keys", ok=await keys.refresh())
+        self._geoip_reloaded(await asyncio.to_thread(self.origin.reload))
         return report
 
     async def _watch_policy(self) -> None:
@@ -408,13 +436,3 @@ def _keep_restart_only(old: GateConfig, new: GateConfig) -> tuple[GateConfig, tu
 
 def _changed_sections(old: GateConfig, new: GateConfig) -> list[str]:
     return [s.name for s in SECTIONS if old.get(s) != new.get(s)]
-
-
-def _component_of(error: ConfigError) -> str:
-    """The reload component a refused reload is counted under: the first problem's section."""
-    names = {s.name for s in SECTIONS}
-    for problem in error.problems:
-        head = problem.path.split(".", 1)[0].split("[", 1)[0]
-        if head in names:
-            return head
-    return "policy"
