@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aidr_gate.client_ip import normalize_ip
@@ -26,6 +26,9 @@ from aidr_gate.jwks import (
 )
 from aidr_gate.keys import SUPPORTED_ALGORITHMS, KeySetError
 from aidr_gate.settings.schema import KeyDoc, Section
+
+if TYPE_CHECKING:  # the loader imports every section module
+    from aidr_gate.settings.loader import GateConfig
 
 SECTION = "identity"
 
@@ -229,7 +232,7 @@ def _check_key_file(check: Checker, path: Path, algorithms: tuple[str, ...], whe
         check.error(where, str(exc))
 
 
-def parse_identity_config(config: Any) -> IdentityConfig:
+def parse_identity_config(config: GateConfig) -> IdentityConfig:
     """The ``identity:`` settings of a loaded configuration; serving needs them."""
     identity: IdentityConfig | None = config.get(IDENTITY)
     if identity is None:
