@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aidr_gate.settings.sections import SECTIONS
 from conftest import EXAMPLES
 from gate_env import GateEnv, make_gate_env
 from servers import free_port
@@ -353,6 +354,19 @@ CASES = [
         "telemetry.max_serie",
         "did you mean 'max_series'?",
     ),
+    # -- screening --
+    Broken(
+        "screening-threshold",
+        append("screening:\n  lists: [sdn.csv]\n  threshold: 20\n"),
+        "screening.threshold",
+        "at least 50",
+    ),
+    Broken(
+        "screening-typo",
+        append("screening:\n  lists: [sdn.csv]\n  treshold: 90\n"),
+        "screening.treshold",
+        "did you mean 'threshold'?",
+    ),
     # -- the file itself --
     Broken(
         "duplicate-key",
@@ -489,7 +503,7 @@ def test_there_are_enough_cases_for_every_section() -> None:
     assert len({c.id for c in CASES}) == len(CASES)
     heads = {c.path.split(".")[0].split("[")[0] for c in CASES}
     assert {"policy", "mode", "registry", "catalog"} <= heads | {"entities"}
-    assert {"identity", "network", "geoip", "middleware", "audit", "proxy", "telemetry"} <= heads
+    assert {s.name for s in SECTIONS} <= heads
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from aidr_gate.facts import Identity, Origin
     from aidr_gate.policy.engine import PolicyFacts
     from aidr_gate.registry import Agreement, Entity
+    from aidr_gate.screening.facts import ScreeningFacts
 
 
 class Effect(StrEnum):
@@ -92,6 +93,9 @@ class Evidence(msgspec.Struct, frozen=True, gc=False):
     model_tier_source: str  # "catalog", "thresholds", "unknown-model" or "not-evaluated"
     facts: PolicyFacts | None
     agreement: Agreement | None
+    # The entity's screening result, with the list version it came from; None when the gate
+    # screens nothing (no ``screening:`` section) or the entity is not in the registry.
+    screening: ScreeningFacts | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form, the shape ``check`` prints and audit records carry."""
@@ -129,6 +133,7 @@ class Evidence(msgspec.Struct, frozen=True, gc=False):
                 "type": self.agreement.type if self.agreement else None,
                 "status": self.agreement.status.value if self.agreement else None,
             },
+            "screening": self.screening.to_dict() if self.screening is not None else None,
         }
 
 

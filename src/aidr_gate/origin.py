@@ -190,6 +190,8 @@ def _build(client: ClientIP, geo: GeoResult) -> Origin:
         anonymizer_database=geo.anonymizer_database,
         anonymizer_database_build=geo.anonymizer_database_build,
         notes=client.notes + geo.notes if geo.notes else client.notes,
+        region=geo.region,
+        region_source=geo.region_source,
     )
 
 

@@ -163,6 +163,14 @@ class SidecarApp:
             "geoip": runtime.origin.describe(),
             "audit": decisive["audit"],
             "upstream": decisive["upstream"],
+            # Informative, not decisive: stale lists deny registry entities (503), not the rest.
+            "screening": None
+            if state.screening is None
+            else {
+                "lists": state.screening.version.label,
+                "entities": len(state.screening),
+                "unavailable": state.screening.unavailable,
+            },
         }
         ready = all(decisive.values())
         report: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}

@@ -128,6 +128,7 @@ class RecordReader:
             "model": facts.get("model"),
             "jurisdiction": facts.get("jurisdiction"),
             "agreement": facts.get("agreement"),
+            "screening": facts.get("screening"),
             "request": _request(tree, aidr),
             "gate": {"added_us": tree["gate_us"]},
             "upstream": {
@@ -237,6 +238,8 @@ def _origin(tree: dict[str, Any], aidr: dict[str, Any], facts: dict[str, Any]) -
         "anonymizer_database": shared.get("anonymizer_database"),
         "anonymizer_database_build": shared.get("anonymizer_database_build"),
         "notes": own.get("notes", []),
+        "region": shared.get("region"),
+        "region_source": shared.get("region_source", "none"),
     }
 
 

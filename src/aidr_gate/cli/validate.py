@@ -95,6 +95,12 @@ def run(args: argparse.Namespace) -> int:
         f"ok: {loaded['file']}: pack {loaded['pack']} ({loaded['status']}, "
         f"{loaded['digest'][:19]}), {loaded['entities']} entities, {loaded['models']} models"
         + (f", shadow {loaded['shadow']}" if loaded["shadow"] else "")
+        + (
+            f", {loaded['screening']['entities']} entities screened against lists "
+            f"{loaded['screening']['lists']}"
+            if loaded["screening"] is not None
+            else ""
+        )
     )
     return EXIT_OK
 
@@ -118,6 +124,7 @@ def _loaded(runtime: Runtime, at: float, warnings: list[Problem]) -> dict[str, A
                     severity="warning",
                 )
             )
+    screening = state.screening
     return {
         "file": config.file,
         "pack": state.pack.id,
@@ -128,4 +135,9 @@ def _loaded(runtime: Runtime, at: float, warnings: list[Problem]) -> dict[str, A
         "entities": len(state.registry),
         "models": len(state.catalog),
         "geoip": runtime.origin.describe(),
+        "screening": (
+            {"entities": len(screening), "lists": screening.version.label}
+            if screening is not None
+            else None
+        ),
     }

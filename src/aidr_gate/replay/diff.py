@@ -162,7 +162,8 @@ def _rules(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     changed = []
     for rule_id in [r["id"] for r in a["rules"] if r["id"] in rules_b]:
         ra, rb = rules_a[rule_id], rules_b[rule_id]
-        fields = [f for f in ("when", "then", "description", "citation") if ra[f] != rb[f]]
+        names = ("when", "then", "description", "citation", "during", "last")
+        fields = [f for f in names if ra.get(f) != rb.get(f)]
         if fields:
             changed.append({"id": rule_id, "fields": fields, "a": ra, "b": rb})
     common_a = [r["id"] for r in a["rules"] if r["id"] in rules_b]
@@ -267,6 +268,10 @@ def diff_packs(a: Pack, b: Pack) -> dict[str, Any]:
         if da["default"] == db["default"]
         else {"a": da["default"], "b": db["default"]},
         "agreements": agreements,
+        "region_groups": _region_groups(da.get("region_groups", {}), db.get("region_groups", {})),
+        "status_history": None
+        if da.get("status_history") == db.get("status_history")
+        else {"a": da.get("status_history", []), "b": db.get("status_history", [])},
     }
     # Identical when nothing above differs. Not by digest: the digest also covers how the packs
     # are written (the order of a country list or of the citations, the file a rule comes from),
@@ -298,6 +303,8 @@ def _differs(diff: Mapping[str, Any]) -> bool:
         or models["order"]
         or diff["default"]
         or diff["agreements"]
+        or diff["region_groups"]
+        or diff["status_history"]
     )
 
 
@@ -324,7 +331,46 @@ def _outcome(then: Mapping[str, Any]) -> str:
 
 
 def _rule_line(rule: Mapping[str, Any]) -> str:
-    return f"when {_condition(rule['when'])} -> {_outcome(rule['then'])}"
+    during = rule.get("during")
+    dated = ""
+    if during:
+        spans = [f"{w['from'] or '-'} .. {w['until'] or '-'}" for w in during]
+        dated = f" during {', '.join(spans)}"
+    last = " (last)" if rule.get("last") else ""
+    return f"when {_condition(rule['when'])} -> {_outcome(rule['then'])}{dated}{last}"
+
+
+def _region_groups(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Region groups added, removed or changed (regions covered whole, and uncertain ones)."""
+    out = []
+    for group_id in sorted(set(a) | set(b)):
+        ga, gb = a.get(group_id), b.get(group_id)
+        if ga != gb:
+            change = "added" if ga is None else "removed" if gb is None else "changed"
+            out.append({"group": group_id, "change": change, "a": ga, "b": gb})
+    return out
+
+
+def _regions_text(group: Mapping[str, Any] | None) -> str:
+    if group is None:
+        return "absent"
+
+    def names(members: list[dict[str, Any]]) -> str:
+        return (
+            ", ".join(
+                m["region"]
+                + (f" from {m['from']}" if m["from"] else "")
+                + (f" until {m['until']}" if m["until"] else "")
+                for m in members
+            )
+            or "none"
+        )
+
+    return f"regions {names(group['regions'])}; uncertain {names(group['uncertain'])}"
+
+
+def _history_text(history: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{c['status']} from {c['from']}" for c in history) or "none"
 
 
 def render_diff(diff: dict[str, Any]) -> str:
@@ -429,6 +475,23 @@ def render_diff(diff: dict[str, Any]) -> str:
         out += [
             "",
             f"Default outcome: {_outcome(diff['default']['a'])} -> {_outcome(diff['default']['b'])}",
+        ]
+    if diff["region_groups"]:
+        out += ["", "Region groups"]
+        for group in diff["region_groups"]:
+            if group["change"] == "changed":
+                out.append(f"  ~ {group['group']}:")
+                out.append(f"      A {_regions_text(group['a'])}")
+                out.append(f"      B {_regions_text(group['b'])}")
+            else:
+                sign = "+" if group["change"] == "added" else "-"
+                body = group["b"] if group["change"] == "added" else group["a"]
+                out.append(f"  {sign} {group['group']}: {_regions_text(body)}")
+    if diff["status_history"]:
+        history = diff["status_history"]
+        out += [
+            "",
+            f"Status history: {_history_text(history['a'])} -> {_history_text(history['b'])}",
         ]
     if diff["agreements"]:
         ag = diff["agreements"]

@@ -9,6 +9,8 @@ the terminal summary and the HTML report (``replay/html.py``) render it. Its sha
                       extends (the packs it builds on, nearest first)
     recorded_packs    [{id, digest, status, records, title, effective}]: the packs the records
                       were decided under (title and window when a bundled pack matches the digest)
+    screening_lists   [{version, records}]: the restricted-party list versions ("date/sha256:...")
+                      the re-decided records saw, "(none)" for records without screening
     registry, catalog file names given with --registry/--catalog, or null (evidence as recorded)
     at                ISO time every record was re-decided at (--at), or null (each its own time)
     files             [{path, lines, records, first_seq, last_seq, torn, error}] in chain order
@@ -216,6 +218,11 @@ def build_report(result: ReplayResult, *, top: int = 10) -> dict[str, Any]:
             }
             for (pid, digest, status), count in tally.recorded_packs.most_common()
         ],
+        # Which restricted-party lists the re-decided records saw (their screening evidence).
+        "screening_lists": [
+            {"version": version, "records": count}
+            for version, count in tally.list_versions.most_common()
+        ],
         "registry": options.registry_source,
         "catalog": options.catalog_source,
         "at": _time(options.at),
@@ -340,6 +347,9 @@ def summary(report: dict[str, Any], *, top: int = 10) -> str:
             f"  recorded under {recorded['id']} ({recorded['status']}, "
             f"{_short(recorded['digest'])}): {_n(recorded['records'])} records"
         )
+    screened = [row for row in report.get("screening_lists", []) if row["version"] != "(none)"]
+    for row in screened:
+        out.append(f"  screening lists {row['version']}: {_n(row['records'])} records")
     if report["registry"] or report["catalog"]:
         out.append(
             f"  registry: {report['registry'] or 'as recorded'}; "

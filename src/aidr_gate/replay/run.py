@@ -115,6 +115,8 @@ class Tally:
     cannot_decide: Counter[str] = field(default_factory=Counter)
     cannot_before: Counter[str] = field(default_factory=Counter)
     cannot_list: list[dict[str, Any]] = field(default_factory=list)
+    # Re-decided records by the screening list version they saw ("(none)": no screening).
+    list_versions: Counter[str] = field(default_factory=Counter)
 
     @property
     def replayed(self) -> int:
@@ -229,6 +231,7 @@ class Replayer:
         new = verdict[0]
         tally.transitions[(old, new)] += 1
         tally.entity_records[inputs.entity_label] += 1
+        tally.list_versions[inputs.list_version or NONE] += 1
         if not verdict[5]:
             tally.outside_window += 1
         if new == old:
@@ -266,6 +269,8 @@ class Replayer:
             network_country=inputs.network_country,
             anonymizer=inputs.anonymizer,
             at=when,
+            screening=inputs.screening,
+            region=inputs.region,
         )
         outcome = verdict.outcome
         return (

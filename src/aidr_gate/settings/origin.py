@@ -43,6 +43,7 @@ from aidr_gate.geo import (
     MaxMindCountryResolver,
     OverrideEntry,
 )
+from aidr_gate.policy.reach import region_code
 from aidr_gate.settings.schema import KeyDoc, Section, subkeys
 
 MAX_OVERRIDES = 10_000
@@ -85,6 +86,7 @@ GEOIP_KEYS = (
         (
             KeyDoc("network", "a CIDR"),
             KeyDoc("country", "its country"),
+            KeyDoc("region", "its ISO 3166-2 region (UA-43); alone, it names the country too"),
             KeyDoc("anonymizer", "its anonymizer flags ([] clears the database's)"),
             KeyDoc("note", "shown in evidence and audit records"),
         ),
@@ -192,6 +194,14 @@ def _overrides(check: Checker, raw: Any, path: str) -> tuple[OverrideEntry, ...]
         country = None
         if data.get("country") is not None:
             country = check.country(data["country"], join(where, "country"))
+        region = None
+        if data.get("region") is not None:
+            # A region names its country ("UA-43" is in UA): given alone, it sets both.
+            region = region_code(check, data["region"], join(where, "region"))
+            if region is not None and country is None and data.get("country") is None:
+                country = region[:2]
+            elif region is not None and country is not None and region[:2] != country:
+                check.error(join(where, "region"), f"{region} is not in {country}")
         anonymizer = None
         if "anonymizer" in data:
             names = check.each(
@@ -200,8 +210,8 @@ def _overrides(check: Checker, raw: Any, path: str) -> tuple[OverrideEntry, ...]
                 lambda v, p: check.string(v, p, choices=flags),
             )
             anonymizer = frozenset(AnonymizerFlag(n) for n in names or ())
-        elif data.get("country") is None:
-            check.error(where, "give a country, an anonymizer list, or both")
+        elif data.get("country") is None and data.get("region") is None:
+            check.error(where, "give a country, a region, an anonymizer list, or several")
         note = None
         if data.get("note") is not None:
             note = check.string(data["note"], join(where, "note"))
@@ -214,7 +224,7 @@ def _overrides(check: Checker, raw: Any, path: str) -> tuple[OverrideEntry, ...]
             )
             continue
         seen[network] = index
-        out.append(OverrideEntry(network, country, anonymizer, note))
+        out.append(OverrideEntry(network, country, anonymizer, note, region))
     return tuple(out)
 
 

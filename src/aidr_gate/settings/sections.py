@@ -10,6 +10,7 @@ from aidr_gate.settings.middleware import MIDDLEWARE
 from aidr_gate.settings.origin import GEOIP, NETWORK
 from aidr_gate.settings.proxy import PROXY
 from aidr_gate.settings.schema import Section
+from aidr_gate.settings.screening import SCREENING
 from aidr_gate.telemetry.settings import TELEMETRY
 
 SECTIONS: tuple[Section[Any], ...] = (
@@ -20,4 +21,5 @@ SECTIONS: tuple[Section[Any], ...] = (
     AUDIT,
     PROXY,
     TELEMETRY,
+    SCREENING,
 )
