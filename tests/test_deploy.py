@@ -27,9 +27,9 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from aidr_gate.cli import EXIT_OK, main
-from conftest import IN_CI, ROOT, require_tool
 from jwks_server import jwks_of, rsa_key
 from mmdb_files import write_country_db
+from support.environment import IN_CI, ROOT, require_tool
 
 DEPLOY = ROOT / "deploy"
 KUBE = DEPLOY / "kubernetes"

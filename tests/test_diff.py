@@ -18,7 +18,7 @@ from aidr_gate.replay.diff import (
     timeline,
     window_text,
 )
-from conftest import POLICIES
+from support.environment import POLICIES
 
 
 def day(text: str) -> float:

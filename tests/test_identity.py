@@ -40,8 +40,8 @@ from aidr_gate.identity import Authenticator, authorization_header, bearer_token
 from aidr_gate.jwks import RemoteJwks, StaticKeys
 from aidr_gate.keys import build_key_set
 from aidr_gate.responses import www_authenticate
-from aidr_gate.settings.identity import IdentityConfig, parse_identity_config
-from aidr_gate.settings.loader import config_from_text
+from aidr_gate.settings.identity import IdentityConfig
+from aidr_gate.settings.loader import config_from_text, parse_identity_config
 from jwks_server import (
     AUDIENCE,
     ISSUER,

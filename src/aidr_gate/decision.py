@@ -15,20 +15,17 @@ import msgspec
 
 from aidr_gate.document import format_timestamp
 
+# What a rule says, and which pack said it: defined below the policy modules, which use them too.
+from aidr_gate.outcome import Effect as Effect
+from aidr_gate.outcome import Outcome as Outcome
+from aidr_gate.outcome import PolicyRef as PolicyRef
+
 if TYPE_CHECKING:
     from aidr_gate.catalog import Model
     from aidr_gate.facts import Identity, Origin
     from aidr_gate.policy.engine import PolicyFacts
     from aidr_gate.registry import Agreement, Entity
     from aidr_gate.screening.facts import ScreeningFacts
-
-
-class Effect(StrEnum):
-    """What the gate does with the request."""
-
-    ALLOW = "allow"
-    DENY = "deny"
-    LOG = "log"  # allowed, but flagged in audit and metrics
 
 
 class Mode(StrEnum):
@@ -41,42 +38,6 @@ class Mode(StrEnum):
 # Members read once: a member looked up on its enum class costs more than a global, per request.
 _DENY = Effect.DENY
 _ENFORCE = Mode.ENFORCE
-
-
-class Outcome(msgspec.Struct, frozen=True, gc=False):
-    """What a rule (or the pack's default) says: effect, HTTP status for a deny, reason, rule id."""
-
-    effect: Effect
-    status: int | None
-    reason: str
-    rule: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready form."""
-        return {
-            "effect": self.effect.value,
-            "status": self.status,
-            "reason": self.reason,
-            "rule": self.rule,
-        }
-
-
-class PolicyRef(msgspec.Struct, frozen=True, gc=False):
-    """Which pack decided: id, content digest, legal status and whether its window covered the time."""
-
-    id: str
-    digest: str
-    status: str
-    in_window: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready form."""
-        return {
-            "id": self.id,
-            "digest": self.digest,
-            "status": self.status,
-            "in_window": self.in_window,
-        }
 
 
 class Evidence(msgspec.Struct, frozen=True, gc=False):

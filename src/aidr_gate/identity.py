@@ -53,7 +53,7 @@ from aidr_gate.errors import (
 from aidr_gate.facts import Identity
 from aidr_gate.headers import single_header_value
 from aidr_gate.jwks import FileKeys, KeyProvider, RemoteJwks, on_event_loop
-from aidr_gate.keys import KeySet, VerificationKey, valid_kid
+from aidr_gate.keys import KeySet, KeySetError, VerificationKey, valid_kid
 from aidr_gate.settings.identity import SECTION, IdentityConfig
 
 logger = logging.getLogger("aidr_gate.identity")
@@ -284,7 +284,7 @@ class Authenticator:
         """Load the keys and start background refresh; a bad key file is a :class:`ConfigError`."""
         try:
             await self._keys.start()
-        except ValueError as exc:  # KeySetError from a key file: a startup error, named
+        except KeySetError as exc:  # from a key file: a startup error, named
             raise ConfigError(Problem(self.config.file, "identity.key_file", str(exc))) from None
 
     async def close(self) -> None:
@@ -429,7 +429,7 @@ class Authenticator:
             raise TokenKeysUnavailable("no keys loaded; not loading them on a running event loop")
         try:
             return self._keys.load_sync()
-        except ValueError as exc:  # KeySetError / FetchError
+        except KeySetError as exc:  # FetchError included
             logger.warning("verification keys could not be loaded: %s", exc)
             raise TokenKeysUnavailable(str(exc)) from None
 

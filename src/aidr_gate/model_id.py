@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from aidr_gate.asgi_types import Message, Receive
 from aidr_gate.errors import (
     BodyIncomplete,
     BodyNotJSON,
     BodyTooLarge,
     ModelMissing,
 )
-
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
 
 # OpenAI-compatible endpoints (and vLLM's extras) that carry ``"model"`` in a JSON body.
 DEFAULT_JSON_PATHS: tuple[str, ...] = (

@@ -33,8 +33,8 @@ from aidr_gate.identity import Authenticator
 from aidr_gate.jwks import FileKeys, RemoteJwks
 from aidr_gate.origin import OriginResolver, build_origin_resolver
 from aidr_gate.settings.audit import AUDIT
-from aidr_gate.settings.identity import IDENTITY, parse_identity_config
-from aidr_gate.settings.loader import GateConfig, read_config
+from aidr_gate.settings.identity import IDENTITY
+from aidr_gate.settings.loader import GateConfig, parse_identity_config, read_config
 from aidr_gate.settings.middleware import MIDDLEWARE, MiddlewareSettings
 from aidr_gate.settings.origin import GEOIP, NETWORK
 from aidr_gate.settings.sections import SECTIONS

@@ -13,13 +13,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from aidr_gate.asgi_types import Receive, Scope, Send
 from aidr_gate.errors import ConfigError
 from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.proxy import UpstreamProxy
@@ -30,11 +31,6 @@ from aidr_gate.settings.proxy import PROXY, SidecarSettings, upstream_problem
 from aidr_gate.telemetry.wiring import count_upstream
 
 logger = logging.getLogger("aidr_gate.sidecar")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 __all__ = [
     "SidecarApp",

@@ -28,8 +28,7 @@ from aidr_gate.origin import origin_resolver_for
 from aidr_gate.policy.engine import PolicyEngine
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.policy.reach import region_code
-from aidr_gate.settings.identity import parse_identity_config
-from aidr_gate.settings.loader import load_config
+from aidr_gate.settings.loader import load_config, parse_identity_config
 
 
 def add_parser(sub: Any) -> None:

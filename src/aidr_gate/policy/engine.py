@@ -18,8 +18,8 @@ from typing import Any
 import msgspec
 
 from aidr_gate.catalog import Model, Weights
-from aidr_gate.decision import Outcome, PolicyRef
 from aidr_gate.facts import NO_FLAGS, AnonymizerFlag
+from aidr_gate.outcome import Outcome, PolicyRef
 from aidr_gate.policy.pack import Condition, Membership, Pack
 from aidr_gate.policy.reach import RegionMember, Window
 from aidr_gate.registry import Agreement, AgreementState, Entity, evaluate_agreements

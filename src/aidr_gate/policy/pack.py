@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from aidr_gate.catalog import Weights
-from aidr_gate.decision import Effect, Outcome
 from aidr_gate.document import Checker, Document, format_instant, join, load_document
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.facts import AnonymizerFlag
+from aidr_gate.outcome import Effect, Outcome
 from aidr_gate.policy.reach import (
     REGION_KEYS,
     SCREENING_KEYS,

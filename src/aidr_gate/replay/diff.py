@@ -373,134 +373,189 @@ def _history_text(history: list[dict[str, Any]]) -> str:
     return ", ".join(f"{c['status']} from {c['from']}" for c in history) or "none"
 
 
-def render_diff(diff: dict[str, Any]) -> str:
-    """The diff as text for a terminal, one section per kind of change."""
+def _render_heading(diff: dict[str, Any]) -> list[str]:
     a, b = diff["a"], diff["b"]
-    out = [
+    return [
         f"--- A {a['id']} ({a['status']}, {window_text(a['effective'])}) {a['digest']}",
         f"+++ B {b['id']} ({b['status']}, {window_text(b['effective'])}) {b['digest']}",
     ]
-    if diff["identical"]:
-        same = "same digest" if a["digest"] == b["digest"] else "written differently"
-        out.append(f"The packs are identical ({same}): they decide every request alike.")
-        return "\n".join(out)
+
+
+def _render_meta(diff: dict[str, Any]) -> list[str]:
+    out = []
     if diff["meta"]:
-        out.append("")
-        out.append("Pack")
-        for item in diff["meta"]:
-            out.append(f"  {item['field']}: {_value(item['a'])} -> {_value(item['b'])}")
+        out += ["", "Pack"]
+        out += [
+            f"  {item['field']}: {_value(item['a'])} -> {_value(item['b'])}"
+            for item in diff["meta"]
+        ]
     cites = diff["citations"]
-    for item in cites["removed"]:
-        out.append(f"  - citation: {item}")
-    for item in cites["added"]:
-        out.append(f"  + citation: {item}")
+    out += [f"  - citation: {item}" for item in cites["removed"]]
+    out += [f"  + citation: {item}" for item in cites["added"]]
+    return out
+
+
+def _render_one_sided_tiers(tiers: dict[str, Any]) -> list[str]:
+    """Country tiers that only one pack has: that pack's tiers, country by country."""
+    summary = tiers["summary"]
+    if summary is None:
+        return []
+    side = "A" if tiers["a_present"] else "B"
+    other = "B" if side == "A" else "A"
+    out = [
+        f"  only {side} ({summary['pack']}) has country tiers "
+        f"(order {' < '.join(summary['order'])}, default {summary['default']}); "
+        f"{other} has none:"
+    ]
+    by_tier: dict[str, list[str]] = {}
+    for row in summary["countries"]:
+        by_tier.setdefault(row["tier"], []).append(row["country"])
+    order = summary["order"]
+    for tier in sorted(by_tier, key=lambda t: (order.index(t) if t in order else len(order), t)):
+        out.append(f"    {tier}: {', '.join(by_tier[tier])}")
+    return out
+
+
+def _render_tier_changes(tiers: dict[str, Any]) -> list[str]:
+    """Country tiers both packs have: what changed in the order, the default and per country."""
+    out = []
+    if tiers["order"]:
+        out.append(f"  order: {_value(tiers['order']['a'])} -> {_value(tiers['order']['b'])}")
+    if tiers["default"]:
+        out.append(f"  default: {tiers['default']['a']} -> {tiers['default']['b']}")
+    out += [f"  {row['country']}: A {row['a']}; B {row['b']}" for row in tiers["countries"]]
+    return out
+
+
+def _render_country_tiers(diff: dict[str, Any]) -> list[str]:
     tiers = diff["country_tiers"]
-    section = []
-    if not tiers["a_present"] or not tiers["b_present"]:
-        summary = tiers["summary"]
-        if summary is not None:
-            side = "A" if tiers["a_present"] else "B"
-            other = "B" if side == "A" else "A"
-            section.append(
-                f"  only {side} ({summary['pack']}) has country tiers "
-                f"(order {' < '.join(summary['order'])}, default {summary['default']}); "
-                f"{other} has none:"
-            )
-            by_tier: dict[str, list[str]] = {}
-            for row in summary["countries"]:
-                by_tier.setdefault(row["tier"], []).append(row["country"])
-            order = summary["order"]
-            for tier in sorted(
-                by_tier, key=lambda t: (order.index(t) if t in order else len(order), t)
-            ):
-                section.append(f"    {tier}: {', '.join(by_tier[tier])}")
-    else:
-        if tiers["order"]:
-            section.append(
-                f"  order: {_value(tiers['order']['a'])} -> {_value(tiers['order']['b'])}"
-            )
-        if tiers["default"]:
-            section.append(f"  default: {tiers['default']['a']} -> {tiers['default']['b']}")
-        for row in tiers["countries"]:
-            section.append(f"  {row['country']}: A {row['a']}; B {row['b']}")
-    if section:
-        out += ["", "Country tiers", *section]
-    if diff["groups"]:
-        out += ["", "Country groups"]
-        for group in diff["groups"]:
-            if group["change"] in ("added", "removed"):
-                sign = "+" if group["change"] == "added" else "-"
-                out.append(f"  {sign} {group['group']}: {', '.join(group['countries'])}")
-                continue
-            out.append(f"  {group['group']}:")
-            for item in group["fields"]:
-                out.append(f"    {item['field']}: {_value(item['a'])} -> {_value(item['b'])}")
-            for country in group["removed"]:
-                out.append(f"    - {country}")
-            for country in group["added"]:
-                out.append(f"    + {country}")
-            for row in group["redated"]:
-                out.append(f"    ~ {row['country']}: A {row['a']}; B {row['b']}")
+    both = tiers["a_present"] and tiers["b_present"]
+    section = _render_tier_changes(tiers) if both else _render_one_sided_tiers(tiers)
+    return ["", "Country tiers", *section] if section else []
+
+
+def _render_groups(diff: dict[str, Any]) -> list[str]:
+    if not diff["groups"]:
+        return []
+    out = ["", "Country groups"]
+    for group in diff["groups"]:
+        if group["change"] in ("added", "removed"):
+            sign = "+" if group["change"] == "added" else "-"
+            out.append(f"  {sign} {group['group']}: {', '.join(group['countries'])}")
+            continue
+        out.append(f"  {group['group']}:")
+        out += [
+            f"    {item['field']}: {_value(item['a'])} -> {_value(item['b'])}"
+            for item in group["fields"]
+        ]
+        out += [f"    - {country}" for country in group["removed"]]
+        out += [f"    + {country}" for country in group["added"]]
+        out += [f"    ~ {row['country']}: A {row['a']}; B {row['b']}" for row in group["redated"]]
+    return out
+
+
+def _render_rules(diff: dict[str, Any]) -> list[str]:
     rules = diff["rules"]
-    if rules["added"] or rules["removed"] or rules["changed"] or rules["order"]:
-        out += ["", "Rules"]
-        out += _signed_lines(rules["removed"], rules["added"], _rule_line)
-        for change in rules["changed"]:
-            out.append(f"  ~ {change['id']} ({', '.join(change['fields'])}):")
-            out.append(f"      A {_rule_line(change['a'])}")
-            out.append(f"      B {_rule_line(change['b'])}")
-        if rules["order"]:
-            out.append(f"  order A: {', '.join(rules['order']['a'])}")
-            out.append(f"  order B: {', '.join(rules['order']['b'])}")
+    if not (rules["added"] or rules["removed"] or rules["changed"] or rules["order"]):
+        return []
+    out = ["", "Rules", *_signed_lines(rules["removed"], rules["added"], _rule_line)]
+    for change in rules["changed"]:
+        out.append(f"  ~ {change['id']} ({', '.join(change['fields'])}):")
+        out.append(f"      A {_rule_line(change['a'])}")
+        out.append(f"      B {_rule_line(change['b'])}")
+    if rules["order"]:
+        out.append(f"  order A: {', '.join(rules['order']['a'])}")
+        out.append(f"  order B: {', '.join(rules['order']['b'])}")
+    return out
+
+
+def _render_model_tiers(diff: dict[str, Any]) -> list[str]:
     models = diff["model_tiers"]
-    if (
-        models["changes"]
-        or models["added"]
-        or models["removed"]
-        or models["changed"]
-        or models["order"]
-    ):
-        out += ["", "Model tiers"]
-        for item in models["changes"]:
-            out.append(f"  {item['field']}: {_value(item['a'])} -> {_value(item['b'])}")
-        out += _signed_lines(models["removed"], models["added"], _thresholds)
-        for tier in models["changed"]:
-            text = "; ".join(
-                f"{c['field']} {_value(c['a'])} -> {_value(c['b'])}" for c in tier["changes"]
-            )
-            out.append(f"  ~ {tier['id']}: {text}")
-        if models["order"]:
-            out.append(f"  order: {_value(models['order']['a'])} -> {_value(models['order']['b'])}")
-    if diff["default"]:
-        out += [
-            "",
-            f"Default outcome: {_outcome(diff['default']['a'])} -> {_outcome(diff['default']['b'])}",
-        ]
-    if diff["region_groups"]:
-        out += ["", "Region groups"]
-        for group in diff["region_groups"]:
-            if group["change"] == "changed":
-                out.append(f"  ~ {group['group']}:")
-                out.append(f"      A {_regions_text(group['a'])}")
-                out.append(f"      B {_regions_text(group['b'])}")
-            else:
-                sign = "+" if group["change"] == "added" else "-"
-                body = group["b"] if group["change"] == "added" else group["a"]
-                out.append(f"  {sign} {group['group']}: {_regions_text(body)}")
-    if diff["status_history"]:
-        history = diff["status_history"]
-        out += [
-            "",
-            f"Status history: {_history_text(history['a'])} -> {_history_text(history['b'])}",
-        ]
-    if diff["agreements"]:
-        ag = diff["agreements"]
-        out += [
-            "",
-            "Accepted agreement types: "
-            f"{', '.join(ag['a']) if ag['a'] is not None else 'any'} -> "
-            f"{', '.join(ag['b']) if ag['b'] is not None else 'any'}",
-        ]
+    if not any(models[part] for part in ("changes", "added", "removed", "changed", "order")):
+        return []
+    out = ["", "Model tiers"]
+    out += [
+        f"  {item['field']}: {_value(item['a'])} -> {_value(item['b'])}"
+        for item in models["changes"]
+    ]
+    out += _signed_lines(models["removed"], models["added"], _thresholds)
+    for tier in models["changed"]:
+        text = "; ".join(
+            f"{c['field']} {_value(c['a'])} -> {_value(c['b'])}" for c in tier["changes"]
+        )
+        out.append(f"  ~ {tier['id']}: {text}")
+    if models["order"]:
+        out.append(f"  order: {_value(models['order']['a'])} -> {_value(models['order']['b'])}")
+    return out
+
+
+def _render_default(diff: dict[str, Any]) -> list[str]:
+    default = diff["default"]
+    if not default:
+        return []
+    return ["", f"Default outcome: {_outcome(default['a'])} -> {_outcome(default['b'])}"]
+
+
+def _render_region_groups(diff: dict[str, Any]) -> list[str]:
+    if not diff["region_groups"]:
+        return []
+    out = ["", "Region groups"]
+    for group in diff["region_groups"]:
+        if group["change"] == "changed":
+            out.append(f"  ~ {group['group']}:")
+            out.append(f"      A {_regions_text(group['a'])}")
+            out.append(f"      B {_regions_text(group['b'])}")
+        else:
+            sign = "+" if group["change"] == "added" else "-"
+            body = group["b"] if group["change"] == "added" else group["a"]
+            out.append(f"  {sign} {group['group']}: {_regions_text(body)}")
+    return out
+
+
+def _render_status_history(diff: dict[str, Any]) -> list[str]:
+    history = diff["status_history"]
+    if not history:
+        return []
+    return ["", f"Status history: {_history_text(history['a'])} -> {_history_text(history['b'])}"]
+
+
+def _render_agreements(diff: dict[str, Any]) -> list[str]:
+    ag = diff["agreements"]
+    if not ag:
+        return []
+    return [
+        "",
+        "Accepted agreement types: "
+        f"{', '.join(ag['a']) if ag['a'] is not None else 'any'} -> "
+        f"{', '.join(ag['b']) if ag['b'] is not None else 'any'}",
+    ]
+
+
+# The sections of a diff in the order printed; each gives its lines (none when nothing changed
+# of its kind), a section with a heading leading with a blank line.
+_SECTIONS: tuple[Callable[[dict[str, Any]], list[str]], ...] = (
+    _render_meta,
+    _render_country_tiers,
+    _render_groups,
+    _render_rules,
+    _render_model_tiers,
+    _render_default,
+    _render_region_groups,
+    _render_status_history,
+    _render_agreements,
+)
+
+
+def render_diff(diff: dict[str, Any]) -> str:
+    """The diff as text for a terminal, one section per kind of change."""
+    out = _render_heading(diff)
+    if diff["identical"]:
+        same = (
+            "same digest" if diff["a"]["digest"] == diff["b"]["digest"] else "written differently"
+        )
+        out.append(f"The packs are identical ({same}): they decide every request alike.")
+    else:
+        out += [line for section in _SECTIONS for line in section(diff)]
     return "\n".join(out)
 
 

@@ -22,6 +22,7 @@ from aidr_gate.audit.chain import CHECKPOINT_ACTION
 from aidr_gate.audit.reader import aidr_tree as aidr_tree  # re-exported: bench/replay.py
 from aidr_gate.catalog import Model, ModelCatalog
 from aidr_gate.document import parse_instant
+from aidr_gate.errors import AidrGateError
 from aidr_gate.facts import AnonymizerFlag, Identity
 from aidr_gate.gate import jurisdiction_of
 from aidr_gate.policy.reach import SCREENING_FLAGS
@@ -32,7 +33,7 @@ _KEY_MEMO_LIMIT = 65_536
 _MINUTE_MEMO_LIMIT = 65_536
 
 
-class MissingEvidence(Exception):
+class MissingEvidence(AidrGateError):
     """A record lacks (or garbles) a fact the engine needs; ``why`` names the field."""
 
     def __init__(self, why: str) -> None:

@@ -14,14 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from aidr_gate.document import Checker, join
-from aidr_gate.settings.schema import EVERY_KEY, KeyDoc, Section, subkeys
-
-if TYPE_CHECKING:  # the loader imports every section module
-    from aidr_gate.settings.loader import GateConfig
+from aidr_gate.settings.schema import EVERY_KEY, Configured, KeyDoc, Section, subkeys
 
 DEFAULT_DIRECTORY = "aidr-gate-audit"
 # Rotated files are compressed with one of these (aidr_gate.audit.compression).
@@ -623,7 +620,7 @@ def _writable(check: Checker, directory: Path, where: str) -> None:
         check.error(where, f"{directory} {what}")
 
 
-def audit_config(config: GateConfig) -> AuditConfig:
+def audit_config(config: Configured) -> AuditConfig:
     """The ``audit:`` settings of a loaded configuration."""
     audit: AuditConfig = config.get(AUDIT)
     return audit

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from aidr_gate.client_ip import normalize_ip
 from aidr_gate.document import Checker, join
-from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.jwks import (
     DEFAULT_HTTP_TIMEOUT,
     DEFAULT_MAX_JWKS_BYTES,
@@ -26,9 +25,6 @@ from aidr_gate.jwks import (
 )
 from aidr_gate.keys import SUPPORTED_ALGORITHMS, KeySetError
 from aidr_gate.settings.schema import KeyDoc, Section
-
-if TYPE_CHECKING:  # the loader imports every section module
-    from aidr_gate.settings.loader import GateConfig
 
 SECTION = "identity"
 
@@ -230,22 +226,6 @@ def _check_key_file(check: Checker, path: Path, algorithms: tuple[str, ...], whe
         FileKeys(path, algorithms).read_now()
     except KeySetError as exc:
         check.error(where, str(exc))
-
-
-def parse_identity_config(config: GateConfig) -> IdentityConfig:
-    """The ``identity:`` settings of a loaded configuration; serving needs them."""
-    identity: IdentityConfig | None = config.get(IDENTITY)
-    if identity is None:
-        line = config.document.lines.get("") if config.document is not None else None
-        raise ConfigError(
-            Problem(
-                config.file,
-                SECTION,
-                "is required to verify tokens (issuer, audience, algorithms, jwks_url or key_file)",
-                line,
-            )
-        )
-    return identity
 
 
 KEYS = (

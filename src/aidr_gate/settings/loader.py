@@ -24,6 +24,7 @@ from aidr_gate.document import (
 )
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.policy.pack import bundled_pack_dir, find_pack_file
+from aidr_gate.settings.identity import IDENTITY, IdentityConfig
 from aidr_gate.settings.schema import KeyDoc, Section, subkeys
 from aidr_gate.settings.sections import SECTIONS
 
@@ -105,6 +106,23 @@ def _defaults(section: Section[T], base_dir: Path) -> T:
     value = section.read(check, None, base_dir)
     check.raise_if_errors()  # an absent section reads as its defaults, without a problem
     return value  # type: ignore[return-value]
+
+
+def parse_identity_config(config: GateConfig) -> IdentityConfig:
+    """The ``identity:`` settings of a loaded configuration: serving needs them (``check``, with
+    facts given by hand, does not)."""
+    identity = config.get(IDENTITY)
+    if identity is None:
+        line = config.document.lines.get("") if config.document is not None else None
+        raise ConfigError(
+            Problem(
+                config.file,
+                IDENTITY.name,
+                "is required to verify tokens (issuer, audience, algorithms, jwks_url or key_file)",
+                line,
+            )
+        )
+    return identity
 
 
 def embedded_config_path() -> Path:

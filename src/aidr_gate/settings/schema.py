@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from aidr_gate.document import Checker
 
@@ -76,3 +76,12 @@ def _changed(old: object, new: object) -> list[str]:
 def subkeys(keys: tuple[KeyDoc, ...], name: str) -> tuple[str, ...]:
     """The names under *name* in a documented key table."""
     return next(tuple(k.name for k in key.keys) for key in keys if key.name == name)
+
+
+class Configured(Protocol):
+    """A loaded configuration, as the section modules see it (they cannot import the loader,
+    which imports them)."""
+
+    def get(self, section: Section[T], /) -> T:
+        """A section's settings."""
+        ...

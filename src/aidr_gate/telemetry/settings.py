@@ -34,13 +34,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aidr_gate.document import Checker, join
-from aidr_gate.settings.schema import EVERY_KEY, KeyDoc, Section, subkeys
-
-if TYPE_CHECKING:  # the loader imports every section module
-    from aidr_gate.settings.loader import GateConfig
+from aidr_gate.settings.schema import EVERY_KEY, Configured, KeyDoc, Section, subkeys
 
 SECTION = "telemetry"
 EXTRA_HINT = "install the telemetry extra: pip install 'aidr-gate[telemetry]'"
@@ -338,7 +335,7 @@ def read_telemetry(
     )
 
 
-def telemetry_settings(config: GateConfig) -> TelemetrySettings:
+def telemetry_settings(config: Configured) -> TelemetrySettings:
     """The ``telemetry:`` settings of a loaded configuration."""
     settings: TelemetrySettings = config.get(TELEMETRY)
     return settings
