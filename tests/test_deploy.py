@@ -447,11 +447,10 @@ def test_configmap_holds_no_databases_or_keys() -> None:
         assert "PRIVATE KEY" not in text, name
 
 
-def test_shipped_configuration_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The ConfigMap's files, laid out as the pod mounts them, pass ``aidr-gate validate``."""
-    (configmap,) = generated_configmaps(KUBE)
-    # What the pod mounts beside the ConfigMap: the Secret's key set, geoipupdate's database and
-    # the writable audit volume, under tmp_path in place of /etc, /var/lib (validate opens them).
+def lay_out_pod_files(tmp_path: Path, files: Mapping[str, str]) -> None:
+    """The configuration *files* as the pod mounts them, with what the pod mounts beside the
+    ConfigMap: the Secret's key set, geoipupdate's database and the writable audit volume, under
+    *tmp_path* in place of /etc, /var/lib (validate opens them)."""
     mounts = {
         "/etc/aidr-gate-keys/": tmp_path / "keys",
         "/var/lib/geoip/": tmp_path / "geoip",
@@ -461,10 +460,16 @@ def test_shipped_configuration_loads(tmp_path: Path, capsys: pytest.CaptureFixtu
         folder.mkdir()
     (tmp_path / "keys" / "jwks.json").write_text(json.dumps(jwks_of(rsa_key())))
     write_country_db(tmp_path / "geoip" / "GeoLite2-Country.mmdb", {"8.8.8.0/24": "US"})
-    for name, text in configmap["data"].items():
+    for name, text in files.items():
         for mounted, local in mounts.items():
             text = text.replace(mounted, f"{local}/")
         (tmp_path / name).write_text(text, encoding="utf-8")
+
+
+def test_shipped_configuration_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The ConfigMap's files, laid out as the pod mounts them, pass ``aidr-gate validate``."""
+    (configmap,) = generated_configmaps(KUBE)
+    lay_out_pod_files(tmp_path, configmap["data"])
     assert main(["validate", "--config", str(tmp_path / "config.yaml")]) == EXIT_OK
     assert "ok:" in capsys.readouterr().out
 

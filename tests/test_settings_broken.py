@@ -96,6 +96,24 @@ CASES = [
     Broken(
         "registry-missing", replace("entities.yaml", "entitys.yaml"), "registry", "no such file"
     ),
+    # A database store: named, never connected to; what no retry can fix is refused by both.
+    Broken(
+        "registry-store-variable",
+        replace(f"registry: {EXAMPLES / 'entities.yaml'}", "registry:\n  store: env:AIDR_NO_DSN"),
+        "registry.store",
+        "environment variable AIDR_NO_DSN is not set",
+        marker="store: env:AIDR_NO_DSN",
+    ),
+    Broken(
+        "registry-cache-bound",
+        replace(
+            f"registry: {EXAMPLES / 'entities.yaml'}",
+            "registry:\n  store: sqlite:registry.db\n  cache_size: 0",
+        ),
+        "registry.cache_size",
+        "must be at least 1, not 0",
+        marker="cache_size: 0",
+    ),
     Broken("catalog-missing", replace("models.yaml", "model.yaml"), "catalog", "no such file"),
     Broken(
         "registry-content",
@@ -533,7 +551,9 @@ def test_validate_json_names_the_same_problems(
     assert report["ok"] is False and report["file"] == str(config)
     assert sorted(p["text"] for p in report["errors"]) == validate.problems()
     (levay,) = [p for p in report["errors"] if p["path"] == "identity.levay"]
-    assert levay["line"] == _line(config.read_text(), CASES[10]) and levay["file"] == str(config)
+    assert levay["line"] == _line(
+        config.read_text(), next(c for c in CASES if c.id == "identity-levay")
+    ) and levay["file"] == str(config)
 
 
 def test_the_baseline_passes_validate_and_serve_starts(env: GateEnv) -> None:

@@ -109,3 +109,25 @@ def test_restart_only_keys_are_named_and_kept() -> None:
     changed = replace(running, proxy=replace(running.proxy, pool_size=8), shutdown_timeout=5)
     assert PROXY.restart_changes(running, changed) == ("proxy.pool_size", "proxy.shutdown_timeout")
     assert PROXY.keep_running(running, changed) is running
+
+
+def test_a_registry_file_may_change_a_database_store_may_not(tmp_path: Path) -> None:
+    """The registry's restart rule: another file applies, another store (or cache bound) waits,
+    and cut_streams always applies."""
+    from dataclasses import replace
+
+    from aidr_gate.stores.cache import CacheSettings
+    from aidr_gate.stores.settings import REGISTRY, RegistrySettings
+
+    one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
+    file_one = RegistrySettings(store=str(one), file=one)
+    assert REGISTRY.restart_changes(file_one, RegistrySettings(store=str(two), file=two)) == ()
+    database = RegistrySettings(store="sqlite:/a.db")
+    moved = RegistrySettings(
+        store="sqlite:/b.db", cache=CacheSettings(max_entries=5), cut_streams=False
+    )
+    assert REGISTRY.restart_changes(database, moved) == ("registry.store", "registry.cache_size")
+    assert REGISTRY.keep_running(database, moved) == replace(database, cut_streams=False)
+    assert REGISTRY.restart_changes(file_one, database) == ("registry.store",)
+    assert REGISTRY.keep_running(file_one, database) == file_one
+    assert REGISTRY.restart_changes(database, replace(database, cut_streams=False)) == ()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from aidr_gate.catalog import InMemoryCatalog, Model, ModelCatalog, Weights, load_catalog
 from aidr_gate.decision import Decision, Effect, Evidence, Mode
 from aidr_gate.errors import (
+    AccessRevoked,
     AidrGateError,
     AuditUnavailable,
     BodyIncomplete,
@@ -64,6 +65,7 @@ from aidr_gate.version import __version__
 
 __all__ = [
     "AIDRGateMiddleware",
+    "AccessRevoked",
     "Agreement",
     "AgreementStatus",
     "AidrGateError",

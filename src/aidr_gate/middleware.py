@@ -31,6 +31,7 @@ from aidr_gate.errors import (
 )
 from aidr_gate.facts import Identity, Origin
 from aidr_gate.form_model import content_type_of, model_from_form
+from aidr_gate.gate import Resolved
 from aidr_gate.headers import single_header_value
 from aidr_gate.identity import authorization_header
 from aidr_gate.model_id import (
@@ -45,6 +46,8 @@ from aidr_gate.runtime import Runtime, Serving
 from aidr_gate.settings.loader import GateConfig
 from aidr_gate.settings.middleware import MiddlewareSettings
 from aidr_gate.stages import CLIENT_DISCONNECTED, UPSTREAM_STATE_KEY
+from aidr_gate.stores.cache import MISS
+from aidr_gate.streams import AdmittedStream, cancelled_otherwise, finish_cut
 
 logger = logging.getLogger("aidr_gate.middleware")
 
@@ -267,6 +270,7 @@ class AIDRGateMiddleware:
         recorded = False
         gate_seconds = 0.0
         app_started: float | None = None
+        stream: AdmittedStream | None = None  # an event stream a change may cut
 
         async def record() -> None:
             nonlocal recorded
@@ -312,16 +316,23 @@ class AIDRGateMiddleware:
             app_receive = replay(body, receive) if body is not None else receive
 
             async def send_wrapper(message: Message) -> None:
-                nonlocal response_status, ended
+                nonlocal response_status, ended, stream
                 kind = message["type"]
                 if kind == "http.response.start":
                     response_status = message["status"]
                     message = dict(message)
-                    message["headers"] = [*message.get("headers", ()), *extra]
-                elif kind == "http.response.body" and not message.get("more_body", False):
-                    ended = Ending.COMPLETED
-                    # The record is as durable as configured before the client has the whole answer.
-                    await record()
+                    headers_out = message.get("headers", ())
+                    stream = runtime.streams.admit(decision, headers_out)
+                    message["headers"] = [*headers_out, *extra]
+                elif kind == "http.response.body":
+                    if not message.get("more_body", False):
+                        if stream is not None:
+                            runtime.streams.done(stream)  # its last chunk: no longer cut
+                        ended = Ending.COMPLETED
+                        # As durable as configured before the client has the whole answer.
+                        await record()
+                    elif stream is not None:
+                        stream.sent(message.get("body", b""))
                 await send(message)
 
             app_send: Send = send_wrapper
@@ -333,8 +344,22 @@ class AIDRGateMiddleware:
             ):
                 app_send = self._listing_filter(runtime, serving, decision, send_wrapper)
             app_started = time.perf_counter()
-            await self.app(scope, app_receive, app_send)
-            if ended is not Ending.COMPLETED and response_status is not None:
+            try:
+                await self.app(scope, app_receive, app_send)
+            except asyncio.CancelledError:
+                if stream is None or stream.cut is None or cancelled_otherwise():
+                    raise
+            finally:
+                if stream is not None:
+                    runtime.streams.done(stream)
+            if stream is not None and stream.cut is not None and ended is not Ending.COMPLETED:
+                # Cut by the stream book (a change denies it now). An app may absorb the
+                # cancellation (anyio task groups do) and return: the cut is finished here too.
+                ended = Ending.CUT
+                await finish_cut(
+                    stream, send, runtime.record, scope, runtime.recorded_headers(headers)
+                )
+            if ended not in (Ending.COMPLETED, Ending.CUT) and response_status is not None:
                 ended = Ending.CLIENT_DISCONNECTED
         except (OSError, asyncio.CancelledError):
             ended = Ending.CLIENT_DISCONNECTED
@@ -403,9 +428,20 @@ class AIDRGateMiddleware:
                     error, identity=identity, origin=origin, model_id=model_id, state=state
                 )
                 return refused, body
+            entity: Resolved = None
+            if identity is not None and identity.entity_id:
+                # A cache hit is a dict read; only a miss awaits the store (coalesced).
+                entity = state.registry.lookup(identity.entity_id)
+                if entity is MISS:
+                    entity = await state.registry.fetch(identity.entity_id)
             if method == "GET" and path in serving.settings.list_models_paths:
-                return gate.decide_listing(identity=identity, origin=origin, state=state), body
-            decision = gate.decide(identity=identity, origin=origin, model_id=model_id, state=state)
+                listing = gate.decide_listing(
+                    identity=identity, origin=origin, state=state, entity=entity
+                )
+                return listing, body
+            decision = gate.decide(
+                identity=identity, origin=origin, model_id=model_id, state=state, entity=entity
+            )
             return decision, body
         except Exception:  # fail closed: a bug in a stage is a deny, never an allow
             logger.exception("deciding a request failed; denying")
@@ -445,6 +481,7 @@ class AIDRGateMiddleware:
         """Wrap *send* so a model listing only names models this caller may use."""
         identity = decision.evidence.identity
         origin = decision.evidence.origin
+        entity = decision.evidence.entity  # as resolved for the decision: no second lookup
         limit = serving.settings.max_listing_bytes
         start: Message | None = None
         chunks: list[bytes] = []
@@ -476,6 +513,7 @@ class AIDRGateMiddleware:
                 identity,
                 origin,
                 decision.at,
+                entity,
             )
             headers = [
                 (k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"
@@ -577,6 +615,7 @@ def _filter_listing(
     identity: Identity | None,
     origin: Origin | None,
     at: float,
+    entity: Resolved = MISS,
 ) -> bytes:
     """Keep only the listed models this caller may use; anything unreadable lists nothing."""
     try:
@@ -599,6 +638,7 @@ def _filter_listing(
             model=catalog.get(model_id),
             at=at,
             state=serving.state,
+            entity=entity,
         )
         if verdict.outcome.effect is not Effect.DENY:
             keep.append(item)

@@ -18,8 +18,9 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ from aidr_gate.settings.loader import GateConfig, parse_identity_config, read_co
 from aidr_gate.settings.middleware import MIDDLEWARE, MiddlewareSettings
 from aidr_gate.settings.origin import GEOIP, NETWORK
 from aidr_gate.settings.sections import SECTIONS
+from aidr_gate.stores.cache import RegistryView
+from aidr_gate.stores.settings import REGISTRY, open_registry, registry_summary
+from aidr_gate.streams import AdmittedStream, StreamBook
 from aidr_gate.telemetry import Telemetry
 from aidr_gate.telemetry.settings import TELEMETRY
 from aidr_gate.telemetry.wiring import TelemetryWiring, count_geoip_reload, count_reload
@@ -69,11 +73,30 @@ class Serving:
     config: GateConfig | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A configuration and everything it names, ready to serve (or to swap in)."""
+
+    config: GateConfig
+    state: GateState
+    registry: RegistryView | None = None  # a database store's cache, not started
+    restart_pending: tuple[str, ...] = ()  # on a reload: changed keys kept at their running values
+
+
 def load_everything(
-    config: GateConfig | str | Path | None, *, warnings: list[Problem] | None = None
-) -> tuple[GateConfig, GateState]:
+    config: GateConfig | str | Path | None,
+    *,
+    warnings: list[Problem] | None = None,
+    running: GateConfig | None = None,
+    registry: RegistryView | None = None,
+) -> Loaded:
     """The configuration and everything it names, or one :class:`ConfigError` listing every
-    problem: its sections, the packs, registry and catalogue, and the identity serving needs."""
+    problem: its sections, the packs, registry and catalogue, and the identity serving needs.
+
+    On a reload, *running* is the configuration in force: its restart-only settings are kept, and
+    a database store keeps the running *registry* cache (opened only at the start: ``validate``
+    names a database, it does not connect to it).
+    """
     problems: list[Problem] = []
     if isinstance(config, GateConfig):
         cfg: GateConfig | None = config
@@ -83,18 +106,39 @@ def load_everything(
         if warnings is not None:
             warnings.extend(check.warnings)
     state = None
+    pending: tuple[str, ...] = ()
+    view: RegistryView | None = None
     if cfg is not None:
+        if running is not None:
+            cfg, pending = _keep_restart_only(running, cfg)
         try:
             parse_identity_config(cfg)
         except ConfigError as exc:
             problems += exc.problems
+        registry_ok = True
         try:
-            state = load_state(cfg, warnings=warnings)
-        except ConfigError as exc:
-            problems += exc.problems
+            view = registry if running is not None else open_registry(cfg)
+        except ConfigError as exc:  # an env: variable not set, no psycopg
+            problems += [_at_registry_key(cfg, p) for p in exc.problems]
+            registry_ok = False
+        if registry_ok:
+            try:
+                state = load_state(cfg, warnings=warnings, registry=view)
+            except ConfigError as exc:
+                problems += exc.problems
     if problems or cfg is None or state is None:
         raise ConfigError(problems)
-    return cfg, state
+    return Loaded(cfg, state, view, pending)
+
+
+def _at_registry_key(config: GateConfig, problem: Problem) -> Problem:
+    """A store's problem, named at the configuration line that names the store."""
+    document = config.document
+    for path in ("registry.store", "registry"):
+        line = document.lines.get(path) if document is not None else None
+        if line is not None:
+            return Problem(config.file, path, problem.message, line)
+    return Problem(config.file, "registry", problem.message)
 
 
 class Runtime:
@@ -112,9 +156,19 @@ class Runtime:
         telemetry: Telemetry | None = None,
         policy_watch_interval: float = DEFAULT_POLICY_WATCH_INTERVAL,
         wiring: TelemetryWiring | None = None,
+        registry: RegistryView | None = None,
     ) -> None:
         self.gate = gate
         self._serving = Serving(gate.state, identity, origin, settings, config)
+        # A database registry's cache (None for a file loaded whole with the policy): started and
+        # closed here, kept across reloads, its changes rechecking the admitted streams.
+        self.registry = registry
+        settings_of = config.registry_settings if config is not None else None
+        self.streams = StreamBook(
+            gate,
+            enabled=settings_of.cut_streams if settings_of is not None else True,
+            on_cut=self._stream_cut,
+        )
         self.audit = audit
         # The exporters the telemetry: section names, started and closed with the runtime.
         self.wiring = wiring or TelemetryWiring()
@@ -126,6 +180,8 @@ class Runtime:
         self._geoip_watch: asyncio.Task[None] | None = None
         self._policy_stamp = self._stamp()
         self._reloading = asyncio.Lock()
+        self._unwatch: Callable[[], None] = lambda: None
+        self._watching = False
         self.started = False
         self.last_reload: ReloadReport | None = None
         # Changed settings that wait for a restart, by key path (a reload never applies them).
@@ -159,6 +215,11 @@ class Runtime:
         """The configuration in force (restart-only sections as they were at start)."""
         return self._serving.config
 
+    def _stream_cut(self, stream: AdmittedStream) -> None:
+        reasons = stream.cut.reasons if stream.cut is not None else ()
+        if reasons:  # counted by the deny's own first reason (after ACCESS_REVOKED)
+            self.telemetry.stream_cut(reasons[1] if len(reasons) > 1 else reasons[0])
+
     # -- building -------------------------------------------------------------------------------
 
     @classmethod
@@ -169,7 +230,8 @@ class Runtime:
         warnings: list[Problem] | None = None,
     ) -> Runtime:
         """Load everything a configuration names; raise one :class:`ConfigError` listing every problem."""
-        cfg, state = load_everything(config, warnings=warnings)
+        loaded = load_everything(config, warnings=warnings)
+        cfg, state = loaded.config, loaded.state
         wiring = TelemetryWiring(cfg.get(TELEMETRY), file=cfg.file)
         origin = build_origin_resolver(cfg.get(NETWORK), cfg.get(GEOIP))
         return cls(
@@ -180,6 +242,7 @@ class Runtime:
             audit=AuditTrail(cfg.get(AUDIT)),
             config=cfg,
             wiring=wiring,
+            registry=loaded.registry,
         )
 
     def _count_key_reloads(self, identity: Authenticator) -> None:
@@ -193,6 +256,16 @@ class Runtime:
         if self.started:
             return
         await self.wiring.start()  # first: a metrics port in use fails the start before the rest
+        if self.registry is not None:
+            # A store that is down leaves the cache unavailable (requests are denied with
+            # REGISTRY_UNAVAILABLE) and is retried in the background: the gate still starts.
+            # Idempotent: a start retried after a failure below follows the same cache.
+            await self.registry.start()
+        if not self._watching:  # registry changes and removed keys cut admitted streams
+            if self.registry is not None:
+                self._unwatch = self.registry.on_change(self.streams.changed)
+            self.identity.keys.add_listener(self.streams.keys_changed)
+            self._watching = True
         try:
             await self.identity.start()
         except BaseException:
@@ -224,6 +297,10 @@ class Runtime:
                 await task
         self._tasks.clear()
         await self._stop_geoip_watch()
+        await self.streams.close()
+        if self.registry is not None:
+            self._unwatch()
+            await self.registry.close()
         if self.audit is not None:
             await self.audit.close(timeout)
         await self.identity.close()
@@ -253,7 +330,7 @@ class Runtime:
         parts = [
             f"pack {pack.id} ({pack.status}, {pack.digest[:19]})",
             f"mode {state.mode.value}",
-            f"{len(state.registry)} entities",
+            registry_summary(state.registry, self.registry),
             f"{len(state.catalog)} models",
             self.origin.describe(),
             "keys ready" if self.identity.ready else "keys not loaded yet",
@@ -300,7 +377,9 @@ class Runtime:
         if self.config is None:
             return []
         state = self.gate.state
-        files = [Path(self.config.file), self.config.registry, self.config.catalog]
+        files = [Path(self.config.file), self.config.catalog]
+        if self.config.registry is not None:  # a database store is followed, not polled
+            files.append(self.config.registry)
         files += [Path(f) for f in state.pack.files]
         if state.shadow is not None:
             files += [Path(f) for f in state.shadow.pack.files]
@@ -334,8 +413,10 @@ class Runtime:
         if running is None:
             return ReloadReport(False, False, "no configuration file to reload from")
         try:
-            config, state = await asyncio.to_thread(load_everything, running.file)
-            applied, pending = _keep_restart_only(running, config)
+            loaded = await asyncio.to_thread(
+                partial(load_everything, running.file, running=running, registry=self.registry)
+            )
+            applied, state, pending = loaded.config, loaded.state, loaded.restart_pending
             new = await self._build(old, running, applied, state)
         except Exception as exc:  # whatever fails, the last good state keeps serving
             error = exc if isinstance(exc, ConfigError) else None
@@ -354,23 +435,29 @@ class Runtime:
         # await between them, so no request on this loop sees one without the other.
         self.gate.swap(state)
         self._serving = new
+        registry = applied.registry_settings
+        if registry is not None:
+            self.streams.enabled = registry.cut_streams
+        self.streams.recheck()  # a stream the new pack (or registry file, or keys) denies is cut
         await self._retire(old, new)
         self.restart_pending = pending
         self.telemetry.restart_pending(len(pending))
         count_reload(self.telemetry, applied, None)  # the packs, registry and catalogue
-        for name in changed:  # and each section applied in place
-            self.telemetry.reload(name, ok=True)
+        for name in changed:  # and each section applied in place (the registry: counted above)
+            if name != REGISTRY.name:
+                self.telemetry.reload(name, ok=True)
         detail = (
             f"reloaded: pack {state.pack.id} ({state.pack.digest[:19]}), "
-            f"{len(state.registry)} entities, {len(state.catalog)} models"
+            f"{registry_summary(state.registry, self.registry)}, {len(state.catalog)} models"
             + (f"; sections changed: {', '.join(changed)}" if changed else "")
         )
-        logger.info("%s", detail)
+        logger.info("%s", detail)  # and what waits for a restart in a WARNING of its own:
         if pending:
             logger.warning(
                 "not applied, each needs a restart (running with the values from the start): %s",
                 ", ".join(pending),
             )
+            detail += f"; not applied, needs a restart: {', '.join(pending)}"
         return ReloadReport(True, True, detail, restart_pending=pending)
 
     async def _build(
@@ -383,6 +470,8 @@ class Runtime:
         if identity_settings != running.get(IDENTITY) or identity_settings != identity.config:
             identity = Authenticator(identity_settings)
             self._count_key_reloads(identity)
+            if self._watching:  # removed keys cut the streams admitted with them
+                identity.keys.add_listener(self.streams.keys_changed)
             if self.started:
                 await identity.start()  # a key file that fails to load refuses the reload
         origin = old.origin

@@ -28,6 +28,7 @@ from aidr_gate.responses import json_headers
 from aidr_gate.runtime import Runtime
 from aidr_gate.settings.loader import GateConfig, read_config
 from aidr_gate.settings.proxy import PROXY, SidecarSettings, upstream_problem
+from aidr_gate.stores.settings import registry_detail
 from aidr_gate.telemetry.wiring import count_upstream
 
 logger = logging.getLogger("aidr_gate.sidecar")
@@ -153,7 +154,7 @@ class SidecarApp:
         checks: dict[str, Any] = {
             "started": decisive["started"],
             "policy": f"{state.pack.id} ({state.pack.status})",
-            "registry": len(state.registry),
+            "registry": registry_detail(state.registry, runtime.registry),
             "catalog": len(state.catalog),
             "keys": decisive["keys"],
             "geoip": runtime.origin.describe(),
@@ -183,6 +184,8 @@ class SidecarApp:
             "keys": bool(runtime.identity.ready),
             "audit": bool(runtime.audit_accepting),
             "upstream": self._upstream_ok,
+            # A database registry past max_staleness (or never reached) refuses every entity.
+            "registry": runtime.registry is None or runtime.registry.health().ready,
         }
 
     async def _probe_upstream(self) -> None:

@@ -118,6 +118,7 @@ class FactsBook:
         )
         key = (
             *map(id, refs),
+            decision.registry,
             evidence.entity_id,
             evidence.entity_source,
             evidence.claims_disagree,
@@ -166,6 +167,7 @@ def facts_tree(decision: Decision) -> dict[str, Any]:
         "model": tree["model"],
         "jurisdiction": tree["jurisdiction"],
         "agreement": tree["agreement"],
+        "registry": {"revision": decision.registry},
         "screening": tree["screening"],
     }
 
@@ -196,6 +198,7 @@ def request_tree(request: RequestContext | None) -> dict[str, Any]:
             "ending": request.ending.value,
             "headers": None,  # filled by the caller: the redactor decides
             "body_bytes": request.body_bytes,
+            "cut_of": request.cut_of,
         },
         "gate": {"added_us": request.gate_us if request else None},
         "upstream": {
@@ -235,6 +238,7 @@ def full_tree(
         },
         "policy": tree["policy"],
         "shadow": tree["shadow"],
+        "registry": tree["registry"],
         **evidence,
         **request_tree(event.request),
     }

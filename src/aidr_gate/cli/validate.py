@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sized
 from typing import Any
 
 from aidr_gate.cli.exit import EXIT_OK, EXIT_USAGE
@@ -18,6 +19,7 @@ from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.replay.diff import pack_window, window_text
 from aidr_gate.runtime import Runtime
 from aidr_gate.settings.loader import find_config_path
+from aidr_gate.stores.settings import registry_summary
 
 
 def add_parser(sub: Any) -> None:
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(
         f"ok: {loaded['file']}: pack {loaded['pack']} ({loaded['status']}, "
-        f"{loaded['digest'][:19]}), {loaded['entities']} entities, {loaded['models']} models"
+        f"{loaded['digest'][:19]}), {loaded['registry']}, {loaded['models']} models"
         + (f", shadow {loaded['shadow']}" if loaded["shadow"] else "")
         + (
             f", {loaded['screening']['entities']} entities screened against lists "
@@ -132,7 +134,9 @@ def _loaded(runtime: Runtime, at: float, warnings: list[Problem]) -> dict[str, A
         "digest": state.pack.digest,
         "shadow": state.shadow.pack.id if state.shadow is not None else None,
         "mode": state.mode.value,
-        "entities": len(state.registry),
+        # A database store is named, not connected to: validate reads no entity from it.
+        "registry": registry_summary(state.registry, runtime.registry),
+        "entities": len(state.registry) if isinstance(state.registry, Sized) else None,
         "models": len(state.catalog),
         "geoip": runtime.origin.describe(),
         "screening": (

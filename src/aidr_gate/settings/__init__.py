@@ -30,6 +30,11 @@ Adding a section takes three things, in the module that owns the setting:
 
        LIMITS = Section("limits", read_limits, KEYS, restart=("max_header_bytes",))
 
+   Two optional fields: ``doc=`` gives the section a row of its own in the reference (a section
+   that may be one value, as ``registry: entities.yaml``), and ``rule=`` decides restart-only
+   changes from the values when the key names alone cannot (``aidr_gate.stores.settings``: another
+   registry file applies, another database store waits for a restart).
+
 Code then reads ``config.get(LIMITS)``. A reload reads the whole file again into a new
 :class:`~aidr_gate.settings.loader.GateConfig`; the runtime rebuilds what depends on it and swaps
 it in at once. A restart-only key that changed keeps its running value, is named in a warning

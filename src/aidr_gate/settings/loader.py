@@ -27,6 +27,7 @@ from aidr_gate.policy.pack import bundled_pack_dir, find_pack_file
 from aidr_gate.settings.identity import IDENTITY, IdentityConfig
 from aidr_gate.settings.schema import KeyDoc, Section, subkeys
 from aidr_gate.settings.sections import SECTIONS
+from aidr_gate.stores.settings import REGISTRY, RegistrySettings
 
 T = TypeVar("T")
 
@@ -44,7 +45,6 @@ TOP = (
         ),
     ),
     KeyDoc("mode", "enforce, or dry-run (decide and record, never block)"),
-    KeyDoc("registry", "the entity registry file"),
     KeyDoc("catalog", "the model catalogue file"),
 )
 TOP_KEYS = tuple(k.name for k in TOP)
@@ -72,11 +72,21 @@ class GateConfig:
     base_dir: Path
     policy: PolicyConfig
     mode: Mode
-    registry: Path
     catalog: Path
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     document: Document | None = None
     values: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def registry_settings(self) -> RegistrySettings | None:
+        """The ``registry:`` settings (the store, the cache's bounds); what open_registry reads."""
+        return self.get(REGISTRY)
+
+    @property
+    def registry(self) -> Path | None:
+        """The registry file, loaded whole with the policy; ``None`` for a database store."""
+        settings = self.registry_settings
+        return settings.file if settings is not None else None
 
     def section(self, name: str) -> Mapping[str, Any]:
         """A section's raw mapping (empty when absent)."""
@@ -160,7 +170,6 @@ def config_from_document(document: Document) -> tuple[GateConfig | None, Checker
     mode_text = check.string(
         data.get("mode", Mode.ENFORCE.value), "mode", choices=[m.value for m in Mode]
     )
-    registry = _named_file(check, data.get("registry"), "registry", base_dir)
     catalog = _named_file(check, data.get("catalog"), "catalog", base_dir)
     raw_sections: dict[str, Mapping[str, Any]] = {}
     values: dict[str, Any] = {}
@@ -169,14 +178,13 @@ def config_from_document(document: Document) -> tuple[GateConfig | None, Checker
         if isinstance(raw, dict):
             raw_sections[name] = raw
         values[name] = section.read(check, raw, base_dir)
-    if policy is None or mode_text is None or registry is None or catalog is None:
+    if policy is None or mode_text is None or values[REGISTRY.name] is None or catalog is None:
         return None, check
     config = GateConfig(
         file=document.file,
         base_dir=base_dir,
         policy=policy,
         mode=Mode(mode_text),
-        registry=registry,
         catalog=catalog,
         sections=raw_sections,
         document=document,

@@ -21,6 +21,8 @@ def key_paths() -> Iterator[tuple[str, str, bool]]:
     for key in TOP:
         yield from _walk("", key, restart=False)
     for section in SECTIONS:
+        if section.doc:
+            yield section.name, section.doc, False
         for key in section.keys:
             restart = EVERY_KEY in section.restart or key.name in section.restart
             yield from _walk(section.name, key, restart)

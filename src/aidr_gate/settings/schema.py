@@ -43,11 +43,20 @@ class Section(Generic[T]):
     read: Callable[[Checker, Any, Path], T | None]
     keys: tuple[KeyDoc, ...]
     restart: tuple[str, ...] = ()
+    # A row for the section itself in the reference, for a section that may be one value
+    # (``registry: entities.yaml``); empty: the section is documented by its keys only.
+    doc: str = ""
+    # When whether a key needs a restart depends on the values (a registry file may be renamed,
+    # a database store may not): ``rule(old, new)`` is (changed restart-only key paths, what
+    # keeps running); *restart* then only documents the keys.
+    rule: Callable[[T, T], tuple[tuple[str, ...], T]] | None = None
 
     def restart_changes(self, old: T, new: T) -> tuple[str, ...]:
         """Key paths of restart-only settings that differ between *old* and *new*."""
         if not self.restart or old == new:
             return ()
+        if self.rule is not None:
+            return self.rule(old, new)[0]
         if EVERY_KEY in self.restart:
             return tuple(f"{self.name}.{key}" for key in _changed(old, new)) or (self.name,)
         changed = set(_changed(old, new))
@@ -55,6 +64,8 @@ class Section(Generic[T]):
 
     def keep_running(self, old: T, new: T) -> T:
         """*new* with its restart-only settings as they are in *old* (what keeps running)."""
+        if self.rule is not None:
+            return self.rule(old, new)[1]
         if EVERY_KEY in self.restart or not is_dataclass(new):
             return old
         return replace(new, **{key: getattr(old, key) for key in self.restart})  # type: ignore[type-var]

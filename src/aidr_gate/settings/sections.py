@@ -1,4 +1,8 @@
-"""Every section of the configuration file, registered in one place, in the order they are read."""
+"""Every section of the configuration file, registered in one place, in the order they are read.
+
+A new section is one import and one line here (see :mod:`aidr_gate.settings` for the three parts
+a section has: its frozen settings, its reader, its :class:`~aidr_gate.settings.schema.Section`).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,11 @@ from aidr_gate.settings.origin import GEOIP, NETWORK
 from aidr_gate.settings.proxy import PROXY
 from aidr_gate.settings.schema import Section
 from aidr_gate.settings.screening import SCREENING
+from aidr_gate.stores.settings import REGISTRY
 from aidr_gate.telemetry.settings import TELEMETRY
 
 SECTIONS: tuple[Section[Any], ...] = (
+    REGISTRY,
     IDENTITY,
     NETWORK,
     GEOIP,

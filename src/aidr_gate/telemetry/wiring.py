@@ -188,7 +188,7 @@ def _component(config: GateConfig, problem: Problem) -> str:
         # (an unknown pack id is the policy's problem, a missing key file the identity's).
         head = problem.path.split(".", 1)[0].split("[", 1)[0]
         return head if head in RELOAD_COMPONENTS else "config"
-    if path == config.registry.absolute():
+    if config.registry is not None and path == config.registry.absolute():
         return "registry"
     if path == config.catalog.absolute():
         return "catalog"
