@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 
 from aidr_gate.catalog import Model, Weights
-from aidr_gate.config import config_from_text
 from aidr_gate.decision import Effect
 from aidr_gate.errors import ConfigError
 from aidr_gate.facts import AnonymizerFlag, CountrySource, Identity, Origin
 from aidr_gate.gate import Gate, state_for
-from aidr_gate.patterns.settings import PatternSettings, pattern_settings
+from aidr_gate.patterns.settings import KEYS, PATTERNS, PatternSettings, RedisSettings
 from aidr_gate.patterns.signals import parse_signal_key
 from aidr_gate.patterns.sketches import RecentSet, Shares
 from aidr_gate.patterns.tracker import PatternTracker
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.registry import Entity
+from aidr_gate.runtime import Runtime
+from aidr_gate.settings.loader import config_from_text
+from gate_env import make_gate_env
 from support.environment import EXAMPLES
 
 EXAMPLE_PACK = EXAMPLES / "patterns.yaml"
@@ -249,14 +253,14 @@ def _config(section: str) -> str:
 
 
 def test_settings_defaults_and_values(tmp_path: Path) -> None:
-    assert pattern_settings(config_from_text(_config(""), str(tmp_path / "c.yaml"))) == (
+    assert config_from_text(_config(""), str(tmp_path / "c.yaml")).get(PATTERNS) == (
         PatternSettings()
     )
     text = _config(
         "patterns:\n  windows: [1m, 1h]\n  record: [origin_countries]\n  max_keys: 500\n"
         "  redis: {url: 'redis://127.0.0.1:1/0', interval: 0.1, stale_after: 0.5}\n"
     )
-    settings = pattern_settings(config_from_text(text, str(tmp_path / "c.yaml")))
+    settings = config_from_text(text, str(tmp_path / "c.yaml")).get(PATTERNS)
     assert settings.recorded == ("origin_countries_1m", "origin_countries_1h")
     assert settings.max_keys == 500
     assert settings.redis is not None and settings.redis.interval == 0.1
@@ -274,7 +278,74 @@ def test_settings_defaults_and_values(tmp_path: Path) -> None:
     ],
 )
 def test_settings_errors_name_the_key(tmp_path: Path, section: str, message: str) -> None:
-    config = config_from_text(_config(section + "\n"), str(tmp_path / "c.yaml"))
     with pytest.raises(ConfigError) as caught:
-        pattern_settings(config)
+        config_from_text(_config(section + "\n"), str(tmp_path / "c.yaml"))
     assert message in str(caught.value)
+
+
+def test_every_redis_setting_is_documented() -> None:
+    redis = next(key for key in KEYS if key.name == "redis")
+    assert [k.name for k in redis.keys] == [f.name for f in fields(RedisSettings)]
+
+
+def test_the_shape_and_the_connection_wait_for_a_restart() -> None:
+    """What a reload may change in place (what is recorded, the exchange's pace) and what keeps
+    running until a restart (the tables' bounds, the prefixes, the Redis connection)."""
+    redis = RedisSettings(url="redis://127.0.0.1:1/0")
+    old = PatternSettings(windows=("1m",), redis=redis)
+    paced = replace(old, windows=("1h",), redis=replace(redis, interval=0.1, max_batch=10))
+    assert PATTERNS.restart_changes(old, paced) == ()
+    assert PATTERNS.keep_running(old, paced) == paced
+    moved = replace(
+        paced,
+        max_keys=64,
+        ipv4_prefix=16,
+        redis=replace(paced.redis or redis, url="redis://10.0.0.1:6379/0", interval=0.5),
+    )
+    assert PATTERNS.restart_changes(old, moved) == (
+        "patterns.max_keys",
+        "patterns.ipv4_prefix",
+        "patterns.redis.url",
+    )
+    kept = PATTERNS.keep_running(old, moved)
+    assert (kept.max_keys, kept.ipv4_prefix, kept.windows) == (old.max_keys, 24, ("1h",))
+    assert kept.redis == replace(redis, interval=0.5, max_batch=10)
+    assert PATTERNS.restart_changes(old, replace(old, redis=None)) == ("patterns.redis",)
+    assert PATTERNS.keep_running(old, replace(old, redis=None)).redis == redis
+
+
+def test_a_reload_keeps_the_tracker_and_its_counts(tmp_path: Path) -> None:
+    """The whole-configuration reload: the same tracker, its counts kept, the new windows and
+    pace applied, the new bounds and server named as needing a restart and not applied."""
+    env = make_gate_env(tmp_path)
+    base = env.config.read_text()
+    section = (
+        "patterns:\n  windows: [{window}]\n  record: [origin_countries]\n  max_keys: {keys}\n"
+        "  redis: {{url: 'redis://127.0.0.1:{port}/0', interval: {interval}}}\n"
+    )
+    env.config.write_text(base + section.format(window="1m", keys=500, port=1, interval=0.25))
+
+    async def run() -> None:
+        runtime = Runtime.from_config(env.config)  # not started: no Redis is reached
+        try:
+            tracker = runtime.gate.patterns
+            identity = Identity(subject="alice", entity_id="lab-us", issuer="i")
+            for at, country in ((T0, "US"), (T0 + 1, "DE")):
+                tracker.observe(at, identity, origin(country), worse=False)
+            assert tracker.names == ("origin_countries_1m", "patterns_degraded")
+            env.config.write_text(base + section.format(window="1h", keys=64, port=2, interval=0.1))
+            report = await runtime.reload()
+            assert report.ok, report.detail
+            assert report.restart_pending == ("patterns.max_keys", "patterns.redis.url")
+            assert runtime.gate.patterns is tracker
+            assert tracker.names == ("origin_countries_1h", "patterns_degraded")
+            assert tracker.settings.max_keys == 500 and tracker.token_sets.limit == 500
+            assert tracker.shared is not None
+            shared_settings = tracker.shared.settings  # type: ignore[attr-defined]
+            assert shared_settings.interval == 0.1
+            assert shared_settings.url == "redis://127.0.0.1:1/0"
+            assert tracker.signals(T0 + 2, identity, origin("US"))["origin_countries_1h"] == 2
+        finally:
+            await runtime.close()
+
+    asyncio.run(run())

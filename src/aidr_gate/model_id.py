@@ -165,11 +165,12 @@ async def read_body(receive: Receive, limit: int) -> BufferedBody:
         if chunk:
             chunks.append(chunk)
             size += len(chunk)
+        # Past the limit is too large even in the last chunk (a server's chunk can be 64 KiB).
         # Positional (chunks, complete): keywords cost a dataclass more, once per request.
-        if not message.get("more_body", False):
-            return BufferedBody(chunks, True)
         if size > limit:
             return BufferedBody(chunks, False)
+        if not message.get("more_body", False):
+            return BufferedBody(chunks, True)
 
 
 def replay(body: BufferedBody, receive: Receive) -> Receive:

@@ -19,24 +19,54 @@ Read with a :class:`~aidr_gate.document.Checker` like every other section, so pr
         stale_after: 2.0         # a view older than this is degraded: signals count this replica only
         watch: 300               # seconds a key stays in the refreshed view after its last request
         max_batch: 5000          # keys written or read per round trip at most
+
+:data:`PATTERNS` registers the reader with the settings loader (:mod:`aidr_gate.settings`). A
+reload applies ``windows``, ``record`` and the exchange's pace (``redis.interval``,
+``stale_after``, ``watch``, ``max_batch``) to the running tracker; the shape of its state
+(``max_keys``, ``max_distinct``, the prefixes) and the Redis connection (``redis`` itself, its
+``url``, ``prefix`` and ``timeout``) keep their running values and wait for a restart: the counts
+kept so far are about that shape and that server.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from aidr_gate.config import GateConfig
-from aidr_gate.document import Checker, Document, join
-from aidr_gate.errors import ConfigError
+from aidr_gate.document import Checker, join
 from aidr_gate.patterns.signals import FAMILIES, window_seconds
+from aidr_gate.settings.schema import KeyDoc, Section
 
 SECTION = "patterns"
 EXTRA_HINT = "install the fleet extra: pip install 'aidr-gate[fleet]'"
-_KEYS = ("windows", "record", "max_keys", "max_distinct", "ipv4_prefix", "ipv6_prefix", "redis")
-_REDIS_KEYS = ("url", "prefix", "interval", "timeout", "stale_after", "watch", "max_batch")
+KEYS: tuple[KeyDoc, ...] = (
+    KeyDoc("windows", "windows recorded in every decision's evidence, such as [1m, 1h]"),
+    KeyDoc("record", "signal families recorded per window (default: all)"),
+    KeyDoc("max_keys", "tokens, entities, addresses and networks tracked, each at most"),
+    KeyDoc("max_distinct", "distinct countries or entities kept per key (counts saturate)"),
+    KeyDoc("ipv4_prefix", "the IPv4 prefix length that is one network for network_entities"),
+    KeyDoc("ipv6_prefix", "the IPv6 prefix length that is one network for network_entities"),
+    KeyDoc(
+        "redis",
+        "a fleet's shared state (a URL or a mapping; absent: local to this process)",
+        (
+            KeyDoc("url", "redis://, rediss:// or unix:// address of the server"),
+            KeyDoc("prefix", "prefix of every key the gate writes"),
+            KeyDoc("interval", "seconds between a batch of writes and a refresh of the view"),
+            KeyDoc("timeout", "seconds a Redis reply may take"),
+            KeyDoc("stale_after", "seconds after which the view is degraded (local counts only)"),
+            KeyDoc("watch", "seconds a key stays in the refreshed view after its last request"),
+            KeyDoc("max_batch", "keys written or read per round trip at most"),
+        ),
+    ),
+)
+_KEYS = tuple(k.name for k in KEYS)
+_REDIS_KEYS = next(tuple(k.name for k in key.keys) for key in KEYS if key.name == "redis")
+# What a reload cannot change: the shape of the tracker's state and the server it shares.
+_SHAPE = ("max_keys", "max_distinct", "ipv4_prefix", "ipv6_prefix")
+_CONNECTION = ("url", "prefix", "timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,14 +214,32 @@ def read_patterns(check: Checker, raw: Any, base_dir: Path | None = None) -> Pat
     )
 
 
-def pattern_settings(config: GateConfig) -> PatternSettings:
-    """Read the section of a loaded configuration; raise :class:`ConfigError` listing every problem."""
-    document = config.document or Document(
-        config.file, {SECTION: dict(config.section(SECTION))}, {}
-    )
-    check = Checker(document)
-    parsed = read_patterns(check, config.sections.get(SECTION), config.base_dir)
-    check.raise_if_errors()
-    if parsed is None:  # pragma: no cover - raise_if_errors covers every path that returns None
-        raise ConfigError.single(config.file, SECTION, "the patterns section could not be read")
-    return parsed
+def _restart_only(
+    old: PatternSettings, new: PatternSettings
+) -> tuple[tuple[str, ...], PatternSettings]:
+    """The restart-only keys that differ, and *new* with them as they run (see the module
+    docstring: the state's shape and the Redis connection wait for a restart)."""
+    pending = [f"{SECTION}.{key}" for key in _SHAPE if getattr(old, key) != getattr(new, key)]
+    redis = new.redis
+    if (old.redis is None) != (new.redis is None):
+        pending.append(f"{SECTION}.redis")
+        redis = old.redis
+    elif old.redis is not None and new.redis is not None:
+        moved = [k for k in _CONNECTION if getattr(old.redis, k) != getattr(new.redis, k)]
+        pending += [f"{SECTION}.redis.{key}" for key in moved]
+        if moved:
+            redis = replace(new.redis, **{k: getattr(old.redis, k) for k in _CONNECTION})
+    if not pending:
+        return (), new
+    kept = replace(new, redis=redis, **{key: getattr(old, key) for key in _SHAPE})
+    return tuple(pending), kept
+
+
+PATTERNS: Section[PatternSettings] = Section(
+    SECTION,
+    read_patterns,
+    KEYS,
+    restart=(*_SHAPE, "redis", *(f"redis.{key}" for key in _CONNECTION)),
+    rule=_restart_only,
+)
+"""The ``patterns:`` section, registered in :data:`aidr_gate.settings.sections.SECTIONS`."""

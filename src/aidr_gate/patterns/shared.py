@@ -26,7 +26,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aidr_gate.patterns.settings import RedisSettings
@@ -168,6 +168,16 @@ class SharedState:
         self.rounds = 0
         self.failures = 0
         tracker.shared = self
+
+    def pace(self, settings: RedisSettings) -> None:
+        """Take a reload's pace (interval, stale_after, watch, max_batch); the connection (url,
+        prefix, timeout) stays as it started (restart-only)."""
+        self.settings = replace(
+            settings,
+            url=self.settings.url,
+            prefix=self.settings.prefix,
+            timeout=self.settings.timeout,
+        )
 
     # -- state -------------------------------------------------------------------------------------
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any, Generic, Protocol, TypeVar
 
 from aidr_gate.facts import Identity, Origin
-from aidr_gate.patterns.settings import PatternSettings
+from aidr_gate.patterns.settings import PatternSettings, RedisSettings
 from aidr_gate.patterns.signals import DEGRADED_KEY, Measure, SignalKey, Subject, parse_signal_key
 from aidr_gate.patterns.sketches import RecentSet, Shares
 
@@ -44,6 +45,7 @@ class Sharing(Protocol):
     @property
     def degraded(self) -> bool: ...
     def health(self) -> SharedHealthView: ...
+    def pace(self, settings: RedisSettings) -> None: ...
     async def start(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -160,8 +162,19 @@ class PatternTracker:
 
     # -- what is tracked --------------------------------------------------------------------------
 
-    def want(self, pack_keys: Iterable[str]) -> None:
-        """Track the signals a (new) pack tests, besides those the settings record."""
+    def want(self, pack_keys: Iterable[str], *, settings: PatternSettings | None = None) -> None:
+        """Track the signals a (new) pack tests, besides those the settings record.
+
+        *settings*: a reload's ``patterns:`` section. What it records (``windows``, ``record``)
+        and the exchange's pace apply now; the state's shape (``max_keys``, ``max_distinct``, the
+        prefixes) and the Redis connection stay as they were built (restart-only: the loader kept
+        their running values, and the tables are sized by them).
+        """
+        if settings is not None:
+            self.settings = replace(self.settings, windows=settings.windows, record=settings.record)
+            shared = self.shared
+            if shared is not None and settings.redis is not None:
+                shared.pace(settings.redis)
         self._pack_keys = tuple(dict.fromkeys(pack_keys))
         keys: list[SignalKey] = []
         for name in (*self._pack_keys, *self.settings.recorded):

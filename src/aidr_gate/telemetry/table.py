@@ -83,6 +83,7 @@ RELOAD_COMPONENTS = (
     "middleware",
     "audit",
     "proxy",
+    "patterns",
 )
 RELOAD_RESULTS = ("ok", "failed")
 # The registry view's states (RegistryHealth.state): one series each, 1 for the state it is in.
