@@ -260,7 +260,10 @@ def test_settings_defaults_and_values(tmp_path: Path) -> None:
         "patterns:\n  windows: [1m, 1h]\n  record: [origin_countries]\n  max_keys: 500\n"
         "  redis: {url: 'redis://127.0.0.1:1/0', interval: 0.1, stale_after: 0.5}\n"
     )
-    settings = config_from_text(text, str(tmp_path / "c.yaml")).get(PATTERNS)
+    config = config_from_text(text, str(tmp_path / "c.yaml"))
+    settings = config.get(PATTERNS)
+    gate = Gate.from_config(config)  # a bare gate: the section's tracker, local
+    assert gate.patterns.settings == settings and gate.patterns.shared is None
     assert settings.recorded == ("origin_countries_1m", "origin_countries_1h")
     assert settings.max_keys == 500
     assert settings.redis is not None and settings.redis.interval == 0.1

@@ -35,7 +35,7 @@ from aidr_gate.errors import (
     RegistryUnavailable,
 )
 from aidr_gate.facts import Identity, Origin
-from aidr_gate.patterns.settings import PatternSettings
+from aidr_gate.patterns.settings import PATTERNS, PatternSettings
 from aidr_gate.patterns.tracker import PatternTracker, Signals
 from aidr_gate.policy.engine import PolicyEngine, Verdict
 from aidr_gate.policy.pack import Pack, load_pack
@@ -236,8 +236,12 @@ class Gate:
 
     @classmethod
     def from_config(cls, config: GateConfig) -> Gate:
-        """Load everything the configuration names and build a gate."""
-        return cls(load_state(config))
+        """Load everything the configuration names and build a gate.
+
+        Its tracker follows the ``patterns:`` section, locally: a fleet's shared view is started
+        by :class:`~aidr_gate.runtime.Runtime`, which a bare gate does not have.
+        """
+        return cls(load_state(config), patterns=PatternTracker(config.get(PATTERNS)))
 
     @classmethod
     def from_path(cls, path: str | Path | None = None) -> Gate:
