@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aidr_gate.patterns.settings import PATTERNS
 from aidr_gate.settings.audit import AUDIT
 from aidr_gate.settings.identity import IDENTITY
 from aidr_gate.settings.middleware import MIDDLEWARE
@@ -28,4 +29,5 @@ SECTIONS: tuple[Section[Any], ...] = (
     PROXY,
     TELEMETRY,
     SCREENING,
+    PATTERNS,
 )
