@@ -17,63 +17,44 @@ reading one file :mod:`aidr_gate.policy.reader`, finding files and the ``extends
 
 from __future__ import annotations
 
-from aidr_gate.policy.extends import (
-    bundled_pack_dir as bundled_pack_dir,
-)
-from aidr_gate.policy.extends import (
-    find_pack_file as find_pack_file,
-)
-from aidr_gate.policy.extends import (
-    load_pack as load_pack,
-)
-from aidr_gate.policy.reader import (
-    _BOOL_FACTS as _BOOL_FACTS,
-)
-from aidr_gate.policy.reader import (
-    _COUNTRY_FACTS as _COUNTRY_FACTS,
-)
-from aidr_gate.policy.reader import (
-    _GROUP_FACTS as _GROUP_FACTS,
-)
-from aidr_gate.policy.reader import (
-    _TIER_FACTS as _TIER_FACTS,
-)
-from aidr_gate.policy.reader import (
-    CONDITION_KEYS as CONDITION_KEYS,
-)
+from aidr_gate.policy.extends import bundled_pack_dir, find_pack_file, load_pack
+
+# The reader's fact kinds, for the test that ties them to the engine's getter tables.
+from aidr_gate.policy.reader import _BOOL_FACTS as _BOOL_FACTS
+from aidr_gate.policy.reader import _COUNTRY_FACTS as _COUNTRY_FACTS
+from aidr_gate.policy.reader import _GROUP_FACTS as _GROUP_FACTS
+from aidr_gate.policy.reader import _TIER_FACTS as _TIER_FACTS
+from aidr_gate.policy.reader import CONDITION_KEYS
 from aidr_gate.policy.schema import (
-    DENY_STATUSES as DENY_STATUSES,
+    DENY_STATUSES,
+    MAX_EXTENDS_DEPTH,
+    PACK_STATUSES,
+    Condition,
+    CountryGroup,
+    Membership,
+    ModelTier,
+    ModelTiers,
+    Pack,
+    Rule,
+    TierTable,
+    compute_digest,
 )
-from aidr_gate.policy.schema import (
-    MAX_EXTENDS_DEPTH as MAX_EXTENDS_DEPTH,
-)
-from aidr_gate.policy.schema import (
-    PACK_STATUSES as PACK_STATUSES,
-)
-from aidr_gate.policy.schema import (
-    Condition as Condition,
-)
-from aidr_gate.policy.schema import (
-    CountryGroup as CountryGroup,
-)
-from aidr_gate.policy.schema import (
-    Membership as Membership,
-)
-from aidr_gate.policy.schema import (
-    ModelTier as ModelTier,
-)
-from aidr_gate.policy.schema import (
-    ModelTiers as ModelTiers,
-)
-from aidr_gate.policy.schema import (
-    Pack as Pack,
-)
-from aidr_gate.policy.schema import (
-    Rule as Rule,
-)
-from aidr_gate.policy.schema import (
-    TierTable as TierTable,
-)
-from aidr_gate.policy.schema import (
-    compute_digest as compute_digest,
-)
+
+__all__ = [
+    "CONDITION_KEYS",
+    "DENY_STATUSES",
+    "MAX_EXTENDS_DEPTH",
+    "PACK_STATUSES",
+    "Condition",
+    "CountryGroup",
+    "Membership",
+    "ModelTier",
+    "ModelTiers",
+    "Pack",
+    "Rule",
+    "TierTable",
+    "bundled_pack_dir",
+    "compute_digest",
+    "find_pack_file",
+    "load_pack",
+]
