@@ -8,7 +8,7 @@ Each problem is recorded on the file's :class:`~aidr_gate.document.Checker` as
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,50 +125,104 @@ def read_condition(
     any_of: list[Condition] = []
     for key, value in (data or {}).items():
         key_path = join(path, key)
-        got: Any = None
-        if key in _TIER_FACTS:
-            got = read_id_set(check, value, key_path, ctx.tier_ids, "country tier")
-            if not ctx.tier_ids:
-                check.error(key_path, "the pack defines no country_tiers to test")
-        elif key in _COUNTRY_FACTS:
-            items = [value] if isinstance(value, str) else check.sequence(value, key_path)
-            codes = {
-                c for i, v in enumerate(items or []) if (c := check.country(v, join(key_path, i)))
-            }
-            got = frozenset(codes)
-        elif key in _GROUP_FACTS:
-            got = read_id_set(check, value, key_path, ctx.group_ids, "country group")
-        elif key in _BOOL_FACTS:
-            got = check.boolean(value, key_path)
-        elif key == "anonymizer":
-            # ``true``: any flag; ``false``: no flag at all (the empty set); a list: any of those.
-            if isinstance(value, bool):
-                got = frozenset(f.value for f in AnonymizerFlag) if value else frozenset()
-            else:
-                got = read_id_set(check, value, key_path, [f.value for f in AnonymizerFlag], "flag")
-        elif key == "model_tier":
-            got = read_id_set(check, value, key_path, ctx.model_tier_ids, "model tier")
-        elif key == "model_weights":
-            got = check.string(value, key_path, choices=[w.value for w in Weights])
-        elif key == "agreement":
-            got = read_id_set(
-                check, value, key_path, [s.value for s in AgreementState], "agreement state"
-            )
-        elif is_pattern_key(key):
-            got = read_pattern_test(check, key, value, key_path)
-        elif key in SCREENING_KEYS or key in REGION_KEYS:
-            got = read_reach_test(check, key, value, key_path, ctx.region_groups)
-        elif key == "any":
-            if depth >= 3:
-                check.error(key_path, "'any' may nest at most three deep")
-                continue
-            branches = check.sequence(value, key_path, allow_empty=False) or []
-            for index, branch in enumerate(branches):
-                any_of.append(read_condition(check, branch, join(key_path, index), ctx, depth + 1))
+        if key == "any":
+            any_of.extend(_read_any(check, value, key_path, ctx, depth))
             continue
+        got = _test_reader(key)(check, key, value, key_path, ctx)
         if got is not None:
             tests.append((key, got))
     return Condition(tuple(sorted(tests, key=lambda kv: kv[0])), tuple(any_of))
+
+
+def _read_any(
+    check: Checker, value: Any, key_path: str, ctx: RuleContext, depth: int
+) -> list[Condition]:
+    if depth >= 3:
+        check.error(key_path, "'any' may nest at most three deep")
+        return []
+    branches = check.sequence(value, key_path, allow_empty=False) or []
+    return [
+        read_condition(check, branch, join(key_path, index), ctx, depth + 1)
+        for index, branch in enumerate(branches)
+    ]
+
+
+# Each reader takes (check, key, value, key path, context) and gives the test's value (None: none).
+_TestReader = Callable[[Checker, str, Any, str, RuleContext], Any]
+
+
+def _tier_test(check: Checker, key: str, value: Any, key_path: str, ctx: RuleContext) -> Any:
+    got = read_id_set(check, value, key_path, ctx.tier_ids, "country tier")
+    if not ctx.tier_ids:
+        check.error(key_path, "the pack defines no country_tiers to test")
+    return got
+
+
+def _country_test(check: Checker, key: str, value: Any, key_path: str, ctx: RuleContext) -> Any:
+    items = [value] if isinstance(value, str) else check.sequence(value, key_path)
+    return frozenset(
+        c for i, v in enumerate(items or []) if (c := check.country(v, join(key_path, i)))
+    )
+
+
+def _group_test(check: Checker, key: str, value: Any, key_path: str, ctx: RuleContext) -> Any:
+    return read_id_set(check, value, key_path, ctx.group_ids, "country group")
+
+
+def _bool_test(check: Checker, key: str, value: Any, key_path: str, ctx: RuleContext) -> Any:
+    return check.boolean(value, key_path)
+
+
+def _anonymizer_test(check: Checker, key: str, value: Any, key_path: str, ctx: RuleContext) -> Any:
+    # ``true``: any flag; ``false``: no flag at all (the empty set); a list: any of those.
+    if isinstance(value, bool):
+        return frozenset(f.value for f in AnonymizerFlag) if value else frozenset()
+    return read_id_set(check, value, key_path, [f.value for f in AnonymizerFlag], "flag")
+
+
+def _model_tier_test(check: Checker, key: str, value: Any, key_path: str, ctx: RuleContext) -> Any:
+    return read_id_set(check, value, key_path, ctx.model_tier_ids, "model tier")
+
+
+def _weights_test(check: Checker, key: str, value: Any, key_path: str, ctx: RuleContext) -> Any:
+    return check.string(value, key_path, choices=[w.value for w in Weights])
+
+
+def _agreement_test(check: Checker, key: str, value: Any, key_path: str, ctx: RuleContext) -> Any:
+    return read_id_set(check, value, key_path, [s.value for s in AgreementState], "agreement state")
+
+
+def _pattern_test(check: Checker, key: str, value: Any, key_path: str, ctx: RuleContext) -> Any:
+    return read_pattern_test(check, key, value, key_path)
+
+
+def _reach_test(check: Checker, key: str, value: Any, key_path: str, ctx: RuleContext) -> Any:
+    return read_reach_test(check, key, value, key_path, ctx.region_groups)
+
+
+def _no_test(check: Checker, key: str, value: Any, key_path: str, ctx: RuleContext) -> Any:
+    return None
+
+
+_TEST_READERS: dict[str, _TestReader] = {
+    **dict.fromkeys(_TIER_FACTS, _tier_test),
+    **dict.fromkeys(_COUNTRY_FACTS, _country_test),
+    **dict.fromkeys(_GROUP_FACTS, _group_test),
+    **dict.fromkeys(_BOOL_FACTS, _bool_test),
+    "anonymizer": _anonymizer_test,
+    "model_tier": _model_tier_test,
+    "model_weights": _weights_test,
+    "agreement": _agreement_test,
+    **dict.fromkeys(SCREENING_KEYS, _reach_test),
+    **dict.fromkeys(REGION_KEYS, _reach_test),
+}
+
+
+def _test_reader(key: str) -> _TestReader:
+    """The reader of a condition key: a fixed key's, or a pattern signal's (named by window)."""
+    if key in _TEST_READERS:
+        return _TEST_READERS[key]
+    return _pattern_test if is_pattern_key(key) else _no_test
 
 
 def read_outcome(check: Checker, raw: Any, path: str, rule_id: str) -> Outcome | None:
