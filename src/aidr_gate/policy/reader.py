@@ -405,45 +405,16 @@ def read_model_tiers(check: Checker, raw: Any) -> ModelTiers | None:
         frontier = check.number(
             data["open_weight_frontier_ops"], "model_tiers.open_weight_frontier_ops", minimum=0
         )
-    keys = ("id", "description", "weights", "min_training_ops", "above_open_weight_frontier")
     for index, item in enumerate(
         check.sequence(data.get("tiers"), "model_tiers.tiers", allow_empty=False) or []
     ):
         path = f"model_tiers.tiers[{index}]"
-        spec = check.mapping(item, path, keys=keys, required=("id",))
-        if spec is None:
+        tier = _read_model_tier(check, item, path, frontier)
+        if tier is None:
             continue
-        tier_id = check.ident(spec.get("id"), join(path, "id"), "tier id")
-        weights = None
-        if spec.get("weights") is not None:
-            text = check.string(
-                spec["weights"], join(path, "weights"), choices=[w.value for w in Weights]
-            )
-            weights = Weights(text) if text else None
-        ops = None
-        if spec.get("min_training_ops") is not None:
-            ops = check.number(spec["min_training_ops"], join(path, "min_training_ops"), minimum=0)
-        above = check.boolean(
-            spec.get("above_open_weight_frontier", False), join(path, "above_open_weight_frontier")
-        )
-        if above and frontier is None:
-            check.error(
-                join(path, "above_open_weight_frontier"),
-                "needs model_tiers.open_weight_frontier_ops to be set",
-            )
-        description = spec.get("description")
-        if tier_id:
-            if any(t.id == tier_id for t in tiers):
-                check.error(join(path, "id"), f"tier {tier_id!r} is defined twice")
-            tiers.append(
-                ModelTier(
-                    tier_id,
-                    description if isinstance(description, str) else None,
-                    weights,
-                    ops,
-                    bool(above),
-                )
-            )
+        if any(t.id == tier.id for t in tiers):
+            check.error(join(path, "id"), f"tier {tier.id!r} is defined twice")
+        tiers.append(tier)
     if tiers and (
         tiers[-1].weights or tiers[-1].min_training_ops or tiers[-1].above_open_weight_frontier
     ):
@@ -457,6 +428,52 @@ def read_model_tiers(check: Checker, raw: Any) -> ModelTiers | None:
     if not tiers or unknown_model is None:
         return None
     return ModelTiers(tuple(tiers), unknown_model, frontier)
+
+
+_MODEL_TIER_KEYS = (
+    "id",
+    "description",
+    "weights",
+    "min_training_ops",
+    "above_open_weight_frontier",
+)
+
+
+def _read_model_tier(
+    check: Checker, item: Any, path: str, frontier: float | None
+) -> ModelTier | None:
+    """One entry of ``model_tiers.tiers`` (None: not usable, the problem is recorded)."""
+    spec = check.mapping(item, path, keys=_MODEL_TIER_KEYS, required=("id",))
+    if spec is None:
+        return None
+    tier_id = check.ident(spec.get("id"), join(path, "id"), "tier id")
+    weights = None
+    if spec.get("weights") is not None:
+        text = check.string(
+            spec["weights"], join(path, "weights"), choices=[w.value for w in Weights]
+        )
+        weights = Weights(text) if text else None
+    ops = None
+    if spec.get("min_training_ops") is not None:
+        ops = check.number(spec["min_training_ops"], join(path, "min_training_ops"), minimum=0)
+    above = check.boolean(
+        spec.get("above_open_weight_frontier", False), join(path, "above_open_weight_frontier")
+    )
+    if above and frontier is None:
+        check.error(
+            join(path, "above_open_weight_frontier"),
+            "needs model_tiers.open_weight_frontier_ops to be set",
+        )
+    if not tier_id:
+        return None
+    description = spec.get("description")
+    return ModelTier(
+        tier_id,
+        description if isinstance(description, str) else None,
+        weights,
+        ops,
+        bool(above),
+    )
 
 
 def read_raw(document: Document) -> RawPack:
