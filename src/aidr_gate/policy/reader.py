@@ -277,41 +277,48 @@ def _read_memberships(
             if code:
                 out.append(Membership(code))
             continue
-        keys = ("country", "group", "from", "until", "note")
-        data = check.mapping(item, item_path, keys=keys)
-        if data is None:
-            continue
-        since = check.instant(data["from"], join(item_path, "from")) if "from" in data else None
-        until = check.instant(data["until"], join(item_path, "until")) if "until" in data else None
-        if since is not None and until is not None and until <= since:
-            check.error(join(item_path, "until"), "must be after 'from'")
-        if ("country" in data) == ("group" in data):
-            check.error(item_path, "give exactly one of 'country' or 'group'")
-            continue
-        if "country" in data:
-            code = check.country(data["country"], join(item_path, "country"))
-            if code:
-                out.append(Membership(code, since, until))
-            continue
-        group_id = data["group"]
-        if groups is None:
-            check.error(
-                join(item_path, "group"), "groups can be referenced only from country_tiers"
-            )
-            continue
-        group = groups.get(group_id) if isinstance(group_id, str) else None
-        if group is None:
-            check.error(
-                join(item_path, "group"),
-                f"unknown country group {group_id!r} (known: {', '.join(sorted(groups)) or 'none'})",
-            )
-            continue
-        for member in group.members:
-            lo = _later(member.since, since)
-            hi = _earlier(member.until, until)
-            if lo is None or hi is None or lo < hi:
-                out.append(Membership(member.country, lo, hi))
+        out.extend(_read_dated_membership(check, item, item_path, groups))
     return tuple(out)
+
+
+_MEMBERSHIP_KEYS = ("country", "group", "from", "until", "note")
+
+
+def _read_dated_membership(
+    check: Checker, item: Any, item_path: str, groups: Mapping[str, CountryGroup] | None
+) -> list[Membership]:
+    """A ``{country | group, from, until}`` entry: a group gives its members within both windows."""
+    data = check.mapping(item, item_path, keys=_MEMBERSHIP_KEYS)
+    if data is None:
+        return []
+    since = check.instant(data["from"], join(item_path, "from")) if "from" in data else None
+    until = check.instant(data["until"], join(item_path, "until")) if "until" in data else None
+    if since is not None and until is not None and until <= since:
+        check.error(join(item_path, "until"), "must be after 'from'")
+    if ("country" in data) == ("group" in data):
+        check.error(item_path, "give exactly one of 'country' or 'group'")
+        return []
+    if "country" in data:
+        code = check.country(data["country"], join(item_path, "country"))
+        return [Membership(code, since, until)] if code else []
+    group_id = data["group"]
+    if groups is None:
+        check.error(join(item_path, "group"), "groups can be referenced only from country_tiers")
+        return []
+    group = groups.get(group_id) if isinstance(group_id, str) else None
+    if group is None:
+        check.error(
+            join(item_path, "group"),
+            f"unknown country group {group_id!r} (known: {', '.join(sorted(groups)) or 'none'})",
+        )
+        return []
+    out: list[Membership] = []
+    for member in group.members:
+        lo = _later(member.since, since)
+        hi = _earlier(member.until, until)
+        if lo is None or hi is None or lo < hi:
+            out.append(Membership(member.country, lo, hi))
+    return out
 
 
 def _later(a: float | None, b: float | None) -> float | None:
