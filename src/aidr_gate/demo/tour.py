@@ -284,25 +284,8 @@ async def _tour(root: Path, out: TextIO) -> int:
     try:
         await app.startup()
         gate_server, gate_task = await _serve(app, gate_sock)
-        pack = app.runtime.gate.state.pack
-        print("aidr-gate demo: the gate in front of a model server, on loopback", file=out)
-        print(f"  model server  {upstream_url}  (built in, OpenAI-compatible)", file=out)
-        print(f"  sidecar       {gate_url}  (aidr-gate serve, example registry)", file=out)
-        window = "in its legal window" if pack.in_window(time.time()) else "outside its window"
-        print(
-            f"  policy        {pack.id} ({pack.status}, {window} today: enforced as configured)",
-            file=out,
-        )
-        geo = app.runtime.origin.describe().removeprefix("GeoIP ")
-        print(f"  GeoIP         {geo}", file=out)
-        print(f"  tokens        EdDSA, signed with a key made for this run ({root})", file=out)
-        print(file=out)
-        forged = ed25519.Ed25519PrivateKey.generate()
-        timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            for row in ROWS:
-                signer = forged if row.forged else key
-                outcomes.append(await _send(session, gate_url, row, token(signer, row.caller)))
+        _print_setup(app, root, upstream_url, gate_url, out)
+        outcomes = await _send_rows(gate_url, key)
     finally:
         if gate_server is not None and gate_task is not None:
             gate_server.should_exit = True
@@ -312,6 +295,60 @@ async def _tour(root: Path, out: TextIO) -> int:
         await model_task
     audit_dir = root / "audit"
     records = _records(audit_dir)
+    lines, surprises = _result_rows(outcomes, records)
+    for line in _table(lines):
+        print(line, file=out)
+    print(file=out)
+    verified = _print_chain(audit_dir, out)
+    print("what each row shows:", file=out)
+    for index, row in enumerate(ROWS, start=1):
+        print(f"  {index}. {row.shows}", file=out)
+    print(
+        f"stopped: sidecar drained, model server stopped ({time.perf_counter() - started:.1f} s)",
+        file=out,
+    )
+    if surprises:
+        print("\nSome rows did not show what they are meant to (update the examples?):", file=out)
+        for line in surprises:
+            print(line, file=out)
+    return 0 if verified and not surprises and len(records) >= len(ROWS) else 1
+
+
+def _print_setup(
+    app: SidecarApp, root: Path, upstream_url: str, gate_url: str, out: TextIO
+) -> None:
+    """What is running where, and under which pack."""
+    pack = app.runtime.gate.state.pack
+    print("aidr-gate demo: the gate in front of a model server, on loopback", file=out)
+    print(f"  model server  {upstream_url}  (built in, OpenAI-compatible)", file=out)
+    print(f"  sidecar       {gate_url}  (aidr-gate serve, example registry)", file=out)
+    window = "in its legal window" if pack.in_window(time.time()) else "outside its window"
+    print(
+        f"  policy        {pack.id} ({pack.status}, {window} today: enforced as configured)",
+        file=out,
+    )
+    geo = app.runtime.origin.describe().removeprefix("GeoIP ")
+    print(f"  GeoIP         {geo}", file=out)
+    print(f"  tokens        EdDSA, signed with a key made for this run ({root})", file=out)
+    print(file=out)
+
+
+async def _send_rows(gate_url: str, key: ed25519.Ed25519PrivateKey) -> list[Outcome]:
+    """Each row's request, in order; a forged row signs with a key the gate does not know."""
+    forged = ed25519.Ed25519PrivateKey.generate()
+    outcomes: list[Outcome] = []
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for row in ROWS:
+            signer = forged if row.forged else key
+            outcomes.append(await _send(session, gate_url, row, token(signer, row.caller)))
+    return outcomes
+
+
+def _result_rows(
+    outcomes: list[Outcome], records: dict[str, dict[str, Any]]
+) -> tuple[list[list[str]], list[str]]:
+    """The table (heading first) and the rows that did not show what they are meant to."""
     lines = [["#", "caller", "who", "from", "model", "decision", "reasons", "audit record"]]
     surprises: list[str] = []
     for index, (row, outcome) in enumerate(zip(ROWS, outcomes, strict=True), start=1):
@@ -335,9 +372,11 @@ async def _tour(root: Path, out: TextIO) -> int:
                 else str(outcome.decision_id),
             ]
         )
-    for line in _table(lines):
-        print(line, file=out)
-    print(file=out)
+    return lines, surprises
+
+
+def _print_chain(audit_dir: Path, out: TextIO) -> bool:
+    """Verify the run's audit files; True when the hash chain verifies."""
     files = sorted(audit_dir.glob("*.jsonl*"))
     result = verify_files(files)
     if result.ok:
@@ -350,18 +389,7 @@ async def _tour(root: Path, out: TextIO) -> int:
         print("audit: the hash chain does NOT verify:", file=out)
         for finding in result.errors:
             print(f"  {finding}", file=out)
-    print("what each row shows:", file=out)
-    for index, row in enumerate(ROWS, start=1):
-        print(f"  {index}. {row.shows}", file=out)
-    print(
-        f"stopped: sidecar drained, model server stopped ({time.perf_counter() - started:.1f} s)",
-        file=out,
-    )
-    if surprises:
-        print("\nSome rows did not show what they are meant to (update the examples?):", file=out)
-        for line in surprises:
-            print(line, file=out)
-    return 0 if result.ok and not surprises and len(records) >= len(ROWS) else 1
+    return result.ok
 
 
 def quiet_logs() -> None:
