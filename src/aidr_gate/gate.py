@@ -365,7 +365,7 @@ def jurisdiction_of(
 def _stage_of(error: AidrGateError) -> str:
     if isinstance(error, errors.IdentityError):
         return "identity"
-    if isinstance(error, errors.RequestError):
+    if isinstance(error, errors.RequestError | errors.BufferBudgetExhausted):
         return "request"
     if isinstance(error, errors.OriginError):
         return "origin"

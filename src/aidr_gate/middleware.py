@@ -23,9 +23,13 @@ from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.errors import (
     AidrGateError,
     AuditUnavailable,
+    BufferBudgetExhausted,
     GateNotReady,
     HeaderRepeated,
+    HeadersTooLarge,
     IdentityError,
+    ModelConflict,
+    ModelMissing,
     PolicyEvaluationError,
     RequestError,
 )
@@ -36,7 +40,7 @@ from aidr_gate.identity import authorization_header
 from aidr_gate.model_id import (
     BufferedBody,
     model_from_json,
-    read_body,
+    read_body_within,
     replay,
     valid_model_id,
 )
@@ -215,7 +219,7 @@ class AIDRGateMiddleware:
                 upstream_us,
                 int(gate_seconds * 1_000_000),
                 _ending(ended, upstream_error),
-                sum(len(c) for c in body.chunks) if body is not None else None,
+                body.size if body is not None else None,
                 upstream_error,
             )
             await runtime.record(decision, context)
@@ -265,6 +269,8 @@ class AIDRGateMiddleware:
             ended = Ending.CLIENT_DISCONNECTED
             raise
         finally:
+            if body is not None:
+                body.release()  # a denied or cut request's body goes back to the budget
             if decision is not None and not recorded:
                 await _shielded(record())
 
@@ -285,8 +291,21 @@ class AIDRGateMiddleware:
         model_id: str | None = None
         body: BufferedBody | None = None
         try:
+            # Bounded work before anything else, the token included: a caller without credentials
+            # costs at most this many header lines and bytes.
+            limits = runtime.limits
+            if len(headers) > limits.max_header_lines:
+                raise HeadersTooLarge(f"more than {limits.max_header_lines} header lines")
+            if _header_bytes(headers) > limits.max_header_bytes:
+                raise HeadersTooLarge(f"headers larger than {limits.max_header_bytes} bytes")
+        except HeadersTooLarge as exc:
+            return gate.refuse(exc, origin=_unknown_origin(scope)), None
+        try:
             origin = runtime.origin.resolve(_peer(scope), headers)
             error: AidrGateError | None = None
+            # Every place that may name the model is read as the app reads it; where two name
+            # one, they must agree (MODEL_CONFLICT), so the app never acts on another.
+            named: list[str] = []
             if models.header is not None:
                 try:
                     raw = single_header_value(headers, models.header, HeaderRepeated)
@@ -294,9 +313,18 @@ class AIDRGateMiddleware:
                     error = exc
                 else:
                     if raw is not None:
-                        model_id = _model_from_header(raw)
-            if model_id is None:
-                model_id = models.from_path(path)
+                        header_model = _model_from_header(raw)
+                        if header_model is None:
+                            error = ModelMissing(
+                                "the model header must be a printable string of at most 256 "
+                                "characters"
+                            )
+                        else:
+                            named.append(header_model)
+            path_model = models.from_path(path)
+            if path_model is not None:
+                named.append(path_model)
+            model_id = named[0] if named else None
             try:
                 # Two Authorization headers are refused: the app might read the other one.
                 identity = await runtime.identity.authenticate(authorization_header(headers))
@@ -307,27 +335,34 @@ class AIDRGateMiddleware:
             if error is None and not runtime.audit_accepting:
                 # Refused whatever the body says: it is not read.
                 error = AuditUnavailable("audit records cannot be written")
-            if model_id is None and error is None and models.wants_body(method, path):
-                body = await read_body(receive, models.max_body_bytes)
+            wants_json = models.wants_body(method, path)
+            if error is None and (wants_json or models.wants_form(method, path)):
+                # The body is read even when a header names the model: the app reads the body,
+                # and serves its default model when the body names none.
+                limit = models.max_body_bytes if wants_json else models.max_form_bytes
                 try:
-                    model_id = model_from_json(body, models.max_body_bytes)
+                    body = await read_body_within(receive, limit, runtime.budget, limits)
+                    if wants_json:
+                        named.append(model_from_json(body, limit))
+                    else:
+                        named.append(model_from_form(body, content_type_of(headers), limit))
                 except RequestError as exc:
                     error = exc
-            elif model_id is None and error is None and models.wants_form(method, path):
-                body = await read_body(receive, models.max_form_bytes)
-                try:
-                    model_id = model_from_form(
-                        body, content_type_of(headers), models.max_form_bytes
-                    )
-                except RequestError as exc:
+                except BufferBudgetExhausted as exc:
                     error = exc
+                body_id = named[-1] if error is None else None
+                model_id = model_id or body_id
+            if error is None and len(set(named)) > 1:
+                error = ModelConflict(
+                    "the request names different models: " + ", ".join(m[:64] for m in named)
+                )
             if error is not None:
                 return gate.refuse(error, identity=identity, origin=origin, model_id=model_id), body
             if method == "GET" and path in runtime.settings.list_models_paths:
                 return gate.decide_listing(identity=identity, origin=origin), body
             return gate.decide(identity=identity, origin=origin, model_id=model_id), body
-        except Exception:  # fail closed: a bug in a stage is a deny, never an allow
-            logger.exception("deciding a request failed; denying")
+        except Exception as exc:  # fail closed: a bug in a stage is a deny, never an allow
+            _log_internal_error(exc)
             fallback = origin or _unknown_origin(scope)
             return (
                 gate.refuse(
@@ -518,6 +553,40 @@ def _peer(scope: Scope) -> str | None:
 
 def _unknown_origin(scope: Scope) -> Origin:
     return Origin(ip=None, resolved_by="unresolved", peer=_peer(scope))
+
+
+def _header_bytes(headers: list[tuple[bytes, bytes]]) -> int:
+    total = 0
+    for name, value in headers:
+        total += len(name) + len(value)
+    return total
+
+
+# Internal errors already logged with their traceback, by where they were raised: a bug that
+# every request meets is logged once, not once per request (bounded: a new cause past the bound
+# is logged again, never lost).
+_LOGGED_CAUSES: set[tuple[str, str, int]] = set()
+_MAX_LOGGED_CAUSES = 256
+
+
+def _log_internal_error(exc: Exception) -> None:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = (tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb is not None else ("?", 0)
+    cause = (type(exc).__qualname__, *where)
+    if cause in _LOGGED_CAUSES:
+        return
+    if len(_LOGGED_CAUSES) >= _MAX_LOGGED_CAUSES:
+        _LOGGED_CAUSES.clear()
+    _LOGGED_CAUSES.add(cause)
+    logger.error(
+        "deciding a request failed; denying (logged once per cause: %s at %s:%d)",
+        cause[0],
+        cause[1],
+        cause[2],
+        exc_info=exc,
+    )
 
 
 def _model_from_header(raw: bytes) -> str | None:

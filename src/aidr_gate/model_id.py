@@ -7,6 +7,7 @@ request. Nothing here decides anything; it only finds the model id or says why i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -18,9 +19,12 @@ import orjson
 from aidr_gate.errors import (
     BodyIncomplete,
     BodyNotJSON,
+    BodyTimeout,
     BodyTooLarge,
+    BufferBudgetExhausted,
     ModelMissing,
 )
+from aidr_gate.limits import BufferBudget, Limits
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -146,45 +150,96 @@ class BufferedBody:
     chunks: list[bytes]
     complete: bool  # False: the limit stopped the read; the rest is still in the original receive
     disconnected: bool = False
+    size: int = -1  # bytes read (-1: the sum of the chunks)
+    budget: BufferBudget | None = None  # what the bytes were taken from, given back by release()
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            self.size = sum(len(c) for c in self.chunks)
 
     @property
     def data(self) -> bytes:
         """The bytes read so far."""
         return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
 
+    def release(self) -> None:
+        """Give the bytes back to the budget (once): the app has them, or the request is over."""
+        budget, self.budget = self.budget, None
+        if budget is not None:
+            budget.give_back(self.size)
 
-async def read_body(receive: Receive, limit: int) -> BufferedBody:
-    """Read the body until its end or just past *limit* bytes, keeping every chunk as it came."""
-    chunks: list[bytes] = []
-    size = 0
+
+async def read_body_within(
+    receive: Receive, limit: int, budget: BufferBudget, limits: Limits
+) -> BufferedBody:
+    """:func:`read_body` within ``limits.body_timeout`` (else :class:`BodyTimeout`, 408) and the
+    process-wide *budget* (else :class:`BufferBudgetExhausted`, 503); the bytes read stay taken
+    from the budget until :meth:`BufferedBody.release`."""
+    body = BufferedBody([], False, size=0, budget=budget)
+    try:
+        async with asyncio.timeout(limits.body_timeout):
+            await read_body(receive, limit, body)
+    except TimeoutError:
+        body.release()
+        raise BodyTimeout(
+            f"the body did not arrive within {limits.body_timeout:g} seconds"
+        ) from None
+    except BufferBudgetExhausted:
+        body.release()
+        budget.refused += 1
+        raise
+    return body
+
+
+async def read_body(receive: Receive, limit: int, into: BufferedBody | None = None) -> BufferedBody:
+    """Read the body until its end or just past *limit* bytes, keeping every chunk as it came.
+
+    Into *into* when given, taking each chunk from its budget first (raising
+    :class:`BufferBudgetExhausted` when the budget cannot hold it).
+    """
+    body = into if into is not None else BufferedBody([], False, size=0)
+    chunks = body.chunks
+    budget = body.budget
     while True:
         message = await receive()
         kind = message.get("type")
         if kind == "http.disconnect":
-            return BufferedBody(chunks, complete=False, disconnected=True)
+            body.disconnected = True
+            return body
         if kind != "http.request":
             continue
         chunk = message.get("body", b"")
         if chunk:
+            if budget is not None and not budget.take(len(chunk)):
+                raise BufferBudgetExhausted(
+                    f"the gate holds {budget.limit} bytes of request bodies already"
+                )
             chunks.append(chunk)
-            size += len(chunk)
-        # Positional (chunks, complete): keywords cost a dataclass more, once per request.
+            body.size += len(chunk)
         if not message.get("more_body", False):
-            return BufferedBody(chunks, True)
-        if size > limit:
-            return BufferedBody(chunks, False)
+            body.complete = True
+            return body
+        if body.size > limit:
+            return body
 
 
 def replay(body: BufferedBody, receive: Receive) -> Receive:
-    """A receive callable that yields the buffered chunks as they came, then defers to *receive*."""
-    pending = list(body.chunks)
+    """A receive callable that yields the buffered chunks as they came, then defers to *receive*.
+
+    Once the app has taken the last chunk, the body holds none of them and its bytes go back to
+    the budget: a long answer streamed after a large upload does not keep the upload.
+    """
+    pending = body.chunks[::-1]  # popped from the end: O(1) a chunk
+    body.chunks = []
     more_after = not body.complete
     if not pending:
         pending = [b""]
 
     async def replayed() -> Message:
         if pending:
-            chunk = pending.pop(0)
+            chunk = pending.pop()
+            if not pending:
+                body.release()
             return {"type": "http.request", "body": chunk, "more_body": bool(pending) or more_after}
         return await receive()
 

@@ -27,6 +27,7 @@ from aidr_gate.errors import ConfigError
 from aidr_gate.gate import Gate, GateState, load_state
 from aidr_gate.identity import Authenticator, parse_identity_config
 from aidr_gate.jwks import FileKeys, RemoteJwks
+from aidr_gate.limits import BufferBudget, Limits, parse_limits
 from aidr_gate.middleware_config import MiddlewareSettings, parse_middleware_settings
 from aidr_gate.origin import OriginResolver, origin_resolver_for
 from aidr_gate.telemetry import Telemetry
@@ -62,8 +63,12 @@ class Runtime:
         config: GateConfig | None = None,
         telemetry: Telemetry | None = None,
         policy_watch_interval: float = DEFAULT_POLICY_WATCH_INTERVAL,
+        limits: Limits | None = None,
     ) -> None:
         self.gate = gate
+        self.limits = limits or Limits()
+        # Request bodies held at once, across every request this runtime gates.
+        self.budget = BufferBudget(self.limits.max_buffered_bytes)
         self.identity = identity
         self.origin = origin
         self.settings = settings
@@ -97,6 +102,7 @@ class Runtime:
         origin = attempt(origin_resolver_for)
         settings = attempt(parse_middleware_settings)
         audit = attempt(lambda c: AuditTrail(audit_config(c)))
+        limits = attempt(parse_limits)
         if errors or state is None or identity_config is None or origin is None or settings is None:
             raise ConfigError.merge(errors)
         return cls(
@@ -106,6 +112,7 @@ class Runtime:
             settings=settings,
             audit=audit,
             config=cfg,
+            limits=limits,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -1,0 +1,136 @@
+"""The gate's limits against hostile callers: what one request may cost, and all of them at once.
+
+Every default is written once, here, in :class:`Limits`; the ``limits:`` section of the
+configuration overrides any of them (every key optional)::
+
+    limits:
+      max_header_bytes: 32768      # names and values of one request's headers, summed: else 431
+      max_header_lines: 100        # header lines of one request: else 431
+      max_recorded_value: 512      # characters kept of any one recorded string (marker past it)
+      max_record_bytes: 16384      # bytes of one audit record's request evidence (marker past it)
+      max_buffered_bytes: 50331648 # request body bytes the process buffers at once: else 503
+      body_timeout: 60             # seconds to read a body the gate must see: else 408
+      max_connections: 1024        # sidecar: concurrent connections and requests (uvicorn's
+                                   # limit_concurrency): else 503
+      header_timeout: 10           # sidecar: seconds to receive a request's headers: else closed
+      keepalive_timeout: 5         # sidecar: seconds an idle keep-alive connection is kept
+
+The header limits apply before any token is verified: a caller without credentials costs no more
+than they allow. Bodies count against one process-wide budget while the gate holds them (from the
+first byte read until the app has taken the last), so many slow or large uploads at once are
+refused with 503 and ``Retry-After`` rather than growing the process without bound.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aidr_gate.config import GateConfig
+from aidr_gate.document import Checker
+
+__all__ = ["BufferBudget", "Limits", "parse_limits"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits one gate process applies (see the module docstring for each key)."""
+
+    max_header_bytes: int = 32 * 1024
+    max_header_lines: int = 100
+    max_recorded_value: int = 512
+    max_record_bytes: int = 16 * 1024
+    max_buffered_bytes: int = 48 * 1024 * 1024
+    body_timeout: float = 60.0
+    max_connections: int = 1024
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 5.0
+
+
+_INTEGERS = {
+    "max_header_bytes": 1024,
+    "max_header_lines": 8,
+    "max_recorded_value": 64,
+    "max_record_bytes": 2048,
+    "max_buffered_bytes": 64 * 1024,
+    "max_connections": 1,
+}
+_SECONDS = ("body_timeout", "header_timeout", "keepalive_timeout")
+
+
+def parse_limits(config: GateConfig) -> Limits:
+    """Read the ``limits:`` section; raise :class:`ConfigError` naming file, key and line."""
+    if config.document is None or "limits" not in config.sections:
+        return Limits()
+    check = Checker(config.document)
+    keys = (*_INTEGERS, *_SECONDS)
+    data = check.mapping(config.section("limits"), "limits", keys=keys) or {}
+    values: dict[str, int | float] = {}
+    for key, minimum in _INTEGERS.items():
+        if data.get(key) is not None:
+            read = check.integer(data[key], f"limits.{key}", minimum=minimum)
+            if read is not None:
+                values[key] = read
+    for key in _SECONDS:
+        if data.get(key) is not None:
+            seconds = check.number(data[key], f"limits.{key}", minimum=0.01)
+            if seconds is not None:
+                values[key] = seconds
+    check.raise_if_errors()
+    return Limits(**values)  # type: ignore[arg-type]
+
+
+class BufferBudget:
+    """The request body bytes a process holds at once, against ``limits.max_buffered_bytes``.
+
+    Taken as bytes arrive and given back when the app has taken the last of them (or the request
+    ends), on the event loop's thread: plain integers, no lock. Once the bytes held come back to
+    zero after a large peak, the C allocator is asked to return its free memory to the system
+    (``malloc_trim``), so an attack's memory does not stay with the process.
+    """
+
+    __slots__ = ("_trim_above", "held", "limit", "peak", "refused")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0  # the most held since memory was last handed back
+        self.refused = 0  # requests refused for want of budget
+        self._trim_above = min(limit // 4, 8 * 1024 * 1024)
+
+    def take(self, size: int) -> bool:
+        """Hold *size* more bytes; False (nothing held) when that would pass the limit."""
+        held = self.held + size
+        if held > self.limit:
+            return False
+        self.held = held
+        if held > self.peak:
+            self.peak = held
+        return True
+
+    def give_back(self, size: int) -> None:
+        """Release *size* bytes taken before."""
+        self.held -= size
+        if self.held <= 0:
+            self.held = 0
+            if self.peak > self._trim_above:
+                self.peak = 0
+                _trim()
+
+
+def _load_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None)
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _load_trim()
+
+
+def _trim() -> None:
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
