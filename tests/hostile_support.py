@@ -23,6 +23,7 @@ import httpx
 import hostile_app
 from aidr_gate.middleware import AIDRGateMiddleware
 from gate_env import IP, GateEnv, make_gate_env
+from jwks_server import claims
 from servers import ThreadedServer, free_port
 from sidecar_support import Process, sidecar
 
@@ -56,7 +57,18 @@ def hostile_env(root: Path, *, limits: str = LIMITS) -> GateEnv:
             - {{type: file, path: {audit_dir / "audit.jsonl"}, fsync: always}}
         """
     )
-    return make_gate_env(root, middleware=MIDDLEWARE + limits, audit=audit)
+    env = make_gate_env(root, middleware=MIDDLEWARE + limits, audit=audit)
+    # The entity in a claim of its own: ``sub`` is then any string the issuer chose.
+    text = env.config.read_text()
+    env.config.write_text(
+        text.replace("  algorithms: [RS256]\n", "  algorithms: [RS256]\n  entity_claim: org\n")
+    )
+    return env
+
+
+def token(env: GateEnv, entity: str = "andes-br", **overrides: Any) -> str:
+    """A valid token for *entity* (in ``org``; ``sub`` names a user of it)."""
+    return env.key.sign(claims(**{"sub": f"user@{entity}", "org": entity, **overrides}))
 
 
 def upstream_process(root: Path) -> Process:
@@ -129,7 +141,7 @@ def target(kind: str, env: GateEnv, *extra: str) -> Iterator[Target]:
 
 def caller(env: GateEnv, entity: str = "andes-br", ip: str = IP["BR"]) -> dict[str, str]:
     """Headers of a legitimate caller: a valid token, from *ip* (loopback is a trusted proxy)."""
-    return {"authorization": f"Bearer {env.token(entity)}", "x-forwarded-for": ip}
+    return {"authorization": f"Bearer {token(env, entity)}", "x-forwarded-for": ip}
 
 
 def form_body(parts: list[tuple[list[bytes], bytes]], boundary: bytes = b"gate") -> bytes:

@@ -4,6 +4,7 @@ flood or outlast it. Each test failed before its fix."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +21,12 @@ from hostile_support import (
     caller,
     form_body,
     hostile_env,
+    raw_request,
+    status_of,
     target,
+    token,
 )
+from jwks_server import claims
 
 KINDS = ("middleware", "sidecar")
 OPEN = "aurora-mini"  # andes-br (BR) may use it
@@ -217,3 +222,134 @@ def test_the_app_never_serves_the_default_to_a_form_without_model(
 
 
 _ = (IP, Path)
+
+
+# -- 8. a verified token whose claims JSON cannot hold ----------------------------------------------
+
+
+@pytest.mark.parametrize("model", [OPEN, CONTROLLED])
+def test_a_lone_surrogate_in_a_verified_sub_keeps_the_whole_record(
+    gate: Target, env: GateEnv, model: str
+) -> None:
+    payload = json.dumps(claims(sub="user\ud800@andes", org="andes-br")).encode()  # \\ud800
+    signed = env.key.sign_raw(payload)
+    response = post(
+        gate,
+        "/v1/chat/completions",
+        json={"model": model},
+        headers={"authorization": f"Bearer {signed}", "x-forwarded-for": IP["BR"]},
+    )
+    assert response.status_code == (200 if model == OPEN else 403), response.text
+    record = gate.record(response.headers["x-aidr-decision-id"])
+    assert record["event"]["kind"] == "event"  # not a pipeline_error stand-in
+    assert record["user"]["id"] == "user\\ud800@andes"
+    assert record["organization"]["id"] == "andes-br"
+    assert record["gen_ai"]["request"]["model"] == model
+    if model == CONTROLLED:
+        assert record["event"]["reason"] == response.json()["error"]["code"]
+
+
+def test_a_huge_sub_is_recorded_cut_to_its_cap(gate: Target, env: GateEnv) -> None:
+    signed = token(env, sub="u" * 5000)
+    response = post(
+        gate,
+        "/v1/chat/completions",
+        json={"model": OPEN},
+        headers={"authorization": f"Bearer {signed}", "x-forwarded-for": IP["BR"]},
+    )
+    record = gate.record(response.headers["x-aidr-decision-id"])
+    assert record["user"]["id"] == "u" * 512 + "...[TRUNCATED]"
+
+
+# -- 13. line separators stay inside their record ----------------------------------------------------
+
+
+def test_line_separators_never_split_a_record(gate: Target, env: GateEnv) -> None:
+    marker = "x-sep-" + gate.kind
+    response = post(
+        gate,
+        "/v2/models/a\u2028b\u2029c\u0085d/infer",
+        json={},
+        headers=[
+            *caller(env).items(),
+            ("user-agent", b"agent\x85two"),
+            ("x-request-id", marker.encode() + b"\xe2\x80\xa8\xc2\x85"),
+        ],
+    )
+    record = gate.record(response.headers["x-aidr-decision-id"])
+    assert "\u2028" in record["url"]["path"] and "\x85" in record["url"]["path"]
+    assert record["user_agent"]["original"] == "agent\x85two"
+    for path in sorted(env.audit_dir.glob("*.jsonl*")):
+        data = path.read_bytes()
+        assert len(data.decode().splitlines()) == data.count(b"\n")
+
+
+# -- 7. credentials never reach the gate's log or records --------------------------------------------
+
+SECRET = "sk-live-5ecret5ecret5ecret5ecret"
+JWT_SEGMENT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
+
+
+def test_credentials_in_query_path_and_referer_are_redacted(gate: Target, env: GateEnv) -> None:
+    response = post(
+        gate,
+        f"/v1/keys/{JWT_SEGMENT}/chat?api_key={SECRET}&token={SECRET}",
+        json={},
+        headers={
+            **caller(env),
+            "referer": f"https://app.example/page?api_key={SECRET}",
+            "x-request-id": f"token={SECRET}",
+        },
+    )
+    record = gate.record(response.headers["x-aidr-decision-id"])
+    text = json.dumps(record)
+    assert SECRET not in text and JWT_SEGMENT not in text
+    assert record["url"]["path"] == "/v1/keys/[REDACTED]/chat"
+    assert record["aidr"]["request"]["headers"]["referer"] == "https://app.example/page?[REDACTED]"
+    log = gate.log()
+    assert SECRET not in log and JWT_SEGMENT not in log
+    if gate.kind == "sidecar":  # the access log is the sidecar's own
+        assert "/v1/keys/[REDACTED]/chat?[REDACTED]" in log
+
+
+# -- 3. headers: bounded work before the token, linear joins, capped records -------------------------
+
+
+def test_a_flood_of_header_lines_is_431_before_any_token_is_read(
+    gate: Target, env: GateEnv
+) -> None:
+    lines = b"".join(b"User-Agent: " + b"a" * 500 + b"\r\n" for _ in range(150))
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        + lines
+        + (b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+    )
+    answer = raw_request(gate.port, request)
+    assert status_of(answer) == 431, answer[:300]
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+    decision_id = head.split("x-aidr-decision-id: ", 1)[1].split("\r\n", 1)[0]
+    record = gate.record(decision_id)
+    assert record["event"]["reason"] == "HEADERS_TOO_LARGE"
+    agent = record["user_agent"]["original"]
+    assert agent.endswith("...[TRUNCATED]") and len(agent) <= 512 + 14
+    line = next(
+        line
+        for line in (env.audit_dir / "audit.jsonl").read_bytes().splitlines()
+        if decision_id.encode() in line
+    )
+    assert len(line) < 16 * 1024
+
+
+def test_megabytes_of_header_lines_are_refused_and_recorded_small(
+    gate: Target, env: GateEnv
+) -> None:
+    lines = b"".join(b"User-Agent: " + b"b" * 500 + b"\r\n" for _ in range(12_000))
+    request = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + lines + b"Connection: close\r\n\r\n"
+    answer = raw_request(gate.port, request)
+    # The sidecar's server refuses it before the gate (no record: no request was parsed); under
+    # another server the gate answers 431 and records it, within the record cap.
+    assert status_of(answer) in (431, 0) or b"431" in answer[:64], answer[:200]
+    if gate.kind == "middleware":
+        assert status_of(answer) == 431
+        for line in (env.audit_dir / "audit.jsonl").read_bytes().splitlines():
+            assert len(line) < 16 * 1024

@@ -75,6 +75,13 @@ class Runtime:
         self.audit = audit
         self.config = config
         self.telemetry = telemetry or Telemetry()
+        if audit is not None:
+            # Caps of recorded values, applied where records are rendered (the writer thread,
+            # which is then the one thread that counts truncations).
+            redactor = audit.redactor
+            redactor.max_value = self.limits.max_recorded_value
+            redactor.max_record = self.limits.max_record_bytes
+            redactor.notify = self.telemetry.truncated
         self._watch_interval = policy_watch_interval
         self._tasks: list[asyncio.Task[None]] = []
         self._policy_stamp = self._stamp()

@@ -27,6 +27,7 @@ from typing import Any
 
 import uvicorn
 
+from aidr_gate.audit.record import loggable_target
 from aidr_gate.config import GateConfig
 from aidr_gate.document import Checker
 from aidr_gate.errors import ConfigError
@@ -228,6 +229,25 @@ class SidecarApp:
         return ready, {"status": "ready" if ready else "not ready", "checks": checks}
 
 
+class AccessLogScrubber(logging.Filter):
+    """Redacts the request target of uvicorn's access log lines: no query string (where keys and
+    tokens are sent) and no credential path segment reaches the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the target argument of ``'%s - "%s %s HTTP/%s" %d'``; keep every line."""
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (args[0], args[1], loggable_target(args[2]), args[3], args[4])
+        return True
+
+
+def scrub_access_log() -> None:
+    """Install :class:`AccessLogScrubber` on uvicorn's access logger (once)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, AccessLogScrubber) for f in access.filters):
+        access.addFilter(AccessLogScrubber())
+
+
 def uvicorn_config(
     app: Any,
     *,
@@ -238,6 +258,8 @@ def uvicorn_config(
     shutdown_timeout: float | None = None,
 ) -> uvicorn.Config:
     """How the sidecar (and the demo, and the bench's plain proxy) run under uvicorn."""
+    if access_log:
+        scrub_access_log()
     return uvicorn.Config(
         app,
         host=host,

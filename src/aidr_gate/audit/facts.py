@@ -143,6 +143,10 @@ class FactsBook:
         written.add(shared.facts_id)
         return True
 
+    def undue(self, shared: Shared) -> None:
+        """*shared*'s facts were not written after all (its record was rendered again)."""
+        self._written.discard(shared.facts_id)
+
     def forget(self) -> None:
         """A new file begins: every facts record is due again before its first use there."""
         self._written.clear()
