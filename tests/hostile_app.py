@@ -78,8 +78,14 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--gate", help="serve behind AIDRGateMiddleware with this configuration")
     args = parser.parse_args()
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    served: Any = app
+    if args.gate:
+        from aidr_gate.middleware import AIDRGateMiddleware
+
+        served = AIDRGateMiddleware(app, config=args.gate)
+    uvicorn.run(served, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,14 @@ import httpx
 
 import hostile_app
 from aidr_gate.middleware import AIDRGateMiddleware
-from gate_env import IP, GateEnv, make_gate_env
+from gate_env import _NETWORKS, IP, GateEnv, make_gate_env
 from jwks_server import claims
+from mmdb_files import write_country_db
 from servers import ThreadedServer, free_port
 from sidecar_support import Process, sidecar
 
 TESTS = Path(__file__).parent
+IPV6_BR = "2804:14c::1"  # Brazil in the tests' GeoIP database
 MODEL_HEADER = "x-model-id"
 # Small enough that the tests reach them quickly; the defaults are in aidr_gate.limits.
 LIMITS = """\
@@ -58,6 +60,8 @@ def hostile_env(root: Path, *, limits: str = LIMITS) -> GateEnv:
         """
     )
     env = make_gate_env(root, middleware=MIDDLEWARE + limits, audit=audit)
+    # An IPv6 network too (Brazil's 2804::/16 in this database), for zone ids in hops.
+    write_country_db(root / "country.mmdb", {**_NETWORKS, "2804::/16": "BR"})
     # The entity in a claim of its own: ``sub`` is then any string the issuer chose.
     text = env.config.read_text()
     env.config.write_text(

@@ -16,7 +16,9 @@ import pytest
 from gate_env import IP, GateEnv
 from hostile_app import DEFAULT_MODEL
 from hostile_support import (
+    IPV6_BR,
     MODEL_HEADER,
+    TESTS,
     Target,
     caller,
     form_body,
@@ -25,8 +27,11 @@ from hostile_support import (
     status_of,
     target,
     token,
+    upstream_process,
 )
 from jwks_server import claims
+from servers import free_port
+from sidecar_support import Process
 
 KINDS = ("middleware", "sidecar")
 OPEN = "aurora-mini"  # andes-br (BR) may use it
@@ -353,3 +358,114 @@ def test_megabytes_of_header_lines_are_refused_and_recorded_small(
         assert status_of(answer) == 431
         for line in (env.audit_dir / "audit.jsonl").read_bytes().splitlines():
             assert len(line) < 16 * 1024
+
+
+# -- 6. every spelling of a trusted header is stripped (the sidecar's upstream trusts them) ---------
+
+
+@pytest.fixture(scope="module")
+def sidecar_env(tmp_path_factory: pytest.TempPathFactory) -> GateEnv:
+    return hostile_env(tmp_path_factory.mktemp("trusted"))
+
+
+@pytest.fixture(scope="module")
+def sidecar_gate(sidecar_env: GateEnv) -> Iterator[Target]:
+    with target("sidecar", sidecar_env) as found:
+        yield found
+
+
+@pytest.mark.parametrize(
+    "name", ["x_aidr_entity", "X_AIDR_ENTITY", "x-aidr_entity", "x_aidr-entity", "x_aidr_effect"]
+)
+def test_no_spelling_of_a_trusted_header_reaches_the_upstream(
+    sidecar_gate: Target, sidecar_env: GateEnv, name: str
+) -> None:
+    env = sidecar_env
+    # Only the sidecar sends trusted headers (the middleware hands the app its decision in
+    # scope["state"]): the upstream must see the sidecar's value and no other, however spelled.
+    response = post(
+        sidecar_gate,
+        "/v1/chat/completions",
+        json={"model": OPEN},
+        headers=[*caller(env).items(), (name, "nordlys-se")],
+    )
+    assert response.status_code == 200, response.text
+    seen = response.json()
+    environ = seen["environ"]
+    assert environ["HTTP_X_AIDR_ENTITY"] == ["andes-br"]
+    assert environ["HTTP_X_AIDR_EFFECT"] == ["allow"]
+    assert "nordlys-se" not in json.dumps(seen["headers"])
+
+
+# -- 12. IPv6 zone ids in a trusted hop -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "hop",
+    [f"{IPV6_BR}%eth0", f"{IPV6_BR}%25eth0", f"[{IPV6_BR}%eth0]:443", "::ffff:177.0.1.1%eth0"],
+)
+def test_a_zone_id_in_a_hop_resolves_to_the_addresss_own_country(
+    gate: Target, env: GateEnv, hop: str
+) -> None:
+    response = post(
+        gate,
+        "/v1/chat/completions",
+        json={"model": OPEN},
+        headers={**caller(env), "x-forwarded-for": hop},
+    )
+    assert response.status_code == 200, response.text
+    record = gate.record(response.headers["x-aidr-decision-id"])
+    address = "177.0.1.1" if "177" in hop else IPV6_BR
+    assert record["client"] == {"ip": address, "geo": {"country_iso_code": "BR"}}
+
+
+# -- 11. fsync: always: a response whose record was not stored does not complete ---------------------
+
+
+def limited_gate(kind: str, env: GateEnv, upstream: str, limit: int) -> Process:
+    """The middleware (under uvicorn) or the sidecar in a process that cannot grow a file past
+    *limit* bytes: its audit journal, then its spool, fill up and every write after fails."""
+    port = free_port()
+    if kind == "middleware":
+        args = [str(TESTS / "hostile_app.py"), "--port", str(port), "--gate", str(env.config)]
+        ready = "/health"
+    else:
+        args = ["-m", "aidr_gate", "serve", "--config", str(env.config), "--upstream", upstream]
+        args += ["--port", str(port)]
+        ready = "/healthz"
+    command = [str(TESTS / "limited.py"), str(limit), *args]
+    return Process(command, port, env.root / f"limited-{kind}.log", ready_path=ready)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fsync_always_never_answers_a_request_whose_record_was_not_stored(
+    tmp_path: Path, kind: str
+) -> None:
+    env = hostile_env(tmp_path)
+    answered: list[str] = []
+    aborted = 0
+    with (
+        upstream_process(tmp_path) as upstream,
+        limited_gate(kind, env, upstream.url, 24 * 1024) as gate,
+    ):
+        with httpx.Client(base_url=gate.url, timeout=10) as client:
+            for number in range(800):
+                try:
+                    response = client.post(
+                        "/v1/chat/completions",
+                        json={"model": OPEN, "n": number},
+                        headers=caller(env),
+                    )
+                except httpx.TransportError:
+                    aborted += 1
+                    if aborted >= 5:
+                        break
+                    continue
+                answered.append(response.headers["x-aidr-decision-id"])
+        log = gate.output()
+    stored = b"".join(p.read_bytes() for p in env.audit_dir.rglob("*") if p.is_file())
+    assert aborted >= 5, f"no response was aborted in {len(answered)} answers"
+    assert answered, "the gate answered nothing before its files filled up"
+    missing = [d for d in answered if d.encode() not in stored]
+    assert not missing, f"{len(missing)} answered requests have no record"
+    assert "Traceback" not in log

@@ -62,6 +62,8 @@ WS_TRY_AGAIN_LATER = 1013
 # A gate that failed to start (a bad key file, an audit directory another process holds) is tried
 # again at most this often; requests meanwhile get 503 GATE_NOT_READY, never the app.
 RETRY_START_SECONDS = 1.0
+# Why a response was left incomplete (the responses.aborted metric's label).
+AUDIT_NOT_STORED = "AUDIT_NOT_STORED"
 
 
 class AIDRGateMiddleware:
@@ -199,10 +201,12 @@ class AIDRGateMiddleware:
         gate_seconds = 0.0
         app_started: float | None = None
 
-        async def record() -> None:
+        async def record() -> bool:
+            """Write the record (once); False when it was not stored and the response must
+            not complete."""
             nonlocal recorded
             if recorded or decision is None:
-                return
+                return True
             recorded = True
             upstream_status, upstream_us, upstream_error = _upstream_of(
                 scope, response_status, app_started
@@ -222,7 +226,10 @@ class AIDRGateMiddleware:
                 body.size if body is not None else None,
                 upstream_error,
             )
-            await runtime.record(decision, context)
+            if await runtime.record(decision, context):
+                return True
+            runtime.telemetry.response_aborted(AUDIT_NOT_STORED)
+            return False
 
         try:
             decision, body = await self._decide_http(runtime, scope, receive, method, path, headers)
@@ -240,8 +247,12 @@ class AIDRGateMiddleware:
                 return
             app_receive = replay(body, receive) if body is not None else receive
 
+            aborted = False
+
             async def send_wrapper(message: Message) -> None:
-                nonlocal response_status, ended
+                nonlocal response_status, ended, aborted
+                if aborted:
+                    return  # the response was left incomplete: nothing more is sent
                 kind = message["type"]
                 if kind == "http.response.start":
                     response_status = message["status"]
@@ -249,8 +260,12 @@ class AIDRGateMiddleware:
                     message["headers"] = [*message.get("headers", ()), *extra]
                 elif kind == "http.response.body" and not message.get("more_body", False):
                     ended = Ending.COMPLETED
-                    # The record is as durable as configured before the client has the whole answer.
-                    await record()
+                    # The record is as durable as configured before the client has the whole
+                    # answer; a record that was not stored leaves the response incomplete (the
+                    # server closes the connection), never answered as if recorded.
+                    if not await record():
+                        aborted = True
+                        return
                 await send(message)
 
             app_send: Send = send_wrapper
@@ -394,7 +409,7 @@ class AIDRGateMiddleware:
         send: Send,
         decision: Decision,
         extra: list[tuple[bytes, bytes]],
-        record: Callable[[], Awaitable[None]],
+        record: Callable[[], Awaitable[bool]],
     ) -> None:
         payload = error_body(decision)
         await send(
@@ -404,7 +419,8 @@ class AIDRGateMiddleware:
                 "headers": [*error_headers(decision, len(payload)), *extra],
             }
         )
-        await record()
+        if not await record():
+            return  # not recorded: the answer is left incomplete
         await send({"type": "http.response.body", "body": payload, "more_body": False})
 
     def _listing_filter(self, runtime: Runtime, decision: Decision, send: Send) -> Send:
@@ -596,7 +612,7 @@ def _model_from_header(raw: bytes) -> str | None:
         return None
 
 
-async def _shielded(work: Awaitable[None]) -> None:
+async def _shielded(work: Awaitable[object]) -> None:
     """Finish an audit write even when the request task is being cancelled."""
     task = asyncio.ensure_future(work)
     try:

@@ -187,18 +187,23 @@ class Runtime:
             return ()
         return self.audit.redactor.select(headers)
 
-    async def record(self, decision: Decision, context: RequestContext) -> None:
-        """Hand one record to the audit trail; wait only as long as its durability policy says."""
+    async def record(self, decision: Decision, context: RequestContext) -> bool:
+        """Hand one record to the audit trail; wait only as long as its durability policy says.
+
+        False when the trail was waited for and says the record was not stored: the caller must
+        not complete its response (``fsync: always``: answered means recorded).
+        """
         audit = self.audit
         if audit is None:
-            return
+            return True
         stored = audit.submit(AuditEvent(decision, context))
         # fsync always: answered means recorded. A backlog under on_failure deny: the request
         # waits for its record (backpressure) rather than the record being lost.
         if audit.durable_on_await or audit.backlogged:
             # Shielded: the future is shared by every record of its batch, and a cancelled request
             # (a client gone) must not cancel the others' wait.
-            await asyncio.shield(stored)
+            return bool(await asyncio.shield(stored))
+        return True
 
     # -- reloading -----------------------------------------------------------------------------
 
