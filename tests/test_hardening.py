@@ -4,8 +4,10 @@ flood or outlast it. Each test failed before its fix."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -469,3 +471,131 @@ def test_fsync_always_never_answers_a_request_whose_record_was_not_stored(
     missing = [d for d in answered if d.encode() not in stored]
     assert not missing, f"{len(missing)} answered requests have no record"
     assert "Traceback" not in log
+
+
+# -- 4. bodies: a deadline, and a budget for the whole process --------------------------------------
+
+
+def held_upload(gate: Target, env: GateEnv, declared: int, sent: int) -> socket.socket:
+    """A connection that declares *declared* body bytes, sends *sent* of them and waits."""
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: {caller(env)['authorization']}\r\nX-Forwarded-For: {IP['BR']}\r\n"
+        f"Content-Length: {declared}\r\n\r\n"
+    ).encode()
+    sock = socket.create_connection(("127.0.0.1", gate.port), timeout=15)
+    sock.sendall(head + b'{"model":"' + OPEN.encode() + b'","pad":"' + b"x" * (sent - 30))
+    return sock
+
+
+def answer_of(sock: socket.socket) -> bytes:
+    with sock:
+        out = b""
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while b"\r\n\r\n" not in out and (chunk := sock.recv(65536)):
+                out += chunk
+            head, _, body = out.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n")[0])
+            while len(body) < length and (chunk := sock.recv(65536)):
+                body += chunk
+            out = head + b"\r\n\r\n" + body
+        return out
+
+
+def reason_of(answer: bytes) -> str:
+    return str(json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"])
+
+
+def test_a_body_that_never_ends_is_408_and_its_bytes_are_given_back(
+    gate: Target, env: GateEnv
+) -> None:
+    answer = answer_of(held_upload(gate, env, 10_000, 100))
+    assert status_of(answer) == 408 and reason_of(answer) == "BODY_TIMEOUT", answer[:300]
+
+
+def test_bodies_held_at_once_are_bounded_for_the_whole_process(gate: Target, env: GateEnv) -> None:
+    # The tests' budget is 4 MiB: two uploads of 2.5 MiB cannot both be held.
+    first = held_upload(gate, env, 3 << 20, 5 << 19)
+    second = held_upload(gate, env, 3 << 20, 5 << 19)
+    answers = sorted((answer_of(first), answer_of(second)), key=status_of)
+    assert [status_of(a) for a in answers] == [408, 503], [a[:200] for a in answers]
+    refused = answers[1]
+    assert reason_of(refused) == "BUFFER_BUDGET_EXHAUSTED"
+    assert b"retry-after: 1" in refused.lower()
+    # Both are over: the budget is whole again, and a large body fits.
+    response = post(
+        gate,
+        "/v1/chat/completions",
+        json={"model": OPEN, "pad": "y" * (3 << 20)},
+        headers=caller(env),
+    )
+    assert response.status_code == 200, response.text
+    assert served_or_refused(gate, response) == OPEN
+
+
+# -- 10. bounded JSON work ---------------------------------------------------------------------------
+
+
+def test_megabytes_of_tiny_json_objects_are_refused_unparsed(gate: Target, env: GateEnv) -> None:
+    objects = b",".join([b'{"model":1}'] * 300_000)  # 3.3 MB, within the budget
+    body = b'{"model":"' + OPEN.encode() + b'","x":[' + objects + b"]}"
+    response = post(
+        gate,
+        "/v1/chat/completions",
+        content=body,
+        headers={**caller(env), "content-type": "application/json"},
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "BODY_TOO_COMPLEX"
+    # Thousands of objects (a long conversation, tool schemas) are still read.
+    messages = [{"role": "user", "content": f"m{i}"} for i in range(20_000)]
+    response = post(
+        gate,
+        "/v1/chat/completions",
+        json={"model": OPEN, "messages": messages},
+        headers=caller(env),
+    )
+    assert response.status_code == 200, response.text
+
+
+# -- 5. the server bounds slow connections (the sidecar's uvicorn; a host's, with server_options) ----
+
+
+def test_connections_trickling_headers_are_closed_and_others_answered(
+    gate: Target, env: GateEnv
+) -> None:
+    slow = []
+    for _ in range(60):
+        sock = socket.create_connection(("127.0.0.1", gate.port), timeout=15)
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        slow.append(sock)
+    try:
+        response = post(gate, "/v1/chat/completions", json={"model": OPEN}, headers=caller(env))
+        assert response.status_code == 200, response.text
+        closed = 0
+        for sock in slow:  # the header deadline (1.5 s here) ends each, answered 408
+            with contextlib.suppress(OSError):
+                sock.sendall(b"a")
+            answer = answer_of(sock)
+            closed += status_of(answer) == 408
+        assert closed == len(slow)
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_connections_past_the_limit_are_refused_until_idle_ones_time_out(
+    gate: Target, env: GateEnv
+) -> None:
+    idle = [socket.create_connection(("127.0.0.1", gate.port), timeout=15) for _ in range(205)]
+    try:
+        with httpx.Client(base_url=gate.url, timeout=15) as client:
+            crowded = client.post("/v1/chat/completions", json={"model": OPEN}, headers=caller(env))
+        assert crowded.status_code == 503  # limits.max_connections is 200 here
+        for sock in idle:
+            answer_of(sock)  # each is closed at its header deadline
+        response = post(gate, "/v1/chat/completions", json={"model": OPEN}, headers=caller(env))
+        assert response.status_code == 200
+    finally:
+        for sock in idle:
+            sock.close()

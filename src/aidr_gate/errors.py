@@ -83,6 +83,15 @@ class BodyTooLarge(RequestError):
     status = 413
 
 
+class BodyTooComplex(RequestError):
+    """A JSON body holds more objects and arrays than ``limits.max_json_containers``: parsing it
+    would hold the event loop (a megabyte of ``{}`` costs tens of milliseconds), so it is refused
+    unparsed."""
+
+    reason = "BODY_TOO_COMPLEX"
+    status = 413
+
+
 class BodyNotJSON(RequestError):
     """The body of a request whose model comes from JSON is not a JSON object."""
 

@@ -10,6 +10,8 @@ configuration overrides any of them (every key optional)::
       max_record_bytes: 16384      # bytes of one audit record's request evidence (marker past it)
       max_buffered_bytes: 50331648 # request body bytes the process buffers at once: else 503
       body_timeout: 60             # seconds to read a body the gate must see: else 408
+      max_json_containers: 100000  # "{" and "[" bytes in a JSON body (counted before parsing,
+                                   # strings included): else 413 BODY_TOO_COMPLEX
       max_connections: 1024        # sidecar: concurrent connections and requests (uvicorn's
                                    # limit_concurrency): else 503
       header_timeout: 10           # sidecar: seconds to receive a request's headers: else closed
@@ -43,6 +45,7 @@ class Limits:
     max_record_bytes: int = 16 * 1024
     max_buffered_bytes: int = 48 * 1024 * 1024
     body_timeout: float = 60.0
+    max_json_containers: int = 100_000
     max_connections: int = 1024
     header_timeout: float = 10.0
     keepalive_timeout: float = 5.0
@@ -54,6 +57,7 @@ _INTEGERS = {
     "max_recorded_value": 64,
     "max_record_bytes": 2048,
     "max_buffered_bytes": 64 * 1024,
+    "max_json_containers": 16,
     "max_connections": 1,
 }
 _SECONDS = ("body_timeout", "header_timeout", "keepalive_timeout")

@@ -358,7 +358,7 @@ class AIDRGateMiddleware:
                 try:
                     body = await read_body_within(receive, limit, runtime.budget, limits)
                     if wants_json:
-                        named.append(model_from_json(body, limit))
+                        named.append(model_from_json(body, limit, limits.max_json_containers))
                     else:
                         named.append(model_from_form(body, content_type_of(headers), limit))
                 except RequestError as exc:

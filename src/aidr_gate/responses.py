@@ -42,6 +42,7 @@ _MESSAGES = {
     "FORM_AMBIGUOUS": "The form has a part that parsers could read differently.",
     "HEADERS_TOO_LARGE": "The request's headers are too large or too many.",
     "BODY_TIMEOUT": "The request body did not arrive in time.",
+    "BODY_TOO_COMPLEX": "The request body holds too many JSON objects and arrays.",
     "BUFFER_BUDGET_EXHAUSTED": "The service is holding too many uploads; try again shortly.",
     "AUDIT_UNAVAILABLE": "The service cannot record requests right now and refuses them.",
     "POLICY_EVALUATION_FAILED": "The request could not be evaluated and is refused.",

@@ -31,10 +31,12 @@ from aidr_gate.audit.record import loggable_target
 from aidr_gate.config import GateConfig
 from aidr_gate.document import Checker
 from aidr_gate.errors import ConfigError
+from aidr_gate.limits import Limits
 from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.proxy import ProxySettings, UpstreamProxy
 from aidr_gate.responses import json_headers
 from aidr_gate.runtime import Runtime
+from aidr_gate.server_limits import server_options
 
 logger = logging.getLogger("aidr_gate.sidecar")
 
@@ -256,8 +258,10 @@ def uvicorn_config(
     access_log: bool = False,
     log_level: str | None = None,
     shutdown_timeout: float | None = None,
+    limits: Limits | None = None,
 ) -> uvicorn.Config:
-    """How the sidecar (and the demo, and the bench's plain proxy) run under uvicorn."""
+    """How the sidecar (and the demo, and the bench's plain proxy) run under uvicorn: with the
+    server limits of *limits* (``server_limits.py``; the defaults when None)."""
     if access_log:
         scrub_access_log()
     return uvicorn.Config(
@@ -274,6 +278,7 @@ def uvicorn_config(
         timeout_graceful_shutdown=shutdown_timeout,  # type: ignore[arg-type]
         log_config=None,  # the caller's logging format for every line
         log_level=log_level,
+        **server_options(limits or Limits()),
     )
 
 

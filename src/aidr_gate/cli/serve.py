@@ -156,6 +156,7 @@ async def serve(app: SidecarApp, *, host: str, port: int, access_log: bool = Fal
             port=port,
             access_log=access_log,
             shutdown_timeout=app.settings.shutdown_timeout,
+            limits=app.runtime.limits,
         )
     )
     loop = asyncio.get_running_loop()
