@@ -165,8 +165,13 @@ def form_body(parts: list[tuple[list[bytes], bytes]], boundary: bytes = b"gate")
 def raw_request(port: int, data: bytes, timeout: float = 10.0) -> bytes:
     """Send *data* on a fresh connection and read until the server closes it (or *timeout*)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
         out = b""
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):  # refused before all was sent
+            with contextlib.suppress(OSError):
+                return sock.recv(65536)
+            return out
         with contextlib.suppress(TimeoutError, ConnectionResetError):
             while chunk := sock.recv(65536):
                 out += chunk
