@@ -24,7 +24,6 @@ from aidr_gate.decision import (
     Effect,
     Evidence,
     Mode,
-    PolicyRef,
     ShadowResult,
 )
 from aidr_gate.errors import AidrGateError, ConfigError, PolicyEvaluationError, Problem
@@ -260,7 +259,6 @@ class Gate:
         """A deny for a stage that failed before the policy could run (bad token, bad body...)."""
         state = state or self._state
         when = self._clock() if at is None else at
-        pack = state.engine.pack
         stage = _stage_of(error)
         return Decision(
             decision_id=self._ids.next(),
@@ -269,7 +267,9 @@ class Gate:
             status=error.status,
             reasons=(error.reason,),
             rule=f"gate/{stage}",
-            policy=PolicyRef(pack.id, pack.digest, pack.status, pack.in_window(when)),
+            # The engine's shared reference: a new one per refusal would make every refused
+            # request a class of its own in the audit trail's facts cache.
+            policy=state.engine.policy_ref(when),
             evidence=Evidence(
                 identity=identity,
                 origin=origin,

@@ -138,3 +138,20 @@ _MALLOC_TRIM = _load_trim()
 def _trim() -> None:
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+LARGE_ALLOCATION = 128 * 1024
+
+
+def hand_back_large_allocations() -> bool:
+    """Serve every allocation of ``LARGE_ALLOCATION`` bytes or more (request bodies) from its own
+    mapping, returned to the system when freed (glibc, where this is the initial threshold, raises
+    it to the largest block freed, up to 32 MiB: buffered bodies would then stay in the heap).
+    For the sidecar's process, which it owns; a host process's allocator is the host's. False
+    where the C library has no ``mallopt``."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION))

@@ -325,7 +325,7 @@ class AIDRGateMiddleware:
                 try:
                     raw = single_header_value(headers, models.header, HeaderRepeated)
                 except RequestError as exc:
-                    error = exc
+                    error = exc.with_traceback(None)  # no frame cycle keeping the body alive
                 else:
                     if raw is not None:
                         header_model = _model_from_header(raw)
@@ -346,7 +346,7 @@ class AIDRGateMiddleware:
             except IdentityError as exc:
                 # Who is calling comes first: a 401 outranks a bad header, and the gate reads (and
                 # parses, for up to 32 MiB of form) no body of a caller it cannot identify.
-                error = exc
+                error = exc.with_traceback(None)  # no frame cycle keeping the body alive
             if error is None and not runtime.audit_accepting:
                 # Refused whatever the body says: it is not read.
                 error = AuditUnavailable("audit records cannot be written")
@@ -362,9 +362,9 @@ class AIDRGateMiddleware:
                     else:
                         named.append(model_from_form(body, content_type_of(headers), limit))
                 except RequestError as exc:
-                    error = exc
+                    error = exc.with_traceback(None)  # no frame cycle keeping the body alive
                 except BufferBudgetExhausted as exc:
-                    error = exc
+                    error = exc.with_traceback(None)  # no frame cycle keeping the body alive
                 body_id = named[-1] if error is None else None
                 model_id = model_id or body_id
             if error is None and len(set(named)) > 1:
@@ -567,8 +567,20 @@ def _peer(scope: Scope) -> str | None:
     return None
 
 
+# One unresolved origin per peer address, shared: the audit trail caches what it serialises of
+# an origin by the object's identity, so a flood of refusals must not bring a new one each.
+_UNKNOWN_ORIGINS: dict[str | None, Origin] = {}
+_MAX_UNKNOWN_ORIGINS = 1024
+
+
 def _unknown_origin(scope: Scope) -> Origin:
-    return Origin(ip=None, resolved_by="unresolved", peer=_peer(scope))
+    peer = _peer(scope)
+    origin = _UNKNOWN_ORIGINS.get(peer)
+    if origin is None:
+        if len(_UNKNOWN_ORIGINS) >= _MAX_UNKNOWN_ORIGINS:
+            _UNKNOWN_ORIGINS.clear()
+        origin = _UNKNOWN_ORIGINS[peer] = Origin(ip=None, resolved_by="unresolved", peer=peer)
+    return origin
 
 
 def _header_bytes(headers: list[tuple[bytes, bytes]]) -> int:

@@ -160,8 +160,14 @@ class BufferedBody:
 
     @property
     def data(self) -> bytes:
-        """The bytes read so far."""
-        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        """The bytes read so far, as one bytes object: the chunks are joined once and kept
+        joined (the copy replaces them rather than doubling what the request holds)."""
+        chunks = self.chunks
+        if len(chunks) == 1:
+            return chunks[0]
+        joined = b"".join(chunks)
+        self.chunks = [joined] if joined else []
+        return joined
 
     def release(self) -> None:
         """Give the bytes back to the budget (once): the app has them, or the request is over."""
@@ -295,17 +301,16 @@ def model_from_json(body: BufferedBody, limit: int, max_containers: int = 100_00
         raise BodyIncomplete("the client disconnected before sending the whole body")
     if not body.complete:
         raise BodyTooLarge(f"request body is larger than {limit} bytes")
-    data = body.data
-    if len(data) > _COUNT_CONTAINERS_ABOVE:
-        containers = data.count(b"{")
+    if body.size > _COUNT_CONTAINERS_ABOVE:  # counted in the chunks: no joined copy to refuse
+        containers = sum(chunk.count(b"{") for chunk in body.chunks)
         if containers <= max_containers:
-            containers += data.count(b"[")
+            containers += sum(chunk.count(b"[") for chunk in body.chunks)
         if containers > max_containers:
             raise BodyTooComplex(
                 f"request body holds more than {max_containers} JSON objects and arrays"
             )
     try:
-        parsed = _parse_object(data)
+        parsed = _parse_object(body.data)
     except (ValueError, RecursionError):
         raise BodyNotJSON("request body is not valid JSON (or repeats a key)") from None
     if not isinstance(parsed, dict):

@@ -33,6 +33,7 @@ from aidr_gate.audit.record import (
     ObjectCache,
     RequestContext,
     _Clock,
+    compact,
 )
 from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.facts import Identity, Origin
@@ -182,8 +183,8 @@ def _build(decision: Decision, refs: tuple[object, ...]) -> Shared:
     return Shared(
         refs=refs,
         facts_id=ident,
-        facts=orjson.dumps({"id": ident, **tree}),
-        ref=orjson.dumps(ident),
+        facts=compact(orjson.dumps({"id": ident, **tree})),
+        ref=compact(orjson.dumps(ident)),
     )
 
 

@@ -299,6 +299,19 @@ def renderable(event: AuditEvent, redactor: Redactor) -> AuditEvent:
     return AuditEvent(msgspec.structs.replace(decision, evidence=evidence), request)
 
 
+def compact(value: Any) -> Any:
+    """*value* (bytes, or a tuple of them) copied to its exact size, for a long-lived cache.
+
+    orjson returns its output in the buffer it wrote it into, 4 KiB or more whatever the
+    length: a cache of 4,096 small serialised members would hold 16 MiB or more.
+    """
+    if isinstance(value, bytes):
+        return memoryview(value).tobytes()
+    if isinstance(value, tuple):
+        return tuple(memoryview(v).tobytes() if isinstance(v, bytes) else v for v in value)
+    return value
+
+
 K = TypeVar("K")
 
 
@@ -318,7 +331,7 @@ class ObjectCache(Generic[K]):
         hit = self._items.get(id(obj))
         if hit is not None and hit[0] is obj:
             return hit[1]
-        value = self._build(obj)
+        value = compact(self._build(obj))
         if len(self._items) >= self._limit:
             self._items.clear()
         self._items[id(obj)] = (obj, value)

@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from aidr_gate.config import load_config
+from aidr_gate.limits import hand_back_large_allocations
 from aidr_gate.sidecar import (
     SidecarApp,
     SidecarSettings,
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     app = build_sidecar(config, args.upstream, adjust=adjust)
+    hand_back_large_allocations()  # buffered bodies' memory goes back to the system when freed
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             started = runner.run(

@@ -181,6 +181,11 @@ class PolicyEngine:
         self._window_until = pack.effective_until if pack.effective_until is not None else math.inf
         self._evaluate = lru_cache(maxsize=cache_size)(self._evaluate_uncached)
 
+    def policy_ref(self, at: float) -> PolicyRef:
+        """The pack reference of a decision made at *at* (one shared object per window side:
+        the audit trail's facts cache is keyed by its identity)."""
+        return self._ref_in if self._window_from <= at < self._window_until else self._ref_out
+
     # -- compile ----------------------------------------------------------------------------------
 
     @staticmethod
