@@ -4,7 +4,9 @@ flood or outlast it. Each test failed before its fix."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import json
 import logging
 import socket
@@ -17,6 +19,8 @@ import pytest
 
 import hostile_app
 from aidr_gate.middleware import AIDRGateMiddleware
+from aidr_gate.model_id import BufferedBody
+from aidr_gate.runtime import Runtime
 from gate_env import IP, GateEnv
 from hostile_app import DEFAULT_MODEL
 from hostile_support import (
@@ -615,3 +619,46 @@ def test_connections_past_the_limit_are_refused_until_idle_ones_time_out(
     finally:
         for sock in idle:
             sock.close()
+
+
+# -- memory: what a refusal leaves behind -----------------------------------------------------------
+
+
+def test_a_refused_body_is_freed_at_once_and_refusals_share_their_facts(tmp_path: Path) -> None:
+    env = hostile_env(tmp_path)
+    runtime = Runtime.from_config(str(env.config))
+    gated = AIDRGateMiddleware(hostile_app.app, runtime=runtime)
+    objects = b",".join([b"{}"] * 120_000)  # past max_json_containers, within the budget
+    tiny = b'{"model":"' + OPEN.encode() + b'","x":[' + objects + b"]}"
+
+    async def run() -> tuple[list[object], int]:
+        await runtime.start()
+        try:
+            transport = httpx.ASGITransport(gated, client=("127.0.0.1", 40000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://gate") as client:
+                gc.collect()
+                gc.disable()  # whatever is still alive after the refusals is held, not garbage
+                try:
+                    for _ in range(3):
+                        response = await client.post(
+                            "/v1/chat/completions",
+                            content=tiny,
+                            headers={**caller(env), "content-type": "application/json"},
+                        )
+                        assert response.status_code == 413
+                    alive = [o for o in gc.get_objects() if isinstance(o, BufferedBody)]
+                finally:
+                    gc.enable()
+                for _ in range(200):  # unauthenticated: refused before any token is read
+                    response = await client.post("/v1/chat/completions", json={"model": OPEN})
+                    assert response.status_code == 401
+            assert runtime.audit is not None
+            book = runtime.audit.renderer.book  # type: ignore[attr-defined]
+            return alive, len(book._shared)
+        finally:
+            await runtime.close()
+
+    alive, classes = asyncio.run(run())
+    assert alive == []
+    assert runtime.budget.held == 0
+    assert classes <= 4  # 200 refusals of one kind are one class of facts, not 200
