@@ -19,8 +19,9 @@ configuration overrides any of them (every key optional)::
 
 The header limits apply before any token is verified: a caller without credentials costs no more
 than they allow. Bodies count against one process-wide budget while the gate holds them (from the
-first byte read until the app has taken the last), so many slow or large uploads at once are
-refused with 503 and ``Retry-After`` rather than growing the process without bound.
+first byte read until the app starts its answer, or the request ends), so many slow or large
+uploads at once are refused with 503 and ``Retry-After`` rather than growing the process without
+bound.
 """
 
 from __future__ import annotations

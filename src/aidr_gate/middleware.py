@@ -255,6 +255,11 @@ class AIDRGateMiddleware:
                     return  # the response was left incomplete: nothing more is sent
                 kind = message["type"]
                 if kind == "http.response.start":
+                    if body is not None:
+                        # The app answers: it has read the body (the sidecar's upstream has it
+                        # whole), so its bytes go back to the budget, and a long answer streamed
+                        # after a large upload does not keep the upload's share.
+                        body.release()
                     response_status = message["status"]
                     message = dict(message)
                     message["headers"] = [*message.get("headers", ()), *extra]

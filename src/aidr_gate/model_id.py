@@ -233,8 +233,7 @@ async def read_body(receive: Receive, limit: int, into: BufferedBody | None = No
 def replay(body: BufferedBody, receive: Receive) -> Receive:
     """A receive callable that yields the buffered chunks as they came, then defers to *receive*.
 
-    Once the app has taken the last chunk, the body holds none of them and its bytes go back to
-    the budget: a long answer streamed after a large upload does not keep the upload.
+    The body keeps none of the chunks: once the app has taken the last one, it holds them alone.
     """
     pending = body.chunks[::-1]  # popped from the end: O(1) a chunk
     body.chunks = []
@@ -245,8 +244,6 @@ def replay(body: BufferedBody, receive: Receive) -> Receive:
     async def replayed() -> Message:
         if pending:
             chunk = pending.pop()
-            if not pending:
-                body.release()
             return {"type": "http.request", "body": chunk, "more_body": bool(pending) or more_after}
         return await receive()
 
