@@ -19,7 +19,8 @@ median over rounds beside ``disabled``'s, and the median of the per-round differ
 spread. Target: ``metrics`` within +3 us p50 of
 ``disabled`` in event-loop CPU. Also printed: what the OpenTelemetry SDK itself costs
 per ``Counter.add`` and ``Histogram.record`` here (one reader), the measurement that made the gate
-aggregate in its own cells, beside one ``Telemetry.record`` into them and one disabled.
+aggregate in its own cells, beside one ``Telemetry.record`` into them and one disabled, and the
+sidecar's one more step per request (``count_upstream``: its upstream's status and time).
 
 In-process, not under wrk: the difference sought is a microsecond or two per request, below what
 server CPU per request resolves on a shared machine (bench/middleware.py measures the whole gate).
@@ -47,8 +48,10 @@ from aidr_gate.facts import declared_origin
 from aidr_gate.gate import Gate
 from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.runtime import Runtime
+from aidr_gate.stages import UPSTREAM_STATE_KEY, UpstreamResult
 from aidr_gate.telemetry import OtlpSettings, PrometheusSettings, Telemetry, TelemetrySettings
 from aidr_gate.telemetry.export import Exporters
+from aidr_gate.telemetry.wiring import TelemetryWiring, count_upstream
 from loadgen import CLIENT_IP
 from middleware import BODY, PATH, setup
 from serving import describe_machine, median_spread
@@ -163,15 +166,16 @@ class Medians:
 
 
 def variants(collector: str) -> dict[str, Exporters | None]:
-    """Each variant's exporters (``None``: disabled, no telemetry section)."""
+    """Each variant's exporters as the runtime builds them from its ``telemetry:`` section
+    (:class:`TelemetryWiring`; ``None``: disabled, no section)."""
     out: dict[str, Exporters | None] = {
-        DISABLED: None,
-        METRICS: Exporters(TelemetrySettings(prometheus=PrometheusSettings())),
+        DISABLED: TelemetryWiring().exporters,
+        METRICS: TelemetryWiring(TelemetrySettings(prometheus=PrometheusSettings())).exporters,
     }
     for ratio in (1.0, 0.01):
         otlp = OtlpSettings(endpoint=collector, metrics=False, sample_ratio=ratio, interval=3600)
-        traced = Exporters(TelemetrySettings(prometheus=PrometheusSettings(), otlp=otlp))
-        out[f"metrics + traces ({ratio:g})"] = traced
+        traced = TelemetryWiring(TelemetrySettings(prometheus=PrometheusSettings(), otlp=otlp))
+        out[f"metrics + traces ({ratio:g})"] = traced.exporters
     return out
 
 
@@ -197,7 +201,7 @@ async def rounds_of(
     runtime = gated._runtime
     assert runtime is not None
     for telemetry in telemetries.values():
-        telemetry.watch_runtime(runtime)  # as the integration will: read at collection only
+        telemetry.watch_runtime(runtime)  # as the runtime does: read at collection only
         runtime.telemetry = telemetry
         await timed(gated, headers, 200)
     # One pass per variant beside ``disabled``: a traced request's aftermath (its span's
@@ -275,6 +279,8 @@ def sdk_costs(telemetry: Telemetry) -> dict[str, float]:
     }
     effect = {"aidr.effect": "deny"}
     off = Telemetry()
+    # The sidecar's one more step per request: the upstream exchange its proxy left in the scope.
+    scope = {"state": {UPSTREAM_STATE_KEY: UpstreamResult(200, 0.02)}}
     decision = Gate.from_path(None).decide(
         identity=None, origin=declared_origin("US"), model_id="aurora-frontier"
     )
@@ -285,6 +291,8 @@ def sdk_costs(telemetry: Telemetry) -> dict[str, float]:
             lambda: lambda: telemetry.record(decision, 4e-05, "/")
         ),
         "Telemetry.record (disabled)": per_call(lambda: lambda: off.record(decision, 4e-05, "/")),
+        "count_upstream (sidecar)": per_call(lambda: lambda: count_upstream(telemetry, scope)),
+        "count_upstream (disabled)": per_call(lambda: lambda: count_upstream(off, scope)),
     }
 
 

@@ -131,3 +131,15 @@ def alert_rules() -> list[dict[str, Any]]:
     """Every rule of the shipped alert rules."""
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
     return [rule for group in groups for rule in group["rules"]]
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition by (name, sorted labels)."""
+    # Imported here: a test imports this module where prometheus_client is blocked.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

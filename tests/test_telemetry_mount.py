@@ -12,7 +12,6 @@ import asyncio
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import Route
 
 from aidr_gate import AIDRGateMiddleware, Runtime
@@ -21,15 +20,7 @@ from aidr_gate.telemetry import PrometheusSettings, TelemetrySettings
 from aidr_gate.telemetry.export import Exporters
 from gate_env import IP, make_gate_env
 from servers import serve
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of an exposition by (name, sorted labels)."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+from telemetry_support import samples
 
 
 def test_a_host_mounts_the_scrape_app_beside_its_gated_routes(tmp_path: Path) -> None:

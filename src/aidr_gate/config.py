@@ -99,6 +99,11 @@ def config_from_document(document: Document) -> tuple[GateConfig | None, Checker
             section = check.mapping(data[name], name)
             if section is not None:
                 sections[name] = section
+    # The telemetry section is checked here, with the rest, so ``validate`` reports what ``serve``
+    # would refuse (a lazy import: the telemetry package imports this module).
+    from aidr_gate.telemetry.settings import read_telemetry
+
+    read_telemetry(check, sections.get("telemetry"), base_dir)
     if policy is None or mode_text is None or registry is None or catalog is None:
         return None, check
     config = GateConfig(

@@ -748,8 +748,13 @@ def _describe(info: DatabaseInfo) -> str:
     return f"{info.database_type} built {info.build}"
 
 
-async def watch(resolver: CountryResolver, interval: float) -> None:
+async def watch(
+    resolver: CountryResolver,
+    interval: float,
+    report: Callable[[tuple[ReloadResult, ...]], None] | None = None,
+) -> None:
     """Check for changed database files every *interval* seconds until cancelled; never raises.
+    *report*, when given, is told what each check did.
 
     The stat, open and validation run in a worker thread, so the event loop never blocks on them.
     """
@@ -760,6 +765,8 @@ async def watch(resolver: CountryResolver, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await asyncio.to_thread(resolver.refresh_if_changed)
+            results = await asyncio.to_thread(resolver.refresh_if_changed)
+            if report is not None and results:
+                report(results)
         except Exception:  # a failed check must not end the watch; the old databases stay
             logger.exception("GeoIP database check failed")

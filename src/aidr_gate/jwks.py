@@ -174,6 +174,9 @@ class FileKeys(_KeyStore):
         self._reload_interval = reload_interval
         self._stamp: tuple[int, int, int] | None = None
         self._task: asyncio.Task[None] | None = None
+        self.failures = 0  # reloads refused (the key set metrics read it, as RemoteJwks's)
+        # Told the result of every reload, on change or on SIGHUP (the runtime counts them).
+        self.on_reload: Callable[[bool], None] | None = None
 
     def _stat(self) -> tuple[int, int, int]:
         st = os.stat(self.path)
@@ -210,10 +213,15 @@ class FileKeys(_KeyStore):
             key_set, stamp = await asyncio.to_thread(self._read)
         except KeySetError as exc:
             logger.warning("key file reload refused, keeping the last good keys: %s", exc)
+            self.failures += 1
+            if self.on_reload is not None:
+                self.on_reload(False)
             return False
         self._stamp = stamp
         self._install(key_set)
         _log_loaded(key_set)
+        if self.on_reload is not None:
+            self.on_reload(True)
         return True
 
     async def start(self) -> None:

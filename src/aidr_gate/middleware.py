@@ -145,7 +145,12 @@ class AIDRGateMiddleware:
             except Exception as exc:  # fail closed: nothing reaches the app without a gate
                 await self._not_ready(scope, receive, send, exc)
                 return
-        if runtime.settings.exempt(scope.get("path", "")):
+        path = scope.get("path", "")
+        scrape = runtime.wiring.scrape  # telemetry.prometheus.on_main_port: answered here
+        if scrape is not None and path == scrape.path and kind == "http":
+            await scrape(scope, receive, send)
+            return
+        if runtime.settings.exempt(path):
             await self.app(scope, receive, send)
             return
         if kind == "websocket":

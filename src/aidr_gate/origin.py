@@ -200,9 +200,10 @@ class OriginResolver:
         """What answers GeoIP questions, for the start summary: database, build date, overrides."""
         return describe_geo(self.geo)
 
-    async def watch(self) -> None:
-        """Check the GeoIP files every ``reload_check_interval`` until cancelled (start at startup)."""
-        await watch(self.geo, self.reload_check_interval)
+    async def watch(self, report: Callable[[tuple[ReloadResult, ...]], None] | None = None) -> None:
+        """Check the GeoIP files every ``reload_check_interval`` until cancelled (start at startup);
+        *report* is told what each check did (for the reload counters)."""
+        await watch(self.geo, self.reload_check_interval, report)
 
     def close(self) -> None:
         """Release the GeoIP databases."""

@@ -25,12 +25,19 @@ from aidr_gate.config import GateConfig, load_config
 from aidr_gate.decision import Decision
 from aidr_gate.errors import ConfigError
 from aidr_gate.gate import Gate, GateState, load_state
+from aidr_gate.geo import ReloadResult
 from aidr_gate.identity import Authenticator, parse_identity_config
 from aidr_gate.jwks import FileKeys, RemoteJwks
 from aidr_gate.limits import BufferBudget, Limits, parse_limits
 from aidr_gate.middleware_config import MiddlewareSettings, parse_middleware_settings
 from aidr_gate.origin import OriginResolver, origin_resolver_for
 from aidr_gate.telemetry import Telemetry
+from aidr_gate.telemetry.wiring import (
+    TelemetryWiring,
+    count_geoip_reload,
+    count_reload,
+    pending_restart,
+)
 
 T = TypeVar("T")
 
@@ -63,6 +70,7 @@ class Runtime:
         config: GateConfig | None = None,
         telemetry: Telemetry | None = None,
         policy_watch_interval: float = DEFAULT_POLICY_WATCH_INTERVAL,
+        wiring: TelemetryWiring | None = None,
         limits: Limits | None = None,
     ) -> None:
         self.gate = gate
@@ -74,7 +82,13 @@ class Runtime:
         self.settings = settings
         self.audit = audit
         self.config = config
-        self.telemetry = telemetry or Telemetry()
+        # The exporters the telemetry: section names, started and closed with the runtime.
+        self.wiring = wiring or TelemetryWiring()
+        self.telemetry = telemetry or self.wiring.telemetry
+        self.telemetry.watch_runtime(self)
+        if isinstance(identity.keys, FileKeys):
+            identity.keys.on_reload = lambda ok: self.telemetry.reload("keys", ok=ok)
+        self._started_config = config  # what a reload is compared with for restart-only changes
         if audit is not None:
             # Caps of recorded values, applied where records are rendered (the writer thread,
             # which is then the one thread that counts truncations).
@@ -109,6 +123,7 @@ class Runtime:
         origin = attempt(origin_resolver_for)
         settings = attempt(parse_middleware_settings)
         audit = attempt(lambda c: AuditTrail(audit_config(c)))
+        wiring = attempt(TelemetryWiring.from_config)
         limits = attempt(parse_limits)
         if errors or state is None or identity_config is None or origin is None or settings is None:
             raise ConfigError.merge(errors)
@@ -119,6 +134,7 @@ class Runtime:
             settings=settings,
             audit=audit,
             config=cfg,
+            wiring=wiring,
             limits=limits,
         )
 
@@ -128,14 +144,22 @@ class Runtime:
         """Start background work: key refresh, GeoIP and policy file watching, audit delivery."""
         if self.started:
             return
-        await self.identity.start()
+        await self.wiring.start()  # first: a metrics port in use fails the start before the rest
+        try:
+            await self.identity.start()
+        except BaseException:
+            await self.wiring.close()
+            raise
         if self.audit is not None:
             try:
                 await self.audit.start()
             except BaseException:
                 await self.identity.close()  # a runtime that failed to start leaves nothing running
+                await self.wiring.close()
                 raise
-        self._tasks.append(asyncio.create_task(self.origin.watch(), name="aidr-geoip-watch"))
+        self._tasks.append(
+            asyncio.create_task(self.origin.watch(self._geoip_reloaded), name="aidr-geoip-watch")
+        )
         if self.config is not None and self._watch_interval > 0:
             self._tasks.append(asyncio.create_task(self._watch_policy(), name="aidr-policy-watch"))
         self.started = True
@@ -153,6 +177,7 @@ class Runtime:
             await self.audit.close(timeout)
         await self.identity.close()
         self.origin.close()
+        await self.wiring.close()  # last: the final export has the audit trail's final counts
         self.started = False
 
     def summary(self) -> str:
@@ -166,6 +191,7 @@ class Runtime:
             f"{len(state.catalog)} models",
             self.origin.describe(),
             "keys ready" if self.identity.ready else "keys not loaded yet",
+            f"metrics: {self.wiring.describe()}",
         ]
         if state.shadow is not None:
             parts.insert(1, f"shadow {state.shadow.pack.id}")
@@ -244,7 +270,7 @@ class Runtime:
                 False, False, f"reload refused, keeping the last good state: {exc}"
             )
             logger.error("%s", report.detail)
-            self.telemetry.reload("policy", ok=False)
+            count_reload(self.telemetry, self.config, exc)
             self.last_reload = report
             self._policy_stamp = self._stamp()
             return report
@@ -259,9 +285,19 @@ class Runtime:
             f"{len(state.registry)} entities, {len(state.catalog)} models",
         )
         logger.info("%s", report.detail)
-        self.telemetry.reload("policy", ok=True)
+        count_reload(self.telemetry, config, None)
+        self._note_restart_only(config)
         self.last_reload = report
         return report
+
+    def _note_restart_only(self, config: GateConfig) -> None:
+        restart = pending_restart(self._started_config or config, config)
+        self.telemetry.restart_pending(len(restart))
+        if restart:
+            logger.warning("changed settings need a restart to apply: %s", ", ".join(restart))
+
+    def _geoip_reloaded(self, results: tuple[ReloadResult, ...]) -> None:
+        count_geoip_reload(self.telemetry, results)
 
     async def reload_all(self) -> ReloadReport:
         """What SIGHUP does: reload the policy files, and the key file (or refetch the JWKS) and
@@ -270,10 +306,10 @@ class Runtime:
         report = await self.reload()
         keys = self.identity.keys
         if isinstance(keys, FileKeys):
-            await keys.reload()
+            await keys.reload()  # counted by the key file's own reload hook
         elif isinstance(keys, RemoteJwks):
-            await keys.refresh()
-        await asyncio.to_thread(self.origin.reload)
+            self.telemetry.reload("keys", ok=await keys.refresh())
+        self._geoip_reloaded(await asyncio.to_thread(self.origin.reload))
         return report
 
     async def _watch_policy(self) -> None:

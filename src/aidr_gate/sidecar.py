@@ -17,6 +17,7 @@ flags override it)::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -37,6 +38,7 @@ from aidr_gate.proxy import ProxySettings, UpstreamProxy
 from aidr_gate.responses import json_headers
 from aidr_gate.runtime import Runtime
 from aidr_gate.server_limits import server_options
+from aidr_gate.telemetry.wiring import count_upstream
 
 logger = logging.getLogger("aidr_gate.sidecar")
 
@@ -57,6 +59,8 @@ __all__ = [
 HEALTH_PATHS = ("/healthz", "/readyz")
 # /readyz probes the upstream at most this often; Kubernetes probes every few seconds.
 READY_CACHE_SECONDS = 1.0
+# With metrics exported, the upstream is probed this often even when nobody asks /readyz.
+UPSTREAM_PROBE_SECONDS = 5.0
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 COMMAND_LINE = "<command line>"
 _KEYS = (
@@ -138,6 +142,9 @@ class SidecarApp:
         self._upstream_ok = False
         self._started = False
         self._closed = False
+        # Readiness as metrics: what /readyz decides on, with the upstream from its last probe.
+        runtime.telemetry.watch_readiness(self.ready_checks)
+        self._probe: asyncio.Task[None] | None = None
 
     async def startup(self) -> None:
         """Start the runtime's background work and the upstream pool; log what serves (once)."""
@@ -146,6 +153,9 @@ class SidecarApp:
         await self.runtime.start()
         await self.proxy.start()
         self._started = True
+        if self.runtime.telemetry.counting:
+            # Keeps the upstream check of the readiness metrics fresh when no probe asks /readyz.
+            self._probe = asyncio.create_task(self._probe_upstream(), name="aidr-upstream-probe")
         logger.info("%s", self.describe())
 
     async def reload(self) -> None:
@@ -157,6 +167,10 @@ class SidecarApp:
         if self._closed:
             return
         self._closed = True
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
         await self.proxy.close()
         await self.runtime.close()
 
@@ -186,7 +200,10 @@ class SidecarApp:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
             return
-        await self.gated(scope, receive, send)
+        try:
+            await self.gated(scope, receive, send)
+        finally:
+            count_upstream(self.runtime.telemetry, scope)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -212,23 +229,35 @@ class SidecarApp:
             self._ready_at = time.monotonic()
         runtime = self.runtime
         state = runtime.gate.state
+        decisive = self.ready_checks()
         checks: dict[str, Any] = {
-            "started": runtime.started,
+            "started": decisive["started"],
             "policy": f"{state.pack.id} ({state.pack.status})",
             "registry": len(state.registry),
             "catalog": len(state.catalog),
-            "keys": runtime.identity.ready,
+            "keys": decisive["keys"],
             "geoip": runtime.origin.describe(),
-            "audit": runtime.audit_accepting,
+            "audit": decisive["audit"],
+            "upstream": decisive["upstream"],
+        }
+        ready = all(decisive.values())
+        return ready, {"status": "ready" if ready else "not ready", "checks": checks}
+
+    def ready_checks(self) -> dict[str, bool]:
+        """The checks /readyz decides on, without probing (the upstream's is its last probe)."""
+        runtime = self.runtime
+        return {
+            "started": bool(runtime.started),
+            "keys": bool(runtime.identity.ready),
+            "audit": bool(runtime.audit_accepting),
             "upstream": self._upstream_ok,
         }
-        ready = bool(
-            runtime.started
-            and runtime.identity.ready
-            and runtime.audit_accepting
-            and self._upstream_ok
-        )
-        return ready, {"status": "ready" if ready else "not ready", "checks": checks}
+
+    async def _probe_upstream(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a failed probe is "not reachable", next time
+                await self.readiness()
+            await asyncio.sleep(UPSTREAM_PROBE_SECONDS)
 
 
 class AccessLogScrubber(logging.Filter):

@@ -37,7 +37,9 @@ def add_parser(sub: Any) -> None:
             "Kubernetes probes. SIGTERM (or Ctrl-C) stops accepting, drains in-flight streams "
             "within the shutdown timeout, flushes the audit trail and exits 0; a second one stops "
             "at once. SIGHUP (or a change to the files) reloads the policy, registry and "
-            "catalogue; SIGHUP also reloads the key file and GeoIP databases."
+            "catalogue; SIGHUP also reloads the key file and GeoIP databases. With "
+            "telemetry.prometheus in the configuration, metrics are served on a port of their own "
+            "(127.0.0.1:9464 by default) or at their path on the main port (on_main_port)."
         ),
     )
     parser.add_argument(

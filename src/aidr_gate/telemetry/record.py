@@ -113,6 +113,8 @@ class Telemetry:
         self._entities = self.cells["aidr_gate.entity.decisions"]
         self._duration = self.cells["aidr_gate.decision.duration"]
         self._shadow = self.cells["aidr_gate.shadow.disagreements"]
+        self._upstream = self.cells["aidr_gate.upstream.responses"]
+        self._upstream_time = self.cells["aidr_gate.upstream.duration"]
         self._restart_pending = 0
         if self.counting:
             reloads = self.cells["aidr_gate.reloads"]
@@ -228,16 +230,22 @@ class Telemetry:
 
     def upstream(self, status: int | None, seconds: float | None, error: str | None) -> None:
         """Count one sidecar upstream exchange: the upstream's status, or the error code instead."""
-        if not self._counts():
+        host_meter = self._host_meter()
+        if not (self.counting or host_meter):
             return
-        code = str(status) if status is not None and 100 <= status <= 599 else ""
-        self._add(self.cells["aidr_gate.upstream.responses"], (code, error or ""))
+        # Keyed by the raw values (once per request in the sidecar); labels built on a miss only.
+        cell = self._upstream.series.get((status, error))
+        if cell is None:
+            code = str(status) if status is not None and 100 <= status <= 599 else ""
+            cell = self._upstream.cell((status, error), (code, error or ""))
+        cell[0] += 1
         if seconds is not None:
-            cells = self.cells["aidr_gate.upstream.duration"]
-            cell = cells.series.get(()) or cells.cell((), ())
-            cell[0] += seconds
-            cell[2 + bisect_left(UPSTREAM_BUCKETS, seconds)] += 1
-            if self._host_meter():
+            timing = self._upstream_time.series.get(())
+            if timing is None:
+                timing = self._upstream_time.cell((), ())
+            timing[0] += seconds
+            timing[2 + bisect_left(UPSTREAM_BUCKETS, seconds)] += 1
+            if host_meter:
                 self._host_histograms["aidr_gate.upstream.duration"].record(seconds)
 
     def stream_cut(self, reason: str) -> None:
@@ -283,10 +291,18 @@ class Telemetry:
         self._sources["readiness"] = ReadinessSource(checks)
 
     def watch_runtime(self, runtime: Any) -> None:
-        """Watch a :class:`~aidr_gate.runtime.Runtime`: its trail, keys, GeoIP and readiness."""
+        """Watch a :class:`~aidr_gate.runtime.Runtime`: its trail, keys, GeoIP, registry (when its
+        state's registry is a view with ``health()``, as the database stores' cache is) and
+        readiness."""
         self.watch_audit(lambda: runtime.audit)
         self.watch_keys(lambda: runtime.identity.keys)
         self.watch_geoip(lambda: runtime.origin.geo)
+
+        def registry() -> RegistryView | None:
+            view = runtime.gate.state.registry
+            return view if callable(getattr(view, "health", None)) else None
+
+        self.watch_registry(registry)
         self.watch_readiness(
             lambda: {
                 "started": bool(runtime.started),

@@ -7,10 +7,10 @@ an error here, at ``validate`` time, not a crash at start::
 
     telemetry:
       prometheus:                # absent, null or false: no scrape endpoint; true or {}: defaults
-        host: 127.0.0.1          # the sidecar's metrics listener (its own port)
+        host: 127.0.0.1          # the metrics listener, a port of its own (sidecar or middleware)
         port: 9464
         path: /metrics
-        on_main_port: false      # true: the sidecar (or the middleware) answers path on its own port
+        on_main_port: false      # true: the sidecar (or the middleware) answers path on its main port
       otlp:                      # absent, null or false: no OTLP; true or {}: the defaults
         endpoint: http://127.0.0.1:4318   # the collector; /v1/metrics and /v1/traces are appended
         headers: {}              # none: OTEL_EXPORTER_OTLP_HEADERS is used, if set
@@ -118,8 +118,8 @@ KEYS: tuple[KeyDoc, ...] = (
         "prometheus",
         "a scrape endpoint (true or a mapping; absent: none)",
         (
-            KeyDoc("host", "address of the sidecar's metrics listener"),
-            KeyDoc("port", "port of the sidecar's metrics listener"),
+            KeyDoc("host", "address of the metrics listener (a port of its own)"),
+            KeyDoc("port", "port of the metrics listener"),
             KeyDoc("path", "path the endpoint answers"),
             KeyDoc("on_main_port", "serve the path on the main port instead of a port of its own"),
         ),

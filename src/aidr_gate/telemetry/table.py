@@ -66,9 +66,23 @@ UPSTREAM_BUCKETS = (
     120.0,
 )
 
-# Components a reload names (the policy files and the configuration's sections). Their series start
-# at 0, so the first failed reload after a start is an increase an alert sees, not a new series.
-RELOAD_COMPONENTS = ("policy", "identity", "network", "geoip", "middleware", "audit", "proxy")
+# Components a reload names: the configuration file itself, the policy packs, the registry and the
+# catalogue (read again together on a change or SIGHUP), the key file or JWKS, the GeoIP databases,
+# and the configuration's sections a reload applies in place. Their series start at 0, so the
+# first failed reload after a start is an increase an alert sees, not a new series.
+RELOAD_COMPONENTS = (
+    "config",
+    "policy",
+    "registry",
+    "catalog",
+    "keys",
+    "geoip",
+    "identity",
+    "network",
+    "middleware",
+    "audit",
+    "proxy",
+)
 RELOAD_RESULTS = ("ok", "failed")
 # The registry view's states (RegistryHealth.state): one series each, 1 for the state it is in.
 REGISTRY_STATES = ("starting", "ready", "stale", "unavailable")
@@ -185,7 +199,8 @@ METRICS: tuple[MetricSpec, ...] = (
         "aidr_gate.reloads",
         "{reload}",
         ("aidr.component", "aidr.result"),
-        "Reload attempts by component and result (ok, failed)",
+        "Reload attempts by component (config, policy, registry, catalog, keys, geoip, or a "
+        "section applied in place) and result (ok, failed)",
         "Telemetry.reload",
     ),
     MetricSpec(
