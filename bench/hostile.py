@@ -11,7 +11,8 @@ from this process, on its own event loop in a thread, while wrk measures; each a
 paired with a phase without any attack, in the same round and order (without, with; rounds
 repeat), so the two sides see the same machine. The result per attack: the median over rounds of
 other callers' p50 and p99 without and with it, the p99 added, and the sidecar's peak RSS above
-its idle figure (sampled every 20 ms from ``/proc``) with what it is back to afterwards.
+its idle figure (sampled every 20 ms from ``/proc``) with what it is back to afterwards, and how
+many of the other callers' requests failed (not 2xx) while it ran.
 
 Targets: p99 added under 50 ms; RSS under +64 MiB during the body attacks.
 """
@@ -316,7 +317,8 @@ def report(phases: dict[str, Phase], idle: float) -> None:
     print(f"\nother callers, median over rounds (sidecar idle RSS {idle:.1f} MiB):")
     print(
         f"   {'attack':22} {'p50 without':>11} {'p50 with':>9} {'p99 without':>11} "
-        f"{'p99 with':>9} {'p99 added':>9} {'RSS peak':>9} {'RSS after':>9}  attack answered"
+        f"{'p99 with':>9} {'p99 added':>9} {'failed':>6} {'RSS peak':>9} {'RSS after':>9}  "
+        "attack answered"
     )
     worst_p99 = 0.0
     worst_rss = 0.0
@@ -331,7 +333,8 @@ def report(phases: dict[str, Phase], idle: float) -> None:
         print(
             f"   {name:22} {median(x.p50_ms for x in phase.without):9.2f}ms "
             f"{median(x.p50_ms for x in phase.with_):7.2f}ms {p99_without:9.2f}ms "
-            f"{p99_with:7.2f}ms {added:+8.2f}ms {peak:+7.1f}MiB "
+            f"{p99_with:7.2f}ms {added:+8.2f}ms {sum(x.failures for x in phase.with_):6d} "
+            f"{peak:+7.1f}MiB "
             f"{median(phase.after_rss):+7.1f}MiB  {json.dumps(dict(sorted(phase.answered.items())))}"
         )
     print(

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 import hostile_app
+from aidr_gate.limits import LARGE_BODY, BufferBudget
 from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.model_id import BufferedBody
 from aidr_gate.runtime import Runtime
@@ -42,6 +43,7 @@ from servers import free_port, serve
 from sidecar_support import Process
 
 KINDS = ("middleware", "sidecar")
+MIB = 1024 * 1024
 OPEN = "aurora-mini"  # andes-br (BR) may use it
 CONTROLLED = "aurora-frontier"  # andes-br may not: the app's default model
 
@@ -546,7 +548,7 @@ def test_bodies_held_at_once_are_bounded_for_the_whole_process(gate: Target, env
     response = post(
         gate,
         "/v1/chat/completions",
-        json={"model": OPEN, "pad": "y" * (3 << 20)},
+        json={"model": OPEN, "pad": "y" * (5 << 19)},
         headers=caller(env),
     )
     assert response.status_code == 200, response.text
@@ -662,3 +664,27 @@ def test_a_refused_body_is_freed_at_once_and_refusals_share_their_facts(tmp_path
     assert alive == []
     assert runtime.budget.held == 0
     assert classes <= 4  # 200 refusals of one kind are one class of facts, not 200
+
+
+def test_large_bodies_leave_a_quarter_of_the_budget_to_small_ones() -> None:
+    budget = BufferBudget(32 * MIB)
+
+    def fill(size: int) -> int:
+        held = 0
+        while held < size:
+            piece = min(64 * 1024, size - held)
+            if not budget.take(piece, held):
+                break
+            held += piece
+        return held
+
+    held = [fill(8 * MIB) for _ in range(4)]
+    # Three large bodies take the large share (24 MiB); the fourth stops where it turns large.
+    assert held[:3] == [8 * MIB] * 3 and held[3] == LARGE_BODY
+    budget.give_back(held.pop())
+    small = [fill(4096) for _ in range(2048)]  # 8 MiB of small bodies still fit
+    assert all(size == 4096 for size in small)
+    assert not budget.take(64 * 1024)  # and then nothing does
+    for size in held + small:
+        budget.give_back(size)
+    assert budget.held == 0 and budget.large_held == 0

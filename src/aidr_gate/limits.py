@@ -34,7 +34,10 @@ from dataclasses import dataclass
 from aidr_gate.config import GateConfig
 from aidr_gate.document import Checker
 
-__all__ = ["BufferBudget", "Limits", "parse_limits"]
+__all__ = ["LARGE_BODY", "BufferBudget", "Limits", "parse_limits"]
+
+# A body past this many bytes is large: large bodies share three quarters of the budget.
+LARGE_BODY = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,36 +95,50 @@ def parse_limits(config: GateConfig) -> Limits:
 class BufferBudget:
     """The request body bytes a process holds at once, against ``limits.max_buffered_bytes``.
 
-    Taken as bytes arrive and given back when the app has taken the last of them (or the request
-    ends), on the event loop's thread: plain integers, no lock. Once the bytes held come back to
-    zero after a large peak, the C allocator is asked to return its free memory to the system
+    Taken as bytes arrive and given back when the app starts its answer (or the request ends),
+    on the event loop's thread: plain integers, no lock. Large bodies (past ``LARGE_BODY``) may
+    hold at most three quarters of the budget between them: slow large uploads cannot starve the
+    small requests (a chat completion's few kilobytes) of the rest. Once the bytes held come back
+    to zero after a large peak, the C allocator is asked to return its free memory to the system
     (``malloc_trim``), so an attack's memory does not stay with the process.
     """
 
-    __slots__ = ("_trim_above", "held", "limit", "peak", "refused")
+    __slots__ = ("_trim_above", "held", "large_held", "large_limit", "limit", "peak", "refused")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.large_limit = limit * 3 // 4
         self.held = 0
+        self.large_held = 0  # what bodies past LARGE_BODY hold, within held
         self.peak = 0  # the most held since memory was last handed back
         self.refused = 0  # requests refused for want of budget
         self._trim_above = min(limit // 4, 8 * 1024 * 1024)
 
-    def take(self, size: int) -> bool:
-        """Hold *size* more bytes; False (nothing held) when that would pass the limit."""
+    def take(self, size: int, holding: int = 0) -> bool:
+        """Hold *size* more bytes for a body already holding *holding*; False (nothing held)
+        when that would pass the limit, or the large bodies' share."""
+        after = holding + size
+        large = 0
+        if after > LARGE_BODY:  # the body is large from this chunk on: all of it counts as such
+            large = size if holding > LARGE_BODY else after
+            if self.large_held + large > self.large_limit:
+                return False
         held = self.held + size
         if held > self.limit:
             return False
         self.held = held
+        self.large_held += large
         if held > self.peak:
             self.peak = held
         return True
 
     def give_back(self, size: int) -> None:
-        """Release *size* bytes taken before."""
+        """Release the *size* bytes a body took (all it held)."""
         self.held -= size
+        if size > LARGE_BODY:
+            self.large_held -= size
         if self.held <= 0:
-            self.held = 0
+            self.held = self.large_held = 0
             if self.peak > self._trim_above:
                 self.peak = 0
                 _trim()

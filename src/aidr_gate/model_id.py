@@ -217,7 +217,7 @@ async def read_body(receive: Receive, limit: int, into: BufferedBody | None = No
             continue
         chunk = message.get("body", b"")
         if chunk:
-            if budget is not None and not budget.take(len(chunk)):
+            if budget is not None and not budget.take(len(chunk), body.size):
                 raise BufferBudgetExhausted(
                     f"the gate holds {budget.limit} bytes of request bodies already"
                 )
