@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from aidr_gate.audit import AuditEvent, Ending, RequestContext
-from aidr_gate.audit.chain import open_bytes
 from aidr_gate.audit.config import AuditConfig, FileSinkConfig, FsyncPolicy, SinkConfig
+from aidr_gate.audit.reader import open_bytes
 from aidr_gate.facts import AnonymizerFlag, CountrySource, Identity, Origin
 from aidr_gate.gate import Gate
 

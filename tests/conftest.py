@@ -1,9 +1,7 @@
-"""Shared fixtures: paths to the bundled packs and examples, and tool checks that never skip in CI."""
+"""Fixtures every test may use; the shared helpers themselves are in tests/support/."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,24 +9,13 @@ import pytest
 
 from servers import close_test_clients
 
-ROOT = Path(__file__).resolve().parent.parent
-POLICIES = ROOT / "policies"
-EXAMPLES = POLICIES / "examples"
-SHARED_TESTDATA = ROOT.parent / "shared" / "testdata"
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require_tool(name: str, *candidates: str) -> str:
-    """The path of an external program; skip when absent, but fail under CI (CI installs them)."""
-    for candidate in (name, *candidates):
-        found = shutil.which(candidate) or (candidate if Path(candidate).is_file() else None)
-        if found:
-            return found
-    message = f"{name} is not installed (.ci/run installs it)"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
+# Re-exported for tests that import them from here; new ones import tests/support/environment.
+from support.environment import EXAMPLES as EXAMPLES
+from support.environment import IN_CI as IN_CI
+from support.environment import POLICIES as POLICIES
+from support.environment import ROOT as ROOT
+from support.environment import SHARED_TESTDATA as SHARED_TESTDATA
+from support.environment import require_tool as require_tool
 
 
 @pytest.fixture(autouse=True)

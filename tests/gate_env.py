@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from aidr_gate.audit.reader import RecordReader
-from conftest import EXAMPLES
 from jwks_server import AUDIENCE, ISSUER, SigningKey, claims, jwks_of, rsa_key
 from mmdb_files import write_anonymous_db, write_country_db
+from support.environment import EXAMPLES
 
 # One address per country in the test GeoIP database (public ranges, so never "special").
 IP = {

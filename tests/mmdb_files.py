@@ -132,3 +132,24 @@ ANONYMOUS: dict[str, tuple[str, ...]] = {
     "175.16.199.128/25": ("is_residential_proxy",),
     "2001:218:1::/48": ("is_anonymous_vpn", "is_hosting_provider"),
 }
+
+
+def city_record(country: str, subdivision: str | None, city: str | None = None) -> dict[str, Any]:
+    """A GeoIP2-City record: country, and a first subdivision (ISO 3166-2 suffix) when given."""
+    record = country_record(country)
+    if subdivision is not None:
+        record["subdivisions"] = [{"geoname_id": 700_000, "iso_code": subdivision}]
+    if city is not None:
+        record["city"] = {"geoname_id": 700_001, "names": {"en": city}}
+    return record
+
+
+def write_city_db(
+    path: Path,
+    networks: Mapping[str, tuple[str, str | None]],
+    *,
+    build_epoch: int = BUILD_EPOCH,
+) -> Path:
+    """A GeoIP2-City database mapping each CIDR to (country, first subdivision or None)."""
+    records = {cidr: city_record(c, s) for cidr, (c, s) in networks.items()}
+    return write_mmdb(path, records, database_type="GeoIP2-City", build_epoch=build_epoch)

@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from conftest import require_tool
 from servers import free_port
+from support.environment import require_tool
 
 SUPERUSER = "aidr"
 _UNPRIVILEGED = "nobody"

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import yaml
 
-from conftest import require_tool
 from servers import free_port
+from support.environment import require_tool
 
 START_TIMEOUT = 30.0
 

@@ -20,7 +20,7 @@ from aidr_gate.facts import Identity, declared_origin
 from aidr_gate.gate import Gate, state_for
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.registry import Entity
-from conftest import ROOT
+from support.environment import ROOT
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "aidr-gate.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"

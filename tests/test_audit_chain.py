@@ -18,8 +18,8 @@ from aidr_gate.audit.chain import (
     load_private_key,
     load_public_key,
     parse_link,
-    read_tail,
 )
+from aidr_gate.audit.reader import read_tail
 from audit_support import encrypted_key_file
 
 # An EC key on secp112r1, a curve the cryptography library does not support (made for the tests).

@@ -61,7 +61,7 @@ def ecs(
         ("aidr.decision.reasons", ["ALLOWED"]),
         ("aidr.decision.mode", "enforce"),
         ("aidr.policy.id", "aidr-2025-01"),
-        ("aidr.policy.status", "not-enforced"),
+        ("aidr.policy.status", "contested"),  # at the decision time, after GAO B-337935
         ("aidr.shadow", None),
         ("aidr.identity.subject", "svc-7"),
         ("aidr.identity.key_id", "key-1"),

@@ -21,7 +21,7 @@ from aidr_gate.audit.config import DeliveryConfig
 from aidr_gate.audit.sinks.stdout import StdoutSink
 from aidr_gate.audit.sinks.syslog import SyslogSink
 from audit_support import TOKEN, event, file_config, free_port, self_signed_certificate
-from conftest import require_tool
+from support.environment import require_tool
 
 FIELDS = (
     "%protocol-version%|%syslogfacility%|%syslogseverity%|%app-name%|%procid%|%msgid%"

@@ -34,7 +34,7 @@ def bench() -> ModuleType:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_engine_casbin_and_cedar_agree_on_every_decision(bench: ModuleType, seed: int) -> None:
-    pack = load_pack(bench.PACK_ID)
+    pack = bench.bench_pack()
     table = bench.country_table(pack)
     mix = bench.generate_mix(seed, entities=150, models=60, requests=400, table=table)
 
@@ -47,7 +47,7 @@ def test_engine_casbin_and_cedar_agree_on_every_decision(bench: ModuleType, seed
 
 
 def test_mix_straddles_every_tier_change(bench: ModuleType) -> None:
-    table = bench.country_table(load_pack(bench.PACK_ID))
+    table = bench.country_table(bench.bench_pack())
     changes = bench.tier_changes(table)
     mix = bench.generate_mix(1, entities=150, models=60, requests=400, table=table)
 
@@ -59,7 +59,7 @@ def test_mix_straddles_every_tier_change(bench: ModuleType) -> None:
 
 def test_a_drifted_formulation_is_caught(bench: ModuleType) -> None:
     # The engine under the rescinded-rule pack against casbin and Cedar written for aidr-2025-01.
-    pack = load_pack(bench.PACK_ID)
+    pack = bench.bench_pack()
     table = bench.country_table(pack)
     mix = bench.generate_mix(1, entities=150, models=60, requests=400, table=table)
     deciders = (
@@ -77,7 +77,7 @@ def test_a_drifted_formulation_is_caught(bench: ModuleType) -> None:
 
 
 def test_cedar_formulation_refuses_more_agreements_than_it_has_slots(bench: ModuleType) -> None:
-    table = bench.country_table(load_pack(bench.PACK_ID))
+    table = bench.country_table(bench.bench_pack())
     agreements = tuple(
         Agreement(id=f"a{i}", type="uveu", status=AgreementStatus.ACTIVE)
         for i in range(bench.MAX_AGREEMENTS + 1)

@@ -27,7 +27,7 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from aidr_gate.cli import EXIT_OK, main
-from conftest import IN_CI, ROOT, require_tool
+from support.environment import IN_CI, ROOT, require_tool
 
 DEPLOY = ROOT / "deploy"
 KUBE = DEPLOY / "kubernetes"

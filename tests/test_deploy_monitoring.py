@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from aidr_gate.telemetry import METRICS
-from conftest import require_tool
+from support.environment import require_tool
 from telemetry_support import (
     ALERTS,
     DASHBOARD,

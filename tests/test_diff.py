@@ -18,7 +18,7 @@ from aidr_gate.replay.diff import (
     timeline,
     window_text,
 )
-from conftest import POLICIES
+from support.environment import POLICIES
 
 
 def day(text: str) -> float:
@@ -79,7 +79,7 @@ def test_published_rule_against_rescission() -> None:
     diff = diff_packs(load_pack("aidr-2025-01"), load_pack("aidr-2025-05-rescinded"))
     assert not diff["identical"]
     meta = {m["field"]: (m["a"], m["b"]) for m in diff["meta"]}
-    assert meta["status"] == ("not-enforced", "in-force")
+    assert meta["status"] == ("contested", "in-force")  # aidr-2025-01 after GAO B-337935
     assert meta["effective.from"] == ("2025-01-13", "2025-05-13")
     assert meta["effective.until"] == ("2025-05-13", None)
     tiers = diff["country_tiers"]
@@ -241,7 +241,10 @@ rules:
     )
     diff = diff_packs(load_pack("aidr-2025-01"), load_pack(path))
     assert diff["rules"]["added"] == diff["rules"]["removed"] == []
-    assert diff["rules"]["order"]["b"][-1] == "tier3-controlled"
+    # Behind every rule that is not `last` (the baseline's log rules stay behind it).
+    order = diff["rules"]["order"]["b"]
+    assert order[order.index("tier3-controlled") - 1] == "origin-worse-than-headquarters"
+    assert order.index("tier3-controlled") < order.index("restricted-party-potential")
     assert "order B:" in render_diff(diff)
 
 

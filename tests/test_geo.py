@@ -32,7 +32,6 @@ from aidr_gate.geo import (
     special_address,
     watch,
 )
-from conftest import SHARED_TESTDATA
 from mmdb_files import (
     ANONYMOUS,
     BUILD,
@@ -43,11 +42,18 @@ from mmdb_files import (
     write_country_db,
     write_mmdb,
 )
+from support.environment import SHARED_TESTDATA, require_testdata
 
 MAXMIND = SHARED_TESTDATA / "maxmind"
-needs_maxmind = pytest.mark.skipif(
-    not MAXMIND.is_dir(), reason="MaxMind test databases absent (../shared/testdata/maxmind)"
-)
+
+
+@pytest.fixture
+def maxmind_databases() -> Path:
+    """MaxMind's test databases: without them a test skips, naming the folder; under CI it fails."""
+    return require_testdata(MAXMIND, "MaxMind test databases")
+
+
+needs_maxmind = pytest.mark.usefixtures("maxmind_databases")
 
 
 class Clock:

@@ -17,9 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aidr_gate.asgi_types import Message, Receive, Scope, Send
 from aidr_gate.decision import Effect
 from aidr_gate.facts import AnonymizerFlag, Identity, declared_origin
-from aidr_gate.middleware import AIDRGateMiddleware, Message, Receive, Scope, Send
+from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.runtime import Runtime
 from gate_env import IP, PRIVATE_IP, VPN_IP, GateEnv, make_gate_env
 from jwks_server import rsa_key
@@ -285,6 +286,8 @@ async def call(world: World, probe: Probe) -> tuple[int, dict[bytes, bytes]]:
     return start["status"], dict(start.get("headers", []))
 
 
+# 10,000 requests take about 50 s on a quiet machine; the suite-wide 120 s is too tight on a busy one.
+@pytest.mark.timeout(600)
 @settings(
     max_examples=EXAMPLES,
     deadline=None,

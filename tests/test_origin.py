@@ -19,7 +19,7 @@ import uvicorn
 from aidr_gate.client_ip import ProxyHeader, TrustedProxies
 from aidr_gate.config import GateConfig, config_from_text
 from aidr_gate.errors import ConfigError
-from aidr_gate.facts import AnonymizerFlag, CountrySource, Origin
+from aidr_gate.facts import AnonymizerFlag, CountrySource, Origin, RegionSource
 from aidr_gate.geo import (
     GeoResult,
     IptoccCountryResolver,
@@ -95,6 +95,7 @@ def test_resolve_behind_proxies(resolver: OriginResolver) -> None:
         anonymizer_database="GeoIP2-Anonymous-IP",
         anonymizer_database_build=BUILD,
         notes=(),
+        region_source=RegionSource.NO_CITY_DATABASE,  # a Country database: no regions
     )
     assert json.loads(json.dumps(origin.to_dict()))["anonymizer"] == ["vpn"]
 

@@ -191,7 +191,7 @@ def test_configuration_errors_are_all_listed(tmp_path: Path) -> None:
         "geoip.overrides[0].network: '203.0.113.0/33' is not a CIDR network",
         "geoip.overrides[1].country: 'se' is not an ISO 3166-1 alpha-2 country code (use upper",
         "geoip.overrides[2].anonymizer[1]: 'cloud' is not one of",
-        "geoip.overrides[3]: give a country, an anonymizer list, or both",
+        "geoip.overrides[3]: give a country, a region, an anonymizer list, or several",
         "geoip.overrides[4].network: 192.0.2.0/24 is already listed at geoip.overrides[3]",
         "geoip.overrides[5].network: is required",
         "geoip.overrides[6].colour: unknown key",

@@ -42,3 +42,27 @@ def test_public_names_have_docstrings() -> None:
         obj = getattr(aidr_gate, name)
         if inspect.isclass(obj) or inspect.isfunction(obj):
             assert obj.__doc__, name
+
+
+def test_the_facade_exports_exactly_what_it_imports() -> None:
+    # Submodules become attributes of the package as they are imported: they are not API names;
+    # nor is ``annotations``, the __future__ feature.
+    imported = {
+        name
+        for name, obj in vars(aidr_gate).items()
+        if not name.startswith("_") and not inspect.ismodule(obj) and name != "annotations"
+    }
+    assert imported == set(aidr_gate.__all__) - {"__version__"}
+
+
+def test_internals_are_not_exported() -> None:
+    # The engine and what it works with are reached through Gate; section parsers through
+    # load_config. They stay importable from their modules.
+    for name in ("PolicyEngine", "PolicyFacts", "Verdict", "state_for", "parse_identity_config"):
+        assert name not in aidr_gate.__all__, name
+
+
+def test_the_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    assert aidr_gate.__version__ == version("aidr-gate")

@@ -17,9 +17,9 @@ from aidr_gate.stores import UNAVAILABLE, CacheSettings, EntityCache, open_store
 from aidr_gate.stores.base import RegistryChange
 from aidr_gate.stores.file import write_registry
 from aidr_gate.stores.postgres import PostgresStore
-from conftest import EXAMPLES
 from postgres_server import PostgresServer, postgres_server
 from registry_support import synthetic_entities, until
+from support.environment import EXAMPLES
 
 _COUNTER = iter(range(1_000_000))
 

@@ -21,8 +21,8 @@ from aidr_gate.stores import (
 )
 from aidr_gate.stores.file import write_registry
 from aidr_gate.stores.sqlite import SqliteStore
-from conftest import EXAMPLES
 from registry_support import synthetic_entities, synthetic_entity, until, write_yaml_registry
+from support.environment import EXAMPLES
 
 
 def test_the_fast_reader_and_the_reference_reader_agree(tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ import pytest
 
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.replay import ReplayOptions, build_report, render_html, replay_files
-from conftest import require_tool
 from replay_support import decide, gate_for, requests, write_trail
+from support.environment import require_tool
 
 CHROMIUM_FLAGS = (
     "--headless",

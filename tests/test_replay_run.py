@@ -22,7 +22,6 @@ from aidr_gate.policy.pack import load_pack
 from aidr_gate.registry import load_registry
 from aidr_gate.replay import ReplayOptions, build_report, replay_files
 from aidr_gate.replay.report import bundled_pack_info, direction
-from conftest import POLICIES
 from replay_support import (
     CLAIMS_ONLY,
     KH_LEAVES,
@@ -34,6 +33,7 @@ from replay_support import (
     requests,
     write_trail,
 )
+from support.environment import POLICIES
 from test_policy_decisions import t
 
 COUNT = 3000

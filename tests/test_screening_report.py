@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from aidr_gate.cli import main
-from conftest import require_tool
 from screening_support import require_sanctions
+from support.environment import require_tool
 from test_replay_html import by_id, console_problems, parse, render
 
 REGISTRY = """\

@@ -296,10 +296,11 @@ def test_readyz_reports_what_is_loaded(gate: Process) -> None:
     answer = httpx.get(f"{gate.url}/readyz")
     assert answer.status_code == 200
     checks = answer.json()["checks"]
-    assert checks["policy"] == "aidr-2025-01 (not-enforced)"
+    assert checks["policy"] == "aidr-2025-01 (contested)"
     assert checks["keys"] is True and checks["upstream"] is True and checks["audit"] is True
     assert checks["registry"] > 10 and checks["catalog"] == 6
     assert "GeoIP2-Country built 2025-03-04" in checks["geoip"]
+    assert checks["screening"] is None  # no screening: section
 
 
 # -- client disconnect ---------------------------------------------------------------------------
@@ -487,7 +488,7 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_start_summary_names_what_was_loaded(gate: Process) -> None:
     log = gate.output()
     summary = next(line for line in log.splitlines() if "aidr-gate ready:" in line)
-    for part in ("pack aidr-2025-01 (not-enforced", "entities", "6 models", "GeoIP2-Country"):
+    for part in ("pack aidr-2025-01 (contested", "entities", "6 models", "GeoIP2-Country"):
         assert part in summary
     sidecar_line = next(line for line in log.splitlines() if "aidr-gate sidecar:" in line)
     assert "audit.jsonl (fsync always)" in sidecar_line

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import EXAMPLES
 from gate_env import IP, GateEnv, make_gate_env
 from sidecar_support import Process, model_server, sidecar
+from support.environment import EXAMPLES
 
 AGREEMENT = """\
     agreements:

@@ -38,11 +38,11 @@ from aidr_gate.telemetry import (
 )
 from aidr_gate.telemetry.prometheus import metrics_app
 from aidr_gate.telemetry.table import BY_NAME, metrics_markdown
-from conftest import ROOT
 from jwks_server import jwks_of, rsa_key
 from mmdb_files import BUILD_EPOCH, write_country_db
 from registry_support import until, write_yaml_registry
 from servers import closed_after_test, serve
+from support.environment import ROOT
 from telemetry_support import decisions, gate
 
 PROMETHEUS = TelemetrySettings(prometheus=PrometheusSettings())

@@ -19,7 +19,7 @@ from aidr_gate.telemetry import (
 )
 from aidr_gate.telemetry.export import Exporters
 from aidr_gate.telemetry.settings import KEYS
-from conftest import EXAMPLES
+from support.environment import EXAMPLES
 
 HEAD = f"""\
 policy: aidr-2025-01

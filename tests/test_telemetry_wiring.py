@@ -29,12 +29,12 @@ from aidr_gate.cli import main
 from aidr_gate.config import load_config
 from aidr_gate.demo.model_server import build_model_app
 from aidr_gate.sidecar import build_sidecar
-from conftest import EXAMPLES
 from gate_env import IP, GateEnv, make_gate_env
 from otlp_receiver import Receiver, attrs, last_metrics, spans
 from prometheus_server import PrometheusServer
 from servers import free_port, serve
 from sidecar_support import model_server, run_cli, sidecar
+from support.environment import EXAMPLES
 from telemetry_support import samples
 
 CHAT = {"model": "aurora-frontier", "messages": [{"role": "user", "content": "hi"}]}

@@ -2,16 +2,18 @@
 
 Who is calling, from where, under which agreement, for which model tier: decided from a versioned
 policy pack, enforced, and audited.
+
+The public API is ``__all__``: the middleware and its runtime, the gate and its state, decisions
+and the facts they rest on, packs, the registry and catalogue, the identity and origin stages, the
+configuration loader, and every error class. The engine, its facts and verdicts, section parsers
+and the like are importable from their modules, as internals that may change.
 """
 
 from __future__ import annotations
 
-# Before the imports: submodules read it while this package is still initialising.
-__version__ = "0.1.0"
-
 from aidr_gate.catalog import InMemoryCatalog, Model, ModelCatalog, Weights, load_catalog
 from aidr_gate.config import GateConfig, PolicyConfig, load_config
-from aidr_gate.decision import Decision, Effect, Evidence, Mode, Outcome, PolicyRef, ShadowResult
+from aidr_gate.decision import Decision, Effect, Evidence, Mode
 from aidr_gate.errors import (
     AidrGateError,
     AuditUnavailable,
@@ -35,6 +37,7 @@ from aidr_gate.errors import (
     Problem,
     RegistryUnavailable,
     RequestError,
+    ScreeningUnavailable,
     TokenAlgorithmNotAllowed,
     TokenAudienceInvalid,
     TokenClaimInvalid,
@@ -49,15 +52,13 @@ from aidr_gate.errors import (
     TokenSignatureInvalid,
 )
 from aidr_gate.facts import AnonymizerFlag, CountrySource, Identity, Origin, declared_origin
-from aidr_gate.gate import Gate, GateState, load_state, state_for
-from aidr_gate.identity import Authenticator, IdentityConfig, parse_identity_config
+from aidr_gate.gate import Gate, GateState, load_state
+from aidr_gate.identity import Authenticator
 from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.origin import OriginResolver, origin_resolver_for
-from aidr_gate.policy.engine import PolicyEngine, PolicyFacts, Verdict
 from aidr_gate.policy.pack import Pack, load_pack
 from aidr_gate.registry import (
     Agreement,
-    AgreementState,
     AgreementStatus,
     Entity,
     EntityRegistry,
@@ -65,11 +66,11 @@ from aidr_gate.registry import (
     load_registry,
 )
 from aidr_gate.runtime import Runtime
+from aidr_gate.version import __version__
 
 __all__ = [
     "AIDRGateMiddleware",
     "Agreement",
-    "AgreementState",
     "AgreementStatus",
     "AidrGateError",
     "AnonymizerFlag",
@@ -97,7 +98,6 @@ __all__ = [
     "HeaderRepeated",
     "HeadersTooLarge",
     "Identity",
-    "IdentityConfig",
     "IdentityError",
     "InMemoryCatalog",
     "InMemoryRegistry",
@@ -109,18 +109,14 @@ __all__ = [
     "Origin",
     "OriginError",
     "OriginResolver",
-    "Outcome",
     "Pack",
     "PolicyConfig",
-    "PolicyEngine",
     "PolicyEvaluationError",
-    "PolicyFacts",
-    "PolicyRef",
     "Problem",
     "RegistryUnavailable",
     "RequestError",
     "Runtime",
-    "ShadowResult",
+    "ScreeningUnavailable",
     "TokenAlgorithmNotAllowed",
     "TokenAudienceInvalid",
     "TokenClaimInvalid",
@@ -133,7 +129,6 @@ __all__ = [
     "TokenMissing",
     "TokenNotYetValid",
     "TokenSignatureInvalid",
-    "Verdict",
     "Weights",
     "__version__",
     "declared_origin",
@@ -143,6 +138,4 @@ __all__ = [
     "load_registry",
     "load_state",
     "origin_resolver_for",
-    "parse_identity_config",
-    "state_for",
 ]

@@ -22,7 +22,17 @@ CONFIG_ENV = "AIDR_GATE_CONFIG"
 DEFAULT_CONFIG_PATHS = (Path("/etc/aidr-gate/config.yaml"),)
 
 # Sections parsed by the modules that own them; the top level only checks they are mappings.
-SECTIONS = ("identity", "network", "geoip", "middleware", "audit", "proxy", "telemetry", "limits")
+SECTIONS = (
+    "identity",
+    "network",
+    "geoip",
+    "middleware",
+    "audit",
+    "proxy",
+    "telemetry",
+    "screening",  # read by aidr_gate.screening.settings.read_screening
+    "limits",  # read by aidr_gate.limits.parse_limits
+)
 _TOP_KEYS = ("policy", "mode", "registry", "catalog", *SECTIONS)
 
 

@@ -15,19 +15,17 @@ import msgspec
 
 from aidr_gate.document import format_timestamp
 
+# What a rule says, and which pack said it: defined below the policy modules, which use them too.
+from aidr_gate.outcome import Effect as Effect
+from aidr_gate.outcome import Outcome as Outcome
+from aidr_gate.outcome import PolicyRef as PolicyRef
+
 if TYPE_CHECKING:
     from aidr_gate.catalog import Model
     from aidr_gate.facts import Identity, Origin
     from aidr_gate.policy.engine import PolicyFacts
     from aidr_gate.registry import Agreement, Entity
-
-
-class Effect(StrEnum):
-    """What the gate does with the request."""
-
-    ALLOW = "allow"
-    DENY = "deny"
-    LOG = "log"  # allowed, but flagged in audit and metrics
+    from aidr_gate.screening.facts import ScreeningFacts
 
 
 class Mode(StrEnum):
@@ -40,42 +38,6 @@ class Mode(StrEnum):
 # Members read once: a member looked up on its enum class costs more than a global, per request.
 _DENY = Effect.DENY
 _ENFORCE = Mode.ENFORCE
-
-
-class Outcome(msgspec.Struct, frozen=True, gc=False):
-    """What a rule (or the pack's default) says: effect, HTTP status for a deny, reason, rule id."""
-
-    effect: Effect
-    status: int | None
-    reason: str
-    rule: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready form."""
-        return {
-            "effect": self.effect.value,
-            "status": self.status,
-            "reason": self.reason,
-            "rule": self.rule,
-        }
-
-
-class PolicyRef(msgspec.Struct, frozen=True, gc=False):
-    """Which pack decided: id, content digest, legal status and whether its window covered the time."""
-
-    id: str
-    digest: str
-    status: str
-    in_window: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready form."""
-        return {
-            "id": self.id,
-            "digest": self.digest,
-            "status": self.status,
-            "in_window": self.in_window,
-        }
 
 
 class Evidence(msgspec.Struct, frozen=True, gc=False):
@@ -92,6 +54,9 @@ class Evidence(msgspec.Struct, frozen=True, gc=False):
     model_tier_source: str  # "catalog", "thresholds", "unknown-model" or "not-evaluated"
     facts: PolicyFacts | None
     agreement: Agreement | None
+    # The entity's screening result, with the list version it came from; None when the gate
+    # screens nothing (no ``screening:`` section) or the entity is not in the registry.
+    screening: ScreeningFacts | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form, the shape ``check`` prints and audit records carry."""
@@ -129,6 +94,7 @@ class Evidence(msgspec.Struct, frozen=True, gc=False):
                 "type": self.agreement.type if self.agreement else None,
                 "status": self.agreement.status.value if self.agreement else None,
             },
+            "screening": self.screening.to_dict() if self.screening is not None else None,
         }
 
 

@@ -8,7 +8,7 @@ rules are plain strings and live in the pack, not here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -276,9 +276,51 @@ class GateNotReady(AidrGateError):
     status = 503
 
 
+class ScreeningUnavailable(AidrGateError):
+    """The restricted-party screening a decision needs is missing: the screening lists could not be
+    (re)loaded, or the entities re-screened, for longer than the configured ``max_staleness``, so
+    what the gate holds may no longer be the lists in force: the request is denied (fail closed)."""
+
+    reason = "SCREENING_UNAVAILABLE"
+    status = 503
+
+
 class RegistryUnavailable(AidrGateError):
     """The entity registry's store cannot be reached and what the gate cached of it is older than
     the configured ``max_staleness`` (or was never cached): the request is denied (fail closed)."""
 
     reason = "REGISTRY_UNAVAILABLE"
     status = 503
+
+
+# --- reasons the bundled packs give ---------------------------------------------------------------
+
+# The reason codes of the rules in the packs aidr_gate ships (``policies/``), with what each
+# means. Packs may define their own; these are the ones the README's table documents, and a test
+# keeps the packs, this table and the README in step.
+PACK_REASONS: Mapping[str, str] = {
+    "ALLOWED": "no rule matched: the pack's default",
+    "EMBARGOED_JURISDICTION": "network, headquarters or parent country under a comprehensive US embargo",
+    "EMBARGOED_REGION": "network origin in a region an OFAC program covers whole (Crimea, Sevastopol)",
+    "REGION_UNCERTAIN": "origin in a country with restricted regions whose region cannot be told",
+    "ENTITY_DENIED": "the registry marks the entity as denied",
+    "RESTRICTED_PARTY": "the entity is a listed party (a confirmed screening hit)",
+    "RESTRICTED_PARTY_OWNED": "owned 50%+ in aggregate by SDN-listed parties (OFAC 50 Percent Rule)",
+    "RESTRICTED_PARTY_AFFILIATE": "owned 50%+ in aggregate by listed parties (BIS Affiliates rule)",
+    "RESTRICTED_PARTY_PENDING_REVIEW": "an unreviewed hit matching a listed name word for word",
+    "RESTRICTED_PARTY_POTENTIAL": "an unreviewed screening hit (entity or owners), logged for review",
+    "SCREENING_PENDING": "the entity is not yet screened against the lists in use",
+    "OWNERSHIP_UNKNOWN": "owners unknown or incomplete for a controlled model (BIS Red Flag 29)",
+    "TIER3_CONTROLLED_MODEL": "a controlled model for a Tier 3 effective jurisdiction",
+    "ANONYMIZED_ORIGIN": "a VPN, Tor, proxy or hosting origin for a controlled model",
+    "NETWORK_COUNTRY_UNKNOWN": "no network country for a controlled model",
+    "HEADQUARTERS_UNKNOWN": "no headquarters country for a controlled model",
+    "NO_VALID_AGREEMENT": "Tier 2 and a controlled model without a valid agreement",
+    "ORIGIN_TIER_WORSE_THAN_HEADQUARTERS": "the network country's tier is worse than the headquarters'",
+    "D5_HEADQUARTERED_CONTROLLED_MODEL": "a controlled model, headquarters or parent in D:5, Macau or Hong Kong",
+    "EU_RUSSIA_AI_SERVICES": "an entity established in Russia (EU 19th package): no AI model",
+    "EU_RUSSIA_CONTROLLED": "ultimate parent in Russia (UNCONFIRMED reach of the EU ban), logged",
+    "EU_RUSSIA_NETWORK_ORIGIN": "a Russian network origin alone, logged (the EU ban is on establishment)",
+    "EU_SANCTIONED_REGION": "origin in Crimea or Sevastopol under the EU regime, logged",
+    "UAE_NAMED_RECIPIENT": "UNCONFIRMED: a named UAE recipient using a controlled model, logged",
+}

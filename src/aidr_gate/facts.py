@@ -37,6 +37,16 @@ class CountrySource(StrEnum):
     NONE = "none"  # no lookup possible (no IP, private or reserved address)
 
 
+class RegionSource(StrEnum):
+    """Where a sub-national region (ISO 3166-2) came from, or why there is none."""
+
+    GEOIP = "geoip"  # the first subdivision of a GeoIP2/GeoLite2 City record
+    DECLARED = "declared"  # a static override, or given by hand
+    NOT_IN_RECORD = "not-in-record"  # a City database whose record names no subdivision
+    NO_CITY_DATABASE = "no-city-database"  # a Country database or RIR data: no subdivisions
+    NONE = "none"  # no country, so no region either
+
+
 class Identity(msgspec.Struct, frozen=True, gc=False):
     """The verified caller: who the token says it is, and how the token was verified.
 
@@ -89,6 +99,8 @@ class Origin(msgspec.Struct, frozen=True, gc=False):
     anonymizer_database_build: str | None = None
     # Anything odd met on the way (a garbage hop, a private address), recorded, never raised.
     notes: tuple[str, ...] = ()
+    region: str | None = None  # ISO 3166-2 subdivision ("UA-43"), when a City database knows it
+    region_source: RegionSource = RegionSource.NONE
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form for evidence and audit."""
@@ -104,6 +116,8 @@ class Origin(msgspec.Struct, frozen=True, gc=False):
             "anonymizer_database": self.anonymizer_database,
             "anonymizer_database_build": self.anonymizer_database_build,
             "notes": list(self.notes),
+            "region": self.region,
+            "region_source": self.region_source.value,
         }
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from msgspec.structs import replace
 
@@ -32,6 +33,9 @@ from aidr_gate.policy.engine import PolicyEngine, Verdict
 from aidr_gate.policy.pack import Pack, load_pack
 from aidr_gate.registry import Entity, EntityRegistry, InMemoryRegistry, load_registry
 
+if TYPE_CHECKING:
+    from aidr_gate.screening.facts import ScreeningFacts, ScreeningTable
+
 logger = logging.getLogger("aidr_gate")
 
 # The reason an allowed model listing carries (the listing is filtered model by model), and the
@@ -49,6 +53,8 @@ class GateState:
     catalog: ModelCatalog
     mode: Mode = Mode.ENFORCE
     shadow: PolicyEngine | None = None
+    # Every entity's screening result (built off the request path); None: nothing is screened.
+    screening: ScreeningTable | None = None
 
     @property
     def pack(self) -> Pack:
@@ -83,10 +89,23 @@ def load_state(config: GateConfig, *, warnings: list[Problem] | None = None) -> 
         catalog = load_catalog(config.catalog)
     except ConfigError as exc:
         errors.append(exc)
+    screening = None
+    if registry is not None and config.sections.get("screening") is not None:
+        from aidr_gate.screening.settings import load_screening  # only when lists are configured
+
+        try:
+            screening = load_screening(config, registry)  # off the request path: at load
+        except ConfigError as exc:
+            errors.append(exc)
     if errors or engine is None or registry is None or catalog is None:
         raise ConfigError.merge(errors)
     return GateState(
-        engine=engine, registry=registry, catalog=catalog, mode=config.mode, shadow=shadow
+        engine=engine,
+        registry=registry,
+        catalog=catalog,
+        mode=config.mode,
+        shadow=shadow,
+        screening=screening,
     )
 
 
@@ -97,6 +116,7 @@ def state_for(
     models: list[Model] | None = None,
     mode: Mode = Mode.ENFORCE,
     shadow: Pack | None = None,
+    screening: ScreeningTable | None = None,
 ) -> GateState:
     """An in-memory state (tests, embedding): no files involved."""
     return GateState(
@@ -105,6 +125,7 @@ def state_for(
         catalog=InMemoryCatalog(models or []),
         mode=mode,
         shadow=PolicyEngine(shadow) if shadow else None,
+        screening=screening,
     )
 
 
@@ -152,6 +173,10 @@ class Gate:
         when = self._clock() if at is None else at
         try:
             return self._decide(state, identity, origin, model_id, when)
+        except AidrGateError as exc:  # a stage that knows why it cannot answer (stale lists)
+            return self.refuse(
+                exc, identity=identity, origin=origin, model_id=model_id, at=when, state=state
+            )
         except Exception as exc:  # fail closed: a bug in evaluation is a deny, never an allow
             logger.exception("policy evaluation failed; denying")
             return self.refuse(
@@ -175,10 +200,15 @@ class Gate:
         entity = state.registry.get(entity_id) if entity_id else None
         headquarters, parent, source, disagree = jurisdiction_of(entity, identity)
         model = state.catalog.get(model_id) if model_id else None
-        verdict = _evaluate(state.engine, entity, headquarters, parent, model, origin, at)
+        screened = screening_of(state, entity)
+        if screened is not None and parent is None and screened.controlling_country is not None:
+            parent = screened.controlling_country  # no stated parent: the controlling owners'
+        verdict = _evaluate(state.engine, entity, headquarters, parent, model, origin, at, screened)
         shadow = None
         if state.shadow is not None:
-            other = _evaluate(state.shadow, entity, headquarters, parent, model, origin, at)
+            other = _evaluate(
+                state.shadow, entity, headquarters, parent, model, origin, at, screened
+            )
             shadow = ShadowResult(
                 outcome=other.outcome,
                 policy=other.policy,
@@ -206,6 +236,7 @@ class Gate:
                 verdict.model_tier_source,
                 verdict.facts,
                 verdict.agreement,
+                screened,
             ),
             state.mode,
             shadow,
@@ -267,8 +298,9 @@ class Gate:
             status=error.status,
             reasons=(error.reason,),
             rule=f"gate/{stage}",
-            # The engine's shared reference: a new one per refusal would make every refused
-            # request a class of its own in the audit trail's facts cache.
+            # The engine's shared reference (the status in force at *when*): a new one per
+            # refusal would make every refused request a class of its own in the audit trail's
+            # facts cache.
             policy=state.engine.policy_ref(when),
             evidence=Evidence(
                 identity=identity,
@@ -301,7 +333,10 @@ class Gate:
         entity = state.registry.get(entity_id) if entity_id else None
         headquarters, parent, _, _ = jurisdiction_of(entity, identity)
         when = self._clock() if at is None else at
-        return _evaluate(state.engine, entity, headquarters, parent, model, origin, when)
+        screened = screening_of(state, entity)
+        if screened is not None and parent is None and screened.controlling_country is not None:
+            parent = screened.controlling_country
+        return _evaluate(state.engine, entity, headquarters, parent, model, origin, when, screened)
 
     def allowed_models(
         self,
@@ -330,6 +365,7 @@ def _evaluate(
     model: Model | None,
     origin: Origin,
     at: float,
+    screened: ScreeningFacts | None,
 ) -> Verdict:
     # One argument list for the enforced pack and the shadow pack alike; a function, not a
     # closure built per request.
@@ -341,7 +377,22 @@ def _evaluate(
         network_country=origin.country,
         anonymizer=origin.anonymizer,
         at=at,
+        screening=screened.flags if screened is not None else _NOT_SCREENED,
+        region=origin.region,
     )
+
+
+_NOT_SCREENED: frozenset[str] = frozenset()
+
+
+def screening_of(state: GateState, entity: Entity | None) -> ScreeningFacts | None:
+    """The entity's screening result: one dict lookup. Raises when the lists are too stale."""
+    table = state.screening
+    if table is None or entity is None:
+        return None
+    if table.unavailable is not None:
+        raise errors.ScreeningUnavailable(table.unavailable)
+    return table.facts.get(entity.id, table.unscreened)  # ScreeningTable.get, without the call
 
 
 def jurisdiction_of(
@@ -371,4 +422,6 @@ def _stage_of(error: AidrGateError) -> str:
         return "origin"
     if isinstance(error, errors.AuditUnavailable):
         return "audit"
+    if isinstance(error, errors.ScreeningUnavailable):
+        return "screening"
     return "policy"

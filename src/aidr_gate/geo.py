@@ -62,7 +62,7 @@ import maxminddb
 from aidr_gate.client_ip import normalize_ip, normalize_network
 from aidr_gate.countries import is_country_code
 from aidr_gate.errors import ConfigError
-from aidr_gate.facts import NO_FLAGS, AnonymizerFlag, CountrySource
+from aidr_gate.facts import NO_FLAGS, AnonymizerFlag, CountrySource, RegionSource
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -112,6 +112,8 @@ class GeoResult:
     anonymizer_database: str | None = None
     anonymizer_database_build: str | None = None
     notes: tuple[str, ...] = ()
+    region: str | None = None  # ISO 3166-2 ("UA-43"): the first subdivision of a City record
+    region_source: RegionSource = RegionSource.NONE
 
 
 class ReloadOutcome(StrEnum):
@@ -290,6 +292,7 @@ class IptoccCountryResolver:
                 database=self.database,
                 database_build=self.database_build,
                 notes=tuple(notes),
+                region_source=RegionSource.NO_CITY_DATABASE if country else RegionSource.NONE,
             )
             self._results[code] = result
         return result
@@ -392,6 +395,23 @@ def _validate(reader: maxminddb.Reader, path: Path, role: str) -> DatabaseInfo:
     )
 
 
+def _region(
+    record: Mapping[str, Any], country: str | None, city: bool
+) -> tuple[str | None, RegionSource]:
+    # The first subdivision is the largest (an oblast, a state): the level ISO 3166-2 and the
+    # sanctions regimes name. A Country database has none, and the evidence says which it is.
+    if country is None:
+        return None, RegionSource.NONE
+    if not city:
+        return None, RegionSource.NO_CITY_DATABASE
+    subdivisions = record.get("subdivisions")
+    first = subdivisions[0] if isinstance(subdivisions, list) and subdivisions else None
+    code = first.get("iso_code") if isinstance(first, dict) else None
+    if isinstance(code, str) and 0 < len(code) <= 3 and code.isalnum():
+        return f"{country}-{code.upper()}", RegionSource.GEOIP
+    return None, RegionSource.NOT_IN_RECORD
+
+
 def _iso_code(record: Mapping[str, Any], key: str) -> str | None:
     part = record.get(key)
     code = part.get("iso_code") if isinstance(part, dict) else None
@@ -474,6 +494,9 @@ class MaxMindCountryResolver:
         country: str | None = None
         source = CountrySource.GEOIP
         kind = country_db.info.database_type
+        region: str | None = None
+        region_source = RegionSource.NONE
+        record: Any = None
         if ":" in text and country_db.info.ip_version == 4:
             notes.append(f"{kind} is IPv4-only; country unknown")
         else:
@@ -493,11 +516,15 @@ class MaxMindCountryResolver:
                 notes.append(f"{kind} record is not a map; country unknown")
         if country is not None:
             country = _known_country(country, notes)
+        if country is not None and isinstance(record, dict) and source is CountrySource.GEOIP:
+            region, region_source = _region(record, country, "City" in kind or "Enterprise" in kind)
+        elif country is not None:
+            region_source = RegionSource.NO_CITY_DATABASE
         flags = NO_FLAGS
         anon = gen.anonymous
         if anon is not None:
             flags = self._flags(anon, text, notes)
-        key = (country, source, flags, tuple(notes))
+        key = (country, source, flags, tuple(notes), region, region_source)
         result = gen.results.get(key)
         if result is None:
             result = GeoResult(
@@ -509,6 +536,8 @@ class MaxMindCountryResolver:
                 anon.info.database_type if anon is not None else None,
                 anon.info.build if anon is not None else None,
                 key[3],
+                region,
+                region_source,
             )
             gen.results[key] = result
         return result
@@ -637,6 +666,7 @@ class OverrideEntry:
     country: str | None = None
     anonymizer: frozenset[AnonymizerFlag] | None = None
     note: str | None = None
+    region: str | None = None  # ISO 3166-2; its country is the entry's country
 
     def describe(self) -> str:
         """The entry as evidence shows it: ``static override 203.0.113.0/24 (demo VPN exit)``."""
@@ -730,17 +760,31 @@ def _overridden(entry: OverrideEntry, base: GeoResult) -> GeoResult:
     country, source = base.country, base.source
     database, build = base.database, base.database_build
     notes = base.notes
+    region, region_source = base.region, base.region_source
     if entry.country is not None:
+        if entry.country != country:  # another country: the database's region is not its own
+            region, region_source = None, RegionSource.NONE
         country, source = entry.country, CountrySource.DECLARED
         database, build = OVERRIDE_DATABASE, None
         notes = ()  # the database's doubts about this address no longer apply
+    if entry.region is not None:
+        region, region_source = entry.region, RegionSource.DECLARED
     anonymizer = base.anonymizer
     anon_db, anon_build = base.anonymizer_database, base.anonymizer_database_build
     if entry.anonymizer is not None:
         anonymizer = entry.anonymizer
         anon_db, anon_build = OVERRIDE_DATABASE, None
     return GeoResult(
-        country, source, anonymizer, database, build, anon_db, anon_build, (*notes, note)
+        country,
+        source,
+        anonymizer,
+        database,
+        build,
+        anon_db,
+        anon_build,
+        (*notes, note),
+        region,
+        region_source,
     )
 
 

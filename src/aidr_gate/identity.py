@@ -69,7 +69,7 @@ from aidr_gate.jwks import (
     RemoteJwks,
     on_event_loop,
 )
-from aidr_gate.keys import SUPPORTED_ALGORITHMS, KeySet, VerificationKey, valid_kid
+from aidr_gate.keys import SUPPORTED_ALGORITHMS, KeySet, KeySetError, VerificationKey, valid_kid
 
 logger = logging.getLogger("aidr_gate.identity")
 
@@ -515,7 +515,7 @@ class Authenticator:
         """Load the keys and start background refresh; a bad key file is a :class:`ConfigError`."""
         try:
             await self._keys.start()
-        except ValueError as exc:  # KeySetError from a key file: a startup error, named
+        except KeySetError as exc:  # from a key file: a startup error, named
             raise ConfigError(Problem(self.config.file, "identity.key_file", str(exc))) from None
 
     async def close(self) -> None:
@@ -660,7 +660,7 @@ class Authenticator:
             raise TokenKeysUnavailable("no keys loaded; not loading them on a running event loop")
         try:
             return self._keys.load_sync()
-        except ValueError as exc:  # KeySetError / FetchError
+        except KeySetError as exc:  # FetchError included
             logger.warning("verification keys could not be loaded: %s", exc)
             raise TokenKeysUnavailable(str(exc)) from None
 

@@ -25,6 +25,8 @@ from jwt import PyJWK
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from jwt.exceptions import PyJWTError
 
+from aidr_gate.errors import AidrGateError
+
 # Which key type (and curve) can verify which algorithm. Nothing symmetric: an HS* entry here would
 # let a public key double as an HMAC secret.
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
@@ -46,8 +48,10 @@ _THUMBPRINT_MEMBERS: Mapping[str, tuple[str, ...]] = {
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 
 
-class KeySetError(ValueError):
-    """A JWKS document or key file holds no usable verification key; the last good set is kept."""
+class KeySetError(AidrGateError, ValueError):
+    """A JWKS document or key file holds no usable verification key; the last good set is kept.
+
+    Also a ``ValueError``, as it was before the exception tree took it in."""
 
 
 def valid_kid(kid: object) -> bool:
@@ -156,34 +160,63 @@ def _verification_key(
     kty = jwk.get("kty")
     if not isinstance(kty, str) or not kty:
         return None, "no kty"
+    problem = _member_problem(jwk, kty)
+    if problem is not None:
+        return None, problem
+    usable = _usable_algorithms(jwk, kty, pinned)
+    if isinstance(usable, str):
+        return None, usable
+    missing = [m for m in _THUMBPRINT_MEMBERS[kty] if not isinstance(jwk.get(m), str)]
+    if missing:
+        return None, f"member {missing[0]!r} is missing or not a string"
+    by_algorithm = _prepared(jwk, kty, usable)
+    if isinstance(by_algorithm, str):
+        return None, by_algorithm
+    first = next(iter(by_algorithm.values())).key
+    if isinstance(first, rsa.RSAPublicKey) and first.key_size < MIN_RSA_BITS:
+        return None, f"RSA key of {first.key_size} bits is shorter than {MIN_RSA_BITS}"
+    return VerificationKey(jwk.get("kid"), thumbprint(jwk), kty, by_algorithm), ""
+
+
+def _member_problem(jwk: Mapping[str, Any], kty: str) -> str | None:
+    """Why a JWK's members rule it out before any algorithm is considered, or None."""
     if kty not in _THUMBPRINT_MEMBERS:
-        return None, f"key type {kty!r} is not accepted (symmetric or unknown)"
+        return f"key type {kty!r} is not accepted (symmetric or unknown)"
     if _PRIVATE_MEMBERS & jwk.keys():
-        return None, "holds private or symmetric key material"
+        return "holds private or symmetric key material"
     kid = jwk.get("kid")
     if kid is not None and not valid_kid(kid):
-        return None, "kid is not a short non-empty string"
+        return "kid is not a short non-empty string"
     use = jwk.get("use")
     if use is not None and use != "sig":
-        return None, f"use is {use!r}, not 'sig'"
+        return f"use is {use!r}, not 'sig'"
     ops = jwk.get("key_ops")
     if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
-        return None, "key_ops does not include 'verify'"
+        return "key_ops does not include 'verify'"
+    return None
+
+
+def _usable_algorithms(
+    jwk: Mapping[str, Any], kty: str, pinned: frozenset[str]
+) -> frozenset[str] | str:
+    """The pinned algorithms the key may verify, or why there are none."""
     possible = algorithms_for(jwk)
     if not possible:
-        return None, f"unsupported curve {jwk.get('crv')!r} for {kty}"
+        return f"unsupported curve {jwk.get('crv')!r} for {kty}"
     declared = jwk.get("alg")
     if declared is not None:
         # A JWK's own alg binds it: the key verifies that algorithm and nothing else.
         if declared not in possible:
-            return None, f"alg {declared!r} does not fit a {kty} key"
+            return f"alg {declared!r} does not fit a {kty} key"
         possible = frozenset({declared})
     usable = possible & pinned
     if not usable:
-        return None, f"verifies none of the pinned algorithms ({', '.join(sorted(possible))})"
-    missing = [m for m in _THUMBPRINT_MEMBERS[kty] if not isinstance(jwk.get(m), str)]
-    if missing:
-        return None, f"member {missing[0]!r} is missing or not a string"
+        return f"verifies none of the pinned algorithms ({', '.join(sorted(possible))})"
+    return usable
+
+
+def _prepared(jwk: Mapping[str, Any], kty: str, usable: frozenset[str]) -> dict[str, PyJWK] | str:
+    """One pyjwt key per usable algorithm, checked now rather than per request; or why not."""
     by_algorithm: dict[str, PyJWK] = {}
     try:
         for alg in sorted(usable):
@@ -192,11 +225,8 @@ def _verification_key(
             pyjwk.Algorithm.prepare_key(pyjwk.key)
             by_algorithm[alg] = pyjwk
     except (PyJWTError, ValueError, TypeError) as exc:
-        return None, f"not a valid {kty} key ({type(exc).__name__})"
-    first = next(iter(by_algorithm.values())).key
-    if isinstance(first, rsa.RSAPublicKey) and first.key_size < MIN_RSA_BITS:
-        return None, f"RSA key of {first.key_size} bits is shorter than {MIN_RSA_BITS}"
-    return VerificationKey(kid, thumbprint(jwk), kty, by_algorithm), ""
+        return f"not a valid {kty} key ({type(exc).__name__})"
+    return by_algorithm
 
 
 def build_key_set(data: Any, algorithms: Iterable[str], *, source: str) -> KeySet:

@@ -13,10 +13,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
+from aidr_gate.asgi_types import ASGIApp, Message, Receive, Scope, Send
 from aidr_gate.audit.record import Ending, RequestContext
 from aidr_gate.config import GateConfig
 from aidr_gate.decision import Decision, Effect, Mode
@@ -49,12 +49,6 @@ from aidr_gate.runtime import Runtime
 from aidr_gate.stages import CLIENT_DISCONNECTED, UPSTREAM_STATE_KEY
 
 logger = logging.getLogger("aidr_gate.middleware")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Close code for a websocket refused by policy (RFC 6455 "policy violation").
 WS_POLICY_VIOLATION = 1008

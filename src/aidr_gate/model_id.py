@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from aidr_gate.asgi_types import Message, Receive
 from aidr_gate.errors import (
     BodyIncomplete,
     BodyNotJSON,
@@ -26,9 +26,6 @@ from aidr_gate.errors import (
     ModelMissing,
 )
 from aidr_gate.limits import BufferBudget, Limits
-
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
 
 # OpenAI-compatible endpoints (and vLLM's extras) that carry ``"model"`` in a JSON body.
 DEFAULT_JSON_PATHS: tuple[str, ...] = (

@@ -60,6 +60,7 @@ from aidr_gate.geo import (
     ReloadResult,
     watch,
 )
+from aidr_gate.policy.reach import region_code
 
 __all__ = [
     "OriginConfig",
@@ -79,7 +80,7 @@ GEOIP_KEYS = (
     "reload_check_interval",
     "overrides",
 )
-OVERRIDE_KEYS = ("network", "country", "anonymizer", "note")
+OVERRIDE_KEYS = ("network", "country", "region", "anonymizer", "note")
 MAX_OVERRIDES = 10_000
 MAX_CACHE_SIZE = 16_777_216
 _COMMAND_LINE = "<command line>"
@@ -247,6 +248,8 @@ def _build(client: ClientIP, geo: GeoResult) -> Origin:
         anonymizer_database=geo.anonymizer_database,
         anonymizer_database_build=geo.anonymizer_database_build,
         notes=client.notes + geo.notes if geo.notes else client.notes,
+        region=geo.region,
+        region_source=geo.region_source,
     )
 
 
@@ -344,6 +347,14 @@ def _overrides(check: Checker, raw: Any, path: str) -> tuple[OverrideEntry, ...]
         country = None
         if data.get("country") is not None:
             country = check.country(data["country"], join(where, "country"))
+        region = None
+        if data.get("region") is not None:
+            # A region names its country ("UA-43" is in UA): given alone, it sets both.
+            region = region_code(check, data["region"], join(where, "region"))
+            if region is not None and country is None and data.get("country") is None:
+                country = region[:2]
+            elif region is not None and country is not None and region[:2] != country:
+                check.error(join(where, "region"), f"{region} is not in {country}")
         anonymizer = None
         if "anonymizer" in data:
             names = check.each(
@@ -352,8 +363,8 @@ def _overrides(check: Checker, raw: Any, path: str) -> tuple[OverrideEntry, ...]
                 lambda v, p: check.string(v, p, choices=flags),
             )
             anonymizer = frozenset(AnonymizerFlag(n) for n in names or ())
-        elif data.get("country") is None:
-            check.error(where, "give a country, an anonymizer list, or both")
+        elif data.get("country") is None and data.get("region") is None:
+            check.error(where, "give a country, a region, an anonymizer list, or several")
         note = None
         if data.get("note") is not None:
             note = check.string(data["note"], join(where, "note"))
@@ -366,7 +377,7 @@ def _overrides(check: Checker, raw: Any, path: str) -> tuple[OverrideEntry, ...]
             )
             continue
         seen[network] = index
-        out.append(OverrideEntry(network, country, anonymizer, note))
+        out.append(OverrideEntry(network, country, anonymizer, note, region))
     return tuple(out)
 
 

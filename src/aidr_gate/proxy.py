@@ -21,7 +21,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -29,15 +29,11 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from aidr_gate.asgi_types import Message, Receive, Scope, Send
 from aidr_gate.responses import json_error, json_headers
 from aidr_gate.stages import CLIENT_DISCONNECTED, UPSTREAM_STATE_KEY, UpstreamResult
 
 logger = logging.getLogger("aidr_gate.proxy")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 __all__ = [
     "HOP_BY_HOP",

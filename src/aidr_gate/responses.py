@@ -20,6 +20,7 @@ _TYPES = {
 
 # Plain-language messages for the gate's own reason codes; pack reasons get a generic sentence.
 _MESSAGES = {
+    "IDENTITY_INVALID": "The bearer token could not be verified.",
     "TOKEN_MISSING": "A bearer token is required.",
     "TOKEN_MALFORMED": "The bearer token is malformed.",
     "TOKEN_EXPIRED": "The bearer token has expired.",
@@ -47,6 +48,8 @@ _MESSAGES = {
     "AUDIT_UNAVAILABLE": "The service cannot record requests right now and refuses them.",
     "POLICY_EVALUATION_FAILED": "The request could not be evaluated and is refused.",
     "GATE_NOT_READY": "The gate is not ready.",
+    "REGISTRY_UNAVAILABLE": "The registry of customers cannot be reached; the request is refused.",
+    "SCREENING_UNAVAILABLE": "Restricted-party screening is out of date; the request is refused.",
 }
 
 

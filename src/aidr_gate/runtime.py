@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -162,6 +163,10 @@ class Runtime:
         )
         if self.config is not None and self._watch_interval > 0:
             self._tasks.append(asyncio.create_task(self._watch_policy(), name="aidr-policy-watch"))
+        if self.gate.state.screening is not None and self.gate.state.screening.source is not None:
+            self._tasks.append(
+                asyncio.create_task(self._watch_screening(), name="aidr-screening-watch")
+            )
         self.started = True
         logger.info("%s", self.summary())
 
@@ -195,6 +200,8 @@ class Runtime:
         ]
         if state.shadow is not None:
             parts.insert(1, f"shadow {state.shadow.pack.id}")
+        if state.screening is not None:
+            parts.append(f"screening lists {state.screening.version.label}")
         parts.append(f"audit: {self.audit.describe()}" if self.audit is not None else "audit: none")
         return "aidr-gate ready: " + "; ".join(parts)
 
@@ -311,6 +318,32 @@ class Runtime:
             self.telemetry.reload("keys", ok=await keys.refresh())
         self._geoip_reloaded(await asyncio.to_thread(self.origin.reload))
         return report
+
+    async def _watch_screening(self) -> None:
+        # The lists are checked in a thread; a change re-screens the registry there, and the new
+        # table is swapped in with the state it was screened for (unless a reload replaced it).
+        while True:
+            table = self.gate.state.screening
+            source = table.source if table is not None else None
+            # A reload may drop the screening: section, or bring it back; the watch goes on.
+            await asyncio.sleep(
+                source.settings.check_interval
+                if source is not None
+                else DEFAULT_POLICY_WATCH_INTERVAL
+            )
+            state = self.gate.state
+            table = state.screening
+            if table is None or table.source is None:
+                continue
+            try:
+                fresh, tried = await asyncio.to_thread(table.source.check, table, state.registry)
+            except Exception:  # a bug here must not end the watch; the staleness bound holds
+                logger.exception("screening check failed")
+                continue
+            if tried is not None:
+                self.telemetry.reload("screening", ok=tried)
+            if fresh is not None and self.gate.state is state:
+                self.gate.swap(dataclasses.replace(state, screening=fresh))
 
     async def _watch_policy(self) -> None:
         while True:

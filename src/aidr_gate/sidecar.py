@@ -22,12 +22,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import uvicorn
 
+from aidr_gate.asgi_types import Receive, Scope, Send
 from aidr_gate.audit.record import loggable_target
 from aidr_gate.config import GateConfig
 from aidr_gate.document import Checker
@@ -41,11 +42,6 @@ from aidr_gate.server_limits import server_options
 from aidr_gate.telemetry.wiring import count_upstream
 
 logger = logging.getLogger("aidr_gate.sidecar")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 __all__ = [
     "SidecarApp",
@@ -239,6 +235,14 @@ class SidecarApp:
             "geoip": runtime.origin.describe(),
             "audit": decisive["audit"],
             "upstream": decisive["upstream"],
+            # Informative, not decisive: stale lists deny registry entities (503), not the rest.
+            "screening": None
+            if state.screening is None
+            else {
+                "lists": state.screening.version.label,
+                "entities": len(state.screening),
+                "unavailable": state.screening.unavailable,
+            },
         }
         ready = all(decisive.values())
         return ready, {"status": "ready" if ready else "not ready", "checks": checks}

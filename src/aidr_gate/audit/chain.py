@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import logging
 import os
 import time
 from collections.abc import Sequence
@@ -28,7 +27,6 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from aidr_gate.audit.compression import READ_ERRORS, compressed, decompress
 from aidr_gate.audit.record import DATASET, _Clock
 
 GENESIS = "0" * 64
@@ -43,9 +41,6 @@ SUFFIX_LEN = len(_HASH_AT) + 64 + 4
 _CHAIN_AT = b'"chain":{"seq":'
 CHECKPOINT_ACTION = "audit-checkpoint"
 SIGNATURE_CONTEXT = b"aidr-gate-audit-checkpoint-v1"
-TAIL_READ = 256 * 1024
-
-logger = logging.getLogger("aidr_gate.audit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,60 +150,6 @@ class Chain:
 
 
 # -- reading files ---------------------------------------------------------------------------------
-
-
-def open_bytes(path: Path) -> bytes:
-    """The whole content of an audit file, decompressed when it is gzip or zstd."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return decompress(data)
-
-
-@dataclass(frozen=True, slots=True)
-class Tail:
-    """Where a file's chain ends: the last complete record, and any torn bytes after it."""
-
-    seq: int
-    hash: str
-    torn: int  # bytes after the last complete record (0 when the file ends cleanly)
-    valid: bool  # the last record's stored hash matches its bytes
-
-
-def read_tail(path: Path) -> Tail | None:
-    """The last record of a file; ``None`` when the file holds no complete record.
-
-    Plain files are read from the end (a bounded window); compressed ones whole. A file that cannot
-    be read (a corrupt compressed one included) is logged and counts as holding no record.
-    """
-    try:
-        with open(path, "rb") as handle:
-            packed = compressed(handle.read(4))
-            if not packed:
-                size = handle.seek(0, os.SEEK_END)
-                start = max(0, size - TAIL_READ)
-                handle.seek(start)
-                data = handle.read()
-                if start > 0:  # the window began mid-line: drop that partial line
-                    data = data[data.find(b"\n") + 1 :]
-        if packed:
-            data = open_bytes(path)
-    except READ_ERRORS as exc:
-        logger.error("audit file %s cannot be read (%s); no chain tail taken from it", path, exc)
-        return None
-    torn = 0
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        torn = len(data) - cut
-        data = data[:cut]
-    lines = data.split(b"\n")
-    lines.pop()  # the empty string after the final newline
-    for raw in reversed(lines):
-        link = parse_link(raw)
-        if link is None:
-            torn += len(raw) + 1  # a damaged line at the end counts as torn
-            continue
-        return Tail(link.seq, link.hash, torn, link.valid)
-    return None
 
 
 # -- signing ---------------------------------------------------------------------------------------

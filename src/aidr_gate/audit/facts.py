@@ -56,6 +56,8 @@ ORIGIN_FACTS = (
     "database_build",
     "anonymizer_database",
     "anonymizer_database_build",
+    "region",
+    "region_source",
 )
 
 
@@ -113,6 +115,7 @@ class FactsBook:
             evidence.agreement,
             decision.policy,
             decision.shadow,
+            evidence.screening,  # one object per entity and list version (the screening table)
         )
         key = (
             *map(id, refs),
@@ -168,6 +171,7 @@ def facts_tree(decision: Decision) -> dict[str, Any]:
         "model": tree["model"],
         "jurisdiction": tree["jurisdiction"],
         "agreement": tree["agreement"],
+        "screening": tree["screening"],
     }
 
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from aidr_gate.audit.sinks.file import journal_stem
+from aidr_gate.errors import AidrGateError
 
 if sys.platform != "win32":
     import fcntl
@@ -26,8 +27,10 @@ DIRECTORY_LOCK = ".aidr-gate.writer-lock"
 MAX_SLOTS = 64
 
 
-class AuditWriterBusy(OSError):
-    """Another process is writing this audit trail: a hash chain has one writer."""
+class AuditWriterBusy(AidrGateError, OSError):
+    """Another process is writing this audit trail: a hash chain has one writer.
+
+    An ``OSError`` too: the trail's start treats it as the audit store being unusable."""
 
 
 def lock_path_for_journal(journal: Path) -> Path:

@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 
-from aidr_gate import __version__
 from aidr_gate.audit.ecs import (
     address_member,
     compact_tree,
@@ -27,6 +26,7 @@ from aidr_gate.audit.record import AuditEvent, RequestContext
 from aidr_gate.audit.template import Places, TemplateRenderer, Values, presence, put
 from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.facts import Identity, Origin
+from aidr_gate.version import __version__
 
 OCSF_VERSION = "1.3.0"
 CLASS_UID = 6003

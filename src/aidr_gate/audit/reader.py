@@ -1,4 +1,11 @@
-"""Reading records back: any schema's line as the whole evidence tree ``replay`` and auditors use.
+"""Reading audit files back: their lines (:class:`FileLines`, :func:`first_seq`, :func:`read_tail`)
+and any schema's line as the whole evidence tree ``replay`` and auditors use (:class:`RecordReader`).
+
+Every reader of chain files goes through the first part: ``audit verify``, ``replay``, the journal's
+recovery on start and a sink's backfill. A file is decompressed when its first bytes say gzip or
+zstd (never by its name), split at ``\n`` only (what the writer ends every record with), and read
+in large blocks. A final piece without its newline is a torn record: no line, but kept aside as
+:attr:`FileLines.torn` for whoever reports it.
 
 Schema 1 records (before the compact record) carry the whole tree under ``aidr`` (ECS) or
 ``unmapped.aidr`` (OCSF). Schema 2 records carry each fact once: the standard fields hold what they
@@ -10,10 +17,18 @@ lines in file order, keeps the facts it meets (bounded), and gives every record'
 
 from __future__ import annotations
 
+import logging
+import os
 import time
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import orjson
+
+from aidr_gate.audit.chain import parse_link
+from aidr_gate.audit.compression import READ_ERRORS, compressed, decompress, reading
 
 # Where the ``aidr`` tree starts in a rendered schema 1 line: ECS puts it last before the chain
 # member, OCSF inside ``unmapped``. JSON escapes every quote inside strings, so this byte sequence
@@ -22,6 +37,140 @@ _AIDR_AT = b'"aidr":{"schema":'
 _COMPACT_AT = b'"aidr":{"schema":2,'
 _CHAIN_AT = b',"chain":{"seq":'
 FACTS_LIMIT = 65_536
+BLOCK = 4 << 20  # bytes read per call: large enough that per-read overhead vanishes
+PEEK_LIMIT = 4 << 20  # bytes read to find the first record of a file
+TAIL_READ = 256 * 1024  # bytes read from the end of a plain file to find its last record
+
+logger = logging.getLogger("aidr_gate.audit")
+
+
+# -- the lines of a chain file -------------------------------------------------------------------
+
+
+def open_file(path: Path) -> tuple[BinaryIO, BinaryIO]:
+    """The raw file and the stream to read records from (decompressing gzip and zstd).
+
+    The caller closes the raw file; raises what :data:`~aidr_gate.audit.compression.READ_ERRORS`
+    names.
+    """
+    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    try:
+        return raw, reading(raw)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def open_bytes(path: Path) -> bytes:
+    """The whole content of an audit file, decompressed when it is gzip or zstd."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    return decompress(data)
+
+
+class FileLines:
+    """The lines of one audit file, in order, a block at a time; see the module docstring."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        block: int = BLOCK,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.block = block
+        self.on_bytes = on_bytes  # hears how far into the (compressed) file the reading is
+        self.torn = b""  # after the blocks: the bytes after the last newline (a torn record)
+
+    def blocks(self) -> Iterator[list[bytes]]:
+        """Lists of complete lines, each without its newline; raises ``READ_ERRORS``."""
+        raw, stream = open_file(self.path)
+        block, on_bytes = self.block, self.on_bytes
+        with raw:
+            carry = b""
+            while True:
+                data = stream.read(block)
+                if on_bytes is not None:
+                    on_bytes(raw.tell())
+                if not data:
+                    break
+                lines = (carry + data).split(b"\n") if carry else data.split(b"\n")
+                carry = lines.pop()
+                yield lines
+        self.torn = carry
+
+    def lines(self) -> list[bytes]:
+        """Every complete line of the file (a whole file in memory: for bounded files)."""
+        return [line for lines in self.blocks() for line in lines]
+
+
+def first_seq(path: Path) -> int | None:
+    """The sequence number of a file's first chained record (read without hashing), or ``None``.
+
+    Reads the file's head only; a damaged first line does not hide the records after it.
+    """
+    try:
+        raw, stream = open_file(path)
+        with raw:
+            head = stream.read(PEEK_LIMIT)
+    except READ_ERRORS:
+        return None
+    for line in head.split(b"\n"):
+        link = parse_link(line, check=False)
+        if link is not None:
+            return link.seq
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """Where a file's chain ends: the last complete record, and any torn bytes after it."""
+
+    seq: int
+    hash: str
+    torn: int  # bytes after the last complete record (0 when the file ends cleanly)
+    valid: bool  # the last record's stored hash matches its bytes
+
+
+def read_tail(path: Path) -> Tail | None:
+    """The last record of a file; ``None`` when the file holds no complete record.
+
+    Plain files are read from the end (a bounded window); compressed ones whole. A file that cannot
+    be read (a corrupt compressed one included) is logged and counts as holding no record.
+    """
+    try:
+        with open(path, "rb") as handle:
+            packed = compressed(handle.read(4))
+            if not packed:
+                size = handle.seek(0, os.SEEK_END)
+                start = max(0, size - TAIL_READ)
+                handle.seek(start)
+                data = handle.read()
+                if start > 0:  # the window began mid-line: drop that partial line
+                    data = data[data.find(b"\n") + 1 :]
+        if packed:
+            data = open_bytes(path)
+    except READ_ERRORS as exc:
+        logger.error("audit file %s cannot be read (%s); no chain tail taken from it", path, exc)
+        return None
+    torn = 0
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        torn = len(data) - cut
+        data = data[:cut]
+    lines = data.split(b"\n")
+    lines.pop()  # the empty string after the final newline
+    for raw in reversed(lines):
+        link = parse_link(raw)
+        if link is None:
+            torn += len(raw) + 1  # a damaged line at the end counts as torn
+            continue
+        return Tail(link.seq, link.hash, torn, link.valid)
+    return None
+
+
+# -- the evidence tree of a line ----------------------------------------------------------------
 
 
 def aidr_tree(line: bytes) -> dict[str, Any] | None:
@@ -128,6 +277,7 @@ class RecordReader:
             "model": facts.get("model"),
             "jurisdiction": facts.get("jurisdiction"),
             "agreement": facts.get("agreement"),
+            "screening": facts.get("screening"),
             "request": _request(tree, aidr),
             "gate": {"added_us": tree["gate_us"]},
             "upstream": {
@@ -237,6 +387,8 @@ def _origin(tree: dict[str, Any], aidr: dict[str, Any], facts: dict[str, Any]) -
         "anonymizer_database": shared.get("anonymizer_database"),
         "anonymizer_database_build": shared.get("anonymizer_database_build"),
         "notes": own.get("notes", []),
+        "region": shared.get("region"),
+        "region_source": shared.get("region_source", "none"),
     }
 
 

@@ -11,9 +11,10 @@ import logging
 import os
 from pathlib import Path
 
-from aidr_gate.audit.chain import GENESIS, open_bytes, parse_link
+from aidr_gate.audit.chain import GENESIS, parse_link
 from aidr_gate.audit.compression import READ_ERRORS
 from aidr_gate.audit.delivery import Outbox
+from aidr_gate.audit.reader import FileLines
 from aidr_gate.audit.sinks.file import FileJournal, first_seq_of, rotated_files
 
 logger = logging.getLogger("aidr_gate.audit")
@@ -39,18 +40,18 @@ def backfill(journal: FileJournal, outbox: Outbox, tail_seq: int) -> None:
         if index < len(rotated) and firsts[index] >= end:
             break
         try:
-            data = open_bytes(path)
+            lines = FileLines(path).lines()
         except READ_ERRORS as exc:
             unreadable.append(f"{path.name}: {exc}")
             continue
-        for line in data.splitlines(keepends=True):
+        for line in lines:
             link = parse_link(line, check=False)
-            if link is not None and start <= link.seq < end and line.endswith(b"\n"):
-                size += len(line)
+            if link is not None and start <= link.seq < end:
+                size += len(line) + 1
                 if size > budget:
                     over_budget = True
                     break
-                wanted.append(line)
+                wanted.append(line + b"\n")
         if over_budget:
             break
     missed = end - start - len(wanted)

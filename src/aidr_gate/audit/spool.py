@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aidr_gate.audit.chain import parse_link
 from aidr_gate.audit.sinks.file import truncate, write_all
+from aidr_gate.errors import AidrGateError
 
 logger = logging.getLogger("aidr_gate.audit")
 
@@ -22,8 +23,8 @@ SEGMENT_BYTES = 16 * 1024 * 1024
 _SUFFIX = ".spool"
 
 
-class SpoolFull(OSError):
-    """The spool has reached its configured size."""
+class SpoolFull(AidrGateError, OSError):
+    """The spool has reached its configured size (an ``OSError``, like the disk filling up)."""
 
 
 class Spool:

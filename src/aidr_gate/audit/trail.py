@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from aidr_gate.audit.chain import GENESIS, Chain, Signer, load_private_key, parse_link, read_tail
+from aidr_gate.audit.chain import GENESIS, Chain, Signer, load_private_key, parse_link
 from aidr_gate.audit.config import (
     AuditConfig,
     FailurePolicy,
@@ -48,6 +48,7 @@ from aidr_gate.audit.lock import (
     lock_path_for_journal,
 )
 from aidr_gate.audit.ocsf import OcsfRenderer
+from aidr_gate.audit.reader import read_tail
 from aidr_gate.audit.record import AuditEvent, Redactor, Renderer
 from aidr_gate.audit.recovery import backfill, read_state, write_state
 from aidr_gate.audit.sinks import DeliverySink

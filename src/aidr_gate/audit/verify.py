@@ -22,10 +22,10 @@ from aidr_gate.audit.chain import (
     Link,
     check_signature,
     key_id,
-    open_bytes,
     parse_link,
 )
 from aidr_gate.audit.compression import READ_ERRORS
+from aidr_gate.audit.reader import FileLines
 
 MAX_ERRORS = 20
 _CHECKPOINT_MARK = b'"action":"' + CHECKPOINT_ACTION.encode() + b'"'
@@ -104,7 +104,7 @@ class VerifyResult:
 class _Line:
     file: str
     number: int
-    raw: bytes
+    raw: bytes  # without its newline
     link: Link | None
     last: bool  # the final line of its file
     terminated: bool  # ends with a newline
@@ -112,24 +112,20 @@ class _Line:
 
 def _read(path: Path, result: VerifyResult) -> list[_Line]:
     name = str(path)
+    reader = FileLines(path)
     try:
-        data = open_bytes(path)
+        complete = reader.lines()
     except READ_ERRORS as exc:
         result.findings.append(Finding("unreadable", name, 0, None, f"cannot read the file: {exc}"))
         return []
-    raw_lines = data.splitlines(keepends=True)
-    out = []
-    for index, raw in enumerate(raw_lines):
-        out.append(
-            _Line(
-                name,
-                index + 1,
-                raw,
-                parse_link(raw) if raw.endswith(b"\n") else None,
-                index == len(raw_lines) - 1,
-                raw.endswith(b"\n"),
-            )
-        )
+    out = [
+        _Line(name, index, raw, parse_link(raw), False, True)
+        for index, raw in enumerate(complete, 1)
+    ]
+    if reader.torn:
+        out.append(_Line(name, len(out) + 1, reader.torn, None, True, False))
+    elif out:
+        out[-1].last = True
     return out
 
 
@@ -174,156 +170,212 @@ def _error(result: VerifyResult, finding: Finding) -> bool:
     return len(result.errors) < MAX_ERRORS
 
 
+@dataclass(slots=True)
+class _Walk:
+    """Where the walk through the chain is: what comes next, the record before, the seqs met."""
+
+    seen: dict[int, _Line]  # the first valid record of each seq, wherever it is
+    keys: dict[str, Ed25519PublicKey]
+    result: VerifyResult
+    expected: int | None = None  # None until the first record
+    prev_hash: str | None = None
+    prev_line: _Line | None = None
+    positions: set[int] = field(default_factory=set)
+
+
 def _walk(
     ordered: list[_Line],
     seen: dict[int, _Line],
     keys: dict[str, Ed25519PublicKey],
     result: VerifyResult,
 ) -> None:
-    expected: int | None = None
-    prev_hash: str | None = None
-    prev_line: _Line | None = None
-    positions: set[int] = set()
+    walk = _Walk(seen, keys, result)
     for line in ordered:
         link = line.link
         if link is None:
-            if line.last and (not line.terminated or not line.raw.strip()):
-                if line.raw.strip():
-                    after = f"after seq {expected - 1}" if expected is not None else "at the start"
-                    result.findings.append(
-                        Finding(
-                            "torn",
-                            line.file,
-                            line.number,
-                            None,
-                            f"torn final line ({len(line.raw)} bytes) {after}: a write cut short "
-                            "(crash) or a truncated file",
-                            "warning",
-                        )
-                    )
-                continue
-            if not _error(
-                result,
-                Finding(
-                    "changed",
-                    line.file,
-                    line.number,
-                    None,
-                    "not a chained record (the line was changed or inserted)",
-                ),
-            ):
-                return
-            continue
-        result.records += 1
-        if not link.valid:
-            if not _error(
-                result,
-                Finding(
-                    "changed",
-                    line.file,
-                    line.number,
-                    link.seq,
-                    f"record seq {link.seq} does not match its hash: its content was changed",
-                ),
-            ):
-                return
-        elif expected is None:
-            if link.seq != 0 or link.prev != GENESIS:
-                result.findings.append(
-                    Finding(
-                        "start",
-                        line.file,
-                        line.number,
-                        link.seq,
-                        f"the files begin at seq {link.seq}: earlier records were not given "
-                        "(rotated away, or removed)",
-                        "warning",
-                    )
-                )
-            result.first_seq = link.seq
-        elif link.seq == expected and link.prev != prev_hash:
-            where = f"{prev_line.file}:{prev_line.number}" if prev_line else "before it"
-            if not _error(
-                result,
-                Finding(
-                    "changed",
-                    line.file,
-                    line.number,
-                    link.seq,
-                    f"record seq {link.seq} does not follow the record before it ({where}): "
-                    "that record was replaced or inserted",
-                ),
-            ):
-                return
-        elif link.seq > expected:
-            missing = [s for s in range(expected, min(link.seq, expected + 1000)) if s in seen]
-            if missing:
-                other = seen[missing[0]]
-                finding = Finding(
-                    "reordered",
-                    line.file,
-                    line.number,
-                    link.seq,
-                    f"record seq {link.seq} comes before seq {missing[0]} "
-                    f"({other.file}:{other.number}): records were reordered",
-                )
-            else:
-                gap = f"{expected}" if link.seq == expected + 1 else f"{expected}..{link.seq - 1}"
-                finding = Finding(
-                    "removed",
-                    line.file,
-                    line.number,
-                    link.seq,
-                    f"record(s) seq {gap} are missing before seq {link.seq}: removed"
-                    + (
-                        f" (the chain resumes in another file after {prev_line.file})"
-                        if prev_line and prev_line.file != line.file
-                        else ""
-                    ),
-                )
-            if not _error(result, finding):
-                return
-        elif link.seq < expected:
-            kind = "inserted" if link.seq in positions else "reordered"
-            text = (
-                f"a second record with seq {link.seq}: inserted"
-                if kind == "inserted"
-                else f"record seq {link.seq} comes after seq {expected - 1}: records were reordered"
-            )
-            if not _error(result, Finding(kind, line.file, line.number, link.seq, text)):
-                return
-        positions.add(link.seq)
-        if _CHECKPOINT_MARK in line.raw:
-            _checkpoint(line, prev_line, keys, result)
-        expected = link.seq + 1
-        prev_hash = link.hash
-        prev_line = line
-        result.last_seq = link.seq
-        result.last_hash = link.hash
+            finding = _unchained(line, walk)
+        else:
+            result.records += 1
+            finding = _link_error(line, link, walk)
+        if finding is not None and not _error(result, finding):
+            return  # enough errors named: the first ones are what matter
+        if link is not None:
+            _advance(line, link, walk)
     if keys:
-        if result.signed_upto is None:
-            _error(
-                result,
-                Finding(
-                    "unsigned",
-                    ordered[-1].file if ordered else "-",
-                    ordered[-1].number if ordered else 0,
-                    None,
-                    "no checkpoint signed by the given key",
-                ),
+        _signed_coverage(ordered, walk)
+
+
+def _unchained(line: _Line, walk: _Walk) -> Finding | None:
+    """A line without a chain member: a torn or blank end of file is no error, anything else is."""
+    if not line.last or (line.terminated and line.raw.strip()):
+        return Finding(
+            "changed",
+            line.file,
+            line.number,
+            None,
+            "not a chained record (the line was changed or inserted)",
+        )
+    if line.raw.strip():
+        expected = walk.expected
+        after = f"after seq {expected - 1}" if expected is not None else "at the start"
+        walk.result.findings.append(
+            Finding(
+                "torn",
+                line.file,
+                line.number,
+                None,
+                f"torn final line ({len(line.raw)} bytes) {after}: a write cut short "
+                "(crash) or a truncated file",
+                "warning",
             )
-        elif result.last_seq is not None and result.signed_upto < result.last_seq - 1:
-            result.findings.append(
-                Finding(
-                    "unsigned",
-                    prev_line.file if prev_line else "-",
-                    prev_line.number if prev_line else 0,
-                    result.last_seq,
-                    f"{result.last_seq - result.signed_upto - 1} records after the last signed "
-                    f"checkpoint (seq {result.signed_upto}) are covered by the chain only",
-                    "warning",
-                )
+        )
+    return None
+
+
+def _link_error(line: _Line, link: Link, walk: _Walk) -> Finding | None:
+    """The error a chained record makes where it stands, if any: the first of these that holds."""
+    if not link.valid:
+        return _content_changed(line, link)
+    expected = walk.expected
+    if expected is None:
+        _start(line, link, walk)
+        return None
+    if link.seq == expected:
+        return _replaced(line, link, walk) if link.prev != walk.prev_hash else None
+    if link.seq > expected:
+        return _ahead(line, link, walk, expected)
+    return _behind(line, link, walk, expected)
+
+
+def _content_changed(line: _Line, link: Link) -> Finding:
+    return Finding(
+        "changed",
+        line.file,
+        line.number,
+        link.seq,
+        f"record seq {link.seq} does not match its hash: its content was changed",
+    )
+
+
+def _start(line: _Line, link: Link, walk: _Walk) -> None:
+    """The first record: a warning when it is not the chain's genesis."""
+    if link.seq != 0 or link.prev != GENESIS:
+        walk.result.findings.append(
+            Finding(
+                "start",
+                line.file,
+                line.number,
+                link.seq,
+                f"the files begin at seq {link.seq}: earlier records were not given "
+                "(rotated away, or removed)",
+                "warning",
             )
+        )
+    walk.result.first_seq = link.seq
+
+
+def _replaced(line: _Line, link: Link, walk: _Walk) -> Finding:
+    """The expected seq, but not chained to the record before it."""
+    before = walk.prev_line
+    where = f"{before.file}:{before.number}" if before else "before it"
+    return Finding(
+        "changed",
+        line.file,
+        line.number,
+        link.seq,
+        f"record seq {link.seq} does not follow the record before it ({where}): "
+        "that record was replaced or inserted",
+    )
+
+
+def _ahead(line: _Line, link: Link, walk: _Walk, expected: int) -> Finding:
+    """A seq past the expected one: the records between were moved elsewhere, or removed."""
+    seen = walk.seen
+    missing = [s for s in range(expected, min(link.seq, expected + 1000)) if s in seen]
+    if missing:
+        other = seen[missing[0]]
+        return Finding(
+            "reordered",
+            line.file,
+            line.number,
+            link.seq,
+            f"record seq {link.seq} comes before seq {missing[0]} "
+            f"({other.file}:{other.number}): records were reordered",
+        )
+    gap = f"{expected}" if link.seq == expected + 1 else f"{expected}..{link.seq - 1}"
+    before = walk.prev_line
+    resumes = (
+        f" (the chain resumes in another file after {before.file})"
+        if before and before.file != line.file
+        else ""
+    )
+    return Finding(
+        "removed",
+        line.file,
+        line.number,
+        link.seq,
+        f"record(s) seq {gap} are missing before seq {link.seq}: removed" + resumes,
+    )
+
+
+def _behind(line: _Line, link: Link, walk: _Walk, expected: int) -> Finding:
+    """A seq already passed: a second record at a position, or one out of order."""
+    if link.seq in walk.positions:
+        return Finding(
+            "inserted",
+            line.file,
+            line.number,
+            link.seq,
+            f"a second record with seq {link.seq}: inserted",
+        )
+    return Finding(
+        "reordered",
+        line.file,
+        line.number,
+        link.seq,
+        f"record seq {link.seq} comes after seq {expected - 1}: records were reordered",
+    )
+
+
+def _advance(line: _Line, link: Link, walk: _Walk) -> None:
+    """Past a chained record: check it if it is a checkpoint, and expect the one after it."""
+    walk.positions.add(link.seq)
+    if _CHECKPOINT_MARK in line.raw:
+        _checkpoint(line, walk.prev_line, walk.keys, walk.result)
+    walk.expected = link.seq + 1
+    walk.prev_hash = link.hash
+    walk.prev_line = line
+    walk.result.last_seq = link.seq
+    walk.result.last_hash = link.hash
+
+
+def _signed_coverage(ordered: list[_Line], walk: _Walk) -> None:
+    """With keys: an error when no checkpoint was signed, a warning for an unsigned tail."""
+    result = walk.result
+    if result.signed_upto is None:
+        _error(
+            result,
+            Finding(
+                "unsigned",
+                ordered[-1].file if ordered else "-",
+                ordered[-1].number if ordered else 0,
+                None,
+                "no checkpoint signed by the given key",
+            ),
+        )
+    elif result.last_seq is not None and result.signed_upto < result.last_seq - 1:
+        before = walk.prev_line
+        result.findings.append(
+            Finding(
+                "unsigned",
+                before.file if before else "-",
+                before.number if before else 0,
+                result.last_seq,
+                f"{result.last_seq - result.signed_upto - 1} records after the last signed "
+                f"checkpoint (seq {result.signed_upto}) are covered by the chain only",
+                "warning",
+            )
+        )
 
 
 def _checkpoint(

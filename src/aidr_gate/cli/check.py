@@ -7,18 +7,28 @@ import json
 import sys
 from typing import Any
 
+from msgspec.structs import replace
+
 from aidr_gate.cli.exit import EXIT_DENY, EXIT_LOG, EXIT_OK
 from aidr_gate.config import load_config
 from aidr_gate.countries import normalize_country
 from aidr_gate.decision import Decision, Effect
-from aidr_gate.document import parse_instant
+from aidr_gate.document import Checker, Document, parse_instant
 from aidr_gate.errors import ConfigError, IdentityError, Problem
-from aidr_gate.facts import AnonymizerFlag, Identity, declared_origin
+from aidr_gate.facts import (
+    AnonymizerFlag,
+    CountrySource,
+    Identity,
+    Origin,
+    RegionSource,
+    declared_origin,
+)
 from aidr_gate.gate import Gate, GateState, load_state
 from aidr_gate.identity import Authenticator, parse_identity_config
 from aidr_gate.origin import origin_resolver_for
 from aidr_gate.policy.engine import PolicyEngine
 from aidr_gate.policy.pack import load_pack
+from aidr_gate.policy.reach import region_code
 
 
 def add_parser(sub: Any) -> None:
@@ -48,6 +58,11 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument(
         "--country", metavar="CC", help="network country of the client (ISO 3166-1 alpha-2)"
+    )
+    parser.add_argument(
+        "--region",
+        metavar="CC-SUB",
+        help="the client's ISO 3166-2 region (UA-43), as a City database would give it",
     )
     parser.add_argument("--ip", help="the client IP, resolved through the configured GeoIP data")
     parser.add_argument(
@@ -87,12 +102,37 @@ def _country(value: str | None, flag: str) -> str | None:
     return code
 
 
+def _with_region(origin: Origin, region: str) -> Origin:
+    """*origin* in *region*: its country is the region's (``--country`` must agree)."""
+    check = Checker(Document("<command line>", {}, {}))
+    code = region_code(check, region, "--region")
+    check.raise_if_errors()
+    if code is None:  # pragma: no cover - raise_if_errors raised for every invalid code
+        raise ConfigError(Problem("<command line>", "--region", f"{region!r} is not a region"))
+    if origin.country is not None and origin.country != code[:2]:
+        raise ConfigError(
+            Problem("<command line>", "--region", f"{code} is not in {origin.country}")
+        )
+    country = origin.country or _country(code[:2], "--region")
+    return replace(
+        origin,
+        country=country,
+        country_source=CountrySource.DECLARED,
+        region=code,
+        region_source=RegionSource.DECLARED,
+    )
+
+
 def _refuse_ignored_flags(args: argparse.Namespace) -> None:
     """Refuse flag combinations where one flag would be silently ignored."""
     resolved = args.ip or args.peer or args.header
     if args.country and resolved:
         raise ConfigError(
             Problem("<command line>", "--country", "give either --country or --ip/--peer/--header")
+        )
+    if args.region and resolved:
+        raise ConfigError(
+            Problem("<command line>", "--region", "give either --region or --ip/--peer/--header")
         )
     if args.anonymizer and resolved:
         raise ConfigError(
@@ -148,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
             _country(args.country, "--country"),
             frozenset(AnonymizerFlag(a) for a in args.anonymizer),
         )
+        if args.region:
+            origin = _with_region(origin, args.region)
     gate = Gate(state)
     identity = None
     if args.token:

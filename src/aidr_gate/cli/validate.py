@@ -62,5 +62,11 @@ def run(args: argparse.Namespace) -> int:
         f"ok: {config.file}: pack {state.pack.id} ({state.pack.status}, {state.pack.digest[:19]}), "
         f"{len(state.registry)} entities, {len(state.catalog)} models"
         + (f", shadow {state.shadow.pack.id}" if state.shadow else "")
+        + (
+            f", {len(state.screening)} entities screened against lists "
+            f"{state.screening.version.label}"
+            if state.screening is not None
+            else ""
+        )
     )
     return 0

@@ -96,31 +96,81 @@ def _error(status: int, message: str, code: str) -> JSONResponse:
     )
 
 
-def build_model_app(
-    models: Sequence[str] = DEFAULT_MODELS,
-    *,
-    token_delay: float = 0.02,
-    echo_digest: bool = False,
-    faults: bool = False,
-    stats: ServerStats | None = None,
-) -> Starlette:
-    """The model server as an ASGI app. *echo_digest* adds the received body's SHA-256 as a header;
-    *faults* honours the ``x-demo-*`` fault headers and serves ``/demo/stats`` (see the module)."""
-    served = tuple(models)
-    created = int(time.time())
-    seen = stats if stats is not None else ServerStats()
+async def _body_of(request: Request) -> tuple[dict[str, Any] | None, bytes]:
+    raw = await request.body()
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return None, raw
+    return (parsed if isinstance(parsed, dict) else None), raw
 
-    async def fault(request: Request) -> Response | None:
+
+async def _pieces(
+    ident: str, model: str, words: list[str], *, chat: bool, delay: float
+) -> AsyncIterator[bytes]:
+    for index, word in enumerate(words):
+        piece = word if index == 0 else " " + word
+        delta: dict[str, Any] = (
+            {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+            if chat
+            else {"index": 0, "text": piece, "finish_reason": None, "logprobs": None}
+        )
+        chunk = {
+            "id": ident,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [delta],
+        }
+        yield f"data: {json.dumps(chunk)}\n\n".encode()
+        if delay:
+            await asyncio.sleep(delay)
+    final: dict[str, Any] = (
+        {"index": 0, "delta": {}, "finish_reason": "stop"}
+        if chat
+        else {"index": 0, "text": "", "finish_reason": "stop", "logprobs": None}
+    )
+    done = {
+        "id": ident,
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [final],
+    }
+    yield f"data: {json.dumps(done)}\n\n".encode()
+    yield b"data: [DONE]\n\n"
+
+
+class _ModelServer:
+    """The routes' handlers, over what :func:`build_model_app` was given and what they saw."""
+
+    def __init__(
+        self,
+        models: Sequence[str],
+        *,
+        token_delay: float,
+        echo_digest: bool,
+        faults: bool,
+        stats: ServerStats | None,
+    ) -> None:
+        self.served = tuple(models)
+        self.created = int(time.time())
+        self.token_delay = token_delay
+        self.echo_digest = echo_digest
+        self.faults = faults
+        self.seen = stats if stats is not None else ServerStats()
+
+    async def fault(self, request: Request) -> Response | None:
         """Count the request; with *faults*, the delay and the status it asks for."""
-        seen.requests += 1
+        self.seen.requests += 1
         # Never echo credentials, even in a test server's stats.
-        seen.last_headers = [
+        self.seen.last_headers = [
             (name, "<redacted>" if name == "authorization" else value)
             for name, value in (
                 (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
             )
         ]
-        if not faults:
+        if not self.faults:
             return None
         delay = request.headers.get("x-demo-delay")
         if delay:
@@ -131,49 +181,48 @@ def build_model_app(
             return _error(int(status), "fault injected by x-demo-status", "demo_fault")
         return None
 
-    async def body_of(request: Request) -> tuple[dict[str, Any] | None, bytes]:
-        raw = await request.body()
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            return None, raw
-        return (parsed if isinstance(parsed, dict) else None), raw
-
-    async def model_request(request: Request) -> Response | tuple[dict[str, Any], bytes, str]:
+    async def model_request(self, request: Request) -> Response | tuple[dict[str, Any], bytes, str]:
         """An injected fault or an error answer, or the body, its bytes and the served model."""
-        injected = await fault(request)
+        injected = await self.fault(request)
         if injected is not None:
             return injected
-        body, raw = await body_of(request)
+        body, raw = await _body_of(request)
         if body is None:
             return _error(400, "body must be a JSON object", "invalid_json")
         model = body.get("model")
-        if not isinstance(model, str) or model not in served:
+        if not isinstance(model, str) or model not in self.served:
             return _error(404, f"model {model!r} does not exist", "model_not_found")
         return body, raw, model
 
-    def headers_for(raw: bytes) -> dict[str, str]:
-        return {"x-received-body-sha256": hashlib.sha256(raw).hexdigest()} if echo_digest else {}
+    def headers_for(self, raw: bytes) -> dict[str, str]:
+        return (
+            {"x-received-body-sha256": hashlib.sha256(raw).hexdigest()} if self.echo_digest else {}
+        )
 
-    async def list_models(request: Request) -> Response:
+    async def list_models(self, request: Request) -> Response:
         return JSONResponse(
             {
                 "object": "list",
                 "data": [
-                    {"id": m, "object": "model", "created": created, "owned_by": "aidr-gate-demo"}
-                    for m in served
+                    {
+                        "id": m,
+                        "object": "model",
+                        "created": self.created,
+                        "owned_by": "aidr-gate-demo",
+                    }
+                    for m in self.served
                 ],
             }
         )
 
-    async def chat(request: Request) -> Response:
-        return await _complete(request, chat=True)
+    async def chat(self, request: Request) -> Response:
+        return await self._complete(request, chat=True)
 
-    async def completions(request: Request) -> Response:
-        return await _complete(request, chat=False)
+    async def completions(self, request: Request) -> Response:
+        return await self._complete(request, chat=False)
 
-    async def _complete(request: Request, *, chat: bool) -> Response:
-        checked = await model_request(request)
+    async def _complete(self, request: Request, *, chat: bool) -> Response:
+        checked = await self.model_request(request)
         if isinstance(checked, Response):
             return checked
         body, raw, model = checked
@@ -181,9 +230,9 @@ def build_model_app(
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{hashlib.sha1(raw).hexdigest()[:12]}"  # noqa: S324
         if body.get("stream"):
             return StreamingResponse(
-                _stream(ident, str(model), words, chat=chat, delay=_token_delay(request)),
+                self._stream(ident, str(model), words, chat=chat, delay=self._token_delay(request)),
                 media_type="text/event-stream",
-                headers=headers_for(raw),
+                headers=self.headers_for(raw),
             )
         text = " ".join(words)
         usage = {"prompt_tokens": len(_prompt_of(body).split()), "completion_tokens": len(words)}
@@ -202,20 +251,20 @@ def build_model_app(
                 "choices": [choice],
                 "usage": usage,
             },
-            headers=headers_for(raw),
+            headers=self.headers_for(raw),
         )
 
-    def _token_delay(request: Request) -> float:
-        asked = request.headers.get("x-demo-token-delay") if faults else None
+    def _token_delay(self, request: Request) -> float:
+        asked = request.headers.get("x-demo-token-delay") if self.faults else None
         if asked:
             with contextlib.suppress(ValueError):
                 return min(max(float(asked), 0.0), MAX_FAULT_DELAY)
-        return token_delay
+        return self.token_delay
 
     async def _stream(
-        ident: str, model: str, words: list[str], *, chat: bool, delay: float
+        self, ident: str, model: str, words: list[str], *, chat: bool, delay: float
     ) -> AsyncIterator[bytes]:
-        seen.streams_started += 1
+        self.seen.streams_started += 1
         finished = False
         try:
             async for piece in _pieces(ident, model, words, chat=chat, delay=delay):
@@ -224,47 +273,12 @@ def build_model_app(
         finally:
             # A stream that did not finish was cancelled: the client (or the sidecar) went away.
             if finished:
-                seen.streams_completed += 1
+                self.seen.streams_completed += 1
             else:
-                seen.streams_cancelled += 1
+                self.seen.streams_cancelled += 1
 
-    async def _pieces(
-        ident: str, model: str, words: list[str], *, chat: bool, delay: float
-    ) -> AsyncIterator[bytes]:
-        for index, word in enumerate(words):
-            piece = word if index == 0 else " " + word
-            delta: dict[str, Any] = (
-                {"index": 0, "delta": {"content": piece}, "finish_reason": None}
-                if chat
-                else {"index": 0, "text": piece, "finish_reason": None, "logprobs": None}
-            )
-            chunk = {
-                "id": ident,
-                "object": "chat.completion.chunk" if chat else "text_completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [delta],
-            }
-            yield f"data: {json.dumps(chunk)}\n\n".encode()
-            if delay:
-                await asyncio.sleep(delay)
-        final: dict[str, Any] = (
-            {"index": 0, "delta": {}, "finish_reason": "stop"}
-            if chat
-            else {"index": 0, "text": "", "finish_reason": "stop", "logprobs": None}
-        )
-        done = {
-            "id": ident,
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [final],
-        }
-        yield f"data: {json.dumps(done)}\n\n".encode()
-        yield b"data: [DONE]\n\n"
-
-    async def embeddings(request: Request) -> Response:
-        checked = await model_request(request)
+    async def embeddings(self, request: Request) -> Response:
+        checked = await self.model_request(request)
         if isinstance(checked, Response):
             return checked
         body, raw, model = checked
@@ -283,30 +297,30 @@ def build_model_app(
                 "model": model,
                 "usage": {"prompt_tokens": len(items), "total_tokens": len(items)},
             },
-            headers=headers_for(raw),
+            headers=self.headers_for(raw),
         )
 
-    async def transcribe(request: Request) -> Response:
+    async def transcribe(self, request: Request) -> Response:
         """OpenAI's audio transcription: a multipart form with ``file`` and ``model``."""
-        injected = await fault(request)
+        injected = await self.fault(request)
         if injected is not None:
             return injected
         raw = await request.body()  # cached by Starlette: form() below parses the same bytes
         async with request.form() as form:
             model = form.get("model")
             upload = form.get("file")
-            if not isinstance(model, str) or model not in served:
+            if not isinstance(model, str) or model not in self.served:
                 return _error(404, f"model {model!r} does not exist", "model_not_found")
             if upload is None or isinstance(upload, str):
                 return _error(400, "the form has no file", "invalid_request")
             audio = await upload.read()
         text = f"{model} heard {len(audio)} bytes of {upload.filename or 'audio'}"
-        return JSONResponse({"text": text}, headers=headers_for(raw))
+        return JSONResponse({"text": text}, headers=self.headers_for(raw))
 
-    async def kserve_infer(request: Request) -> Response:
+    async def kserve_infer(self, request: Request) -> Response:
         model = request.path_params["model"]
-        body, raw = await body_of(request)
-        if model not in served:
+        body, raw = await _body_of(request)
+        if model not in self.served:
             return _error(404, f"model {model!r} does not exist", "model_not_found")
         inputs = (body or {}).get("inputs", [])
         return JSONResponse(
@@ -317,26 +331,40 @@ def build_model_app(
                     {"name": "output0", "shape": [1], "datatype": "INT64", "data": [len(inputs)]}
                 ],
             },
-            headers=headers_for(raw),
+            headers=self.headers_for(raw),
         )
 
-    async def health(request: Request) -> Response:
+    async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def demo_stats(request: Request) -> Response:
-        return JSONResponse(seen.to_dict())
+    async def demo_stats(self, request: Request) -> Response:
+        return JSONResponse(self.seen.to_dict())
 
-    extra = [Route("/demo/stats", demo_stats, methods=["GET"])] if faults else []
+
+def build_model_app(
+    models: Sequence[str] = DEFAULT_MODELS,
+    *,
+    token_delay: float = 0.02,
+    echo_digest: bool = False,
+    faults: bool = False,
+    stats: ServerStats | None = None,
+) -> Starlette:
+    """The model server as an ASGI app. *echo_digest* adds the received body's SHA-256 as a header;
+    *faults* honours the ``x-demo-*`` fault headers and serves ``/demo/stats`` (see the module)."""
+    server = _ModelServer(
+        models, token_delay=token_delay, echo_digest=echo_digest, faults=faults, stats=stats
+    )
+    extra = [Route("/demo/stats", server.demo_stats, methods=["GET"])] if faults else []
     return Starlette(
         routes=[
             *extra,
-            Route("/v1/models", list_models, methods=["GET"]),
-            Route("/v1/chat/completions", chat, methods=["POST"]),
-            Route("/v1/completions", completions, methods=["POST"]),
-            Route("/v1/embeddings", embeddings, methods=["POST"]),
-            Route("/v1/audio/transcriptions", transcribe, methods=["POST"]),
-            Route("/v2/models/{model}/infer", kserve_infer, methods=["POST"]),
-            Route("/health", health, methods=["GET"]),
+            Route("/v1/models", server.list_models, methods=["GET"]),
+            Route("/v1/chat/completions", server.chat, methods=["POST"]),
+            Route("/v1/completions", server.completions, methods=["POST"]),
+            Route("/v1/embeddings", server.embeddings, methods=["POST"]),
+            Route("/v1/audio/transcriptions", server.transcribe, methods=["POST"]),
+            Route("/v2/models/{model}/infer", server.kserve_infer, methods=["POST"]),
+            Route("/health", server.health, methods=["GET"]),
         ]
     )
 

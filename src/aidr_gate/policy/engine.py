@@ -11,16 +11,17 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import msgspec
 
 from aidr_gate.catalog import Model, Weights
-from aidr_gate.decision import Outcome, PolicyRef
 from aidr_gate.facts import NO_FLAGS, AnonymizerFlag
+from aidr_gate.outcome import Outcome, PolicyRef
 from aidr_gate.policy.pack import Condition, Membership, Pack
+from aidr_gate.policy.reach import RegionMember, Window
 from aidr_gate.registry import Agreement, AgreementState, Entity, evaluate_agreements
 
 DEFAULT_CACHE_SIZE = 65_536
@@ -50,6 +51,11 @@ class PolicyFacts(msgspec.Struct, frozen=True, gc=False):
     entity_known: bool
     entity_denied: bool
     origin_worse_than_headquarters: bool
+    # Screening flags of the entity (``policy.reach.SCREENING_FLAGS``); empty when not screened.
+    screening: frozenset[str] = frozenset()
+    network_region: str | None = None  # ISO 3166-2, from a GeoIP City database or an override
+    region_groups: frozenset[str] = frozenset()  # region groups covering the region whole
+    region_uncertain: frozenset[str] = frozenset()  # groups for which the region cannot be told
 
     def jurisdiction_dict(self) -> dict[str, Any]:
         """The jurisdiction part of the evidence, JSON-ready."""
@@ -66,6 +72,9 @@ class PolicyFacts(msgspec.Struct, frozen=True, gc=False):
             "effective_tier": self.effective_tier,
             "origin_worse_than_headquarters": self.origin_worse_than_headquarters,
             "anonymizer": sorted(f.value for f in self.anonymizer),
+            "network_region": self.network_region,
+            "region_groups": sorted(self.region_groups),
+            "region_uncertain": sorted(self.region_uncertain),
         }
 
 
@@ -101,12 +110,19 @@ _VALUE_GETTERS: dict[str, Callable[[PolicyFacts], object]] = {
     "parent_country": lambda f: f.parent,
     "model_tier": lambda f: f.model_tier,
     "agreement": lambda f: f.agreement.value,
+    "network_region": lambda f: f.network_region,
 }
 _GROUP_GETTERS: dict[str, Callable[[PolicyFacts], frozenset[str]]] = {
     "network_group": lambda f: f.network_groups,
     "headquarters_group": lambda f: f.headquarters_groups,
     "parent_group": lambda f: f.parent_groups,
     "any_group": lambda f: f.network_groups | f.headquarters_groups | f.parent_groups,
+}
+# Sets where a condition's empty value (``false``) means "none at all", as for ``anonymizer``.
+_FLAG_GETTERS: dict[str, Callable[[PolicyFacts], frozenset[str]]] = {
+    "screening": lambda f: f.screening,
+    "region_group": lambda f: f.region_groups,
+    "region_uncertain": lambda f: f.region_uncertain,
 }
 
 
@@ -120,6 +136,11 @@ def _compile_test(key: str, value: Any) -> Predicate:
     if key in _GROUP_GETTERS:
         get_groups = _GROUP_GETTERS[key]
         return lambda f: not get_groups(f).isdisjoint(value)
+    if key in _FLAG_GETTERS:
+        get_flags = _FLAG_GETTERS[key]
+        if not value:
+            return lambda f: not get_flags(f)
+        return lambda f: not get_flags(f).isdisjoint(value)
     if key == "anonymizer":
         if not value:
             return lambda f: not f.anonymizer
@@ -148,12 +169,23 @@ def _tests_key(condition: Condition, key: str) -> bool:
     )
 
 
+_CompiledRule = tuple[Predicate, Outcome, tuple[str, ...]]
+_EMPTY: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class _Segment:
-    """Country tiers and groups for one stretch of time in which no dated entry changes."""
+    """Country tiers, groups, regions and rules for a stretch of time in which no date falls."""
 
     tiers: dict[str, str]
     groups: dict[str, frozenset[str]]
+    rules: tuple[_CompiledRule, ...] = ()  # the rules whose ``during`` windows hold here
+    regions: dict[str, frozenset[str]] = field(default_factory=dict)  # region -> groups, whole
+    uncertain: dict[str, frozenset[str]] = field(default_factory=dict)  # region -> groups, part
+    region_countries: dict[str, frozenset[str]] = field(default_factory=dict)  # country -> groups
+    # The pack reference decisions in this stretch carry, outside and inside the legal window:
+    # the status is the one in force then (``status_history``).
+    refs: tuple[PolicyRef, PolicyRef] = (PolicyRef("", "", "", False), PolicyRef("", "", "", True))
 
 
 class PolicyEngine:
@@ -163,8 +195,7 @@ class PolicyEngine:
         self.pack = pack
         self._default_tier = pack.tiers.default if pack.tiers else None
         self._rank = {tier: i for i, tier in enumerate(pack.tiers.order)} if pack.tiers else {}
-        self._bounds, self._segments = self._build_segments(pack)
-        self._rules: list[tuple[Predicate, Outcome, tuple[str, ...]]] = []
+        self._rules: list[_CompiledRule] = []
         for rule in pack.rules:
             notes: list[str] = []
             if _tests_key(rule.when, "agreement") or _tests_key(rule.when, "agreement_valid"):
@@ -172,28 +203,36 @@ class PolicyEngine:
             if _tests_key(rule.when, "model_tier") or _tests_key(rule.when, "model_weights"):
                 notes.append("model")
             self._rules.append((compile_condition(rule.when), rule.outcome, tuple(notes)))
+        self._bounds, self._segments = self._build_segments(pack, self._rules)
         self._model_tiers = pack.model_tiers
         self._known_tiers = frozenset(t.id for t in pack.model_tiers.tiers)
         self._accepted = pack.accepted_agreement_types
-        self._ref_in = PolicyRef(pack.id, pack.digest, pack.status, True)
-        self._ref_out = PolicyRef(pack.id, pack.digest, pack.status, False)
         self._window_from = pack.effective_from if pack.effective_from is not None else -math.inf
         self._window_until = pack.effective_until if pack.effective_until is not None else math.inf
         self._evaluate = lru_cache(maxsize=cache_size)(self._evaluate_uncached)
 
     def policy_ref(self, at: float) -> PolicyRef:
-        """The pack reference of a decision made at *at* (one shared object per window side:
-        the audit trail's facts cache is keyed by its identity)."""
-        return self._ref_in if self._window_from <= at < self._window_until else self._ref_out
+        """The pack reference of a decision made at *at*: the status in force then, inside or
+        outside the legal window; one shared object per segment and side (the audit trail's
+        facts cache is keyed by its identity)."""
+        segment = bisect.bisect_right(self._bounds, at)
+        return self._segments[segment].refs[self._window_from <= at < self._window_until]
 
     # -- compile ----------------------------------------------------------------------------------
 
     @staticmethod
-    def _build_segments(pack: Pack) -> tuple[list[float], list[_Segment]]:
+    def _build_segments(
+        pack: Pack, compiled: list[_CompiledRule]
+    ) -> tuple[list[float], list[_Segment]]:
         tier_members = pack.tiers.members if pack.tiers else {}
-        dated: list[Membership] = [m for g in pack.groups.values() for m in g.members]
+        dated: list[Membership | RegionMember | Window] = [
+            m for g in pack.groups.values() for m in g.members
+        ]
         dated += [m for ms in tier_members.values() for m in ms]
+        dated += [m for g in pack.region_groups.values() for m in (*g.regions, *g.uncertain)]
+        dated += [w for rule in pack.rules for w in rule.during]
         bounds = sorted({t for m in dated for t in (m.since, m.until) if t is not None})
+        bounds = sorted({*bounds, *(c.since for c in pack.status_history)})
         segments: list[_Segment] = []
         for index in range(len(bounds) + 1):
             # A moment inside segment ``index``: ``[bounds[index-1], bounds[index])``.
@@ -208,7 +247,23 @@ class PolicyEngine:
                 for member in group.members:
                     if member.holds_at(probe):
                         groups.setdefault(member.country, set()).add(group.id)
-            segments.append(_Segment(tiers, {c: frozenset(g) for c, g in groups.items()}))
+            rules = tuple(
+                c
+                for rule, c in zip(pack.rules, compiled, strict=True)
+                if not rule.during or any(w.holds_at(probe) for w in rule.during)
+            )
+            segments.append(
+                _Segment(
+                    tiers,
+                    {c: frozenset(g) for c, g in groups.items()},
+                    rules,
+                    *_region_tables(pack, probe),
+                    refs=(
+                        PolicyRef(pack.id, pack.digest, pack.status_at(probe), False),
+                        PolicyRef(pack.id, pack.digest, pack.status_at(probe), True),
+                    ),
+                )
+            )
         return bounds, segments
 
     # -- evaluate ---------------------------------------------------------------------------------
@@ -248,6 +303,8 @@ class PolicyEngine:
         network_country: str | None,
         anonymizer: frozenset[AnonymizerFlag] = NO_FLAGS,
         at: float,
+        screening: frozenset[str] = _EMPTY,
+        region: str | None = None,
     ) -> Verdict:
         """Decide one request from resolved facts. Never raises for any combination of inputs."""
         tier, tier_source = self.model_tier(model)
@@ -261,8 +318,9 @@ class PolicyEngine:
                 at=at,
                 accepted_types=self._accepted,
             )
+        segment = bisect.bisect_right(self._bounds, at)
         facts, outcome, reasons = self._evaluate(
-            bisect.bisect_right(self._bounds, at),
+            segment,
             network_country,
             headquarters,
             parent,
@@ -275,6 +333,8 @@ class PolicyEngine:
             state,
             entity is not None,
             entity is not None and entity.denied,
+            screening,
+            region,
         )
         in_window = self._window_from <= at < self._window_until
         return Verdict(
@@ -283,7 +343,7 @@ class PolicyEngine:
             facts,
             agreement,
             tier_source,
-            self._ref_in if in_window else self._ref_out,
+            self._segments[segment].refs[in_window],
         )
 
     def _evaluate_uncached(
@@ -299,6 +359,8 @@ class PolicyEngine:
         agreement: AgreementState,
         entity_known: bool,
         entity_denied: bool,
+        screening: frozenset[str],
+        region: str | None,
     ) -> tuple[PolicyFacts, Outcome, tuple[str, ...]]:
         seg = self._segments[segment]
         parent = parent if parent is not None else headquarters
@@ -312,7 +374,17 @@ class PolicyEngine:
             and hq_tier is not None
             and self._rank[network_tier] > self._rank[hq_tier]
         )
-        empty: frozenset[str] = frozenset()
+        empty = _EMPTY
+        region_groups = uncertain = empty
+        region_countries = (
+            seg.region_countries.get(network_country, empty) if network_country else empty
+        )
+        if region_countries:
+            if region is None:
+                uncertain = region_countries
+            else:
+                region_groups = seg.regions.get(region, empty)
+                uncertain = seg.uncertain.get(region, empty)
         facts = PolicyFacts(
             network_country=network_country,
             headquarters=headquarters,
@@ -332,8 +404,12 @@ class PolicyEngine:
             entity_known=entity_known,
             entity_denied=entity_denied,
             origin_worse_than_headquarters=worse,
+            screening=screening,
+            network_region=region,
+            region_groups=region_groups,
+            region_uncertain=uncertain,
         )
-        for predicate, outcome, notes in self._rules:
+        for predicate, outcome, notes in seg.rules:
             if predicate(facts):
                 return facts, outcome, _reasons(outcome, notes, facts)
         return facts, self.pack.default, (self.pack.default.reason,)
@@ -350,6 +426,25 @@ class PolicyEngine:
     def countries_changing(self) -> Iterable[float]:
         """The instants at which some country changes tier or group."""
         return tuple(self._bounds)
+
+
+def _region_tables(
+    pack: Pack, probe: float
+) -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]], dict[str, frozenset[str]]]:
+    whole: dict[str, set[str]] = {}
+    part: dict[str, set[str]] = {}
+    countries: dict[str, set[str]] = {}
+    for group in pack.region_groups.values():
+        for table, members in ((whole, group.regions), (part, group.uncertain)):
+            for member in members:
+                if member.holds_at(probe):
+                    table.setdefault(member.region, set()).add(group.id)
+                    countries.setdefault(member.region[:2], set()).add(group.id)
+
+    def frozen(table: dict[str, set[str]]) -> dict[str, frozenset[str]]:
+        return {k: frozenset(v) for k, v in table.items()}
+
+    return frozen(whole), frozen(part), frozen(countries)
 
 
 def _reasons(outcome: Outcome, notes: tuple[str, ...], facts: PolicyFacts) -> tuple[str, ...]:

@@ -22,13 +22,34 @@ from pathlib import Path
 from typing import Any
 
 from aidr_gate.catalog import Weights
-from aidr_gate.decision import Effect, Outcome
 from aidr_gate.document import Checker, Document, format_instant, join, load_document
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.facts import AnonymizerFlag
+from aidr_gate.outcome import Effect, Outcome
+from aidr_gate.policy.reach import (
+    REGION_KEYS,
+    SCREENING_KEYS,
+    RegionGroup,
+    StatusChange,
+    Window,
+    read_during,
+    read_reach_test,
+    read_region_groups,
+    read_status_history,
+    status_at,
+)
 from aidr_gate.registry import AGREEMENT_TYPES, AgreementState
 
-PACK_STATUSES = ("in-force", "not-enforced", "rescinded", "proposed", "hypothetical")
+# "contested": in the regulation's text, not enforced, its non-enforcement itself challenged
+# (aidr-2025-01 after GAO B-337935).
+PACK_STATUSES = (
+    "in-force",
+    "not-enforced",
+    "contested",
+    "rescinded",
+    "proposed",
+    "hypothetical",
+)
 DENY_STATUSES = (401, 403, 451)
 MAX_EXTENDS_DEPTH = 8
 # Group ids follow the EAR's names where they exist ("E1", "D5"), hence upper case and colons.
@@ -38,11 +59,13 @@ _TOP_KEYS = (
     "id",
     "title",
     "status",
+    "status_history",
     "citations",
     "effective",
     "extends",
     "notes",
     "country_groups",
+    "region_groups",
     "country_tiers",
     "model_tiers",
     "agreements",
@@ -139,10 +162,12 @@ class Rule:
     outcome: Outcome
     description: str | None = None
     citation: str | None = None
+    during: tuple[Window, ...] = ()  # dated windows the rule applies in; empty: always
+    last: bool = False  # evaluated after every rule without it (a base pack's log rules)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain form for digests and diffs."""
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "pack": self.pack,
             "description": self.description,
@@ -154,6 +179,11 @@ class Rule:
                 "reason": self.outcome.reason,
             },
         }
+        if self.during:  # only when present: packs without windows keep their digests
+            out["during"] = [w.to_dict() for w in self.during]
+        if self.last:
+            out["last"] = True
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +205,13 @@ class Pack:
     default: Outcome
     files: tuple[str, ...]
     notes: str | None = None
+    region_groups: Mapping[str, RegionGroup] = field(default_factory=dict)
+    status_history: tuple[StatusChange, ...] = ()
     digest: str = field(default="")
+
+    def status_at(self, at: float) -> str:
+        """The pack's legal status at *at* (its ``status_history``, else ``status``)."""
+        return status_at(self.status_history, self.status, at)
 
     def in_window(self, at: float) -> bool:
         """True when *at* falls inside the pack's legal window ``[effective.from, effective.until)``."""
@@ -194,7 +230,7 @@ class Pack:
                     t: [m.to_dict() for m in ms] for t, ms in sorted(self.tiers.members.items())
                 },
             }
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "title": self.title,
             "status": self.status,
@@ -238,6 +274,13 @@ class Pack:
                 "reason": self.default.reason,
             },
         }
+        if self.status_history:
+            out["status_history"] = [c.to_dict() for c in self.status_history]
+        if self.region_groups:  # only when present: packs without regions keep their digests
+            out["region_groups"] = {
+                g.id: g.to_dict() for g in sorted(self.region_groups.values(), key=lambda g: g.id)
+            }
+        return out
 
 
 def compute_digest(pack: Pack) -> str:
@@ -269,6 +312,8 @@ CONDITION_KEYS: tuple[str, ...] = (
     "model_tier",
     "model_weights",
     "agreement",
+    *SCREENING_KEYS,
+    *REGION_KEYS,
     "any",
 )
 
@@ -280,6 +325,7 @@ class _Context:
     tier_ids: tuple[str, ...]
     group_ids: frozenset[str]
     model_tier_ids: tuple[str, ...]
+    region_groups: Mapping[str, RegionGroup] = field(default_factory=dict)
 
 
 def _id_set(
@@ -336,6 +382,8 @@ def _read_condition(
             got = _id_set(
                 check, value, key_path, [s.value for s in AgreementState], "agreement state"
             )
+        elif key in SCREENING_KEYS or key in REGION_KEYS:
+            got = read_reach_test(check, key, value, key_path, ctx.region_groups)
         elif key == "any":
             if depth >= 3:
                 check.error(key_path, "'any' may nest at most three deep")
@@ -680,12 +728,14 @@ def load_pack(
 def _merge(chain: list[_RawPack]) -> Pack | None:
     """Merge a chain (root first) into one pack; problems are recorded on each file's checker."""
     groups: dict[str, CountryGroup] = {}
+    region_groups: dict[str, RegionGroup] = {}
     tiers_source: _RawPack | None = None
     model_tiers: ModelTiers | None = None
     accepted: frozenset[str] | None = None
     default: Outcome | None = None
     for raw in chain:
         groups.update(_read_groups(raw.check, raw.data.get("country_groups")))
+        region_groups.update(read_region_groups(raw.check, raw.data.get("region_groups")))
         if raw.data.get("country_tiers") is not None:
             tiers_source = raw
         if raw.data.get("model_tiers") is not None:
@@ -719,10 +769,12 @@ def _merge(chain: list[_RawPack]) -> Pack | None:
         tier_ids=tiers.order if tiers else (),
         group_ids=frozenset(groups),
         model_tier_ids=tuple(t.id for t in model_tiers.tiers) if model_tiers else (),
+        region_groups=region_groups,
     )
     rules: list[Rule] = []
     for raw in chain:
         _merge_rules(raw, rules, ctx)
+    rules.sort(key=lambda rule: rule.last)  # stable: the order within each part is kept
     if model_tiers is None or default is None:
         return None
     meta = child.data
@@ -767,6 +819,8 @@ def _merge(chain: list[_RawPack]) -> Pack | None:
         default=default,
         files=tuple(r.check.document.file for r in chain),
         notes=notes if isinstance(notes, str) else None,
+        region_groups=region_groups,
+        status_history=read_status_history(child.check, meta.get("status_history"), PACK_STATUSES),
     )
     return _with_digest(pack)
 
@@ -791,7 +845,7 @@ def _merge_rules(raw: _RawPack, rules: list[Rule], ctx: _Context) -> None:
         spec = check.mapping(
             item,
             path,
-            keys=("id", "description", "citation", "when", "then"),
+            keys=("id", "description", "citation", "when", "then", "during", "last"),
             required=("id", "then"),
         )
         if spec is None:
@@ -815,6 +869,8 @@ def _merge_rules(raw: _RawPack, rules: list[Rule], ctx: _Context) -> None:
             outcome,
             description if isinstance(description, str) else None,
             citation if isinstance(citation, str) else None,
+            read_during(check, spec.get("during"), join(path, "during")),
+            bool(check.boolean(spec.get("last", False), join(path, "last"))),
         )
         position = next((i for i, r in enumerate(rules) if r.id == rule_id), None)
         if position is None:

@@ -162,7 +162,8 @@ def _rules(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     changed = []
     for rule_id in [r["id"] for r in a["rules"] if r["id"] in rules_b]:
         ra, rb = rules_a[rule_id], rules_b[rule_id]
-        fields = [f for f in ("when", "then", "description", "citation") if ra[f] != rb[f]]
+        names = ("when", "then", "description", "citation", "during", "last")
+        fields = [f for f in names if ra.get(f) != rb.get(f)]
         if fields:
             changed.append({"id": rule_id, "fields": fields, "a": ra, "b": rb})
     common_a = [r["id"] for r in a["rules"] if r["id"] in rules_b]
@@ -267,6 +268,10 @@ def diff_packs(a: Pack, b: Pack) -> dict[str, Any]:
         if da["default"] == db["default"]
         else {"a": da["default"], "b": db["default"]},
         "agreements": agreements,
+        "region_groups": _region_groups(da.get("region_groups", {}), db.get("region_groups", {})),
+        "status_history": None
+        if da.get("status_history") == db.get("status_history")
+        else {"a": da.get("status_history", []), "b": db.get("status_history", [])},
     }
     # Identical when nothing above differs. Not by digest: the digest also covers how the packs
     # are written (the order of a country list or of the citations, the file a rule comes from),
@@ -298,6 +303,8 @@ def _differs(diff: Mapping[str, Any]) -> bool:
         or models["order"]
         or diff["default"]
         or diff["agreements"]
+        or diff["region_groups"]
+        or diff["status_history"]
     )
 
 
@@ -324,120 +331,231 @@ def _outcome(then: Mapping[str, Any]) -> str:
 
 
 def _rule_line(rule: Mapping[str, Any]) -> str:
-    return f"when {_condition(rule['when'])} -> {_outcome(rule['then'])}"
+    during = rule.get("during")
+    dated = ""
+    if during:
+        spans = [f"{w['from'] or '-'} .. {w['until'] or '-'}" for w in during]
+        dated = f" during {', '.join(spans)}"
+    last = " (last)" if rule.get("last") else ""
+    return f"when {_condition(rule['when'])} -> {_outcome(rule['then'])}{dated}{last}"
+
+
+def _region_groups(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Region groups added, removed or changed (regions covered whole, and uncertain ones)."""
+    out = []
+    for group_id in sorted(set(a) | set(b)):
+        ga, gb = a.get(group_id), b.get(group_id)
+        if ga != gb:
+            change = "added" if ga is None else "removed" if gb is None else "changed"
+            out.append({"group": group_id, "change": change, "a": ga, "b": gb})
+    return out
+
+
+def _regions_text(group: Mapping[str, Any] | None) -> str:
+    if group is None:
+        return "absent"
+
+    def names(members: list[dict[str, Any]]) -> str:
+        return (
+            ", ".join(
+                m["region"]
+                + (f" from {m['from']}" if m["from"] else "")
+                + (f" until {m['until']}" if m["until"] else "")
+                for m in members
+            )
+            or "none"
+        )
+
+    return f"regions {names(group['regions'])}; uncertain {names(group['uncertain'])}"
+
+
+def _history_text(history: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{c['status']} from {c['from']}" for c in history) or "none"
+
+
+def _render_heading(diff: dict[str, Any]) -> list[str]:
+    a, b = diff["a"], diff["b"]
+    return [
+        f"--- A {a['id']} ({a['status']}, {window_text(a['effective'])}) {a['digest']}",
+        f"+++ B {b['id']} ({b['status']}, {window_text(b['effective'])}) {b['digest']}",
+    ]
+
+
+def _render_meta(diff: dict[str, Any]) -> list[str]:
+    out = []
+    if diff["meta"]:
+        out += ["", "Pack"]
+        out += [
+            f"  {item['field']}: {_value(item['a'])} -> {_value(item['b'])}"
+            for item in diff["meta"]
+        ]
+    cites = diff["citations"]
+    out += [f"  - citation: {item}" for item in cites["removed"]]
+    out += [f"  + citation: {item}" for item in cites["added"]]
+    return out
+
+
+def _render_one_sided_tiers(tiers: dict[str, Any]) -> list[str]:
+    """Country tiers that only one pack has: that pack's tiers, country by country."""
+    summary = tiers["summary"]
+    if summary is None:
+        return []
+    side = "A" if tiers["a_present"] else "B"
+    other = "B" if side == "A" else "A"
+    out = [
+        f"  only {side} ({summary['pack']}) has country tiers "
+        f"(order {' < '.join(summary['order'])}, default {summary['default']}); "
+        f"{other} has none:"
+    ]
+    by_tier: dict[str, list[str]] = {}
+    for row in summary["countries"]:
+        by_tier.setdefault(row["tier"], []).append(row["country"])
+    order = summary["order"]
+    for tier in sorted(by_tier, key=lambda t: (order.index(t) if t in order else len(order), t)):
+        out.append(f"    {tier}: {', '.join(by_tier[tier])}")
+    return out
+
+
+def _render_tier_changes(tiers: dict[str, Any]) -> list[str]:
+    """Country tiers both packs have: what changed in the order, the default and per country."""
+    out = []
+    if tiers["order"]:
+        out.append(f"  order: {_value(tiers['order']['a'])} -> {_value(tiers['order']['b'])}")
+    if tiers["default"]:
+        out.append(f"  default: {tiers['default']['a']} -> {tiers['default']['b']}")
+    out += [f"  {row['country']}: A {row['a']}; B {row['b']}" for row in tiers["countries"]]
+    return out
+
+
+def _render_country_tiers(diff: dict[str, Any]) -> list[str]:
+    tiers = diff["country_tiers"]
+    both = tiers["a_present"] and tiers["b_present"]
+    section = _render_tier_changes(tiers) if both else _render_one_sided_tiers(tiers)
+    return ["", "Country tiers", *section] if section else []
+
+
+def _render_groups(diff: dict[str, Any]) -> list[str]:
+    if not diff["groups"]:
+        return []
+    out = ["", "Country groups"]
+    for group in diff["groups"]:
+        if group["change"] in ("added", "removed"):
+            sign = "+" if group["change"] == "added" else "-"
+            out.append(f"  {sign} {group['group']}: {', '.join(group['countries'])}")
+            continue
+        out.append(f"  {group['group']}:")
+        out += [
+            f"    {item['field']}: {_value(item['a'])} -> {_value(item['b'])}"
+            for item in group["fields"]
+        ]
+        out += [f"    - {country}" for country in group["removed"]]
+        out += [f"    + {country}" for country in group["added"]]
+        out += [f"    ~ {row['country']}: A {row['a']}; B {row['b']}" for row in group["redated"]]
+    return out
+
+
+def _render_rules(diff: dict[str, Any]) -> list[str]:
+    rules = diff["rules"]
+    if not (rules["added"] or rules["removed"] or rules["changed"] or rules["order"]):
+        return []
+    out = ["", "Rules", *_signed_lines(rules["removed"], rules["added"], _rule_line)]
+    for change in rules["changed"]:
+        out.append(f"  ~ {change['id']} ({', '.join(change['fields'])}):")
+        out.append(f"      A {_rule_line(change['a'])}")
+        out.append(f"      B {_rule_line(change['b'])}")
+    if rules["order"]:
+        out.append(f"  order A: {', '.join(rules['order']['a'])}")
+        out.append(f"  order B: {', '.join(rules['order']['b'])}")
+    return out
+
+
+def _render_model_tiers(diff: dict[str, Any]) -> list[str]:
+    models = diff["model_tiers"]
+    if not any(models[part] for part in ("changes", "added", "removed", "changed", "order")):
+        return []
+    out = ["", "Model tiers"]
+    out += [
+        f"  {item['field']}: {_value(item['a'])} -> {_value(item['b'])}"
+        for item in models["changes"]
+    ]
+    out += _signed_lines(models["removed"], models["added"], _thresholds)
+    for tier in models["changed"]:
+        text = "; ".join(
+            f"{c['field']} {_value(c['a'])} -> {_value(c['b'])}" for c in tier["changes"]
+        )
+        out.append(f"  ~ {tier['id']}: {text}")
+    if models["order"]:
+        out.append(f"  order: {_value(models['order']['a'])} -> {_value(models['order']['b'])}")
+    return out
+
+
+def _render_default(diff: dict[str, Any]) -> list[str]:
+    default = diff["default"]
+    if not default:
+        return []
+    return ["", f"Default outcome: {_outcome(default['a'])} -> {_outcome(default['b'])}"]
+
+
+def _render_region_groups(diff: dict[str, Any]) -> list[str]:
+    if not diff["region_groups"]:
+        return []
+    out = ["", "Region groups"]
+    for group in diff["region_groups"]:
+        if group["change"] == "changed":
+            out.append(f"  ~ {group['group']}:")
+            out.append(f"      A {_regions_text(group['a'])}")
+            out.append(f"      B {_regions_text(group['b'])}")
+        else:
+            sign = "+" if group["change"] == "added" else "-"
+            body = group["b"] if group["change"] == "added" else group["a"]
+            out.append(f"  {sign} {group['group']}: {_regions_text(body)}")
+    return out
+
+
+def _render_status_history(diff: dict[str, Any]) -> list[str]:
+    history = diff["status_history"]
+    if not history:
+        return []
+    return ["", f"Status history: {_history_text(history['a'])} -> {_history_text(history['b'])}"]
+
+
+def _render_agreements(diff: dict[str, Any]) -> list[str]:
+    ag = diff["agreements"]
+    if not ag:
+        return []
+    return [
+        "",
+        "Accepted agreement types: "
+        f"{', '.join(ag['a']) if ag['a'] is not None else 'any'} -> "
+        f"{', '.join(ag['b']) if ag['b'] is not None else 'any'}",
+    ]
+
+
+# The sections of a diff in the order printed; each gives its lines (none when nothing changed
+# of its kind), a section with a heading leading with a blank line.
+_SECTIONS: tuple[Callable[[dict[str, Any]], list[str]], ...] = (
+    _render_meta,
+    _render_country_tiers,
+    _render_groups,
+    _render_rules,
+    _render_model_tiers,
+    _render_default,
+    _render_region_groups,
+    _render_status_history,
+    _render_agreements,
+)
 
 
 def render_diff(diff: dict[str, Any]) -> str:
     """The diff as text for a terminal, one section per kind of change."""
-    a, b = diff["a"], diff["b"]
-    out = [
-        f"--- A {a['id']} ({a['status']}, {window_text(a['effective'])}) {a['digest']}",
-        f"+++ B {b['id']} ({b['status']}, {window_text(b['effective'])}) {b['digest']}",
-    ]
+    out = _render_heading(diff)
     if diff["identical"]:
-        same = "same digest" if a["digest"] == b["digest"] else "written differently"
+        same = (
+            "same digest" if diff["a"]["digest"] == diff["b"]["digest"] else "written differently"
+        )
         out.append(f"The packs are identical ({same}): they decide every request alike.")
-        return "\n".join(out)
-    if diff["meta"]:
-        out.append("")
-        out.append("Pack")
-        for item in diff["meta"]:
-            out.append(f"  {item['field']}: {_value(item['a'])} -> {_value(item['b'])}")
-    cites = diff["citations"]
-    for item in cites["removed"]:
-        out.append(f"  - citation: {item}")
-    for item in cites["added"]:
-        out.append(f"  + citation: {item}")
-    tiers = diff["country_tiers"]
-    section = []
-    if not tiers["a_present"] or not tiers["b_present"]:
-        summary = tiers["summary"]
-        if summary is not None:
-            side = "A" if tiers["a_present"] else "B"
-            other = "B" if side == "A" else "A"
-            section.append(
-                f"  only {side} ({summary['pack']}) has country tiers "
-                f"(order {' < '.join(summary['order'])}, default {summary['default']}); "
-                f"{other} has none:"
-            )
-            by_tier: dict[str, list[str]] = {}
-            for row in summary["countries"]:
-                by_tier.setdefault(row["tier"], []).append(row["country"])
-            order = summary["order"]
-            for tier in sorted(
-                by_tier, key=lambda t: (order.index(t) if t in order else len(order), t)
-            ):
-                section.append(f"    {tier}: {', '.join(by_tier[tier])}")
     else:
-        if tiers["order"]:
-            section.append(
-                f"  order: {_value(tiers['order']['a'])} -> {_value(tiers['order']['b'])}"
-            )
-        if tiers["default"]:
-            section.append(f"  default: {tiers['default']['a']} -> {tiers['default']['b']}")
-        for row in tiers["countries"]:
-            section.append(f"  {row['country']}: A {row['a']}; B {row['b']}")
-    if section:
-        out += ["", "Country tiers", *section]
-    if diff["groups"]:
-        out += ["", "Country groups"]
-        for group in diff["groups"]:
-            if group["change"] in ("added", "removed"):
-                sign = "+" if group["change"] == "added" else "-"
-                out.append(f"  {sign} {group['group']}: {', '.join(group['countries'])}")
-                continue
-            out.append(f"  {group['group']}:")
-            for item in group["fields"]:
-                out.append(f"    {item['field']}: {_value(item['a'])} -> {_value(item['b'])}")
-            for country in group["removed"]:
-                out.append(f"    - {country}")
-            for country in group["added"]:
-                out.append(f"    + {country}")
-            for row in group["redated"]:
-                out.append(f"    ~ {row['country']}: A {row['a']}; B {row['b']}")
-    rules = diff["rules"]
-    if rules["added"] or rules["removed"] or rules["changed"] or rules["order"]:
-        out += ["", "Rules"]
-        out += _signed_lines(rules["removed"], rules["added"], _rule_line)
-        for change in rules["changed"]:
-            out.append(f"  ~ {change['id']} ({', '.join(change['fields'])}):")
-            out.append(f"      A {_rule_line(change['a'])}")
-            out.append(f"      B {_rule_line(change['b'])}")
-        if rules["order"]:
-            out.append(f"  order A: {', '.join(rules['order']['a'])}")
-            out.append(f"  order B: {', '.join(rules['order']['b'])}")
-    models = diff["model_tiers"]
-    if (
-        models["changes"]
-        or models["added"]
-        or models["removed"]
-        or models["changed"]
-        or models["order"]
-    ):
-        out += ["", "Model tiers"]
-        for item in models["changes"]:
-            out.append(f"  {item['field']}: {_value(item['a'])} -> {_value(item['b'])}")
-        out += _signed_lines(models["removed"], models["added"], _thresholds)
-        for tier in models["changed"]:
-            text = "; ".join(
-                f"{c['field']} {_value(c['a'])} -> {_value(c['b'])}" for c in tier["changes"]
-            )
-            out.append(f"  ~ {tier['id']}: {text}")
-        if models["order"]:
-            out.append(f"  order: {_value(models['order']['a'])} -> {_value(models['order']['b'])}")
-    if diff["default"]:
-        out += [
-            "",
-            f"Default outcome: {_outcome(diff['default']['a'])} -> {_outcome(diff['default']['b'])}",
-        ]
-    if diff["agreements"]:
-        ag = diff["agreements"]
-        out += [
-            "",
-            "Accepted agreement types: "
-            f"{', '.join(ag['a']) if ag['a'] is not None else 'any'} -> "
-            f"{', '.join(ag['b']) if ag['b'] is not None else 'any'}",
-        ]
+        out += [line for section in _SECTIONS for line in section(diff)]
     return "\n".join(out)
 
 

@@ -22,8 +22,10 @@ from aidr_gate.audit.chain import CHECKPOINT_ACTION
 from aidr_gate.audit.reader import aidr_tree as aidr_tree  # re-exported: bench/replay.py
 from aidr_gate.catalog import Model, ModelCatalog
 from aidr_gate.document import parse_instant
+from aidr_gate.errors import AidrGateError
 from aidr_gate.facts import AnonymizerFlag, Identity
 from aidr_gate.gate import jurisdiction_of
+from aidr_gate.policy.reach import SCREENING_FLAGS
 from aidr_gate.registry import Agreement, Entity, EntityRegistry
 
 READABLE_SCHEMAS = (1, 2)  # 1: whole trees; 2: compact records and facts records
@@ -31,7 +33,7 @@ _KEY_MEMO_LIMIT = 65_536
 _MINUTE_MEMO_LIMIT = 65_536
 
 
-class MissingEvidence(Exception):
+class MissingEvidence(AidrGateError):
     """A record lacks (or garbles) a fact the engine needs; ``why`` names the field."""
 
     def __init__(self, why: str) -> None:
@@ -94,6 +96,11 @@ class Inputs:
     model_label: str
     old_model_tier: str
     bounds: tuple[float, ...]
+    # The entity's screening flags as recorded (none when the gate screened nothing), the
+    # network region, and the list version the decision saw ("date/sha256:..."), or None.
+    screening: frozenset[str] = frozenset()
+    region: str | None = None
+    list_version: str | None = None
     # Verdicts already computed for these inputs, by position among ``bounds`` (see ``run``).
     verdicts: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -173,6 +180,26 @@ def _anonymizer(raw: Any) -> frozenset[AnonymizerFlag]:
         raise MissingEvidence(f"aidr.origin.anonymizer has an unknown flag: {raw!r}") from None
 
 
+def recorded_screening(raw: Any) -> tuple[frozenset[str], str | None]:
+    """The screening flags and list version a record holds (``aidr.screening``, or ``null``)."""
+    if raw is None:
+        return frozenset(), None
+    if not isinstance(raw, dict):
+        raise MissingEvidence("aidr.screening is not an object")
+    flags = raw.get("flags")
+    if not isinstance(flags, list) or not all(f in SCREENING_FLAGS for f in flags):
+        raise MissingEvidence(f"aidr.screening.flags is not a list of flags: {flags!r:.80}")
+    version = raw.get("list_version")
+    return frozenset(flags), version if isinstance(version, str) else None
+
+
+def _region(origin: dict[str, Any]) -> str | None:
+    region = origin.get("region")
+    if region is not None and not (isinstance(region, str) and region[:2] == origin.get("country")):
+        raise MissingEvidence(f"aidr.origin.region is not a region of its country: {region!r:.20}")
+    return region
+
+
 class EvidenceReader:
     """Turns ``aidr`` trees into :class:`Inputs`, memoised per distinct evidence.
 
@@ -217,6 +244,8 @@ class EvidenceReader:
                     origin.get("country", 0),
                     origin.get("anonymizer", 0),
                     claims,
+                    origin.get("region"),
+                    tree.get("screening"),
                 )
             )
         except TypeError:
@@ -224,17 +253,23 @@ class EvidenceReader:
         hit = self._memo.get(key)
         if hit is not None:
             return hit
-        built = self._build(entity_raw, model_raw, origin, identity)
+        built = self._build(entity_raw, model_raw, origin, identity, tree.get("screening"))
         if len(self._memo) >= _KEY_MEMO_LIMIT:
             self._memo.clear()
         self._memo[key] = built
         return built
 
     def _build(
-        self, entity_raw: Any, model_raw: Any, origin: dict[str, Any], identity: Any
+        self,
+        entity_raw: Any,
+        model_raw: Any,
+        origin: dict[str, Any],
+        identity: Any,
+        screening_raw: Any = None,
     ) -> Inputs:
         country = _country(_require(origin, "country", "aidr.origin"), "aidr.origin.country")
         anonymizer = _anonymizer(_require(origin, "anonymizer", "aidr.origin"))
+        screening, list_version = recorded_screening(screening_raw)
         if self.registry is None:
             entity, headquarters, parent = recorded_entity(entity_raw)
             entity_label = _entity_label(entity_raw)
@@ -266,6 +301,9 @@ class EvidenceReader:
             model_label=model_label,
             old_model_tier=old_tier if isinstance(old_tier, str) else "(none)",
             bounds=tuple(sorted(bounds)),
+            screening=screening,
+            region=_region(origin),
+            list_version=list_version,
         )
 
 

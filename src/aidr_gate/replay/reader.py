@@ -1,7 +1,8 @@
 """Reading audit files for replay: rotated and compressed, in chain order, checked as read.
 
 Files are ordered by the first sequence number they hold (as ``audit verify`` orders them) and read
-in large blocks, so a million records cost a few hundred reads, not a million. Every line's hash is
+in large blocks through the audit package's file reader (``audit.reader.FileLines``), so a million
+records cost a few hundred reads, not a million. Every line's hash is
 recomputed as it goes by (``chain.parse_link``) and the sequence is followed inside each file; each
 file's first and last links are then matched across files. Where the chain does not hold, the files
 around the break are handed to the audit package's verifier (``verify_files``), so the warnings
@@ -14,14 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from aidr_gate.audit.chain import GENESIS, parse_link
-from aidr_gate.audit.compression import READ_ERRORS, reading
+from aidr_gate.audit.compression import READ_ERRORS
+from aidr_gate.audit.reader import BLOCK as BLOCK  # re-exported: replay.run reads with it
+from aidr_gate.audit.reader import FileLines, first_seq
 from aidr_gate.audit.verify import Finding, chains_of, verify_files
-
-BLOCK = 4 << 20  # bytes read per call: large enough that per-read overhead vanishes
-PEEK_LIMIT = 4 << 20  # bytes read to find the first record of a file when ordering them
 
 
 @dataclass(slots=True)
@@ -39,32 +38,6 @@ class FileChain:
     broken: bool = False  # a changed or unchained line, a gap inside the file, a torn end
     torn: bool = False
     error: str | None = None  # the file could not be read (to the end)
-
-
-def _open(path: Path) -> tuple[BinaryIO, BinaryIO]:
-    """The raw file and the stream to read records from (decompressing gzip and zstd)."""
-    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
-    try:
-        return raw, reading(raw)
-    except BaseException:
-        raw.close()
-        raise
-
-
-def first_seq(path: Path) -> int | None:
-    """The sequence number of a file's first chained record (read without hashing), as
-    ``verify_files`` orders files: a damaged first line does not hide the records after it."""
-    try:
-        raw, stream = _open(path)
-        with raw:
-            head = stream.read(PEEK_LIMIT)
-    except READ_ERRORS:
-        return None
-    for line in head.split(b"\n"):
-        link = parse_link(line, check=False)
-        if link is not None:
-            return link.seq
-    return None
 
 
 def order_files(paths: Sequence[Path]) -> list[Path]:
@@ -90,36 +63,27 @@ def read_file(
     """
     expected: int | None = None
     prev_hash = ""
+    reader = FileLines(chain.path, block=block, on_bytes=on_bytes)
     try:
-        raw, stream = _open(chain.path)
-        with raw:
-            carry = b""
-            while True:
-                data = stream.read(block)
-                if on_bytes is not None:
-                    on_bytes(raw.tell())
-                if not data:
-                    break
-                lines = (carry + data).split(b"\n") if carry else data.split(b"\n")
-                carry = lines.pop()
-                for line in lines:
-                    link = parse_link(line)
-                    if link is None:
+        for lines in reader.blocks():
+            for line in lines:
+                link = parse_link(line)
+                if link is None:
+                    chain.broken = True
+                else:
+                    if not link.valid:
                         chain.broken = True
-                    else:
-                        if not link.valid:
-                            chain.broken = True
-                        if expected is None:
-                            chain.first_seq, chain.first_prev = link.seq, link.prev
-                        elif link.seq != expected or link.prev != prev_hash:
-                            chain.broken = True
-                        expected = link.seq + 1
-                        prev_hash = link.hash
-                        chain.chained += 1
-                    yield line
-                chain.lines += len(lines)
-            if carry:
-                chain.torn = chain.broken = True
+                    if expected is None:
+                        chain.first_seq, chain.first_prev = link.seq, link.prev
+                    elif link.seq != expected or link.prev != prev_hash:
+                        chain.broken = True
+                    expected = link.seq + 1
+                    prev_hash = link.hash
+                    chain.chained += 1
+                yield line
+            chain.lines += len(lines)
+        if reader.torn:
+            chain.torn = chain.broken = True
     except READ_ERRORS as exc:
         chain.error = f"{type(exc).__name__}: {exc}"
         chain.broken = True

@@ -9,6 +9,8 @@ the terminal summary and the HTML report (``replay/html.py``) render it. Its sha
                       extends (the packs it builds on, nearest first)
     recorded_packs    [{id, digest, status, records, title, effective}]: the packs the records
                       were decided under (title and window when a bundled pack matches the digest)
+    screening_lists   [{version, records}]: the restricted-party list versions ("date/sha256:...")
+                      the re-decided records saw, "(none)" for records without screening
     registry, catalog file names given with --registry/--catalog, or null (evidence as recorded)
     at                ISO time every record was re-decided at (--at), or null (each its own time)
     files             [{path, lines, records, first_seq, last_seq, torn, error}] in chain order
@@ -46,14 +48,15 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from aidr_gate.document import Checker, format_timestamp
 from aidr_gate.errors import ConfigError
 from aidr_gate.policy.pack import bundled_pack_dir, load_pack
 from aidr_gate.replay.diff import pack_ref, pack_window, window_text
-from aidr_gate.replay.run import EFFECTS, RANK, ReplayResult
+from aidr_gate.replay.run import EFFECTS, RANK, ReplayResult, Tally
 
 FORMAT = "aidr-gate.replay/1"
 MAX_GROUPS = 5000
@@ -125,26 +128,38 @@ def _ranked(counts: dict[str, Counter[str]]) -> list[dict[str, Any]]:
     return rows
 
 
-def build_report(result: ReplayResult, *, top: int = 10) -> dict[str, Any]:
-    """The JSON report of a finished replay (shape in the module docstring)."""
-    tally = result.tally
-    options = result.options
-    pack = options.pack
-    before: Counter[str] = Counter()
-    after: Counter[str] = Counter()
-    for (old, new), count in tally.transitions.items():
-        before[old] += count
-        after[new] += count
-    by_kind: Counter[str] = Counter()
-    dims: dict[str, dict[str, Counter[str]]] = {name: {} for name, _ in DIMENSIONS}
-    entity_dirs: dict[str, Counter[str]] = {}
-    groups: list[dict[str, Any]] = []
+@dataclass(frozen=True, slots=True)
+class _Flips:
+    """The flip groups of a tally, counted every way the report shows them."""
+
+    by_kind: Counter[str]
+    dims: dict[str, dict[str, Counter[str]]]  # dimension -> value -> kind -> count
+    entity_dirs: dict[str, Counter[str]]  # entity -> direction -> count
+    groups: list[dict[str, Any]]  # largest first
+
+
+@dataclass(frozen=True, slots=True)
+class _Inputs:
+    """What every section of the report is built from."""
+
+    result: ReplayResult
+    top: int
+    flips: _Flips
+    cannot: int  # records that could not be re-decided
+
+    @property
+    def tally(self) -> Tally:
+        return self.result.tally
+
+
+def _count_flips(tally: Tally) -> _Flips:
+    flips = _Flips(Counter(), {name: {} for name, _ in DIMENSIONS}, {}, [])
     for key, stats in tally.flips.items():
         kind, entity, country, eff_tier, model, old_tier, new_tier, old_reason, new_reason = key
         old, _, new = kind.partition("->")
         reason = new_reason if RANK[new] > RANK[old] else old_reason
         count = stats.count
-        by_kind[kind] += count
+        flips.by_kind[kind] += count
         for name, value in (
             ("by_entity", entity),
             ("by_country", country),
@@ -153,9 +168,9 @@ def build_report(result: ReplayResult, *, top: int = 10) -> dict[str, Any]:
             ("by_model_tier", new_tier),
             ("by_reason", reason),
         ):
-            dims[name].setdefault(value, Counter())[kind] += count
-        entity_dirs.setdefault(entity, Counter())[direction(kind)] += count
-        groups.append(
+            flips.dims[name].setdefault(value, Counter())[kind] += count
+        flips.entity_dirs.setdefault(entity, Counter())[direction(kind)] += count
+        flips.groups.append(
             {
                 "kind": kind,
                 "from": old,
@@ -174,15 +189,98 @@ def build_report(result: ReplayResult, *, top: int = 10) -> dict[str, Any]:
                 "sample_decision_id": stats.sample,
             }
         )
-    groups.sort(key=lambda g: (-g["count"], g["kind"], g["entity"], g["country"], g["model"]))
+    flips.groups.sort(key=lambda g: (-g["count"], g["kind"], g["entity"], g["country"], g["model"]))
+    return flips
+
+
+def _recorded_packs(inputs: _Inputs) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": str(pid),
+            "digest": str(digest),
+            "status": str(status),
+            "records": count,
+            **bundled_pack_info(str(pid), str(digest)),
+        }
+        for (pid, digest, status), count in inputs.tally.recorded_packs.most_common()
+    ]
+
+
+def _files(inputs: _Inputs) -> list[dict[str, Any]]:
+    return [
+        {
+            "path": str(chain.path),
+            "lines": chain.lines,
+            "records": chain.chained,
+            "first_seq": chain.first_seq,
+            "last_seq": chain.last_seq,
+            "torn": chain.torn,
+            "error": chain.error,
+        }
+        for chain in inputs.result.chains
+    ]
+
+
+def _totals(inputs: _Inputs) -> dict[str, int]:
+    tally = inputs.tally
+    return {
+        "lines": tally.lines,
+        "records": tally.records,
+        "policy_decisions": tally.replayed + inputs.cannot,
+        "replayed": tally.replayed,
+        "cannot_decide": inputs.cannot,
+        "gate_refusals": sum(tally.refusals.values()),
+        "listings": tally.listings,
+        "checkpoints": tally.checkpoints,
+        "unreadable": tally.unreadable,
+        "not_records": tally.not_records,
+        "flips": tally.flip_count,
+        "outside_pack_window": tally.outside_window,
+    }
+
+
+def _effects(inputs: _Inputs) -> dict[str, dict[str, int]]:
+    before: Counter[str] = Counter()
+    after: Counter[str] = Counter()
+    for (old, new), count in inputs.tally.transitions.items():
+        before[old] += count
+        after[new] += count
+    return {
+        "before": {e: before[e] for e in EFFECTS},
+        "after": {e: after[e] for e in EFFECTS},
+    }
+
+
+def _transitions(inputs: _Inputs) -> list[dict[str, Any]]:
+    return [
+        {"from": old, "to": new, "count": count}
+        for (old, new), count in sorted(
+            inputs.tally.transitions.items(), key=lambda item: (-item[1], item[0])
+        )
+    ]
+
+
+def _flip_section(inputs: _Inputs) -> dict[str, Any]:
+    flips = inputs.flips
+    by_kind = flips.by_kind
     by_direction: Counter[str] = Counter()
     for kind, count in by_kind.items():
         by_direction[direction(kind)] += count
-    top_entities: list[dict[str, Any]] = []
-    for entity, dirs in entity_dirs.items():
+    return {
+        "by_kind": {k: by_kind[k] for k in KINDS if by_kind[k]},
+        "by_direction": {d: by_direction[d] for d in DIRECTIONS},
+        **{name: _ranked(flips.dims[name]) for name, _ in DIMENSIONS},
+        "groups": flips.groups[:MAX_GROUPS],
+        "groups_omitted": max(0, len(flips.groups) - MAX_GROUPS),
+    }
+
+
+def _top_entities(inputs: _Inputs) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for entity, dirs in inputs.flips.entity_dirs.items():
         flips = sum(dirs.values())
-        records = tally.entity_records.get(entity, 0)
-        top_entities.append(
+        records = inputs.tally.entity_records.get(entity, 0)
+        rows.append(
             {
                 "entity": entity,
                 "records": records,
@@ -193,99 +291,92 @@ def build_report(result: ReplayResult, *, top: int = 10) -> dict[str, Any]:
                 "share": round(flips / records, 4) if records else None,
             }
         )
-    top_entities.sort(key=lambda row: (-row["flips"], row["entity"]))
-    refusals = [
-        {"reason": reason, "rule": rule, "status": status, "count": count}
-        for (reason, rule, status), count in tally.refusals.most_common()
+    rows.sort(key=lambda row: (-row["flips"], row["entity"]))
+    return rows[: inputs.top]
+
+
+def _reason_changes(inputs: _Inputs) -> list[dict[str, Any]]:
+    return [
+        {"effect": effect, "reason_before": old, "reason": new, "count": count}
+        for (effect, old, new), count in inputs.tally.reason_changes.most_common()
     ]
-    cannot = sum(tally.cannot_decide.values())
-    errors = [f for f in result.findings if f.severity == "error"]
-    warnings = [f for f in result.findings if f.severity != "error"]
-    replayed = tally.replayed
+
+
+def _cannot_decide(inputs: _Inputs) -> dict[str, Any]:
+    tally = inputs.tally
     return {
-        "format": FORMAT,
-        "generated_at": _time(time.time()),
-        "pack": pack_ref(pack),
-        "recorded_packs": [
-            {
-                "id": str(pid),
-                "digest": str(digest),
-                "status": str(status),
-                "records": count,
-                **bundled_pack_info(str(pid), str(digest)),
-            }
-            for (pid, digest, status), count in tally.recorded_packs.most_common()
-        ],
-        "registry": options.registry_source,
-        "catalog": options.catalog_source,
-        "at": _time(options.at),
-        "files": [
-            {
-                "path": str(chain.path),
-                "lines": chain.lines,
-                "records": chain.chained,
-                "first_seq": chain.first_seq,
-                "last_seq": chain.last_seq,
-                "torn": chain.torn,
-                "error": chain.error,
-            }
-            for chain in result.chains
-        ],
-        "range": {"first": _time(tally.first_at), "last": _time(tally.last_at)},
-        "totals": {
-            "lines": tally.lines,
-            "records": tally.records,
-            "policy_decisions": replayed + cannot,
-            "replayed": replayed,
-            "cannot_decide": cannot,
-            "gate_refusals": sum(tally.refusals.values()),
-            "listings": tally.listings,
-            "checkpoints": tally.checkpoints,
-            "unreadable": tally.unreadable,
-            "not_records": tally.not_records,
-            "flips": tally.flip_count,
-            "outside_pack_window": tally.outside_window,
-        },
-        "effects": {
-            "before": {e: before[e] for e in EFFECTS},
-            "after": {e: after[e] for e in EFFECTS},
-        },
-        "transitions": [
-            {"from": old, "to": new, "count": count}
-            for (old, new), count in sorted(
-                tally.transitions.items(), key=lambda item: (-item[1], item[0])
-            )
-        ],
-        "flips": {
-            "by_kind": {k: by_kind[k] for k in KINDS if by_kind[k]},
-            "by_direction": {d: by_direction[d] for d in DIRECTIONS},
-            **{name: _ranked(dims[name]) for name, _ in DIMENSIONS},
-            "groups": groups[:MAX_GROUPS],
-            "groups_omitted": max(0, len(groups) - MAX_GROUPS),
-        },
-        "top_entities": top_entities[:top],
-        "reason_changes": [
-            {"effect": effect, "reason_before": old, "reason": new, "count": count}
-            for (effect, old, new), count in tally.reason_changes.most_common()
-        ],
-        "cannot_decide": {
-            "count": cannot,
-            "before": {e: n for e, n in tally.cannot_before.items() if n},
-            "by_why": [{"why": why, "count": n} for why, n in tally.cannot_decide.most_common()],
-            "records": [{**item, "at": _time(item["at"])} for item in tally.cannot_list],
-            "records_omitted": max(0, cannot - len(tally.cannot_list)),
-        },
-        "gate_refusals": {"count": sum(tally.refusals.values()), "by_reason": refusals},
-        "listings": tally.listings,
-        "chain": {
-            "ok": not errors,
-            "errors": len(errors),
-            "warnings": len(warnings),
-            "findings": [f.to_dict() for f in result.findings],
-        },
-        "elapsed_seconds": round(result.elapsed, 3),
-        "records_per_second": round(result.records_per_second),
+        "count": inputs.cannot,
+        "before": {e: n for e, n in tally.cannot_before.items() if n},
+        "by_why": [{"why": why, "count": n} for why, n in tally.cannot_decide.most_common()],
+        "records": [{**item, "at": _time(item["at"])} for item in tally.cannot_list],
+        "records_omitted": max(0, inputs.cannot - len(tally.cannot_list)),
     }
+
+
+def _gate_refusals(inputs: _Inputs) -> dict[str, Any]:
+    refusals = inputs.tally.refusals
+    return {
+        "count": sum(refusals.values()),
+        "by_reason": [
+            {"reason": reason, "rule": rule, "status": status, "count": count}
+            for (reason, rule, status), count in refusals.most_common()
+        ],
+    }
+
+
+def _chain(inputs: _Inputs) -> dict[str, Any]:
+    findings = inputs.result.findings
+    errors = sum(1 for f in findings if f.severity == "error")
+    return {
+        "ok": not errors,
+        "errors": errors,
+        "warnings": len(findings) - errors,
+        "findings": [f.to_dict() for f in findings],
+    }
+
+
+# The report's members in their order, each with what builds it (the shape is in the docstring).
+_SECTIONS: tuple[tuple[str, Callable[[_Inputs], Any]], ...] = (
+    ("format", lambda _: FORMAT),
+    ("generated_at", lambda _: _time(time.time())),
+    ("pack", lambda inputs: pack_ref(inputs.result.options.pack)),
+    ("recorded_packs", _recorded_packs),
+    # Which restricted-party lists the re-decided records saw (their screening evidence).
+    (
+        "screening_lists",
+        lambda inputs: [
+            {"version": version, "records": count}
+            for version, count in inputs.tally.list_versions.most_common()
+        ],
+    ),
+    ("registry", lambda inputs: inputs.result.options.registry_source),
+    ("catalog", lambda inputs: inputs.result.options.catalog_source),
+    ("at", lambda inputs: _time(inputs.result.options.at)),
+    ("files", _files),
+    (
+        "range",
+        lambda inputs: {"first": _time(inputs.tally.first_at), "last": _time(inputs.tally.last_at)},
+    ),
+    ("totals", _totals),
+    ("effects", _effects),
+    ("transitions", _transitions),
+    ("flips", _flip_section),
+    ("top_entities", _top_entities),
+    ("reason_changes", _reason_changes),
+    ("cannot_decide", _cannot_decide),
+    ("gate_refusals", _gate_refusals),
+    ("listings", lambda inputs: inputs.tally.listings),
+    ("chain", _chain),
+    ("elapsed_seconds", lambda inputs: round(inputs.result.elapsed, 3)),
+    ("records_per_second", lambda inputs: round(inputs.result.records_per_second)),
+)
+
+
+def build_report(result: ReplayResult, *, top: int = 10) -> dict[str, Any]:
+    """The JSON report of a finished replay (shape in the module docstring)."""
+    tally = result.tally
+    inputs = _Inputs(result, top, _count_flips(tally), sum(tally.cannot_decide.values()))
+    return {name: build(inputs) for name, build in _SECTIONS}
 
 
 # -- terminal ------------------------------------------------------------------------------------
@@ -323,85 +414,99 @@ def unread_note(report: dict[str, Any]) -> str | None:
     )
 
 
-def summary(report: dict[str, Any], *, top: int = 10) -> str:
-    """The terminal summary of a report."""
+def _heading(report: dict[str, Any], top: int) -> list[str]:
     pack = report["pack"]
     totals = report["totals"]
     span = report["range"]
-    out = []
     when = f" as of {report['at']}" if report["at"] else ""
-    out.append(
+    out = [
         f"Replay under {pack['id']} ({pack['status']}, {_short(pack['digest'])}){when}: "
         f"{_n(totals['lines'])} lines from {len(report['files'])} file(s), "
         f"{(span['first'] or '-')[:10]} .. {(span['last'] or '-')[:10]}"
+    ]
+    out.extend(
+        f"  recorded under {recorded['id']} ({recorded['status']}, "
+        f"{_short(recorded['digest'])}): {_n(recorded['records'])} records"
+        for recorded in report["recorded_packs"]
     )
-    for recorded in report["recorded_packs"]:
-        out.append(
-            f"  recorded under {recorded['id']} ({recorded['status']}, "
-            f"{_short(recorded['digest'])}): {_n(recorded['records'])} records"
-        )
+    screened = [row for row in report.get("screening_lists", []) if row["version"] != "(none)"]
+    out.extend(
+        f"  screening lists {row['version']}: {_n(row['records'])} records" for row in screened
+    )
     if report["registry"] or report["catalog"]:
         out.append(
             f"  registry: {report['registry'] or 'as recorded'}; "
             f"catalogue: {report['catalog'] or 'as recorded'}"
         )
-    out.append("")
+    return out
+
+
+def _effect_lines(report: dict[str, Any], top: int) -> list[str]:
     effects = report["effects"]
-    out.append(
-        _table(
-            ("effect", "before", "after", "change"),
-            (
-                (e, _n(effects["before"][e]), _n(effects["after"][e]), _signed(effects, e))
-                for e in EFFECTS
-            ),
-        )
+    rows = (
+        (e, _n(effects["before"][e]), _n(effects["after"][e]), _signed(effects, e)) for e in EFFECTS
     )
-    flips = report["flips"]
+    return ["", _table(("effect", "before", "after", "change"), rows)]
+
+
+def _flip_lines(report: dict[str, Any], top: int) -> list[str]:
+    totals = report["totals"]
     replayed = totals["replayed"]
     share = f" ({totals['flips'] / replayed:.1%})" if replayed else ""
-    out.append("")
-    out.append(f"Flips: {_n(totals['flips'])} of {_n(replayed)} re-decided{share}")
-    for kind, count in flips["by_kind"].items():
-        out.append(f"  {kind:12} {_n(count):>10}")
-    if totals["flips"]:
-        rows = report["top_entities"][:top]
-        out.append("")
-        out.append("Top entities affected")
-        out.append(
-            _table(
-                ("entity", "flips", "cut off", "let in", "log", "records"),
-                (
-                    (
-                        r["entity"],
-                        _n(r["flips"]),
-                        _n(r["cut_off"]),
-                        _n(r["let_in"]),
-                        _n(r["log_change"]),
-                        _n(r["records"]),
-                    )
-                    for r in rows
-                ),
-            )
+    out = ["", f"Flips: {_n(totals['flips'])} of {_n(replayed)} re-decided{share}"]
+    out.extend(f"  {kind:12} {_n(count):>10}" for kind, count in report["flips"]["by_kind"].items())
+    return out
+
+
+# The flip dimensions the summary names, in its order (the report has them all).
+_SUMMARY_DIMENSIONS: tuple[tuple[str, str], ...] = (
+    ("by_country", "network country"),
+    ("by_effective_tier", "effective tier"),
+    ("by_model_tier", "model tier"),
+    ("by_model", "model"),
+    ("by_reason", "reason"),
+)
+
+
+def _affected_lines(report: dict[str, Any], top: int) -> list[str]:
+    """Who and what the flips fall on; nothing when there are none."""
+    if not report["totals"]["flips"]:
+        return []
+    rows = (
+        (
+            r["entity"],
+            _n(r["flips"]),
+            _n(r["cut_off"]),
+            _n(r["let_in"]),
+            _n(r["log_change"]),
+            _n(r["records"]),
         )
-        for name, label in (
-            ("by_country", "network country"),
-            ("by_effective_tier", "effective tier"),
-            ("by_model_tier", "model tier"),
-            ("by_model", "model"),
-            ("by_reason", "reason"),
-        ):
-            items = flips[name][:top]
-            text = ", ".join(f"{row['value']} {_n(row['total'])}" for row in items)
-            more = len(flips[name]) - len(items)
-            out.append(f"By {label}: {text}" + (f" (+{more} more)" if more > 0 else ""))
-    out.append("")
+        for r in report["top_entities"][:top]
+    )
+    out = [
+        "",
+        "Top entities affected",
+        _table(("entity", "flips", "cut off", "let in", "log", "records"), rows),
+    ]
+    flips = report["flips"]
+    for name, label in _SUMMARY_DIMENSIONS:
+        items = flips[name][:top]
+        text = ", ".join(f"{row['value']} {_n(row['total'])}" for row in items)
+        more = len(flips[name]) - len(items)
+        out.append(f"By {label}: {text}" + (f" (+{more} more)" if more > 0 else ""))
+    return out
+
+
+def _not_redecided_lines(report: dict[str, Any], top: int) -> list[str]:
     refusals = report["gate_refusals"]
+    totals = report["totals"]
     detail = ", ".join(f"{r['reason']} {_n(r['count'])}" for r in refusals["by_reason"][:6])
-    out.append(
+    out = [
+        "",
         f"Not re-decided: {_n(refusals['count'])} gate refusals"
         + (f" ({detail})" if detail else "")
-        + f", {_n(report['listings'])} model listings, {_n(totals['checkpoints'])} checkpoints"
-    )
+        + f", {_n(report['listings'])} model listings, {_n(totals['checkpoints'])} checkpoints",
+    ]
     if totals["unreadable"] or totals["not_records"]:
         out.append(
             f"Not records: {_n(totals['unreadable'])} line(s) that are not JSON objects, "
@@ -411,26 +516,52 @@ def summary(report: dict[str, Any], *, top: int = 10) -> str:
     if cannot["count"]:
         why = "; ".join(f"{w['why']} ({_n(w['count'])})" for w in cannot["by_why"][:5])
         out.append(f"Cannot decide: {_n(cannot['count'])} record(s): {why}")
-    if totals["outside_pack_window"]:
-        out.append(
-            f"Note: {_n(totals['outside_pack_window'])} records fall outside the legal window of "
-            f"{pack['id']} ({window_text(pack['effective'])})"
-        )
+    return out
+
+
+def _window_lines(report: dict[str, Any], top: int) -> list[str]:
+    outside = report["totals"]["outside_pack_window"]
+    if not outside:
+        return []
+    pack = report["pack"]
+    return [
+        f"Note: {_n(outside)} records fall outside the legal window of "
+        f"{pack['id']} ({window_text(pack['effective'])})"
+    ]
+
+
+def _chain_lines(report: dict[str, Any], top: int) -> list[str]:
     chain = report["chain"]
-    if chain["findings"]:
-        replayed_note = unread_note(report) or "the records were replayed all the same"
-        out.append(
-            f"Chain: {chain['errors']} problem(s), {chain['warnings']} warning(s) "
-            f"({replayed_note}):"
-        )
-        for finding in chain["findings"][:10]:
-            out.append(
-                f"  {finding['severity']}: {finding['file']}:{finding['line']}: "
-                f"{finding['kind']}: {finding['message']}"
-            )
-    else:
-        out.append("Chain: intact")
-    return "\n".join(out)
+    if not chain["findings"]:
+        return ["Chain: intact"]
+    replayed_note = unread_note(report) or "the records were replayed all the same"
+    out = [
+        f"Chain: {chain['errors']} problem(s), {chain['warnings']} warning(s) ({replayed_note}):"
+    ]
+    out.extend(
+        f"  {finding['severity']}: {finding['file']}:{finding['line']}: "
+        f"{finding['kind']}: {finding['message']}"
+        for finding in chain["findings"][:10]
+    )
+    return out
+
+
+# The summary's parts in their order; each gives its lines (a part that starts a block leads
+# with a blank line).
+_SUMMARY: tuple[Callable[[dict[str, Any], int], list[str]], ...] = (
+    _heading,
+    _effect_lines,
+    _flip_lines,
+    _affected_lines,
+    _not_redecided_lines,
+    _window_lines,
+    _chain_lines,
+)
+
+
+def summary(report: dict[str, Any], *, top: int = 10) -> str:
+    """The terminal summary of a report."""
+    return "\n".join(line for part in _SUMMARY for line in part(report, top))
 
 
 def _signed(effects: dict[str, dict[str, int]], effect: str) -> str:

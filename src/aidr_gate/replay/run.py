@@ -115,6 +115,8 @@ class Tally:
     cannot_decide: Counter[str] = field(default_factory=Counter)
     cannot_before: Counter[str] = field(default_factory=Counter)
     cannot_list: list[dict[str, Any]] = field(default_factory=list)
+    # Re-decided records by the screening list version they saw ("(none)": no screening).
+    list_versions: Counter[str] = field(default_factory=Counter)
 
     @property
     def replayed(self) -> int:
@@ -169,46 +171,15 @@ class Replayer:
         tally.records += 1
         decision = tree.get("decision")
         if type(decision) is not dict:
-            if not tree:
-                # No aidr tree: a checkpoint, or a JSON line the gate did not write as a record.
-                if is_checkpoint(line):
-                    tally.checkpoints += 1
-                else:
-                    tally.not_records += 1
-                return
-            why = "the record has no aidr.decision"
-            try:
-                check_schema(tree)
-            except MissingEvidence as exc:
-                why = exc.why
-            self._cannot(None, None, None, file, number, why)
+            self._not_a_decision(tree, line, file, number)
             return
         at = self.clock.parse(decision.get("at"))
-        if at is not None:
-            first = tally.first_at
-            if first is None or at < first:
-                tally.first_at = at
-            last = tally.last_at
-            if last is None or at > last:
-                tally.last_at = at
-        policy = tree.get("policy")
-        if type(policy) is dict:
-            ref = (policy.get("id"), policy.get("digest"), policy.get("status"))
-            try:
-                tally.recorded_packs[ref] += 1
-            except TypeError:  # a garbled record: a list where a name should be
-                tally.recorded_packs[(str(ref[0]), str(ref[1]), str(ref[2]))] += 1
+        self._note_seen(at, tree.get("policy"))
         rule = decision.get("rule")
         reasons = decision.get("reasons")
         old_reason = reasons[0] if type(reasons) is list and reasons else UNKNOWN
         if type(rule) is str and rule.startswith("gate/"):
-            if rule == LISTING_RULE:
-                tally.listings += 1
-            else:
-                status = decision.get("status")
-                tally.refusals[
-                    (str(old_reason), rule, status if type(status) is int else None)
-                ] += 1
+            self._gate_record(rule, decision, old_reason)
             return
         old = decision.get("effect")
         try:
@@ -229,24 +200,76 @@ class Replayer:
         new = verdict[0]
         tally.transitions[(old, new)] += 1
         tally.entity_records[inputs.entity_label] += 1
+        tally.list_versions[inputs.list_version or NONE] += 1
         if not verdict[5]:
             tally.outside_window += 1
         if new == old:
             if old_reason != verdict[1]:
                 tally.reason_changes[(new, str(old_reason), verdict[1])] += 1
             return
-        tally.flip_count += 1
-        key: FlipKey = (
-            f"{old}->{new}",
-            inputs.entity_label,
-            inputs.network_country or UNKNOWN,
-            verdict[3],
-            inputs.model_label,
-            inputs.old_model_tier,
-            verdict[4],
-            str(old_reason),
-            verdict[1],
+        self._flip(
+            (
+                f"{old}->{new}",
+                inputs.entity_label,
+                inputs.network_country or UNKNOWN,
+                verdict[3],
+                inputs.model_label,
+                inputs.old_model_tier,
+                verdict[4],
+                str(old_reason),
+                verdict[1],
+            ),
+            at,
+            decision,
         )
+
+    def _not_a_decision(self, tree: dict[str, Any], line: bytes, file: str, number: int) -> None:
+        """A JSON object without ``aidr.decision``: a checkpoint, a foreign line or a bad record."""
+        tally = self.tally
+        if not tree:
+            # No aidr tree: a checkpoint, or a JSON line the gate did not write as a record.
+            if is_checkpoint(line):
+                tally.checkpoints += 1
+            else:
+                tally.not_records += 1
+            return
+        why = "the record has no aidr.decision"
+        try:
+            check_schema(tree)
+        except MissingEvidence as exc:
+            why = exc.why
+        self._cannot(None, None, None, file, number, why)
+
+    def _note_seen(self, at: float | None, policy: Any) -> None:
+        """The time range read, and the pack the record was decided under."""
+        tally = self.tally
+        if at is not None:
+            first = tally.first_at
+            if first is None or at < first:
+                tally.first_at = at
+            last = tally.last_at
+            if last is None or at > last:
+                tally.last_at = at
+        if type(policy) is dict:
+            ref = (policy.get("id"), policy.get("digest"), policy.get("status"))
+            try:
+                tally.recorded_packs[ref] += 1
+            except TypeError:  # a garbled record: a list where a name should be
+                tally.recorded_packs[(str(ref[0]), str(ref[1]), str(ref[2]))] += 1
+
+    def _gate_record(self, rule: str, decision: dict[str, Any], old_reason: object) -> None:
+        """A decision the gate made before the policy (a refusal), or a model listing."""
+        tally = self.tally
+        if rule == LISTING_RULE:
+            tally.listings += 1
+            return
+        status = decision.get("status")
+        tally.refusals[(str(old_reason), rule, status if type(status) is int else None)] += 1
+
+    def _flip(self, key: FlipKey, at: float, decision: dict[str, Any]) -> None:
+        """One more record whose effect changes, counted in its group."""
+        tally = self.tally
+        tally.flip_count += 1
         stats = tally.flips.get(key)
         if stats is None:
             tally.flips[key] = FlipStats(1, at, at, str(decision.get("id")))
@@ -266,6 +289,8 @@ class Replayer:
             network_country=inputs.network_country,
             anonymizer=inputs.anonymizer,
             at=when,
+            screening=inputs.screening,
+            region=inputs.region,
         )
         outcome = verdict.outcome
         return (

@@ -103,7 +103,9 @@ def _entry_id(cells: dict[str, str]) -> str:
     return hashlib.sha256(basis.encode()).hexdigest()[:16]
 
 
-def _entry(cells: dict[str, str], file: str, line: int) -> ListEntry:
+def _addresses(cells: dict[str, str]) -> list[Address]:
+    """The entry's addresses, each with the country its trailing code names; a vessel's flag
+    stands in when there are none."""
     addresses = []
     for part in _split(cells.get("addresses")):
         text = part[4:] if part.lower().startswith("and ") else part
@@ -113,9 +115,18 @@ def _entry(cells: dict[str, str], file: str, line: int) -> ListEntry:
     if not addresses and cells.get("vessel_flag"):
         flag = cells["vessel_flag"]
         addresses.append(Address(f"flag: {flag}", country_code(flag), flag))
+    return addresses
+
+
+def _countries(cells: dict[str, str], addresses: list[Address]) -> frozenset[str]:
     countries = {a.country for a in addresses if a.country}
     for column in ("nationalities", "citizenships"):
         countries |= {c for c in map(country_code, _split(cells.get(column))) if c}
+    return frozenset(countries)
+
+
+def _entry(cells: dict[str, str], file: str, line: int) -> ListEntry:
+    addresses = _addresses(cells)
     name = _clean_name(cells["name"])
     aliases = tuple(
         Alias(alias)
@@ -132,7 +143,7 @@ def _entry(cells: dict[str, str], file: str, line: int) -> ListEntry:
         aliases=aliases,
         programs=tuple(_split(cells.get("programs"))),
         addresses=tuple(addresses),
-        countries=frozenset(countries),
+        countries=_countries(cells, addresses),
         start_date=start if start and _DATE.match(start) else None,
         end_date=end if end and _DATE.match(end) else None,
         birth_dates=tuple(_split(cells.get("dates_of_birth"))),

@@ -15,7 +15,7 @@ import msgspec
 
 from aidr_gate.registry import Entity, OwnershipStatus
 from aidr_gate.screening.entries import ListVersion
-from aidr_gate.screening.ownership import OwnershipFinding, listed_ownership
+from aidr_gate.screening.ownership import OwnershipFinding, controlling_chain, listed_ownership
 from aidr_gate.screening.screen import EntityScreen, ScreeningRun
 
 
@@ -35,6 +35,16 @@ class ScreeningFacts(msgspec.Struct, frozen=True, gc=False):
     potential_entries: tuple[str, ...] = ()  # entries of unreviewed hits (own names and owners)
     ownership_path: tuple[str, ...] = ()  # entity ← holder (share) ← ... ← listed party
     list_version: str = ""  # ListVersion.label of the lists screened against
+    list_digest: str = ""  # ListVersion.digest: what an auditor matches a list file set against
+    list_date: str = ""  # ListVersion.date: the oldest source date of those lists
+    owned_by_sdn: bool = False  # 50% or more held by SDN-listed parties (OFAC's 50 Percent Rule)
+    # The facts above as the flags a pack's ``screening`` condition names (policy.reach), built
+    # once here so a request hands the engine one ready frozenset.
+    flags: frozenset[str] = frozenset()
+    # No ultimate parent stated: the country at the top of the controlling owner chain (owners
+    # over 50%), which the gate takes as the parent's; None when there is no such owner.
+    controlling_country: str | None = None
+    controlling_chain: tuple[str, ...] = ()
 
     @property
     def treated_as_listed(self) -> bool:
@@ -57,13 +67,41 @@ class ScreeningFacts(msgspec.Struct, frozen=True, gc=False):
             "potential_entries": list(self.potential_entries),
             "ownership_path": list(self.ownership_path),
             "list_version": self.list_version,
+            "list_digest": self.list_digest,
+            "list_date": self.list_date,
+            "owned_by_sdn": self.owned_by_sdn,
+            "flags": sorted(self.flags),
+            "controlling_country": self.controlling_country,
+            "controlling_chain": list(self.controlling_chain),
         }
+
+
+def with_flags(facts: ScreeningFacts) -> ScreeningFacts:
+    """*facts* with :attr:`ScreeningFacts.flags` set from its other fields."""
+    named = {
+        "listed": facts.listed,
+        "owned-by-listed": facts.owned_by_listed,
+        "owned-by-sdn": facts.owned_by_sdn,
+        "potential-hit": facts.potential_hit,
+        "exact-hit": facts.exact_hit,
+        "potential-owned-by-listed": facts.potential_owned_by_listed,
+        "ownership-unknown": facts.ownership_unknown,
+        "ownership-partial": facts.ownership_partial,
+        "not-screened": not facts.screened,
+    }
+    flags = frozenset(k for k, v in named.items() if v)
+    # One object per distinct set (at most 2**9): the engine's cache compares keys by identity
+    # first, so a shared set is found without comparing members.
+    return msgspec.structs.replace(facts, flags=_FLAG_SETS.setdefault(flags, flags))
+
+
+_FLAG_SETS: dict[frozenset[str], frozenset[str]] = {}
 
 
 class ScreeningTable:
     """Every entity's screening facts, for the request path: one lookup, no work."""
 
-    __slots__ = ("_facts", "_unscreened", "findings", "version")
+    __slots__ = ("facts", "findings", "source", "unavailable", "unscreened", "version")
 
     def __init__(
         self,
@@ -71,17 +109,30 @@ class ScreeningTable:
         version: ListVersion,
         findings: Mapping[str, OwnershipFinding] | None = None,
     ) -> None:
-        self._facts = dict(facts)
+        self.facts = dict(facts)  # read directly by the gate (one lookup, no method call)
         self.version = version
         self.findings: Mapping[str, OwnershipFinding] = findings or {}
-        self._unscreened = ScreeningFacts(screened=False, list_version=version.label)
+        self.unscreened = with_flags(
+            ScreeningFacts(
+                screened=False,
+                list_version=version.label,
+                list_digest=version.digest,
+                list_date=version.date,
+            )
+        )
+        # Set (by the runtime) when the lists behind this table are older than the bound the
+        # configuration allows: the gate then denies SCREENING_UNAVAILABLE (fail closed).
+        self.unavailable: str | None = None
+        # The lists and settings the table was screened with (screening.settings), when a
+        # running gate keeps them current; None for a table built by hand.
+        self.source: Any = None
 
     def get(self, entity_id: str) -> ScreeningFacts:
         """The entity's facts; facts saying ``screened=False`` for an entity never screened."""
-        return self._facts.get(entity_id, self._unscreened)
+        return self.facts.get(entity_id, self.unscreened)
 
     def __len__(self) -> int:
-        return len(self._facts)
+        return len(self.facts)
 
 
 def screening_table(entities: Iterable[Entity], run: ScreeningRun) -> ScreeningTable:
@@ -103,8 +154,25 @@ def screening_table(entities: Iterable[Entity], run: ScreeningRun) -> ScreeningT
         for index, entries in result.potential_owners.items():
             maybe_owners.setdefault(eid, {})[index] = entries
     possible = listed_ownership(by_id, maybe_listed, maybe_owners)
+    # OFAC's 50 Percent Rule counts SDN-listed holders only, and is never suspended: the same
+    # test again over the SDN entries, so a pack can tell it from the Affiliates rule's.
+    sdn_listed = {k: sdn for k, v in listed.items() if (sdn := _sdn(v))}
+    sdn_owners = {
+        k: held
+        for k, v in listed_owners.items()
+        if (held := {i: e for i, es in v.items() if (e := _sdn(es))})
+    }
+    by_sdn = listed_ownership(by_id, sdn_listed, sdn_owners)
     facts = {
-        eid: _facts_for(entity, results[eid], confirmed.get(eid), possible.get(eid), run.version)
+        eid: _facts_for(
+            entity,
+            results[eid],
+            confirmed.get(eid),
+            possible.get(eid),
+            run.version,
+            by_sdn.get(eid),
+            by_id,
+        )
         for eid, entity in by_id.items()
         if eid in results
     }
@@ -117,12 +185,18 @@ def _facts_for(
     finding: OwnershipFinding | None,
     possible: OwnershipFinding | None,
     version: ListVersion,
+    by_sdn: OwnershipFinding | None,
+    by_id: Mapping[str, Entity],
 ) -> ScreeningFacts:
     owned = finding is not None and finding.owned_by_listed
     own_potential = result.potential
     listed_links = finding.links if finding is not None else ()
     owner_potential = [e for entries in result.potential_owners.values() for e in entries]
-    return ScreeningFacts(
+    control = controlling_chain(by_id, entity.id) if entity.parent is None else None
+    controlled = control is not None and control.basis == "controlling owner" and control.country
+    facts = ScreeningFacts(
+        controlling_country=control.country if controlled and control is not None else None,
+        controlling_chain=control.chain if controlled and control is not None else (),
         listed=bool(result.confirmed),
         owned_by_listed=owned,
         potential_hit=bool(own_potential),
@@ -135,7 +209,15 @@ def _facts_for(
         potential_entries=_unique([*(h.entry for h in own_potential), *owner_potential]),
         ownership_path=finding.path if finding is not None and owned else (),
         list_version=version.label,
+        list_digest=version.digest,
+        list_date=version.date,
+        owned_by_sdn=by_sdn is not None and by_sdn.owned_by_listed,
     )
+    return with_flags(facts)
+
+
+def _sdn(entries: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(e for e in entries if e.startswith("sdn:"))
 
 
 def _unique(items: Iterable[str]) -> tuple[str, ...]:

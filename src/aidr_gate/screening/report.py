@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from aidr_gate.registry import Entity, OwnershipStatus
-from aidr_gate.screening.facts import ScreeningTable
+from aidr_gate.screening.facts import ScreeningFacts, ScreeningTable
 from aidr_gate.screening.screen import Hit, HitState, ScreeningRun
 from aidr_gate.screening.store import ListSnapshot
 
@@ -107,6 +107,33 @@ def _ownership_rows(entities: dict[str, Entity], table: ScreeningTable) -> list[
     return rows
 
 
+# Totals of entities by one screening fact of theirs, in the report's order.
+_FACT_TOTALS: tuple[tuple[str, Callable[[ScreeningFacts], bool]], ...] = (
+    ("entities_to_review", lambda f: f.potential_hit),
+    ("listed", lambda f: f.listed),
+    ("owned_by_listed", lambda f: f.owned_by_listed),
+    ("potential_owned_by_listed", lambda f: f.potential_owned_by_listed),
+    ("ownership_unknown", lambda f: f.ownership_unknown),
+    ("ownership_partial", lambda f: f.ownership_partial),
+)
+
+
+def _totals(
+    hits: list[dict[str, Any]], facts: Collection[ScreeningFacts], stale: int
+) -> dict[str, int]:
+    states = [h["state"] for h in hits]
+    out = {
+        "hits": len(hits),
+        "potential": states.count(HitState.POTENTIAL.value),
+        "confirmed": states.count(HitState.CONFIRMED.value),
+        "cleared": states.count(HitState.CLEARED.value),
+    }
+    for name, holds in _FACT_TOTALS:
+        out[name] = sum(1 for f in facts if holds(f))
+    out["stale_reviews"] = stale
+    return out
+
+
 def build_report(
     entities: Iterable[Entity],
     snapshot: ListSnapshot,
@@ -134,7 +161,6 @@ def build_report(
         for e in by_id.values()
         if e.ownership is not OwnershipStatus.COMPLETE
     ]
-    states = [h["state"] for h in hits]
     return {
         "format": REPORT_FORMAT,
         "generated_at": moment.isoformat(timespec="seconds"),
@@ -144,21 +170,7 @@ def build_report(
         "threshold": run.threshold,
         "seconds": round(run.seconds, 3),
         "lists": {**run.version.to_dict(), "entries": len(snapshot), "notes": list(snapshot.notes)},
-        "totals": {
-            "hits": len(hits),
-            "potential": states.count(HitState.POTENTIAL.value),
-            "confirmed": states.count(HitState.CONFIRMED.value),
-            "cleared": states.count(HitState.CLEARED.value),
-            "entities_to_review": sum(1 for f in facts.values() if f.potential_hit),
-            "listed": sum(1 for f in facts.values() if f.listed),
-            "owned_by_listed": sum(1 for f in facts.values() if f.owned_by_listed),
-            "potential_owned_by_listed": sum(
-                1 for f in facts.values() if f.potential_owned_by_listed
-            ),
-            "ownership_unknown": sum(1 for f in facts.values() if f.ownership_unknown),
-            "ownership_partial": sum(1 for f in facts.values() if f.ownership_partial),
-            "stale_reviews": len(stale),
-        },
+        "totals": _totals(hits, facts.values(), len(stale)),
         "hits": hits,
         "ownership": _ownership_rows(by_id, table),
         "ownership_gaps": gaps,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from aidr_gate import __version__
 from aidr_gate.errors import ConfigError
 from aidr_gate.telemetry.record import INSTRUMENTATION, Telemetry
 from aidr_gate.telemetry.settings import (
@@ -23,6 +22,7 @@ from aidr_gate.telemetry.settings import (
     TelemetrySettings,
     installed,
 )
+from aidr_gate.version import __version__
 
 if TYPE_CHECKING:
     import uvicorn

@@ -42,10 +42,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from aidr_gate import __version__
 from aidr_gate.telemetry.record import INSTRUMENTATION, Collected, Telemetry, attributes
 from aidr_gate.telemetry.settings import OtlpSettings
 from aidr_gate.telemetry.table import Kind
+from aidr_gate.version import __version__
 
 logger = logging.getLogger("aidr_gate.telemetry")
 

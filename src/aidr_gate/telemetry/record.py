@@ -29,7 +29,6 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import ProxyTracerProvider, SpanKind, Status, StatusCode, Tracer
 
-from aidr_gate import __version__
 from aidr_gate.countries import COUNTRY_CODES
 from aidr_gate.decision import Decision, Effect
 from aidr_gate.telemetry.settings import TelemetrySettings
@@ -53,6 +52,7 @@ from aidr_gate.telemetry.table import (
     Kind,
     MetricSpec,
 )
+from aidr_gate.version import __version__
 
 if TYPE_CHECKING:
     from aidr_gate.audit.trail import AuditTrail

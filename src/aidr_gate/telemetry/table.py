@@ -77,6 +77,7 @@ RELOAD_COMPONENTS = (
     "catalog",
     "keys",
     "geoip",
+    "screening",  # the restricted-party list files (re-screened when one changes)
     "identity",
     "network",
     "middleware",
@@ -199,8 +200,8 @@ METRICS: tuple[MetricSpec, ...] = (
         "aidr_gate.reloads",
         "{reload}",
         ("aidr.component", "aidr.result"),
-        "Reload attempts by component (config, policy, registry, catalog, keys, geoip, or a "
-        "section applied in place) and result (ok, failed)",
+        "Reload attempts by component (config, policy, registry, catalog, keys, geoip, screening, "
+        "or a section applied in place) and result (ok, failed)",
         "Telemetry.reload",
     ),
     MetricSpec(

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from aidr_gate.errors import AidrGateError
 
-class SinkError(Exception):
+
+class SinkError(AidrGateError):
     """A delivery failed in a way worth retrying (connection refused, timeout, 5xx, 429).
 
     ``delivered`` counts the leading lines of the batch that did arrive before the failure.
@@ -17,7 +19,7 @@ class SinkError(Exception):
         self.delivered = delivered
 
 
-class SinkRejected(Exception):
+class SinkRejected(AidrGateError):
     """The receiver refused some records for good (a 4xx on the records themselves)."""
 
     def __init__(self, message: str, rejected: int) -> None:

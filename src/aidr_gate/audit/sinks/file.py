@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aidr_gate.audit.chain import Tail, parse_link, read_tail
 from aidr_gate.audit.compression import SUFFIXES, compress_file
 from aidr_gate.audit.config import FileSinkConfig, FsyncPolicy
+from aidr_gate.audit.reader import Tail, first_seq, read_tail
 
 logger = logging.getLogger("aidr_gate.audit")
 
@@ -139,7 +139,7 @@ class FileJournal:
                     torn,
                     tail.seq if tail else "none",
                 )
-                self._first_seq = _first_seq(self.path)
+                self._first_seq = first_seq(self.path)
                 self._rotate_closed(self._clock())
         if tail is None:
             for candidate in reversed(rotated_files(self.path)):
@@ -156,7 +156,7 @@ class FileJournal:
             )
         self._open()
         if self._size > 0:
-            self._first_seq = _first_seq(self.path)
+            self._first_seq = first_seq(self.path)
         return Recovery(tail, torn)
 
     def _open(self) -> None:
@@ -283,16 +283,6 @@ class FileJournal:
         deadline = time.monotonic() + timeout
         for worker in self._compressors:
             worker.join(max(0.0, deadline - time.monotonic()))
-
-
-def _first_seq(path: Path) -> int | None:
-    try:
-        with open(path, "rb") as handle:
-            line = handle.readline()
-    except OSError:
-        return None
-    link = parse_link(line)
-    return link.seq if link else None
 
 
 def _compress(path: Path, codec: str = "zstd", level: int = 1) -> None:
