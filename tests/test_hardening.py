@@ -18,7 +18,9 @@ import httpx
 import pytest
 
 import hostile_app
-from aidr_gate.limits import LARGE_BODY, BufferBudget
+from aidr_gate.config import load_config
+from aidr_gate.errors import ConfigError
+from aidr_gate.limits import LARGE_BODY, BufferBudget, Limits, parse_limits
 from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.model_id import BufferedBody
 from aidr_gate.runtime import Runtime
@@ -688,3 +690,15 @@ def test_large_bodies_leave_a_quarter_of_the_budget_to_small_ones() -> None:
     for size in held + small:
         budget.give_back(size)
     assert budget.held == 0 and budget.large_held == 0
+
+
+def test_the_limits_section_is_read_and_checked(tmp_path: Path) -> None:
+    env = hostile_env(tmp_path, limits="limits:\n  max_header_lines: 50\n  body_timeout: 2.5\n")
+    limits = parse_limits(load_config(str(env.config)))
+    assert (limits.max_header_lines, limits.body_timeout) == (50, 2.5)
+    assert limits.max_buffered_bytes == Limits().max_buffered_bytes  # the rest at the defaults
+    bad = hostile_env(tmp_path / "bad", limits="limits:\n  max_header_lines: 2\n  nope: 1\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_limits(load_config(str(bad.config)))
+    text = str(caught.value)
+    assert "limits.max_header_lines" in text and "nope" in text and str(bad.config) in text
