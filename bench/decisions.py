@@ -925,7 +925,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry, catalog, evaluator = engine.state.registry, engine.state.catalog, engine.state.engine
     bare: list[dict[str, Any]] = []
     for r in requests:
-        entity = registry.get(r.entity_id)
+        found = registry.lookup(r.entity_id)  # the state's registry: in memory, never a miss
+        entity = found if isinstance(found, Entity) else None
         bare.append(
             {
                 "entity": entity,

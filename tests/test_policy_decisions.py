@@ -492,15 +492,13 @@ def test_evaluation_failure_is_a_deny() -> None:
         """A registry whose lookups raise."""
 
         source = "broken"
+        revision = None
 
-        def get(self, entity_id: str) -> Entity | None:
+        def lookup(self, entity_id: str) -> Entity | None:
             raise RuntimeError("registry exploded")
 
-        def __len__(self) -> int:
-            return 0
-
-        def __iter__(self):  # type: ignore[no-untyped-def]
-            return iter(())
+        async def fetch(self, entity_id: str) -> Entity | None:
+            raise RuntimeError("registry exploded")
 
     from dataclasses import replace
 

@@ -15,6 +15,7 @@ from aidr_gate.catalog import InMemoryCatalog, Model, ModelCatalog, Weights, loa
 from aidr_gate.config import GateConfig, PolicyConfig, load_config
 from aidr_gate.decision import Decision, Effect, Evidence, Mode
 from aidr_gate.errors import (
+    AccessRevoked,
     AidrGateError,
     AuditUnavailable,
     BodyIncomplete,
@@ -70,6 +71,7 @@ from aidr_gate.version import __version__
 
 __all__ = [
     "AIDRGateMiddleware",
+    "AccessRevoked",
     "Agreement",
     "AgreementStatus",
     "AidrGateError",

@@ -17,6 +17,7 @@ from aidr_gate.decision import Mode
 from aidr_gate.document import Checker, Document, join, load_document, parse_document
 from aidr_gate.errors import ConfigError
 from aidr_gate.policy.pack import bundled_pack_dir
+from aidr_gate.stores.settings import RegistrySettings, read_registry
 
 CONFIG_ENV = "AIDR_GATE_CONFIG"
 DEFAULT_CONFIG_PATHS = (Path("/etc/aidr-gate/config.yaml"),)
@@ -53,10 +54,11 @@ class GateConfig:
     base_dir: Path
     policy: PolicyConfig
     mode: Mode
-    registry: Path
+    registry: Path | None  # the registry file; None when the registry is a database store
     catalog: Path
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     document: Document | None = None
+    registry_settings: RegistrySettings | None = None  # stores/settings.py reads ``registry:``
 
     def section(self, name: str) -> Mapping[str, Any]:
         """A section's raw mapping (empty when absent)."""
@@ -101,7 +103,7 @@ def config_from_document(document: Document) -> tuple[GateConfig | None, Checker
     mode_text = check.string(
         data.get("mode", Mode.ENFORCE.value), "mode", choices=[m.value for m in Mode]
     )
-    registry = check.string(data.get("registry"), "registry")
+    registry = read_registry(check, data.get("registry"), base_dir)
     catalog = check.string(data.get("catalog"), "catalog")
     sections: dict[str, Mapping[str, Any]] = {}
     for name in SECTIONS:
@@ -121,10 +123,11 @@ def config_from_document(document: Document) -> tuple[GateConfig | None, Checker
         base_dir=base_dir,
         policy=policy,
         mode=Mode(mode_text),
-        registry=_resolve(base_dir, registry),
+        registry=registry.file,
         catalog=_resolve(base_dir, catalog),
         sections=sections,
         document=document,
+        registry_settings=registry,
     )
     return config, check
 

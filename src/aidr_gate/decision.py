@@ -127,6 +127,9 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
     evidence: Evidence
     mode: Mode = Mode.ENFORCE
     shadow: ShadowResult | None = None
+    # The entity registry's revision the decision saw (a file's SHA-256, a database's change
+    # sequence): audit records name it, so replay and an auditor know which data was used.
+    registry: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -150,6 +153,7 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
             "mode": self.mode.value,
             "policy": self.policy.to_dict(),
             "shadow": self.shadow.to_dict() if self.shadow else None,
+            "registry": {"revision": self.registry},
             "evidence": self.evidence.to_dict(),
         }
 

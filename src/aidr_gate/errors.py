@@ -293,6 +293,15 @@ class RegistryUnavailable(AidrGateError):
     status = 503
 
 
+class AccessRevoked(AidrGateError):
+    """An admitted stream was ended because a change (a registry change, a pack reload) now
+    denies it; the final event and the cut's own audit record carry this reason first, then the
+    reasons of the deny that caused it."""
+
+    reason = "ACCESS_REVOKED"
+    status = 403
+
+
 # --- reasons the bundled packs give ---------------------------------------------------------------
 
 # The reason codes of the rules in the packs aidr_gate ships (``policies/``), with what each

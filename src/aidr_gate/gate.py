@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from msgspec.structs import replace
 
@@ -27,11 +27,18 @@ from aidr_gate.decision import (
     Mode,
     ShadowResult,
 )
-from aidr_gate.errors import AidrGateError, ConfigError, PolicyEvaluationError, Problem
+from aidr_gate.errors import (
+    AidrGateError,
+    ConfigError,
+    PolicyEvaluationError,
+    Problem,
+    RegistryUnavailable,
+)
 from aidr_gate.facts import Identity, Origin
 from aidr_gate.policy.engine import PolicyEngine, Verdict
 from aidr_gate.policy.pack import Pack, load_pack
-from aidr_gate.registry import Entity, EntityRegistry, InMemoryRegistry, load_registry
+from aidr_gate.registry import Entity, InMemoryRegistry, load_registry
+from aidr_gate.stores.cache import MISS, Absent, Unavailable
 
 if TYPE_CHECKING:
     from aidr_gate.screening.facts import ScreeningFacts, ScreeningTable
@@ -44,12 +51,36 @@ LISTING_REASON = "MODELS_LISTED"
 LISTING_RULE = "gate/list-models"
 
 
+# What the caller already resolved of the entity: the entity, ``None`` (no such entity), or
+# UNAVAILABLE; MISS (the default) asks the gate to look it up in the state's registry.
+Resolved = Entity | Absent | None
+
+
+class EntitySource(Protocol):
+    """Where the gate finds entities: the file registry in memory, or a store's cache
+    (:class:`~aidr_gate.stores.cache.EntityCache`). ``lookup`` never does I/O; ``fetch`` is
+    awaited only after a MISS."""
+
+    def lookup(self, entity_id: str) -> Entity | Absent | None:
+        """The answer now: an entity, ``None``, MISS or UNAVAILABLE."""
+        ...
+
+    async def fetch(self, entity_id: str) -> Entity | Unavailable | None:
+        """The answer after reading the store if needed."""
+        ...
+
+    @property
+    def revision(self) -> str | None:
+        """The registry revision the answers come from (named in every audit record)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class GateState:
     """Everything the gate decides with, loaded together and replaced together."""
 
     engine: PolicyEngine
-    registry: EntityRegistry
+    registry: EntitySource
     catalog: ModelCatalog
     mode: Mode = Mode.ENFORCE
     shadow: PolicyEngine | None = None
@@ -62,11 +93,18 @@ class GateState:
         return self.engine.pack
 
 
-def load_state(config: GateConfig, *, warnings: list[Problem] | None = None) -> GateState:
-    """Load the packs, registry and catalogue a configuration names; every problem in one error."""
+def load_state(
+    config: GateConfig,
+    *,
+    warnings: list[Problem] | None = None,
+    registry: EntitySource | None = None,
+) -> GateState:
+    """Load the packs, registry and catalogue a configuration names; every problem in one error.
+
+    A database registry is not loaded here: the runtime passes its cache as *registry*.
+    """
     errors: list[ConfigError] = []
     engine = shadow = None
-    registry: EntityRegistry | None = None
     catalog: ModelCatalog | None = None
     try:
         engine = PolicyEngine(
@@ -81,10 +119,11 @@ def load_state(config: GateConfig, *, warnings: list[Problem] | None = None) -> 
             )
         except ConfigError as exc:
             errors.append(exc)
-    try:
-        registry = load_registry(config.registry)
-    except ConfigError as exc:
-        errors.append(exc)
+    if registry is None:
+        try:
+            registry = load_file_registry(config.registry)
+        except ConfigError as exc:
+            errors.append(exc)
     try:
         catalog = load_catalog(config.catalog)
     except ConfigError as exc:
@@ -93,10 +132,22 @@ def load_state(config: GateConfig, *, warnings: list[Problem] | None = None) -> 
     if registry is not None and config.sections.get("screening") is not None:
         from aidr_gate.screening.settings import load_screening  # only when lists are configured
 
-        try:
-            screening = load_screening(config, registry)  # off the request path: at load
-        except ConfigError as exc:
-            errors.append(exc)
+        if not isinstance(registry, InMemoryRegistry):
+            # Screening reads every entity at load; a database store is read one entity at a
+            # time through its cache. Refused rather than served unscreened (fail closed).
+            errors.append(
+                ConfigError.single(
+                    config.file,
+                    "screening",
+                    "screening a registry held in a database is not supported yet: "
+                    "use a registry file with screening:, or remove screening:",
+                )
+            )
+        else:
+            try:
+                screening = load_screening(config, registry)  # off the request path: at load
+            except ConfigError as exc:
+                errors.append(exc)
     if errors or engine is None or registry is None or catalog is None:
         raise ConfigError.merge(errors)
     return GateState(
@@ -107,6 +158,21 @@ def load_state(config: GateConfig, *, warnings: list[Problem] | None = None) -> 
         shadow=shadow,
         screening=screening,
     )
+
+
+def load_file_registry(path: Path | None) -> InMemoryRegistry:
+    """The registry file, with its revision (the SHA-256 of its bytes, as the file store names
+    it); a configuration whose registry is a database has no file to load here."""
+    from aidr_gate.stores.file import file_revision
+
+    if path is None:
+        raise ConfigError.single("registry", "", "the registry is a database store, not a file")
+    registry = load_registry(path)
+    try:
+        registry.revision = file_revision(path)
+    except OSError:  # replaced between loading and hashing: the next reload names it
+        registry.revision = None
+    return registry
 
 
 def state_for(
@@ -167,12 +233,18 @@ class Gate:
         model_id: str | None,
         at: float | None = None,
         state: GateState | None = None,
+        entity: Resolved = MISS,
     ) -> Decision:
-        """Decide one request whose identity and origin are resolved. Never raises: fails closed."""
+        """Decide one request whose identity and origin are resolved. Never raises: fails closed.
+
+        *entity* is what the caller resolved (the middleware awaits a cache miss first); by
+        default the state's registry is looked up, and an entity that is not at hand is denied
+        with REGISTRY_UNAVAILABLE.
+        """
         state = state or self._state
         when = self._clock() if at is None else at
         try:
-            return self._decide(state, identity, origin, model_id, when)
+            return self._decide(state, identity, origin, model_id, when, entity)
         except AidrGateError as exc:  # a stage that knows why it cannot answer (stale lists)
             return self.refuse(
                 exc, identity=identity, origin=origin, model_id=model_id, at=when, state=state
@@ -195,9 +267,23 @@ class Gate:
         origin: Origin,
         model_id: str | None,
         at: float,
+        resolved: Resolved,
     ) -> Decision:
         entity_id = identity.entity_id if identity is not None else None
-        entity = state.registry.get(entity_id) if entity_id else None
+        entity: Entity | None = None
+        if entity_id:
+            if resolved is MISS:
+                resolved = state.registry.lookup(entity_id)
+            if resolved.__class__ is Absent:  # not at hand: fail closed
+                return self.refuse(
+                    RegistryUnavailable("the entity registry cannot be reached"),
+                    identity=identity,
+                    origin=origin,
+                    model_id=model_id,
+                    at=at,
+                    state=state,
+                )
+            entity = resolved  # type: ignore[assignment]
         headquarters, parent, source, disagree = jurisdiction_of(entity, identity)
         model = state.catalog.get(model_id) if model_id else None
         screened = screening_of(state, entity)
@@ -240,10 +326,16 @@ class Gate:
             ),
             state.mode,
             shadow,
+            state.registry.revision,
         )
 
     def decide_listing(
-        self, *, identity: Identity | None, origin: Origin, at: float | None = None
+        self,
+        *,
+        identity: Identity | None,
+        origin: Origin,
+        at: float | None = None,
+        entity: Resolved = MISS,
     ) -> Decision:
         """Decide a model listing: allowed when the caller may use at least one catalogue model.
 
@@ -252,8 +344,17 @@ class Gate:
         """
         state = self._state
         when = self._clock() if at is None else at
+        if entity is MISS and identity is not None and identity.entity_id:
+            entity = state.registry.lookup(identity.entity_id)
+        if entity.__class__ is Absent:
+            return self.decide(
+                identity=identity, origin=origin, model_id=None, at=when, state=state, entity=entity
+            )
         allowed = next(
-            self.allowed_models(identity=identity, origin=origin, at=when, state=state), None
+            self.allowed_models(
+                identity=identity, origin=origin, at=when, state=state, entity=entity
+            ),
+            None,
         )
         first = next(iter(state.catalog), None)
         model = allowed or first
@@ -263,6 +364,7 @@ class Gate:
             model_id=model.id if model else None,
             at=when,
             state=state,
+            entity=entity,
         )
         if allowed is not None and decision.effect is not Effect.DENY:
             decision = replace(
@@ -316,6 +418,8 @@ class Gate:
                 agreement=None,
             ),
             mode=state.mode,
+            # getattr: a refusal must not fail, whatever the registry object is.
+            registry=getattr(state.registry, "revision", None),
         )
 
     def verdict(
@@ -326,17 +430,26 @@ class Gate:
         model: Model | None,
         at: float | None = None,
         state: GateState | None = None,
+        entity: Resolved = MISS,
     ) -> Verdict:
-        """The enforced pack's verdict for one model, without minting a decision (model listing)."""
+        """The enforced pack's verdict for one model, without minting a decision (model listing).
+
+        Raises :class:`RegistryUnavailable` when the entity is not at hand (callers deny)."""
         state = state or self._state
         entity_id = identity.entity_id if identity is not None else None
-        entity = state.registry.get(entity_id) if entity_id else None
-        headquarters, parent, _, _ = jurisdiction_of(entity, identity)
+        if not entity_id:
+            entity = None
+        elif entity is MISS:
+            entity = state.registry.lookup(entity_id)
+        if entity.__class__ is Absent:
+            raise RegistryUnavailable("the entity registry cannot be reached")
+        known: Entity | None = entity  # type: ignore[assignment]
+        headquarters, parent, _, _ = jurisdiction_of(known, identity)
         when = self._clock() if at is None else at
-        screened = screening_of(state, entity)
+        screened = screening_of(state, known)
         if screened is not None and parent is None and screened.controlling_country is not None:
             parent = screened.controlling_country
-        return _evaluate(state.engine, entity, headquarters, parent, model, origin, when, screened)
+        return _evaluate(state.engine, known, headquarters, parent, model, origin, when, screened)
 
     def allowed_models(
         self,
@@ -345,13 +458,19 @@ class Gate:
         origin: Origin,
         at: float | None = None,
         state: GateState | None = None,
+        entity: Resolved = MISS,
     ) -> Iterator[Model]:
-        """The catalogue's models this caller may use now, under the enforced pack."""
+        """The catalogue's models this caller may use now, under the enforced pack (none when
+        the entity is not at hand)."""
         state = state or self._state
         when = self._clock() if at is None else at
+        if entity is MISS and identity is not None and identity.entity_id:
+            entity = state.registry.lookup(identity.entity_id)
+        if entity.__class__ is Absent:
+            return
         for model in state.catalog:
             verdict = self.verdict(
-                identity=identity, origin=origin, model=model, at=when, state=state
+                identity=identity, origin=origin, model=model, at=when, state=state, entity=entity
             )
             if verdict.outcome.effect is not Effect.DENY:
                 yield model
@@ -422,6 +541,8 @@ def _stage_of(error: AidrGateError) -> str:
         return "origin"
     if isinstance(error, errors.AuditUnavailable):
         return "audit"
+    if isinstance(error, errors.RegistryUnavailable):
+        return "registry"
     if isinstance(error, errors.ScreeningUnavailable):
         return "screening"
     return "policy"

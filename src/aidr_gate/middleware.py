@@ -35,6 +35,7 @@ from aidr_gate.errors import (
 )
 from aidr_gate.facts import Identity, Origin
 from aidr_gate.form_model import content_type_of, model_from_form
+from aidr_gate.gate import Resolved
 from aidr_gate.headers import single_header_value
 from aidr_gate.identity import authorization_header
 from aidr_gate.model_id import (
@@ -47,6 +48,8 @@ from aidr_gate.model_id import (
 from aidr_gate.responses import error_body, error_headers, json_error, json_headers
 from aidr_gate.runtime import Runtime
 from aidr_gate.stages import CLIENT_DISCONNECTED, UPSTREAM_STATE_KEY
+from aidr_gate.stores.cache import MISS
+from aidr_gate.streams import AdmittedStream, cancelled_otherwise, finish_cut
 
 logger = logging.getLogger("aidr_gate.middleware")
 
@@ -199,6 +202,7 @@ class AIDRGateMiddleware:
         recorded = False
         gate_seconds = 0.0
         app_started: float | None = None
+        stream: AdmittedStream | None = None  # an event stream a change may cut
 
         async def record() -> bool:
             """Write the record (once); False when it was not stored and the response must
@@ -249,7 +253,7 @@ class AIDRGateMiddleware:
             aborted = False
 
             async def send_wrapper(message: Message) -> None:
-                nonlocal response_status, ended, aborted
+                nonlocal response_status, ended, aborted, stream
                 if aborted:
                     return  # the response was left incomplete: nothing more is sent
                 kind = message["type"]
@@ -261,15 +265,23 @@ class AIDRGateMiddleware:
                         body.release()
                     response_status = message["status"]
                     message = dict(message)
-                    message["headers"] = [*message.get("headers", ()), *extra]
-                elif kind == "http.response.body" and not message.get("more_body", False):
-                    ended = Ending.COMPLETED
-                    # The record is as durable as configured before the client has the whole
-                    # answer; a record that was not stored leaves the response incomplete (the
-                    # server closes the connection), never answered as if recorded.
-                    if not await record():
-                        aborted = True
-                        return
+                    headers_out = message.get("headers", ())
+                    stream = runtime.streams.admit(decision, headers_out)
+                    message["headers"] = [*headers_out, *extra]
+                elif kind == "http.response.body":
+                    if not message.get("more_body", False):
+                        if stream is not None:
+                            runtime.streams.done(stream)  # its last chunk: no longer cut
+                        ended = Ending.COMPLETED
+                        # The record is as durable as configured before the client has the
+                        # whole answer; a record that was not stored leaves the response
+                        # incomplete (the server closes the connection), never answered as if
+                        # recorded.
+                        if not await record():
+                            aborted = True
+                            return
+                    elif stream is not None:
+                        stream.sent(message.get("body", b""))
                 await send(message)
 
             app_send: Send = send_wrapper
@@ -281,8 +293,23 @@ class AIDRGateMiddleware:
             ):
                 app_send = self._listing_filter(runtime, decision, send_wrapper)
             app_started = time.perf_counter()
-            await self.app(scope, app_receive, app_send)
-            if ended is not Ending.COMPLETED and response_status is not None:
+            try:
+                await self.app(scope, app_receive, app_send)
+            except asyncio.CancelledError:
+                if stream is None or stream.cut is None or cancelled_otherwise():
+                    raise
+            finally:
+                if stream is not None:
+                    runtime.streams.done(stream)
+            if stream is not None and stream.cut is not None and ended is not Ending.COMPLETED:
+                # Cut by the stream book (a change denies it now). An app may absorb the
+                # cancellation (anyio task groups do) and return: the cut is finished here too.
+                ended = Ending.CUT
+                if not await finish_cut(
+                    stream, send, runtime.record, scope, runtime.recorded_headers(headers)
+                ):
+                    runtime.telemetry.response_aborted(AUDIT_NOT_STORED)
+            if ended not in (Ending.COMPLETED, Ending.CUT) and response_status is not None:
                 ended = Ending.CLIENT_DISCONNECTED
         except (OSError, asyncio.CancelledError):
             ended = Ending.CLIENT_DISCONNECTED
@@ -377,9 +404,18 @@ class AIDRGateMiddleware:
                 )
             if error is not None:
                 return gate.refuse(error, identity=identity, origin=origin, model_id=model_id), body
+            state = gate.state
+            entity: Resolved = None
+            if identity is not None and identity.entity_id:
+                # A cache hit is a dict read; only a miss awaits the store (coalesced).
+                entity = state.registry.lookup(identity.entity_id)
+                if entity is MISS:
+                    entity = await state.registry.fetch(identity.entity_id)
             if method == "GET" and path in runtime.settings.list_models_paths:
-                return gate.decide_listing(identity=identity, origin=origin), body
-            return gate.decide(identity=identity, origin=origin, model_id=model_id), body
+                return gate.decide_listing(identity=identity, origin=origin, entity=entity), body
+            return gate.decide(
+                identity=identity, origin=origin, model_id=model_id, state=state, entity=entity
+            ), body
         except Exception as exc:  # fail closed: a bug in a stage is a deny, never an allow
             _log_internal_error(exc)
             fallback = origin or _unknown_origin(scope)
@@ -431,6 +467,7 @@ class AIDRGateMiddleware:
         """Wrap *send* so a model listing only names models this caller may use."""
         identity = decision.evidence.identity
         origin = decision.evidence.origin
+        entity = decision.evidence.entity  # as resolved for the decision: no second lookup
         limit = runtime.settings.max_listing_bytes
         start: Message | None = None
         chunks: list[bytes] = []
@@ -456,7 +493,12 @@ class AIDRGateMiddleware:
             if message.get("more_body", False):
                 return
             payload = _filter_listing(
-                runtime, b"".join(chunks) if size <= limit else b"", identity, origin, decision.at
+                runtime,
+                b"".join(chunks) if size <= limit else b"",
+                identity,
+                origin,
+                decision.at,
+                entity,
             )
             headers = [
                 (k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"
@@ -534,7 +576,12 @@ class AIDRGateMiddleware:
 
 
 def _filter_listing(
-    runtime: Runtime, payload: bytes, identity: Identity | None, origin: Origin | None, at: float
+    runtime: Runtime,
+    payload: bytes,
+    identity: Identity | None,
+    origin: Origin | None,
+    at: float,
+    entity: Resolved = MISS,
 ) -> bytes:
     """Keep only the listed models this caller may use; anything unreadable lists nothing."""
     try:
@@ -556,6 +603,7 @@ def _filter_listing(
             origin=origin or _unknown_origin({}),
             model=catalog.get(model_id),
             at=at,
+            entity=entity,
         )
         if verdict.outcome.effect is not Effect.DENY:
             keep.append(item)

@@ -288,12 +288,23 @@ class EntityRegistry(Protocol):
 class InMemoryRegistry:
     """A registry held in a dict; the file loader builds one of these."""
 
-    def __init__(self, entities: Iterable[Entity], source: str = "<memory>") -> None:
+    def __init__(
+        self, entities: Iterable[Entity], source: str = "<memory>", revision: str | None = None
+    ) -> None:
         self._entities: dict[str, Entity] = {e.id: e for e in entities}
         self.source = source
+        self.revision = revision  # the file's SHA-256 once loaded by the gate (audit records)
 
     def get(self, entity_id: str) -> Entity | None:
         """The entity with this id, or ``None``."""
+        return self._entities.get(entity_id)
+
+    def lookup(self, entity_id: str) -> Entity | None:
+        """As :meth:`get`: a registry in memory never misses (the gate's EntitySource)."""
+        return self._entities.get(entity_id)
+
+    async def fetch(self, entity_id: str) -> Entity | None:
+        """As :meth:`get`."""
         return self._entities.get(entity_id)
 
     def __len__(self) -> int:

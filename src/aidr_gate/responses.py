@@ -50,6 +50,7 @@ _MESSAGES = {
     "GATE_NOT_READY": "The gate is not ready.",
     "REGISTRY_UNAVAILABLE": "The registry of customers cannot be reached; the request is refused.",
     "SCREENING_UNAVAILABLE": "Restricted-party screening is out of date; the request is refused.",
+    "ACCESS_REVOKED": "Access ended while the response was streaming.",
 }
 
 

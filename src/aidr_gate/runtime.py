@@ -32,6 +32,9 @@ from aidr_gate.jwks import FileKeys, RemoteJwks
 from aidr_gate.limits import BufferBudget, Limits, parse_limits
 from aidr_gate.middleware_config import MiddlewareSettings, parse_middleware_settings
 from aidr_gate.origin import OriginResolver, origin_resolver_for
+from aidr_gate.stores.cache import RegistryView
+from aidr_gate.stores.settings import RegistrySettings, open_registry, registry_summary
+from aidr_gate.streams import AdmittedStream, StreamBook
 from aidr_gate.telemetry import Telemetry
 from aidr_gate.telemetry.wiring import (
     TelemetryWiring,
@@ -73,11 +76,21 @@ class Runtime:
         policy_watch_interval: float = DEFAULT_POLICY_WATCH_INTERVAL,
         wiring: TelemetryWiring | None = None,
         limits: Limits | None = None,
+        registry: RegistryView | None = None,
     ) -> None:
         self.gate = gate
         self.limits = limits or Limits()
         # Request bodies held at once, across every request this runtime gates.
         self.budget = BufferBudget(self.limits.max_buffered_bytes)
+        # A database registry's cache (None for a file loaded whole with the policy): started and
+        # closed here, kept across reloads, its changes rechecking the admitted streams.
+        self.registry = registry
+        settings_of = config.registry_settings if config is not None else None
+        self.streams = StreamBook(
+            gate,
+            enabled=settings_of.cut_streams if settings_of is not None else True,
+            on_cut=self._stream_cut,
+        )
         self.identity = identity
         self.origin = origin
         self.settings = settings
@@ -100,8 +113,15 @@ class Runtime:
         self._watch_interval = policy_watch_interval
         self._tasks: list[asyncio.Task[None]] = []
         self._policy_stamp = self._stamp()
+        self._unwatch: Callable[[], None] = lambda: None
+        self._watching = False
         self.started = False
         self.last_reload: ReloadReport | None = None
+
+    def _stream_cut(self, stream: AdmittedStream) -> None:
+        reasons = stream.cut.reasons if stream.cut is not None else ()
+        if reasons:  # counted by the deny's own first reason (after ACCESS_REVOKED)
+            self.telemetry.stream_cut(reasons[1] if len(reasons) > 1 else reasons[0])
 
     # -- building -------------------------------------------------------------------------------
 
@@ -119,7 +139,8 @@ class Runtime:
                 errors.append(exc)
                 return None
 
-        state = attempt(load_state)
+        registry = attempt(open_registry)
+        state = attempt(lambda c: load_state(c, registry=registry))
         identity_config = attempt(parse_identity_config)
         origin = attempt(origin_resolver_for)
         settings = attempt(parse_middleware_settings)
@@ -137,6 +158,7 @@ class Runtime:
             config=cfg,
             wiring=wiring,
             limits=limits,
+            registry=registry,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -146,6 +168,16 @@ class Runtime:
         if self.started:
             return
         await self.wiring.start()  # first: a metrics port in use fails the start before the rest
+        if self.registry is not None:
+            # A store that is down leaves the cache unavailable (requests are denied with
+            # REGISTRY_UNAVAILABLE) and is retried in the background: the gate still starts.
+            # Idempotent: a start retried after a failure below follows the same cache.
+            await self.registry.start()
+        if not self._watching:  # registry changes and removed keys cut admitted streams
+            if self.registry is not None:
+                self._unwatch = self.registry.on_change(self.streams.changed)
+            self.identity.keys.add_listener(self.streams.keys_changed)
+            self._watching = True
         try:
             await self.identity.start()
         except BaseException:
@@ -178,6 +210,10 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        await self.streams.close()
+        if self.registry is not None:
+            self._unwatch()
+            await self.registry.close()
         if self.audit is not None:
             await self.audit.close(timeout)
         await self.identity.close()
@@ -192,7 +228,7 @@ class Runtime:
         parts = [
             f"pack {pack.id} ({pack.status}, {pack.digest[:19]})",
             f"mode {state.mode.value}",
-            f"{len(state.registry)} entities",
+            registry_summary(state.registry, self.registry),
             f"{len(state.catalog)} models",
             self.origin.describe(),
             "keys ready" if self.identity.ready else "keys not loaded yet",
@@ -244,7 +280,9 @@ class Runtime:
         if self.config is None:
             return []
         state = self.gate.state
-        files = [Path(self.config.file), self.config.registry, self.config.catalog]
+        files = [Path(self.config.file), self.config.catalog]
+        if self.config.registry is not None:  # a database store is followed, not polled
+            files.append(self.config.registry)
         files += [Path(f) for f in state.pack.files]
         if state.shadow is not None:
             files += [Path(f) for f in state.shadow.pack.files]
@@ -271,7 +309,9 @@ class Runtime:
             return report
         path = self.config.file
         try:
-            config, state = await asyncio.to_thread(_load_policy, path)
+            config, state = await asyncio.to_thread(
+                _load_policy, path, self.registry, self.config.registry_settings
+            )
         except ConfigError as exc:
             report = ReloadReport(
                 False, False, f"reload refused, keeping the last good state: {exc}"
@@ -283,13 +323,16 @@ class Runtime:
             return report
         old = self.gate.swap(state)
         self.config = config
+        if config.registry_settings is not None:
+            self.streams.enabled = config.registry_settings.cut_streams
+        self.streams.recheck()  # a stream the new pack (or registry file) denies is cut
         self._policy_stamp = self._stamp()
         changed = old.pack.digest != state.pack.digest or old is not state
         report = ReloadReport(
             True,
             changed,
             f"reloaded: pack {state.pack.id} ({state.pack.digest[:19]}), "
-            f"{len(state.registry)} entities, {len(state.catalog)} models",
+            f"{registry_summary(state.registry, self.registry)}, {len(state.catalog)} models",
         )
         logger.info("%s", report.detail)
         count_reload(self.telemetry, config, None)
@@ -353,6 +396,19 @@ class Runtime:
                 await self.reload()
 
 
-def _load_policy(path: str) -> tuple[GateConfig, GateState]:
+def _load_policy(
+    path: str, registry: RegistryView | None, running: RegistrySettings | None
+) -> tuple[GateConfig, GateState]:
     config = load_config(path)
-    return config, load_state(config)
+    settings = config.registry_settings
+    if registry is not None and (
+        settings is None
+        or running is None
+        or (settings.store, settings.cache) != (running.store, running.cache)
+    ):
+        # The cache follows the store it was started on: another store (or other cache bounds)
+        # needs a restart; a file registry is reloaded with the policy.
+        raise ConfigError.single(
+            config.file, "registry", "changing the registry store needs a restart"
+        )
+    return config, load_state(config, registry=registry)

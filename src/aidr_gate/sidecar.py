@@ -39,6 +39,7 @@ from aidr_gate.proxy import ProxySettings, UpstreamProxy
 from aidr_gate.responses import json_headers
 from aidr_gate.runtime import Runtime
 from aidr_gate.server_limits import server_options
+from aidr_gate.stores.settings import registry_detail
 from aidr_gate.telemetry.wiring import count_upstream
 
 logger = logging.getLogger("aidr_gate.sidecar")
@@ -229,7 +230,7 @@ class SidecarApp:
         checks: dict[str, Any] = {
             "started": decisive["started"],
             "policy": f"{state.pack.id} ({state.pack.status})",
-            "registry": len(state.registry),
+            "registry": registry_detail(state.registry, runtime.registry),
             "catalog": len(state.catalog),
             "keys": decisive["keys"],
             "geoip": runtime.origin.describe(),
@@ -255,6 +256,8 @@ class SidecarApp:
             "keys": bool(runtime.identity.ready),
             "audit": bool(runtime.audit_accepting),
             "upstream": self._upstream_ok,
+            # A database registry past max_staleness (or never reached) refuses every entity.
+            "registry": runtime.registry is None or runtime.registry.health().ready,
         }
 
     async def _probe_upstream(self) -> None:

@@ -114,6 +114,8 @@ def request_values(
     if request is None:
         return None, None
     member: dict[str, Any] = {"ending": request.ending.value}
+    if request.cut_of is not None:
+        member["cut_of"] = request.cut_of  # the admitted request whose stream this record ends
     others = {k: v for k, v in redactor_headers.items() if k != "user-agent"}
     if others:
         member["headers"] = others

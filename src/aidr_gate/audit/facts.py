@@ -119,6 +119,7 @@ class FactsBook:
         )
         key = (
             *map(id, refs),
+            decision.registry,
             evidence.entity_id,
             evidence.entity_source,
             evidence.claims_disagree,
@@ -171,6 +172,7 @@ def facts_tree(decision: Decision) -> dict[str, Any]:
         "model": tree["model"],
         "jurisdiction": tree["jurisdiction"],
         "agreement": tree["agreement"],
+        "registry": {"revision": decision.registry},
         "screening": tree["screening"],
     }
 
@@ -201,6 +203,7 @@ def request_tree(request: RequestContext | None) -> dict[str, Any]:
             "ending": request.ending.value,
             "headers": None,  # filled by the caller: the redactor decides
             "body_bytes": request.body_bytes,
+            "cut_of": request.cut_of,
         },
         "gate": {"added_us": request.gate_us if request else None},
         "upstream": {
@@ -240,6 +243,7 @@ def full_tree(
         },
         "policy": tree["policy"],
         "shadow": tree["shadow"],
+        "registry": tree["registry"],
         **evidence,
         **request_tree(event.request),
     }

@@ -277,6 +277,7 @@ class RecordReader:
             "model": facts.get("model"),
             "jurisdiction": facts.get("jurisdiction"),
             "agreement": facts.get("agreement"),
+            "registry": facts.get("registry"),
             "screening": facts.get("screening"),
             "request": _request(tree, aidr),
             "gate": {"added_us": tree["gate_us"]},
@@ -399,4 +400,9 @@ def _request(tree: dict[str, Any], aidr: dict[str, Any]) -> Any:
     headers = dict(own.get("headers") or {})
     if tree["user_agent"] is not None:
         headers["user-agent"] = tree["user_agent"]
-    return {"ending": own.get("ending"), "headers": headers, "body_bytes": tree["body_bytes"]}
+    return {
+        "ending": own.get("ending"),
+        "headers": headers,
+        "body_bytes": tree["body_bytes"],
+        "cut_of": own.get("cut_of"),
+    }

@@ -95,6 +95,7 @@ class Ending(StrEnum):
     CLIENT_DISCONNECTED = "client-disconnected"
     ERROR = "error"
     DENIED = "denied"
+    CUT = "cut"  # admitted, then ended by the gate: a change now denies it (ACCESS_REVOKED)
 
 
 class RequestContext(msgspec.Struct, frozen=True, gc=False):
@@ -118,6 +119,7 @@ class RequestContext(msgspec.Struct, frozen=True, gc=False):
     ending: Ending = Ending.COMPLETED
     body_bytes: int | None = None
     upstream_error: str | None = None  # UPSTREAM_UNAVAILABLE, UPSTREAM_TIMEOUT, ... (sidecar)
+    cut_of: str | None = None  # a cut's own record: the decision id of the stream it ended
 
 
 class AuditEvent(msgspec.Struct, frozen=True, gc=False):

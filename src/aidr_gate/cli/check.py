@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from msgspec.structs import replace
@@ -23,12 +25,15 @@ from aidr_gate.facts import (
     RegionSource,
     declared_origin,
 )
-from aidr_gate.gate import Gate, GateState, load_state
+from aidr_gate.gate import EntitySource, Gate, GateState, Resolved, load_file_registry, load_state
 from aidr_gate.identity import Authenticator, parse_identity_config
 from aidr_gate.origin import origin_resolver_for
 from aidr_gate.policy.engine import PolicyEngine
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.policy.reach import region_code
+from aidr_gate.stores import RegistryView, open_store, registry_view
+from aidr_gate.stores.base import store_kind
+from aidr_gate.stores.settings import open_registry
 
 
 def add_parser(sub: Any) -> None:
@@ -81,6 +86,12 @@ def add_parser(sub: Any) -> None:
         default=[],
         choices=[f.value for f in AnonymizerFlag],
         help="an anonymizer flag of the --country address (repeatable)",
+    )
+    parser.add_argument(
+        "--registry",
+        metavar="STORE",
+        help="look the entity up in this registry (a file, sqlite:PATH, a postgresql:// URL or "
+        "env:NAME) instead of the configured one",
     )
     parser.add_argument("--model", help="model id as the request names it")
     parser.add_argument("--at", help="evaluation time, a date or ISO 8601 date-time (default: now)")
@@ -162,7 +173,16 @@ def _refuse_ignored_flags(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``check``."""
     config = load_config(args.config)
-    state: GateState = load_state(config)
+    source: EntitySource | None = None
+    view: RegistryView | None = None
+    if args.registry:
+        if store_kind(args.registry) == "file":
+            source = load_file_registry(Path(args.registry))
+        else:
+            source = view = registry_view(open_store(args.registry))
+    else:
+        source = view = open_registry(config)
+    state: GateState = load_state(config, registry=source)
     if args.pack:
         state = GateState(
             engine=PolicyEngine(load_pack(args.pack, config.policy.search)),
@@ -208,8 +228,29 @@ def run(args: argparse.Namespace) -> int:
             claimed_parent=_country(args.claimed_parent, "--claimed-parent"),
             method="declared",
         )
-    decision = gate.decide(identity=identity, origin=origin, model_id=args.model, at=at)
+    entity: Resolved = None
+    if identity is not None and identity.entity_id:
+        entity = _resolve(state.registry, view, identity.entity_id)
+    decision = gate.decide(
+        identity=identity, origin=origin, model_id=args.model, at=at, entity=entity
+    )
     return _print(decision, compact=args.compact)
+
+
+def _resolve(source: EntitySource, view: RegistryView | None, entity_id: str) -> Resolved:
+    """The entity from any store: a file in memory, or one read through the cache (a store that
+    cannot be reached answers UNAVAILABLE: the decision is REGISTRY_UNAVAILABLE)."""
+    if view is None:
+        return source.lookup(entity_id)
+
+    async def read() -> Resolved:
+        await view.start()
+        try:
+            return await view.fetch(entity_id)
+        finally:
+            await view.close()
+
+    return asyncio.run(read())
 
 
 def _print(decision: Decision, *, compact: bool) -> int:

@@ -14,10 +14,10 @@ from aidr_gate.cli.exit import EXIT_DENY, EXIT_OK, EXIT_USAGE
 from aidr_gate.document import parse_instant
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.policy.pack import load_pack
-from aidr_gate.registry import load_registry
 from aidr_gate.replay.page import render_html
 from aidr_gate.replay.report import ProgressBar, build_report, summary
 from aidr_gate.replay.run import ReplayOptions, replay_files
+from aidr_gate.stores import load_whole
 
 # Files a directory argument stands for: active and rotated journal files, plain or gzipped.
 AUDIT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".log", ".log.gz", ".log.zst")
@@ -49,9 +49,9 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument(
         "--registry",
-        type=Path,
-        metavar="FILE",
-        help="look entities up in this registry instead of using the recorded entity evidence",
+        metavar="STORE",
+        help="look entities up in this registry (a file, sqlite:PATH, a postgresql:// URL or "
+        "env:NAME) instead of using the recorded entity evidence",
     )
     parser.add_argument(
         "--catalog",
@@ -121,6 +121,7 @@ def options_from(args: argparse.Namespace) -> ReplayOptions:
     """Load what the options name; every problem in one error."""
     errors: list[ConfigError] = []
     pack = registry = catalog = None
+    revision = None
     at = None
     try:
         pack = load_pack(args.pack)
@@ -128,7 +129,7 @@ def options_from(args: argparse.Namespace) -> ReplayOptions:
         errors.append(exc)
     if args.registry is not None:
         try:
-            registry = load_registry(args.registry)
+            registry, revision = load_whole(args.registry)
         except ConfigError as exc:
             errors.append(exc)
     if args.catalog is not None:
@@ -164,6 +165,7 @@ def options_from(args: argparse.Namespace) -> ReplayOptions:
         catalog=catalog,
         at=at,
         registry_source=str(args.registry) if args.registry is not None else None,
+        registry_revision=revision,
         catalog_source=str(args.catalog) if args.catalog is not None else None,
     )
 

@@ -12,6 +12,7 @@ from aidr_gate.document import format_instant, parse_instant
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.gate import load_state
 from aidr_gate.replay.diff import pack_window, window_text
+from aidr_gate.stores.settings import open_registry, registry_summary
 
 
 def add_parser(sub: Any) -> None:
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         at = parsed
     config = load_config(args.config)
     warnings: list[Problem] = []
-    state = load_state(config, warnings=warnings)
+    registry = open_registry(config)  # a database store is named, not connected to
+    state = load_state(config, warnings=warnings, registry=registry)
     for engine in (state.engine, state.shadow):
         if engine is None:
             continue
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(
         f"ok: {config.file}: pack {state.pack.id} ({state.pack.status}, {state.pack.digest[:19]}), "
-        f"{len(state.registry)} entities, {len(state.catalog)} models"
+        f"{registry_summary(state.registry, registry)}, {len(state.catalog)} models"
         + (f", shadow {state.shadow.pack.id}" if state.shadow else "")
         + (
             f", {len(state.screening)} entities screened against lists "

@@ -11,7 +11,10 @@ the terminal summary and the HTML report (``replay/html.py``) render it. Its sha
                       were decided under (title and window when a bundled pack matches the digest)
     screening_lists   [{version, records}]: the restricted-party list versions ("date/sha256:...")
                       the re-decided records saw, "(none)" for records without screening
-    registry, catalog file names given with --registry/--catalog, or null (evidence as recorded)
+    registry, catalog file names given with --registry/--catalog, or null (evidence as recorded);
+    registry_revision the --registry store's revision when replay read it, or null
+    recorded_registries [{revision, records}]: the registry revisions the records were decided
+                      on (records from before revisions were recorded are not counted)
     at                ISO time every record was re-decided at (--at), or null (each its own time)
     files             [{path, lines, records, first_seq, last_seq, torn, error}] in chain order
     range             {first, last}: the earliest and latest decision times read
@@ -350,6 +353,14 @@ _SECTIONS: tuple[tuple[str, Callable[[_Inputs], Any]], ...] = (
         ],
     ),
     ("registry", lambda inputs: inputs.result.options.registry_source),
+    ("registry_revision", lambda inputs: inputs.result.options.registry_revision),
+    (
+        "recorded_registries",
+        lambda inputs: [
+            {"revision": revision, "records": count}
+            for revision, count in inputs.tally.recorded_registries.most_common()
+        ],
+    ),
     ("catalog", lambda inputs: inputs.result.options.catalog_source),
     ("at", lambda inputs: _time(inputs.result.options.at)),
     ("files", _files),
@@ -429,13 +440,20 @@ def _heading(report: dict[str, Any], top: int) -> list[str]:
         f"{_short(recorded['digest'])}): {_n(recorded['records'])} records"
         for recorded in report["recorded_packs"]
     )
+    revisions = report["recorded_registries"]
+    if revisions:
+        shown = ", ".join(f"{r['revision']} ({_n(r['records'])})" for r in revisions[:3])
+        others = f" and {len(revisions) - 3} more" if len(revisions) > 3 else ""
+        out.append(f"  decided on registry revisions {shown}{others}")
     screened = [row for row in report.get("screening_lists", []) if row["version"] != "(none)"]
     out.extend(
         f"  screening lists {row['version']}: {_n(row['records'])} records" for row in screened
     )
     if report["registry"] or report["catalog"]:
         out.append(
-            f"  registry: {report['registry'] or 'as recorded'}; "
+            f"  registry: {report['registry'] or 'as recorded'}"
+            + (f" at {report['registry_revision']}" if report["registry_revision"] else "")
+            + "; "
             f"catalogue: {report['catalog'] or 'as recorded'}"
         )
     return out

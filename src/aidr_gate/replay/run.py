@@ -71,6 +71,7 @@ class ReplayOptions:
     catalog: ModelCatalog | None = None
     at: float | None = None  # re-decide every record as if at this time
     registry_source: str | None = None  # file names, for the report
+    registry_revision: str | None = None  # the --registry store's revision when it was read
     catalog_source: str | None = None
 
 
@@ -112,6 +113,7 @@ class Tally:
     reason_changes: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     refusals: Counter[tuple[str, str, int | None]] = field(default_factory=Counter)
     recorded_packs: Counter[tuple[object, object, object]] = field(default_factory=Counter)
+    recorded_registries: Counter[str] = field(default_factory=Counter)  # revision -> records
     cannot_decide: Counter[str] = field(default_factory=Counter)
     cannot_before: Counter[str] = field(default_factory=Counter)
     cannot_list: list[dict[str, Any]] = field(default_factory=list)
@@ -175,6 +177,10 @@ class Replayer:
             return
         at = self.clock.parse(decision.get("at"))
         self._note_seen(at, tree.get("policy"))
+        registry = tree.get("registry")
+        if type(registry) is dict:
+            revision = registry.get("revision")
+            tally.recorded_registries[revision if type(revision) is str else "unknown"] += 1
         rule = decision.get("rule")
         reasons = decision.get("reasons")
         old_reason = reasons[0] if type(reasons) is list and reasons else UNKNOWN

@@ -8,10 +8,12 @@ in an environment variable (so no password is on a command line).
 
 from __future__ import annotations
 
+import asyncio
 import os
 
-from aidr_gate.errors import ConfigError
-from aidr_gate.stores.base import RegistryChange, RegistryStore, WritableStore
+from aidr_gate.errors import ConfigError, RegistryUnavailable
+from aidr_gate.registry import InMemoryRegistry
+from aidr_gate.stores.base import RegistryChange, RegistryStore, WritableStore, store_kind
 from aidr_gate.stores.cache import (
     MISS,
     UNAVAILABLE,
@@ -38,11 +40,10 @@ __all__ = [
     "RegistryView",
     "SnapshotView",
     "WritableStore",
+    "load_whole",
     "open_store",
     "registry_view",
 ]
-
-_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
 
 def open_store(name: str) -> WritableStore:
@@ -52,7 +53,8 @@ def open_store(name: str) -> WritableStore:
         if not value:
             raise ConfigError.single(name, "", f"environment variable {name[4:]} is not set")
         name = value
-    if name.startswith(("postgresql://", "postgres://")) or "dbname=" in name or "host=" in name:
+    kind = store_kind(name)
+    if kind == "postgres":
         try:
             from aidr_gate.stores.postgres import PostgresStore
         except ImportError:
@@ -62,8 +64,28 @@ def open_store(name: str) -> WritableStore:
                 "the PostgreSQL store needs psycopg: pip install 'aidr-gate[postgres]'",
             ) from None
         return PostgresStore(name)
-    if name.startswith("sqlite:") or name.lower().endswith(_SQLITE_SUFFIXES):
+    if kind == "sqlite":
         from aidr_gate.stores.sqlite import SqliteStore
 
         return SqliteStore(name.removeprefix("sqlite:"))
     return FileStore(name)
+
+
+def load_whole(name: str) -> tuple[InMemoryRegistry, str]:
+    """Every entity of the store *name* designates, in memory, and the store's revision (for
+    offline tools: ``replay --registry``); raises ConfigError when it cannot be read."""
+
+    async def read() -> tuple[InMemoryRegistry, str]:
+        store = open_store(name)
+        await store.open()
+        try:
+            revision = await store.revision()
+            entities = [entity async for entity in store.entities()]
+        finally:
+            await store.close()
+        return InMemoryRegistry(entities, source=store.source, revision=revision), revision
+
+    try:
+        return asyncio.run(read())
+    except RegistryUnavailable as exc:
+        raise ConfigError.single(name, "", f"the registry cannot be read: {exc.message}") from None

@@ -80,3 +80,17 @@ class WritableStore(RegistryStore, Protocol):
         """Make the store hold exactly *entities* (already validated), in one change that every
         reader sees whole; return how many entities were added, changed or removed."""
         ...
+
+
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def store_kind(name: str) -> str:
+    """``file``, ``sqlite``, ``postgres`` or ``env`` (decided when the variable is read)."""
+    if name.startswith("env:"):
+        return "env"
+    if name.startswith(("postgresql://", "postgres://")) or "dbname=" in name or "host=" in name:
+        return "postgres"
+    if name.startswith("sqlite:") or name.lower().endswith(_SQLITE_SUFFIXES):
+        return "sqlite"
+    return "file"

@@ -308,6 +308,9 @@ class Telemetry:
                 "started": bool(runtime.started),
                 "keys": bool(runtime.identity.ready),
                 "audit": bool(runtime.audit_accepting),
+                # A database registry past max_staleness (or never reached) refuses entities.
+                "registry": getattr(runtime, "registry", None) is None
+                or bool(runtime.registry.health().ready),
             }
         )
 

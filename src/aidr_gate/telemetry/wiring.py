@@ -185,7 +185,7 @@ def _component(config: GateConfig, file: str) -> str:
     path = Path(file).absolute()
     if path == Path(config.file).absolute():
         return "config"
-    if path == config.registry.absolute():
+    if config.registry is not None and path == config.registry.absolute():
         return "registry"
     if path == config.catalog.absolute():
         return "catalog"
