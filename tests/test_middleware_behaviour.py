@@ -29,6 +29,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from aidr_gate.decision import Decision
 from aidr_gate.demo.model_server import build_model_app
 from aidr_gate.middleware import AIDRGateMiddleware
+from aidr_gate.registry import Entity
 from aidr_gate.runtime import Runtime
 from gate_env import IP, GateEnv, make_gate_env
 from servers import serve
@@ -410,8 +411,8 @@ def test_policy_files_are_watched(tmp_path: Path) -> None:
         registry.write_text("entities:\n  fresh-co:\n    headquarters: CN\n")
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            entity = runtime.gate.state.registry.get("fresh-co")
-            if entity is not None and entity.headquarters == "CN":
+            entity = runtime.gate.state.registry.lookup("fresh-co")
+            if isinstance(entity, Entity) and entity.headquarters == "CN":
                 return
             await asyncio.sleep(0.1)
         pytest.fail("the registry change was not picked up")
