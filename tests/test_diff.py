@@ -11,6 +11,7 @@ from aidr_gate.cli import main
 from aidr_gate.document import parse_instant
 from aidr_gate.policy.pack import Membership, load_pack
 from aidr_gate.replay.diff import (
+    CHANGE_PARTS,
     describe,
     diff_packs,
     pack_window,
@@ -73,6 +74,22 @@ def test_identical_packs() -> None:
     diff = diff_packs(pack, load_pack("aidr-2025-01"))
     assert diff["identical"] is True
     assert "identical" in render_diff(diff)
+
+
+def test_identical_looks_at_every_part_of_a_diff() -> None:
+    """A part added to diff_packs's result counts toward ``identical`` (or is named here, and why)."""
+    diff = diff_packs(load_pack("aidr-2025-01"), load_pack("aidr-2025-01"))
+    parts: set[tuple[str, ...]] = set()
+    for key, value in diff.items():
+        if key in {"format", "a", "b", "identical"}:  # which packs, not what differs
+            continue
+        parts |= {(key, sub) for sub in value} if isinstance(value, dict) else {(key,)}
+    # Only one pack has a tier table: _differs compares the two flags; the summary shows that table.
+    parts -= {("country_tiers", "a_present"), ("country_tiers", "b_present")}
+    parts -= {("country_tiers", "summary")}
+    assert parts == {(s, p) for s, ps in CHANGE_PARTS.items() for p in ps} | {
+        (s,) for s, ps in CHANGE_PARTS.items() if not ps
+    }
 
 
 def test_published_rule_against_rescission() -> None:

@@ -21,8 +21,6 @@ import pytest
 from aidr_gate.errors import ConfigError
 from aidr_gate.facts import AnonymizerFlag, CountrySource
 from aidr_gate.geo import (
-    _V4_SPECIAL_FIRST_OCTETS,
-    _V6_SPECIAL_IN_GLOBAL,
     RETIRE_GRACE,
     CountryResolver,
     GeoResult,
@@ -32,6 +30,7 @@ from aidr_gate.geo import (
     special_address,
     watch,
 )
+from aidr_gate.geo.resolver import _V4_SPECIAL_FIRST_OCTETS, _V6_SPECIAL_IN_GLOBAL
 from mmdb_files import (
     ANONYMOUS,
     BUILD,

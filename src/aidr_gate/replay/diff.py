@@ -280,31 +280,29 @@ def diff_packs(a: Pack, b: Pack) -> dict[str, Any]:
     return out
 
 
+# Where a :func:`diff_packs` result holds a change: these parts of a section, or () for the section.
+CHANGE_PARTS: Mapping[str, tuple[str, ...]] = {
+    "meta": (),
+    "citations": ("added", "removed"),
+    "country_tiers": ("order", "default", "countries"),
+    "groups": (),
+    "rules": ("added", "removed", "changed", "order"),
+    "model_tiers": ("changes", "added", "removed", "changed", "order"),
+    "default": (),
+    "agreements": (),
+    "region_groups": (),
+    "status_history": (),
+}
+
+
 def _differs(diff: Mapping[str, Any]) -> bool:
     """True when any section of a :func:`diff_packs` result holds a change."""
-    tiers, rules, models = diff["country_tiers"], diff["rules"], diff["model_tiers"]
-    return bool(
-        diff["meta"]
-        or diff["citations"]["added"]
-        or diff["citations"]["removed"]
-        or tiers["a_present"] != tiers["b_present"]
-        or tiers["order"]
-        or tiers["default"]
-        or tiers["countries"]
-        or diff["groups"]
-        or rules["added"]
-        or rules["removed"]
-        or rules["changed"]
-        or rules["order"]
-        or models["changes"]
-        or models["added"]
-        or models["removed"]
-        or models["changed"]
-        or models["order"]
-        or diff["default"]
-        or diff["agreements"]
-        or diff["region_groups"]
-        or diff["status_history"]
+    tiers = diff["country_tiers"]
+    if tiers["a_present"] != tiers["b_present"]:  # one pack has a tier table, the other none
+        return True
+    return any(
+        any(diff[section][part] for part in parts) if parts else diff[section]
+        for section, parts in CHANGE_PARTS.items()
     )
 
 

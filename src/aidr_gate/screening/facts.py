@@ -8,7 +8,7 @@ missing answer is never an allow.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import msgspec
@@ -188,32 +188,51 @@ def _facts_for(
     by_sdn: OwnershipFinding | None,
     by_id: Mapping[str, Entity],
 ) -> ScreeningFacts:
-    owned = finding is not None and finding.owned_by_listed
+    owned = _owned(finding)
     own_potential = result.potential
-    listed_links = finding.links if finding is not None else ()
     owner_potential = [e for entries in result.potential_owners.values() for e in entries]
-    control = controlling_chain(by_id, entity.id) if entity.parent is None else None
-    controlled = control is not None and control.basis == "controlling owner" and control.country
+    controlling_country, chain = _controller(entity, by_id)
     facts = ScreeningFacts(
-        controlling_country=control.country if controlled and control is not None else None,
-        controlling_chain=control.chain if controlled and control is not None else (),
+        controlling_country=controlling_country,
+        controlling_chain=chain,
         listed=bool(result.confirmed),
         owned_by_listed=owned,
         potential_hit=bool(own_potential),
         exact_hit=any(h.match.score >= 100.0 for h in own_potential),
-        potential_owned_by_listed=not owned and possible is not None and possible.owned_by_listed,
+        potential_owned_by_listed=not owned and _owned(possible),
         ownership_unknown=entity.ownership is OwnershipStatus.UNKNOWN,
         ownership_partial=entity.ownership is OwnershipStatus.PARTIAL,
         listed_share=finding.listed_share if finding is not None else 0.0,
-        entries=_unique([*result.confirmed, *(e for link in listed_links for e in link.entries)]),
+        entries=_unique([*result.confirmed, *_owner_entries(finding)]),
         potential_entries=_unique([*(h.entry for h in own_potential), *owner_potential]),
         ownership_path=finding.path if finding is not None and owned else (),
         list_version=version.label,
         list_digest=version.digest,
         list_date=version.date,
-        owned_by_sdn=by_sdn is not None and by_sdn.owned_by_listed,
+        owned_by_sdn=_owned(by_sdn),
     )
     return with_flags(facts)
+
+
+def _owned(finding: OwnershipFinding | None) -> bool:
+    return finding is not None and finding.owned_by_listed
+
+
+def _owner_entries(finding: OwnershipFinding | None) -> Iterator[str]:
+    """The confirmed entries of an entity's listed holders, in the finding's order."""
+    if finding is not None:
+        for link in finding.links:
+            yield from link.entries
+
+
+def _controller(entity: Entity, by_id: Mapping[str, Entity]) -> tuple[str | None, tuple[str, ...]]:
+    """The country and chain of a controlling owner (> 50%), when no ultimate parent is stated."""
+    if entity.parent is not None:
+        return None, ()
+    control = controlling_chain(by_id, entity.id)
+    if control.basis != "controlling owner" or not control.country:
+        return None, ()
+    return control.country, control.chain
 
 
 def _sdn(entries: tuple[str, ...]) -> tuple[str, ...]:
