@@ -37,9 +37,9 @@ from aidr_gate.audit import (
     RequestContext,
 )
 from aidr_gate.audit.chain import Chain
-from aidr_gate.audit.config import AuditConfig, FileSinkConfig, FsyncPolicy
 from aidr_gate.facts import AnonymizerFlag, CountrySource, Identity, Origin
 from aidr_gate.gate import Gate
+from aidr_gate.settings.audit import AuditConfig, FileSinkConfig, FsyncPolicy
 
 ENTITIES = ["lab-us", "sakura-jp", "merlion-sg", "andes-br", "lumen-in", "oasis-ae", "unknown-co"]
 COUNTRIES = ["US", "JP", "SG", "BR", "IN", "AE", "CN", "DE"]

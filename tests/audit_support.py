@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from aidr_gate.audit import AuditEvent, Ending, RequestContext
-from aidr_gate.audit.config import AuditConfig, FileSinkConfig, FsyncPolicy, SinkConfig
 from aidr_gate.audit.reader import open_bytes
 from aidr_gate.facts import AnonymizerFlag, CountrySource, Identity, Origin
 from aidr_gate.gate import Gate
+from aidr_gate.settings.audit import AuditConfig, FileSinkConfig, FsyncPolicy, SinkConfig
 
 TOKEN = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJzdmMtMTIzIn0.c2VjcmV0LXNpZ25hdHVyZQ"
 

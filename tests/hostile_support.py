@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 
 import hostile_app
-from aidr_gate.config import load_config
-from aidr_gate.limits import parse_limits
+from aidr_gate.limits import LIMITS as LIMITS_SECTION
 from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.server_limits import server_options
+from aidr_gate.settings.loader import load_config
 from gate_env import _NETWORKS, IP, GateEnv, make_gate_env
 from jwks_server import claims
 from mmdb_files import write_country_db
@@ -119,7 +119,7 @@ def middleware_target(env: GateEnv, **options: Any) -> Iterator[Target]:
     """The middleware in front of the vLLM-like app, under uvicorn on 127.0.0.1."""
     gated = AIDRGateMiddleware(hostile_app.app, config=str(env.config))
     # The host's uvicorn with the server limits the gate offers hosts (server_limits.py).
-    limits = parse_limits(load_config(str(env.config)))
+    limits = load_config(str(env.config)).get(LIMITS_SECTION)
     server = ThreadedServer(gated, **{**server_options(limits), **options}).start()
     try:
         yield Target("middleware", server.url, env)

@@ -20,13 +20,6 @@ from pathlib import Path
 import orjson
 
 from aidr_gate.audit import AuditEvent, AuditTrail, Ending, RequestContext
-from aidr_gate.audit.config import (
-    AuditConfig,
-    FileSinkConfig,
-    FsyncPolicy,
-    RecordFormat,
-    SigningConfig,
-)
 from aidr_gate.audit.facts import full_tree
 from aidr_gate.audit.record import Redactor, Renderer
 from aidr_gate.audit.sinks.file import rotated_files
@@ -37,6 +30,13 @@ from aidr_gate.facts import AnonymizerFlag, CountrySource, Identity, Origin
 from aidr_gate.gate import Gate, state_for
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.registry import AgreementStatus, Entity
+from aidr_gate.settings.audit import (
+    AuditConfig,
+    FileSinkConfig,
+    FsyncPolicy,
+    RecordFormat,
+    SigningConfig,
+)
 from test_policy_decisions import sa, t
 
 ENTITIES: tuple[Entity, ...] = (

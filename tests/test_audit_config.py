@@ -17,17 +17,17 @@ from aidr_gate.audit import (
     SyslogSinkConfig,
     audit_config,
 )
-from aidr_gate.config import config_from_text
 from aidr_gate.errors import ConfigError, Problem
+from aidr_gate.settings.loader import config_from_text
 
 BASE = "policy: aidr-2025-01\nregistry: {examples}/entities.yaml\ncatalog: {examples}/models.yaml\n"
 
 
 def parse(tmp_path: Path, examples_dir: Path, section: str) -> tuple[AuditConfig, list[Problem]]:
     text = BASE.format(examples=examples_dir) + section
-    config = config_from_text(text, str(tmp_path / "config.yaml"))
     warnings: list[Problem] = []
-    return audit_config(config, warnings=warnings), warnings
+    config = config_from_text(text, str(tmp_path / "config.yaml"), warnings=warnings)
+    return audit_config(config), warnings
 
 
 def test_defaults_without_a_section(

@@ -8,9 +8,9 @@ import pytest
 
 from aidr_gate.audit import verify_files
 from aidr_gate.audit.chain import Chain
-from aidr_gate.audit.config import FileSinkConfig, FsyncPolicy
 from aidr_gate.audit.sinks.file import FileJournal
 from aidr_gate.audit.spool import Spool
+from aidr_gate.settings.audit import FileSinkConfig, FsyncPolicy
 from audit_support import file_size_limit
 
 

@@ -20,12 +20,12 @@ from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket
 
 from aidr_gate.audit import AuditTrail, audit_config, verify_files
-from aidr_gate.audit.config import AuditConfig, FileSinkConfig
 from aidr_gate.audit.lock import DIRECTORY_LOCK, AuditWriterBusy, WriterLock
-from aidr_gate.config import load_config
 from aidr_gate.demo.model_server import build_model_app
 from aidr_gate.errors import ConfigError
 from aidr_gate.middleware import WS_TRY_AGAIN_LATER, AIDRGateMiddleware
+from aidr_gate.settings.audit import AuditConfig, FileSinkConfig
+from aidr_gate.settings.loader import load_config
 from audit_support import audit_files, event, file_config, records
 from gate_env import IP, make_gate_env
 from servers import free_port, serve, wait_until_serving
@@ -85,7 +85,7 @@ WRITER = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, sys.argv[2])
     from aidr_gate.audit import AuditTrail
-    from aidr_gate.audit.config import FsyncPolicy
+    from aidr_gate.settings.audit import FsyncPolicy
     from audit_support import event, file_config
 
     async def main():

@@ -11,12 +11,13 @@ import pytest
 from aidr_gate.audit import AuditEvent, EcsRenderer, OcsfRenderer, Redactor, RequestContext
 from aidr_gate.audit.facts import full_tree
 from aidr_gate.audit.reader import RecordReader
-from aidr_gate.audit.record import ALWAYS_REDACTED, REDACTED, clean_path, fallback_record
+from aidr_gate.audit.record import REDACTED, clean_path, fallback_record
 from aidr_gate.decision import Mode
 from aidr_gate.facts import AnonymizerFlag
 from aidr_gate.gate import GateState
 from aidr_gate.policy.engine import PolicyEngine
 from aidr_gate.policy.pack import load_pack
+from aidr_gate.settings.audit import ALWAYS_REDACTED
 from audit_support import TOKEN, event, gate
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import orjson
 
 from aidr_gate.audit import AuditEvent, AuditTrail, Ending, RequestContext
-from aidr_gate.audit.config import AuditConfig, FileSinkConfig, FsyncPolicy
+from aidr_gate.settings.audit import AuditConfig, FileSinkConfig, FsyncPolicy
 from aidr_gate.facts import CountrySource, Identity, Origin
 from aidr_gate.gate import Gate
 

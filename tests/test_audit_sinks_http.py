@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 
 from aidr_gate.audit import AuditTrail, HttpSinkConfig
-from aidr_gate.audit.config import DeliveryConfig
 from aidr_gate.audit.sinks.http import record_id
+from aidr_gate.settings.audit import DeliveryConfig
 from audit_support import TOKEN, event, file_config, free_port, records, self_signed_certificate
 
 FAST_RETRY = DeliveryConfig(retries=2, backoff_base=0.02, backoff_max=0.1, batch_size=50)

@@ -17,9 +17,9 @@ import pytest
 from aiohttp import web
 
 from aidr_gate.audit import AuditTrail, HttpSinkConfig, StdoutSinkConfig, SyslogSinkConfig
-from aidr_gate.audit.config import DeliveryConfig
 from aidr_gate.audit.sinks.stdout import StdoutSink
 from aidr_gate.audit.sinks.syslog import SyslogSink
+from aidr_gate.settings.audit import DeliveryConfig
 from audit_support import TOKEN, event, file_config, free_port, self_signed_certificate
 from support.environment import require_tool
 

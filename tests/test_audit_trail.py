@@ -22,10 +22,10 @@ from aidr_gate.audit import (
     verify_files,
 )
 from aidr_gate.audit.chain import load_public_key
-from aidr_gate.audit.config import RETENTION_FLOOR_DAYS, StdoutSinkConfig
 from aidr_gate.audit.sinks.file import rotated_files
 from aidr_gate.audit.sinks.stdout import StdoutSink
 from aidr_gate.errors import ConfigError
+from aidr_gate.settings.audit import RETENTION_FLOOR_DAYS, StdoutSinkConfig
 from audit_support import (
     audit_files,
     encrypted_key_file,

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aidr_gate.audit import AuditTrail, verify_files
 from aidr_gate.audit.chain import SUFFIX_LEN, load_public_key
-from aidr_gate.audit.config import SigningConfig
 from aidr_gate.audit.sinks.file import rotated_files
+from aidr_gate.settings.audit import SigningConfig
 from audit_support import audit_files, event, file_config, signing_key_files
 
 PER_FILE = 10

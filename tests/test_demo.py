@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from aidr_gate.audit import verify_files
-from aidr_gate.audit.config import audit_config
-from aidr_gate.config import load_config
 from aidr_gate.demo.tour import ROWS, write_setup
+from aidr_gate.settings.audit import audit_config
+from aidr_gate.settings.loader import load_config
 from sidecar_support import run_cli
 
 # What each row's decision column must say: the demo's whole point.

@@ -27,6 +27,8 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from aidr_gate.cli import EXIT_OK, main
+from jwks_server import jwks_of, rsa_key
+from mmdb_files import write_country_db
 from support.environment import IN_CI, ROOT, require_tool
 
 DEPLOY = ROOT / "deploy"
@@ -445,11 +447,29 @@ def test_configmap_holds_no_databases_or_keys() -> None:
         assert "PRIVATE KEY" not in text, name
 
 
+def lay_out_pod_files(tmp_path: Path, files: Mapping[str, str]) -> None:
+    """The configuration *files* as the pod mounts them, with what the pod mounts beside the
+    ConfigMap: the Secret's key set, geoipupdate's database and the writable audit volume, under
+    *tmp_path* in place of /etc, /var/lib (validate opens them)."""
+    mounts = {
+        "/etc/aidr-gate-keys/": tmp_path / "keys",
+        "/var/lib/geoip/": tmp_path / "geoip",
+        "/var/lib/aidr-gate/": tmp_path / "state",
+    }
+    for folder in mounts.values():
+        folder.mkdir()
+    (tmp_path / "keys" / "jwks.json").write_text(json.dumps(jwks_of(rsa_key())))
+    write_country_db(tmp_path / "geoip" / "GeoLite2-Country.mmdb", {"8.8.8.0/24": "US"})
+    for name, text in files.items():
+        for mounted, local in mounts.items():
+            text = text.replace(mounted, f"{local}/")
+        (tmp_path / name).write_text(text, encoding="utf-8")
+
+
 def test_shipped_configuration_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The ConfigMap's files, laid out as the pod mounts them, pass ``aidr-gate validate``."""
     (configmap,) = generated_configmaps(KUBE)
-    for name, text in configmap["data"].items():
-        (tmp_path / name).write_text(text, encoding="utf-8")
+    lay_out_pod_files(tmp_path, configmap["data"])
     assert main(["validate", "--config", str(tmp_path / "config.yaml")]) == EXIT_OK
     assert "ok:" in capsys.readouterr().out
 

@@ -26,6 +26,7 @@ from test_deploy import (
     container,
     json_patch_add,
     kustomization,
+    lay_out_pod_files,
     load_docs,
     pod_spec,
 )
@@ -138,8 +139,8 @@ def test_shipped_configuration_loads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fleet's configuration passes ``aidr-gate validate`` (the store is named, not reached)."""
-    for name in ("config.yaml", "models.yaml"):
-        (tmp_path / name).write_text((FLEET / "config" / name).read_text())
+    names = ("config.yaml", "models.yaml")
+    lay_out_pod_files(tmp_path, {name: (FLEET / "config" / name).read_text() for name in names})
     monkeypatch.setenv(DSN_VARIABLE, "postgresql://gate@db.example.internal:5432/registry")
     assert main(["validate", "--config", str(tmp_path / "config.yaml")]) == EXIT_OK
     assert "registry postgres" in capsys.readouterr().out

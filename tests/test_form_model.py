@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from aidr_gate.config import load_config
 from aidr_gate.errors import BodyIncomplete, BodyNotForm, BodyTooLarge, ConfigError, ModelMissing
 from aidr_gate.form_model import MAX_PARTS, content_type_of, form_type, model_from_form
-from aidr_gate.middleware_config import default_settings, parse_middleware_settings
 from aidr_gate.model_id import BufferedBody, valid_model_id
+from aidr_gate.settings.loader import load_config
+from aidr_gate.settings.middleware import MIDDLEWARE, default_settings
 
 LIMIT = 1 << 20
 EXAMPLES = Path(__file__).resolve().parent.parent / "policies" / "examples"
@@ -187,7 +187,7 @@ def test_form_paths_are_configurable_and_never_also_json(tmp_path: Path) -> None
     config.write_text(
         base + "middleware:\n  form_model_paths: [/v1/uploads]\n  max_form_bytes: 4096\n"
     )
-    models = parse_middleware_settings(load_config(config)).models
+    models = load_config(config).get(MIDDLEWARE).models
     assert models.max_form_bytes == 4096
     assert default_settings().models.max_form_bytes == 32 * 1024 * 1024
     assert models.wants_form("POST", "/v1/uploads")
@@ -196,7 +196,7 @@ def test_form_paths_are_configurable_and_never_also_json(tmp_path: Path) -> None
     assert default_settings().models.wants_form("POST", "/v1/audio/transcriptions")
     config.write_text(base + "middleware:\n  form_model_paths: [/v1/chat/completions, uploads]\n")
     with pytest.raises(ConfigError) as info:
-        parse_middleware_settings(load_config(config))
+        load_config(config)
     text = str(info.value)
     assert "middleware.form_model_paths[0]" in text
     assert "also in json_model_paths" in text

@@ -18,12 +18,12 @@ import httpx
 import pytest
 
 import hostile_app
-from aidr_gate.config import load_config
 from aidr_gate.errors import ConfigError
-from aidr_gate.limits import LARGE_BODY, BufferBudget, Limits, parse_limits
+from aidr_gate.limits import LARGE_BODY, LIMITS, BufferBudget, Limits
 from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.model_id import BufferedBody
 from aidr_gate.runtime import Runtime
+from aidr_gate.settings.loader import load_config
 from gate_env import IP, GateEnv
 from hostile_app import DEFAULT_MODEL
 from hostile_support import (
@@ -650,7 +650,9 @@ def test_a_refused_body_is_freed_at_once_and_refusals_share_their_facts(tmp_path
                             headers={**caller(env), "content-type": "application/json"},
                         )
                         assert response.status_code == 413
-                    alive = [o for o in gc.get_objects() if isinstance(o, BufferedBody)]
+                    alive: list[object] = [
+                        o for o in gc.get_objects() if isinstance(o, BufferedBody)
+                    ]
                 finally:
                     gc.enable()
                 for _ in range(200):  # unauthenticated: refused before any token is read
@@ -694,11 +696,61 @@ def test_large_bodies_leave_a_quarter_of_the_budget_to_small_ones() -> None:
 
 def test_the_limits_section_is_read_and_checked(tmp_path: Path) -> None:
     env = hostile_env(tmp_path, limits="limits:\n  max_header_lines: 50\n  body_timeout: 2.5\n")
-    limits = parse_limits(load_config(str(env.config)))
+    limits = load_config(str(env.config)).get(LIMITS)
     assert (limits.max_header_lines, limits.body_timeout) == (50, 2.5)
     assert limits.max_buffered_bytes == Limits().max_buffered_bytes  # the rest at the defaults
     bad = hostile_env(tmp_path / "bad", limits="limits:\n  max_header_lines: 2\n  nope: 1\n")
     with pytest.raises(ConfigError) as caught:
-        parse_limits(load_config(str(bad.config)))
+        load_config(str(bad.config))
     text = str(caught.value)
     assert "limits.max_header_lines" in text and "nope" in text and str(bad.config) in text
+
+
+def test_a_reload_applies_the_limits_in_its_swap_and_keeps_the_server_ones(tmp_path: Path) -> None:
+    """Header and body limits, the buffer budget and the record caps follow a reload at once (the
+    budget keeps counting the bodies in flight); the sidecar's uvicorn limits wait for a restart."""
+    env = hostile_env(tmp_path)
+    text = env.config.read_text()
+    runtime = Runtime.from_config(str(env.config))
+    gated = AIDRGateMiddleware(hostile_app.app, runtime=runtime)
+    many = {f"x-filler-{n}": "x" for n in range(40)}  # 40 header lines: within 100, past 20
+
+    async def run() -> None:
+        await runtime.start()
+        try:
+            transport = httpx.ASGITransport(gated, client=("127.0.0.1", 40000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://gate") as client:
+                sent = {**caller(env), **many}
+                response = await client.post(
+                    "/v1/chat/completions", json={"model": OPEN}, headers=sent
+                )
+                assert response.status_code == 200
+                budget = runtime.budget
+                assert budget.take(1024 * 1024)  # a body in flight across the reload
+                env.config.write_text(
+                    text.replace(
+                        "  max_buffered_bytes: 4194304\n",
+                        "  max_buffered_bytes: 2097152\n"
+                        "  max_header_lines: 20\n  max_recorded_value: 100\n",
+                    ).replace("  max_connections: 200\n", "  max_connections: 50\n")
+                )
+                report = await runtime.reload()
+                assert report.ok, report.detail
+                assert report.restart_pending == ("limits.max_connections",)
+                assert runtime.limits.max_header_lines == 20
+                assert runtime.limits.max_connections == 200  # what uvicorn runs with
+                assert runtime.budget is budget and budget.limit == 2097152
+                assert budget.held == 1024 * 1024
+                assert not budget.take(1024 * 1024 + 1)  # the new limit, with what is held
+                budget.give_back(1024 * 1024)
+                assert budget.held == 0
+                assert runtime.audit is not None and runtime.audit.redactor.max_value == 100
+                response = await client.post(
+                    "/v1/chat/completions", json={"model": OPEN}, headers=sent
+                )
+                assert response.status_code == 431
+                assert response.json()["error"]["code"] == "HEADERS_TOO_LARGE"
+        finally:
+            await runtime.close()
+
+    asyncio.run(run())

@@ -13,6 +13,7 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import httpx
 import pytest
@@ -206,7 +207,9 @@ def test_the_app_only_ever_serves_what_the_gate_decided_and_bystanders_are_answe
                 ("content-type", variant.content_type),
                 *variant.headers,
             ]
-            response = client.post(variant.path, content=variant.content, headers=headers)
+            # httpx takes str and bytes values side by side; its type names one or the other.
+            mixed = cast("list[tuple[str, str]]", headers)
+            response = client.post(variant.path, content=variant.content, headers=mixed)
             sent.append((variant, response))
     records = {r["event"]["id"]: r for r in env.audit_records() if "event" in r}
     served_by_app = 0

@@ -19,7 +19,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from aidr_gate import errors
-from aidr_gate.config import config_from_text
 from aidr_gate.errors import (
     ConfigError,
     IdentityError,
@@ -37,16 +36,12 @@ from aidr_gate.errors import (
     TokenSignatureInvalid,
 )
 from aidr_gate.facts import Identity
-from aidr_gate.identity import (
-    Authenticator,
-    IdentityConfig,
-    authorization_header,
-    bearer_token,
-    parse_identity_config,
-)
+from aidr_gate.identity import Authenticator, authorization_header, bearer_token
 from aidr_gate.jwks import RemoteJwks, StaticKeys
 from aidr_gate.keys import build_key_set
 from aidr_gate.responses import www_authenticate
+from aidr_gate.settings.identity import IdentityConfig
+from aidr_gate.settings.loader import config_from_text, parse_identity_config
 from jwks_server import (
     AUDIENCE,
     ISSUER,
@@ -96,10 +91,11 @@ def _bearer(token: str) -> str:
 
 # --- configuration -----------------------------------------------------------------------------------
 
-BASE = """\
+EXAMPLES = Path(__file__).resolve().parents[1] / "policies" / "examples"
+BASE = f"""\
 policy: aidr-2025-01
-registry: entities.yaml
-catalog: models.yaml
+registry: {EXAMPLES / "entities.yaml"}
+catalog: {EXAMPLES / "models.yaml"}
 """
 
 
@@ -111,6 +107,8 @@ def _gate_config(tmp_path: Path, section: str) -> Any:
 
 
 def test_full_identity_section(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "issuer.pem").write_bytes(rsa_key().public_pem())
     config = _gate_config(
         tmp_path,
         """\
@@ -254,9 +252,8 @@ identity:
 def test_config_errors_name_file_key_and_line(
     tmp_path: Path, section: str, where: str, message: str
 ) -> None:
-    config = _gate_config(tmp_path, section)
     with pytest.raises(ConfigError) as caught:
-        parse_identity_config(config)
+        parse_identity_config(_gate_config(tmp_path, section))
     problems = [p for p in caught.value.problems if p.path == where]
     assert problems, caught.value
     assert message in problems[0].message

@@ -11,10 +11,11 @@ import pytest
 
 from aidr_gate.catalog import load_catalog
 from aidr_gate.cli import main
-from aidr_gate.config import load_config
 from aidr_gate.errors import ConfigError
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.registry import load_registry
+from aidr_gate.settings.loader import load_config
+from jwks_server import rsa_key
 
 GOOD_PACK = """\
 id: test-pack
@@ -648,9 +649,30 @@ def test_cli_reports_problems_without_traceback(tmp_path: Path) -> None:
     assert "entities.acme.headquarters: 'ZZ' is not an ISO 3166-1" in result.stderr
 
 
-def test_validate_warns_about_legal_window(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", "--at", "2026-06-01"]) == 0
+def test_validate_warns_about_legal_window(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "issuer.pem").write_bytes(rsa_key().public_pem())
+    examples = Path(__file__).resolve().parents[1] / "policies" / "examples"
+    config = write(
+        tmp_path,
+        "config.yaml",
+        f"""\
+        policy: aidr-2025-01
+        registry: {examples / "entities.yaml"}
+        catalog: {examples / "models.yaml"}
+        identity: {{issuer: x, audience: y, algorithms: [RS256], key_file: issuer.pem}}
+        audit: {{directory: {tmp_path / "audit"}}}
+        """,
+    )
+    assert main(["validate", "--config", str(config), "--at", "2026-06-01"]) == 0
     captured = capsys.readouterr()
     assert "warning:" in captured.err and "does not cover 2026-06-01" in captured.err
-    assert main(["validate", "--at", "2025-03-01"]) == 0
+    assert main(["validate", "--config", str(config), "--at", "2025-03-01"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_validate_refuses_what_serving_refuses(capsys: pytest.CaptureFixture[str]) -> None:
+    """The embedded example has no identity: section; serve and the middleware refuse it."""
+    assert main(["validate"]) == 2
+    assert "identity: is required to verify tokens" in capsys.readouterr().err

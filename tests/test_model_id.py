@@ -7,7 +7,6 @@ import pytest
 from aidr_gate.errors import BodyNotForm, BodyNotJSON, HeaderRepeated, TokenMalformed
 from aidr_gate.headers import single_header_value
 from aidr_gate.identity import authorization_header
-from aidr_gate.middleware_config import default_settings
 from aidr_gate.model_id import (
     MAX_CACHED_PATH,
     PATH_CACHE_SIZE,
@@ -15,6 +14,7 @@ from aidr_gate.model_id import (
     ModelSources,
     model_from_json,
 )
+from aidr_gate.settings.middleware import default_settings
 
 
 def sources() -> ModelSources:

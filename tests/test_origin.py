@@ -17,7 +17,6 @@ import pytest
 import uvicorn
 
 from aidr_gate.client_ip import ProxyHeader, TrustedProxies
-from aidr_gate.config import GateConfig, config_from_text
 from aidr_gate.errors import ConfigError
 from aidr_gate.facts import AnonymizerFlag, CountrySource, Origin, RegionSource
 from aidr_gate.geo import (
@@ -28,16 +27,19 @@ from aidr_gate.geo import (
     ReloadResult,
 )
 from aidr_gate.origin import (
-    OriginConfig,
     OriginResolver,
     build_origin_resolver,
     origin_resolver_for,
     parse_header_lines,
-    parse_origin_config,
 )
+from aidr_gate.settings.loader import GateConfig, config_from_text
+from aidr_gate.settings.origin import GEOIP, NETWORK, GeoipSettings, NetworkSettings
 from mmdb_files import ANONYMOUS, BUILD, COUNTRIES, write_anonymous_db, write_country_db
 
-BASE = "policy: aidr-2025-01\nregistry: entities.yaml\ncatalog: models.yaml\n"
+EXAMPLES = Path(__file__).resolve().parents[1] / "policies" / "examples"
+BASE = (
+    f"policy: aidr-2025-01\nregistry: {EXAMPLES}/entities.yaml\ncatalog: {EXAMPLES}/models.yaml\n"
+)
 
 
 def gate_config(tmp_path: Path, sections: str = "") -> GateConfig:
@@ -315,14 +317,15 @@ def test_parse_header_lines() -> None:
 
 def test_config_defaults(tmp_path: Path) -> None:
     """No network or geoip section: loopback only, X-Forwarded-For, embedded iptocc."""
-    parsed = parse_origin_config(gate_config(tmp_path))
-    assert parsed.trusted_proxies == (ip_network("127.0.0.0/8"), ip_network("::1/128"))
-    assert parsed.trusted_headers == (ProxyHeader.X_FORWARDED_FOR,)
-    assert (parsed.country_database, parsed.anonymous_ip_database) == (None, None)
-    origins = build_origin_resolver(parsed)
+    config = gate_config(tmp_path)
+    network, geoip = config.get(NETWORK), config.get(GEOIP)
+    assert network.trusted_proxies == (ip_network("127.0.0.0/8"), ip_network("::1/128"))
+    assert network.trusted_headers == (ProxyHeader.X_FORWARDED_FOR,)
+    assert (geoip.country_database, geoip.anonymous_ip_database) == (None, None)
+    origins = build_origin_resolver(network, geoip)
     assert isinstance(origins.geo, IptoccCountryResolver)
-    assert origins.proxies.networks == parsed.trusted_proxies
-    assert origins.cache_size == origins.geo.cache_size == parsed.cache_size
+    assert origins.proxies.networks == network.trusted_proxies
+    assert origins.cache_size == origins.geo.cache_size == geoip.cache_size
 
 
 def test_config_full(tmp_path: Path, databases: tuple[Path, Path]) -> None:
@@ -338,16 +341,16 @@ def test_config_full(tmp_path: Path, databases: tuple[Path, Path]) -> None:
         "  cache_size: 1000\n"
         "  reload_check_interval: 2.5\n",
     )
-    parsed = parse_origin_config(config)
-    assert parsed.trusted_proxies == (
+    network, geoip = config.get(NETWORK), config.get(GEOIP)
+    assert network.trusted_proxies == (
         ip_network("10.0.0.0/8"),
         ip_network("fd00::/8"),
         ip_network("192.0.2.7/32"),
     )
-    assert parsed.trusted_headers == (ProxyHeader.FORWARDED,)
-    assert (parsed.country_database, parsed.anonymous_ip_database) == databases
-    assert (parsed.cache_size, parsed.reload_check_interval) == (1000, 2.5)
-    origins = build_origin_resolver(parsed)
+    assert network.trusted_headers == (ProxyHeader.FORWARDED,)
+    assert (geoip.country_database, geoip.anonymous_ip_database) == databases
+    assert (geoip.cache_size, geoip.reload_check_interval) == (1000, 2.5)
+    origins = build_origin_resolver(network, geoip)
     try:
         assert isinstance(origins.geo, MaxMindCountryResolver)
         assert origins.geo.cache_size == 1000
@@ -402,7 +405,7 @@ def test_config_errors_name_file_key_and_line(
 ) -> None:
     """Each mistake is reported as file:line: key.path: what is wrong."""
     with pytest.raises(ConfigError) as caught:
-        parse_origin_config(gate_config(tmp_path, section))
+        gate_config(tmp_path, section)
     problems = [p for p in caught.value.problems if p.path == path]
     assert problems, caught.value
     assert message in problems[0].message
@@ -416,7 +419,7 @@ def test_config_reports_every_error_at_once(tmp_path: Path) -> None:
         "geoip:\n  cache_size: 0\n  reload_check_interval: soon\n"
     )
     with pytest.raises(ConfigError) as caught:
-        parse_origin_config(gate_config(tmp_path, section))
+        gate_config(tmp_path, section)
     assert [p.path for p in caught.value.problems] == [
         "network.trusted_proxies[0]",
         "network.trusted_proxies[2]",
@@ -428,9 +431,8 @@ def test_config_reports_every_error_at_once(tmp_path: Path) -> None:
 def test_config_corrupt_database_names_key_and_file(tmp_path: Path) -> None:
     """A database that exists but cannot be opened is reported at its key, with the file."""
     (tmp_path / "broken.mmdb").write_bytes(b"\x00" * 4096)
-    config = gate_config(tmp_path, "geoip:\n  country_database: broken.mmdb\n")
     with pytest.raises(ConfigError) as caught:
-        build_origin_resolver(parse_origin_config(config))
+        gate_config(tmp_path, "geoip:\n  country_database: broken.mmdb\n")
     problem = caught.value.problems[0]
     assert (problem.path, problem.line) == ("geoip.country_database", 5)
     assert str(tmp_path / "broken.mmdb") in problem.message
@@ -440,14 +442,13 @@ def test_config_wrong_anonymous_database_names_its_key(
     tmp_path: Path, databases: tuple[Path, Path]
 ) -> None:
     """A country file given as the Anonymous IP database is reported at that key."""
-    config = gate_config(
-        tmp_path,
-        "geoip:\n"
-        "  country_database: geo/GeoIP2-Country.mmdb\n"
-        "  anonymous_ip_database: geo/GeoIP2-Country.mmdb\n",
-    )
     with pytest.raises(ConfigError) as caught:
-        build_origin_resolver(parse_origin_config(config))
+        gate_config(
+            tmp_path,
+            "geoip:\n"
+            "  country_database: geo/GeoIP2-Country.mmdb\n"
+            "  anonymous_ip_database: geo/GeoIP2-Country.mmdb\n",
+        )
     assert caught.value.problems[0].path == "geoip.anonymous_ip_database"
     assert "is not an Anonymous IP database" in caught.value.problems[0].message
 
@@ -457,8 +458,8 @@ def test_origin_config_without_document(databases: tuple[Path, Path], tmp_path: 
     broken = tmp_path / "broken.mmdb"
     broken.write_bytes(b"\x00" * 64)
     with pytest.raises(ConfigError, match=r"broken\.mmdb"):
-        build_origin_resolver(OriginConfig(country_database=broken))
-    origins = build_origin_resolver(OriginConfig(country_database=databases[0]))
+        build_origin_resolver(NetworkSettings(), GeoipSettings(country_database=broken))
+    origins = build_origin_resolver(NetworkSettings(), GeoipSettings(country_database=databases[0]))
     try:
         assert origins.resolve_ip("2a02:cf40::1").country == "SE"
     finally:

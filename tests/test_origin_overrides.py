@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from aidr_gate.config import GateConfig, config_from_text
 from aidr_gate.errors import ConfigError
 from aidr_gate.facts import AnonymizerFlag, CountrySource
 from aidr_gate.geo import (
@@ -16,10 +15,15 @@ from aidr_gate.geo import (
     OverrideCountryResolver,
     OverrideEntry,
 )
-from aidr_gate.origin import describe_geo, origin_resolver_for, parse_origin_config
+from aidr_gate.origin import describe_geo, origin_resolver_for
+from aidr_gate.settings.loader import GateConfig, config_from_text
+from aidr_gate.settings.origin import GEOIP
 from mmdb_files import ANONYMOUS, COUNTRIES, write_anonymous_db, write_country_db
 
-BASE = "policy: aidr-2025-01\nregistry: entities.yaml\ncatalog: models.yaml\n"
+EXAMPLES = Path(__file__).resolve().parents[1] / "policies" / "examples"
+BASE = (
+    f"policy: aidr-2025-01\nregistry: {EXAMPLES}/entities.yaml\ncatalog: {EXAMPLES}/models.yaml\n"
+)
 VPN = frozenset({AnonymizerFlag.VPN})
 TOR_HOSTING = frozenset({AnonymizerFlag.TOR, AnonymizerFlag.HOSTING})
 
@@ -153,8 +157,7 @@ def test_configuration_builds_the_table(tmp_path: Path) -> None:
         "    - {network: 203.0.113.0/24, country: SE, anonymizer: [vpn], note: our exit}\n"
         "    - {network: '2001:db8::/32', anonymizer: []}\n",
     )
-    parsed = parse_origin_config(config)
-    assert parsed.overrides == (
+    assert config.get(GEOIP).overrides == (
         entry("203.0.113.0/24", "SE", VPN, "our exit"),
         entry("2001:db8::/32", flags=frozenset()),
     )
@@ -171,21 +174,20 @@ def test_configuration_builds_the_table(tmp_path: Path) -> None:
 
 
 def test_configuration_errors_are_all_listed(tmp_path: Path) -> None:
-    config = gate_config(
-        tmp_path,
-        "geoip:\n"
-        "  overrides:\n"
-        "    - {network: 203.0.113.0/33, country: SE}\n"
-        "    - {network: 198.51.100.0/24, country: se}\n"
-        "    - {network: 198.51.100.0/24, anonymizer: [vpn, cloud]}\n"
-        "    - {network: 192.0.2.0/24}\n"
-        "    - {network: 192.0.2.0/24, country: US}\n"
-        "    - {country: US}\n"
-        "    - {network: 100.64.0.0/10, country: US, colour: red}\n"
-        "    - {network: 100.65.0.0/16, anonymizer: null}\n",
-    )
     with pytest.raises(ConfigError) as info:
-        parse_origin_config(config)
+        gate_config(
+            tmp_path,
+            "geoip:\n"
+            "  overrides:\n"
+            "    - {network: 203.0.113.0/33, country: SE}\n"
+            "    - {network: 198.51.100.0/24, country: se}\n"
+            "    - {network: 198.51.100.0/24, anonymizer: [vpn, cloud]}\n"
+            "    - {network: 192.0.2.0/24}\n"
+            "    - {network: 192.0.2.0/24, country: US}\n"
+            "    - {country: US}\n"
+            "    - {network: 100.64.0.0/10, country: US, colour: red}\n"
+            "    - {network: 100.65.0.0/16, anonymizer: null}\n",
+        )
     text = str(info.value)
     for expected in (
         "geoip.overrides[0].network: '203.0.113.0/33' is not a CIDR network",
@@ -215,8 +217,7 @@ def test_an_ipv4_mapped_network_matches_its_ipv4_addresses(tmp_path: Path) -> No
         tmp_path,
         "geoip:\n  overrides:\n    - {network: '::ffff:203.0.113.0/120', country: SE}\n",
     )
-    parsed = parse_origin_config(config)
-    assert parsed.overrides == (entry("203.0.113.0/24", "SE"),)
+    assert config.get(GEOIP).overrides == (entry("203.0.113.0/24", "SE"),)
     origins = origin_resolver_for(config)
     for ip in ("203.0.113.9", "::ffff:203.0.113.9"):
         origin = origins.resolve_ip(ip)
@@ -230,17 +231,16 @@ def test_an_ipv4_mapped_network_matches_its_ipv4_addresses(tmp_path: Path) -> No
 
 
 def test_a_network_written_both_ways_is_a_duplicate(tmp_path: Path) -> None:
-    config = gate_config(
-        tmp_path,
-        "geoip:\n"
-        "  overrides:\n"
-        "    - {network: 203.0.113.0/24, country: SE}\n"
-        "    - {network: '::ffff:203.0.113.0/120', country: NO}\n",
-    )
     with pytest.raises(
         ConfigError, match=r"overrides\[1\].network: 203.0.113.0/24 is already listed"
     ):
-        parse_origin_config(config)
+        gate_config(
+            tmp_path,
+            "geoip:\n"
+            "  overrides:\n"
+            "    - {network: 203.0.113.0/24, country: SE}\n"
+            "    - {network: '::ffff:203.0.113.0/120', country: NO}\n",
+        )
     with pytest.raises(ValueError, match="more than once"):
         OverrideCountryResolver(
             [entry("10.0.0.0/8", "US"), entry("::ffff:10.0.0.0/104", "SE")],

@@ -145,7 +145,7 @@ def test_an_override_maps_a_network_to_a_region(real_city: OriginResolver) -> No
 
 
 def test_region_overrides_in_configuration(tmp_path: Path) -> None:
-    from aidr_gate.config import config_from_text
+    from aidr_gate.settings.loader import config_from_text
 
     require_city_test()
     base = f"policy: us-embargo-baseline\nregistry: {EXAMPLES / 'entities.yaml'}\n"

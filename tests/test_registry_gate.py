@@ -27,6 +27,7 @@ from gate_env import IP, GateEnv, make_gate_env
 from jwks_server import jwks_of, rsa_key
 from postgres_server import wait_until
 from registry_gate_support import StreamWatch, database_gate_env, import_examples, sqlite_exec
+from screening_support import CSL_CURRENT
 from servers import ThreadedServer, openai_client, serve
 from sidecar_support import model_server, sidecar
 
@@ -348,8 +349,12 @@ def test_a_reload_keeps_the_store_it_started_on(tmp_path: Path) -> None:
         try:
             env.config.write_text(original.replace(f"sqlite:{db}", f"sqlite:{tmp_path / 'o.db'}"))
             report = await runtime.reload()
-            assert not report.ok and "needs a restart" in report.detail
+            # Restart-only, like every such setting: the rest applies, the store keeps running.
+            assert report.ok and report.restart_pending == ("registry.store",)
+            assert "needs a restart" in report.detail
             assert runtime.registry is not None and runtime.registry.health().state == "ready"
+            assert runtime.config is not None and runtime.config.registry_settings is not None
+            assert runtime.config.registry_settings.store == f"sqlite:{db}"
             # What the stream book does is not the store: it is taken on reload.
             env.config.write_text(
                 original.replace("negative_ttl: 30\n", "negative_ttl: 30\n  cut_streams: false\n")
@@ -366,6 +371,7 @@ def test_screening_a_database_registry_is_refused_at_load(tmp_path: Path) -> Non
     db = tmp_path / "registry.db"
     import_examples(f"sqlite:{db}")
     env = database_gate_env(tmp_path, f"sqlite:{db}")
-    env.config.write_text(env.config.read_text() + "screening:\n  lists: []\n")
+    lists = f"screening:\n  lists: [{CSL_CURRENT}]\n  list_date: 2026-11-30\n"
+    env.config.write_text(env.config.read_text() + lists)
     with pytest.raises(ConfigError, match="screening a registry held in a database"):
         Runtime.from_config(str(env.config))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from aidr_gate.config import config_from_text
 from aidr_gate.errors import ConfigError
+from aidr_gate.settings.loader import config_from_text
 from aidr_gate.stores.base import store_kind
 from aidr_gate.stores.settings import RegistrySettings
 from conftest import EXAMPLES
@@ -24,9 +24,26 @@ def _settings(registry: str, tmp_path: Path) -> RegistrySettings:
 
 
 def test_a_file_named_as_before_is_loaded_whole(tmp_path: Path) -> None:
+    (tmp_path / "entities.yaml").write_text((EXAMPLES / "entities.yaml").read_text())
     settings = _settings("registry: entities.yaml\n", tmp_path)
     assert settings.file == tmp_path / "entities.yaml" and not settings.database
     assert settings.cut_streams is True
+
+
+@pytest.mark.parametrize("registry", ["registry: gone.yaml\n", "registry:\n  store: gone.yaml\n"])
+def test_a_missing_registry_file_is_named_at_its_line(registry: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_text(_BASE + registry, str(tmp_path / "gate.yaml"))
+    (problem,) = caught.value.problems
+    assert "no such file" in problem.message and str(tmp_path / "gone.yaml") in problem.message
+    assert problem.path == ("registry" if "store" not in registry else "registry.store")
+    assert problem.line == (3 if "store" not in registry else 4)
+
+
+def test_a_database_store_is_not_a_missing_file(tmp_path: Path) -> None:
+    for name in ("sqlite:nowhere/registry.db", "postgresql://gate@db/registry", "env:NOT_SET_HERE"):
+        settings = _settings(f"registry: {name!r}\n", tmp_path)
+        assert settings.database and settings.file is None
 
 
 def test_a_database_store_with_its_cache_bounds(tmp_path: Path) -> None:

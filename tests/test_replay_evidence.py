@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from aidr_gate.audit import AuditEvent, EcsRenderer, OcsfRenderer
 from aidr_gate.audit.chain import Chain
-from aidr_gate.audit.config import RecordFormat
 from aidr_gate.audit.reader import RecordReader
 from aidr_gate.catalog import Model
 from aidr_gate.document import format_timestamp, parse_instant
@@ -31,6 +30,7 @@ from aidr_gate.replay.evidence import (
     recorded_entity,
     recorded_model,
 )
+from aidr_gate.settings.audit import RecordFormat
 from replay_support import (
     MODELS,
     LegacyRenderer,

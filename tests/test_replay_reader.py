@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aidr_gate.audit import verify_files
-from aidr_gate.audit.config import SigningConfig
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.replay import AuditReader, ReplayOptions, build_report, replay_files
 from aidr_gate.replay.reader import order_files, suspects
 from aidr_gate.replay.report import summary
+from aidr_gate.settings.audit import SigningConfig
 from replay_support import decide, gate_for, requests, write_trail
 from test_audit_verify import lines, rehash
 

@@ -19,8 +19,8 @@ from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.replay.report import build_report, summary
 from aidr_gate.replay.run import ReplayOptions, replay_files
-from aidr_gate.screening.settings import read_screening
 from aidr_gate.screening.store import CSL, ListSource, load_snapshot
+from aidr_gate.settings.screening import read_screening
 from gate_env import GateEnv, make_gate_env
 from mmdb_files import write_city_db
 from servers import ThreadedServer, serve

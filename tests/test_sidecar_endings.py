@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from aidr_gate.config import load_config
 from aidr_gate.demo.model_server import build_model_app
+from aidr_gate.settings.loader import load_config
 from aidr_gate.sidecar import build_sidecar
 from gate_env import IP, GateEnv, make_gate_env
 from servers import ThreadedServer, serve

@@ -22,11 +22,11 @@ import pytest
 import uvicorn
 
 from aidr_gate.audit import AuditTrail, FailurePolicy, HttpSinkConfig
-from aidr_gate.audit.config import DeliveryConfig
 from aidr_gate.cli import main
 from aidr_gate.decision import Effect
 from aidr_gate.geo import MaxMindCountryResolver
 from aidr_gate.jwks import RemoteJwks
+from aidr_gate.settings.audit import DeliveryConfig
 from aidr_gate.stores.cache import EntityCache
 from aidr_gate.stores.sqlite import SqliteStore
 from aidr_gate.telemetry import PrometheusSettings, Telemetry, TelemetrySettings

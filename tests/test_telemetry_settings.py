@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from aidr_gate.config import config_from_text
 from aidr_gate.errors import ConfigError
+from aidr_gate.settings.loader import config_from_text
 from aidr_gate.telemetry import (
     LabelSettings,
     OtlpSettings,

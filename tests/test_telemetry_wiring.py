@@ -26,8 +26,8 @@ import pytest
 
 from aidr_gate import AIDRGateMiddleware, Runtime
 from aidr_gate.cli import main
-from aidr_gate.config import load_config
 from aidr_gate.demo.model_server import build_model_app
+from aidr_gate.settings.loader import load_config
 from aidr_gate.sidecar import build_sidecar
 from gate_env import IP, GateEnv, make_gate_env
 from otlp_receiver import Receiver, attrs, last_metrics, spans
@@ -163,10 +163,13 @@ def test_prometheus_scrapes_the_sidecar_and_a_middleware_app_configured_by_their
                 seen = httpx.get(upstream.url + "/demo/stats", timeout=5).json()
                 assert seen["requests"] == 4
 
-                # A restart-only change (a trusted proxy added) is reloaded as pending, not applied.
+                # A restart-only change (the telemetry section's) is reloaded as pending, not
+                # applied; a trusted proxy added beside it is applied in place.
                 text = side.config.read_text()
+                assert text.rstrip().endswith("}") and "\ntelemetry:\n" in text
                 side.config.write_text(
                     text.replace("trusted_proxies: [", "trusted_proxies: [10.0.0.0/8, ")
+                    + "  max_series: 3000\n"
                 )
                 prometheus.wait_until(f"aidr_gate_reload_restart_pending{{{side_at}}} == 1")
                 ok = 'aidr_component="{}",aidr_result="ok"'
@@ -377,15 +380,31 @@ def test_reloads_are_counted_by_component_and_result(tmp_path: Path) -> None:
             assert not (await runtime.reload()).ok
             counts["registry", "failed"] += 1
             registry.write_text(kept)
-            (tmp_path / "jwks.json").write_text("not a key set")
-            (tmp_path / "country.mmdb").write_bytes(b"not a database")
-            await runtime.reload_all()  # the policy files reload; the keys and GeoIP are refused
-            counts.update([("policy", "ok"), ("registry", "ok"), ("catalog", "ok")])
+            keys, country = tmp_path / "jwks.json", tmp_path / "country.mmdb"
+            kept_keys, kept_country = keys.read_bytes(), country.read_bytes()
+            keys.write_text("not a key set")
+            country.write_bytes(b"not a database")
+            # The configuration names both: its reload is refused, for identity and GeoIP; the
+            # key file and the databases refuse their own reloads too, the last good ones kept.
+            assert not (await runtime.reload_all()).ok
+            counts.update([("identity", "failed"), ("geoip", "failed")])
             counts.update([("keys", "failed"), ("geoip", "failed")])  # the country database
             counts["geoip", "ok"] += 1  # the anonymous-IP one, reopened as SIGHUP does
             assert {k: v for k, v in reloads(runtime).items() if v} == dict(counts)
+            keys.write_bytes(kept_keys)
+            country.write_bytes(kept_country)
             assert runtime.telemetry.points("aidr_gate.reload.restart_pending") == [((), 0.0)]
+            # Applied in place: a second algorithm.
             env.config.write_text(good.replace("algorithms: [RS256]", "algorithms: [RS256, ES256]"))
+            assert (await runtime.reload()).ok
+            counts.update([("policy", "ok"), ("registry", "ok"), ("catalog", "ok")])
+            counts["identity", "ok"] += 1
+            now = reloads(runtime)  # the key file's and databases' own watches may count too
+            for component in ("policy", "registry", "catalog", "identity"):
+                assert now[component, "ok"] == counts[component, "ok"], component
+            assert runtime.telemetry.points("aidr_gate.reload.restart_pending") == [((), 0.0)]
+            # Restart-only: the exporters' settings.
+            env.config.write_text(good + "  max_series: 3000\n")
             assert (await runtime.reload()).ok
             assert runtime.telemetry.points("aidr_gate.reload.restart_pending") == [((), 1.0)]
             env.config.write_text(good)  # back as it started: nothing waits for a restart

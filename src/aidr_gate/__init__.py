@@ -12,7 +12,6 @@ and the like are importable from their modules, as internals that may change.
 from __future__ import annotations
 
 from aidr_gate.catalog import InMemoryCatalog, Model, ModelCatalog, Weights, load_catalog
-from aidr_gate.config import GateConfig, PolicyConfig, load_config
 from aidr_gate.decision import Decision, Effect, Evidence, Mode
 from aidr_gate.errors import (
     AccessRevoked,
@@ -67,6 +66,7 @@ from aidr_gate.registry import (
     load_registry,
 )
 from aidr_gate.runtime import Runtime
+from aidr_gate.settings.loader import GateConfig, PolicyConfig, load_config
 from aidr_gate.version import __version__
 
 __all__ = [

@@ -7,6 +7,7 @@ everything to fix, each as ``file:line: key.path: what is wrong``.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -283,7 +284,10 @@ class Checker:
                 self.error(path, f"key {key!r} must be a string")
                 continue
             if allowed is not None and key not in allowed:
-                self.error(join(path, key), f"unknown key (expected one of: {_list(allowed)})")
+                self.error(
+                    join(path, key),
+                    f"unknown key{did_you_mean(key, allowed)} (expected one of: {_list(allowed)})",
+                )
                 continue
             result[key] = item
         for key in required:
@@ -444,6 +448,12 @@ def format_instant(seconds: float | None) -> str | None:
     if seconds % 86_400 == 0:
         return datetime.fromtimestamp(seconds, tz=UTC).date().isoformat()
     return format_timestamp(seconds)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'leeway'?"`` for the closest of *choices*; nothing when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _kind(value: object) -> str:

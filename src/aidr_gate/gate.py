@@ -18,7 +18,6 @@ from msgspec.structs import replace
 
 from aidr_gate import errors
 from aidr_gate.catalog import InMemoryCatalog, Model, ModelCatalog, load_catalog
-from aidr_gate.config import GateConfig, load_config
 from aidr_gate.decision import (
     Decision,
     DecisionIds,
@@ -38,6 +37,8 @@ from aidr_gate.facts import Identity, Origin
 from aidr_gate.policy.engine import PolicyEngine, Verdict
 from aidr_gate.policy.pack import Pack, load_pack
 from aidr_gate.registry import Entity, InMemoryRegistry, load_registry
+from aidr_gate.settings.loader import GateConfig, load_config
+from aidr_gate.settings.screening import SCREENING
 from aidr_gate.stores.cache import MISS, Absent, Unavailable
 
 if TYPE_CHECKING:
@@ -129,18 +130,22 @@ def load_state(
     except ConfigError as exc:
         errors.append(exc)
     screening = None
-    if registry is not None and config.sections.get("screening") is not None:
+    if registry is not None and config.get(SCREENING) is not None:
         from aidr_gate.screening.settings import load_screening  # only when lists are configured
 
         if not isinstance(registry, InMemoryRegistry):
             # Screening reads every entity at load; a database store is read one entity at a
             # time through its cache. Refused rather than served unscreened (fail closed).
+            line = config.document.lines.get("screening") if config.document else None
             errors.append(
-                ConfigError.single(
-                    config.file,
-                    "screening",
-                    "screening a registry held in a database is not supported yet: "
-                    "use a registry file with screening:, or remove screening:",
+                ConfigError(
+                    Problem(
+                        config.file,
+                        "screening",
+                        "screening a registry held in a database is not supported yet: "
+                        "use a registry file with screening:, or remove screening:",
+                        line,
+                    )
                 )
             )
         else:
@@ -335,6 +340,7 @@ class Gate:
         identity: Identity | None,
         origin: Origin,
         at: float | None = None,
+        state: GateState | None = None,
         entity: Resolved = MISS,
     ) -> Decision:
         """Decide a model listing: allowed when the caller may use at least one catalogue model.
@@ -342,7 +348,7 @@ class Gate:
         The listing itself is then filtered model by model (see :meth:`verdict`), so listing and
         invoking agree. When every model is denied, the answer is the deny for the first one.
         """
-        state = self._state
+        state = state or self._state
         when = self._clock() if at is None else at
         if entity is MISS and identity is not None and identity.entity_id:
             entity = state.registry.lookup(identity.entity_id)

@@ -199,6 +199,10 @@ class FileKeys(_KeyStore):
             logger.exception("key file %s could not be parsed", self.path)
             raise KeySetError(f"{self.path}: cannot be read ({type(exc).__name__})") from None
 
+    def read_now(self) -> KeySet:
+        """Read and parse the file without installing it (the loader's check); blocking."""
+        return self._read()[0]
+
     def load_sync(self) -> KeySet:
         """Read the file now (blocking); raises :class:`KeySetError` when it holds no usable key."""
         key_set, stamp = self._read()

@@ -18,6 +18,10 @@ configuration overrides any of them (every key optional)::
       header_timeout: 10           # sidecar: seconds to receive a request's headers: else closed
       keepalive_timeout: 5         # sidecar: seconds an idle keep-alive connection is kept
 
+The last three are uvicorn's, fixed when the sidecar starts: a reload that changes them says
+"needs a restart" and keeps them; the others apply on reload, in the same swap as the rest of the
+configuration (the one buffer budget is resized; bodies in flight give back what they took).
+
 The header limits apply before any token is verified: a caller without credentials costs no more
 than they allow. Bodies count against one process-wide budget while the gate holds them (from the
 first byte read until the app starts its answer, or the request ends), so many slow or large
@@ -30,11 +34,13 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from aidr_gate.config import GateConfig
 from aidr_gate.document import Checker
+from aidr_gate.settings.schema import KeyDoc, Section
 
-__all__ = ["LARGE_BODY", "BufferBudget", "Limits", "parse_limits"]
+__all__ = ["LARGE_BODY", "LIMITS", "BufferBudget", "Limits", "read_limits"]
 
 # A body past this many bytes is large: large bodies share three quarters of the budget.
 LARGE_BODY = 1024 * 1024
@@ -58,6 +64,24 @@ class Limits:
     keepalive_timeout: float = 5.0
 
 
+SECTION = "limits"
+
+KEYS: tuple[KeyDoc, ...] = (
+    KeyDoc(
+        "max_header_bytes", "bytes of one request's header names and values, summed (past it: 431)"
+    ),
+    KeyDoc("max_header_lines", "header lines of one request (past it: 431)"),
+    KeyDoc("max_recorded_value", "characters kept of any one recorded string (a marker past it)"),
+    KeyDoc("max_record_bytes", "bytes of one audit record's request evidence (a marker past it)"),
+    KeyDoc("max_buffered_bytes", "request body bytes the process buffers at once (past it: 503)"),
+    KeyDoc("body_timeout", "seconds to read a body the gate must see (past it: 408)"),
+    KeyDoc("max_json_containers", "JSON objects and arrays in a body (past it: 413)"),
+    KeyDoc("max_connections", "sidecar: concurrent connections and requests (past it: 503)"),
+    KeyDoc("header_timeout", "sidecar: seconds to receive a request's headers"),
+    KeyDoc("keepalive_timeout", "sidecar: seconds an idle keep-alive connection is kept"),
+)
+
+# Minimum of each integer key; the seconds keys take at least 0.01.
 _INTEGERS = {
     "max_header_bytes": 1024,
     "max_header_lines": 8,
@@ -68,28 +92,36 @@ _INTEGERS = {
     "max_connections": 1,
 }
 _SECONDS = ("body_timeout", "header_timeout", "keepalive_timeout")
+# The sidecar's uvicorn takes these when it starts: a reload reports them as needing a restart.
+# The rest apply on reload, with the rest of the configuration, in the same swap.
+RESTART_ONLY = ("max_connections", "header_timeout", "keepalive_timeout")
 
 
-def parse_limits(config: GateConfig) -> Limits:
-    """Read the ``limits:`` section; raise :class:`ConfigError` naming file, key and line."""
-    if config.document is None or "limits" not in config.sections:
+def read_limits(check: Checker, raw: Any, base_dir: Path | None = None) -> Limits | None:
+    """Read the ``limits:`` section (``None``: the defaults); problems go to *check*.
+
+    *base_dir* is unused (the section names no file); it keeps the section readers' signature.
+    """
+    if raw is None:
         return Limits()
-    check = Checker(config.document)
-    keys = (*_INTEGERS, *_SECONDS)
-    data = check.mapping(config.section("limits"), "limits", keys=keys) or {}
+    data = check.mapping(raw, SECTION, keys=[k.name for k in KEYS])
+    if data is None:
+        return None
     values: dict[str, int | float] = {}
     for key, minimum in _INTEGERS.items():
         if data.get(key) is not None:
-            read = check.integer(data[key], f"limits.{key}", minimum=minimum)
+            read = check.integer(data[key], f"{SECTION}.{key}", minimum=minimum)
             if read is not None:
                 values[key] = read
     for key in _SECONDS:
         if data.get(key) is not None:
-            seconds = check.number(data[key], f"limits.{key}", minimum=0.01)
+            seconds = check.number(data[key], f"{SECTION}.{key}", minimum=0.01)
             if seconds is not None:
                 values[key] = seconds
-    check.raise_if_errors()
     return Limits(**values)  # type: ignore[arg-type]
+
+
+LIMITS: Section[Limits] = Section(SECTION, read_limits, KEYS, restart=RESTART_ONLY)
 
 
 class BufferBudget:
@@ -112,6 +144,13 @@ class BufferBudget:
         self.large_held = 0  # what bodies past LARGE_BODY hold, within held
         self.peak = 0  # the most held since memory was last handed back
         self.refused = 0  # requests refused for want of budget
+        self._trim_above = min(limit // 4, 8 * 1024 * 1024)
+
+    def resize(self, limit: int) -> None:
+        """Apply a reloaded ``max_buffered_bytes``: the bytes held stay counted (their requests
+        give them back here), and only new takes meet the new limit."""
+        self.limit = limit
+        self.large_limit = limit * 3 // 4
         self._trim_above = min(limit // 4, 8 * 1024 * 1024)
 
     def take(self, size: int, holding: int = 0) -> bool:

@@ -18,12 +18,12 @@ from pathlib import Path
 
 from aidr_gate.asgi_types import ASGIApp, Message, Receive, Scope, Send
 from aidr_gate.audit.record import Ending, RequestContext
-from aidr_gate.config import GateConfig
 from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.errors import (
     AidrGateError,
     AuditUnavailable,
     BufferBudgetExhausted,
+    ConfigError,
     GateNotReady,
     HeaderRepeated,
     HeadersTooLarge,
@@ -46,7 +46,9 @@ from aidr_gate.model_id import (
     valid_model_id,
 )
 from aidr_gate.responses import error_body, error_headers, json_error, json_headers
-from aidr_gate.runtime import Runtime
+from aidr_gate.runtime import Runtime, Serving
+from aidr_gate.settings.loader import GateConfig
+from aidr_gate.settings.middleware import MiddlewareSettings
 from aidr_gate.stages import CLIENT_DISCONNECTED, UPSTREAM_STATE_KEY
 from aidr_gate.stores.cache import MISS
 from aidr_gate.streams import AdmittedStream, cancelled_otherwise, finish_cut
@@ -61,6 +63,31 @@ WS_TRY_AGAIN_LATER = 1013
 RETRY_START_SECONDS = 1.0
 # Why a response was left incomplete (the responses.aborted metric's label).
 AUDIT_NOT_STORED = "AUDIT_NOT_STORED"
+
+
+class _StartFailed(Exception):
+    """Unwinds the app's lifespan handler once the server has been told the start failed."""
+
+
+def start_failure(error: Exception) -> str:
+    """What a failed start says: every configuration problem on a line of its own, no traceback."""
+    if isinstance(error, ConfigError):
+        lines = "\n".join(f"  {problem}" for problem in error.problems)
+        return f"aidr-gate cannot start: configuration problems:\n{lines}"
+    return f"aidr-gate cannot start: {error}"
+
+
+def _log_somewhere() -> None:
+    """A server that configures only its own loggers (uvicorn does) leaves the gate's INFO lines,
+    the one that says what was loaded among them, going nowhere: give them stderr then."""
+    gate_logger = logging.getLogger("aidr_gate")
+    if gate_logger.hasHandlers():
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    gate_logger.addHandler(handler)
+    if gate_logger.level == logging.NOTSET:
+        gate_logger.setLevel(logging.INFO)
 
 
 class AIDRGateMiddleware:
@@ -110,20 +137,66 @@ class AIDRGateMiddleware:
             return runtime
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Start the gate when the server starts the app, and report a failed start through the
+        protocol (``lifespan.startup.failed`` with the problem list): uvicorn, with its default
+        ``--lifespan auto`` too, then prints the problems and exits non-zero. An exception out of
+        here would read as "lifespan unsupported" under ``auto`` and start serving 503s."""
+        failed = False
+        received = False
+
         async def receive_wrapper() -> Message:
+            nonlocal failed, received
             message = await receive()
+            received = True
             kind = message.get("type")
             if kind == "lifespan.startup":
-                # A bad configuration fails startup loudly, before any request is served.
-                await self._ensure_runtime()
-            elif kind == "lifespan.shutdown" and self._runtime is not None and self._owns_runtime:
-                # A closed runtime cannot restart (its audit trail is flushed and shut): the next
-                # startup, if the server runs the app again, loads a fresh one.
-                runtime, self._runtime = self._runtime, None
-                await runtime.close()
+                _log_somewhere()
+                try:
+                    await self._ensure_runtime()
+                except Exception as exc:
+                    failed = True
+                    await send({"type": "lifespan.startup.failed", "message": start_failure(exc)})
+                    raise _StartFailed from None
+            elif kind == "lifespan.shutdown":
+                await self._close_runtime()
             return message
 
-        await self.app(scope, receive_wrapper, send)
+        async def send_wrapper(message: Message) -> None:
+            if not failed:  # the server has its answer; the app's own (a traceback) would be two
+                await send(message)
+
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except Exception:
+            if failed:
+                return
+            if received:
+                raise
+            # The app does not speak lifespan: the gate still starts with the server.
+            await self._own_lifespan(receive, send)
+
+    async def _own_lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                _log_somewhere()
+                try:
+                    await self._ensure_runtime()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": start_failure(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self._close_runtime()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _close_runtime(self) -> None:
+        if self._runtime is not None and self._owns_runtime:
+            # A closed runtime cannot restart (its audit trail is flushed and shut): the next
+            # startup, if the server runs the app again, loads a fresh one.
+            runtime, self._runtime = self._runtime, None
+            await runtime.close()
 
     # -- dispatch --------------------------------------------------------------------------------
 
@@ -147,7 +220,7 @@ class AIDRGateMiddleware:
         if scrape is not None and path == scrape.path and kind == "http":
             await scrape(scope, receive, send)
             return
-        if runtime.settings.exempt(path):
+        if runtime.serving.settings.exempt(path):
             await self.app(scope, receive, send)
             return
         if kind == "websocket":
@@ -191,7 +264,8 @@ class AIDRGateMiddleware:
 
     async def _http(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        settings = runtime.settings
+        serving = runtime.serving  # one configuration for the whole request, even across a reload
+        settings = serving.settings
         method: str = scope.get("method", "GET")
         path: str = scope.get("path", "")
         headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
@@ -235,11 +309,13 @@ class AIDRGateMiddleware:
             return False
 
         try:
-            decision, body = await self._decide_http(runtime, scope, receive, method, path, headers)
+            decision, body = await self._decide_http(
+                runtime, serving, scope, receive, method, path, headers
+            )
             gate_seconds = time.perf_counter() - started
             scope.setdefault("state", {})[settings.state_key] = decision
             runtime.telemetry.record(decision, gate_seconds, path)
-            extra = self._response_headers(runtime, decision, gate_seconds)
+            extra = _response_headers(settings, decision, gate_seconds)
             if body is not None and body.disconnected:
                 ended = Ending.CLIENT_DISCONNECTED  # nobody is left to answer
                 return
@@ -291,7 +367,7 @@ class AIDRGateMiddleware:
                 and method == "GET"
                 and path in settings.list_models_paths
             ):
-                app_send = self._listing_filter(runtime, decision, send_wrapper)
+                app_send = self._listing_filter(runtime, serving, decision, send_wrapper)
             app_started = time.perf_counter()
             try:
                 await self.app(scope, app_receive, app_send)
@@ -323,6 +399,7 @@ class AIDRGateMiddleware:
     async def _decide_http(
         self,
         runtime: Runtime,
+        serving: Serving,
         scope: Scope,
         receive: Receive,
         method: str,
@@ -331,7 +408,8 @@ class AIDRGateMiddleware:
     ) -> tuple[Decision, BufferedBody | None]:
         """Resolve every stage and decide; any failure becomes a deny with its reason code."""
         gate = runtime.gate
-        models = runtime.settings.models
+        state = serving.state
+        models = serving.settings.models
         identity: Identity | None = None
         origin: Origin | None = None
         model_id: str | None = None
@@ -339,7 +417,7 @@ class AIDRGateMiddleware:
         try:
             # Bounded work before anything else, the token included: a caller without credentials
             # costs at most this many header lines and bytes.
-            limits = runtime.limits
+            limits = serving.limits
             if len(headers) > limits.max_header_lines:
                 raise HeadersTooLarge(f"more than {limits.max_header_lines} header lines")
             if _header_bytes(headers) > limits.max_header_bytes:
@@ -347,7 +425,7 @@ class AIDRGateMiddleware:
         except HeadersTooLarge as exc:
             return gate.refuse(exc, origin=_unknown_origin(scope)), None
         try:
-            origin = runtime.origin.resolve(_peer(scope), headers)
+            origin = serving.origin.resolve(_peer(scope), headers)
             error: AidrGateError | None = None
             # Every place that may name the model is read as the app reads it; where two name
             # one, they must agree (MODEL_CONFLICT), so the app never acts on another.
@@ -373,7 +451,7 @@ class AIDRGateMiddleware:
             model_id = named[0] if named else None
             try:
                 # Two Authorization headers are refused: the app might read the other one.
-                identity = await runtime.identity.authenticate(authorization_header(headers))
+                identity = await serving.identity.authenticate(authorization_header(headers))
             except IdentityError as exc:
                 # Who is calling comes first: a 401 outranks a bad header, and the gate reads (and
                 # parses, for up to 32 MiB of form) no body of a caller it cannot identify.
@@ -403,19 +481,25 @@ class AIDRGateMiddleware:
                     "the request names different models: " + ", ".join(m[:64] for m in named)
                 )
             if error is not None:
-                return gate.refuse(error, identity=identity, origin=origin, model_id=model_id), body
-            state = gate.state
+                refused = gate.refuse(
+                    error, identity=identity, origin=origin, model_id=model_id, state=state
+                )
+                return refused, body
             entity: Resolved = None
             if identity is not None and identity.entity_id:
                 # A cache hit is a dict read; only a miss awaits the store (coalesced).
                 entity = state.registry.lookup(identity.entity_id)
                 if entity is MISS:
                     entity = await state.registry.fetch(identity.entity_id)
-            if method == "GET" and path in runtime.settings.list_models_paths:
-                return gate.decide_listing(identity=identity, origin=origin, entity=entity), body
-            return gate.decide(
+            if method == "GET" and path in serving.settings.list_models_paths:
+                listing = gate.decide_listing(
+                    identity=identity, origin=origin, state=state, entity=entity
+                )
+                return listing, body
+            decision = gate.decide(
                 identity=identity, origin=origin, model_id=model_id, state=state, entity=entity
-            ), body
+            )
+            return decision, body
         except Exception as exc:  # fail closed: a bug in a stage is a deny, never an allow
             _log_internal_error(exc)
             fallback = origin or _unknown_origin(scope)
@@ -425,24 +509,10 @@ class AIDRGateMiddleware:
                     identity=identity,
                     origin=fallback,
                     model_id=model_id,
+                    state=state,
                 ),
                 body,
             )
-
-    def _response_headers(
-        self, runtime: Runtime, decision: Decision, gate_seconds: float
-    ) -> list[tuple[bytes, bytes]]:
-        settings = runtime.settings
-        extra = [
-            (settings.decision_header, decision.decision_id.encode()),
-            (settings.overhead_header, f"{gate_seconds * 1000:.3f}".encode()),
-        ]
-        if decision.mode is Mode.DRY_RUN:
-            verdict = decision.effect.value
-            if decision.effect is Effect.DENY:
-                verdict = f"deny {decision.status} {decision.reasons[0]}"
-            extra.append((settings.dry_run_header, verdict.encode()))
-        return extra
 
     async def _send_error(
         self,
@@ -463,12 +533,14 @@ class AIDRGateMiddleware:
             return  # not recorded: the answer is left incomplete
         await send({"type": "http.response.body", "body": payload, "more_body": False})
 
-    def _listing_filter(self, runtime: Runtime, decision: Decision, send: Send) -> Send:
+    def _listing_filter(
+        self, runtime: Runtime, serving: Serving, decision: Decision, send: Send
+    ) -> Send:
         """Wrap *send* so a model listing only names models this caller may use."""
         identity = decision.evidence.identity
         origin = decision.evidence.origin
         entity = decision.evidence.entity  # as resolved for the decision: no second lookup
-        limit = runtime.settings.max_listing_bytes
+        limit = serving.settings.max_listing_bytes
         start: Message | None = None
         chunks: list[bytes] = []
         size = 0
@@ -494,6 +566,7 @@ class AIDRGateMiddleware:
                 return
             payload = _filter_listing(
                 runtime,
+                serving,
                 b"".join(chunks) if size <= limit else b"",
                 identity,
                 origin,
@@ -515,11 +588,14 @@ class AIDRGateMiddleware:
         self, runtime: Runtime, scope: Scope, receive: Receive, send: Send
     ) -> None:
         started = time.perf_counter()
+        serving = runtime.serving
         path: str = scope.get("path", "")
         headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
-        decision, _ = await self._decide_http(runtime, scope, receive, "GET", path, headers)
+        decision, _ = await self._decide_http(
+            runtime, serving, scope, receive, "GET", path, headers
+        )
         gate_seconds = time.perf_counter() - started
-        scope.setdefault("state", {})[runtime.settings.state_key] = decision
+        scope.setdefault("state", {})[serving.settings.state_key] = decision
         runtime.telemetry.record(decision, gate_seconds, path)
         ended = Ending.ERROR
         status: int | None = None
@@ -549,7 +625,7 @@ class AIDRGateMiddleware:
                         }
                     )
                 return
-            extra = self._response_headers(runtime, decision, gate_seconds)
+            extra = _response_headers(serving.settings, decision, gate_seconds)
 
             async def send_wrapper(message: Message) -> None:
                 nonlocal status
@@ -575,8 +651,24 @@ class AIDRGateMiddleware:
             await _shielded(runtime.record(decision, context))
 
 
+def _response_headers(
+    settings: MiddlewareSettings, decision: Decision, gate_seconds: float
+) -> list[tuple[bytes, bytes]]:
+    extra = [
+        (settings.decision_header, decision.decision_id.encode()),
+        (settings.overhead_header, f"{gate_seconds * 1000:.3f}".encode()),
+    ]
+    if decision.mode is Mode.DRY_RUN:
+        verdict = decision.effect.value
+        if decision.effect is Effect.DENY:
+            verdict = f"deny {decision.status} {decision.reasons[0]}"
+        extra.append((settings.dry_run_header, verdict.encode()))
+    return extra
+
+
 def _filter_listing(
     runtime: Runtime,
+    serving: Serving,
     payload: bytes,
     identity: Identity | None,
     origin: Origin | None,
@@ -592,7 +684,7 @@ def _filter_listing(
     except (ValueError, KeyError, TypeError):
         logger.warning("model listing is not the OpenAI shape; returning an empty list")
         return b'{"object":"list","data":[]}'
-    catalog = runtime.gate.state.catalog
+    catalog = serving.state.catalog
     keep = []
     for item in data:
         model_id = item.get("id") if isinstance(item, dict) else None
@@ -603,6 +695,7 @@ def _filter_listing(
             origin=origin or _unknown_origin({}),
             model=catalog.get(model_id),
             at=at,
+            state=serving.state,
             entity=entity,
         )
         if verdict.outcome.effect is not Effect.DENY:

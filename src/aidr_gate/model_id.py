@@ -220,10 +220,12 @@ async def read_body(receive: Receive, limit: int, into: BufferedBody | None = No
                 )
             chunks.append(chunk)
             body.size += len(chunk)
+        # Past the limit is too large even in the last chunk (a server's chunk can be 64 KiB):
+        # left incomplete, so it is refused as too large.
+        if body.size > limit:
+            return body
         if not message.get("more_body", False):
             body.complete = True
-            return body
-        if body.size > limit:
             return body
 
 

@@ -22,7 +22,6 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -31,6 +30,7 @@ from yarl import URL
 
 from aidr_gate.asgi_types import Message, Receive, Scope, Send
 from aidr_gate.responses import json_error, json_headers
+from aidr_gate.settings.proxy import ProxySettings, upstream_problem
 from aidr_gate.stages import CLIENT_DISCONNECTED, UPSTREAM_STATE_KEY, UpstreamResult
 
 logger = logging.getLogger("aidr_gate.proxy")
@@ -84,25 +84,6 @@ _HOST_VALUE = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
 WATCH_AFTER = 0.05
 
 
-@dataclass(frozen=True, slots=True)
-class ProxySettings:
-    """Upstream connection pooling and timeouts, and the headers the upstream is told."""
-
-    connect_timeout: float = 5.0
-    # Seconds without a byte from the upstream (before the headers or between chunks): 504 before
-    # the response started, a cut stream after.
-    read_timeout: float = 120.0
-    pool_size: int = 256
-    pool_size_per_host: int = 0  # 0: no per-host limit (there is one upstream)
-    keepalive_timeout: float = 30.0
-    forward_client_ip: bool = True
-    decision_header: str = "x-aidr-decision-id"
-    entity_header: str = "x-aidr-entity"
-    effect_header: str = "x-aidr-effect"
-    # Where the middleware leaves the decision (``middleware.state_key``).
-    state_key: str = "aidr_decision"
-
-
 class _ClientGone(Exception):
     """The client disconnected while its body was being forwarded."""
 
@@ -111,14 +92,10 @@ class UpstreamProxy:
     """ASGI app that forwards every request to *upstream* and streams the answer back."""
 
     def __init__(self, upstream: str, settings: ProxySettings | None = None) -> None:
-        try:
-            base = URL(upstream)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"upstream {upstream!r} is not a URL: {exc}") from None
-        if base.scheme not in ("http", "https") or not base.host:
-            raise ValueError(f"upstream must be an http(s) URL, not {upstream!r}")
-        if base.query_string or base.fragment:
-            raise ValueError(f"upstream {upstream!r} must not have a query or fragment")
+        problem = upstream_problem(upstream)
+        if problem is not None:
+            raise ValueError(problem)
+        base = URL(upstream)
         self.upstream = base
         self.settings = settings or ProxySettings()
         # Requests are built as text on this prefix: never by URL joining, which would let a path

@@ -1,9 +1,13 @@
 """Everything a serving gate holds: the decision core, the stages, the audit trail, and their lifecycle.
 
-The middleware and the sidecar share one :class:`Runtime`. Loading happens once, up front, and a bad
-configuration fails with every problem listed. While serving, background tasks refresh keys, watch
-GeoIP databases and watch the policy files; a reload builds a whole new :class:`GateState` off the
-event loop and swaps it in, and a reload that fails keeps the last good state and says so.
+The middleware and the sidecar share one :class:`Runtime`. Loading happens once, up front, through
+the one settings loader, and a bad configuration fails with every problem listed. While serving,
+background tasks refresh keys, watch GeoIP databases and watch the configuration's files. A reload
+reads the whole configuration again, builds a new :class:`Serving` (the gate state, the
+authenticator, the origin resolver, the middleware settings) and swaps it in with one assignment:
+a request decides with the old one or the new one, never a mix. A reload that fails keeps the last
+good state and says so; a changed setting that only a restart applies keeps its running value and
+is reported as waiting for a restart, never as reloaded.
 """
 
 from __future__ import annotations
@@ -16,34 +20,32 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
-from aidr_gate.audit.config import audit_config
 from aidr_gate.audit.record import AuditEvent, RequestContext
 from aidr_gate.audit.trail import AuditTrail
-from aidr_gate.config import GateConfig, load_config
 from aidr_gate.decision import Decision
-from aidr_gate.errors import ConfigError
+from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.gate import Gate, GateState, load_state
 from aidr_gate.geo import ReloadResult
-from aidr_gate.identity import Authenticator, parse_identity_config
+from aidr_gate.identity import Authenticator
 from aidr_gate.jwks import FileKeys, RemoteJwks
-from aidr_gate.limits import BufferBudget, Limits, parse_limits
-from aidr_gate.middleware_config import MiddlewareSettings, parse_middleware_settings
-from aidr_gate.origin import OriginResolver, origin_resolver_for
+from aidr_gate.limits import LIMITS, BufferBudget, Limits
+from aidr_gate.origin import OriginResolver, build_origin_resolver
+from aidr_gate.settings.audit import AUDIT
+from aidr_gate.settings.identity import IDENTITY
+from aidr_gate.settings.loader import GateConfig, parse_identity_config, read_config
+from aidr_gate.settings.middleware import MIDDLEWARE, MiddlewareSettings
+from aidr_gate.settings.origin import GEOIP, NETWORK
+from aidr_gate.settings.sections import SECTIONS
 from aidr_gate.stores.cache import RegistryView
-from aidr_gate.stores.settings import RegistrySettings, open_registry, registry_summary
+from aidr_gate.stores.settings import REGISTRY, open_registry, registry_summary
 from aidr_gate.streams import AdmittedStream, StreamBook
 from aidr_gate.telemetry import Telemetry
-from aidr_gate.telemetry.wiring import (
-    TelemetryWiring,
-    count_geoip_reload,
-    count_reload,
-    pending_restart,
-)
-
-T = TypeVar("T")
+from aidr_gate.telemetry.settings import TELEMETRY
+from aidr_gate.telemetry.wiring import TelemetryWiring, count_geoip_reload, count_reload
 
 logger = logging.getLogger("aidr_gate.runtime")
 
@@ -52,12 +54,93 @@ DEFAULT_POLICY_WATCH_INTERVAL = 2.0
 
 @dataclass(slots=True)
 class ReloadReport:
-    """What one reload attempt did."""
+    """What one reload attempt did; *restart_pending* names changed settings not applied."""
 
     ok: bool
     changed: bool
     detail: str
     at: float = field(default_factory=time.time)
+    restart_pending: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """What requests are decided with, built together and replaced together (one assignment)."""
+
+    state: GateState
+    identity: Authenticator
+    origin: OriginResolver
+    settings: MiddlewareSettings
+    config: GateConfig | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A configuration and everything it names, ready to serve (or to swap in)."""
+
+    config: GateConfig
+    state: GateState
+    registry: RegistryView | None = None  # a database store's cache, not started
+    restart_pending: tuple[str, ...] = ()  # on a reload: changed keys kept at their running values
+
+
+def load_everything(
+    config: GateConfig | str | Path | None,
+    *,
+    warnings: list[Problem] | None = None,
+    running: GateConfig | None = None,
+    registry: RegistryView | None = None,
+) -> Loaded:
+    """The configuration and everything it names, or one :class:`ConfigError` listing every
+    problem: its sections, the packs, registry and catalogue, and the identity serving needs.
+
+    On a reload, *running* is the configuration in force: its restart-only settings are kept, and
+    a database store keeps the running *registry* cache (opened only at the start: ``validate``
+    names a database, it does not connect to it).
+    """
+    problems: list[Problem] = []
+    if isinstance(config, GateConfig):
+        cfg: GateConfig | None = config
+    else:
+        cfg, check = read_config(config)
+        problems += check.errors
+        if warnings is not None:
+            warnings.extend(check.warnings)
+    state = None
+    pending: tuple[str, ...] = ()
+    view: RegistryView | None = None
+    if cfg is not None:
+        if running is not None:
+            cfg, pending = _keep_restart_only(running, cfg)
+        try:
+            parse_identity_config(cfg)
+        except ConfigError as exc:
+            problems += exc.problems
+        registry_ok = True
+        try:
+            view = registry if running is not None else open_registry(cfg)
+        except ConfigError as exc:  # an env: variable not set, no psycopg
+            problems += [_at_registry_key(cfg, p) for p in exc.problems]
+            registry_ok = False
+        if registry_ok:
+            try:
+                state = load_state(cfg, warnings=warnings, registry=view)
+            except ConfigError as exc:
+                problems += exc.problems
+    if problems or cfg is None or state is None:
+        raise ConfigError(problems)
+    return Loaded(cfg, state, view, pending)
+
+
+def _at_registry_key(config: GateConfig, problem: Problem) -> Problem:
+    """A store's problem, named at the configuration line that names the store."""
+    document = config.document
+    for path in ("registry.store", "registry"):
+        line = document.lines.get(path) if document is not None else None
+        if line is not None:
+            return Problem(config.file, path, problem.message, line)
+    return Problem(config.file, "registry", problem.message)
 
 
 class Runtime:
@@ -79,9 +162,11 @@ class Runtime:
         registry: RegistryView | None = None,
     ) -> None:
         self.gate = gate
-        self.limits = limits or Limits()
-        # Request bodies held at once, across every request this runtime gates.
-        self.budget = BufferBudget(self.limits.max_buffered_bytes)
+        limits = limits or (config.get(LIMITS) if config is not None else Limits())
+        self._serving = Serving(gate.state, identity, origin, settings, config, limits)
+        # Request bodies held at once, across every request this runtime gates: one budget for
+        # the runtime's life (a reload resizes it; bodies in flight give back what they took).
+        self.budget = BufferBudget(limits.max_buffered_bytes)
         # A database registry's cache (None for a file loaded whole with the policy): started and
         # closed here, kept across reloads, its changes rechecking the admitted streams.
         self.registry = registry
@@ -91,32 +176,57 @@ class Runtime:
             enabled=settings_of.cut_streams if settings_of is not None else True,
             on_cut=self._stream_cut,
         )
-        self.identity = identity
-        self.origin = origin
-        self.settings = settings
         self.audit = audit
-        self.config = config
         # The exporters the telemetry: section names, started and closed with the runtime.
         self.wiring = wiring or TelemetryWiring()
-        self.telemetry = telemetry or self.wiring.telemetry
+        self.telemetry: Telemetry = telemetry or self.wiring.telemetry
         self.telemetry.watch_runtime(self)
-        if isinstance(identity.keys, FileKeys):
-            identity.keys.on_reload = lambda ok: self.telemetry.reload("keys", ok=ok)
-        self._started_config = config  # what a reload is compared with for restart-only changes
-        if audit is not None:
-            # Caps of recorded values, applied where records are rendered (the writer thread,
-            # which is then the one thread that counts truncations).
-            redactor = audit.redactor
-            redactor.max_value = self.limits.max_recorded_value
-            redactor.max_record = self.limits.max_record_bytes
-            redactor.notify = self.telemetry.truncated
+        self._count_key_reloads(identity)
+        self._apply_limits(limits)
         self._watch_interval = policy_watch_interval
         self._tasks: list[asyncio.Task[None]] = []
+        self._geoip_watch: asyncio.Task[None] | None = None
         self._policy_stamp = self._stamp()
+        self._reloading = asyncio.Lock()
         self._unwatch: Callable[[], None] = lambda: None
         self._watching = False
         self.started = False
         self.last_reload: ReloadReport | None = None
+        # Changed settings that wait for a restart, by key path (a reload never applies them).
+        self.restart_pending: tuple[str, ...] = ()
+
+    # -- what requests see ----------------------------------------------------------------------
+
+    @property
+    def serving(self) -> Serving:
+        """The current state, authenticator, origin resolver and settings, as one value: a
+        request reads it once."""
+        return self._serving
+
+    @property
+    def identity(self) -> Authenticator:
+        """The current authenticator."""
+        return self._serving.identity
+
+    @property
+    def origin(self) -> OriginResolver:
+        """The current origin resolver."""
+        return self._serving.origin
+
+    @property
+    def settings(self) -> MiddlewareSettings:
+        """The current ``middleware:`` settings."""
+        return self._serving.settings
+
+    @property
+    def limits(self) -> Limits:
+        """The current ``limits:`` settings."""
+        return self._serving.limits
+
+    @property
+    def config(self) -> GateConfig | None:
+        """The configuration in force (restart-only sections as they were at start)."""
+        return self._serving.config
 
     def _stream_cut(self, stream: AdmittedStream) -> None:
         reasons = stream.cut.reasons if stream.cut is not None else ()
@@ -126,40 +236,44 @@ class Runtime:
     # -- building -------------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, config: GateConfig | str | Path | None = None) -> Runtime:
+    def from_config(
+        cls,
+        config: GateConfig | str | Path | None = None,
+        *,
+        warnings: list[Problem] | None = None,
+    ) -> Runtime:
         """Load everything a configuration names; raise one :class:`ConfigError` listing every problem."""
-        cfg = config if isinstance(config, GateConfig) else load_config(config)
-        errors: list[ConfigError] = []
-
-        def attempt(load: Callable[[GateConfig], T]) -> T | None:
-            # Every section is read even when one fails: the error lists every problem at once.
-            try:
-                return load(cfg)
-            except ConfigError as exc:
-                errors.append(exc)
-                return None
-
-        registry = attempt(open_registry)
-        state = attempt(lambda c: load_state(c, registry=registry))
-        identity_config = attempt(parse_identity_config)
-        origin = attempt(origin_resolver_for)
-        settings = attempt(parse_middleware_settings)
-        audit = attempt(lambda c: AuditTrail(audit_config(c)))
-        wiring = attempt(TelemetryWiring.from_config)
-        limits = attempt(parse_limits)
-        if errors or state is None or identity_config is None or origin is None or settings is None:
-            raise ConfigError.merge(errors)
+        loaded = load_everything(config, warnings=warnings)
+        cfg, state = loaded.config, loaded.state
+        wiring = TelemetryWiring(cfg.get(TELEMETRY), file=cfg.file)
+        origin = build_origin_resolver(cfg.get(NETWORK), cfg.get(GEOIP))
         return cls(
             gate=Gate(state),
-            identity=Authenticator(identity_config),
+            identity=Authenticator(parse_identity_config(cfg)),
             origin=origin,
-            settings=settings,
-            audit=audit,
+            settings=cfg.get(MIDDLEWARE),
+            audit=AuditTrail(cfg.get(AUDIT)),
             config=cfg,
             wiring=wiring,
-            limits=limits,
-            registry=registry,
+            limits=cfg.get(LIMITS),
+            registry=loaded.registry,
         )
+
+    def _apply_limits(self, limits: Limits) -> None:
+        """Size the buffer budget and the recorded values' caps to *limits* (at the start, and in
+        a reload's swap, so requests see the new limits and the budget together)."""
+        self.budget.resize(limits.max_buffered_bytes)
+        if self.audit is not None:
+            # Caps of recorded values, applied where records are rendered (the writer thread,
+            # which is then the one thread that counts truncations).
+            redactor = self.audit.redactor
+            redactor.max_value = limits.max_recorded_value
+            redactor.max_record = limits.max_record_bytes
+            redactor.notify = self.telemetry.truncated
+
+    def _count_key_reloads(self, identity: Authenticator) -> None:
+        if isinstance(identity.keys, FileKeys):
+            identity.keys.on_reload = lambda ok: self.telemetry.reload("keys", ok=ok)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -190,9 +304,7 @@ class Runtime:
                 await self.identity.close()  # a runtime that failed to start leaves nothing running
                 await self.wiring.close()
                 raise
-        self._tasks.append(
-            asyncio.create_task(self.origin.watch(self._geoip_reloaded), name="aidr-geoip-watch")
-        )
+        self._watch_geoip(self.origin)
         if self.config is not None and self._watch_interval > 0:
             self._tasks.append(asyncio.create_task(self._watch_policy(), name="aidr-policy-watch"))
         if self.gate.state.screening is not None and self.gate.state.screening.source is not None:
@@ -210,6 +322,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        await self._stop_geoip_watch()
         await self.streams.close()
         if self.registry is not None:
             self._unwatch()
@@ -220,6 +333,21 @@ class Runtime:
         self.origin.close()
         await self.wiring.close()  # last: the final export has the audit trail's final counts
         self.started = False
+
+    def _watch_geoip(self, origin: OriginResolver) -> None:
+        self._geoip_watch = asyncio.create_task(
+            origin.watch(self._geoip_reloaded), name="aidr-geoip-watch"
+        )
+
+    def _geoip_reloaded(self, results: tuple[ReloadResult, ...]) -> None:
+        count_geoip_reload(self.telemetry, results)
+
+    async def _stop_geoip_watch(self) -> None:
+        task, self._geoip_watch = self._geoip_watch, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     def summary(self) -> str:
         """One readable line of what is loaded: pack, entities, models, GeoIP, keys, audit."""
@@ -302,52 +430,103 @@ class Runtime:
         return tuple(out)
 
     async def reload(self) -> ReloadReport:
-        """Reload the configuration, packs, registry and catalogue; keep the old state on failure."""
-        if self.config is None:
-            report = ReloadReport(False, False, "no configuration file to reload from")
-            self.last_reload = report
-            return report
-        path = self.config.file
-        try:
-            config, state = await asyncio.to_thread(
-                _load_policy, path, self.registry, self.config.registry_settings
-            )
-        except ConfigError as exc:
-            report = ReloadReport(
-                False, False, f"reload refused, keeping the last good state: {exc}"
-            )
-            logger.error("%s", report.detail)
-            count_reload(self.telemetry, self.config, exc)
-            self.last_reload = report
-            self._policy_stamp = self._stamp()
-            return report
-        old = self.gate.swap(state)
-        self.config = config
-        if config.registry_settings is not None:
-            self.streams.enabled = config.registry_settings.cut_streams
-        self.streams.recheck()  # a stream the new pack (or registry file) denies is cut
-        self._policy_stamp = self._stamp()
-        changed = old.pack.digest != state.pack.digest or old is not state
-        report = ReloadReport(
-            True,
-            changed,
-            f"reloaded: pack {state.pack.id} ({state.pack.digest[:19]}), "
-            f"{registry_summary(state.registry, self.registry)}, {len(state.catalog)} models",
-        )
-        logger.info("%s", report.detail)
-        count_reload(self.telemetry, config, None)
-        self._note_restart_only(config)
+        """Read the whole configuration again and apply every section that can change in place,
+        at once; keep the last good state when anything in it fails."""
+        async with self._reloading:  # a file change and a SIGHUP at once: one after the other
+            report = await self._reload()
         self.last_reload = report
+        self._policy_stamp = self._stamp()
         return report
 
-    def _note_restart_only(self, config: GateConfig) -> None:
-        restart = pending_restart(self._started_config or config, config)
-        self.telemetry.restart_pending(len(restart))
-        if restart:
-            logger.warning("changed settings need a restart to apply: %s", ", ".join(restart))
+    async def _reload(self) -> ReloadReport:
+        old = self._serving
+        running = old.config
+        if running is None:
+            return ReloadReport(False, False, "no configuration file to reload from")
+        try:
+            loaded = await asyncio.to_thread(
+                partial(load_everything, running.file, running=running, registry=self.registry)
+            )
+            applied, state, pending = loaded.config, loaded.state, loaded.restart_pending
+            new = await self._build(old, running, applied, state)
+        except Exception as exc:  # whatever fails, the last good state keeps serving
+            error = exc if isinstance(exc, ConfigError) else None
+            reason = str(exc) if error is not None else f"{type(exc).__name__}: {exc}"
+            report = ReloadReport(
+                False,
+                False,
+                f"reload refused, keeping the last good state: {reason}",
+                restart_pending=self.restart_pending,
+            )
+            logger.error("%s", report.detail)
+            count_reload(self.telemetry, running, error or ConfigError([]))
+            return report
+        changed = _changed_sections(running, applied)
+        # The swap: the gate's own state (for callers of Gate) and what requests read, with no
+        # await between them, so no request on this loop sees one without the other.
+        self.gate.swap(state)
+        self._serving = new
+        self._apply_limits(new.limits)
+        registry = applied.registry_settings
+        if registry is not None:
+            self.streams.enabled = registry.cut_streams
+        self.streams.recheck()  # a stream the new pack (or registry file, or keys) denies is cut
+        await self._retire(old, new)
+        self.restart_pending = pending
+        self.telemetry.restart_pending(len(pending))
+        count_reload(self.telemetry, applied, None)  # the packs, registry and catalogue
+        for name in changed:  # and each section applied in place (the registry: counted above)
+            if name != REGISTRY.name:
+                self.telemetry.reload(name, ok=True)
+        detail = (
+            f"reloaded: pack {state.pack.id} ({state.pack.digest[:19]}), "
+            f"{registry_summary(state.registry, self.registry)}, {len(state.catalog)} models"
+            + (f"; sections changed: {', '.join(changed)}" if changed else "")
+        )
+        logger.info("%s", detail)  # and what waits for a restart in a WARNING of its own:
+        if pending:
+            logger.warning(
+                "not applied, each needs a restart (running with the values from the start): %s",
+                ", ".join(pending),
+            )
+            detail += f"; not applied, needs a restart: {', '.join(pending)}"
+        return ReloadReport(True, True, detail, restart_pending=pending)
 
-    def _geoip_reloaded(self, results: tuple[ReloadResult, ...]) -> None:
-        count_geoip_reload(self.telemetry, results)
+    async def _build(
+        self, old: Serving, running: GateConfig, config: GateConfig, state: GateState
+    ) -> Serving:
+        """The new serving state: stages whose settings did not change are kept as they are (the
+        token cache, the fetched keys, the open GeoIP databases); new ones are started first."""
+        identity = old.identity
+        identity_settings = parse_identity_config(config)
+        if identity_settings != running.get(IDENTITY) or identity_settings != identity.config:
+            identity = Authenticator(identity_settings)
+            self._count_key_reloads(identity)
+            if self._watching:  # removed keys cut the streams admitted with them
+                identity.keys.add_listener(self.streams.keys_changed)
+            if self.started:
+                await identity.start()  # a key file that fails to load refuses the reload
+        origin = old.origin
+        network, geoip = config.get(NETWORK), config.get(GEOIP)
+        if network != running.get(NETWORK) or geoip != running.get(GEOIP):
+            try:
+                origin = await asyncio.to_thread(build_origin_resolver, network, geoip)
+            except BaseException:
+                if identity is not old.identity:
+                    await identity.close()
+                raise
+        return Serving(state, identity, origin, config.get(MIDDLEWARE), config, config.get(LIMITS))
+
+    async def _retire(self, old: Serving, new: Serving) -> None:
+        """Close the stages the new state replaced (after the swap: lookups are synchronous on
+        this loop, so none is using them now)."""
+        if new.identity is not old.identity:
+            await old.identity.close()
+        if new.origin is not old.origin:
+            await self._stop_geoip_watch()
+            old.origin.close()
+            if self.started:
+                self._watch_geoip(new.origin)
 
     async def reload_all(self) -> ReloadReport:
         """What SIGHUP does: reload the policy files, and the key file (or refetch the JWKS) and
@@ -386,7 +565,10 @@ class Runtime:
             if tried is not None:
                 self.telemetry.reload("screening", ok=tried)
             if fresh is not None and self.gate.state is state:
-                self.gate.swap(dataclasses.replace(state, screening=fresh))
+                # Requests read the serving state: the new table goes in with it, at once.
+                screened = dataclasses.replace(state, screening=fresh)
+                self.gate.swap(screened)
+                self._serving = dataclasses.replace(self._serving, state=screened)
 
     async def _watch_policy(self) -> None:
         while True:
@@ -396,19 +578,18 @@ class Runtime:
                 await self.reload()
 
 
-def _load_policy(
-    path: str, registry: RegistryView | None, running: RegistrySettings | None
-) -> tuple[GateConfig, GateState]:
-    config = load_config(path)
-    settings = config.registry_settings
-    if registry is not None and (
-        settings is None
-        or running is None
-        or (settings.store, settings.cache) != (running.store, running.cache)
-    ):
-        # The cache follows the store it was started on: another store (or other cache bounds)
-        # needs a restart; a file registry is reloaded with the policy.
-        raise ConfigError.single(
-            config.file, "registry", "changing the registry store needs a restart"
-        )
-    return config, load_state(config, registry=registry)
+def _keep_restart_only(old: GateConfig, new: GateConfig) -> tuple[GateConfig, tuple[str, ...]]:
+    """*new* with every restart-only setting as it runs now, and the key paths that differ."""
+    kept: dict[str, Any] = {}
+    pending: list[str] = []
+    for section in SECTIONS:
+        before, after = old.get(section), new.get(section)
+        changes = section.restart_changes(before, after)
+        if changes:
+            pending += changes
+            kept[section.name] = section.keep_running(before, after)
+    return new.with_values(kept), tuple(pending)
+
+
+def _changed_sections(old: GateConfig, new: GateConfig) -> list[str]:
+    return [s.name for s in SECTIONS if old.get(s) != new.get(s)]

@@ -2,17 +2,8 @@
 
 ``/healthz`` answers while the process serves; ``/readyz`` only when the policy, registry, catalogue,
 keys and GeoIP data are loaded, the audit trail takes records and the upstream accepts connections.
-Everything else is gated. The ``proxy:`` section of the configuration (every key optional; ``serve``
-flags override it)::
-
-    proxy:
-      upstream: http://127.0.0.1:8000   # the model server (or --upstream)
-      connect_timeout: 5                # seconds to open a connection to it: then 504
-      read_timeout: 120                 # seconds without a byte from it: 504, or a cut stream
-      pool_size: 256                    # connections kept to it at most
-      keepalive_timeout: 30             # seconds an idle pooled connection is kept
-      forward_client_ip: true           # append X-Forwarded-For / Forwarded
-      shutdown_timeout: 30              # seconds SIGTERM waits for in-flight streams
+Everything else is gated. The sidecar's own settings are the ``proxy:`` section
+(:mod:`aidr_gate.settings.proxy`); ``serve`` flags override them.
 """
 
 from __future__ import annotations
@@ -23,22 +14,23 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from aidr_gate.asgi_types import Receive, Scope, Send
 from aidr_gate.audit.record import loggable_target
-from aidr_gate.config import GateConfig
-from aidr_gate.document import Checker
 from aidr_gate.errors import ConfigError
 from aidr_gate.limits import Limits
 from aidr_gate.middleware import AIDRGateMiddleware
-from aidr_gate.proxy import ProxySettings, UpstreamProxy
+from aidr_gate.proxy import UpstreamProxy
 from aidr_gate.responses import json_headers
 from aidr_gate.runtime import Runtime
 from aidr_gate.server_limits import server_options
+from aidr_gate.settings.loader import GateConfig, read_config
+from aidr_gate.settings.proxy import PROXY, SidecarSettings, upstream_problem
 from aidr_gate.stores.settings import registry_detail
 from aidr_gate.telemetry.wiring import count_upstream
 
@@ -49,7 +41,6 @@ __all__ = [
     "SidecarSettings",
     "UvicornServer",
     "build_sidecar",
-    "parse_sidecar_settings",
     "uvicorn_config",
 ]
 
@@ -58,71 +49,7 @@ HEALTH_PATHS = ("/healthz", "/readyz")
 READY_CACHE_SECONDS = 1.0
 # With metrics exported, the upstream is probed this often even when nobody asks /readyz.
 UPSTREAM_PROBE_SECONDS = 5.0
-DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 COMMAND_LINE = "<command line>"
-_KEYS = (
-    "upstream",
-    "connect_timeout",
-    "read_timeout",
-    "pool_size",
-    "keepalive_timeout",
-    "forward_client_ip",
-    "shutdown_timeout",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class SidecarSettings:
-    """The ``proxy:`` section (and ``serve`` flags): upstream, pooling, timeouts, shutdown."""
-
-    upstream: str | None = None
-    proxy: ProxySettings = field(default_factory=ProxySettings)
-    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
-
-
-def parse_sidecar_settings(config: GateConfig) -> SidecarSettings:
-    """Parse the ``proxy:`` section; raise :class:`ConfigError` naming file, key and line."""
-    if config.document is None or "proxy" not in config.sections:
-        return SidecarSettings()
-    check = Checker(config.document)
-    data = check.mapping(config.section("proxy"), "proxy", keys=_KEYS) or {}
-    defaults = ProxySettings()
-
-    def seconds(key: str, default: float) -> float:
-        if data.get(key) is None:
-            return default
-        value = check.number(data[key], f"proxy.{key}", minimum=0.001)
-        return default if value is None else value
-
-    upstream = None
-    if data.get("upstream") is not None:
-        upstream = check.string(data["upstream"], "proxy.upstream")
-        if upstream is not None:
-            try:
-                UpstreamProxy(upstream)
-            except ValueError as exc:
-                check.error("proxy.upstream", str(exc))
-    pool = defaults.pool_size
-    if data.get("pool_size") is not None:
-        pool = check.integer(data["pool_size"], "proxy.pool_size", minimum=1) or pool
-    forward = defaults.forward_client_ip
-    if data.get("forward_client_ip") is not None:
-        read = check.boolean(data["forward_client_ip"], "proxy.forward_client_ip")
-        forward = forward if read is None else read
-    settings = SidecarSettings(
-        upstream=upstream,
-        proxy=replace(
-            defaults,
-            connect_timeout=seconds("connect_timeout", defaults.connect_timeout),
-            read_timeout=seconds("read_timeout", defaults.read_timeout),
-            pool_size=pool,
-            keepalive_timeout=seconds("keepalive_timeout", defaults.keepalive_timeout),
-            forward_client_ip=forward,
-        ),
-        shutdown_timeout=seconds("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT),
-    )
-    check.raise_if_errors()
-    return settings
 
 
 class SidecarApp:
@@ -246,7 +173,11 @@ class SidecarApp:
             },
         }
         ready = all(decisive.values())
-        return ready, {"status": "ready" if ready else "not ready", "checks": checks}
+        report: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+        if runtime.restart_pending:
+            # Serving, but not as configured: these changed settings wait for a restart.
+            report["restart_pending"] = list(runtime.restart_pending)
+        return ready, report
 
     def ready_checks(self) -> dict[str, bool]:
         """The checks /readyz decides on, without probing (the upstream's is its last probe)."""
@@ -340,44 +271,48 @@ async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:
 
 
 def build_sidecar(
-    config: GateConfig,
+    config: GateConfig | str | Path | None,
     upstream: str | None = None,
     settings: SidecarSettings | None = None,
     *,
     adjust: Callable[[SidecarSettings], SidecarSettings] | None = None,
 ) -> SidecarApp:
-    """Load everything and build the sidecar app; one :class:`ConfigError` lists every problem.
+    """Load everything and build the sidecar app; one :class:`ConfigError` lists every problem
+    (the same ones ``validate`` lists for the file, plus a missing upstream).
 
     *upstream* (``--upstream``) wins over ``proxy.upstream``; *adjust* applies the other flags.
     """
     errors: list[ConfigError] = []
-    if settings is None:
-        try:
-            settings = parse_sidecar_settings(config)
-        except ConfigError as exc:
-            errors.append(exc)
-            settings = SidecarSettings()
-    if adjust is not None:
-        settings = adjust(settings)
-    target = upstream or settings.upstream
-    if not target:
-        errors.append(
-            ConfigError.single(
-                config.file, "proxy.upstream", "no upstream: give --upstream URL or proxy.upstream"
-            )
-        )
-    elif upstream:
-        try:
-            UpstreamProxy(upstream)
-        except ValueError as exc:
-            errors.append(ConfigError.single(COMMAND_LINE, "--upstream", str(exc)))
+    if upstream:
+        problem = upstream_problem(upstream)
+        if problem is not None:
+            errors.append(ConfigError.single(COMMAND_LINE, "--upstream", problem))
     runtime: Runtime | None = None
     try:
         runtime = Runtime.from_config(config)
     except ConfigError as exc:
         errors.append(exc)
+    loaded = runtime.config if runtime is not None else _readable(config)
+    if settings is None:
+        settings = loaded.get(PROXY) if loaded is not None else SidecarSettings()
+    if adjust is not None:
+        settings = adjust(settings)
+    target = upstream or settings.upstream
+    if not target and loaded is not None and loaded.values.get(PROXY.name) is not None:
+        message = "no upstream: give --upstream URL or proxy.upstream"
+        errors.append(ConfigError.single(loaded.file, "proxy.upstream", message))
     if errors or runtime is None or target is None:
         raise ConfigError.merge(errors)
     proxy_settings = replace(settings.proxy, state_key=runtime.settings.state_key)
     proxy = UpstreamProxy(target, proxy_settings)
     return SidecarApp(runtime, proxy, replace(settings, upstream=target, proxy=proxy_settings))
+
+
+def _readable(config: GateConfig | str | Path | None) -> GateConfig | None:
+    """The configuration as far as it reads, to tell a missing upstream beside other problems."""
+    if isinstance(config, GateConfig):
+        return config
+    try:
+        return read_config(config)[0]
+    except ConfigError:  # the file itself cannot be read: that is the problem already reported
+        return None

@@ -7,20 +7,6 @@ request, and check files with :func:`verify_files` or ``aidr-gate audit verify``
 from __future__ import annotations
 
 from aidr_gate.audit.chain import GENESIS, Chain, Signer, parse_link
-from aidr_gate.audit.config import (
-    AuditConfig,
-    DeliveryConfig,
-    FailurePolicy,
-    FileSinkConfig,
-    FsyncPolicy,
-    HttpSinkConfig,
-    RecordFormat,
-    SigningConfig,
-    StdoutSinkConfig,
-    SyslogSinkConfig,
-    audit_config,
-    read_audit_section,
-)
 from aidr_gate.audit.delivery import SinkStats
 from aidr_gate.audit.ecs import EcsRenderer
 from aidr_gate.audit.ocsf import OcsfRenderer
@@ -33,6 +19,20 @@ from aidr_gate.audit.record import (
 )
 from aidr_gate.audit.trail import AuditTrail, TrailStats
 from aidr_gate.audit.verify import Finding, VerifyResult, verify_files
+from aidr_gate.settings.audit import (
+    AuditConfig,
+    DeliveryConfig,
+    FailurePolicy,
+    FileSinkConfig,
+    FsyncPolicy,
+    HttpSinkConfig,
+    RecordFormat,
+    SigningConfig,
+    StdoutSinkConfig,
+    SyslogSinkConfig,
+    audit_config,
+    read_audit,
+)
 
 __all__ = [
     "GENESIS",
@@ -62,6 +62,6 @@ __all__ = [
     "VerifyResult",
     "audit_config",
     "parse_link",
-    "read_audit_section",
+    "read_audit",
     "verify_files",
 ]

@@ -24,7 +24,6 @@ except ImportError:  # pragma: no cover - the backport on 3.11 to 3.13
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 SUFFIXES = {"gzip": ".gz", "zstd": ".zst"}
-CODECS = tuple(SUFFIXES)
 # What reading a damaged compressed file may raise.
 READ_ERRORS: tuple[type[BaseException], ...] = (
     OSError,

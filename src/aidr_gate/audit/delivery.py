@@ -22,9 +22,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aidr_gate.audit.config import DeliveryConfig
 from aidr_gate.audit.sinks import DeliverySink, SinkError, SinkRejected
 from aidr_gate.audit.spool import Spool, line_seq
+from aidr_gate.settings.audit import DeliveryConfig
 
 logger = logging.getLogger("aidr_gate.audit")
 

@@ -25,6 +25,7 @@ import orjson
 
 from aidr_gate.decision import Decision, Mode
 from aidr_gate.document import format_instant
+from aidr_gate.settings.audit import ALWAYS_REDACTED, DEFAULT_HEADERS
 
 # 2: the compact record (shared facts in facts records, each fact written once); 1: before.
 SCHEMA_VERSION = 2
@@ -32,19 +33,6 @@ ECS_VERSION = "8.11.0"
 DATASET = "aidr_gate.audit"
 
 # Header names whose values are credentials: never recorded, even when allow-listed by mistake.
-ALWAYS_REDACTED: frozenset[str] = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "set-cookie",
-        "x-api-key",
-        "api-key",
-        "x-auth-token",
-        "x-amz-security-token",
-    }
-)
-DEFAULT_HEADERS: tuple[str, ...] = ("user-agent", "x-request-id", "traceparent")
 REDACTED = "[REDACTED]"
 # Appended to a value cut to its cap (``limits.max_recorded_value``): the record says it was cut.
 TRUNCATED = "...[TRUNCATED]"

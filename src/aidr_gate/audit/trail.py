@@ -28,16 +28,6 @@ from functools import partial
 from typing import Any
 
 from aidr_gate.audit.chain import GENESIS, Chain, Signer, load_private_key, parse_link
-from aidr_gate.audit.config import (
-    AuditConfig,
-    FailurePolicy,
-    FileSinkConfig,
-    FsyncPolicy,
-    HttpSinkConfig,
-    RecordFormat,
-    StdoutSinkConfig,
-    SyslogSinkConfig,
-)
 from aidr_gate.audit.delivery import Outbox, SinkStats
 from aidr_gate.audit.ecs import EcsRenderer
 from aidr_gate.audit.lock import (
@@ -56,6 +46,16 @@ from aidr_gate.audit.sinks.file import FileJournal
 from aidr_gate.audit.spool import Spool
 from aidr_gate.audit.writer import IO_THREAD, SPOOL_THREAD, WriterThread, name_thread
 from aidr_gate.errors import ConfigError, Problem
+from aidr_gate.settings.audit import (
+    AuditConfig,
+    FailurePolicy,
+    FileSinkConfig,
+    FsyncPolicy,
+    HttpSinkConfig,
+    RecordFormat,
+    StdoutSinkConfig,
+    SyslogSinkConfig,
+)
 
 logger = logging.getLogger("aidr_gate.audit")
 

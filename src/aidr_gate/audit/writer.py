@@ -25,9 +25,9 @@ from collections.abc import Callable
 from typing import Any
 
 from aidr_gate.audit.chain import Chain, Signer
-from aidr_gate.audit.config import AuditConfig, FsyncPolicy
 from aidr_gate.audit.record import AuditEvent, Renderer, escape_line_breaks, fallback_record
 from aidr_gate.audit.sinks.file import FileJournal
+from aidr_gate.settings.audit import AuditConfig, FsyncPolicy
 
 logger = logging.getLogger("aidr_gate.audit")
 

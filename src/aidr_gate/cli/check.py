@@ -12,7 +12,6 @@ from typing import Any
 from msgspec.structs import replace
 
 from aidr_gate.cli.exit import EXIT_DENY, EXIT_LOG, EXIT_OK
-from aidr_gate.config import load_config
 from aidr_gate.countries import normalize_country
 from aidr_gate.decision import Decision, Effect
 from aidr_gate.document import Checker, Document, parse_instant
@@ -26,11 +25,12 @@ from aidr_gate.facts import (
     declared_origin,
 )
 from aidr_gate.gate import EntitySource, Gate, GateState, Resolved, load_file_registry, load_state
-from aidr_gate.identity import Authenticator, parse_identity_config
+from aidr_gate.identity import Authenticator
 from aidr_gate.origin import origin_resolver_for
 from aidr_gate.policy.engine import PolicyEngine
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.policy.reach import region_code
+from aidr_gate.settings.loader import load_config, parse_identity_config
 from aidr_gate.stores import RegistryView, open_store, registry_view
 from aidr_gate.stores.base import store_kind
 from aidr_gate.stores.settings import open_registry

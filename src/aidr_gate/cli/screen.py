@@ -14,11 +14,12 @@ from aidr_gate.document import parse_instant
 from aidr_gate.errors import ConfigError
 from aidr_gate.registry import load_registry
 from aidr_gate.screening.facts import screening_table
-from aidr_gate.screening.matcher import DEFAULT_THRESHOLD, NameIndex
+from aidr_gate.screening.matcher import NameIndex
 from aidr_gate.screening.page import render_html
 from aidr_gate.screening.report import build_report, render_csv, summary
 from aidr_gate.screening.screen import screen_registry
 from aidr_gate.screening.store import load_snapshot, sources_for
+from aidr_gate.settings.screening import DEFAULT_THRESHOLD
 
 
 def add_parser(sub: Any) -> None:

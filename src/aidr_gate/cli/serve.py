@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from aidr_gate.config import load_config
 from aidr_gate.limits import hand_back_large_allocations
 from aidr_gate.sidecar import (
     SidecarApp,
@@ -121,8 +120,7 @@ def run(args: argparse.Namespace) -> int:
             drain = args.shutdown_timeout
         return replace(settings, proxy=proxy, shutdown_timeout=drain)
 
-    config = load_config(args.config)
-    app = build_sidecar(config, args.upstream, adjust=adjust)
+    app = build_sidecar(args.config, args.upstream, adjust=adjust)
     hand_back_large_allocations()  # buffered bodies' memory goes back to the system when freed
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:

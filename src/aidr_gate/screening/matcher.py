@@ -21,8 +21,8 @@ from rapidfuzz import fuzz, process
 
 from aidr_gate.screening.entries import AliasKind, EntryType, ListEntry
 from aidr_gate.screening.names import NameForm, normalize_name
+from aidr_gate.settings.screening import DEFAULT_THRESHOLD
 
-DEFAULT_THRESHOLD = 88.0
 # Keys shared by more list names than this are too common to select candidates by ("bank", "al").
 SELECTIVE_POSTING = 400
 # A name whose every key is common still meets the names under its rarest key, up to this many.

@@ -27,8 +27,9 @@ from typing import Any
 
 from aidr_gate.registry import Entity, ReviewDecision, ScreeningReview
 from aidr_gate.screening.entries import ListVersion
-from aidr_gate.screening.matcher import DEFAULT_THRESHOLD, NameIndex, NameMatch
+from aidr_gate.screening.matcher import NameIndex, NameMatch
 from aidr_gate.screening.store import ListSnapshot
+from aidr_gate.settings.screening import DEFAULT_THRESHOLD
 
 ENTITY = "entity"
 OWNER = "owner"

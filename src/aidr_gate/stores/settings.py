@@ -14,21 +14,42 @@ variable, so no password is in the file), or a mapping::
 A file named directly is loaded whole with the policy (and reloaded with it); any other store is
 read through a bounded cache (:class:`~aidr_gate.stores.cache.EntityCache`) and followed by its
 change feed, without reloads.
+
+:data:`REGISTRY` registers this reader with the settings loader (:mod:`aidr_gate.settings`): a
+reload applies another registry file and ``cut_streams``; another database store, or other cache
+bounds, keep the running ones and wait for a restart (the cache follows the store it started on).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sized
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from aidr_gate.document import Checker
+from aidr_gate.settings.schema import KeyDoc, Section
 from aidr_gate.stores.base import store_kind
 from aidr_gate.stores.cache import CacheSettings, RegistryView
 
 SECTION = "registry"
-KEYS = ("store", "max_staleness", "cache_size", "negative_ttl", "cut_streams")
+DOCUMENTED = (
+    KeyDoc(
+        "store",
+        "a file (another one applies on reload), sqlite:PATH, a postgresql:// URL or env:NAME",
+    ),
+    KeyDoc("max_staleness", "seconds cached entities serve while the store is lost; default 60"),
+    KeyDoc("cache_size", "entities a database store's cache holds at most; default 100000"),
+    KeyDoc("negative_ttl", "seconds an unknown entity id is remembered as unknown; default 5"),
+    KeyDoc("cut_streams", "end admitted streams that a change now denies; default true"),
+)
+KEYS = tuple(k.name for k in DOCUMENTED)
+# The cache's bounds as the setting names them (CacheSettings field, key).
+_CACHE_KEYS = (
+    ("max_staleness", "max_staleness"),
+    ("max_entries", "cache_size"),
+    ("negative_ttl", "negative_ttl"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +77,12 @@ def read_registry(
 ) -> RegistrySettings | None:
     """Read the setting (a name or a mapping); problems go to *check* (``None`` after one).
 
-    Relative paths (a registry file, a SQLite file) are relative to *base_dir*.
+    Relative paths (a registry file, a SQLite file) are relative to *base_dir*; a registry file
+    that does not exist is reported at the key that names it. ``None`` when absent (the loader
+    requires the key).
     """
+    if raw is None:
+        return None
     data: dict[str, Any] = {"store": raw} if isinstance(raw, str) else {}
     if not isinstance(raw, str):
         mapping = check.mapping(raw, SECTION, keys=KEYS, required=("store",))
@@ -90,10 +115,42 @@ def read_registry(
     kind = store_kind(name)
     if kind == "file":
         file = _absolute(base_dir, name)
+        if not file.is_file():
+            check.error(
+                SECTION if isinstance(raw, str) else "registry.store", f"no such file: {file}"
+            )
         return RegistrySettings(store=str(file), file=file, cache=cache, cut_streams=cut)
     if kind == "sqlite":
         name = "sqlite:" + str(_absolute(base_dir, name.removeprefix("sqlite:")))
     return RegistrySettings(store=name, cache=cache, cut_streams=cut)
+
+
+def _restart_only(
+    old: RegistrySettings | None, new: RegistrySettings | None
+) -> tuple[tuple[str, ...], RegistrySettings | None]:
+    """What a reload may not change: the database store a cache follows and its bounds (a file
+    is loaded again with the policy, so another file applies; ``cut_streams`` always does)."""
+    if old is None or new is None or not (old.database or new.database):
+        return (), new
+    pending = [f"{SECTION}.store"] if old.store != new.store else []
+    pending += [
+        f"{SECTION}.{key}"
+        for name, key in _CACHE_KEYS
+        if getattr(old.cache, name) != getattr(new.cache, name)
+    ]
+    if not pending:
+        return (), new
+    return tuple(pending), replace(old, cut_streams=new.cut_streams)
+
+
+REGISTRY: Section[RegistrySettings | None] = Section(
+    SECTION,
+    read_registry,
+    DOCUMENTED,
+    restart=("store", "max_staleness", "cache_size", "negative_ttl"),
+    doc="the entity registry: a file (loaded whole with the policy), or a store and its cache",
+    rule=_restart_only,
+)
 
 
 class _NamesARegistry(Protocol):

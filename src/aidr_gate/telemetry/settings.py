@@ -36,9 +36,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from aidr_gate.config import GateConfig
-from aidr_gate.document import Checker, Document, join
-from aidr_gate.errors import ConfigError
+from aidr_gate.document import Checker, join
+from aidr_gate.settings.schema import EVERY_KEY, Configured, KeyDoc, Section, subkeys
 
 SECTION = "telemetry"
 EXTRA_HINT = "install the telemetry extra: pip install 'aidr-gate[telemetry]'"
@@ -50,15 +49,6 @@ DEFAULT_RESOURCE: tuple[tuple[str, str | int | float | bool], ...] = (
 )
 MAX_INTERVAL = 86_400.0
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
-
-
-@dataclass(frozen=True, slots=True)
-class KeyDoc:
-    """One documented key of the section (the README's reference and a test read these)."""
-
-    name: str
-    doc: str
-    keys: tuple[KeyDoc, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,14 +145,6 @@ KEYS: tuple[KeyDoc, ...] = (
 )
 
 
-def _names(keys: tuple[KeyDoc, ...]) -> tuple[str, ...]:
-    return tuple(k.name for k in keys)
-
-
-def _subkeys(name: str) -> tuple[str, ...]:
-    return next(_names(k.keys) for k in KEYS if k.name == name)
-
-
 def defaults(cls: type[Any]) -> dict[str, Any]:
     """Each field's default of a settings dataclass, by name."""
     return {f.name: getattr(cls(), f.name) for f in fields(cls)}
@@ -234,7 +216,7 @@ def _switch(check: Checker, raw: Any, where: str) -> dict[str, Any] | None:
         return None
     if raw is True:
         return {}
-    return check.mapping(raw, where, keys=_subkeys(where.rsplit(".", 1)[-1]))
+    return check.mapping(raw, where, keys=subkeys(KEYS, where.rsplit(".", 1)[-1]))
 
 
 def _read_prometheus(check: Checker, raw: Any) -> PrometheusSettings | None:
@@ -330,13 +312,13 @@ def read_telemetry(
     """
     if raw is None:
         return TelemetrySettings()
-    data = check.mapping(raw, SECTION, keys=_names(KEYS))
+    data = check.mapping(raw, SECTION, keys=[k.name for k in KEYS])
     if data is None:
         return None
     where = join(SECTION, "labels")
     labels = LabelSettings()
     if data.get("labels") is not None:
-        label_data = check.mapping(data["labels"], where, keys=_subkeys("labels"))
+        label_data = check.mapping(data["labels"], where, keys=subkeys(KEYS, "labels"))
         if label_data is not None:
             r = _Section(check, label_data, where, LabelSettings)
             labels = LabelSettings(
@@ -353,14 +335,11 @@ def read_telemetry(
     )
 
 
-def telemetry_settings(config: GateConfig) -> TelemetrySettings:
-    """Read the section of a loaded configuration; raise :class:`ConfigError` listing every problem."""
-    document = config.document or Document(
-        config.file, {SECTION: dict(config.section(SECTION))}, {}
-    )
-    check = Checker(document)
-    parsed = read_telemetry(check, config.sections.get(SECTION), config.base_dir)
-    check.raise_if_errors()
-    if parsed is None:  # pragma: no cover - raise_if_errors covers every path that returns None
-        raise ConfigError.single(config.file, SECTION, "the telemetry section could not be read")
-    return parsed
+def telemetry_settings(config: Configured) -> TelemetrySettings:
+    """The ``telemetry:`` settings of a loaded configuration."""
+    settings: TelemetrySettings = config.get(TELEMETRY)
+    return settings
+
+
+# Every key is restart-only: exporters are built when the process starts.
+TELEMETRY: Section[TelemetrySettings] = Section(SECTION, read_telemetry, KEYS, restart=(EVERY_KEY,))

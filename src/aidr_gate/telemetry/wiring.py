@@ -4,8 +4,7 @@
   started and closed with the runtime; the scrape endpoint on a port of its own
   (``prometheus.host:port``, served by a uvicorn server on the gate's event loop), or the app the
   middleware answers ``prometheus.path`` with on the main port (``on_main_port: true``).
-- :func:`count_reload`, :func:`count_geoip_reload`, :func:`pending_restart`: reloads by component
-  and result, and the changed settings only a restart applies.
+- :func:`count_reload`, :func:`count_geoip_reload`: reloads by component and result.
 - :func:`count_upstream`: the sidecar's upstream exchange of one request, after it ended.
 
 Nothing here runs per request except :func:`count_upstream` (a dict lookup and a few additions).
@@ -22,12 +21,13 @@ from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aidr_gate.config import SECTIONS, GateConfig
-from aidr_gate.errors import ConfigError
+from aidr_gate.errors import ConfigError, Problem
+from aidr_gate.settings.loader import GateConfig
 from aidr_gate.stages import UPSTREAM_STATE_KEY
 from aidr_gate.telemetry.export import Exporters
 from aidr_gate.telemetry.record import Telemetry
 from aidr_gate.telemetry.settings import TelemetrySettings, telemetry_settings
+from aidr_gate.telemetry.table import RELOAD_COMPONENTS
 
 if TYPE_CHECKING:
     import uvicorn
@@ -174,17 +174,20 @@ def count_reload(telemetry: Telemetry, config: GateConfig, error: ConfigError | 
         for component in ("policy", "registry", "catalog"):
             telemetry.reload(component, ok=True)
         return
-    failed = {_component(config, problem.file) for problem in error.problems} or {"config"}
+    failed = {_component(config, problem) for problem in error.problems} or {"config"}
     for component in sorted(failed):
         telemetry.reload(component, ok=False)
 
 
-def _component(config: GateConfig, file: str) -> str:
-    if not file:
+def _component(config: GateConfig, problem: Problem) -> str:
+    if not problem.file:
         return "config"
-    path = Path(file).absolute()
+    path = Path(problem.file).absolute()
     if path == Path(config.file).absolute():
-        return "config"
+        # A key of the configuration file: the pack, registry or catalogue it names, or a section
+        # (an unknown pack id is the policy's problem, a missing key file the identity's).
+        head = problem.path.split(".", 1)[0].split("[", 1)[0]
+        return head if head in RELOAD_COMPONENTS else "config"
     if config.registry is not None and path == config.registry.absolute():
         return "registry"
     if path == config.catalog.absolute():
@@ -201,19 +204,6 @@ def count_geoip_reload(telemetry: Telemetry, results: Iterable[ReloadResult]) ->
             telemetry.reload("geoip", ok=True)
         elif result.outcome in (ReloadOutcome.REFUSED, ReloadOutcome.MISSING):
             telemetry.reload("geoip", ok=False)
-
-
-def pending_restart(started: GateConfig, now: GateConfig) -> tuple[str, ...]:
-    """The settings (``section.key``) that differ between the configuration the process started
-    with and the one just read, in sections a reload does not apply (all but the policy, mode,
-    registry and catalogue): they wait for a restart."""
-    changed = []
-    for name in SECTIONS:
-        old, new = started.section(name), now.section(name)
-        for key in sorted(set(old) | set(new), key=str):
-            if old.get(key) != new.get(key):
-                changed.append(f"{name}.{key}")
-    return tuple(changed)
 
 
 # -- the sidecar's upstream ---------------------------------------------------------------------------

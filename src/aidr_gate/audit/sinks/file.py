@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aidr_gate.audit.compression import SUFFIXES, compress_file
-from aidr_gate.audit.config import FileSinkConfig, FsyncPolicy
 from aidr_gate.audit.reader import Tail, first_seq, read_tail
+from aidr_gate.settings.audit import FileSinkConfig, FsyncPolicy
 
 logger = logging.getLogger("aidr_gate.audit")
 

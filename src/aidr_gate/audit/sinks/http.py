@@ -17,8 +17,8 @@ import aiohttp
 import orjson
 
 from aidr_gate.audit.chain import SUFFIX_LEN
-from aidr_gate.audit.config import HttpSinkConfig
 from aidr_gate.audit.sinks import SinkError, SinkRejected
+from aidr_gate.settings.audit import HttpSinkConfig
 
 DEFAULT_INDEX = "aidr-gate-audit"
 _RETRY_STATUS = frozenset({401, 403, 404, 408, 425, 429})

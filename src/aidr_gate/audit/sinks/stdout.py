@@ -7,8 +7,8 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from aidr_gate.audit.config import StdoutSinkConfig
 from aidr_gate.audit.sinks import SinkError
+from aidr_gate.settings.audit import StdoutSinkConfig
 
 
 class StdoutSink:

@@ -16,8 +16,8 @@ import ssl
 import time
 from collections.abc import Sequence
 
-from aidr_gate.audit.config import SyslogSinkConfig
 from aidr_gate.audit.sinks import SinkError, SinkRejected
+from aidr_gate.settings.audit import SyslogSinkConfig
 
 SEVERITY_WARNING = 4
 SEVERITY_NOTICE = 5

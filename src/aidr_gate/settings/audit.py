@@ -8,19 +8,35 @@ configuration file's directory; with no ``audit`` section the trail writes a rot
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from aidr_gate.audit.compression import CODECS
-from aidr_gate.audit.record import ALWAYS_REDACTED, DEFAULT_HEADERS
-from aidr_gate.config import GateConfig
-from aidr_gate.document import Checker, Document, join
-from aidr_gate.errors import ConfigError, Problem
+from aidr_gate.document import Checker, join
+from aidr_gate.settings.schema import EVERY_KEY, Configured, KeyDoc, Section, subkeys
 
 DEFAULT_DIRECTORY = "aidr-gate-audit"
+# Rotated files are compressed with one of these (aidr_gate.audit.compression).
+CODECS = ("gzip", "zstd")
+ALWAYS_REDACTED: frozenset[str] = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "api-key",
+        "x-auth-token",
+        "x-amz-security-token",
+    }
+)
+DEFAULT_HEADERS: tuple[str, ...] = ("user-agent", "x-request-id", "traceparent")
+
 # 15 CFR 762.6: export records are kept five years. Retention below this is warned about.
 RETENTION_FLOOR_DAYS = 5 * 365 + 2
 
@@ -204,19 +220,6 @@ class AuditConfig:
         return self.directory / "spool"
 
 
-_TOP = (
-    "directory",
-    "per_process",
-    "format",
-    "queue_size",
-    "batch_size",
-    "batch_linger",
-    "on_failure",
-    "shutdown_timeout",
-    "headers",
-    "signing",
-    "sinks",
-)
 _DELIVERY = (
     "queue_size",
     "batch_size",
@@ -416,10 +419,13 @@ def _read_sink(
                 check.error(join(where, "port"), "must be at most 65535")
             port = got_port or port
         facility = reader.choice(data, "facility", where, list(SYSLOG_FACILITIES), "local0")
+        host = reader.text(data, "host", where) or "127.0.0.1"
+        if not _HOST.match(host):
+            check.error(join(where, "host"), f"{host!r} is not a host name or IP address")
         return SyslogSinkConfig(
             name=name,
             transport=transport,
-            host=reader.text(data, "host", where) or "127.0.0.1",
+            host=host,
             port=port,
             facility=SYSLOG_FACILITIES[facility],
             app_name=reader.text(data, "app_name", where) or "aidr-gate",
@@ -442,8 +448,8 @@ def _read_sink(
     url = reader.text(data, "url", where)
     if url is None:
         check.error(join(where, "url"), "is required")
-    elif not url.startswith(("http://", "https://")):
-        check.error(join(where, "url"), f"{url!r} is not an http:// or https:// URL")
+    elif not url.startswith(("http://", "https://")) or not _host_of(url):
+        check.error(join(where, "url"), f"{url!r} is not an http:// or https:// URL with a host")
     if not fmt:
         check.error(join(where, "format"), "is required (hec or elasticsearch)")
     headers: list[tuple[str, str]] = []
@@ -473,6 +479,17 @@ def _read_sink(
     )
 
 
+# A DNS name, an IPv4 address or a bracket-free IPv6 address.
+_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.?)*|[0-9A-Fa-f:.]+)$")
+
+
+def _host_of(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+
+
 def _level(reader: _Reader, data: Mapping[str, Any], where: str, default: int) -> int:
     """``compress_level``: 1 (fastest) to 9; zstd and gzip both take it."""
     level = reader.count(data, "compress_level", where, default)
@@ -482,23 +499,25 @@ def _level(reader: _Reader, data: Mapping[str, Any], where: str, default: int) -
     return level
 
 
-def read_audit_section(
-    raw: Mapping[str, Any] | None, check: Checker, base_dir: Path
-) -> AuditConfig | None:
-    """Parse the section (``None`` or empty: the defaults); problems go to *check*."""
+def read_audit(check: Checker, raw: Any, base_dir: Path) -> AuditConfig | None:
+    """Read the section (``None`` or empty: the defaults); problems go to *check*.
+
+    The directory must be writable (or creatable) now, as the trail's start needs it.
+    """
     if not raw:
         directory = Path.cwd() / DEFAULT_DIRECTORY
         return AuditConfig(
             directory=directory,
             sinks=(FileSinkConfig(name="file", path=directory / "audit.jsonl"),),
         )
-    data = check.mapping(raw, "audit", keys=_TOP)
+    data = check.mapping(raw, "audit", keys=[k.name for k in KEYS])
     if data is None:
         return None
     reader = _Reader(check, base_dir)
     directory = Path.cwd() / DEFAULT_DIRECTORY
     if data.get("directory") is not None:
         directory = reader.path(data["directory"], "audit.directory") or directory
+        _writable(check, directory, "audit.directory")
     sinks: list[SinkConfig] = []
     names: set[str] = set()
     raw_sinks = data.get("sinks")
@@ -536,7 +555,7 @@ def read_audit_section(
         sign = check.mapping(
             data["signing"],
             where,
-            keys=("key_file", "every_records", "every_seconds"),
+            keys=subkeys(KEYS, "signing"),
             required=("key_file",),
         )
         if sign is not None and sign.get("key_file") is not None:
@@ -585,16 +604,65 @@ def read_audit_section(
     )
 
 
-def audit_config(config: GateConfig, *, warnings: list[Problem] | None = None) -> AuditConfig:
-    """Parse the ``audit`` section of a loaded configuration; raise ``ConfigError`` on problems."""
-    document = config.document or Document(
-        config.file, {"audit": dict(config.section("audit"))}, {}
+def _writable(check: Checker, directory: Path, where: str) -> None:
+    """The directory, or the nearest folder above it that exists, must take new files."""
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        check.error(where, f"{probe} is not a directory")
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        what = (
+            "is not writable"
+            if probe == directory
+            else f"cannot be created ({probe} is not writable)"
+        )
+        check.error(where, f"{directory} {what}")
+
+
+def audit_config(config: Configured) -> AuditConfig:
+    """The ``audit:`` settings of a loaded configuration."""
+    audit: AuditConfig = config.get(AUDIT)
+    return audit
+
+
+def _sink_docs() -> tuple[KeyDoc, ...]:
+    names = dict.fromkeys(key for keys in _SINK_KEYS.values() for key in keys)
+    return (
+        KeyDoc("type", "file, stdout, syslog or http"),
+        KeyDoc("name", "the sink's name in metrics and spools (default: its type)"),
+        *(
+            KeyDoc(name, "for " + ", ".join(t for t, keys in _SINK_KEYS.items() if name in keys))
+            for name in names
+        ),
     )
-    check = Checker(document)
-    parsed = read_audit_section(config.section("audit"), check, config.base_dir)
-    if warnings is not None:
-        warnings.extend(check.warnings)
-    check.raise_if_errors()
-    if parsed is None:  # pragma: no cover - raise_if_errors covers every path that returns None
-        raise ConfigError.single(config.file, "audit", "the audit section could not be read")
-    return parsed
+
+
+KEYS = (
+    KeyDoc("directory", "the journal, spools and chain state; default ./aidr-gate-audit"),
+    KeyDoc("per_process", "true: one chain per process, in slots p0, p1 and on"),
+    KeyDoc("format", "ecs or ocsf"),
+    KeyDoc("queue_size", "records waiting for the writer at most"),
+    KeyDoc("batch_size", "records written in one batch at most"),
+    KeyDoc("batch_linger", "seconds records gather before a batch is taken"),
+    KeyDoc("on_failure", "deny (no audit, no access) or allow (and count the loss)"),
+    KeyDoc("shutdown_timeout", "seconds a shutdown waits for records to be flushed"),
+    KeyDoc("headers", "request header values recorded (never credentials)"),
+    KeyDoc(
+        "signing",
+        "Ed25519-signed checkpoint records",
+        (
+            KeyDoc("key_file", "the Ed25519 private key"),
+            KeyDoc("every_records", "a checkpoint every this many records"),
+            KeyDoc("every_seconds", "and at least this often"),
+        ),
+    ),
+    KeyDoc(
+        "sinks",
+        "where records go: file, stdout, syslog, http",
+        _sink_docs(),
+    ),
+)
+
+# The trail holds its directory's lock and its sinks' connections for the life of the process.
+AUDIT: Section[AuditConfig] = Section("audit", read_audit, KEYS, restart=(EVERY_KEY,))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from aidr_gate.config import GateConfig
 from aidr_gate.document import Checker, join
 from aidr_gate.model_id import (
     DEFAULT_FORM_PATHS,
@@ -14,23 +15,31 @@ from aidr_gate.model_id import (
     ModelSources,
     compile_path_pattern,
 )
+from aidr_gate.settings.schema import KeyDoc, Section
 
 DEFAULT_EXEMPT = ("/health", "/healthz", "/readyz", "/livez", "/ping", "/metrics", "/version")
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
-_KEYS = (
-    "exempt_paths",
-    "json_model_paths",
-    "form_model_paths",
-    "path_model_patterns",
-    "model_header",
-    "max_body_bytes",
-    "max_form_bytes",
-    "list_models_paths",
-    "decision_header",
-    "overhead_header",
-    "dry_run_header",
-    "state_key",
-    "max_listing_bytes",
+DEFAULT_LISTING_PATHS = ("/v1/models", "/models")
+DEFAULT_MAX_LISTING = 4 * 1024 * 1024
+# Read by the sidecar's proxy too: the names it must not let a client set.
+DEFAULT_DECISION_HEADER = "x-aidr-decision-id"
+DEFAULT_STATE_KEY = "aidr_decision"
+MIN_BODY_LIMIT = 1024
+
+KEYS = (
+    KeyDoc("exempt_paths", "paths that pass without a decision; a trailing * matches a prefix"),
+    KeyDoc("json_model_paths", "paths whose JSON body names the model"),
+    KeyDoc("form_model_paths", "paths whose multipart form names the model"),
+    KeyDoc("path_model_patterns", "path patterns with {model}"),
+    KeyDoc("model_header", "a header that names the model, checked first"),
+    KeyDoc("max_body_bytes", "JSON bodies read to find the model at most; larger: 413"),
+    KeyDoc("max_form_bytes", "the same for multipart uploads"),
+    KeyDoc("list_models_paths", "model listings, filtered to what the caller may use"),
+    KeyDoc("max_listing_bytes", "a larger model listing is answered as an empty list"),
+    KeyDoc("decision_header", "response header with the decision id"),
+    KeyDoc("overhead_header", "response header with the gate's added time"),
+    KeyDoc("dry_run_header", "response header saying what dry-run would have done"),
+    KeyDoc("state_key", "scope state key the app reads the decision from"),
 )
 
 
@@ -41,12 +50,12 @@ class MiddlewareSettings:
     exempt_exact: frozenset[str]
     exempt_prefixes: tuple[str, ...]
     models: ModelSources
-    list_models_paths: frozenset[str]
-    decision_header: bytes = b"x-aidr-decision-id"
+    list_models_paths: frozenset[str] = frozenset(DEFAULT_LISTING_PATHS)
+    decision_header: bytes = DEFAULT_DECISION_HEADER.encode()
     overhead_header: bytes = b"x-aidr-gate-overhead-ms"
     dry_run_header: bytes = b"x-aidr-dry-run"
-    state_key: str = "aidr_decision"
-    max_listing_bytes: int = 4 * 1024 * 1024
+    state_key: str = DEFAULT_STATE_KEY
+    max_listing_bytes: int = DEFAULT_MAX_LISTING
 
     def exempt(self, path: str) -> bool:
         """True for paths that pass without a decision (health checks)."""
@@ -80,7 +89,6 @@ def _build(
             form_paths=frozenset(form_paths),
             max_form_bytes=max_form,
         ),
-        list_models_paths=frozenset({"/v1/models", "/models"}),
     )
 
 
@@ -99,12 +107,20 @@ def _paths(check: Checker, raw: object, path: str, default: tuple[str, ...]) -> 
     return tuple(out)
 
 
-def parse_middleware_settings(config: GateConfig) -> MiddlewareSettings:
-    """Parse the ``middleware:`` section; raise :class:`ConfigError` naming file, key and line."""
-    if config.document is None or "middleware" not in config.sections:
+def _limit(check: Checker, data: dict[str, Any], key: str, default: int) -> int:
+    if data.get(key) is None:
+        return default
+    got = check.integer(data[key], join("middleware", key), minimum=MIN_BODY_LIMIT)
+    return default if got is None else got
+
+
+def read_middleware(check: Checker, raw: Any, base_dir: Path) -> MiddlewareSettings | None:
+    """Read the ``middleware:`` section (absent: the defaults); problems go to *check*."""
+    if raw is None:
         return default_settings()
-    check = Checker(config.document)
-    data = check.mapping(config.section("middleware"), "middleware", keys=_KEYS) or {}
+    data = check.mapping(raw, "middleware", keys=[k.name for k in KEYS])
+    if data is None:
+        return None
     exempt = _paths(check, data.get("exempt_paths"), "middleware.exempt_paths", DEFAULT_EXEMPT)
     json_paths = _paths(
         check, data.get("json_model_paths"), "middleware.json_model_paths", DEFAULT_JSON_PATHS
@@ -130,23 +146,17 @@ def parse_middleware_settings(config: GateConfig) -> MiddlewareSettings:
     header = None
     if data.get("model_header") is not None:
         header = check.string(data["model_header"], "middleware.model_header")
-    max_body = DEFAULT_MAX_BODY
-    if data.get("max_body_bytes") is not None:
-        max_body = (
-            check.integer(data["max_body_bytes"], "middleware.max_body_bytes", minimum=1024)
-            or max_body
-        )
-    max_form = DEFAULT_MAX_FORM_BYTES
-    if data.get("max_form_bytes") is not None:
-        max_form = (
-            check.integer(data["max_form_bytes"], "middleware.max_form_bytes", minimum=1024)
-            or max_form
-        )
     listing = _paths(
-        check,
-        data.get("list_models_paths"),
-        "middleware.list_models_paths",
-        ("/v1/models", "/models"),
+        check, data.get("list_models_paths"), "middleware.list_models_paths", DEFAULT_LISTING_PATHS
+    )
+    built = _build(
+        exempt,
+        json_paths,
+        patterns,
+        header,
+        _limit(check, data, "max_body_bytes", DEFAULT_MAX_BODY),
+        form_paths,
+        _limit(check, data, "max_form_bytes", DEFAULT_MAX_FORM_BYTES),
     )
     names: dict[str, bytes] = {}
     for key in ("decision_header", "overhead_header", "dry_run_header"):
@@ -154,25 +164,23 @@ def parse_middleware_settings(config: GateConfig) -> MiddlewareSettings:
             text = check.string(data[key], f"middleware.{key}")
             if text is not None:
                 names[key] = text.lower().encode("latin-1")
-    state_key = "aidr_decision"
+    state_key = DEFAULT_STATE_KEY
     if data.get("state_key") is not None:
         state_key = check.string(data["state_key"], "middleware.state_key") or state_key
-    max_listing = 4 * 1024 * 1024
-    if data.get("max_listing_bytes") is not None:
-        max_listing = (
-            check.integer(data["max_listing_bytes"], "middleware.max_listing_bytes", minimum=1024)
-            or max_listing
-        )
-    check.raise_if_errors()
-    settings = _build(exempt, json_paths, patterns, header, max_body, form_paths, max_form)
     return MiddlewareSettings(
-        exempt_exact=settings.exempt_exact,
-        exempt_prefixes=settings.exempt_prefixes,
-        models=settings.models,
+        exempt_exact=built.exempt_exact,
+        exempt_prefixes=built.exempt_prefixes,
+        models=built.models,
         list_models_paths=frozenset(listing),
-        decision_header=names.get("decision_header", settings.decision_header),
-        overhead_header=names.get("overhead_header", settings.overhead_header),
-        dry_run_header=names.get("dry_run_header", settings.dry_run_header),
+        decision_header=names.get("decision_header", built.decision_header),
+        overhead_header=names.get("overhead_header", built.overhead_header),
+        dry_run_header=names.get("dry_run_header", built.dry_run_header),
         state_key=state_key,
-        max_listing_bytes=max_listing,
+        max_listing_bytes=_limit(check, data, "max_listing_bytes", DEFAULT_MAX_LISTING),
     )
+
+
+# The sidecar's proxy reads the decision from scope state under state_key: it is fixed at start.
+MIDDLEWARE: Section[MiddlewareSettings] = Section(
+    "middleware", read_middleware, KEYS, restart=("state_key",)
+)
