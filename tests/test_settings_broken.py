@@ -404,6 +404,21 @@ CASES = [
         "screening.treshold",
         "did you mean 'threshold'?",
     ),
+    # -- patterns --
+    Broken(
+        "patterns-window",
+        append("patterns:\n  windows: [1m, 1y]\n"),
+        "patterns.windows[1]",
+        "is not a window",
+        marker="windows:",
+    ),
+    Broken(
+        "patterns-redis-url",
+        append("patterns:\n  redis: {url: 'http://127.0.0.1:6379'}\n"),
+        "patterns.redis.url",
+        "is not a redis://",
+        marker="redis:",
+    ),
     # -- the file itself --
     Broken(
         "duplicate-key",

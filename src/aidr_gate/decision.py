@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,8 @@ class Evidence(msgspec.Struct, frozen=True, gc=False):
     # The entity's screening result, with the list version it came from; None when the gate
     # screens nothing (no ``screening:`` section) or the entity is not in the registry.
     screening: ScreeningFacts | None = None
+    # The access-pattern signals of the request (``patterns/``): name (with its window) to value.
+    signals: Mapping[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form, the shape ``check`` prints and audit records carry."""
@@ -95,6 +98,7 @@ class Evidence(msgspec.Struct, frozen=True, gc=False):
                 "status": self.agreement.status.value if self.agreement else None,
             },
             "screening": self.screening.to_dict() if self.screening is not None else None,
+            "signals": dict(self.signals) if self.signals else None,
         }
 
 

@@ -332,4 +332,10 @@ PACK_REASONS: Mapping[str, str] = {
     "EU_RUSSIA_NETWORK_ORIGIN": "a Russian network origin alone, logged (the EU ban is on establishment)",
     "EU_SANCTIONED_REGION": "origin in Crimea or Sevastopol under the EU regime, logged",
     "UAE_NAMED_RECIPIENT": "UNCONFIRMED: a named UAE recipient using a controlled model, logged",
+    # Access patterns over time (patterns/; policies/examples/patterns.yaml).
+    "ORIGIN_VELOCITY": "one token used from more countries within a window than the pack allows",
+    "INTERMEDIARY_SUSPECTED": "one client address or network fronting many entities within a window",
+    "ANONYMIZER_SHIFT": "an entity's recent traffic mostly through VPN, Tor, proxy or hosting origins",
+    "PATTERNS_DEGRADED": "the fleet's shared pattern view is lost; the pack will not decide on one "
+    "replica's counts alone",
 }

@@ -34,6 +34,8 @@ from aidr_gate.errors import (
     RegistryUnavailable,
 )
 from aidr_gate.facts import Identity, Origin
+from aidr_gate.patterns.settings import PATTERNS, PatternSettings
+from aidr_gate.patterns.tracker import PatternTracker, Signals
 from aidr_gate.policy.engine import PolicyEngine, Verdict
 from aidr_gate.policy.pack import Pack, load_pack
 from aidr_gate.registry import Entity, InMemoryRegistry, load_registry
@@ -203,25 +205,42 @@ def state_for(
 class Gate:
     """Decides requests with the current :class:`GateState`; safe to share across tasks."""
 
-    def __init__(self, state: GateState, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        state: GateState,
+        *,
+        clock: Callable[[], float] = time.time,
+        patterns: PatternTracker | None = None,
+    ) -> None:
         self._state = state
         self._clock = clock
         self._ids = DecisionIds()
+        # Kept across reloads: the counts are about traffic, not about the pack.
+        self.patterns = patterns or PatternTracker()
+        self.patterns.want(_pattern_keys(state))
 
     @property
     def state(self) -> GateState:
         """The state decisions are made with now."""
         return self._state
 
-    def swap(self, state: GateState) -> GateState:
-        """Replace the state atomically (one reference assignment); returns the old one."""
+    def swap(self, state: GateState, *, patterns: PatternSettings | None = None) -> GateState:
+        """Replace the state atomically (one reference assignment); returns the old one.
+
+        *patterns*: a reload's ``patterns:`` settings, applied to the kept tracker with the state.
+        """
+        self.patterns.want(_pattern_keys(state), settings=patterns)
         old, self._state = self._state, state
         return old
 
     @classmethod
     def from_config(cls, config: GateConfig) -> Gate:
-        """Load everything the configuration names and build a gate."""
-        return cls(load_state(config))
+        """Load everything the configuration names and build a gate.
+
+        Its tracker follows the ``patterns:`` section, locally: a fleet's shared view is started
+        by :class:`~aidr_gate.runtime.Runtime`, which a bare gate does not have.
+        """
+        return cls(load_state(config), patterns=PatternTracker(config.get(PATTERNS)))
 
     @classmethod
     def from_path(cls, path: str | Path | None = None) -> Gate:
@@ -294,11 +313,20 @@ class Gate:
         screened = screening_of(state, entity)
         if screened is not None and parent is None and screened.controlling_country is not None:
             parent = screened.controlling_country  # no stated parent: the controlling owners'
-        verdict = _evaluate(state.engine, entity, headquarters, parent, model, origin, at, screened)
+        patterns = self.patterns
+        signals = None
+        if patterns.active:
+            worse = patterns.needs_worse and state.engine.origin_worse(
+                origin.country, headquarters, at
+            )
+            signals = patterns.observe(at, identity, origin, worse)
+        verdict = _evaluate(
+            state.engine, entity, headquarters, parent, model, origin, at, screened, signals
+        )
         shadow = None
         if state.shadow is not None:
             other = _evaluate(
-                state.shadow, entity, headquarters, parent, model, origin, at, screened
+                state.shadow, entity, headquarters, parent, model, origin, at, screened, signals
             )
             shadow = ShadowResult(
                 outcome=other.outcome,
@@ -328,6 +356,7 @@ class Gate:
                 verdict.facts,
                 verdict.agreement,
                 screened,
+                signals,
             ),
             state.mode,
             shadow,
@@ -455,7 +484,11 @@ class Gate:
         screened = screening_of(state, known)
         if screened is not None and parent is None and screened.controlling_country is not None:
             parent = screened.controlling_country
-        return _evaluate(state.engine, known, headquarters, parent, model, origin, when, screened)
+        patterns = self.patterns
+        signals = patterns.signals(when, identity, origin) if patterns.active else None
+        return _evaluate(
+            state.engine, known, headquarters, parent, model, origin, when, screened, signals
+        )
 
     def allowed_models(
         self,
@@ -491,6 +524,7 @@ def _evaluate(
     origin: Origin,
     at: float,
     screened: ScreeningFacts | None,
+    signals: Signals | None = None,
 ) -> Verdict:
     # One argument list for the enforced pack and the shadow pack alike; a function, not a
     # closure built per request.
@@ -504,10 +538,17 @@ def _evaluate(
         at=at,
         screening=screened.flags if screened is not None else _NOT_SCREENED,
         region=origin.region,
+        signals=signals,
     )
 
 
 _NOT_SCREENED: frozenset[str] = frozenset()
+
+
+def _pattern_keys(state: GateState) -> tuple[str, ...]:
+    """The pattern signals the enforced and the shadow pack test (what the tracker must track)."""
+    keys = state.engine.pattern_keys
+    return keys + state.shadow.pattern_keys if state.shadow is not None else keys
 
 
 def screening_of(state: GateState, entity: Entity | None) -> ScreeningFacts | None:

@@ -34,6 +34,8 @@ from aidr_gate.identity import Authenticator
 from aidr_gate.jwks import FileKeys, RemoteJwks
 from aidr_gate.limits import LIMITS, BufferBudget, Limits
 from aidr_gate.origin import OriginResolver, build_origin_resolver
+from aidr_gate.patterns.runtime import pattern_tracker_for
+from aidr_gate.patterns.settings import PATTERNS
 from aidr_gate.settings.audit import AUDIT
 from aidr_gate.settings.identity import IDENTITY
 from aidr_gate.settings.loader import GateConfig, parse_identity_config, read_config
@@ -248,7 +250,7 @@ class Runtime:
         wiring = TelemetryWiring(cfg.get(TELEMETRY), file=cfg.file)
         origin = build_origin_resolver(cfg.get(NETWORK), cfg.get(GEOIP))
         return cls(
-            gate=Gate(state),
+            gate=Gate(state, patterns=pattern_tracker_for(cfg.get(PATTERNS))),
             identity=Authenticator(parse_identity_config(cfg)),
             origin=origin,
             settings=cfg.get(MIDDLEWARE),
@@ -304,6 +306,9 @@ class Runtime:
                 await self.identity.close()  # a runtime that failed to start leaves nothing running
                 await self.wiring.close()
                 raise
+        shared = self.gate.patterns.shared
+        if shared is not None:
+            await shared.start()  # one round trip at most; Redis down only degrades
         self._watch_geoip(self.origin)
         if self.config is not None and self._watch_interval > 0:
             self._tasks.append(asyncio.create_task(self._watch_policy(), name="aidr-policy-watch"))
@@ -322,6 +327,9 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        shared = self.gate.patterns.shared
+        if shared is not None:
+            await shared.close()
         await self._stop_geoip_watch()
         await self.streams.close()
         if self.registry is not None:
@@ -366,6 +374,7 @@ class Runtime:
             parts.insert(1, f"shadow {state.shadow.pack.id}")
         if state.screening is not None:
             parts.append(f"screening lists {state.screening.version.label}")
+        parts.append(f"patterns: {self.gate.patterns.describe()}")
         parts.append(f"audit: {self.audit.describe()}" if self.audit is not None else "audit: none")
         return "aidr-gate ready: " + "; ".join(parts)
 
@@ -463,8 +472,10 @@ class Runtime:
             return report
         changed = _changed_sections(running, applied)
         # The swap: the gate's own state (for callers of Gate) and what requests read, with no
-        # await between them, so no request on this loop sees one without the other.
-        self.gate.swap(state)
+        # await between them, so no request on this loop sees one without the other. The
+        # patterns tracker is kept (its counts are about traffic): it takes the new pack's
+        # signals and the section's reloadable keys in the same swap.
+        self.gate.swap(state, patterns=applied.get(PATTERNS))
         self._serving = new
         self._apply_limits(new.limits)
         registry = applied.registry_settings

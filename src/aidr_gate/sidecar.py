@@ -171,6 +171,9 @@ class SidecarApp:
                 "entities": len(state.screening),
                 "unavailable": state.screening.unavailable,
             },
+            # Informative too: a lost shared view degrades signals to this replica's own counts
+            # and the pack decides what that means (``patterns_degraded``); not a reason to stop.
+            "patterns": runtime.gate.patterns.health(),
         }
         ready = all(decisive.values())
         report: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}

@@ -42,6 +42,7 @@ class _Slot:
     REQUEST = 10
     UPSTREAM = 11
     FACTS = 12
+    SIGNALS = 13
 
 
 _PLACES: Places = (
@@ -58,6 +59,7 @@ _PLACES: Places = (
     (("aidr", "origin"), _Slot.ORIGIN),
     (("aidr", "request"), _Slot.REQUEST),
     (("aidr", "upstream"), _Slot.UPSTREAM),
+    (("aidr", "signals"), _Slot.SIGNALS),
 )
 
 
@@ -155,13 +157,15 @@ class EcsRenderer(TemplateRenderer):
         decision = event.decision
         evidence = decision.evidence
         request = event.request
-        values: Values = [None] * 13
+        values: Values = [None] * 14
         values[_Slot.FACTS] = shared.facts if facts_inline else shared.ref
         values[_Slot.AT] = self.clock.json(decision.at)
         values[_Slot.ID] = _dumps(decision.decision_id)
         parties = self.identity_of(evidence.identity)
         if parties is not None:
             values[_Slot.USER], values[_Slot.IDENTITY] = parties
+        if evidence.signals:
+            values[_Slot.SIGNALS] = _dumps(evidence.signals)
         place = self.origin_of(evidence.origin)
         if place is not None:
             values[_Slot.CLIENT], values[_Slot.ORIGIN] = place
@@ -232,4 +236,5 @@ def compact_tree(
     if gate is not None:
         put(aidr, "gate_us", values[gate])
     put(aidr, "upstream", values[slots.UPSTREAM])
+    put(aidr, "signals", values[slots.SIGNALS])
     return aidr

@@ -79,6 +79,7 @@ class _Slot:
     GATE = 9
     UPSTREAM = 10
     FACTS = 11
+    SIGNALS = 12
 
 
 _PLACES: Places = (
@@ -94,6 +95,7 @@ _PLACES: Places = (
     (("unmapped", "aidr", "request"), _Slot.REQUEST),
     (("unmapped", "aidr", "gate_us"), _Slot.GATE),
     (("unmapped", "aidr", "upstream"), _Slot.UPSTREAM),
+    (("unmapped", "aidr", "signals"), _Slot.SIGNALS),
 )
 _dumps = orjson.dumps
 
@@ -140,10 +142,12 @@ class OcsfRenderer(TemplateRenderer):
         decision = event.decision
         evidence = decision.evidence
         request = event.request
-        values: Values = [None] * 12
+        values: Values = [None] * 13
         values[_Slot.FACTS] = shared.facts if facts_inline else shared.ref
         values[_Slot.TIME] = b"%d" % epoch_ms(decision.at)
         values[_Slot.ID] = _dumps(decision.decision_id)
+        if evidence.signals:
+            values[_Slot.SIGNALS] = _dumps(evidence.signals)
         user: dict[str, Any] = {}
         parties = self.identity_of(evidence.identity)
         if parties is not None:

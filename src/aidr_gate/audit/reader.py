@@ -286,6 +286,7 @@ class RecordReader:
                 "duration_us": _get(aidr, "upstream", "duration_us"),
                 "error": _get(aidr, "upstream", "error"),
             },
+            "signals": aidr.get("signals") if isinstance(aidr.get("signals"), dict) else None,
         }
         if "facts_missing" in tree:
             out["facts_missing"] = tree["facts_missing"]

@@ -9,8 +9,9 @@ the rules themselves only run for a combination not seen before.
 from __future__ import annotations
 
 import bisect
+import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -20,6 +21,8 @@ import msgspec
 from aidr_gate.catalog import Model, Weights
 from aidr_gate.facts import NO_FLAGS, AnonymizerFlag
 from aidr_gate.outcome import Outcome, PolicyRef
+from aidr_gate.patterns.conditions import compile_pattern_test
+from aidr_gate.patterns.signals import is_pattern_key
 from aidr_gate.policy.pack import Condition, Membership, Pack
 from aidr_gate.policy.reach import RegionMember, Window
 from aidr_gate.registry import Agreement, AgreementState, Entity, evaluate_agreements
@@ -56,6 +59,8 @@ class PolicyFacts(msgspec.Struct, frozen=True, gc=False):
     network_region: str | None = None  # ISO 3166-2, from a GeoIP City database or an override
     region_groups: frozenset[str] = frozenset()  # region groups covering the region whole
     region_uncertain: frozenset[str] = frozenset()  # groups for which the region cannot be told
+    # One boolean per distinct pattern test of the pack (``patterns/conditions.py``), in order.
+    patterns: tuple[bool, ...] = ()
 
     def jurisdiction_dict(self) -> dict[str, Any]:
         """The jurisdiction part of the evidence, JSON-ready."""
@@ -126,7 +131,10 @@ _FLAG_GETTERS: dict[str, Callable[[PolicyFacts], frozenset[str]]] = {
 }
 
 
-def _compile_test(key: str, value: Any) -> Predicate:
+def _compile_test(key: str, value: Any, patterns: Mapping[str, int]) -> Predicate:
+    if is_pattern_key(key):
+        index = patterns[_pattern_id(key, value)]
+        return lambda f: f.patterns[index]
     if key in _BOOL_GETTERS:
         getter = _BOOL_GETTERS[key]
         return lambda f: getter(f) is value
@@ -150,10 +158,14 @@ def _compile_test(key: str, value: Any) -> Predicate:
     raise ValueError(f"no compiler for condition {key!r}")  # unreachable: the loader validates keys
 
 
-def compile_condition(condition: Condition) -> Predicate:
-    """Turn a rule's condition into one predicate over :class:`PolicyFacts`."""
-    tests = [_compile_test(key, value) for key, value in condition.tests]
-    branches = [compile_condition(branch) for branch in condition.any_of]
+def compile_condition(condition: Condition, patterns: Mapping[str, int] | None = None) -> Predicate:
+    """Turn a rule's condition into one predicate over :class:`PolicyFacts`.
+
+    *patterns* numbers the pack's distinct pattern tests (:func:`pattern_tests`).
+    """
+    numbered = patterns if patterns is not None else pattern_tests([condition])
+    tests = [_compile_test(key, value, numbered) for key, value in condition.tests]
+    branches = [compile_condition(branch, numbered) for branch in condition.any_of]
 
     def predicate(facts: PolicyFacts) -> bool:
         return all(test(facts) for test in tests) and (
@@ -161,6 +173,26 @@ def compile_condition(condition: Condition) -> Predicate:
         )
 
     return predicate
+
+
+def _pattern_id(key: str, value: Any) -> str:
+    return key + json.dumps(value, sort_keys=True)
+
+
+def pattern_tests(conditions: Iterable[Condition]) -> dict[str, int]:
+    """Each distinct pattern test (signal and thresholds) of *conditions*, numbered in order."""
+    out: dict[str, int] = {}
+
+    def walk(condition: Condition) -> None:
+        for key, value in condition.tests:
+            if is_pattern_key(key):
+                out.setdefault(_pattern_id(key, value), len(out))
+        for branch in condition.any_of:
+            walk(branch)
+
+    for condition in conditions:
+        walk(condition)
+    return out
 
 
 def _tests_key(condition: Condition, key: str) -> bool:
@@ -196,13 +228,22 @@ class PolicyEngine:
         self._default_tier = pack.tiers.default if pack.tiers else None
         self._rank = {tier: i for i, tier in enumerate(pack.tiers.order)} if pack.tiers else {}
         self._rules: list[_CompiledRule] = []
+        # Pattern signals change with every request: each test is reduced to a boolean first
+        # (``_pattern_checks``), and only those booleans enter the cached evaluation.
+        numbered = pattern_tests(rule.when for rule in pack.rules)
+        checks: list[Callable[[Mapping[str, float]], bool]] = [lambda _: False] * len(numbered)
+        names: dict[str, None] = {}
+        for rule in pack.rules:
+            _pattern_checks(rule.when, numbered, checks, names)
+        self._pattern_checks = tuple(checks)
+        self.pattern_keys: tuple[str, ...] = tuple(names)
         for rule in pack.rules:
             notes: list[str] = []
             if _tests_key(rule.when, "agreement") or _tests_key(rule.when, "agreement_valid"):
                 notes.append("agreement")
             if _tests_key(rule.when, "model_tier") or _tests_key(rule.when, "model_weights"):
                 notes.append("model")
-            self._rules.append((compile_condition(rule.when), rule.outcome, tuple(notes)))
+            self._rules.append((compile_condition(rule.when, numbered), rule.outcome, tuple(notes)))
         self._bounds, self._segments = self._build_segments(pack, self._rules)
         self._model_tiers = pack.model_tiers
         self._known_tiers = frozenset(t.id for t in pack.model_tiers.tiers)
@@ -305,8 +346,12 @@ class PolicyEngine:
         at: float,
         screening: frozenset[str] = _EMPTY,
         region: str | None = None,
+        signals: Mapping[str, float] | None = None,
     ) -> Verdict:
-        """Decide one request from resolved facts. Never raises for any combination of inputs."""
+        """Decide one request from resolved facts. Never raises for any combination of inputs.
+
+        *signals* are the request's pattern signals (``patterns/``); one missing reads as 0.
+        """
         tier, tier_source = self.model_tier(model)
         agreement: Agreement | None = None
         state = _NO_AGREEMENT
@@ -335,6 +380,9 @@ class PolicyEngine:
             entity is not None and entity.denied,
             screening,
             region,
+            tuple([check(signals or _NO_SIGNALS) for check in self._pattern_checks])
+            if self._pattern_checks
+            else (),
         )
         in_window = self._window_from <= at < self._window_until
         return Verdict(
@@ -361,6 +409,7 @@ class PolicyEngine:
         entity_denied: bool,
         screening: frozenset[str],
         region: str | None,
+        patterns: tuple[bool, ...] = (),
     ) -> tuple[PolicyFacts, Outcome, tuple[str, ...]]:
         seg = self._segments[segment]
         parent = parent if parent is not None else headquarters
@@ -408,11 +457,24 @@ class PolicyEngine:
             network_region=region,
             region_groups=region_groups,
             region_uncertain=uncertain,
+            patterns=patterns,
         )
         for predicate, outcome, notes in seg.rules:
             if predicate(facts):
                 return facts, outcome, _reasons(outcome, notes, facts)
         return facts, self.pack.default, (self.pack.default.reason,)
+
+    def origin_worse(
+        self, network_country: str | None, headquarters: str | None, at: float
+    ) -> bool:
+        """True when the network country's tier is worse than the headquarters' at *at*."""
+        if network_country is None or headquarters is None or self._default_tier is None:
+            return False
+        seg = self._segments[bisect.bisect_right(self._bounds, at)]
+        rank = self._rank
+        return (
+            rank[self._tier(seg, network_country) or ""] > rank[self._tier(seg, headquarters) or ""]
+        )
 
     def _tier(self, segment: _Segment, country: str | None) -> str | None:
         if country is None or self._default_tier is None:
@@ -445,6 +507,23 @@ def _region_tables(
         return {k: frozenset(v) for k, v in table.items()}
 
     return frozen(whole), frozen(part), frozen(countries)
+
+
+_NO_SIGNALS: Mapping[str, float] = {}
+
+
+def _pattern_checks(
+    condition: Condition,
+    numbered: Mapping[str, int],
+    checks: list[Callable[[Mapping[str, float]], bool]],
+    names: dict[str, None],
+) -> None:
+    for key, value in condition.tests:
+        if is_pattern_key(key):
+            checks[numbered[_pattern_id(key, value)]] = compile_pattern_test(key, value)
+            names[key] = None
+    for branch in condition.any_of:
+        _pattern_checks(branch, numbered, checks, names)
 
 
 def _reasons(outcome: Outcome, notes: tuple[str, ...], facts: PolicyFacts) -> tuple[str, ...]:

@@ -26,6 +26,8 @@ from aidr_gate.document import Checker, Document, format_instant, join, load_doc
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.facts import AnonymizerFlag
 from aidr_gate.outcome import Effect, Outcome
+from aidr_gate.patterns.conditions import pattern_keys_in, read_pattern_test
+from aidr_gate.patterns.signals import is_pattern_key
 from aidr_gate.policy.reach import (
     REGION_KEYS,
     SCREENING_KEYS,
@@ -348,7 +350,9 @@ def _id_set(
 def _read_condition(
     check: Checker, raw: Any, path: str, ctx: _Context, depth: int = 0
 ) -> Condition:
-    data = check.mapping(raw, path, keys=CONDITION_KEYS) if raw is not None else {}
+    # Pattern signals (``origin_countries_1h``...) are named with their window: ``patterns/``.
+    keys = (*CONDITION_KEYS, *pattern_keys_in(raw))
+    data = check.mapping(raw, path, keys=keys) if raw is not None else {}
     tests: list[tuple[str, Any]] = []
     any_of: list[Condition] = []
     for key, value in (data or {}).items():
@@ -382,6 +386,8 @@ def _read_condition(
             got = _id_set(
                 check, value, key_path, [s.value for s in AgreementState], "agreement state"
             )
+        elif is_pattern_key(key):
+            got = read_pattern_test(check, key, value, key_path)
         elif key in SCREENING_KEYS or key in REGION_KEYS:
             got = read_reach_test(check, key, value, key_path, ctx.region_groups)
         elif key == "any":

@@ -368,6 +368,8 @@ _SECTIONS: tuple[tuple[str, Callable[[_Inputs], Any]], ...] = (
         "range",
         lambda inputs: {"first": _time(inputs.tally.first_at), "last": _time(inputs.tally.last_at)},
     ),
+    # Pattern signals recomputed from the trail (a pack testing them; None otherwise).
+    ("signals", lambda inputs: inputs.result.signals),
     ("totals", _totals),
     ("effects", _effects),
     ("transitions", _transitions),

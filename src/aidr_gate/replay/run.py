@@ -32,6 +32,7 @@ from aidr_gate.audit.verify import Finding
 from aidr_gate.catalog import ModelCatalog
 from aidr_gate.decision import Effect
 from aidr_gate.gate import LISTING_RULE
+from aidr_gate.patterns.replay import SignalReplay
 from aidr_gate.policy.engine import PolicyEngine
 from aidr_gate.policy.pack import Pack
 from aidr_gate.registry import EntityRegistry
@@ -135,6 +136,7 @@ class ReplayResult:
     chains: list[FileChain]
     findings: list[Finding]
     elapsed: float
+    signals: dict[str, Any] | None = None  # pattern signals recomputed (a pack testing them)
 
     @property
     def records_per_second(self) -> float:
@@ -159,6 +161,8 @@ class Replayer:
         self.clock = Clock()
         self.tally = Tally()
         self.records = RecordReader()  # keeps the shared facts met, for the records after them
+        # A pack testing pattern signals: recomputed in record order, decided record by record.
+        self.patterns = SignalReplay(self.engine) if self.engine.pattern_keys else None
 
     def feed(self, line: bytes, file: str, number: int) -> None:
         """Sort and re-decide one record line (the hot path: kept free of needless work)."""
@@ -199,10 +203,22 @@ class Replayer:
             self._cannot(decision, at, old, file, number, exc.why)
             return
         when = at if self.options.at is None else self.options.at
-        slot = bisect_right(inputs.bounds, when)
-        verdict = inputs.verdicts.get(slot)
-        if verdict is None:
-            verdict = inputs.verdicts[slot] = self._decide(inputs, when)
+        if self.patterns is not None:
+            signals = self.patterns.signals(
+                tree,
+                at=at,
+                when=when,
+                network_country=inputs.network_country,
+                headquarters=inputs.headquarters,
+                anonymizer=inputs.anonymizer,
+            )
+            verdict = self._decide(inputs, when, signals)
+        else:
+            slot = bisect_right(inputs.bounds, when)
+            known = inputs.verdicts.get(slot)
+            if known is None:
+                known = inputs.verdicts[slot] = self._decide(inputs, when)
+            verdict = known
         new = verdict[0]
         tally.transitions[(old, new)] += 1
         tally.entity_records[inputs.entity_label] += 1
@@ -286,7 +302,9 @@ class Replayer:
             elif at > stats.last:
                 stats.last = at
 
-    def _decide(self, inputs: Inputs, when: float) -> Verdict:
+    def _decide(
+        self, inputs: Inputs, when: float, signals: dict[str, float] | None = None
+    ) -> Verdict:
         verdict = self.engine.evaluate(
             entity=inputs.entity,
             headquarters=inputs.headquarters,
@@ -297,6 +315,7 @@ class Replayer:
             at=when,
             screening=inputs.screening,
             region=inputs.region,
+            signals=signals,
         )
         outcome = verdict.outcome
         return (
@@ -361,4 +380,5 @@ def replay_files(
         chains=reader.chains,
         findings=reader.findings(),
         elapsed=time.perf_counter() - started,
+        signals=replayer.patterns.summary() if replayer.patterns is not None else None,
     )

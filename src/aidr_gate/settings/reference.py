@@ -25,15 +25,22 @@ def key_paths() -> Iterator[tuple[str, str, bool]]:
             yield section.name, section.doc, False
         for key in section.keys:
             restart = EVERY_KEY in section.restart or key.name in section.restart
-            yield from _walk(section.name, key, restart)
+            below = frozenset(
+                name.split(".", 1)[1] for name in section.restart if name.startswith(f"{key.name}.")
+            )
+            yield from _walk(section.name, key, restart, below)
 
 
-def _walk(prefix: str, key: KeyDoc, restart: bool) -> Iterator[tuple[str, str, bool]]:
+def _walk(
+    prefix: str, key: KeyDoc, restart: bool, named: frozenset[str] = frozenset()
+) -> Iterator[tuple[str, str, bool]]:
+    # *named*: the keys under this one that a section names restart-only one by one (the
+    # patterns' redis.url); when there are any, only those are, else each inherits *restart*.
     path = f"{prefix}.{key.name}" if prefix else key.name
     yield path, key.doc, restart
     inner = f"{path}[]" if path in LISTS else path
     for sub in key.keys:
-        yield from _walk(inner, sub, restart)
+        yield from _walk(inner, sub, sub.name in named if named else restart)
 
 
 def markdown() -> str:

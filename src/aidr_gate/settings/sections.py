@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from aidr_gate.limits import LIMITS
+from aidr_gate.patterns.settings import PATTERNS
 from aidr_gate.settings.audit import AUDIT
 from aidr_gate.settings.identity import IDENTITY
 from aidr_gate.settings.middleware import MIDDLEWARE
@@ -30,4 +31,5 @@ SECTIONS: tuple[Section[Any], ...] = (
     TELEMETRY,
     SCREENING,
     LIMITS,
+    PATTERNS,
 )

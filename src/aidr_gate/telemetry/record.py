@@ -36,6 +36,7 @@ from aidr_gate.telemetry.sources import (
     AuditSource,
     GeoSource,
     KeySource,
+    PatternSource,
     ReadinessSource,
     RegistrySource,
     Source,
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from aidr_gate.audit.trail import AuditTrail
     from aidr_gate.geo import CountryResolver
     from aidr_gate.jwks import KeyProvider
+    from aidr_gate.patterns.tracker import PatternTracker
     from aidr_gate.stores.cache import RegistryView
 
 INSTRUMENTATION = "aidr_gate"
@@ -286,6 +288,10 @@ class Telemetry:
         """Report the entity registry's state, staleness and cache counters (through *view*)."""
         self._sources["registry"] = RegistrySource(view)
 
+    def watch_patterns(self, tracker: Callable[[], PatternTracker | None]) -> None:
+        """Report the pattern tables' sizes and the shared view's state (through *tracker*)."""
+        self._sources["patterns"] = PatternSource(tracker)
+
     def watch_readiness(self, checks: Callable[[], Mapping[str, bool]]) -> None:
         """Report each readiness check (what ``/readyz`` would say, without probing anything)."""
         self._sources["readiness"] = ReadinessSource(checks)
@@ -297,6 +303,7 @@ class Telemetry:
         self.watch_audit(lambda: runtime.audit)
         self.watch_keys(lambda: runtime.identity.keys)
         self.watch_geoip(lambda: runtime.origin.geo)
+        self.watch_patterns(lambda: runtime.gate.patterns)
 
         def registry() -> RegistryView | None:
             view = runtime.gate.state.registry

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from aidr_gate.geo import CountryResolver
     from aidr_gate.jwks import KeyProvider
     from aidr_gate.keys import KeySet
+    from aidr_gate.patterns.tracker import PatternTracker
     from aidr_gate.stores.cache import RegistryView
 
 logger = logging.getLogger("aidr_gate.telemetry")
@@ -166,6 +167,26 @@ class RegistrySource:
         yield "aidr_gate.registry.lookups", ("hit",), health.hits
         yield "aidr_gate.registry.lookups", ("miss",), health.misses
         yield "aidr_gate.registry.fetch.errors", (), health.fetch_errors
+
+
+class PatternSource:
+    """The pattern tracker's table sizes and, when shared, the view's state and failures."""
+
+    def __init__(self, tracker: Callable[[], PatternTracker | None]) -> None:
+        self._tracker = tracker
+
+    def samples(self) -> Iterator[Sample]:
+        """Keys per table; shared (1/0) and failed rounds when a fleet view is configured."""
+        tracker = self._tracker()
+        if tracker is None:
+            return
+        for table, size in tracker.sizes().items():
+            yield "aidr_gate.patterns.keys", (table,), size
+        shared = tracker.shared
+        if shared is not None:
+            health = shared.health()
+            yield "aidr_gate.patterns.shared", (), 0.0 if health.degraded else 1.0
+            yield "aidr_gate.patterns.sync.failures", (), health.failures
 
 
 class ReadinessSource:

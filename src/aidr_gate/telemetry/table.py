@@ -83,6 +83,7 @@ RELOAD_COMPONENTS = (
     "middleware",
     "audit",
     "proxy",
+    "patterns",
 )
 RELOAD_RESULTS = ("ok", "failed")
 # The registry view's states (RegistryHealth.state): one series each, 1 for the state it is in.
@@ -149,6 +150,7 @@ def _observed(
 
 EFFECT = "aidr.effect"
 REGISTRY = "RegistryView.health()"
+PATTERNS = "PatternTracker.sizes() and SharedState.health()"
 SINK = ("aidr.audit.sink", "aidr.audit.sink.kind")
 KEYS_SOURCE = "aidr.keys.source"
 _TRAIL = "AuditTrail.stats()"
@@ -350,6 +352,31 @@ METRICS: tuple[MetricSpec, ...] = (
         (),
         "Reads of a database store that failed (the request is denied REGISTRY_UNAVAILABLE)",
         REGISTRY,
+    ),
+    _observed(
+        "aidr_gate.patterns.shared",
+        Kind.GAUGE,
+        "",
+        (),
+        "1 while the fleet's shared pattern view (patterns.redis) is current, 0 while degraded: "
+        "signals count this replica's requests only",
+        PATTERNS,
+    ),
+    _observed(
+        "aidr_gate.patterns.keys",
+        Kind.GAUGE,
+        "{key}",
+        ("aidr.patterns.table",),
+        "Keys held in each bounded pattern table (token, entity, address, network...)",
+        PATTERNS,
+    ),
+    _observed(
+        "aidr_gate.patterns.sync.failures",
+        Kind.COUNTER,
+        "{round}",
+        (),
+        "Background exchanges with the shared pattern store that failed",
+        PATTERNS,
     ),
     _counter(
         "aidr_gate.upstream.responses",
