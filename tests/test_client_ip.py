@@ -132,7 +132,7 @@ MATRIX: list[tuple[str, str, str | None, list[Header], str | None, str, str | No
         None,
     ),
     ("xff-bracketed-ipv6", "loopback", LO, X("[2001:db8::1]"), "2001:db8::1", "xff[-1]", None),
-    ("xff-ipv6-zone", "loopback", LO, X("fe80::1%eth0"), "fe80::1%eth0", "xff[-1]", None),
+    ("xff-ipv6-zone-dropped", "loopback", LO, X("fe80::1%eth0"), "fe80::1", "xff[-1]", None),
     # RFC 7239 Forwarded.
     (
         "forwarded-quoted-ipv6-port",
@@ -571,3 +571,23 @@ def test_garbage_never_raises(peer: str | None, raw: list[bytes]) -> None:
         assert str(normalize_ip(result.ip)) == result.ip
     else:
         assert result.notes
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        (XFF, "2a01:5ec0::1%eth0, 10.0.0.9"),
+        (XFF, "2a01:5ec0::1%25eth0"),
+        ("forwarded", 'for="[2a01:5ec0::1%eth0]:443", for=10.0.0.9'),
+        ("forwarded", 'for="[2a01:5ec0::1%25eth0]"'),
+    ],
+)
+def test_a_zone_id_is_dropped_in_either_header(header: str, value: str) -> None:
+    """A hop's IPv6 zone id names the sender's interface: the address is looked up without it."""
+    proxies = TrustedProxies(INTERNAL, headers=["forwarded", "x-forwarded-for"])
+    resolved = proxies.resolve("10.0.0.2", asgi([(header, value)]))
+    assert resolved.ip == "2a01:5ec0::1"
+    # A zone id does not make an untrusted address trusted, nor a trusted one untrusted.
+    assert proxies.resolve("fd00::1%eth0", []).ip == "fd00::1"
+    assert proxies.is_trusted("fd00::1%eth0")
+    assert normalize_ip("::ffff:10.1.2.3%eth1") == ip_address("10.1.2.3")

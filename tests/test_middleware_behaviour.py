@@ -177,10 +177,17 @@ def test_model_from_kserve_path_and_from_header(tmp_path: Path) -> None:
             headers=headers_for(env, "andes-br", "BR"),
         )
         assert allowed.status_code == 200 and allowed.json()["model_name"] == "llama-3.1-405b"
-        # The header, when configured, names the model first.
-        by_header = await client.post(
+        # The header, when configured, must agree with the body (the app reads the body).
+        conflict = await client.post(
             "/v1/embeddings",
             json={"model": "embed-small", "input": "x"},
+            headers={**headers_for(env, "andes-br", "BR"), "x-model-id": "aurora-frontier"},
+        )
+        assert conflict.status_code == 400
+        assert conflict.json()["error"]["code"] == "MODEL_CONFLICT"
+        by_header = await client.post(
+            "/v1/embeddings",
+            json={"model": "aurora-frontier", "input": "x"},
             headers={**headers_for(env, "andes-br", "BR"), "x-model-id": "aurora-frontier"},
         )
         assert by_header.status_code == 403

@@ -33,7 +33,7 @@ def test_reason_codes_are_unique_and_stable() -> None:
             assert obj.reason.isupper(), name
             assert obj.reason not in seen, (name, seen.get(obj.reason))
             seen[obj.reason] = name
-            assert obj.status in (400, 401, 403, 413, 451, 503), name
+            assert obj.status in (400, 401, 403, 408, 413, 431, 451, 503), name
             assert obj.__doc__, f"{name} must say when it is raised"
 
 

@@ -190,6 +190,46 @@ def test_check_and_replay_read_any_store(
     assert code in (0, 1)
 
 
+def test_the_record_of_a_cut_keeps_to_the_record_caps(
+    sqlite_gate: tuple[GateEnv, Path, Runtime, ThreadedServer],
+) -> None:
+    """The cut's own record is rendered like every record: an oversized allow-listed header is
+    cut to ``limits.max_recorded_value`` with the marker, and counted."""
+    env, db, runtime, server = sqlite_gate
+    client = _client(env, server, "merlion-sg", "SG").with_options(
+        default_headers={"User-Agent": "a" * 5000}
+    )
+    watch = StreamWatch(client).start()
+    sqlite_exec(db, "UPDATE agreements SET status = 'revoked' WHERE id = 'SA-2025-014'")
+    watch.wait()
+    assert watch.code == "ACCESS_REVOKED"
+
+    def cut() -> dict[str, Any] | None:
+        for r in env.audit_records():
+            if (r["aidr"]["request"] or {}).get("cut_of") == watch.decision_id:
+                return r
+        return None
+
+    assert wait_until(lambda: cut() is not None, 10)
+    record = cut()
+    assert record is not None
+    capped = "a" * runtime.limits.max_recorded_value + "...[TRUNCATED]"
+    assert record["user_agent"]["original"] == capped
+    assert len(json.dumps(record)) < runtime.limits.max_record_bytes + 8192
+
+    def truncated() -> int:
+        counted = {
+            labels: value
+            for c in runtime.telemetry.collect()
+            if c.spec.name == "aidr_gate.audit.records.truncated"
+            for labels, value in c.points
+        }
+        return int(counted.get(("value",), 0))
+
+    # The admitted request's record (written when its task ends) and the cut's.
+    assert wait_until(lambda: truncated() >= 2, 10)
+
+
 def test_a_reloaded_registry_file_cuts_the_stream_it_now_denies(tmp_path: Path) -> None:
     registry = tmp_path / "entities.yaml"
     registry.write_text((EXAMPLES / "entities.yaml").read_text())

@@ -20,6 +20,7 @@ REFUSALS = [
     *_subclasses(errors.RequestError),
     *_subclasses(errors.IdentityError),
     errors.AuditUnavailable,
+    errors.BufferBudgetExhausted,
     errors.PolicyEvaluationError,
     errors.GateNotReady,
 ]

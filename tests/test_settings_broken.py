@@ -351,6 +351,25 @@ CASES = [
         "proxy.conect_timeout",
         "did you mean 'connect_timeout'?",
     ),
+    # -- limits --
+    Broken(
+        "limits-header-lines",
+        append("limits:\n  max_header_lines: 2\n"),
+        "limits.max_header_lines",
+        "at least 8",
+    ),
+    Broken(
+        "limits-timeout",
+        append("limits:\n  body_timeout: 0\n"),
+        "limits.body_timeout",
+        "at least 0.01",
+    ),
+    Broken(
+        "limits-typo",
+        append("limits:\n  max_conections: 10\n"),
+        "limits.max_conections",
+        "did you mean 'max_connections'?",
+    ),
     # -- telemetry --
     Broken(
         "telemetry-port",

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import MutableMapping
+from typing import Any
 
+from aidr_gate.audit.record import Ending, RequestContext
+from aidr_gate.decision import Decision
 from aidr_gate.facts import Identity, declared_origin
 from aidr_gate.gate import Gate, state_for
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.registry import Entity
-from aidr_gate.streams import StreamBook
+from aidr_gate.streams import StreamBook, finish_cut
 
 SSE = [(b"content-type", b"text/event-stream; charset=utf-8")]
 JSON = [(b"content-type", b"application/json")]
@@ -95,3 +99,41 @@ def test_a_recheck_cuts_only_what_the_state_now_denies() -> None:
         await book.close()
 
     asyncio.run(run())
+
+
+def test_a_cut_whose_record_was_not_stored_is_left_incomplete() -> None:
+    """``fsync: always``: the cut's record is written before the final event, and a record the
+    trail did not store leaves the stream without its last chunk (the server closes it)."""
+
+    async def run(stored: bool) -> list[dict[str, Any]]:
+        gate = _gate([Entity(id="lab-us", headquarters="US")])
+        book = StreamBook(gate)
+        allowed = gate.decide(
+            identity=Identity("lab-us"), origin=declared_origin("US"), model_id="m"
+        )
+        stream = book.admit(allowed, SSE)
+        assert stream is not None
+        stream.task = asyncio.create_task(asyncio.sleep(30))  # the request's, cancelled
+        denied = gate.decide(
+            identity=Identity("lab-us"), origin=declared_origin("IR"), model_id="m"
+        )
+        book.cut(stream, denied)
+        events: list[dict[str, Any]] = []
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            events.append({"send": message})
+
+        async def record(decision: Decision, context: RequestContext) -> bool:
+            events.append({"record": decision, "context": context})
+            return stored
+
+        done = await finish_cut(stream, send, record, {"path": "/v1/chat/completions"}, ())
+        assert done is stored
+        return events
+
+    events = asyncio.run(run(True))
+    assert [next(iter(e)) for e in events] == ["record", "send"]
+    context = events[0]["context"]
+    assert context.ending is Ending.CUT and context.cut_of is not None
+    assert events[1]["send"]["more_body"] is False
+    assert [next(iter(e)) for e in asyncio.run(run(False))] == ["record"]

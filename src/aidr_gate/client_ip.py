@@ -87,13 +87,18 @@ _Elements = tuple[list[str], dict[int, str]]
 
 
 def normalize_ip(text: str) -> IPAddress | None:
-    """Parse one address with :mod:`ipaddress`; IPv4-mapped IPv6 becomes IPv4; None if not an IP."""
+    """Parse one address with :mod:`ipaddress`; IPv4-mapped IPv6 becomes IPv4; an IPv6 zone id
+    (``fe80::1%eth0``, RFC 4007) is dropped, since it names an interface of the sender, not part
+    of the address (GeoIP and trust lists know the address alone); None if not an IP."""
     try:
         address = ip_address(text)
     except ValueError:
         return None
-    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+    if isinstance(address, IPv6Address):
+        if address.scope_id is not None:
+            address = IPv6Address(address.packed)
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
     return address
 
 

@@ -83,6 +83,15 @@ class BodyTooLarge(RequestError):
     status = 413
 
 
+class BodyTooComplex(RequestError):
+    """A JSON body holds more objects and arrays than ``limits.max_json_containers``: parsing it
+    would hold the event loop (a megabyte of ``{}`` costs tens of milliseconds), so it is refused
+    unparsed."""
+
+    reason = "BODY_TOO_COMPLEX"
+    status = 413
+
+
 class BodyNotJSON(RequestError):
     """The body of a request whose model comes from JSON is not a JSON object."""
 
@@ -111,6 +120,44 @@ class HeaderRepeated(RequestError):
     """A header the gate reads for the app's sake comes twice: the two could read different ones."""
 
     reason = "HEADER_REPEATED"
+
+
+class ModelConflict(RequestError):
+    """Two places of one request (header, path, body) name different models: the gate and the app
+    could each act on another, so neither is decided on."""
+
+    reason = "MODEL_CONFLICT"
+
+
+class FormAmbiguous(RequestError):
+    """A form part that parsers could read differently (two ``Content-Disposition`` headers, an
+    RFC 5987 ``name*=``, a charset the app could not decode as the gate does): refused, not
+    guessed."""
+
+    reason = "FORM_AMBIGUOUS"
+
+
+class HeadersTooLarge(RequestError):
+    """The request's headers exceed ``limits.max_header_bytes`` or ``limits.max_header_lines``;
+    checked before any token is verified."""
+
+    reason = "HEADERS_TOO_LARGE"
+    status = 431
+
+
+class BodyTimeout(RequestError):
+    """The body the gate must read did not arrive within ``limits.body_timeout`` seconds."""
+
+    reason = "BODY_TIMEOUT"
+    status = 408
+
+
+class BufferBudgetExhausted(AidrGateError):
+    """The bytes of request bodies the process holds at once would exceed
+    ``limits.max_buffered_bytes``: answered 503 with ``Retry-After``, the body unread."""
+
+    reason = "BUFFER_BUDGET_EXHAUSTED"
+    status = 503
 
 
 # --- identity (401) -------------------------------------------------------------------------------

@@ -5,17 +5,24 @@ the same forms, and part names and values are decoded as Starlette decodes them 
 type's ``charset``), so the gate reads the ``model`` field as the app will. Only that field is kept; a
 file part streams through the parser and is not copied. The form must hold exactly one ``model``
 field, a plain field rather than a file: with two, the gate and the app could each read another.
+
+Where parsers differ, the form is refused (400 ``FORM_AMBIGUOUS``) rather than read one way: a part
+with two ``Content-Disposition`` headers (Starlette keeps the last, other parsers the first), an
+RFC 5987 extended parameter such as ``name*=`` (python-multipart ignores it, RFC 5987 readers take
+it over ``name``), a charset whose decoder fails in ways Starlette does not catch (``punycode``:
+the app would answer 500).
 """
 
 from __future__ import annotations
 
 import codecs
 import logging
+import re
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from aidr_gate.errors import BodyIncomplete, BodyNotForm, BodyTooLarge, ModelMissing
+from aidr_gate.errors import BodyIncomplete, BodyNotForm, BodyTooLarge, FormAmbiguous, ModelMissing
 from aidr_gate.headers import single_header_value
 from aidr_gate.model_id import MAX_MODEL_ID, BufferedBody, valid_model_id
 
@@ -31,14 +38,24 @@ _QUIET = logging.Logger("aidr_gate.form_model.parser")
 _QUIET.disabled = True
 # A model id is at most MAX_MODEL_ID characters, at most four bytes each in UTF-8.
 _MAX_FIELD_BYTES = MAX_MODEL_ID * 4
+# An extended (RFC 2231/5987) parameter: ``name*=``, ``filename*0*=``... python-multipart drops
+# them, other readers prefer them. Matched loosely (a ``*`` in any parameter name, even one inside
+# a quoted value): a false match refuses a form, a missed one could let two parsers disagree.
+_EXTENDED_PARAMETER = re.compile(rb";[^;=]*\*[^;=]*=")
 
 
-def _name(raw: bytes, codec: str) -> str:
-    """A part's name as Starlette decodes it: with *codec*, else as latin-1."""
+def _decoded(raw: bytes, codec: str) -> str:
+    """*raw* as Starlette decodes a part's name or value: with *codec*, else as latin-1.
+
+    Starlette catches only ``UnicodeDecodeError`` and ``LookupError``; any other failure of the
+    codec (``punycode`` raises a bare ``UnicodeError``) would be the app's 500: refused here.
+    """
     try:
         return raw.decode(codec)
     except (UnicodeDecodeError, LookupError):  # LookupError: a codec that is not a text encoding
         return raw.decode("latin-1")
+    except Exception:
+        raise FormAmbiguous(f"the form's charset {codec!r} cannot decode its fields") from None
 
 
 class _ModelFields:
@@ -73,20 +90,30 @@ class _ModelFields:
         self._field, self._value = bytearray(), bytearray()
 
     def on_headers_finished(self) -> None:
-        for header, value in self._headers:
-            if header != b"content-disposition":
-                continue
-            _, params = parse_options_header(value)
-            name = params.get(b"name")
-            # Decoded, not compared as bytes: under another charset other bytes spell "model".
-            if name is None or _name(name, self.codec) != "model":
-                continue
-            if b"filename" in params:
-                self.file_named_model = True
-                return
-            self._current = bytearray()
-            self.values.append(self._current)
+        dispositions = [
+            value for header, value in self._headers if header == b"content-disposition"
+        ]
+        if len(dispositions) != 1:
+            if dispositions:  # Starlette reads the last, other parsers the first
+                raise FormAmbiguous("a form part has more than one Content-Disposition header")
+            raise BodyNotForm("a form part has no Content-Disposition header")
+        value = dispositions[0]
+        if _EXTENDED_PARAMETER.search(value):
+            raise FormAmbiguous(
+                "a form part's Content-Disposition has an extended parameter (name*=)"
+            )
+        _, params = parse_options_header(value)
+        name = params.get(b"name")
+        if name is None:  # Starlette refuses such a form (400)
+            raise BodyNotForm("a form part's Content-Disposition names no field")
+        # Decoded, not compared as bytes: under another charset other bytes spell "model".
+        if _decoded(name, self.codec) != "model":
             return
+        if b"filename" in params:
+            self.file_named_model = True
+            return
+        self._current = bytearray()
+        self.values.append(self._current)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         current = self._current
@@ -146,6 +173,8 @@ def model_from_form(body: BufferedBody, content_type: bytes | None, limit: int) 
         for chunk in body.chunks:
             parser.write(chunk)
         parser.finalize()
+    except FormAmbiguous:
+        raise
     except (MultipartParseError, ValueError) as exc:
         raise BodyNotForm(f"request body is not a valid multipart form: {exc}"[:200]) from None
     if not fields.ended:
@@ -160,6 +189,8 @@ def model_from_form(body: BufferedBody, content_type: bytes | None, limit: int) 
         text = fields.values[0].decode(codec)
     except (UnicodeDecodeError, LookupError):
         text = ""  # Starlette would fall back to latin-1: refused rather than read another way
+    except Exception:
+        raise FormAmbiguous(f"the form's charset {codec!r} cannot decode its model field") from None
     valid = valid_model_id(text)
     if valid is None:
         raise ModelMissing("the model field must be a printable string of at most 256 characters")

@@ -24,7 +24,6 @@ from aidr_gate.decision import (
     Effect,
     Evidence,
     Mode,
-    PolicyRef,
     ShadowResult,
 )
 from aidr_gate.errors import (
@@ -428,7 +427,6 @@ class Gate:
         """A deny for a stage that failed before the policy could run (bad token, bad body...)."""
         state = state or self._state
         when = self._clock() if at is None else at
-        pack = state.engine.pack
         stage = _stage_of(error)
         return Decision(
             decision_id=self._ids.next(),
@@ -437,7 +435,10 @@ class Gate:
             status=error.status,
             reasons=(error.reason,),
             rule=f"gate/{stage}",
-            policy=PolicyRef(pack.id, pack.digest, pack.status_at(when), pack.in_window(when)),
+            # The engine's shared reference (the status in force at *when*): a new one per
+            # refusal would make every refused request a class of its own in the audit trail's
+            # facts cache.
+            policy=state.engine.policy_ref(when),
             evidence=Evidence(
                 identity=identity,
                 origin=origin,
@@ -581,7 +582,7 @@ def jurisdiction_of(
 def _stage_of(error: AidrGateError) -> str:
     if isinstance(error, errors.IdentityError):
         return "identity"
-    if isinstance(error, errors.RequestError):
+    if isinstance(error, errors.RequestError | errors.BufferBudgetExhausted):
         return "request"
     if isinstance(error, errors.OriginError):
         return "origin"

@@ -22,10 +22,14 @@ from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.errors import (
     AidrGateError,
     AuditUnavailable,
+    BufferBudgetExhausted,
     ConfigError,
     GateNotReady,
     HeaderRepeated,
+    HeadersTooLarge,
     IdentityError,
+    ModelConflict,
+    ModelMissing,
     PolicyEvaluationError,
     RequestError,
 )
@@ -37,7 +41,7 @@ from aidr_gate.identity import authorization_header
 from aidr_gate.model_id import (
     BufferedBody,
     model_from_json,
-    read_body,
+    read_body_within,
     replay,
     valid_model_id,
 )
@@ -57,6 +61,8 @@ WS_TRY_AGAIN_LATER = 1013
 # A gate that failed to start (a bad key file, an audit directory another process holds) is tried
 # again at most this often; requests meanwhile get 503 GATE_NOT_READY, never the app.
 RETRY_START_SECONDS = 1.0
+# Why a response was left incomplete (the responses.aborted metric's label).
+AUDIT_NOT_STORED = "AUDIT_NOT_STORED"
 
 
 class _StartFailed(Exception):
@@ -272,10 +278,12 @@ class AIDRGateMiddleware:
         app_started: float | None = None
         stream: AdmittedStream | None = None  # an event stream a change may cut
 
-        async def record() -> None:
+        async def record() -> bool:
+            """Write the record (once); False when it was not stored and the response must
+            not complete."""
             nonlocal recorded
             if recorded or decision is None:
-                return
+                return True
             recorded = True
             upstream_status, upstream_us, upstream_error = _upstream_of(
                 scope, response_status, app_started
@@ -292,10 +300,13 @@ class AIDRGateMiddleware:
                 upstream_us,
                 int(gate_seconds * 1_000_000),
                 _ending(ended, upstream_error),
-                sum(len(c) for c in body.chunks) if body is not None else None,
+                body.size if body is not None else None,
                 upstream_error,
             )
-            await runtime.record(decision, context)
+            if await runtime.record(decision, context):
+                return True
+            runtime.telemetry.response_aborted(AUDIT_NOT_STORED)
+            return False
 
         try:
             decision, body = await self._decide_http(
@@ -315,10 +326,19 @@ class AIDRGateMiddleware:
                 return
             app_receive = replay(body, receive) if body is not None else receive
 
+            aborted = False
+
             async def send_wrapper(message: Message) -> None:
-                nonlocal response_status, ended, stream
+                nonlocal response_status, ended, aborted, stream
+                if aborted:
+                    return  # the response was left incomplete: nothing more is sent
                 kind = message["type"]
                 if kind == "http.response.start":
+                    if body is not None:
+                        # The app answers: it has read the body (the sidecar's upstream has it
+                        # whole), so its bytes go back to the budget, and a long answer streamed
+                        # after a large upload does not keep the upload's share.
+                        body.release()
                     response_status = message["status"]
                     message = dict(message)
                     headers_out = message.get("headers", ())
@@ -329,8 +349,13 @@ class AIDRGateMiddleware:
                         if stream is not None:
                             runtime.streams.done(stream)  # its last chunk: no longer cut
                         ended = Ending.COMPLETED
-                        # As durable as configured before the client has the whole answer.
-                        await record()
+                        # The record is as durable as configured before the client has the
+                        # whole answer; a record that was not stored leaves the response
+                        # incomplete (the server closes the connection), never answered as if
+                        # recorded.
+                        if not await record():
+                            aborted = True
+                            return
                     elif stream is not None:
                         stream.sent(message.get("body", b""))
                 await send(message)
@@ -356,15 +381,18 @@ class AIDRGateMiddleware:
                 # Cut by the stream book (a change denies it now). An app may absorb the
                 # cancellation (anyio task groups do) and return: the cut is finished here too.
                 ended = Ending.CUT
-                await finish_cut(
+                if not await finish_cut(
                     stream, send, runtime.record, scope, runtime.recorded_headers(headers)
-                )
+                ):
+                    runtime.telemetry.response_aborted(AUDIT_NOT_STORED)
             if ended not in (Ending.COMPLETED, Ending.CUT) and response_status is not None:
                 ended = Ending.CLIENT_DISCONNECTED
         except (OSError, asyncio.CancelledError):
             ended = Ending.CLIENT_DISCONNECTED
             raise
         finally:
+            if body is not None:
+                body.release()  # a denied or cut request's body goes back to the budget
             if decision is not None and not recorded:
                 await _shielded(record())
 
@@ -387,42 +415,71 @@ class AIDRGateMiddleware:
         model_id: str | None = None
         body: BufferedBody | None = None
         try:
+            # Bounded work before anything else, the token included: a caller without credentials
+            # costs at most this many header lines and bytes.
+            limits = serving.limits
+            if len(headers) > limits.max_header_lines:
+                raise HeadersTooLarge(f"more than {limits.max_header_lines} header lines")
+            if _header_bytes(headers) > limits.max_header_bytes:
+                raise HeadersTooLarge(f"headers larger than {limits.max_header_bytes} bytes")
+        except HeadersTooLarge as exc:
+            return gate.refuse(exc, origin=_unknown_origin(scope)), None
+        try:
             origin = serving.origin.resolve(_peer(scope), headers)
             error: AidrGateError | None = None
+            # Every place that may name the model is read as the app reads it; where two name
+            # one, they must agree (MODEL_CONFLICT), so the app never acts on another.
+            named: list[str] = []
             if models.header is not None:
                 try:
                     raw = single_header_value(headers, models.header, HeaderRepeated)
                 except RequestError as exc:
-                    error = exc
+                    error = exc.with_traceback(None)  # no frame cycle keeping the body alive
                 else:
                     if raw is not None:
-                        model_id = _model_from_header(raw)
-            if model_id is None:
-                model_id = models.from_path(path)
+                        header_model = _model_from_header(raw)
+                        if header_model is None:
+                            error = ModelMissing(
+                                "the model header must be a printable string of at most 256 "
+                                "characters"
+                            )
+                        else:
+                            named.append(header_model)
+            path_model = models.from_path(path)
+            if path_model is not None:
+                named.append(path_model)
+            model_id = named[0] if named else None
             try:
                 # Two Authorization headers are refused: the app might read the other one.
                 identity = await serving.identity.authenticate(authorization_header(headers))
             except IdentityError as exc:
                 # Who is calling comes first: a 401 outranks a bad header, and the gate reads (and
                 # parses, for up to 32 MiB of form) no body of a caller it cannot identify.
-                error = exc
+                error = exc.with_traceback(None)  # no frame cycle keeping the body alive
             if error is None and not runtime.audit_accepting:
                 # Refused whatever the body says: it is not read.
                 error = AuditUnavailable("audit records cannot be written")
-            if model_id is None and error is None and models.wants_body(method, path):
-                body = await read_body(receive, models.max_body_bytes)
+            wants_json = models.wants_body(method, path)
+            if error is None and (wants_json or models.wants_form(method, path)):
+                # The body is read even when a header names the model: the app reads the body,
+                # and serves its default model when the body names none.
+                limit = models.max_body_bytes if wants_json else models.max_form_bytes
                 try:
-                    model_id = model_from_json(body, models.max_body_bytes)
+                    body = await read_body_within(receive, limit, runtime.budget, limits)
+                    if wants_json:
+                        named.append(model_from_json(body, limit, limits.max_json_containers))
+                    else:
+                        named.append(model_from_form(body, content_type_of(headers), limit))
                 except RequestError as exc:
-                    error = exc
-            elif model_id is None and error is None and models.wants_form(method, path):
-                body = await read_body(receive, models.max_form_bytes)
-                try:
-                    model_id = model_from_form(
-                        body, content_type_of(headers), models.max_form_bytes
-                    )
-                except RequestError as exc:
-                    error = exc
+                    error = exc.with_traceback(None)  # no frame cycle keeping the body alive
+                except BufferBudgetExhausted as exc:
+                    error = exc.with_traceback(None)  # no frame cycle keeping the body alive
+                body_id = named[-1] if error is None else None
+                model_id = model_id or body_id
+            if error is None and len(set(named)) > 1:
+                error = ModelConflict(
+                    "the request names different models: " + ", ".join(m[:64] for m in named)
+                )
             if error is not None:
                 refused = gate.refuse(
                     error, identity=identity, origin=origin, model_id=model_id, state=state
@@ -443,8 +500,8 @@ class AIDRGateMiddleware:
                 identity=identity, origin=origin, model_id=model_id, state=state, entity=entity
             )
             return decision, body
-        except Exception:  # fail closed: a bug in a stage is a deny, never an allow
-            logger.exception("deciding a request failed; denying")
+        except Exception as exc:  # fail closed: a bug in a stage is a deny, never an allow
+            _log_internal_error(exc)
             fallback = origin or _unknown_origin(scope)
             return (
                 gate.refuse(
@@ -462,7 +519,7 @@ class AIDRGateMiddleware:
         send: Send,
         decision: Decision,
         extra: list[tuple[bytes, bytes]],
-        record: Callable[[], Awaitable[None]],
+        record: Callable[[], Awaitable[bool]],
     ) -> None:
         payload = error_body(decision)
         await send(
@@ -472,7 +529,8 @@ class AIDRGateMiddleware:
                 "headers": [*error_headers(decision, len(payload)), *extra],
             }
         )
-        await record()
+        if not await record():
+            return  # not recorded: the answer is left incomplete
         await send({"type": "http.response.body", "body": payload, "more_body": False})
 
     def _listing_filter(
@@ -654,8 +712,54 @@ def _peer(scope: Scope) -> str | None:
     return None
 
 
+# One unresolved origin per peer address, shared: the audit trail caches what it serialises of
+# an origin by the object's identity, so a flood of refusals must not bring a new one each.
+_UNKNOWN_ORIGINS: dict[str | None, Origin] = {}
+_MAX_UNKNOWN_ORIGINS = 1024
+
+
 def _unknown_origin(scope: Scope) -> Origin:
-    return Origin(ip=None, resolved_by="unresolved", peer=_peer(scope))
+    peer = _peer(scope)
+    origin = _UNKNOWN_ORIGINS.get(peer)
+    if origin is None:
+        if len(_UNKNOWN_ORIGINS) >= _MAX_UNKNOWN_ORIGINS:
+            _UNKNOWN_ORIGINS.clear()
+        origin = _UNKNOWN_ORIGINS[peer] = Origin(ip=None, resolved_by="unresolved", peer=peer)
+    return origin
+
+
+def _header_bytes(headers: list[tuple[bytes, bytes]]) -> int:
+    total = 0
+    for name, value in headers:
+        total += len(name) + len(value)
+    return total
+
+
+# Internal errors already logged with their traceback, by where they were raised: a bug that
+# every request meets is logged once, not once per request (bounded: a new cause past the bound
+# is logged again, never lost).
+_LOGGED_CAUSES: set[tuple[str, str, int]] = set()
+_MAX_LOGGED_CAUSES = 256
+
+
+def _log_internal_error(exc: Exception) -> None:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = (tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb is not None else ("?", 0)
+    cause = (type(exc).__qualname__, *where)
+    if cause in _LOGGED_CAUSES:
+        return
+    if len(_LOGGED_CAUSES) >= _MAX_LOGGED_CAUSES:
+        _LOGGED_CAUSES.clear()
+    _LOGGED_CAUSES.add(cause)
+    logger.error(
+        "deciding a request failed; denying (logged once per cause: %s at %s:%d)",
+        cause[0],
+        cause[1],
+        cause[2],
+        exc_info=exc,
+    )
 
 
 def _model_from_header(raw: bytes) -> str | None:
@@ -665,7 +769,7 @@ def _model_from_header(raw: bytes) -> str | None:
         return None
 
 
-async def _shielded(work: Awaitable[None]) -> None:
+async def _shielded(work: Awaitable[object]) -> None:
     """Finish an audit write even when the request task is being cancelled."""
     task = asyncio.ensure_future(work)
     try:

@@ -7,6 +7,7 @@ request. Nothing here decides anything; it only finds the model id or says why i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from dataclasses import dataclass, field
@@ -18,9 +19,13 @@ from aidr_gate.asgi_types import Message, Receive
 from aidr_gate.errors import (
     BodyIncomplete,
     BodyNotJSON,
+    BodyTimeout,
+    BodyTooComplex,
     BodyTooLarge,
+    BufferBudgetExhausted,
     ModelMissing,
 )
+from aidr_gate.limits import BufferBudget, Limits
 
 # OpenAI-compatible endpoints (and vLLM's extras) that carry ``"model"`` in a JSON body.
 DEFAULT_JSON_PATHS: tuple[str, ...] = (
@@ -143,46 +148,101 @@ class BufferedBody:
     chunks: list[bytes]
     complete: bool  # False: the limit stopped the read; the rest is still in the original receive
     disconnected: bool = False
+    size: int = -1  # bytes read (-1: the sum of the chunks)
+    budget: BufferBudget | None = None  # what the bytes were taken from, given back by release()
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            self.size = sum(len(c) for c in self.chunks)
 
     @property
     def data(self) -> bytes:
-        """The bytes read so far."""
-        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        """The bytes read so far, as one bytes object: the chunks are joined once and kept
+        joined (the copy replaces them rather than doubling what the request holds)."""
+        chunks = self.chunks
+        if len(chunks) == 1:
+            return chunks[0]
+        joined = b"".join(chunks)
+        self.chunks = [joined] if joined else []
+        return joined
+
+    def release(self) -> None:
+        """Give the bytes back to the budget (once): the app has them, or the request is over."""
+        budget, self.budget = self.budget, None
+        if budget is not None:
+            budget.give_back(self.size)
 
 
-async def read_body(receive: Receive, limit: int) -> BufferedBody:
-    """Read the body until its end or just past *limit* bytes, keeping every chunk as it came."""
-    chunks: list[bytes] = []
-    size = 0
+async def read_body_within(
+    receive: Receive, limit: int, budget: BufferBudget, limits: Limits
+) -> BufferedBody:
+    """:func:`read_body` within ``limits.body_timeout`` (else :class:`BodyTimeout`, 408) and the
+    process-wide *budget* (else :class:`BufferBudgetExhausted`, 503); the bytes read stay taken
+    from the budget until :meth:`BufferedBody.release`."""
+    body = BufferedBody([], False, size=0, budget=budget)
+    try:
+        async with asyncio.timeout(limits.body_timeout):
+            await read_body(receive, limit, body)
+    except TimeoutError:
+        body.release()
+        raise BodyTimeout(
+            f"the body did not arrive within {limits.body_timeout:g} seconds"
+        ) from None
+    except BufferBudgetExhausted:
+        body.release()
+        budget.refused += 1
+        raise
+    return body
+
+
+async def read_body(receive: Receive, limit: int, into: BufferedBody | None = None) -> BufferedBody:
+    """Read the body until its end or just past *limit* bytes, keeping every chunk as it came.
+
+    Into *into* when given, taking each chunk from its budget first (raising
+    :class:`BufferBudgetExhausted` when the budget cannot hold it).
+    """
+    body = into if into is not None else BufferedBody([], False, size=0)
+    chunks = body.chunks
+    budget = body.budget
     while True:
         message = await receive()
         kind = message.get("type")
         if kind == "http.disconnect":
-            return BufferedBody(chunks, complete=False, disconnected=True)
+            body.disconnected = True
+            return body
         if kind != "http.request":
             continue
         chunk = message.get("body", b"")
         if chunk:
+            if budget is not None and not budget.take(len(chunk), body.size):
+                raise BufferBudgetExhausted(
+                    f"the gate holds {budget.limit} bytes of request bodies already"
+                )
             chunks.append(chunk)
-            size += len(chunk)
-        # Past the limit is too large even in the last chunk (a server's chunk can be 64 KiB).
-        # Positional (chunks, complete): keywords cost a dataclass more, once per request.
-        if size > limit:
-            return BufferedBody(chunks, False)
+            body.size += len(chunk)
+        # Past the limit is too large even in the last chunk (a server's chunk can be 64 KiB):
+        # left incomplete, so it is refused as too large.
+        if body.size > limit:
+            return body
         if not message.get("more_body", False):
-            return BufferedBody(chunks, True)
+            body.complete = True
+            return body
 
 
 def replay(body: BufferedBody, receive: Receive) -> Receive:
-    """A receive callable that yields the buffered chunks as they came, then defers to *receive*."""
-    pending = list(body.chunks)
+    """A receive callable that yields the buffered chunks as they came, then defers to *receive*.
+
+    The body keeps none of the chunks: once the app has taken the last one, it holds them alone.
+    """
+    pending = body.chunks[::-1]  # popped from the end: O(1) a chunk
+    body.chunks = []
     more_after = not body.complete
     if not pending:
         pending = [b""]
 
     async def replayed() -> Message:
         if pending:
-            chunk = pending.pop(0)
+            chunk = pending.pop()
             return {"type": "http.request", "body": chunk, "more_body": bool(pending) or more_after}
         return await receive()
 
@@ -220,12 +280,31 @@ def _parse_object(data: bytes) -> Any:
     return json.loads(data, object_pairs_hook=_reject_duplicates)
 
 
-def model_from_json(body: BufferedBody, limit: int) -> str:
-    """The ``model`` field of a complete JSON-object body; raises a :class:`RequestError`."""
+# Above this many bytes a body's containers are counted before it is parsed (below it, parsing
+# costs less than a millisecond whatever it holds).
+_COUNT_CONTAINERS_ABOVE = 64 * 1024
+
+
+def model_from_json(body: BufferedBody, limit: int, max_containers: int = 100_000) -> str:
+    """The ``model`` field of a complete JSON-object body; raises a :class:`RequestError`.
+
+    Parsing costs about a microsecond per object or array, on the event loop: a large body's
+    ``{`` and ``[`` bytes are counted first (``bytes.count``, a few milliseconds for 8 MiB) and
+    past *max_containers* it is refused unparsed (strings' brackets count too: a bound, not a
+    parse).
+    """
     if body.disconnected:
         raise BodyIncomplete("the client disconnected before sending the whole body")
     if not body.complete:
         raise BodyTooLarge(f"request body is larger than {limit} bytes")
+    if body.size > _COUNT_CONTAINERS_ABOVE:  # counted in the chunks: no joined copy to refuse
+        containers = sum(chunk.count(b"{") for chunk in body.chunks)
+        if containers <= max_containers:
+            containers += sum(chunk.count(b"[") for chunk in body.chunks)
+        if containers > max_containers:
+            raise BodyTooComplex(
+                f"request body holds more than {max_containers} JSON objects and arrays"
+            )
     try:
         parsed = _parse_object(body.data)
     except (ValueError, RecursionError):

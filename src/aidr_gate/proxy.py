@@ -103,7 +103,7 @@ class UpstreamProxy:
         self._prefix = str(base.origin()) + base.raw_path.rstrip("/")
         s = self.settings
         reserved = {s.decision_header, s.entity_header, s.effect_header}
-        self._reserved = frozenset(name.lower().encode("latin-1") for name in reserved)
+        self._reserved = frozenset(_folded(name.encode("latin-1")) for name in reserved)
         self._session: aiohttp.ClientSession | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ class UpstreamProxy:
                 elif name == b"host":
                     host = value.decode("latin-1")
                 continue
-            if name.startswith(TRUSTED_PREFIX) or name in reserved or name in listed:
+            if name in listed or _trusted_spelling(name, reserved):
                 continue
             if name == b"x-forwarded-proto":
                 has_proto = True
@@ -473,6 +473,22 @@ def _response_headers(raw: Any) -> list[tuple[bytes, bytes]]:
             continue
         out.append((lower, value))
     return out
+
+
+def _folded(name: bytes) -> bytes:
+    """A header name as an upstream may fold it: any case, ``_`` read as ``-`` (WSGI servers map
+    both ``x-aidr-entity`` and ``x_aidr_entity`` to ``HTTP_X_AIDR_ENTITY``)."""
+    return name.lower().replace(b"_", b"-")
+
+
+def _trusted_spelling(name: bytes, reserved: frozenset[bytes]) -> bool:
+    """True for any spelling of a header only the sidecar may set."""
+    if name.startswith(TRUSTED_PREFIX) or name in reserved:
+        return True
+    if b"_" not in name and name.islower():
+        return False  # the common case: an ASGI name, already as the upstream reads it
+    folded = _folded(name)
+    return folded.startswith(TRUSTED_PREFIX) or folded in reserved
 
 
 def _header_text(value: str) -> str:

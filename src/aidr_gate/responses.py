@@ -39,6 +39,12 @@ _MESSAGES = {
     "BODY_NOT_FORM": "The request body must be a multipart form with one model field.",
     "MODEL_MISSING": "The request must name a model.",
     "HEADER_REPEATED": "The request repeats a header that must come once.",
+    "MODEL_CONFLICT": "The request names different models in different places.",
+    "FORM_AMBIGUOUS": "The form has a part that parsers could read differently.",
+    "HEADERS_TOO_LARGE": "The request's headers are too large or too many.",
+    "BODY_TIMEOUT": "The request body did not arrive in time.",
+    "BODY_TOO_COMPLEX": "The request body holds too many JSON objects and arrays.",
+    "BUFFER_BUDGET_EXHAUSTED": "The service is holding too many uploads; try again shortly.",
     "AUDIT_UNAVAILABLE": "The service cannot record requests right now and refuses them.",
     "POLICY_EVALUATION_FAILED": "The request could not be evaluated and is refused.",
     "GATE_NOT_READY": "The gate is not ready.",
@@ -114,4 +120,6 @@ def error_headers(decision: Decision, length: int) -> list[tuple[bytes, bytes]]:
     headers = json_headers(length)
     if decision.status == 401:
         headers.append((b"www-authenticate", www_authenticate(decision.reasons[0])))
+    elif decision.status == 503:  # the budget, the audit trail, the registry: try again shortly
+        headers.append((b"retry-after", b"1"))
     return headers

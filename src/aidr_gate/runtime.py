@@ -32,6 +32,7 @@ from aidr_gate.gate import Gate, GateState, load_state
 from aidr_gate.geo import ReloadResult
 from aidr_gate.identity import Authenticator
 from aidr_gate.jwks import FileKeys, RemoteJwks
+from aidr_gate.limits import LIMITS, BufferBudget, Limits
 from aidr_gate.origin import OriginResolver, build_origin_resolver
 from aidr_gate.patterns.runtime import pattern_tracker_for
 from aidr_gate.patterns.settings import PATTERNS
@@ -73,6 +74,7 @@ class Serving:
     origin: OriginResolver
     settings: MiddlewareSettings
     config: GateConfig | None = None
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,10 +160,15 @@ class Runtime:
         telemetry: Telemetry | None = None,
         policy_watch_interval: float = DEFAULT_POLICY_WATCH_INTERVAL,
         wiring: TelemetryWiring | None = None,
+        limits: Limits | None = None,
         registry: RegistryView | None = None,
     ) -> None:
         self.gate = gate
-        self._serving = Serving(gate.state, identity, origin, settings, config)
+        limits = limits or (config.get(LIMITS) if config is not None else Limits())
+        self._serving = Serving(gate.state, identity, origin, settings, config, limits)
+        # Request bodies held at once, across every request this runtime gates: one budget for
+        # the runtime's life (a reload resizes it; bodies in flight give back what they took).
+        self.budget = BufferBudget(limits.max_buffered_bytes)
         # A database registry's cache (None for a file loaded whole with the policy): started and
         # closed here, kept across reloads, its changes rechecking the admitted streams.
         self.registry = registry
@@ -177,6 +184,7 @@ class Runtime:
         self.telemetry: Telemetry = telemetry or self.wiring.telemetry
         self.telemetry.watch_runtime(self)
         self._count_key_reloads(identity)
+        self._apply_limits(limits)
         self._watch_interval = policy_watch_interval
         self._tasks: list[asyncio.Task[None]] = []
         self._geoip_watch: asyncio.Task[None] | None = None
@@ -213,6 +221,11 @@ class Runtime:
         return self._serving.settings
 
     @property
+    def limits(self) -> Limits:
+        """The current ``limits:`` settings."""
+        return self._serving.limits
+
+    @property
     def config(self) -> GateConfig | None:
         """The configuration in force (restart-only sections as they were at start)."""
         return self._serving.config
@@ -244,8 +257,21 @@ class Runtime:
             audit=AuditTrail(cfg.get(AUDIT)),
             config=cfg,
             wiring=wiring,
+            limits=cfg.get(LIMITS),
             registry=loaded.registry,
         )
+
+    def _apply_limits(self, limits: Limits) -> None:
+        """Size the buffer budget and the recorded values' caps to *limits* (at the start, and in
+        a reload's swap, so requests see the new limits and the budget together)."""
+        self.budget.resize(limits.max_buffered_bytes)
+        if self.audit is not None:
+            # Caps of recorded values, applied where records are rendered (the writer thread,
+            # which is then the one thread that counts truncations).
+            redactor = self.audit.redactor
+            redactor.max_value = limits.max_recorded_value
+            redactor.max_record = limits.max_record_bytes
+            redactor.notify = self.telemetry.truncated
 
     def _count_key_reloads(self, identity: Authenticator) -> None:
         if isinstance(identity.keys, FileKeys):
@@ -367,18 +393,23 @@ class Runtime:
             return ()
         return self.audit.redactor.select(headers)
 
-    async def record(self, decision: Decision, context: RequestContext) -> None:
-        """Hand one record to the audit trail; wait only as long as its durability policy says."""
+    async def record(self, decision: Decision, context: RequestContext) -> bool:
+        """Hand one record to the audit trail; wait only as long as its durability policy says.
+
+        False when the trail was waited for and says the record was not stored: the caller must
+        not complete its response (``fsync: always``: answered means recorded).
+        """
         audit = self.audit
         if audit is None:
-            return
+            return True
         stored = audit.submit(AuditEvent(decision, context))
         # fsync always: answered means recorded. A backlog under on_failure deny: the request
         # waits for its record (backpressure) rather than the record being lost.
         if audit.durable_on_await or audit.backlogged:
             # Shielded: the future is shared by every record of its batch, and a cancelled request
             # (a client gone) must not cancel the others' wait.
-            await asyncio.shield(stored)
+            return bool(await asyncio.shield(stored))
+        return True
 
     # -- reloading -----------------------------------------------------------------------------
 
@@ -446,6 +477,7 @@ class Runtime:
         # signals and the section's reloadable keys in the same swap.
         self.gate.swap(state, patterns=applied.get(PATTERNS))
         self._serving = new
+        self._apply_limits(new.limits)
         registry = applied.registry_settings
         if registry is not None:
             self.streams.enabled = registry.cut_streams
@@ -494,7 +526,7 @@ class Runtime:
                 if identity is not old.identity:
                     await identity.close()
                 raise
-        return Serving(state, identity, origin, config.get(MIDDLEWARE), config)
+        return Serving(state, identity, origin, config.get(MIDDLEWARE), config, config.get(LIMITS))
 
     async def _retire(self, old: Serving, new: Serving) -> None:
         """Close the stages the new state replaced (after the swap: lookups are synchronous on

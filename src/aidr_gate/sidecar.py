@@ -21,11 +21,14 @@ from typing import Any
 import uvicorn
 
 from aidr_gate.asgi_types import Receive, Scope, Send
+from aidr_gate.audit.record import loggable_target
 from aidr_gate.errors import ConfigError
+from aidr_gate.limits import Limits
 from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.proxy import UpstreamProxy
 from aidr_gate.responses import json_headers
 from aidr_gate.runtime import Runtime
+from aidr_gate.server_limits import server_options
 from aidr_gate.settings.loader import GateConfig, read_config
 from aidr_gate.settings.proxy import PROXY, SidecarSettings, upstream_problem
 from aidr_gate.stores.settings import registry_detail
@@ -198,6 +201,25 @@ class SidecarApp:
             await asyncio.sleep(UPSTREAM_PROBE_SECONDS)
 
 
+class AccessLogScrubber(logging.Filter):
+    """Redacts the request target of uvicorn's access log lines: no query string (where keys and
+    tokens are sent) and no credential path segment reaches the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the target argument of ``'%s - "%s %s HTTP/%s" %d'``; keep every line."""
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (args[0], args[1], loggable_target(args[2]), args[3], args[4])
+        return True
+
+
+def scrub_access_log() -> None:
+    """Install :class:`AccessLogScrubber` on uvicorn's access logger (once)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, AccessLogScrubber) for f in access.filters):
+        access.addFilter(AccessLogScrubber())
+
+
 def uvicorn_config(
     app: Any,
     *,
@@ -206,8 +228,12 @@ def uvicorn_config(
     access_log: bool = False,
     log_level: str | None = None,
     shutdown_timeout: float | None = None,
+    limits: Limits | None = None,
 ) -> uvicorn.Config:
-    """How the sidecar (and the demo, and the bench's plain proxy) run under uvicorn."""
+    """How the sidecar (and the demo, and the bench's plain proxy) run under uvicorn: with the
+    server limits of *limits* (``server_limits.py``; the defaults when None)."""
+    if access_log:
+        scrub_access_log()
     return uvicorn.Config(
         app,
         host=host,
@@ -222,6 +248,7 @@ def uvicorn_config(
         timeout_graceful_shutdown=shutdown_timeout,  # type: ignore[arg-type]
         log_config=None,  # the caller's logging format for every line
         log_level=log_level,
+        **server_options(limits or Limits()),
     )
 
 

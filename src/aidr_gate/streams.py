@@ -260,22 +260,21 @@ def cancelled_otherwise() -> bool:
 async def finish_cut(
     stream: AdmittedStream,
     send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
-    record: Callable[[Decision, RequestContext], Awaitable[None]],
+    record: Callable[[Decision, RequestContext], Awaitable[bool]],
     scope: MutableMapping[str, Any],
     headers: tuple[tuple[str, str], ...],
-) -> None:
-    """End a cut stream: the final error event, then the cut's own audit record (linked to the
-    admitted decision by ``cut_of``). The app may have absorbed the cancellation (anyio task
-    groups do) and returned: it is withdrawn here too."""
+) -> bool:
+    """End a cut stream: the cut's own audit record (linked to the admitted decision by
+    ``cut_of``), then the final error event. False when the record was not stored: the stream
+    is then left incomplete, as every response whose record was not stored (``fsync: always``).
+    The app may have absorbed the cancellation (anyio task groups do) and returned: it is
+    withdrawn here too."""
     task = asyncio.current_task()
     if task is not None and task.cancelling() == 1:
         task.uncancel()
     cut = stream.cut
     if cut is None:  # pragma: no cover - only called for a cut stream
-        return
-    # The client may have left meanwhile: the cut is recorded all the same.
-    with contextlib.suppress(OSError):
-        await send({"type": "http.response.body", "body": stream.final_event(), "more_body": False})
+        return True
     context = RequestContext(
         scope.get("method", "GET"),
         scope.get("path", ""),
@@ -286,8 +285,16 @@ async def finish_cut(
         ending=Ending.CUT,
         cut_of=stream.decision.decision_id,
     )
-    # Shielded: a cancellation arriving now (a shutdown) must not lose the record.
+    # Recorded before the final event, so the client never has a complete answer whose record
+    # was not stored. Shielded: a cancellation arriving now (a shutdown) must not lose it.
     try:
-        await asyncio.shield(asyncio.ensure_future(record(cut, context)))
-    except Exception:  # the response is complete: say so in the log, not to the server
+        stored = await asyncio.shield(asyncio.ensure_future(record(cut, context)))
+    except Exception:  # said in the log, not to the server; the stream is left incomplete
         logger.exception("writing the audit record of a cut failed")
+        return False
+    if not stored:
+        return False
+    # The client may have left meanwhile: the cut is recorded all the same.
+    with contextlib.suppress(OSError):
+        await send({"type": "http.response.body", "body": stream.final_event(), "more_body": False})
+    return True

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from aidr_gate.audit.facts import Shared
-from aidr_gate.audit.record import DATASET, SCHEMA_VERSION, AuditEvent, clean_path
+from aidr_gate.audit.record import DATASET, SCHEMA_VERSION, AuditEvent
 from aidr_gate.audit.template import Places, TemplateRenderer, Values, presence, put
 from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.facts import Identity, Origin
@@ -139,7 +139,11 @@ class EcsRenderer(TemplateRenderer):
 
     def identity_members(self, identity: Identity) -> tuple[bytes | None, ...]:
         """ECS ``user`` and ``aidr.identity``."""
-        user = None if identity.subject is None else _dumps({"id": identity.subject})
+        user = (
+            None
+            if identity.subject is None
+            else _dumps({"id": self.redactor.cut(identity.subject)})
+        )
         return user, identity_member(identity)
 
     def origin_members(self, origin: Origin) -> tuple[bytes | None, ...]:
@@ -174,7 +178,9 @@ class EcsRenderer(TemplateRenderer):
             if request.status is not None:
                 http["response"] = {"status_code": request.status}
             values[_Slot.HTTP] = _dumps(http)
-            values[_Slot.URL] = _dumps({"path": clean_path(request.path), "scheme": request.scheme})
+            values[_Slot.URL] = _dumps(
+                {"path": self.redactor.path(request.path), "scheme": request.scheme}
+            )
             headers = self.redactor.headers(request.headers)
             agent = headers.get("user-agent")
             if agent is not None:

@@ -33,6 +33,7 @@ from aidr_gate.audit.record import (
     ObjectCache,
     RequestContext,
     _Clock,
+    compact,
 )
 from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.facts import Identity, Origin
@@ -147,6 +148,10 @@ class FactsBook:
         written.add(shared.facts_id)
         return True
 
+    def undue(self, shared: Shared) -> None:
+        """*shared*'s facts were not written after all (its record was rendered again)."""
+        self._written.discard(shared.facts_id)
+
     def forget(self) -> None:
         """A new file begins: every facts record is due again before its first use there."""
         self._written.clear()
@@ -184,8 +189,8 @@ def _build(decision: Decision, refs: tuple[object, ...]) -> Shared:
     return Shared(
         refs=refs,
         facts_id=ident,
-        facts=orjson.dumps({"id": ident, **tree}),
-        ref=orjson.dumps(ident),
+        facts=compact(orjson.dumps({"id": ident, **tree})),
+        ref=compact(orjson.dumps(ident)),
     )
 
 

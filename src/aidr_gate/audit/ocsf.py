@@ -22,7 +22,7 @@ from aidr_gate.audit.ecs import (
     request_values,
 )
 from aidr_gate.audit.facts import Shared
-from aidr_gate.audit.record import AuditEvent, RequestContext, clean_path
+from aidr_gate.audit.record import AuditEvent, RequestContext
 from aidr_gate.audit.template import Places, TemplateRenderer, Values, presence, put
 from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.facts import Identity, Origin
@@ -121,7 +121,7 @@ class OcsfRenderer(TemplateRenderer):
 
     def identity_members(self, identity: Identity) -> tuple[bytes | None, ...]:
         """The caller's ``actor.user.uid`` (a JSON string, or None) and ``aidr.identity``."""
-        subject = None if identity.subject is None else _dumps(identity.subject)
+        subject = None if identity.subject is None else _dumps(self.redactor.cut(identity.subject))
         return subject, identity_member(identity)
 
     def origin_members(self, origin: Origin) -> tuple[bytes | None, ...]:
@@ -164,7 +164,7 @@ class OcsfRenderer(TemplateRenderer):
             method = _activity(request)[0]
             http: dict[str, Any] = {
                 "http_method": method,
-                "url": {"path": clean_path(request.path), "scheme": request.scheme},
+                "url": {"path": self.redactor.path(request.path), "scheme": request.scheme},
             }
             headers = self.redactor.headers(request.headers)
             agent = headers.get("user-agent")

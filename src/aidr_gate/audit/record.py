@@ -34,12 +34,46 @@ DATASET = "aidr_gate.audit"
 
 # Header names whose values are credentials: never recorded, even when allow-listed by mistake.
 REDACTED = "[REDACTED]"
+# Appended to a value cut to its cap (``limits.max_recorded_value``): the record says it was cut.
+TRUNCATED = "...[TRUNCATED]"
 MAX_PATH = 2048
 MAX_HEADER_VALUE = 512
-# A value that carries a credential even under an innocent header name: a JWT or an auth scheme.
+DEFAULT_MAX_RECORD = 16 * 1024
+# A value that carries a credential even under an innocent header name: a JWT, an auth scheme, a
+# key or token passed as a URL parameter.
 _CREDENTIAL = re.compile(
-    r"eyJ[A-Za-z0-9_-]{4,}\.|^\s*(?:bearer|basic|digest|splunk|apikey)\s", re.I
+    r"eyJ[A-Za-z0-9_-]{4,}\.|^\s*(?:bearer|basic|digest|splunk|apikey)\s"
+    r"|(?:api[_-]?key|access[_-]?token|token|secret|password|passwd|sig|signature)=",
+    re.I,
 )
+# A path segment that is a credential: a JWT, or an API key in a common vendor shape.
+_CREDENTIAL_SEGMENT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.|^(?:sk|pk|rk|api|key)-[A-Za-z0-9_-]{16,}")
+# What a line reader splits on that JSON leaves raw: escaped in the record's bytes (``\u2028``),
+# which reads back as the same string. Anything else (control characters) orjson escapes itself.
+_LINE_BREAKS = (
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+    (b"\xc2\x85", b"\\u0085"),
+)
+
+
+def escape_line_breaks(body: bytes) -> bytes:
+    """*body* (one JSON record) with U+2028, U+2029 and U+0085 escaped: one record stays one line
+    for ``str.splitlines`` and the log shippers that split where it does. These bytes can only
+    be inside JSON strings, where the escape means the same character."""
+    if b"\xe2\x80" in body or b"\xc2\x85" in body:
+        for raw, escaped in _LINE_BREAKS:
+            body = body.replace(raw, escaped)
+    return body
+
+
+def _escaped(text: str) -> str:
+    """*text* with lone surrogates (which UTF-8, so JSON, cannot hold) written as ``\\udXXX``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 class Ending(StrEnum):
@@ -84,9 +118,21 @@ class AuditEvent(msgspec.Struct, frozen=True, gc=False):
 
 
 class Redactor:
-    """Which request header values may be recorded: the allow-list less the credential headers."""
+    """What of a request may be recorded, and how much: the header allow-list less the credential
+    headers, credentials scrubbed from values and paths, every caller-influenced string capped
+    (``limits.max_recorded_value``, marked and counted) and made renderable.
 
-    def __init__(self, allowed: Iterable[str] = DEFAULT_HEADERS) -> None:
+    ``select`` runs on the event loop; the rest on the audit writer's thread, where records are
+    rendered: ``notify`` (``Telemetry.truncated``) is called there only.
+    """
+
+    def __init__(
+        self,
+        allowed: Iterable[str] = DEFAULT_HEADERS,
+        *,
+        max_value: int = MAX_HEADER_VALUE,
+        max_record: int = DEFAULT_MAX_RECORD,
+    ) -> None:
         self.allowed: frozenset[str] = frozenset(h.lower() for h in allowed) - ALWAYS_REDACTED
         raw = []
         for name in self.allowed:
@@ -95,43 +141,165 @@ class Redactor:
             except UnicodeEncodeError:  # it can match no raw header
                 continue
         self._allowed_raw = frozenset(raw)
+        self.max_value = max_value
+        self.max_record = max_record
+        self.notify: Callable[[str], None] | None = None
+        self.values_cut = 0
+        self.records_cut = 0
+
+    def cut(self, text: str, cap: int | None = None) -> str:
+        """*text* made renderable and cut to *cap* characters (``max_value``), with a marker."""
+        cap = self.max_value if cap is None else cap
+        if len(text) > cap:
+            text = text[:cap] + TRUNCATED
+            self.values_cut += 1
+            if self.notify is not None:
+                self.notify("value")
+        return text if text.isascii() else _escaped(text)
+
+    def record_cut(self) -> None:
+        """Count a record cut to ``max_record`` bytes."""
+        self.records_cut += 1
+        if self.notify is not None:
+            self.notify("record")
 
     def select(self, raw: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
-        """The allow-listed headers of an ASGI ``scope["headers"]`` list, decoded."""
+        """The allow-listed headers of an ASGI ``scope["headers"]`` list, decoded; of a header
+        repeated past ``max_value`` bytes, what follows is not kept (it would be cut anyway)."""
         allowed = self._allowed_raw
+        cap = self.max_value
         out = []
+        kept: dict[bytes, int] = {}
         for name, value in raw:
             # ASGI names are lower case: only a non-conforming server's names are lowered here.
             if name not in allowed and (name.islower() or name.lower() not in allowed):
                 continue
-            out.append((name.lower().decode("latin-1"), value.decode("latin-1")))
+            key = name.lower()
+            size = kept.get(key, 0)
+            if size > cap:
+                continue
+            kept[key] = size + len(value) + 2
+            out.append((key.decode("latin-1"), value[: cap + 1].decode("latin-1")))
         return tuple(out)
 
     def headers(self, pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-        """The recordable headers as a mapping; repeated names are joined with ``, ``."""
-        out: dict[str, str] = {}
+        """The recordable headers as a mapping; repeated names are joined with ``, `` (once, at
+        the end: linear in the values kept), each joined value capped."""
+        joined: dict[str, list[str]] = {}
+        sizes: dict[str, int] = {}
         allowed = self.allowed
+        cap = self.max_value
         for name, value in pairs:
             key = name.lower()
             if key not in allowed:
                 continue
-            text = value[:MAX_HEADER_VALUE]
+            parts = joined.get(key)
+            if parts is None:
+                parts = joined[key] = []
+                sizes[key] = 0
+            elif sizes[key] > cap:
+                continue  # already past the cap: the rest is cut off
+            text = value[: cap + 1]
+            sizes[key] += len(text) + 2
             if _CREDENTIAL.search(text):
-                text = REDACTED
-            out[key] = f"{out[key]}, {text}" if key in out else text
-        return out
+                text = _without_credential(text)
+            parts.append(text)
+        return {key: self.cut(", ".join(parts)) for key, parts in joined.items()}
+
+    def path(self, path: str) -> str:
+        """The recorded path: no query string or fragment, no credential segment, capped."""
+        return self.cut(without_credential_segments(clean_path(path, MAX_PATH + 1)), MAX_PATH)
 
 
-def clean_path(path: str) -> str:
+def without_credential_segments(path: str) -> str:
+    """*path* (no query) with each segment that is a credential (a JWT, an API key) redacted."""
+    if "eyJ" not in path and "-" not in path:
+        return path
+    return "/".join(
+        REDACTED if _CREDENTIAL_SEGMENT.search(segment) else segment for segment in path.split("/")
+    )
+
+
+def loggable_target(target: str) -> str:
+    """A request target (path and query) as a log line may show it: credential segments and
+    the whole query string redacted (the query is where keys and tokens are sent)."""
+    path, mark, _ = target.partition("?")
+    path = without_credential_segments(path)
+    return f"{path}?{REDACTED}" if mark else path
+
+
+def _without_credential(text: str) -> str:
+    """A header value that holds a credential: a URL keeps its scheme, host and path, its query
+    (where the credential is) redacted; anything else is redacted whole."""
+    if "://" in text:
+        base = text.split("#", 1)[0].split("?", 1)[0]
+        if not _CREDENTIAL.search(base):
+            return f"{base}?{REDACTED}"
+    return REDACTED
+
+
+def clean_path(path: str, limit: int = MAX_PATH) -> str:
     """The path without its query string or fragment (which may carry keys), bounded in length."""
-    if "?" not in path and "#" not in path and len(path) <= MAX_PATH:
+    if "?" not in path and "#" not in path and len(path) <= limit:
         return path  # the common case, once per record
     cut = len(path)
     for mark in ("?", "#"):
         at = path.find(mark)
         if 0 <= at < cut:
             cut = at
-    return path[: min(cut, MAX_PATH)]
+    return path[: min(cut, limit)]
+
+
+def renderable(event: AuditEvent, redactor: Redactor) -> AuditEvent:
+    """*event* with every string a caller or a token could choose escaped for JSON and cut to
+    the redactor's caps (the slow path of a record that failed to render or was too large): the
+    token's claims, the entity id, the path and headers; and a request's headers dropped when,
+    even so, the record would be larger than ``max_record``."""
+    cut = redactor.cut
+    decision = event.decision
+    evidence = decision.evidence
+    identity = evidence.identity
+    if identity is not None:
+        identity = msgspec.structs.replace(
+            identity,
+            entity_id=cut(identity.entity_id),
+            subject=None if identity.subject is None else cut(identity.subject),
+            key_id=None if identity.key_id is None else cut(identity.key_id, 128),
+            issuer=None if identity.issuer is None else cut(identity.issuer),
+            claimed_headquarters=None
+            if identity.claimed_headquarters is None
+            else cut(identity.claimed_headquarters, 64),
+            claimed_parent=None
+            if identity.claimed_parent is None
+            else cut(identity.claimed_parent),
+        )
+    evidence = msgspec.structs.replace(
+        evidence,
+        identity=identity,
+        entity_id=None if evidence.entity_id is None else cut(evidence.entity_id),
+        model_requested=None if evidence.model_requested is None else cut(evidence.model_requested),
+    )
+    request = event.request
+    if request is not None:
+        headers = tuple((name, cut(value)) for name, value in request.headers)
+        budget = redactor.max_record // 2  # the rest of a record is the gate's own, bounded
+        if sum(len(n) + len(v) for n, v in headers) + len(request.path) > budget:
+            headers = ()
+        request = msgspec.structs.replace(request, path=cut(request.path, 256), headers=headers)
+    return AuditEvent(msgspec.structs.replace(decision, evidence=evidence), request)
+
+
+def compact(value: Any) -> Any:
+    """*value* (bytes, or a tuple of them) copied to its exact size, for a long-lived cache.
+
+    orjson returns its output in the buffer it wrote it into, 4 KiB or more whatever the
+    length: a cache of 4,096 small serialised members would hold 16 MiB or more.
+    """
+    if isinstance(value, bytes):
+        return memoryview(value).tobytes()
+    if isinstance(value, tuple):
+        return tuple(memoryview(v).tobytes() if isinstance(v, bytes) else v for v in value)
+    return value
 
 
 K = TypeVar("K")
@@ -153,7 +321,7 @@ class ObjectCache(Generic[K]):
         hit = self._items.get(id(obj))
         if hit is not None and hit[0] is obj:
             return hit[1]
-        value = self._build(obj)
+        value = compact(self._build(obj))
         if len(self._items) >= self._limit:
             self._items.clear()
         self._items[id(obj)] = (obj, value)

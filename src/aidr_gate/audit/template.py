@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import orjson
 
 from aidr_gate.audit.facts import FactsBook, Shared
-from aidr_gate.audit.record import AuditEvent, ObjectCache, Redactor, _Clock
+from aidr_gate.audit.record import AuditEvent, ObjectCache, Redactor, _Clock, renderable
 from aidr_gate.facts import Identity, Origin
 
 logger = logging.getLogger("aidr_gate.audit")
@@ -158,9 +158,38 @@ class TemplateRenderer:
 
     def render(self, event: AuditEvent) -> bytes:
         """The record's JSON object: the same bytes as ``orjson.dumps(self.document(event))``
-        (with ``facts_inline`` for the first record of its class in the current file)."""
-        shared = self.book.shared(event.decision)
-        values, mask = self.slot_values(event, shared, facts_inline=self.book.due(shared))
+        (with ``facts_inline`` for the first record of its class in the current file).
+
+        A record whose strings JSON cannot hold (a lone surrogate in a token's claim) or that is
+        larger than ``max_record`` bytes is rendered again from :func:`renderable`: its strings
+        escaped and cut to their caps, marked and counted; the record keeps its evidence.
+        """
+        book = self.book
+        shared: Shared | None = None
+        inline = False
+        try:
+            shared = book.shared(event.decision)
+            inline = book.due(shared)
+            body = self._fill(event, shared, inline)
+            if len(body) <= self.redactor.max_record:
+                return body
+            self.redactor.record_cut()
+        except TypeError:  # orjson: "str is not valid UTF-8: surrogates not allowed"
+            pass
+        if inline and shared is not None:
+            book.undue(shared)  # the facts record was not written: the next record carries it
+        event = renderable(event, self.redactor)
+        shared = book.shared(event.decision)
+        inline = book.due(shared)
+        try:
+            return self._fill(event, shared, inline)
+        except BaseException:
+            if inline:
+                book.undue(shared)
+            raise
+
+    def _fill(self, event: AuditEvent, shared: Shared, facts_inline: bool) -> bytes:
+        values, mask = self.slot_values(event, shared, facts_inline=facts_inline)
         if not self.compiled:
             return orjson.dumps(self.fields(event, shared, values))
         key = self.template_key(event, shared, mask)

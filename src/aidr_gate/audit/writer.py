@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aidr_gate.audit.chain import Chain, Signer
-from aidr_gate.audit.record import AuditEvent, Renderer, fallback_record
+from aidr_gate.audit.record import AuditEvent, Renderer, escape_line_breaks, fallback_record
 from aidr_gate.audit.sinks.file import FileJournal
 from aidr_gate.settings.audit import AuditConfig, FsyncPolicy
 
@@ -179,7 +179,7 @@ class WriterThread:
             except Exception as exc:  # a renderer bug must not lose the record
                 logger.exception("audit: rendering failed; writing a minimal record")
                 body = fallback_record(event, exc)
-            bodies.append(body)
+            bodies.append(escape_line_breaks(body))
         return bodies
 
     def _write_batch(self, events: list[AuditEvent], first: int) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from aidr_gate.limits import hand_back_large_allocations
 from aidr_gate.sidecar import (
     SidecarApp,
     SidecarSettings,
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         return replace(settings, proxy=proxy, shutdown_timeout=drain)
 
     app = build_sidecar(args.config, args.upstream, adjust=adjust)
+    hand_back_large_allocations()  # buffered bodies' memory goes back to the system when freed
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             started = runner.run(
@@ -156,6 +158,7 @@ async def serve(app: SidecarApp, *, host: str, port: int, access_log: bool = Fal
             port=port,
             access_log=access_log,
             shutdown_timeout=app.settings.shutdown_timeout,
+            limits=app.runtime.limits,
         )
     )
     loop = asyncio.get_running_loop()

@@ -252,6 +252,13 @@ class PolicyEngine:
         self._window_until = pack.effective_until if pack.effective_until is not None else math.inf
         self._evaluate = lru_cache(maxsize=cache_size)(self._evaluate_uncached)
 
+    def policy_ref(self, at: float) -> PolicyRef:
+        """The pack reference of a decision made at *at*: the status in force then, inside or
+        outside the legal window; one shared object per segment and side (the audit trail's
+        facts cache is keyed by its identity)."""
+        segment = bisect.bisect_right(self._bounds, at)
+        return self._segments[segment].refs[self._window_from <= at < self._window_until]
+
     # -- compile ----------------------------------------------------------------------------------
 
     @staticmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aidr_gate.limits import LIMITS
 from aidr_gate.patterns.settings import PATTERNS
 from aidr_gate.settings.audit import AUDIT
 from aidr_gate.settings.identity import IDENTITY
@@ -29,5 +30,6 @@ SECTIONS: tuple[Section[Any], ...] = (
     PROXY,
     TELEMETRY,
     SCREENING,
+    LIMITS,
     PATTERNS,
 )

@@ -255,6 +255,12 @@ class Telemetry:
         if self._counts():
             self._add(self.cells["aidr_gate.streams.cut"], (reason,))
 
+    def response_aborted(self, reason: str) -> None:
+        """Count a response left incomplete (its connection closed) because its audit record
+        was not stored: under ``fsync: always``, answered means recorded."""
+        if self._counts():
+            self._add(self.cells["aidr_gate.responses.aborted"], (reason,))
+
     def truncated(self, part: str) -> None:
         """Count an audit record cut to its caps: ``value`` (one field) or ``record`` (the whole).
 

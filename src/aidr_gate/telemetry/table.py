@@ -402,6 +402,14 @@ METRICS: tuple[MetricSpec, ...] = (
         "Admitted streams ended because a change now denies them, by reason",
         "Telemetry.stream_cut",
     ),
+    _counter(
+        "aidr_gate.responses.aborted",
+        "{response}",
+        ("aidr.reason",),
+        "Responses not completed because their audit record could not be stored "
+        "(fsync: always), by reason",
+        "Telemetry.response_aborted",
+    ),
     _observed(
         "aidr_gate.ready",
         Kind.GAUGE,
