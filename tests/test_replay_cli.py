@@ -268,7 +268,7 @@ def test_a_directory_without_write_permission_is_refused_before_replaying(
     def replay_files(*args: object, **kwargs: object) -> None:
         raise AssertionError("replayed before checking where the reports go")
 
-    monkeypatch.setattr("aidr_gate.cli.replay.os.access", access)
+    monkeypatch.setattr("aidr_gate.cli.report_files.os.access", access)
     monkeypatch.setattr("aidr_gate.cli.replay.replay_files", replay_files)
     target = str(locked / "r.json")
     assert main(["replay", "--pack", "aidr-2025-01", "--json", target, str(trail_dir)]) == 2

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from aidr_gate.cli.exit import EXIT_OK, EXIT_USAGE
-from aidr_gate.cli.replay import _unwritable, _write, audit_paths
+from aidr_gate.cli.replay import audit_paths
+from aidr_gate.cli.report_files import emit_reports, unwritable
 from aidr_gate.errors import ConfigError
 from aidr_gate.patterns.page import render_html
 from aidr_gate.patterns.report import ReportOptions, run_report, summary
@@ -67,7 +67,7 @@ def options_from(args: argparse.Namespace) -> ReportOptions:
     for flag, target in (("--json", args.json), ("--html", args.html)):
         if not target or (flag == "--json" and target == "-"):
             continue
-        why = "only --json writes to stdout" if target == "-" else _unwritable(target)
+        why = "only --json writes to stdout" if target == "-" else unwritable(target)
         if why is not None:
             problems.append(ConfigError.single(_LINE, flag, f"{target!r}: {why}"))
     if problems or bucket is None:
@@ -81,19 +81,12 @@ def run(args: argparse.Namespace) -> int:
     """Run ``patterns``."""
     options = options_from(args)
     report = run_report(audit_paths(args.files), options)
-    if args.json == "-":
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    elif args.json:
-        _write("--json", args.json, json.dumps(report, indent=2) + "\n")
-    if args.html:
-        _write("--html", args.html, render_html(report))
-    if not args.quiet:
-        stream = sys.stderr if args.json == "-" else sys.stdout
-        print(summary(report, top=min(args.top, 10)), file=stream)
-        for name, target in (("JSON", args.json), ("HTML", args.html)):
-            if target and target != "-":
-                print(f"{name} report: {target}", file=stream)
+    emit_reports(
+        report,
+        args.json,
+        (("--html", args.html, lambda: render_html(report)),),
+        None if args.quiet else lambda: summary(report, top=min(args.top, 10)),
+    )
     broken = [f for f in report["files"] if f["error"]]
     for entry in broken:
         print(

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from aidr_gate.catalog import load_catalog
 from aidr_gate.cli.exit import EXIT_DENY, EXIT_OK, EXIT_USAGE
+from aidr_gate.cli.report_files import emit_reports, unwritable
 from aidr_gate.document import parse_instant
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.policy.pack import load_pack
@@ -153,7 +152,7 @@ def options_from(args: argparse.Namespace) -> ReplayOptions:
         why = (
             "only --json writes to stdout; name a file (./- for one called '-')"
             if target == "-"
-            else _unwritable(target)
+            else unwritable(target)
         )
         if why is not None:
             errors.append(ConfigError.single("<command line>", flag, f"{target!r}: {why}"))
@@ -170,34 +169,6 @@ def options_from(args: argparse.Namespace) -> ReplayOptions:
     )
 
 
-def _unwritable(target: str) -> str | None:
-    """Why a report cannot be written to *target*, checked before the replay runs; else ``None``."""
-    path = Path(target)
-    if path.is_dir():
-        return "is a directory"
-    parent = path.parent
-    if not parent.exists():
-        return f"the directory {str(parent)!r} does not exist"
-    if not parent.is_dir():
-        return f"{str(parent)!r} is not a directory"
-    if path.exists():
-        if not os.access(path, os.W_OK):
-            return "the file is not writable"
-    elif not os.access(parent, os.W_OK | os.X_OK):
-        return f"the directory {str(parent)!r} is not writable"
-    return None
-
-
-def _write(flag: str, target: str, text: str) -> None:
-    """Write a report; a failure (the disk full, the directory gone) is a clear error, exit 2."""
-    try:
-        Path(target).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError.single(
-            "<command line>", flag, f"{target!r}: cannot write the report: {exc.strerror or exc}"
-        ) from None
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``replay``."""
     options = options_from(args)
@@ -208,20 +179,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     report = build_report(result, top=args.top)
-    if args.json == "-":
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    elif args.json:
-        _write("--json", args.json, json.dumps(report, indent=2) + "\n")
-    if args.html:
-        _write("--html", args.html, render_html(report))
-    if not args.quiet:
-        # With the JSON on stdout, the summary goes to stderr so the JSON stays parseable.
-        stream = sys.stderr if args.json == "-" else sys.stdout
-        print(summary(report, top=args.top), file=stream)
-        for name, target in (("JSON", args.json), ("HTML", args.html)):
-            if target and target != "-":
-                print(f"{name} report: {target}", file=stream)
+    emit_reports(
+        report,
+        args.json,
+        (("--html", args.html, lambda: render_html(report)),),
+        None if args.quiet else lambda: summary(report, top=args.top),
+    )
     if _report_unreadable(report, quiet=args.quiet):
         return EXIT_USAGE
     return EXIT_DENY if args.fail_on_flips and report["totals"]["flips"] else EXIT_OK

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from aidr_gate.cli.exit import EXIT_DENY, EXIT_OK
-from aidr_gate.cli.replay import _unwritable, _write
+from aidr_gate.cli.report_files import emit_reports, unwritable
 from aidr_gate.document import parse_instant
 from aidr_gate.errors import ConfigError
 from aidr_gate.registry import load_registry
@@ -84,7 +82,7 @@ def _check_options(args: argparse.Namespace) -> str | None:
     for flag, target in (("--csv", args.csv), ("--html", args.html), ("--json", args.json)):
         if not target or (flag == "--json" and target == "-"):
             continue
-        why = "only --json writes to stdout" if target == "-" else _unwritable(target)
+        why = "only --json writes to stdout" if target == "-" else unwritable(target)
         if why is not None:
             errors.append(ConfigError.single("<command line>", flag, f"{target!r}: {why}"))
     if errors:
@@ -111,21 +109,15 @@ def run(args: argparse.Namespace) -> int:
     screening = screen_registry(entities, snapshot, index=NameIndex(snapshot, args.threshold))
     table = screening_table(entities, screening)
     report = build_report(entities, snapshot, screening, table, registry_source=str(args.registry))
-    if args.json == "-":
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    elif args.json:
-        _write("--json", args.json, json.dumps(report, indent=2) + "\n")
-    if args.csv:
-        _write("--csv", args.csv, render_csv(report))
-    if args.html:
-        _write("--html", args.html, render_html(report))
-    if not args.quiet:
-        stream = sys.stderr if args.json == "-" else sys.stdout
-        print(summary(report, top=args.top), file=stream)
-        for name, target in (("CSV", args.csv), ("HTML", args.html), ("JSON", args.json)):
-            if target and target != "-":
-                print(f"{name} report: {target}", file=stream)
+    emit_reports(
+        report,
+        args.json,
+        (
+            ("--csv", args.csv, lambda: render_csv(report)),
+            ("--html", args.html, lambda: render_html(report)),
+        ),
+        None if args.quiet else lambda: summary(report, top=args.top),
+    )
     totals = report["totals"]
     flagged = totals["potential"] or totals["listed"] or totals["owned_by_listed"]
     return EXIT_DENY if args.fail_on_hits and flagged else EXIT_OK
