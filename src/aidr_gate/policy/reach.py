@@ -41,6 +41,17 @@ REGION_KEYS = ("network_region", "region_group", "region_uncertain")
 _REGION = re.compile(r"^([A-Z]{2})-[A-Z0-9]{1,3}$")
 
 
+def in_window(since: float | None, until: float | None, at: float) -> bool:
+    """True when *at* falls in ``[since, until)``, either end open: every dated window, group or
+    region membership of a pack is tested here."""
+    return (since is None or at >= since) and (until is None or at < until)
+
+
+def window_fields(since: float | None, until: float | None) -> dict[str, str | None]:
+    """The ``from``/``until`` members of a dated item's plain form (digests and diffs)."""
+    return {"from": format_instant(since), "until": format_instant(until)}
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     """A dated window ``[since, until)``; either end may be open. ``note`` says why it exists."""
@@ -51,15 +62,11 @@ class Window:
 
     def holds_at(self, at: float) -> bool:
         """True when *at* falls inside the window."""
-        return (self.since is None or at >= self.since) and (self.until is None or at < self.until)
+        return in_window(self.since, self.until, at)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain form for digests and diffs."""
-        return {
-            "from": format_instant(self.since),
-            "until": format_instant(self.until),
-            "note": self.note,
-        }
+        return {**window_fields(self.since, self.until), "note": self.note}
 
     @classmethod
     def read(cls, check: Checker, data: Mapping[str, Any], path: str) -> Window | None:
@@ -85,15 +92,11 @@ class RegionMember:
 
     def holds_at(self, at: float) -> bool:
         """True when the membership is in force at *at*."""
-        return (self.since is None or at >= self.since) and (self.until is None or at < self.until)
+        return in_window(self.since, self.until, at)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain form for digests and diffs."""
-        return {
-            "region": self.region,
-            "from": format_instant(self.since),
-            "until": format_instant(self.until),
-        }
+        return {"region": self.region, **window_fields(self.since, self.until)}
 
 
 @dataclass(frozen=True, slots=True)

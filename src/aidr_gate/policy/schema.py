@@ -19,7 +19,9 @@ from aidr_gate.policy.reach import (
     RegionGroup,
     StatusChange,
     Window,
+    in_window,
     status_at,
+    window_fields,
 )
 
 # "contested": in the regulation's text, not enforced, its non-enforcement itself challenged
@@ -46,15 +48,11 @@ class Membership:
 
     def holds_at(self, at: float) -> bool:
         """True when the membership is in force at *at*."""
-        return (self.since is None or at >= self.since) and (self.until is None or at < self.until)
+        return in_window(self.since, self.until, at)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain form for digests and diffs."""
-        return {
-            "country": self.country,
-            "from": format_instant(self.since),
-            "until": format_instant(self.until),
-        }
+        return {"country": self.country, **window_fields(self.since, self.until)}
 
 
 @dataclass(frozen=True, slots=True)
