@@ -109,7 +109,7 @@ def test_tables_are_bounded_whatever_the_number_of_keys() -> None:
             T0 + i * 0.01, ident, origin("US", f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"), False
         )
     assert max(tracker.sizes().values()) <= 100
-    assert tracker.token_sets.evicted > 0
+    assert tracker.tokens.evicted > 0
 
 
 # -- pack conditions ------------------------------------------------------------------------------
@@ -342,7 +342,7 @@ def test_a_reload_keeps_the_tracker_and_its_counts(tmp_path: Path) -> None:
             assert report.restart_pending == ("patterns.max_keys", "patterns.redis.url")
             assert runtime.gate.patterns is tracker
             assert tracker.names == ("origin_countries_1h", "patterns_degraded")
-            assert tracker.settings.max_keys == 500 and tracker.token_sets.limit == 500
+            assert tracker.settings.max_keys == 500 and tracker.tokens.limit == 500
             assert tracker.shared is not None
             shared_settings = tracker.shared.settings  # type: ignore[attr-defined]
             assert shared_settings.interval == 0.1

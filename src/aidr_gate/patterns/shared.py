@@ -30,9 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from aidr_gate.patterns.settings import RedisSettings
-from aidr_gate.patterns.signals import Subject
-from aidr_gate.patterns.sketches import RecentSet, Shares
-from aidr_gate.patterns.tracker import PatternTracker, Table
+from aidr_gate.patterns.tracker import PatternTracker
 
 logger = logging.getLogger("aidr_gate.patterns")
 
@@ -293,21 +291,6 @@ class SharedState:
     def _key(self, subject: str, kind: str, key: str) -> str:
         return f"{self.settings.prefix}{subject}:{kind}:{key}"
 
-    def _sets(self, subject: str) -> Table[RecentSet]:
-        t = self.tracker
-        return {
-            Subject.TOKEN: t.token_sets,
-            Subject.ENTITY: t.entity_sets,
-            Subject.ADDRESS: t.address_sets,
-            Subject.NETWORK: t.network_sets,
-        }[subject]
-
-    def _shares(self, subject: str) -> Table[Shares] | None:
-        t = self.tracker
-        if subject == Subject.TOKEN:
-            return t.token_shares
-        return t.entity_shares if subject == Subject.ENTITY else None
-
     async def _exchange(self, now: float, changed: set[Key]) -> None:
         """One round: note what changed, write what is news, read back what is due."""
         watched = self._watched
@@ -349,7 +332,8 @@ class SharedState:
         keys: list[str] = []
         args: list[str | float] = [int(horizon) + 60, now - horizon, tracker.capacity, self.replica]
         for subject, key in chunk:
-            row = self._sets(subject).rows.get(key) if tracker.tracks_sets(subject) else None
+            held = tracker.table(subject).rows.get(key)
+            row = held if tracker.tracks_sets(subject) else None
             if row is not None:
                 row.news, row.flushed = False, now
                 keys.append(self._key(subject, "s", key))
@@ -362,8 +346,7 @@ class SharedState:
                     if _SEP not in item
                 )
                 args.append(("t" if trim else "s") + packed)
-            shares = self._shares(subject)
-            srow = shares.rows.get(key) if shares is not None else None
+            srow = held.shares if held is not None and tracker.tracks_shares(subject) else None
             if srow is not None:
                 srow.flushed = now
                 keys.append(self._key(subject, "c", key))
@@ -442,12 +425,12 @@ class SharedState:
         """True when a key changed here holds something to share."""
         subject, key = entry
         tracker = self.tracker
-        if tracker.tracks_sets(subject):
-            row = self._sets(subject).rows.get(key)
-            if row is not None and (row.news or now - row.flushed >= resolution):
-                return True
-        shares = self._shares(subject)
-        srow = shares.rows.get(key) if shares is not None else None
+        row = tracker.table(subject).rows.get(key)
+        if row is None:
+            return False
+        if tracker.tracks_sets(subject) and (row.news or now - row.flushed >= resolution):
+            return True
+        srow = row.shares if tracker.tracks_shares(subject) else None
         return srow is not None and now - srow.flushed >= resolution
 
     def _merge(self, now: float, chunk: list[Key], replies: list[Any]) -> None:
@@ -456,27 +439,20 @@ class SharedState:
         windows = tracker.share_windows
         position = 0
         for subject, key in chunk:
+            table = tracker.table(subject)
             if tracker.tracks_sets(subject):
                 items = replies[position]
                 position += 1
-                table = self._sets(subject)
                 if items:
-                    items = [(items[n], float(items[n + 1])) for n in range(0, len(items), 2)]
-                    row = table.rows.get(key)
-                    if row is None:
-                        if len(table.rows) >= table.limit:
-                            table.make_room(now)
-                        row = table.rows[key] = RecentSet()
-                    news = row.news  # what another replica told is no news of this one's
-                    row.merge(items, capacity, horizon)
-                    row.news = news
+                    pairs = [(items[n], float(items[n + 1])) for n in range(0, len(items), 2)]
+                    table.merged(key, pairs, capacity, horizon, now)
             if not tracker.tracks_shares(subject):
                 continue
             fields = replies[position]
             position += 1
-            shares = self._shares(subject)
-            srow = shares.rows.get(key) if shares is not None else None
-            if srow is None or len(srow.values) != 3 * len(windows):
+            held = table.rows.get(key)
+            srow = held.shares if held is not None else None
+            if srow is None or srow.windows != len(windows):
                 continue
             others = [0.0] * (3 * len(windows))
             pairs = fields or []
@@ -492,8 +468,7 @@ class SharedState:
                     keep = _decay(now - at, tau)
                     for k in range(3 * index, 3 * index + 3):
                         others[k] += values[k] * keep
-            srow.others = others
-            srow.others_at = now
+            srow.take_others(others, now)
 
 
 def _decay(elapsed: float, tau: float) -> float:

@@ -10,45 +10,113 @@ merge the fleet's view into its own state as often as it likes without counting 
 :class:`Shares` holds, per window, exponentially decaying counts of requests, anonymizer requests
 and requests from worse tiers (time constant: the window), so a share over ``1h`` weighs the last
 hour most and forgets older traffic smoothly, in three floats per window whatever the volume.
+
+:class:`Row` is one key's whole state: its distinct items and, when its subject counts shares,
+its :class:`Shares`, so a request looks up one row per subject whatever it counts.
+
+Why arrays: on a working set of many keys the request path's cost is cache misses, not
+arithmetic. A float attribute is an object of its own elsewhere in memory (reading it is a miss,
+and so is replacing it: the old one's reference count is written). Both structures are therefore
+``array('d')`` subclasses holding their times and counts inline, one buffer per key, and the
+first distinct item is held inline too: most tokens are seen from one country, and a dict per
+key would cost two more objects.
 """
 
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable, Sequence
+from math import exp
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    _Floats = array[float]
+else:
+    _Floats = array
+
+# A RecentSet's floats: when the key was last observed (or merged into: the eviction order), the
+# first item's last time, at most the earliest time held (exact after a full count: while a
+# window starts before it, every entry is inside and the count is the number held, with no loop),
+# and when this replica last shared the set (a fleet).
+TOUCHED, FIRST_AT, OLDEST, FLUSHED = 0, 1, 2, 3
+_SET_FLOATS = (0.0, 0.0, math.inf, 0.0)
+# A Shares' floats: the time its counts are as of, when this replica last shared them, the time
+# ``others`` is as of; then three counts per window (requests, anonymizer, worse tier).
+AT, SHARED_AT, OTHERS_AT, COUNTS = 0, 1, 2, 3
 
 
-class RecentSet:
+class RecentSet(_Floats):
     """Distinct items with the time each was last seen; at most *capacity* (the most recent)."""
 
-    __slots__ = ("flushed", "news", "oldest", "seen", "touched")
+    __slots__ = ("first", "more", "news")
 
-    def __init__(self) -> None:
-        self.seen: dict[str, float] = {}
-        self.touched = 0.0  # when this key was last observed (or merged into): eviction order
-        # At most the earliest time in ``seen`` (exact after a full count): while a window starts
-        # before it, every entry is inside and the count is ``len(seen)``, with no loop.
-        self.oldest = math.inf
-        # For a fleet: an item this replica has not shared yet, and when it last shared the set.
+    first: str | None  # one item inline (the usual case: a token seen from one country)
+    more: dict[str, float] | None  # the others, from the second on
+    news: bool  # for a fleet: an item this replica has not shared yet
+
+    def __new__(cls) -> Self:
+        self = cast("Self", super().__new__(cls, "d", _SET_FLOATS))
+        self.first = None
+        self.more = None
         self.news = False
-        self.flushed = 0.0
+        return self
+
+    @property
+    def touched(self) -> float:
+        """When this key was last observed or merged into (the table's eviction order)."""
+        return self[TOUCHED]
+
+    @property
+    def flushed(self) -> float:
+        """When this replica last shared the set."""
+        return self[FLUSHED]
+
+    @flushed.setter
+    def flushed(self, at: float) -> None:
+        self[FLUSHED] = at
 
     def add(self, item: str, at: float, capacity: int, horizon: float) -> None:
         """Note *item* at *at*; past *capacity*, forget what is older than *horizon* seconds, then
         the least recently seen."""
-        seen = self.seen
-        old = seen.get(item)
+        if at > self[TOUCHED]:
+            self[TOUCHED] = at
+        first = self.first
+        if item == first:
+            if at > self[FIRST_AT]:
+                self[FIRST_AT] = at
+            return
+        if first is None:
+            self._first(item, at)
+            return
+        more = self.more
+        if more is None:
+            more = self.more = {}
+        old = more.get(item)
         if old is None:
-            if len(seen) >= capacity:
+            if len(more) + 1 >= capacity:
                 self._make_room(at, capacity, horizon)
-            seen[item] = at
+                more = self.more
+                if self.first is None:  # everything held was older than the horizon
+                    self._first(item, at)
+                    return
+                if more is None:
+                    more = self.more = {}
+            more[item] = at
             self.news = True
-            if at < self.oldest:
-                self.oldest = at
+            if at < self[OLDEST]:
+                self[OLDEST] = at
         elif old < at:
-            seen[item] = at
-        if at > self.touched:
-            self.touched = at
+            more[item] = at
+
+    def _first(self, item: str, at: float) -> None:
+        self.first = item
+        self[FIRST_AT] = at
+        self.news = True
+        if at < self[OLDEST]:
+            self[OLDEST] = at
 
     def _make_room(self, at: float, capacity: int, horizon: float) -> None:
         seen = self.seen
@@ -57,20 +125,50 @@ class RecentSet:
             del seen[item]
         while len(seen) >= capacity:
             del seen[min(seen, key=seen.__getitem__)]
-        self.oldest = min(seen.values(), default=math.inf)
+        entries = iter(seen.items())
+        head = next(entries, None)
+        if head is None:
+            self.first, self.more = None, None
+        else:
+            self.first, self[FIRST_AT] = head
+            self.more = dict(entries) or None
+        self[OLDEST] = min(seen.values(), default=math.inf)
+
+    @property
+    def seen(self) -> dict[str, float]:
+        """Every item held with its last time, in the order first seen (a copy)."""
+        first = self.first
+        if first is None:
+            return {}
+        out = {first: self[FIRST_AT]}
+        if self.more:
+            out.update(self.more)
+        return out
+
+    def held(self) -> int:
+        """How many items are held."""
+        if self.first is None:
+            return 0
+        more = self.more
+        return 1 + len(more) if more else 1
 
     def count(self, since: float) -> int:
         """Distinct items seen after *since*."""
-        if since < self.oldest:
-            return len(self.seen)
-        n = 0
-        oldest = math.inf
-        for t in self.seen.values():
-            if t > since:
-                n += 1
-            if t < oldest:
-                oldest = t
-        self.oldest = oldest
+        if self.first is None:
+            return 0
+        more = self.more
+        if since < self[OLDEST]:
+            return 1 + len(more) if more else 1
+        first_at = self[FIRST_AT]
+        n = 1 if first_at > since else 0
+        oldest = first_at
+        if more:
+            for t in more.values():
+                if t > since:
+                    n += 1
+                if t < oldest:
+                    oldest = t
+        self[OLDEST] = oldest
         return n
 
     def merge(self, items: Iterable[tuple[str, float]], capacity: int, horizon: float) -> None:
@@ -83,59 +181,102 @@ class RecentSet:
         return [(i, t) for i, t in self.seen.items() if t > since]
 
 
-class Shares:
+class Shares(_Floats):
     """Per window: decaying counts of requests, anonymizer requests and worse-tier requests.
 
-    ``values`` is flat, three floats per window, all as of ``at``; ``others`` is the same for the
-    rest of the fleet (as of ``others_at``), refreshed from the shared view.
+    The counts are flat, three per window from ``COUNTS`` on, all as of ``self[AT]``; ``others``
+    is the same for the rest of the fleet (as of ``self[OTHERS_AT]``), from the shared view.
     """
 
-    __slots__ = ("at", "flushed", "others", "others_at", "touched", "values")
+    __slots__ = ("others",)
 
-    def __init__(self, windows: int) -> None:
-        self.values = [0.0] * (3 * windows)
-        self.at = 0.0
-        self.others: list[float] | None = None
-        self.others_at = 0.0
-        self.touched = 0.0
-        self.flushed = 0.0  # when this replica last shared its counts
+    others: list[float] | None
+
+    def __new__(cls, windows: int) -> Self:
+        self = cast("Self", super().__new__(cls, "d", bytes(8 * (COUNTS + 3 * windows))))  # zeros
+        self.others = None
+        return self
+
+    @property
+    def values(self) -> list[float]:
+        """This replica's counts, three per window, as of ``self[AT]``."""
+        return self[COUNTS:].tolist()
+
+    @property
+    def windows(self) -> int:
+        """How many windows are counted."""
+        return (len(self) - COUNTS) // 3
+
+    @property
+    def flushed(self) -> float:
+        """When this replica last shared its counts."""
+        return self[SHARED_AT]
+
+    @flushed.setter
+    def flushed(self, at: float) -> None:
+        self[SHARED_AT] = at
 
     def add(self, at: float, anonymous: bool, worse: bool, taus: Sequence[float]) -> None:
         """Count one request at *at* in every window (time constants *taus*)."""
-        values = self.values
-        elapsed = at - self.at
-        if elapsed < 0.0:  # an older request than the last (replay out of order): count it now
-            elapsed = 0.0
-        for index, tau in enumerate(taus):
-            keep = math.exp(-elapsed / tau) if elapsed else 1.0
-            base = 3 * index
-            values[base] = values[base] * keep + 1.0
-            values[base + 1] = values[base + 1] * keep + (1.0 if anonymous else 0.0)
-            values[base + 2] = values[base + 2] * keep + (1.0 if worse else 0.0)
-        if at > self.at:
-            self.at = at
-        if at > self.touched:
-            self.touched = at
+        elapsed = at - self[AT]
+        base = COUNTS
+        if elapsed > 0.0:
+            self[AT] = at
+            one_anonymous = 1.0 if anonymous else 0.0
+            one_worse = 1.0 if worse else 0.0
+            for tau in taus:
+                keep = exp(-elapsed / tau)
+                self[base] = self[base] * keep + 1.0
+                self[base + 1] = self[base + 1] * keep + one_anonymous
+                self[base + 2] = self[base + 2] * keep + one_worse
+                base += 3
+            return
+        # The same instant, or an older request (replay out of order): counted now, undecayed.
+        for _ in taus:
+            self[base] += 1.0
+            if anonymous:
+                self[base + 1] += 1.0
+            if worse:
+                self[base + 2] += 1.0
+            base += 3
 
     def share(self, index: int, which: int, at: float, tau: float) -> float:
         """Window *index*'s share of anonymizer (*which* 1) or worse-tier (2) requests at *at*."""
-        base = 3 * index
-        values = self.values
+        base = COUNTS + 3 * index
         others = self.others
         if others is None:  # one decay factor for both counts: it cancels out of the share
-            total = values[base]
-            return values[base + which] / total if total > 1e-9 else 0.0
-        mine = math.exp(-max(at - self.at, 0.0) / tau)
-        keep = math.exp(-max(at - self.others_at, 0.0) / tau)
-        total = values[base] * mine + others[base] * keep
-        part = values[base + which] * mine + others[base + which] * keep
+            total = self[base]
+            return self[base + which] / total if total > 1e-9 else 0.0
+        mine = math.exp(-max(at - self[AT], 0.0) / tau)
+        keep = math.exp(-max(at - self[OTHERS_AT], 0.0) / tau)
+        mark = 3 * index
+        total = self[base] * mine + others[mark] * keep
+        part = self[base + which] * mine + others[mark + which] * keep
         return part / total if total > 1e-9 else 0.0
 
     def decayed(self, at: float, taus: Sequence[float]) -> list[float]:
         """This replica's own counts as of *at* (what it shares)."""
-        out = list(self.values)
+        out = self.values
         for index, tau in enumerate(taus):
-            keep = math.exp(-max(at - self.at, 0.0) / tau)
+            keep = math.exp(-max(at - self[AT], 0.0) / tau)
             for k in range(3 * index, 3 * index + 3):
                 out[k] *= keep
         return out
+
+    def take_others(self, others: list[float], at: float) -> None:
+        """The rest of the fleet's counts, as of *at* (the shared view)."""
+        self.others = others
+        self[OTHERS_AT] = at
+
+
+class Row(RecentSet):
+    """One key's state: its distinct items, and its shares when its subject counts them."""
+
+    __slots__ = ("shares",)
+
+    shares: Shares | None
+
+    def __new__(cls) -> Self:
+        self = super().__new__(cls)
+        self.shares = None
+        return self

@@ -14,14 +14,14 @@ back into the same tables; the request path never waits for it.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 from aidr_gate.facts import Identity, Origin
 from aidr_gate.patterns.settings import PatternSettings, RedisSettings
 from aidr_gate.patterns.signals import DEGRADED_KEY, Measure, SignalKey, Subject, parse_signal_key
-from aidr_gate.patterns.sketches import RecentSet, Shares
+from aidr_gate.patterns.sketches import COUNTS, FIRST_AT, OLDEST, TOUCHED, Row, Shares
 
 
 class SharedHealthView(Protocol):
@@ -57,26 +57,37 @@ NO_SIGNALS: Signals = {}
 _SECOND_CHANCES = 8
 
 
-class _Touched(Protocol):
-    touched: float
-
-
-V = TypeVar("V", bound=_Touched)
-
-
-class Table(Generic[V]):
-    """Keys to per-key state, at most *limit*; the least recently seen are evicted first."""
+class Table:
+    """Keys to their rows, at most *limit*; the least recently seen are evicted first."""
 
     __slots__ = ("evicted", "limit", "rows", "spare")
 
     def __init__(self, limit: int, spare: float) -> None:
-        self.rows: dict[str, V] = {}
+        self.rows: dict[str, Row] = {}
         self.limit = limit
         self.spare = spare  # a key seen within this many seconds gets a second chance
         self.evicted = 0
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def add(self, key: str, at: float) -> Row:
+        """A new, empty row for *key* (evicting first when the table is full)."""
+        if len(self.rows) >= self.limit:
+            self.make_room(at)
+        row = self.rows[key] = Row()
+        return row
+
+    def merged(
+        self, key: str, items: list[tuple[str, float]], capacity: int, horizon: float, now: float
+    ) -> None:
+        """Take another replica's items of *key* (not empty) into its row, made if need be."""
+        row = self.rows.get(key)
+        if row is None:
+            row = self.add(key, now)
+        news = row.news  # what another replica told is no news of this one's
+        row.merge(items, capacity, horizon)
+        row.news = news
 
     def make_room(self, at: float) -> None:
         """Evict until one more key fits (insertion order, sparing the recently seen a few times)."""
@@ -92,16 +103,9 @@ class Table(Generic[V]):
             self.evicted += 1
 
 
-# One request's keys: token (entity and subject), entity, client address, network prefix.
-Keys = tuple[str | None, str, str | None, str | None]
-# One request's rows: token, entity, address and network sets, then token and entity shares
-# (``None`` where the request has no such key, or the row is not tracked).
-Rows = list[RecentSet | Shares | None]
-# A signal computed from one request's rows: (at, rows) -> value.
-Compute = Callable[[float, Rows], float]
-_SET_SLOT = {Subject.TOKEN: 0, Subject.ENTITY: 1, Subject.ADDRESS: 2, Subject.NETWORK: 3}
-_SHARE_SLOT = {Subject.TOKEN: 4, Subject.ENTITY: 5}
 NETWORK_CACHE = 65_536  # client addresses whose prefix is remembered
+SUBJECTS = (Subject.TOKEN, Subject.ENTITY, Subject.ADDRESS, Subject.NETWORK)
+_SHARE_MEASURES = (Measure.ANONYMIZER_SHARE, Measure.WORSE_SHARE)
 
 
 def network_of(ip: str, v4: int, v6: int) -> str | None:
@@ -114,20 +118,110 @@ def network_of(ip: str, v4: int, v6: int) -> str | None:
     return str(ipaddress.ip_network(f"{address}/{bits}", strict=False))
 
 
-def _counter(slot: int, seconds: float) -> Compute:
-    def count(at: float, rows: Rows) -> float:
-        row = rows[slot]
-        return row.count(at - seconds) if row is not None else 0  # type: ignore[union-attr]
+class Plan:
+    """One subject's part of the tracker: its table, and what a request counts and reads in it.
 
-    return count
+    Built by :meth:`PatternTracker.want`; per request the tracker calls :meth:`count` (or
+    :meth:`read`) once per subject it tracks, which does every window of that subject on one row.
+    """
 
+    __slots__ = (
+        "capacity",
+        "counts",
+        "horizon",
+        "ones",
+        "sets",
+        "shares",
+        "subject",
+        "table",
+        "taus",
+    )
 
-def _sharer(slot: int, window: int, which: int, tau: float) -> Compute:
-    def share(at: float, rows: Rows) -> float:
-        row = rows[slot]
-        return row.share(window, which, at, tau) if row is not None else 0.0  # type: ignore[union-attr]
+    def __init__(self, subject: str, table: Table) -> None:
+        self.subject = subject
+        self.table = table
+        self.sets = False  # distinct items counted (countries or entities)
+        self.taus: tuple[float, ...] = ()  # the windows of the shares counted (time constants)
+        self.counts: tuple[tuple[str, float], ...] = ()  # (signal, window) of each count
+        self.ones: dict[str, float] = {}  # each count at 1 (a key holding one item, seen now)
+        # (signal, index of its window's request count, index of its share's count, window)
+        self.shares: tuple[tuple[str, int, int, float], ...] = ()
+        self.capacity = 0  # distinct items kept per key
+        self.horizon = 0.0  # the longest window of the tracker (what a full key may forget)
 
-    return share
+    def count(
+        self,
+        key: str,
+        item: str | None,
+        at: float,
+        anonymous: bool,
+        worse: bool,
+        out: dict[str, float],
+    ) -> None:
+        """Count one request in *key*'s row and write this subject's signals into *out*.
+
+        The usual requests (an item the key holds seen again, the shares this replica's alone,
+        windows that start before anything the key holds) are done here, without a call per
+        window: this runs once per subject and request.
+        """
+        table = self.table
+        row = table.rows.get(key)
+        taus = self.taus
+        if row is None:
+            if item is None and not taus:
+                return  # nothing to count and nothing held: the signals stay 0
+            row = table.add(key, at)
+        if item is not None and self.sets:
+            more = row.more
+            if item == row.first:
+                if at > row[FIRST_AT]:
+                    row[FIRST_AT] = at
+                if at > row[TOUCHED]:
+                    row[TOUCHED] = at
+            elif more is not None and item in more:
+                if at > more[item]:
+                    more[item] = at
+                if at > row[TOUCHED]:
+                    row[TOUCHED] = at
+            else:
+                row.add(item, at, self.capacity, self.horizon)
+                more = row.more
+            if more is None:  # the only item, seen at *at* or later: inside every window
+                out.update(self.ones)
+            else:
+                oldest, held = row[OLDEST], 1 + len(more)
+                for name, seconds in self.counts:
+                    since = at - seconds
+                    out[name] = held if since < oldest else row.count(since)
+        else:
+            if taus and at > row[TOUCHED]:
+                row[TOUCHED] = at
+            for name, seconds in self.counts:
+                out[name] = row.count(at - seconds)
+        if taus:
+            shares = row.shares
+            if shares is None:
+                shares = row.shares = Shares(len(taus))
+            shares.add(at, anonymous, worse, taus)
+            if shares.others is None:  # this replica's counts alone: their decay cancels out
+                for name, base, part, _ in self.shares:
+                    total = shares[base]
+                    out[name] = shares[part] / total if total > 1e-9 else 0.0
+            else:
+                for name, base, part, tau in self.shares:
+                    out[name] = shares.share((base - COUNTS) // 3, part - base, at, tau)
+
+    def read(self, key: str, at: float, out: dict[str, float]) -> None:
+        """Write this subject's signals for *key* into *out*, counting nothing."""
+        row = self.table.rows.get(key)
+        if row is None:
+            return
+        shares = row.shares
+        if shares is not None:
+            for name, base, part, tau in self.shares:
+                out[name] = shares.share((base - COUNTS) // 3, part - base, at, tau)
+        for name, seconds in self.counts:
+            out[name] = row.count(at - seconds)
 
 
 class PatternTracker:
@@ -140,24 +234,28 @@ class PatternTracker:
         limit = self.settings.max_keys
         self.capacity = self.settings.max_distinct
         self.shared: Sharing | None = None
-        self.observed = 0
         self._pack_keys: tuple[str, ...] = ()
         self.windows: tuple[float, ...] = ()
         self.share_windows: tuple[float, ...] = ()  # the windows of share signals only
         self.horizon = 0.0
-        self._computes: tuple[tuple[str, Compute], ...] = ()
+        self.computed: tuple[str, ...] = ()  # the signals computed, in order
         self.subjects: frozenset[str] = frozenset()
-        self._token_sets = self._token_shares = self._entity_sets = self._entity_shares = False
-        self._addresses = self._networks = False
+        self.needs_worse = False
         self._degraded_wanted = False
         self._prefixes: dict[str, str | None] = {}
-        # One table per subject and kind of sketch; ``spare`` is filled in by ``want``.
-        self.token_sets: Table[RecentSet] = Table(limit, 0.0)
-        self.entity_sets: Table[RecentSet] = Table(limit, 0.0)
-        self.address_sets: Table[RecentSet] = Table(limit, 0.0)
-        self.network_sets: Table[RecentSet] = Table(limit, 0.0)
-        self.token_shares: Table[Shares] = Table(limit, 0.0)
-        self.entity_shares: Table[Shares] = Table(limit, 0.0)
+        # One table per subject: a row per key holds all of the key's windows.
+        self.tokens: Table = Table(limit, 0.0)
+        self.entities: Table = Table(limit, 0.0)
+        self.addresses: Table = Table(limit, 0.0)
+        self.networks: Table = Table(limit, 0.0)
+        self._tables = dict(zip(SUBJECTS, self.tables(), strict=True))
+        # The plans of the subjects tracked (``None``: not tracked), and the answers' zeros.
+        self._token: Plan | None = None
+        self._entity: Plan | None = None
+        self._address: Plan | None = None
+        self._network: Plan | None = None
+        self._plans: dict[str, Plan] = {}
+        self._zeros: dict[str, float] = {}
         self.want(wanted)
 
     # -- what is tracked --------------------------------------------------------------------------
@@ -183,87 +281,87 @@ class PatternTracker:
                 keys.append(parsed)
         windows = tuple(sorted({k.seconds for k in keys}))
         share_windows = tuple(
-            sorted(
-                {
-                    k.seconds
-                    for k in keys
-                    if k.family.measure in (Measure.ANONYMIZER_SHARE, Measure.WORSE_SHARE)
-                }
-            )
+            sorted({k.seconds for k in keys if k.family.measure in _SHARE_MEASURES})
         )
         if share_windows != self.share_windows:
             # Shares keep one slot per window: a new layout starts their counts afresh.
-            self.token_shares.rows.clear()
-            self.entity_shares.rows.clear()
+            for table in self.tables():
+                for row in table.rows.values():
+                    row.shares = None
         self.windows = windows
         self.share_windows = share_windows
         self.horizon = windows[-1] if windows else 0.0
         shortest = windows[0] if windows else 0.0
         for table in self.tables():
             table.spare = shortest
-        computes: list[tuple[str, Compute]] = []
-        wanted: set[tuple[str, bool]] = set()  # (subject, counts distinct items)
+        plans = {s: Plan(s, self._tables[s]) for s in SUBJECTS}
+        counts: dict[str, list[tuple[str, float]]] = {s: [] for s in SUBJECTS}
+        shares: dict[str, list[tuple[str, int, int, float]]] = {s: [] for s in SUBJECTS}
+        zeros: dict[str, float] = {}
         for k in keys:
             subject, measure = k.family.subject, k.family.measure
-            if measure in (Measure.COUNTRIES, Measure.ENTITIES):
-                computes.append((k.name, _counter(_SET_SLOT[subject], k.seconds)))
-                wanted.add((subject, True))
-            else:
+            if measure in _SHARE_MEASURES:
                 which = 1 if measure == Measure.ANONYMIZER_SHARE else 2
                 slot = share_windows.index(k.seconds)
-                computes.append((k.name, _sharer(_SHARE_SLOT[subject], slot, which, k.seconds)))
-                wanted.add((subject, False))
-        self._computes = tuple(computes)
-        self.subjects = frozenset(subject for subject, _ in wanted)
-        self._token_sets = (Subject.TOKEN, True) in wanted
-        self._token_shares = (Subject.TOKEN, False) in wanted
-        self._entity_sets = (Subject.ENTITY, True) in wanted
-        self._entity_shares = (Subject.ENTITY, False) in wanted
-        self._addresses = Subject.ADDRESS in self.subjects
-        self._networks = Subject.NETWORK in self.subjects
+                base = COUNTS + 3 * slot
+                shares[subject].append((k.name, base, base + which, k.seconds))
+                zeros[k.name] = 0.0
+            else:
+                counts[subject].append((k.name, k.seconds))
+                zeros[k.name] = 0  # a count: an int, as the counts themselves are
+        for subject, plan in plans.items():
+            plan.counts = tuple(counts[subject])
+            plan.ones = dict.fromkeys((name for name, _ in plan.counts), 1)
+            plan.shares = tuple(shares[subject])
+            plan.sets = bool(plan.counts)
+            plan.taus = share_windows if plan.shares else ()
+            plan.capacity = self.capacity
+            plan.horizon = self.horizon
+        tracked = {s: p for s, p in plans.items() if p.counts or p.shares}
+        self._token = tracked.get(Subject.TOKEN)
+        self._entity = tracked.get(Subject.ENTITY)
+        self._address = tracked.get(Subject.ADDRESS)
+        self._network = tracked.get(Subject.NETWORK)
+        self._plans = tracked
+        self._zeros = zeros
+        self.computed = tuple(zeros)
+        self.subjects = frozenset(tracked)
         self._degraded_wanted = DEGRADED_KEY in self._pack_keys
         self.needs_worse = any(k.family.measure == Measure.WORSE_SHARE for k in keys)
 
     @property
     def active(self) -> bool:
         """True when some signal is tracked (else observing costs nothing)."""
-        return bool(self._computes) or self._reports_degraded
+        return bool(self.computed) or self.reports_degraded
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The signals each decision carries, in order."""
-        out = tuple(name for name, _ in self._computes)
-        return (*out, DEGRADED_KEY) if self._reports_degraded else out
+        """The signals each decision carries, in order (``patterns_degraded`` last, when
+        reported)."""
+        return (*self.computed, DEGRADED_KEY) if self.reports_degraded else self.computed
 
     @property
-    def _reports_degraded(self) -> bool:
-        # Tested by the pack, or a shared view is configured: every record says which it was.
+    def reports_degraded(self) -> bool:
+        """Tested by the pack, or a shared view is configured: every record says which it was."""
         return self._degraded_wanted or self.shared is not None
 
-    def tables(self) -> tuple[Table[RecentSet] | Table[Shares], ...]:
+    def tables(self) -> tuple[Table, ...]:
         """Every table (for sizes and the shared view)."""
-        return (
-            self.token_sets,
-            self.entity_sets,
-            self.address_sets,
-            self.network_sets,
-            self.token_shares,
-            self.entity_shares,
-        )
+        return (self.tokens, self.entities, self.addresses, self.networks)
+
+    def table(self, subject: str) -> Table:
+        """The table of *subject* (a :class:`Subject`)."""
+        return self._tables[subject]
 
     def tracks_sets(self, subject: str) -> bool:
         """True when distinct items are counted for *subject* (a :class:`Subject`)."""
-        if subject == Subject.TOKEN:
-            return self._token_sets
-        if subject == Subject.ENTITY:
-            return self._entity_sets
-        return self._addresses if subject == Subject.ADDRESS else self._networks
+        plan = self._plans.get(subject)
+        return plan is not None and plan.sets
 
     def tracks_shares(self, subject: str) -> bool:
         """True when request shares are counted for *subject*."""
-        if subject == Subject.TOKEN:
-            return self._token_shares
-        return self._entity_shares if subject == Subject.ENTITY else False
+        plan = self._plans.get(subject)
+        return plan is not None and bool(plan.taus)
 
     @property
     def degraded(self) -> bool:
@@ -271,27 +369,16 @@ class PatternTracker:
         shared = self.shared
         return shared is not None and shared.degraded
 
-    def keys_for(self, identity: Identity, origin: Origin) -> Keys:
-        """The token, entity, address and network keys of one request."""
-        entity = identity.entity_id
-        subject = identity.subject
-        ip = origin.ip
-        network = None
-        if ip is not None and self._networks:
-            prefixes = self._prefixes
-            if ip in prefixes:
-                network = prefixes[ip]
-            else:
-                if len(prefixes) >= NETWORK_CACHE:
-                    prefixes.clear()
-                settings = self.settings
-                network = prefixes[ip] = network_of(ip, settings.ipv4_prefix, settings.ipv6_prefix)
-        return (
-            entity + "\x1f" + subject if subject is not None else None,
-            entity,
-            ip,
-            network,
-        )
+    def network_of(self, ip: str) -> str | None:
+        """The network prefix of a client address (remembered for the next requests)."""
+        prefixes = self._prefixes
+        network = prefixes.get(ip, "")
+        if network == "":
+            if len(prefixes) >= NETWORK_CACHE:
+                prefixes.clear()
+            settings = self.settings
+            network = prefixes[ip] = network_of(ip, settings.ipv4_prefix, settings.ipv6_prefix)
+        return network
 
     # -- per request ------------------------------------------------------------------------------
 
@@ -299,89 +386,76 @@ class PatternTracker:
         """Count one request, then give the signals wanted (the request itself included)."""
         if identity is None:
             return self._blank()
-        keys = self.keys_for(identity, origin)
-        rows = self._count(at, keys, origin.country, bool(origin.anonymizer), worse)
-        return self._compute(at, rows)
+        out = self._zeros.copy()
+        entity = identity.entity_id
+        country = origin.country
+        anonymous = bool(origin.anonymizer)
+        shared = self.shared
+        dirty = shared.dirty if shared is not None else None
+        plan = self._token
+        if plan is not None:
+            subject = identity.subject
+            if subject is not None:
+                key = entity + "\x1f" + subject
+                plan.count(key, country, at, anonymous, worse, out)
+                if dirty is not None:
+                    dirty.add((Subject.TOKEN, key))
+        plan = self._entity
+        if plan is not None:
+            plan.count(entity, country, at, anonymous, worse, out)
+            if dirty is not None:
+                dirty.add((Subject.ENTITY, entity))
+        ip = origin.ip
+        if ip is not None:
+            plan = self._address
+            if plan is not None:
+                plan.count(ip, entity, at, anonymous, worse, out)
+                if dirty is not None:
+                    dirty.add((Subject.ADDRESS, ip))
+            plan = self._network
+            if plan is not None:
+                network = self._prefixes.get(ip, "")  # "": not remembered yet
+                if network == "":
+                    network = self.network_of(ip)
+                if network is not None:
+                    plan.count(network, entity, at, anonymous, worse, out)
+                    if dirty is not None:
+                        dirty.add((Subject.NETWORK, network))
+        if shared is not None or self._degraded_wanted:
+            out[DEGRADED_KEY] = 1.0 if shared is not None and shared.degraded else 0.0
+        return out
 
     def signals(self, at: float, identity: Identity | None, origin: Origin) -> Signals:
         """The signals wanted for a request like this one, without counting it."""
         if identity is None:
             return self._blank()
-        token, entity, ip, network = self.keys_for(identity, origin)
-        rows: Rows = [
-            self.token_sets.rows.get(token) if token is not None else None,
-            self.entity_sets.rows.get(entity),
-            self.address_sets.rows.get(ip) if ip is not None else None,
-            self.network_sets.rows.get(network) if network is not None else None,
-            self.token_shares.rows.get(token) if token is not None else None,
-            self.entity_shares.rows.get(entity),
-        ]
-        return self._compute(at, rows)
+        out = self._zeros.copy()
+        entity = identity.entity_id
+        plan = self._token
+        if plan is not None and identity.subject is not None:
+            plan.read(entity + "\x1f" + identity.subject, at, out)
+        plan = self._entity
+        if plan is not None:
+            plan.read(entity, at, out)
+        ip = origin.ip
+        if ip is not None:
+            plan = self._address
+            if plan is not None:
+                plan.read(ip, at, out)
+            plan = self._network
+            if plan is not None:
+                network = self.network_of(ip)
+                if network is not None:
+                    plan.read(network, at, out)
+        if self.reports_degraded:
+            out[DEGRADED_KEY] = 1.0 if self.degraded else 0.0
+        return out
 
     def _blank(self) -> dict[str, float]:
-        out = {name: 0.0 for name, _ in self._computes}
-        if self._reports_degraded:
+        out = dict.fromkeys(self.computed, 0.0)
+        if self.reports_degraded:
             out[DEGRADED_KEY] = 1.0 if self.degraded else 0.0
         return out
-
-    def _compute(self, at: float, rows: Rows) -> dict[str, float]:
-        out = {name: compute(at, rows) for name, compute in self._computes}
-        if self._degraded_wanted or self.shared is not None:
-            out[DEGRADED_KEY] = 1.0 if self.degraded else 0.0
-        return out
-
-    def _count(
-        self, at: float, keys: Keys, country: str | None, anonymous: bool, worse: bool
-    ) -> Rows:
-        """Count one request in every tracked row; the rows it touched (for its signals)."""
-        token, entity, ip, network = keys
-        capacity, horizon = self.capacity, self.horizon
-        shared = self.shared
-        dirty = shared.dirty if shared is not None else None
-        rows: Rows = [None, None, None, None, None, None]
-        self.observed += 1
-        if token is not None:
-            if self._token_sets:
-                rows[0] = (
-                    _add(self.token_sets, token, country, at, capacity, horizon)
-                    if country is not None
-                    else self.token_sets.rows.get(token)
-                )
-            if self._token_shares:
-                rows[4] = self._share(self.token_shares, token, at, anonymous, worse)
-            if dirty is not None and (self._token_sets or self._token_shares):
-                dirty.add((Subject.TOKEN, token))
-        if self._entity_sets or self._entity_shares:
-            if self._entity_sets:
-                rows[1] = (
-                    _add(self.entity_sets, entity, country, at, capacity, horizon)
-                    if country is not None
-                    else self.entity_sets.rows.get(entity)
-                )
-            if self._entity_shares:
-                rows[5] = self._share(self.entity_shares, entity, at, anonymous, worse)
-            if dirty is not None:
-                dirty.add((Subject.ENTITY, entity))
-        if ip is not None and self._addresses:
-            rows[2] = _add(self.address_sets, ip, entity, at, capacity, horizon)
-            if dirty is not None:
-                dirty.add((Subject.ADDRESS, ip))
-        if network is not None:
-            rows[3] = _add(self.network_sets, network, entity, at, capacity, horizon)
-            if dirty is not None:
-                dirty.add((Subject.NETWORK, network))
-        return rows
-
-    def _share(
-        self, table: Table[Shares], key: str, at: float, anonymous: bool, worse: bool
-    ) -> Shares:
-        row = table.rows.get(key)
-        if row is None:
-            if len(table.rows) >= table.limit:
-                table.make_room(at)
-            row = table.rows[key] = Shares(len(self.share_windows))
-        row.add(at, anonymous, worse, self.share_windows)
-        return row
 
     def health(self) -> dict[str, Any]:
         """What ``/readyz`` says: local, or the shared view's state; and the signals tracked."""
@@ -401,17 +475,4 @@ class PatternTracker:
 
     def sizes(self) -> dict[str, int]:
         """Keys held per table (metrics, the bench)."""
-        names = ("token", "entity", "address", "network", "token_shares", "entity_shares")
-        return {name: len(table) for name, table in zip(names, self.tables(), strict=True)}
-
-
-def _add(
-    table: Table[RecentSet], key: str, item: str, at: float, capacity: int, horizon: float
-) -> RecentSet:
-    row = table.rows.get(key)
-    if row is None:
-        if len(table.rows) >= table.limit:
-            table.make_room(at)
-        row = table.rows[key] = RecentSet()
-    row.add(item, at, capacity, horizon)
-    return row
+        return {subject: len(table) for subject, table in self._tables.items()}
