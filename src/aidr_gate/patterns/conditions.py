@@ -62,7 +62,17 @@ def compile_pattern_test(key: str, value: Any) -> Callable[[Mapping[str, float]]
         want = 1.0 if value else 0.0
         return lambda signals: signals.get(key, 0.0) == want
     checks = [(OPERATORS[name], threshold) for name, threshold in sorted(value.items())]
-    if len(checks) == 1:  # the usual case, without a generator per request
-        op, threshold = checks[0]
-        return lambda signals: op(signals.get(key, 0.0), threshold)
+    if len(checks) == 1:  # the usual case: the comparison itself, without an operator call
+        return _single(key, *next(iter(value.items())))
     return lambda signals: all(op(signals.get(key, 0.0), t) for op, t in checks)
+
+
+def _single(key: str, name: str, threshold: float) -> Callable[[Mapping[str, float]], bool]:
+    """One threshold of :data:`OPERATORS` as a comparison (this runs per test and request)."""
+    if name == "at_least":
+        return lambda signals: signals.get(key, 0.0) >= threshold
+    if name == "more_than":
+        return lambda signals: signals.get(key, 0.0) > threshold
+    if name == "at_most":
+        return lambda signals: signals.get(key, 0.0) <= threshold
+    return lambda signals: signals.get(key, 0.0) < threshold

@@ -40,8 +40,8 @@ else:
 # A RecentSet's floats: when the key was last observed (or merged into: the eviction order), the
 # first item's last time, at most the earliest time held (exact after a full count: while a
 # window starts before it, every entry is inside and the count is the number held, with no loop),
-# and when this replica last shared the set (a fleet).
-TOUCHED, FIRST_AT, OLDEST, FLUSHED = 0, 1, 2, 3
+# when this replica last shared the set (a fleet); then the times of the items in ``more``.
+TOUCHED, FIRST_AT, OLDEST, FLUSHED, MORE = 0, 1, 2, 3, 4
 _SET_FLOATS = (0.0, 0.0, math.inf, 0.0)
 # A Shares' floats: the time its counts are as of, when this replica last shared them, the time
 # ``others`` is as of; then three counts per window (requests, anonymizer, worse tier).
@@ -49,12 +49,17 @@ AT, SHARED_AT, OTHERS_AT, COUNTS = 0, 1, 2, 3
 
 
 class RecentSet(_Floats):
-    """Distinct items with the time each was last seen; at most *capacity* (the most recent)."""
+    """Distinct items with the time each was last seen; at most *capacity* (the most recent).
+
+    The first item is held inline (``first``, its time at ``FIRST_AT``); the others in ``more``,
+    each to the index of its time in the array (from ``MORE`` on): the times stay floats in one
+    buffer, and the indexes, below 256 at the default capacity, are Python's shared small ints.
+    """
 
     __slots__ = ("first", "more", "news")
 
-    first: str | None  # one item inline (the usual case: a token seen from one country)
-    more: dict[str, float] | None  # the others, from the second on
+    first: str | None
+    more: dict[str, int] | None
     news: bool  # for a fleet: an item this replica has not shared yet
 
     def __new__(cls) -> Self:
@@ -88,32 +93,26 @@ class RecentSet(_Floats):
             if at > self[FIRST_AT]:
                 self[FIRST_AT] = at
             return
-        if first is None:
-            self._first(item, at)
-            return
         more = self.more
-        if more is None:
-            more = self.more = {}
-        old = more.get(item)
-        if old is None:
-            if len(more) + 1 >= capacity:
-                self._make_room(at, capacity, horizon)
-                more = self.more
-                if self.first is None:  # everything held was older than the horizon
-                    self._first(item, at)
-                    return
-                if more is None:
-                    more = self.more = {}
-            more[item] = at
-            self.news = True
-            if at < self[OLDEST]:
-                self[OLDEST] = at
-        elif old < at:
-            more[item] = at
+        index = more.get(item) if more is not None else None
+        if index is not None:
+            if at > self[index]:
+                self[index] = at
+            return
+        if first is not None and len(self) - MORE + 1 >= capacity:
+            self._make_room(at, capacity, horizon)
+        self._hold_new(item, at)
 
-    def _first(self, item: str, at: float) -> None:
-        self.first = item
-        self[FIRST_AT] = at
+    def _hold_new(self, item: str, at: float) -> None:
+        if self.first is None:
+            self.first = item
+            self[FIRST_AT] = at
+        else:
+            more = self.more
+            if more is None:
+                more = self.more = {}
+            more[item] = len(self)
+            self.append(at)
         self.news = True
         if at < self[OLDEST]:
             self[OLDEST] = at
@@ -125,14 +124,13 @@ class RecentSet(_Floats):
             del seen[item]
         while len(seen) >= capacity:
             del seen[min(seen, key=seen.__getitem__)]
-        entries = iter(seen.items())
-        head = next(entries, None)
-        if head is None:
-            self.first, self.more = None, None
-        else:
-            self.first, self[FIRST_AT] = head
-            self.more = dict(entries) or None
-        self[OLDEST] = min(seen.values(), default=math.inf)
+        self.first, self.more = None, None
+        del self[MORE:]
+        self[OLDEST] = math.inf
+        news = self.news
+        for item, t in seen.items():
+            self._hold_new(item, t)
+        self.news = news
 
     @property
     def seen(self) -> dict[str, float]:
@@ -141,29 +139,27 @@ class RecentSet(_Floats):
         if first is None:
             return {}
         out = {first: self[FIRST_AT]}
-        if self.more:
-            out.update(self.more)
+        more = self.more
+        if more:
+            for item, index in more.items():
+                out[item] = self[index]
         return out
 
     def held(self) -> int:
         """How many items are held."""
-        if self.first is None:
-            return 0
-        more = self.more
-        return 1 + len(more) if more else 1
+        return 0 if self.first is None else len(self) - MORE + 1
 
     def count(self, since: float) -> int:
         """Distinct items seen after *since*."""
         if self.first is None:
             return 0
-        more = self.more
         if since < self[OLDEST]:
-            return 1 + len(more) if more else 1
+            return len(self) - MORE + 1
         first_at = self[FIRST_AT]
         n = 1 if first_at > since else 0
         oldest = first_at
-        if more:
-            for t in more.values():
+        if len(self) > MORE:
+            for t in self[MORE:]:
                 if t > since:
                     n += 1
                 if t < oldest:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from aidr_gate.facts import Identity, Origin
 from aidr_gate.patterns.settings import PatternSettings, RedisSettings
 from aidr_gate.patterns.signals import DEGRADED_KEY, Measure, SignalKey, Subject, parse_signal_key
-from aidr_gate.patterns.sketches import COUNTS, FIRST_AT, OLDEST, TOUCHED, Row, Shares
+from aidr_gate.patterns.sketches import COUNTS, FIRST_AT, MORE, OLDEST, TOUCHED, Row, Shares
 
 
 class SharedHealthView(Protocol):
@@ -178,9 +178,9 @@ class Plan:
                     row[FIRST_AT] = at
                 if at > row[TOUCHED]:
                     row[TOUCHED] = at
-            elif more is not None and item in more:
-                if at > more[item]:
-                    more[item] = at
+            elif more is not None and (index := more.get(item)) is not None:
+                if at > row[index]:
+                    row[index] = at
                 if at > row[TOUCHED]:
                     row[TOUCHED] = at
             else:
@@ -189,7 +189,7 @@ class Plan:
             if more is None:  # the only item, seen at *at* or later: inside every window
                 out.update(self.ones)
             else:
-                oldest, held = row[OLDEST], 1 + len(more)
+                oldest, held = row[OLDEST], len(row) - MORE + 1
                 for name, seconds in self.counts:
                     since = at - seconds
                     out[name] = held if since < oldest else row.count(since)
