@@ -236,6 +236,32 @@ class Shares(_Floats):
                 self[base + 2] += 1.0
             base += 3
 
+    def note(
+        self,
+        at: float,
+        anonymous: bool,
+        worse: bool,
+        taus: Sequence[float],
+        signals: Sequence[tuple[str, int, int, float]],
+        out: dict[str, float],
+    ) -> None:
+        """Count one request (:meth:`add`), then write the *signals* into *out* (:meth:`answer`)."""
+        self.add(at, anonymous, worse, taus)
+        if self.others is None:  # this replica's counts alone: their decay cancels out
+            for name, base, part, _ in signals:
+                total = self[base]
+                out[name] = self[part] / total if total > 1e-9 else 0.0
+        else:
+            self.answer(at, signals, out)
+
+    def answer(
+        self, at: float, signals: Sequence[tuple[str, int, int, float]], out: dict[str, float]
+    ) -> None:
+        """Write each share of *signals* at *at* into *out*: (name, index of its window's request
+        count, index of its share's count, window)."""
+        for name, base, part, tau in signals:
+            out[name] = self.share((base - COUNTS) // 3, part - base, at, tau)
+
     def share(self, index: int, which: int, at: float, tau: float) -> float:
         """Window *index*'s share of anonymizer (*which* 1) or worse-tier (2) requests at *at*."""
         base = COUNTS + 3 * index

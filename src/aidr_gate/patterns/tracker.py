@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from aidr_gate.facts import Identity, Origin
 from aidr_gate.patterns.settings import PatternSettings, RedisSettings
 from aidr_gate.patterns.signals import DEGRADED_KEY, Measure, SignalKey, Subject, parse_signal_key
-from aidr_gate.patterns.sketches import COUNTS, FIRST_AT, MORE, OLDEST, TOUCHED, Row, Shares
+from aidr_gate.patterns.sketches import COUNTS, FIRST_AT, OLDEST, TOUCHED, Row, Shares
 
 
 class SharedHealthView(Protocol):
@@ -189,27 +189,23 @@ class Plan:
             if more is None:  # the only item, seen at *at* or later: inside every window
                 out.update(self.ones)
             else:
-                oldest, held = row[OLDEST], len(row) - MORE + 1
-                for name, seconds in self.counts:
-                    since = at - seconds
-                    out[name] = held if since < oldest else row.count(since)
-        else:
-            if taus and at > row[TOUCHED]:
-                row[TOUCHED] = at
-            for name, seconds in self.counts:
-                out[name] = row.count(at - seconds)
+                self.windows(row, at, out)
+        elif self.sets:
+            self.windows(row, at, out)
         if taus:
             shares = row.shares
             if shares is None:
                 shares = row.shares = Shares(len(taus))
-            shares.add(at, anonymous, worse, taus)
-            if shares.others is None:  # this replica's counts alone: their decay cancels out
-                for name, base, part, _ in self.shares:
-                    total = shares[base]
-                    out[name] = shares[part] / total if total > 1e-9 else 0.0
-            else:
-                for name, base, part, tau in self.shares:
-                    out[name] = shares.share((base - COUNTS) // 3, part - base, at, tau)
+            if at > row[TOUCHED]:
+                row[TOUCHED] = at
+            shares.note(at, anonymous, worse, taus, self.shares, out)
+
+    def windows(self, row: Row, at: float, out: dict[str, float]) -> None:
+        """Write the distinct counts of *row* in each window into *out*."""
+        oldest, held = row[OLDEST], row.held()
+        for name, seconds in self.counts:
+            since = at - seconds
+            out[name] = held if since < oldest else row.count(since)
 
     def read(self, key: str, at: float, out: dict[str, float]) -> None:
         """Write this subject's signals for *key* into *out*, counting nothing."""
@@ -218,10 +214,9 @@ class Plan:
             return
         shares = row.shares
         if shares is not None:
-            for name, base, part, tau in self.shares:
-                out[name] = shares.share((base - COUNTS) // 3, part - base, at, tau)
-        for name, seconds in self.counts:
-            out[name] = row.count(at - seconds)
+            shares.answer(at, self.shares, out)
+        if self.sets:
+            self.windows(row, at, out)
 
 
 class PatternTracker:
@@ -294,29 +289,7 @@ class PatternTracker:
         shortest = windows[0] if windows else 0.0
         for table in self.tables():
             table.spare = shortest
-        plans = {s: Plan(s, self._tables[s]) for s in SUBJECTS}
-        counts: dict[str, list[tuple[str, float]]] = {s: [] for s in SUBJECTS}
-        shares: dict[str, list[tuple[str, int, int, float]]] = {s: [] for s in SUBJECTS}
-        zeros: dict[str, float] = {}
-        for k in keys:
-            subject, measure = k.family.subject, k.family.measure
-            if measure in _SHARE_MEASURES:
-                which = 1 if measure == Measure.ANONYMIZER_SHARE else 2
-                slot = share_windows.index(k.seconds)
-                base = COUNTS + 3 * slot
-                shares[subject].append((k.name, base, base + which, k.seconds))
-                zeros[k.name] = 0.0
-            else:
-                counts[subject].append((k.name, k.seconds))
-                zeros[k.name] = 0  # a count: an int, as the counts themselves are
-        for subject, plan in plans.items():
-            plan.counts = tuple(counts[subject])
-            plan.ones = dict.fromkeys((name for name, _ in plan.counts), 1)
-            plan.shares = tuple(shares[subject])
-            plan.sets = bool(plan.counts)
-            plan.taus = share_windows if plan.shares else ()
-            plan.capacity = self.capacity
-            plan.horizon = self.horizon
+        plans, zeros = self._plans_for(keys)
         tracked = {s: p for s, p in plans.items() if p.counts or p.shares}
         self._token = tracked.get(Subject.TOKEN)
         self._entity = tracked.get(Subject.ENTITY)
@@ -328,6 +301,33 @@ class PatternTracker:
         self.subjects = frozenset(tracked)
         self._degraded_wanted = DEGRADED_KEY in self._pack_keys
         self.needs_worse = any(k.family.measure == Measure.WORSE_SHARE for k in keys)
+
+    def _plans_for(self, keys: list[SignalKey]) -> tuple[dict[str, Plan], dict[str, float]]:
+        """A plan per subject for *keys*, and the answer's zeros (an int for a count, a float
+        for a share, as the signals themselves are), in the order of *keys*."""
+        plans = {s: Plan(s, self._tables[s]) for s in SUBJECTS}
+        counts: dict[str, list[tuple[str, float]]] = {s: [] for s in SUBJECTS}
+        shares: dict[str, list[tuple[str, int, int, float]]] = {s: [] for s in SUBJECTS}
+        zeros: dict[str, float] = {}
+        for k in keys:
+            subject, measure = k.family.subject, k.family.measure
+            if measure in _SHARE_MEASURES:
+                which = 1 if measure == Measure.ANONYMIZER_SHARE else 2
+                base = COUNTS + 3 * self.share_windows.index(k.seconds)
+                shares[subject].append((k.name, base, base + which, k.seconds))
+                zeros[k.name] = 0.0
+            else:
+                counts[subject].append((k.name, k.seconds))
+                zeros[k.name] = 0
+        for subject, plan in plans.items():
+            plan.counts = tuple(counts[subject])
+            plan.ones = dict.fromkeys((name for name, _ in plan.counts), 1)
+            plan.shares = tuple(shares[subject])
+            plan.sets = bool(plan.counts)
+            plan.taus = self.share_windows if plan.shares else ()
+            plan.capacity = self.capacity
+            plan.horizon = self.horizon
+        return plans, zeros
 
     @property
     def active(self) -> bool:
