@@ -34,6 +34,7 @@ from aidr_gate.errors import (
     RegistryUnavailable,
 )
 from aidr_gate.facts import Identity, Origin
+from aidr_gate.patterns.reach import capacity_warnings, distinct_needs
 from aidr_gate.patterns.settings import PATTERNS, PatternSettings
 from aidr_gate.patterns.tracker import PatternTracker, Signals
 from aidr_gate.policy.engine import PolicyEngine, Verdict
@@ -157,6 +158,9 @@ def load_state(
                 errors.append(exc)
     if errors or engine is None or registry is None or catalog is None:
         raise ConfigError.merge(errors)
+    if warnings is not None:  # count thresholds beyond patterns.max_distinct: raised, and said
+        packs = [engine.pack] + ([shadow.pack] if shadow is not None else [])
+        warnings.extend(capacity_warnings(packs, config.get(PATTERNS).max_distinct))
     return GateState(
         engine=engine,
         registry=registry,
@@ -217,7 +221,7 @@ class Gate:
         self._ids = DecisionIds()
         # Kept across reloads: the counts are about traffic, not about the pack.
         self.patterns = patterns or PatternTracker()
-        self.patterns.want(_pattern_keys(state))
+        self.patterns.want(_pattern_keys(state), needs=distinct_needs(_packs(state)))
 
     @property
     def state(self) -> GateState:
@@ -229,7 +233,9 @@ class Gate:
 
         *patterns*: a reload's ``patterns:`` settings, applied to the kept tracker with the state.
         """
-        self.patterns.want(_pattern_keys(state), settings=patterns)
+        self.patterns.want(
+            _pattern_keys(state), settings=patterns, needs=distinct_needs(_packs(state))
+        )
         old, self._state = self._state, state
         return old
 
@@ -543,6 +549,11 @@ def _evaluate(
 
 
 _NOT_SCREENED: frozenset[str] = frozenset()
+
+
+def _packs(state: GateState) -> list[Pack]:
+    """The enforced pack, and the shadow pack when there is one."""
+    return [state.engine.pack] + ([state.shadow.pack] if state.shadow is not None else [])
 
 
 def _pattern_keys(state: GateState) -> tuple[str, ...]:

@@ -27,6 +27,8 @@ from aidr_gate.facts import (
 from aidr_gate.gate import EntitySource, Gate, GateState, Resolved, load_file_registry, load_state
 from aidr_gate.identity import Authenticator
 from aidr_gate.origin import origin_resolver_for
+from aidr_gate.patterns.reach import capacity_warnings
+from aidr_gate.patterns.settings import PATTERNS
 from aidr_gate.policy.engine import PolicyEngine
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.policy.reach import region_code
@@ -182,10 +184,13 @@ def run(args: argparse.Namespace) -> int:
             source = view = registry_view(open_store(args.registry))
     else:
         source = view = open_registry(config)
-    state: GateState = load_state(config, registry=source)
+    warnings: list[Problem] = []
+    state: GateState = load_state(config, registry=source, warnings=warnings)
     if args.pack:
+        pack = load_pack(args.pack, config.policy.search)
+        warnings = capacity_warnings([pack], config.get(PATTERNS).max_distinct)
         state = GateState(
-            engine=PolicyEngine(load_pack(args.pack, config.policy.search)),
+            engine=PolicyEngine(pack),
             registry=state.registry,
             catalog=state.catalog,
             mode=state.mode,
@@ -199,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
                 Problem("<command line>", "--at", f"{args.at!r} is not a date or ISO 8601 time")
             )
     _refuse_ignored_flags(args)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.ip or args.peer or args.header:
         origin = origin_resolver_for(config).resolve_for_check(
             ip=args.ip, peer=args.peer, header_lines=args.header

@@ -14,12 +14,19 @@ cached evaluation, so numbers that change with every request do not defeat the c
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from aidr_gate.document import Checker, join
-from aidr_gate.patterns.signals import DEGRADED_KEY, is_pattern_key
+from aidr_gate.patterns.signals import (
+    DEGRADED_KEY,
+    MAX_DISTINCT,
+    Measure,
+    is_pattern_key,
+    parse_signal_key,
+)
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "at_least": operator.ge,
@@ -51,9 +58,39 @@ def read_pattern_test(check: Checker, key: str, value: Any, path: str) -> Any:
     out: dict[str, float] = {}
     for name, threshold in data.items():
         number = check.number(threshold, join(path, name), minimum=0)
-        if number is not None:
+        if number is not None and _decidable(check, key, name, number, join(path, name)):
             out[name] = number
     return out if len(out) == len(data) else None
+
+
+def items_needed(operator: str, threshold: float) -> int:
+    """Items a key must hold for ``count <operator> threshold`` to read the same on the saturated
+    count as on the true one (a count held at *c* reads *c* for every true count from *c* up)."""
+    if operator in ("at_least", "less_than"):  # count >= t: told apart once t items are held
+        return math.ceil(threshold)
+    return math.floor(threshold) + 1  # more_than, at_most: count > t needs t + 1 held
+
+
+def _decidable(check: Checker, key: str, operator: str, threshold: float, path: str) -> bool:
+    """False (and an error) for a threshold no signal value can decide: a share above 1, or a
+    count beyond the most distinct items a key may hold (``reach.py`` raises the bound up to
+    that for every threshold below it)."""
+    parsed = parse_signal_key(key)
+    if parsed is None:
+        return True
+    if parsed.family.measure in (Measure.ANONYMIZER_SHARE, Measure.WORSE_SHARE):
+        if threshold > 1:
+            check.error(path, f"a share is between 0 and 1, not {threshold:g}")
+            return False
+        return True
+    if items_needed(operator, threshold) > MAX_DISTINCT:
+        check.error(
+            path,
+            f"counts stop at {MAX_DISTINCT} distinct items per key: {operator} {threshold:g} "
+            "could never be decided",
+        )
+        return False
+    return True
 
 
 def compile_pattern_test(key: str, value: Any) -> Callable[[Mapping[str, float]], bool]:

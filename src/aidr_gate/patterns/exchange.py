@@ -160,7 +160,8 @@ class Exchange:
         horizon = max(tracker.horizon, 1.0)
         since = max(now - horizon, self.flushed_at - 2 * self.settings.interval)
         keys: list[str] = []
-        args: list[str | float] = [int(horizon) + 60, now - horizon, tracker.capacity, self.replica]
+        cap = max(tracker.capacity, *tracker.capacities.values())
+        args: list[str | float] = [int(horizon) + 60, now - horizon, cap, self.replica]
         for subject, key in chunk:
             held = tracker.table(subject).rows.get(key)
             row = held if tracker.tracks_sets(subject) else None
@@ -260,7 +261,7 @@ class Exchange:
 
     def _merge(self, now: float, chunk: list[Key], replies: list[Any]) -> None:
         tracker = self.tracker
-        capacity, horizon = tracker.capacity, max(tracker.horizon, 1.0)
+        horizon = max(tracker.horizon, 1.0)
         windows = tracker.share_windows
         position = 0
         for subject, key in chunk:
@@ -270,7 +271,7 @@ class Exchange:
                 position += 1
                 if items:
                     pairs = [(items[n], float(items[n + 1])) for n in range(0, len(items), 2)]
-                    table.merged(key, pairs, capacity, horizon, now)
+                    table.merged(key, pairs, tracker.capacity_of(subject), horizon, now)
             if not tracker.tracks_shares(subject):
                 continue
             fields = replies[position]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from aidr_gate.facts import AnonymizerFlag, Identity, Origin
+from aidr_gate.patterns.reach import distinct_needs
 from aidr_gate.patterns.signals import DEGRADED_KEY
 from aidr_gate.patterns.tracker import PatternTracker
 from aidr_gate.policy.engine import PolicyEngine
@@ -26,7 +27,10 @@ class SignalReplay:
 
     def __init__(self, engine: PolicyEngine) -> None:
         self.engine = engine
-        self.tracker = PatternTracker(wanted=engine.pattern_keys)
+        # The bounds the gate keeps under this pack (its count thresholds may raise them).
+        self.tracker = PatternTracker(
+            wanted=engine.pattern_keys, needs=distinct_needs([engine.pack])
+        )
         self.recomputed = 0
         self.compared = 0
         self.differ = 0

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from aidr_gate.document import Checker, join
-from aidr_gate.patterns.signals import FAMILIES, window_seconds
+from aidr_gate.patterns.signals import FAMILIES, MAX_DISTINCT, window_seconds
 from aidr_gate.settings.schema import KeyDoc, Section
 
 SECTION = "patterns"
@@ -207,7 +207,9 @@ def read_patterns(check: Checker, raw: Any, base_dir: Path | None = None) -> Pat
         windows=tuple(windows),
         record=record,
         max_keys=_integer(check, data, "max_keys", SECTION, 16, 10_000_000, d.max_keys),
-        max_distinct=_integer(check, data, "max_distinct", SECTION, 2, 4096, d.max_distinct),
+        max_distinct=_integer(
+            check, data, "max_distinct", SECTION, 2, MAX_DISTINCT, d.max_distinct
+        ),
         ipv4_prefix=_integer(check, data, "ipv4_prefix", SECTION, 8, 32, d.ipv4_prefix),
         ipv6_prefix=_integer(check, data, "ipv6_prefix", SECTION, 16, 128, d.ipv6_prefix),
         redis=_read_redis(check, data["redis"]) if data.get("redis") is not None else None,

@@ -102,6 +102,9 @@ BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES}
 DEGRADED_KEY = "patterns_degraded"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 MAX_WINDOW = 30 * 86_400.0
+# Distinct items one key may hold at most (``patterns.max_distinct``, and what a pack's count
+# thresholds may raise it to: ``reach.py``).
+MAX_DISTINCT = 4096
 _KEY = re.compile(r"^([a-z_]+?)_([1-9][0-9]{0,5})([smhd])$")
 _WINDOW = re.compile(r"^([1-9][0-9]{0,5})([smhd])$")
 

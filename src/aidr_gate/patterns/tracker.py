@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from aidr_gate.facts import Identity, Origin
+from aidr_gate.patterns.reach import Need, capacities
 from aidr_gate.patterns.settings import PatternSettings, RedisSettings
 from aidr_gate.patterns.signals import DEGRADED_KEY, Measure, SignalKey, Subject, parse_signal_key
 from aidr_gate.patterns.sketches import COUNTS, FIRST_AT, OLDEST, TOUCHED, Row, Shares
@@ -223,11 +224,17 @@ class PatternTracker:
     """Bounded signal state and the signals of each request (see the module docstring)."""
 
     def __init__(
-        self, settings: PatternSettings | None = None, *, wanted: Iterable[str] = ()
+        self,
+        settings: PatternSettings | None = None,
+        *,
+        wanted: Iterable[str] = (),
+        needs: Iterable[Need] = (),
     ) -> None:
         self.settings = settings or PatternSettings()
         limit = self.settings.max_keys
         self.capacity = self.settings.max_distinct
+        # Subjects whose pack tests need more than ``max_distinct`` items per key: that many.
+        self.capacities: dict[str, int] = {}
         self.shared: Sharing | None = None
         self._pack_keys: tuple[str, ...] = ()
         self.windows: tuple[float, ...] = ()
@@ -251,12 +258,22 @@ class PatternTracker:
         self._network: Plan | None = None
         self._plans: dict[str, Plan] = {}
         self._zeros: dict[str, float] = {}
-        self.want(wanted)
+        self.want(wanted, needs=needs)
 
     # -- what is tracked --------------------------------------------------------------------------
 
-    def want(self, pack_keys: Iterable[str], *, settings: PatternSettings | None = None) -> None:
+    def want(
+        self,
+        pack_keys: Iterable[str],
+        *,
+        settings: PatternSettings | None = None,
+        needs: Iterable[Need] = (),
+    ) -> None:
         """Track the signals a (new) pack tests, besides those the settings record.
+
+        *needs*: the pack's count tests (:func:`~aidr_gate.patterns.reach.distinct_needs`); a
+        subject whose tests need more items than ``max_distinct`` holds that many per key, so
+        that no threshold is beyond what its count can reach.
 
         *settings*: a reload's ``patterns:`` section. What it records (``windows``, ``record``)
         and the exchange's pace apply now; the state's shape (``max_keys``, ``max_distinct``, the
@@ -289,6 +306,7 @@ class PatternTracker:
         shortest = windows[0] if windows else 0.0
         for table in self.tables():
             table.spare = shortest
+        self.capacities = capacities(needs, self.capacity)
         plans, zeros = self._plans_for(keys)
         tracked = {s: p for s, p in plans.items() if p.counts or p.shares}
         self._token = tracked.get(Subject.TOKEN)
@@ -325,7 +343,7 @@ class PatternTracker:
             plan.shares = tuple(shares[subject])
             plan.sets = bool(plan.counts)
             plan.taus = self.share_windows if plan.shares else ()
-            plan.capacity = self.capacity
+            plan.capacity = self.capacity_of(subject)
             plan.horizon = self.horizon
         return plans, zeros
 
@@ -344,6 +362,10 @@ class PatternTracker:
     def reports_degraded(self) -> bool:
         """Tested by the pack, or a shared view is configured: every record says which it was."""
         return self._degraded_wanted or self.shared is not None
+
+    def capacity_of(self, subject: str) -> int:
+        """Distinct items each key of *subject* holds at most."""
+        return self.capacities.get(subject, self.capacity)
 
     def tables(self) -> tuple[Table, ...]:
         """Every table (for sizes and the shared view)."""
