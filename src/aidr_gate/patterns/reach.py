@@ -98,8 +98,8 @@ def capacity_warnings(packs: Iterable[Pack], max_distinct: int) -> list[Problem]
                 f"{need.signal} {need.test} needs {need.items} distinct items per key, more "
                 f"than patterns.max_distinct ({max_distinct}): each {need.subject} key holds up "
                 f"to {held} (about {held * BYTES_PER_ITEM // 1024 or 1} KiB per key at most, "
-                f"times patterns.max_keys keys); patterns.max_distinct: {held} (for every subject) says "
-                "so in the configuration and silences this",
+                f"times patterns.max_keys keys); patterns.max_distinct: {held} (every "
+                "subject) says so in the configuration and silences this",
                 line,
                 severity="warning",
             )
