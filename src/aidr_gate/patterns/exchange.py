@@ -160,7 +160,7 @@ class Exchange:
         horizon = max(tracker.horizon, 1.0)
         since = max(now - horizon, self.flushed_at - 2 * self.settings.interval)
         keys: list[str] = []
-        cap = max(tracker.capacity, *tracker.capacities.values())
+        cap = max((tracker.capacity, *tracker.capacities.values()))  # a trim bound, for size only
         args: list[str | float] = [int(horizon) + 60, now - horizon, cap, self.replica]
         for subject, key in chunk:
             held = tracker.table(subject).rows.get(key)
