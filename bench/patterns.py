@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 import replay as replay_bench  # noqa: E402 - the replay bench's trail generator
-from redis_server import RedisServer  # noqa: E402 - the tests' Redis helper
+from support.redis_server import RedisServer  # noqa: E402 - the tests' Redis helper
 
 EXAMPLE = ROOT / "policies" / "examples" / "patterns.yaml"
 BATCH = 500

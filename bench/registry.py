@@ -35,9 +35,9 @@ from aidr_gate.stores import MISS, UNAVAILABLE, CacheSettings, EntityCache
 from aidr_gate.stores.base import RegistryChange, WritableStore
 from aidr_gate.stores.postgres import PostgresStore
 from aidr_gate.stores.sqlite import SqliteStore
-from jwks_server import AUDIENCE, ISSUER, jwks_of, rsa_key
-from postgres_server import postgres_server
-from registry_support import entity_id, synthetic_entities, write_yaml_registry
+from support.jwks_server import AUDIENCE, ISSUER, jwks_of, rsa_key
+from support.postgres_server import postgres_server
+from support.registry_support import entity_id, synthetic_entities, write_yaml_registry
 
 
 def rss_mb() -> float:

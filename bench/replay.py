@@ -46,7 +46,7 @@ from aidr_gate.replay.reader import FileChain, read_file
 
 # The traffic generator the replay tests use: every tier, agreement state, model kind, flag.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import replay_support
+from support import replay_support
 
 TARGET_SECONDS = 60.0
 FILE_BYTES = 256 << 20  # rotate like a journal: a new file every 256 MiB

@@ -36,7 +36,7 @@ from aidr_gate.screening.screen import screen_registry
 from aidr_gate.screening.store import ListSnapshot, ListSource, load_snapshot
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import screening_support
+from support import screening_support
 
 SCREEN_TARGET_SECONDS = 60.0
 LOOKUP_TARGET_NS = 500.0
