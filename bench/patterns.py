@@ -2,7 +2,7 @@
 the report over a generated trail of a million records.
 
 Run: ``.venv/bin/python bench/patterns.py [--requests 200000] [--rounds 12] [--records 1000000]
-[--skip-redis] [--skip-memory] [--skip-report]``
+[--skip-in-process] [--skip-redis] [--skip-memory] [--skip-report]``
 
 1. **In process.** One ``Gate`` deciding realistic traffic (20,000 token subjects of 2,000
    entities, 5,000 client addresses in 1,000 networks, most tokens in one country, some hopping)
@@ -310,12 +310,15 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200_000, help="distinct requests generated")
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--skip-in-process", action="store_true")
     parser.add_argument("--skip-redis", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-report", action="store_true")
     args = parser.parse_args()
     entities, requests = traffic(args.requests)
-    ok = in_process(requests, entities, args.rounds)
+    ok = True
+    if not args.skip_in_process:
+        ok = in_process(requests, entities, args.rounds)
     if not args.skip_redis:
         ok = with_redis(requests, entities, args.rounds) and ok
     if not args.skip_memory:

@@ -24,6 +24,10 @@ CHUNK = 256  # keys per round trip at most
 # Seconds of work the exchange does between two yields to the event loop, about: a request
 # arriving meanwhile waits no longer than this.
 STALL = 20e-6
+# Keys per round trip at least: redis-py spends tens of microseconds per call whatever its size,
+# so on a loaded machine (where a key's handling can take longer than STALL) chunks shrunk to a
+# key or two made a round thousands of calls and the exchange fell behind the traffic.
+MIN_CHUNK = 32
 _SEP = "\x1f"
 TRIM_EVERY = 16  # a key's sorted set is trimmed about one write in this many
 
@@ -111,7 +115,7 @@ class Exchange:
         self._cursor = 0
         self._read_at: dict[Key, float] = {}
         self._rotation: list[Key] = []
-        self._chunk = 8  # keys per round trip: adapted to the time their handling takes
+        self._chunk = MIN_CHUNK  # keys per round trip: adapted to the CPU their handling takes
 
     def connect(self, client: Any) -> None:
         """Use *client* (redis-py's asyncio client) and register the two scripts with it."""
@@ -143,11 +147,11 @@ class Exchange:
         start = 0
         while start < len(writes):
             # One script call per chunk: redis-py spends far more per command than per argument.
-            began = time.perf_counter()
+            began = time.thread_time()
             size = self._chunk
             keys, args = self._write_args(now, writes[start : start + size])
             start += size
-            self._adapt(time.perf_counter() - began)
+            self._adapt(time.thread_time() - began)
             if keys:
                 await self._scripts[0](keys=keys, args=args, client=self.client)
                 self._replied()
@@ -235,15 +239,16 @@ class Exchange:
                 keys=keys, args=[low, "".join(kinds)], client=self.client
             )
             self._replied()
-            began = time.perf_counter()
+            began = time.thread_time()
             self._merge(now, chunk, replies)
-            self._adapt(time.perf_counter() - began)
+            self._adapt(time.thread_time() - began)
             await asyncio.sleep(0)  # let requests through between chunks
 
     def _adapt(self, spent: float) -> None:
-        """Size the next chunk so that the work between two yields stays near ``STALL``."""
-        if spent > STALL and self._chunk > 1:
-            self._chunk = max(1, self._chunk // 2)
+        """Size the next chunk so that the work between two yields stays near ``STALL`` (this
+        thread's CPU time: a scheduler's preemption on a shared machine is not work)."""
+        if spent > STALL and self._chunk > MIN_CHUNK:
+            self._chunk = max(MIN_CHUNK, self._chunk // 2)
         elif spent < STALL / 2 and self._chunk < CHUNK:
             self._chunk = min(CHUNK, self._chunk * 2)
 
