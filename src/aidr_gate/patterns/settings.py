@@ -45,7 +45,11 @@ KEYS: tuple[KeyDoc, ...] = (
     KeyDoc("windows", "windows recorded in every decision's evidence, such as [1m, 1h]"),
     KeyDoc("record", "signal families recorded per window (default: all)"),
     KeyDoc("max_keys", "tokens, entities, addresses and networks tracked, each at most"),
-    KeyDoc("max_distinct", "distinct countries or entities kept per key (counts saturate)"),
+    KeyDoc(
+        "max_distinct",
+        "distinct countries or entities kept per key (counts saturate; a pack's larger count "
+        "threshold raises it for its subject, with a `validate` warning)",
+    ),
     KeyDoc("ipv4_prefix", "the IPv4 prefix length that is one network for network_entities"),
     KeyDoc("ipv6_prefix", "the IPv6 prefix length that is one network for network_entities"),
     KeyDoc(
