@@ -24,10 +24,10 @@ CHUNK = 256  # keys per round trip at most
 # Seconds of work the exchange does between two yields to the event loop, about: a request
 # arriving meanwhile waits no longer than this.
 STALL = 20e-6
-# Keys per round trip at least: redis-py spends tens of microseconds per call whatever its size,
-# so on a loaded machine (where a key's handling can take longer than STALL) chunks shrunk to a
-# key or two made a round thousands of calls and the exchange fell behind the traffic.
-MIN_CHUNK = 32
+# Keys per round trip at least. A floor of 32 (fewer, larger calls: redis-py spends tens of
+# microseconds per call) made more rounds complete under load but raised the p99 a loop turn
+# spends by about 0.1 ms (bench/patterns.py, 2026-12-02 17:32): small chunks are kept.
+MIN_CHUNK = 1
 _SEP = "\x1f"
 TRIM_EVERY = 16  # a key's sorted set is trimmed about one write in this many
 
@@ -115,7 +115,7 @@ class Exchange:
         self._cursor = 0
         self._read_at: dict[Key, float] = {}
         self._rotation: list[Key] = []
-        self._chunk = MIN_CHUNK  # keys per round trip: adapted to the CPU their handling takes
+        self._chunk = 8  # keys per round trip: adapted to the CPU their handling takes
 
     def connect(self, client: Any) -> None:
         """Use *client* (redis-py's asyncio client) and register the two scripts with it."""
