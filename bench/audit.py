@@ -111,8 +111,8 @@ class PlainTrail(AuditTrail):
 
     async def start(self) -> None:
         await super().start()
-        # The writer task has not run yet: its first batch already links with this chain.
-        self.chain = NewlineChain(self.chain.next_seq)
+        # The writer thread has no batch yet: its first batch already links with this chain.
+        self.writer.chain = NewlineChain(self.chain.next_seq)
 
 
 def _write_all(fd: int, data: bytes, sync: bool) -> None:
