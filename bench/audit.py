@@ -266,6 +266,7 @@ async def main() -> None:
     print(f"{len(events)} events; {os.cpu_count()} CPUs")
     record_sizes(events)
     compression(events[:20_000])
+    await loop_cost(events[:5_000], args.rounds)
     await overload(events[:10_000])
     render_us, link_us = core(events[:10_000])
     print(f"single thread: render {render_us:.1f} µs/record, render+chain {link_us:.1f} µs/record")
@@ -306,6 +307,69 @@ async def main() -> None:
     print(
         "trail vs bare writer (queue, futures, journal; no chain): "
         f"{ratio('writer, plain', 'trail, plain', rates) - 1:+.1%} throughput"
+    )
+
+
+# The headers a client sends (wrk's, the middleware bench's load): none of them is recorded.
+RAW_HEADERS = [
+    (b"host", b"127.0.0.1:8000"),
+    (b"authorization", b"Bearer eyJhbGciOiJFZERTQSJ9.eyJpc3MiOiJodHRwczovL2lkcCJ9.c2ln"),
+    (b"content-type", b"application/json"),
+    (b"content-length", b"98"),
+]
+
+
+async def _loop_pass(audit: AuditTrail | None, events: list[AuditEvent], count: int) -> float:
+    """Event-loop CPU µs per request of what the middleware does for its record (the allowed
+    headers, the context, ``Runtime.record``), yielding to the loop every 8 requests."""
+    from aidr_gate.runtime import Runtime
+
+    runtime = Runtime.__new__(Runtime)  # only its recorded_headers() and record() are used
+    runtime.audit = audit
+    started = time.thread_time()
+    for i in range(count):
+        decision = events[i % len(events)].decision
+        context = RequestContext(
+            "POST",
+            "/v1/chat/completions",
+            "http",
+            "1.1",
+            runtime.recorded_headers(RAW_HEADERS),
+            200,
+            200,
+            850_000,
+            42,
+        )
+        await runtime.record(decision, context)
+        if i % 8 == 7:
+            await asyncio.sleep(0)
+    return (time.thread_time() - started) / count * 1e6
+
+
+async def loop_cost(events: list[AuditEvent], rounds: int) -> None:
+    """What a record costs the event loop itself, in-process: the trail (default file journal,
+    ``fsync: interval``, its writer thread running) against none, interleaved rounds, median of
+    the per-round differences. Only the loop's own work: bench/middleware.py measures a server."""
+    differences = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(max(3, rounds)):
+            directory = Path(tmp) / str(r)
+            config = AuditConfig(
+                directory=directory,
+                sinks=(FileSinkConfig(name="file", path=directory / "audit.jsonl"),),
+            )
+            audit = AuditTrail(config)
+            await audit.start()
+            await _loop_pass(audit, events, 2_000)  # warm
+            with_trail = await _loop_pass(audit, events, 20_000)
+            await audit.close(30)
+            without = await _loop_pass(None, events, 20_000)
+            differences.append(with_trail - without)
+    median = statistics.median(differences)
+    print(
+        f"event loop per record, in-process (headers, context, Runtime.record; writer running): "
+        f"+{median:.2f} µs (rounds {min(differences):.2f} .. {max(differences):.2f})   "
+        f"target <= 10   {'OK' if median <= 10 else 'MISSED'}"
     )
 
 

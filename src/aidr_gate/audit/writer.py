@@ -121,8 +121,9 @@ class BatchWriter:
         return self.sleeping or (self.lingering and len(self.queue) >= self.batch_size)
 
     def wake(self) -> None:
-        """Cut the writer's wait short."""
+        """Cut the writer's wait short (once: the records queued until it runs need not)."""
         with self._cv:
+            self.sleeping = self.lingering = False
             self._cv.notify()
 
     def start(self, loop: asyncio.AbstractEventLoop, next_seq: int, digest: str) -> None:
