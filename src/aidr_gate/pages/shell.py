@@ -4,7 +4,8 @@ A Content-Security-Policy forbids loading anything from anywhere, so a page show
 offline, years later, as on the day it was made: the styles and the few lines of script that make
 tables sortable are inline. A script error is recorded in the DOM (headless tests read it).
 :func:`page` lays out the head, the header, the main part and the footer; a report's own module
-writes what goes in them, with :func:`sortable_table`, :func:`card_list`, :func:`esc` and :func:`number`.
+writes what goes in them, with :func:`sortable_table`, :func:`card_list`, :func:`esc` and
+:func:`number`.
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ def page(
 
 
 def card_list(cards: Iterable[tuple[str, str, int | None]], *, id_prefix: str) -> str:
-    """Totals as cards: (key, label, value) each, the key its class and, after *id_prefix*, its id."""
+    """Totals as cards, each (key, label, value): the key is its class and, after *id_prefix*,
+    its id."""
     items = "".join(
         f'<li class="card {key}" id="{id_prefix}{key}"><span class="value">{number(value)}</span>'
         f"{esc(label)}</li>"

@@ -90,10 +90,10 @@ def render_html(report: dict[str, Any]) -> str:
         style=_EXTRA_STYLE,
         header=(
             "<h1>Access patterns over time</h1>",
-            f'<p class="sub">{number(totals["records"])} requests of {number(totals["entities"])} entities '
-            f"from {esc(_when(totals['first']))} to {esc(_when(totals['last']))} UTC; signals over a "
-            f"sliding window of {esc(report['window'])}, series in steps of "
-            f"{esc(report['bucket_seconds'])} s.</p>",
+            f'<p class="sub">{number(totals["records"])} requests of '
+            f"{number(totals['entities'])} entities from {esc(_when(totals['first']))} to "
+            f"{esc(_when(totals['last']))} UTC; signals over a sliding window of "
+            f"{esc(report['window'])}, series in steps of {esc(report['bucket_seconds'])} s.</p>",
         ),
         main=[section(report) for section in _SECTIONS],
         generated_at=report["generated_at"],

@@ -34,10 +34,12 @@ def render_html(report: dict[str, Any]) -> str:
         style=_EXTRA_STYLE,
         header=(
             f"<h1>Restricted-party screening: {esc(report['registry'])}</h1>",
-            f'<p class="sub">{number(report["entities"])} entities, {number(report["names_screened"])} '
-            f"names screened against {number(lists['entries'])} list entries, list version "
-            f'<span class="mono" id="list-version">{esc(lists["date"])} {esc(lists["digest"])}</span>, '
-            f"match threshold {report['threshold']:g}/100.</p>",
+            f'<p class="sub">{number(report["entities"])} entities, '
+            f"{number(report['names_screened'])} names screened against "
+            f"{number(lists['entries'])} list entries, list version "
+            f'<span class="mono" id="list-version">{esc(lists["date"])} '
+            f"{esc(lists['digest'])}</span>, match threshold "
+            f"{report['threshold']:g}/100.</p>",
             _lists_table(lists),
         ),
         main=(
