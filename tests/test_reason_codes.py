@@ -13,9 +13,10 @@ import re
 
 import pytest
 
-from aidr_gate import errors, proxy
-from aidr_gate.responses import _MESSAGES, error_message
-from audit_support import gate
+from aidr_gate import errors
+from aidr_gate.asgi.responses import _MESSAGES, error_message
+from aidr_gate.sidecar import proxy
+from support.audit_support import gate
 from support.environment import ROOT
 
 # Codes of errors.py no client is ever answered with, and why.
