@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from aidr_gate.decision import Decision
-from aidr_gate.reasons import REASONS
+from aidr_gate.reasons import REASONS, Kind
 
 # The ``type`` field, by HTTP status (the openai SDK maps the status to its exception class).
 _TYPES = {
@@ -19,9 +19,11 @@ _TYPES = {
     504: "upstream_timeout",
 }
 
-# The sentences of the gate's own codes, from the registry, as one dict read per deny; pack
-# reasons get the policy sentence.
-_MESSAGES: dict[str, str] = {code: r.message for code, r in REASONS.items() if r.message}
+# The sentences of the gate's refusals, from the registry, as one dict read per deny; pack
+# reasons get the policy sentence (the sidecar's own codes are never a decision's).
+_MESSAGES: dict[str, str] = {
+    code: r.message for code, r in REASONS.items() if r.kind is Kind.REFUSAL and r.message
+}
 # ``Retry-After`` of the codes whose answer carries one (every 503 of the gate).
 _RETRY_AFTER: dict[str, tuple[bytes, bytes]] = {
     code: (b"retry-after", str(r.retry_after).encode())
