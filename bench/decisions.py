@@ -61,7 +61,7 @@ def _tests_reach(condition: Condition) -> bool:
 def bench_pack() -> Pack:
     """``aidr-2025-01`` without its screening and region rules, which the pycasbin and Cedar
     formulations do not model (they need a screening table and a City database; the engine's own
-    tests decide them: tests/test_screening_decisions.py, tests/test_regions.py)."""
+    tests decide them: tests/screening/test_screening_decisions.py, tests/request/test_regions.py)."""
     pack = load_pack(PACK_ID)
     kept = replace(pack, rules=tuple(r for r in pack.rules if not _tests_reach(r.when)))
     return replace(kept, digest=compute_digest(kept))

@@ -21,9 +21,9 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from aidr_gate.errors import IdentityError
 from aidr_gate.facts import Identity
-from aidr_gate.identity import Authenticator, bearer_token
-from aidr_gate.jwks import StaticKeys
-from aidr_gate.keys import build_key_set
+from aidr_gate.request.identity import Authenticator, bearer_token
+from aidr_gate.request.jwks import StaticKeys
+from aidr_gate.request.keys import build_key_set
 from aidr_gate.settings.identity import IdentityConfig
 
 ISSUER = "https://idp.example/"

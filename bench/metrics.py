@@ -44,9 +44,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from aidr_gate.asgi.middleware import AIDRGateMiddleware
 from aidr_gate.facts import declared_origin
 from aidr_gate.gate import Gate
-from aidr_gate.middleware import AIDRGateMiddleware
 from aidr_gate.runtime import Runtime
 from aidr_gate.stages import UPSTREAM_STATE_KEY, UpstreamResult
 from aidr_gate.telemetry import OtlpSettings, PrometheusSettings, Telemetry, TelemetrySettings

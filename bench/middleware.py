@@ -97,8 +97,8 @@ def setup(directory: Path) -> tuple[Path, str]:
 
 def build_app(config: Path | None, audit: bool = True) -> Any:
     """The OpenAI-compatible demo app, gated when *config* is given."""
+    from aidr_gate.asgi.middleware import AIDRGateMiddleware
     from aidr_gate.demo.model_server import build_model_app
-    from aidr_gate.middleware import AIDRGateMiddleware
 
     app = build_model_app(token_delay=0)
     if config is not None:

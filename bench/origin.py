@@ -33,9 +33,9 @@ import maxminddb
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
-from aidr_gate.client_ip import TrustedProxies
-from aidr_gate.geo import IptoccCountryResolver, MaxMindCountryResolver
-from aidr_gate.origin import OriginResolver
+from aidr_gate.request.client_ip import TrustedProxies
+from aidr_gate.request.geo import IptoccCountryResolver, MaxMindCountryResolver
+from aidr_gate.request.origin import OriginResolver
 
 ROOT = Path(__file__).resolve().parent.parent
 MAXMIND_COUNTRY = ROOT.parent / "shared" / "testdata" / "maxmind" / "GeoIP2-Country-Test.mmdb"

@@ -17,7 +17,7 @@ Run: ``.venv/bin/python bench/patterns.py [--requests 200000] [--rounds 12] [--r
 2. **With Redis.** The same traffic through an asyncio loop, one decision per loop turn (each turn
    yields to the loop first, so whatever the background task does between requests lands in the
    turn's wall time), with the tracker local beside the tracker shared through a real Redis
-   (``tests/redis_server.py``; rounds every 0.25 s write the changed keys and merge the view back,
+   (``tests/support/redis_server.py``; rounds every 0.25 s write the changed keys and merge the view back,
    in chunks). Printed: p50 and p99 per turn of each and the p99 added (target <= 0.1 ms: no
    request waits for Redis).
 3. **Memory.** ``tracemalloc`` of one tracker (default bounds, ``max_keys`` 100,000) fed one
@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 import replay as replay_bench  # noqa: E402 - the replay bench's trail generator
-from redis_server import RedisServer  # noqa: E402 - the tests' Redis helper
+from support.redis_server import RedisServer  # noqa: E402 - the tests' Redis helper
 
 EXAMPLE = ROOT / "policies" / "examples" / "patterns.yaml"
 BATCH = 500

@@ -6,7 +6,7 @@ against the same decision with the registry in memory (the file registry's path)
 
 Run: ``.venv/bin/python bench/registry.py [--entities 1000000] [--file-entities 100000]``.
 
-PostgreSQL runs in a temporary cluster (tests/postgres_server.py), SQLite in a temporary file; both
+PostgreSQL runs in a temporary cluster (tests/support/postgres_server.py), SQLite in a temporary file; both
 are filled with synthetic entities (a third with agreements) by the stores' own bulk import (COPY
 for PostgreSQL), not timed as start. Hit timings interleave the cache and InMemoryRegistry.get in
 the same loop rounds; RSS is measured in this process before and after the cache is filled.
@@ -35,9 +35,9 @@ from aidr_gate.stores import MISS, UNAVAILABLE, CacheSettings, EntityCache
 from aidr_gate.stores.base import RegistryChange, WritableStore
 from aidr_gate.stores.postgres import PostgresStore
 from aidr_gate.stores.sqlite import SqliteStore
-from jwks_server import AUDIENCE, ISSUER, jwks_of, rsa_key
-from postgres_server import postgres_server
-from registry_support import entity_id, synthetic_entities, write_yaml_registry
+from support.jwks_server import AUDIENCE, ISSUER, jwks_of, rsa_key
+from support.postgres_server import postgres_server
+from support.registry_support import entity_id, synthetic_entities, write_yaml_registry
 
 
 def rss_mb() -> float:

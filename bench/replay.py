@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python bench/replay.py [--records N] [--distinct N] [--gzip] [--keep DIR]``.
 
 Generation (not timed as replay): a few thousand distinct, real decisions under ``aidr-2025-01``
-(the replay tests' generator, ``tests/replay_support.py``: every country tier, agreement states,
+(the replay tests' generator, ``tests/support/replay_support.py``: every country tier, agreement states,
 anonymizer flags, unknown models and entities, times over 2025-2026, gate refusals and model
 listings), each rendered once by the real ECS renderer into a template; the records are those
 templates with a fresh decision id and time filled in, linked through the real hash chain and
@@ -46,7 +46,7 @@ from aidr_gate.replay.reader import FileChain, read_file
 
 # The traffic generator the replay tests use: every tier, agreement state, model kind, flag.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import replay_support
+from support import replay_support
 
 TARGET_SECONDS = 60.0
 FILE_BYTES = 256 << 20  # rotate like a journal: a new file every 256 MiB

@@ -5,7 +5,7 @@ Run: ``.venv/bin/python bench/screening.py [--entities N] [--sample N] [--rounds
 Reads the real lists in ``../shared/testdata/sanctions`` (OFAC's SDN CSV set, 7,379 entries, and
 both CSL samples) and prints:
 
-- recall and precision on the labelled set of ``tests/screening_support.py``: spelled variants
+- recall and precision on the labelled set of ``tests/support/screening_support.py``: spelled variants
   derived from sampled real entries (word order, case, punctuation, company-form suffixes,
   diacritics, Cyrillic and other romanizations; each must find its entry) and distinct but similar
   names (each must find nothing);
@@ -36,7 +36,7 @@ from aidr_gate.screening.screen import screen_registry
 from aidr_gate.screening.store import ListSnapshot, ListSource, load_snapshot
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import screening_support
+from support import screening_support
 
 SCREEN_TARGET_SECONDS = 60.0
 LOOKUP_TARGET_NS = 500.0

@@ -5,7 +5,7 @@ Run: ``.venv/bin/python bench/sidecar.py [--rounds 5] [--seconds 5] [--connectio
 Everything runs on 127.0.0.1 in separate processes, measured in one run:
 
 - the upstream: the demo model server (``python -m aidr_gate.demo.model_server``);
-- gate off: the plain :class:`~aidr_gate.proxy.UpstreamProxy` under uvicorn, built here in the bench
+- gate off: the plain :class:`~aidr_gate.sidecar.proxy.UpstreamProxy` under uvicorn, built here in the bench
   (no command-line switch anywhere turns the gate off);
 - gate on: ``aidr-gate serve`` with the demo's configuration (JWT keys from a file, the example
   registry and catalogue, embedded GeoIP data, an audit file sink with the default fsync policy);
@@ -54,8 +54,8 @@ PAYLOAD = json.dumps(
 def role_proxy_off(upstream: str, port: int) -> None:
     """The plain proxy, no gate: what the sidecar costs without any decision."""
     from aidr_gate.cli.serve import loop_factory
-    from aidr_gate.proxy import UpstreamProxy
-    from aidr_gate.sidecar import UvicornServer, uvicorn_config
+    from aidr_gate.sidecar.app import UvicornServer, uvicorn_config
+    from aidr_gate.sidecar.proxy import UpstreamProxy
 
     server = UvicornServer(uvicorn_config(UpstreamProxy(upstream), port=port, log_level="warning"))
     with asyncio.Runner(loop_factory=loop_factory()) as runner:

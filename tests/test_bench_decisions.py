@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.registry import Agreement, AgreementStatus, Entity
+from support.environment import ROOT
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "decisions.py"
+BENCH = ROOT / "bench" / "decisions.py"
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from aidr_gate.audit.lock import AuditWriterBusy
 from aidr_gate.audit.sinks import SinkError, SinkRejected
 from aidr_gate.audit.spool import SpoolFull
 from aidr_gate.errors import AidrGateError
-from aidr_gate.jwks import FetchError
-from aidr_gate.keys import KeySetError
 from aidr_gate.replay.evidence import MissingEvidence
+from aidr_gate.request.jwks import FetchError
+from aidr_gate.request.keys import KeySetError
 
 
 def _public_exceptions() -> dict[str, type[BaseException]]:

@@ -17,16 +17,16 @@ from typing import Any
 import httpx
 import pytest
 
-import hostile_app
+from aidr_gate.asgi.middleware import AIDRGateMiddleware
 from aidr_gate.errors import ConfigError
 from aidr_gate.limits import LARGE_BODY, LIMITS, BufferBudget, Limits
-from aidr_gate.middleware import AIDRGateMiddleware
-from aidr_gate.model_id import BufferedBody
+from aidr_gate.request.model_id import BufferedBody
 from aidr_gate.runtime import Runtime
 from aidr_gate.settings.loader import load_config
-from gate_env import IP, GateEnv
-from hostile_app import DEFAULT_MODEL
-from hostile_support import (
+from support import hostile_app
+from support.gate_env import IP, GateEnv
+from support.hostile_app import DEFAULT_MODEL
+from support.hostile_support import (
     IPV6_BR,
     MODEL_HEADER,
     TESTS,
@@ -40,9 +40,9 @@ from hostile_support import (
     token,
     upstream_process,
 )
-from jwks_server import claims
-from servers import free_port, serve
-from sidecar_support import Process
+from support.jwks_server import claims
+from support.servers import free_port, serve
+from support.sidecar_support import Process
 
 KINDS = ("middleware", "sidecar")
 MIB = 1024 * 1024

@@ -18,8 +18,16 @@ from typing import cast
 import httpx
 import pytest
 
-from gate_env import IP, GateEnv
-from hostile_support import IPV6_BR, MODEL_HEADER, Target, caller, form_body, hostile_env, target
+from support.gate_env import IP, GateEnv
+from support.hostile_support import (
+    IPV6_BR,
+    MODEL_HEADER,
+    Target,
+    caller,
+    form_body,
+    hostile_env,
+    target,
+)
 
 OPEN = "aurora-mini"
 CONTROLLED = "aurora-frontier"

@@ -23,7 +23,9 @@ import yaml
 from msgspec.structs import replace
 
 import aidr_gate
-from aidr_gate import errors, proxy, responses
+from aidr_gate import errors
+from aidr_gate.asgi import responses
+from aidr_gate.asgi.responses import error_body, error_headers, error_message, own_answer
 from aidr_gate.decision import Decision
 from aidr_gate.policy.extends import bundled_pack_dir
 from aidr_gate.policy.pack import load_pack
@@ -36,8 +38,8 @@ from aidr_gate.reasons import (
     other_markdown,
     pack_markdown,
 )
-from aidr_gate.responses import error_body, error_headers, error_message, own_answer
-from audit_support import gate
+from aidr_gate.sidecar import proxy
+from support.audit_support import gate
 from support.environment import ROOT
 
 SRC = ROOT / "src" / "aidr_gate"
@@ -248,9 +250,9 @@ def test_the_source_scan_sees_the_codes_outside_the_registry() -> None:
     for code, where in [
         ("MODEL_UNKNOWN", "policy/engine.py"),
         ("MODELS_LISTED", "gate.py"),
-        ("UPSTREAM_TIMEOUT", "proxy.py"),
+        ("UPSTREAM_TIMEOUT", "sidecar/proxy.py"),
         ("CLIENT_DISCONNECTED", "stages.py"),
-        ("AUDIT_NOT_STORED", "middleware.py"),
+        ("AUDIT_NOT_STORED", "asgi/middleware.py"),
     ]:
         assert where in found[code], (code, found.get(code))
     assert "AUDIT_FILE" not in found  # a metavar, also written as a Problem's path

@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 from aidr_gate.runtime import Runtime
-from audit_support import event
-from gate_env import make_gate_env
+from support.audit_support import event
+from support.gate_env import make_gate_env
 
 
 def test_a_cancelled_request_does_not_cancel_the_others_wait(tmp_path: Path) -> None:

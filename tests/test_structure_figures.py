@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from textwrap import dedent
 
+from support.environment import ROOT
 from support.structure import LONG_FUNCTION, WIDE_CLASS, import_cycles, measure, report
 
 
@@ -75,4 +76,4 @@ def test_import_cycles_follow_the_imports_that_run_at_load_and_those_mypy_reads(
 def test_the_package_has_no_import_cycle() -> None:
     # TYPE_CHECKING imports count: decision once reached the engine that way, and the engine
     # and the pack reached back into decision. Imports inside functions do not.
-    assert import_cycles(Path(__file__).resolve().parent.parent / "src") == []
+    assert import_cycles(ROOT / "src") == []

@@ -11,6 +11,7 @@ and the like are importable from their modules, as internals that may change.
 
 from __future__ import annotations
 
+from aidr_gate.asgi.middleware import AIDRGateMiddleware
 from aidr_gate.catalog import InMemoryCatalog, Model, ModelCatalog, Weights, load_catalog
 from aidr_gate.decision import Decision, Effect, Evidence, Mode
 from aidr_gate.errors import (
@@ -53,9 +54,6 @@ from aidr_gate.errors import (
 )
 from aidr_gate.facts import AnonymizerFlag, CountrySource, Identity, Origin, declared_origin
 from aidr_gate.gate import Gate, GateState, load_state
-from aidr_gate.identity import Authenticator
-from aidr_gate.middleware import AIDRGateMiddleware
-from aidr_gate.origin import OriginResolver, origin_resolver_for
 from aidr_gate.policy.pack import Pack, load_pack
 from aidr_gate.registry import (
     Agreement,
@@ -65,6 +63,8 @@ from aidr_gate.registry import (
     InMemoryRegistry,
     load_registry,
 )
+from aidr_gate.request.identity import Authenticator
+from aidr_gate.request.origin import OriginResolver, origin_resolver_for
 from aidr_gate.runtime import Runtime
 from aidr_gate.settings.loader import GateConfig, PolicyConfig, load_config
 from aidr_gate.version import __version__

@@ -3,10 +3,11 @@
 A reason code names why a request was decided as it was. The same code is the ``code`` of a JSON
 error answer, the first of a decision's ``reasons``, the audit record's ``event.reason`` and a
 metric label, so renaming one is a breaking change. Every code the gate, the sidecar or a bundled
-pack uses has one entry in :data:`REASONS`; the exceptions of :mod:`aidr_gate.errors` take their
-status and stage from it, :mod:`aidr_gate.responses` its sentences and ``Retry-After``, and the
-README's tables are generated from it (:func:`markdown`). A test fails for a code used in ``src``
-or a bundled pack that has no entry here.
+pack uses has one entry in :data:`REASONS`; the exceptions of :mod:`aidr_gate.errors` take
+their status and stage from it, :mod:`aidr_gate.asgi.responses` its sentences and
+``Retry-After``, the sidecar's proxy its error answers, and the README's tables are generated
+from it (:func:`markdown`). A test fails for a code used in ``src`` or a bundled pack that has
+no entry here.
 """
 
 from __future__ import annotations

@@ -24,18 +24,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from aidr_gate.asgi.streams import AdmittedStream, StreamBook
 from aidr_gate.audit.record import AuditEvent, RequestContext
 from aidr_gate.audit.trail import AuditTrail
 from aidr_gate.decision import Decision
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.gate import Gate, GateState, load_state
-from aidr_gate.geo import ReloadResult
-from aidr_gate.identity import Authenticator
-from aidr_gate.jwks import FileKeys, RemoteJwks
 from aidr_gate.limits import LIMITS, BufferBudget, Limits
-from aidr_gate.origin import OriginResolver, build_origin_resolver
 from aidr_gate.patterns.runtime import pattern_tracker_for
 from aidr_gate.patterns.settings import PATTERNS
+from aidr_gate.request.geo import ReloadResult
+from aidr_gate.request.identity import Authenticator
+from aidr_gate.request.jwks import FileKeys, RemoteJwks
+from aidr_gate.request.origin import OriginResolver, build_origin_resolver
 from aidr_gate.settings.audit import AUDIT
 from aidr_gate.settings.identity import IDENTITY
 from aidr_gate.settings.loader import GateConfig, parse_identity_config, read_config
@@ -44,7 +45,6 @@ from aidr_gate.settings.origin import GEOIP, NETWORK
 from aidr_gate.settings.sections import SECTIONS
 from aidr_gate.stores.cache import RegistryView
 from aidr_gate.stores.settings import REGISTRY, open_registry, registry_summary
-from aidr_gate.streams import AdmittedStream, StreamBook
 from aidr_gate.telemetry import Telemetry
 from aidr_gate.telemetry.settings import TELEMETRY
 from aidr_gate.telemetry.wiring import TelemetryWiring, count_geoip_reload, count_reload

@@ -25,11 +25,11 @@ from aidr_gate.facts import (
     declared_origin,
 )
 from aidr_gate.gate import EntitySource, Gate, GateState, Resolved, load_file_registry, load_state
-from aidr_gate.identity import Authenticator
-from aidr_gate.origin import origin_resolver_for
 from aidr_gate.policy.engine import PolicyEngine
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.policy.reach import region_code
+from aidr_gate.request.identity import Authenticator
+from aidr_gate.request.origin import origin_resolver_for
 from aidr_gate.settings.loader import load_config, parse_identity_config
 from aidr_gate.stores import RegistryView, open_store, registry_view
 from aidr_gate.stores.base import store_kind

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from aidr_gate.limits import hand_back_large_allocations
-from aidr_gate.sidecar import (
+from aidr_gate.sidecar.app import (
     SidecarApp,
     SidecarSettings,
     UvicornServer,

@@ -41,7 +41,7 @@ from aidr_gate.audit import verify_files
 from aidr_gate.audit.reader import RecordReader
 from aidr_gate.demo.model_server import build_model_app
 from aidr_gate.settings.loader import embedded_config_path, load_config
-from aidr_gate.sidecar import SidecarApp, UvicornServer, build_sidecar, uvicorn_config
+from aidr_gate.sidecar.app import SidecarApp, UvicornServer, build_sidecar, uvicorn_config
 
 __all__ = ["ROWS", "Row", "run_demo", "signing_key", "token", "write_setup"]
 

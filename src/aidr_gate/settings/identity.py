@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aidr_gate.client_ip import normalize_ip
 from aidr_gate.document import Checker, join
-from aidr_gate.jwks import (
+from aidr_gate.request.client_ip import normalize_ip
+from aidr_gate.request.jwks import (
     DEFAULT_HTTP_TIMEOUT,
     DEFAULT_MAX_JWKS_BYTES,
     DEFAULT_REFRESH_MAX,
@@ -23,7 +23,7 @@ from aidr_gate.jwks import (
     DEFAULT_UNKNOWN_KID_INTERVAL,
     FileKeys,
 )
-from aidr_gate.keys import SUPPORTED_ALGORITHMS, KeySetError
+from aidr_gate.request.keys import SUPPORTED_ALGORITHMS, KeySetError
 from aidr_gate.settings.schema import KeyDoc, Section
 
 SECTION = "identity"

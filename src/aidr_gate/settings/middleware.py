@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from aidr_gate.document import Checker, join
-from aidr_gate.model_id import (
+from aidr_gate.request.model_id import (
     DEFAULT_FORM_PATHS,
     DEFAULT_JSON_PATHS,
     DEFAULT_MAX_FORM_BYTES,

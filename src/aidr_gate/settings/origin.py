@@ -28,22 +28,22 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
-from aidr_gate.client_ip import (
+from aidr_gate.document import Checker, join
+from aidr_gate.errors import ConfigError
+from aidr_gate.facts import AnonymizerFlag
+from aidr_gate.policy.reach import region_code
+from aidr_gate.request.client_ip import (
     DEFAULT_HEADERS,
     DEFAULT_TRUSTED_PROXIES,
     ProxyHeader,
     normalize_network,
 )
-from aidr_gate.document import Checker, join
-from aidr_gate.errors import ConfigError
-from aidr_gate.facts import AnonymizerFlag
-from aidr_gate.geo import (
+from aidr_gate.request.geo import (
     DEFAULT_CACHE_SIZE,
     DEFAULT_RELOAD_CHECK_INTERVAL,
     MaxMindCountryResolver,
     OverrideEntry,
 )
-from aidr_gate.policy.reach import region_code
 from aidr_gate.settings.schema import KeyDoc, Section, subkeys
 
 MAX_OVERRIDES = 10_000

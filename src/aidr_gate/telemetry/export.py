@@ -75,7 +75,7 @@ class Exporters:
         """A uvicorn server for the scrape app on ``prometheus.host:port`` (its own port)."""
         import uvicorn
 
-        from aidr_gate.sidecar import uvicorn_config
+        from aidr_gate.sidecar.app import uvicorn_config
 
         prometheus = self.settings.prometheus
         if prometheus is None or self.metrics_app is None:

@@ -30,7 +30,7 @@ from aidr_gate.telemetry.record import Collected, Telemetry
 from aidr_gate.telemetry.table import Kind
 
 if TYPE_CHECKING:
-    from aidr_gate.asgi_types import Receive, Scope, Send
+    from aidr_gate.asgi.types import Receive, Scope, Send
 
 # The bound text prometheus_client writes for its own histograms (``le="0.005"``); untyped there.
 _bound_text = cast(Callable[[float], str], floatToGoString)

@@ -57,9 +57,9 @@ from aidr_gate.version import __version__
 
 if TYPE_CHECKING:
     from aidr_gate.audit.trail import AuditTrail
-    from aidr_gate.geo import CountryResolver
-    from aidr_gate.jwks import KeyProvider
     from aidr_gate.patterns.tracker import PatternTracker
+    from aidr_gate.request.geo import CountryResolver
+    from aidr_gate.request.jwks import KeyProvider
     from aidr_gate.stores.cache import RegistryView
 
 INSTRUMENTATION = "aidr_gate"

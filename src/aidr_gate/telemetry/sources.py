@@ -17,10 +17,10 @@ from aidr_gate.telemetry.table import REGISTRY_STATES
 
 if TYPE_CHECKING:
     from aidr_gate.audit.trail import AuditTrail
-    from aidr_gate.geo import CountryResolver
-    from aidr_gate.jwks import KeyProvider
-    from aidr_gate.keys import KeySet
     from aidr_gate.patterns.tracker import PatternTracker
+    from aidr_gate.request.geo import CountryResolver
+    from aidr_gate.request.jwks import KeyProvider
+    from aidr_gate.request.keys import KeySet
     from aidr_gate.stores.cache import RegistryView
 
 logger = logging.getLogger("aidr_gate.telemetry")
@@ -114,7 +114,7 @@ class KeySource:
 
 def key_source(provider: KeyProvider) -> str:
     """``jwks`` for a fetched key set, ``file`` for a key file, ``static`` for keys in memory."""
-    from aidr_gate.jwks import FileKeys, RemoteJwks
+    from aidr_gate.request.jwks import FileKeys, RemoteJwks
 
     if isinstance(provider, RemoteJwks):
         return "jwks"

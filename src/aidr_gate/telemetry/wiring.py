@@ -32,7 +32,7 @@ from aidr_gate.telemetry.table import RELOAD_COMPONENTS
 if TYPE_CHECKING:
     import uvicorn
 
-    from aidr_gate.geo import ReloadResult
+    from aidr_gate.request.geo import ReloadResult
     from aidr_gate.telemetry.prometheus import MetricsApp
 
 logger = logging.getLogger("aidr_gate.telemetry")
@@ -89,7 +89,7 @@ class TelemetryWiring:
             self.exporters.start()
 
     async def _listen(self, app: MetricsApp, host: str, port: int) -> None:
-        from aidr_gate.sidecar import UvicornServer, uvicorn_config
+        from aidr_gate.sidecar.app import UvicornServer, uvicorn_config
 
         try:
             # Bound here rather than by uvicorn, which logs a bind error and calls sys.exit.
@@ -197,7 +197,7 @@ def _component(config: GateConfig, problem: Problem) -> str:
 
 def count_geoip_reload(telemetry: Telemetry, results: Iterable[ReloadResult]) -> None:
     """Count the databases a GeoIP check swapped in (ok) or refused (failed); unchanged ones not."""
-    from aidr_gate.geo import ReloadOutcome
+    from aidr_gate.request.geo import ReloadOutcome
 
     for result in results:
         if result.outcome is ReloadOutcome.RELOADED:
