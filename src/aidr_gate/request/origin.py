@@ -68,8 +68,17 @@ class OriginResolver:
         # returns the very same answer object, so a database swap invalidates it without bookkeeping.
         self._origins: dict[_OriginKey, tuple[GeoResult, Origin]] = {}
 
+    @property
+    def forwarding_headers(self) -> frozenset[bytes]:
+        """The lower-case header names :meth:`resolve` reads (the trusted forwarding headers)."""
+        return self.proxies.header_names
+
     def resolve(self, peer: str | None, headers: Iterable[tuple[bytes, bytes]]) -> Origin:
-        """The origin of one request from the ASGI peer host and raw ASGI headers; never raises."""
+        """The origin of one request from the ASGI peer host and raw ASGI headers; never raises.
+
+        *headers* may be only the lines named by :attr:`forwarding_headers`, in request order, when
+        the caller has read the headers once already (see :meth:`TrustedProxies.resolve`).
+        """
         try:
             return self._origin(self.proxies.resolve(peer, headers))
         except Exception as exc:  # fail closed: no IP, no country, and why
