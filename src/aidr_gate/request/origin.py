@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.facts import Origin
+from aidr_gate.request.bounded import store_bounded
 from aidr_gate.request.client_ip import ClientIP, TrustedProxies, normalize_ip
 from aidr_gate.request.geo import (
     DEFAULT_RELOAD_CHECK_INTERVAL,
@@ -114,10 +115,7 @@ class OriginResolver:
         if cached is not None and cached[0] is geo:
             return cached[1]
         origin = _build(client, geo)
-        origins = self._origins
-        if len(origins) >= self.cache_size:
-            origins.clear()
-        origins[key] = (geo, origin)
+        store_bounded(self._origins, self.cache_size, key, (geo, origin))
         return origin
 
     def resolve_for_check(
