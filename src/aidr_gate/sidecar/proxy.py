@@ -19,11 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 from yarl import URL
@@ -31,6 +29,7 @@ from yarl import URL
 from aidr_gate.asgi.responses import json_error, json_headers
 from aidr_gate.asgi.types import Message, Receive, Scope, Send
 from aidr_gate.settings.proxy import ProxySettings, upstream_problem
+from aidr_gate.sidecar.headers import HOP_BY_HOP, RequestHeaders, response_headers
 from aidr_gate.stages import CLIENT_DISCONNECTED, UPSTREAM_STATE_KEY, UpstreamResult
 
 logger = logging.getLogger("aidr_gate.proxy")
@@ -43,28 +42,6 @@ __all__ = [
     "UpstreamProxy",
 ]
 
-# RFC 9110 section 7.6.1, plus the de-facto ones; never forwarded in either direction.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-# Request headers the proxy sets or handles itself: the client's are not passed on. ``expect``:
-# uvicorn already answered any ``100-continue``; the upstream must not wait for another.
-_REQUEST_DROP = HOP_BY_HOP | {b"host", b"expect", b"x-forwarded-for", b"forwarded"}
-# Response headers replaced by the sidecar's own (uvicorn writes ``date``).
-_RESPONSE_DROP = HOP_BY_HOP | {b"date"}
-# Headers the upstream may trust only from the sidecar: any the client sends are removed.
-TRUSTED_PREFIX = b"x-aidr-"
-
 # Reason codes of the sidecar's own failures, in the same places as a deny's reason code.
 UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
 UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
@@ -76,9 +53,6 @@ _MESSAGES = {
     UPSTREAM_TIMEOUT: "The model server did not answer in time.",
     PATH_NOT_CANONICAL: "The request path must not contain '.' or '..' segments.",
 }
-# A header value the upstream can read as it is; anything else is percent-encoded.
-_PLAIN_VALUE = re.compile(r"[\x21-\x7e]{1,512}")
-_HOST_VALUE = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
 # Seconds into an exchange before a task starts watching for the client going away (see
 # _DisconnectWatch): short requests never need one.
 WATCH_AFTER = 0.05
@@ -101,9 +75,7 @@ class UpstreamProxy:
         # Requests are built as text on this prefix: never by URL joining, which would let a path
         # such as ``//other.host/`` choose another host.
         self._prefix = str(base.origin()) + base.raw_path.rstrip("/")
-        s = self.settings
-        reserved = {s.decision_header, s.entity_header, s.effect_header}
-        self._reserved = frozenset(_folded(name.encode("latin-1")) for name in reserved)
+        self._headers = RequestHeaders(self.settings)
         self._session: aiohttp.ClientSession | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -188,63 +160,10 @@ class UpstreamProxy:
             text += "?" + query.decode("latin-1")
         return URL(text, encoded=True)
 
-    def request_headers(self, scope: Scope) -> list[tuple[str, str]]:
-        """The headers sent upstream: the client's, less hop-by-hop and ``x-aidr-*``, plus ours."""
-        incoming: list[tuple[bytes, bytes]] = scope.get("headers") or []
-        listed: frozenset[bytes] | set[bytes] = frozenset()
-        for name, value in incoming:
-            if name == b"connection":
-                listed = {v.strip().lower() for v in value.split(b",")}
-                break
-        out: list[tuple[str, str]] = []
-        forwarded_for: list[str] = []
-        forwarded: list[str] = []
-        host: str | None = None
-        has_proto = has_host = False
-        reserved = self._reserved
-        for name, value in incoming:
-            if name in _REQUEST_DROP:
-                if name == b"x-forwarded-for":
-                    forwarded_for.append(value.decode("latin-1"))
-                elif name == b"forwarded":
-                    forwarded.append(value.decode("latin-1"))
-                elif name == b"host":
-                    host = value.decode("latin-1")
-                continue
-            if name in listed or _trusted_spelling(name, reserved):
-                continue
-            if name == b"x-forwarded-proto":
-                has_proto = True
-            elif name == b"x-forwarded-host":
-                has_host = True
-            out.append((name.decode("latin-1"), value.decode("latin-1")))
-        proto = scope.get("scheme", "http")
-        client = scope.get("client")
-        peer = client[0] if client else None
-        if self.settings.forward_client_ip and peer:
-            forwarded_for.append(peer)
-            node = f'"[{peer}]"' if ":" in peer else peer
-            element = f"for={node};proto={proto}"
-            if host is not None and _HOST_VALUE.fullmatch(host):
-                element += f';host="{host}"'
-            forwarded.append(element)
-        if forwarded_for:
-            out.append(("x-forwarded-for", ", ".join(forwarded_for)))
-        if forwarded:
-            out.append(("forwarded", ", ".join(forwarded)))
-        if host is not None and not has_host:
-            out.append(("x-forwarded-host", host))
-        if not has_proto:
-            out.append(("x-forwarded-proto", proto))
-        decision = (scope.get("state") or {}).get(self.settings.state_key)
-        if decision is not None:
-            s = self.settings
-            out.append((s.decision_header, decision.decision_id))
-            out.append((s.effect_header, decision.effect.value))
-            entity = decision.evidence.entity_id
-            if entity:
-                out.append((s.entity_header, _header_text(entity)))
-        return out
+    def request_headers(self, scope: Scope, whole_body: bool = False) -> list[tuple[str, str]]:
+        """The headers sent upstream: the client's, less hop-by-hop and ``x-aidr-*``, plus ours
+        (*whole_body*: without the client's ``content-length``, the body going as one piece)."""
+        return self._headers.build(scope, whole_body)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -289,7 +208,6 @@ class UpstreamProxy:
         session = self._session
         if session is None:
             raise RuntimeError("UpstreamProxy.start() was not awaited")
-        headers = self.request_headers(scope)
         first = await watch.receive()
         data: bytes | AsyncIterator[bytes] | None
         if first["type"] == "http.disconnect":
@@ -299,10 +217,11 @@ class UpstreamProxy:
         chunk: bytes = first.get("body", b"")
         if first.get("more_body", False):
             data = _body(chunk, watch)
+            headers = self.request_headers(scope)
         else:
             # The whole body at once (the middleware replays a buffered body this way when small):
             # send it as bytes with its exact length.
-            headers = [(n, v) for n, v in headers if n != "content-length"]
+            headers = self.request_headers(scope, whole_body=True)
             data = chunk if chunk or scope.get("method") not in ("GET", "HEAD") else None
             watch.body_done()
         response: aiohttp.ClientResponse | None = None
@@ -321,7 +240,7 @@ class UpstreamProxy:
                 {
                     "type": "http.response.start",
                     "status": response.status,
-                    "headers": _response_headers(response.raw_headers),
+                    "headers": response_headers(response.raw_headers),
                 }
             )
             response_started = True
@@ -459,41 +378,6 @@ async def _body(first: bytes, watch: _DisconnectWatch) -> AsyncIterator[bytes]:
         if not message.get("more_body", False):
             watch.body_done()
             return
-
-
-def _response_headers(raw: Any) -> list[tuple[bytes, bytes]]:
-    listed: set[bytes] = set()
-    for name, value in raw:
-        if name.lower() == b"connection":
-            listed.update(v.strip().lower() for v in value.split(b","))
-    out = []
-    for name, value in raw:
-        lower = name.lower()
-        if lower in _RESPONSE_DROP or lower in listed:
-            continue
-        out.append((lower, value))
-    return out
-
-
-def _folded(name: bytes) -> bytes:
-    """A header name as an upstream may fold it: any case, ``_`` read as ``-`` (WSGI servers map
-    both ``x-aidr-entity`` and ``x_aidr_entity`` to ``HTTP_X_AIDR_ENTITY``)."""
-    return name.lower().replace(b"_", b"-")
-
-
-def _trusted_spelling(name: bytes, reserved: frozenset[bytes]) -> bool:
-    """True for any spelling of a header only the sidecar may set."""
-    if name.startswith(TRUSTED_PREFIX) or name in reserved:
-        return True
-    if b"_" not in name and name.islower():
-        return False  # the common case: an ASGI name, already as the upstream reads it
-    folded = _folded(name)
-    return folded.startswith(TRUSTED_PREFIX) or folded in reserved
-
-
-def _header_text(value: str) -> str:
-    """A header value safe to send: printable ASCII as is, anything else percent-encoded."""
-    return value if _PLAIN_VALUE.fullmatch(value) else quote(value, safe="")[:1024]
 
 
 def _has_dot_segment(path: str) -> bool:
