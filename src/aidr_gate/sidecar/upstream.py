@@ -195,7 +195,11 @@ class UpstreamConnection(asyncio.Protocol):
         if waiting and not self._paused and not self.writing and idle >= timeout:
             self._fail(TimeoutError("the upstream sent nothing within read_timeout"))
             return
-        self._timer = self.loop.call_later(max(timeout - idle, 0.001), self._check_timeout)
+        # Not due, or the proxy is not waiting for the upstream (it is sending to the client, or
+        # still sending the body): look again when it would be, or a whole timeout later (never
+        # in a tight loop).
+        delay = timeout - idle if idle < timeout else timeout
+        self._timer = self.loop.call_later(delay, self._check_timeout)
 
     async def _wait(self) -> None:
         """Until the parser has something new (or the connection failed)."""
