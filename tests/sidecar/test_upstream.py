@@ -11,12 +11,15 @@ import asyncio
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from aidr_gate.sidecar.proxy import ProxySettings, UpstreamProxy
 from aidr_gate.sidecar.upstream import HIGH_WATER, MAX_HEAD_BYTES, UpstreamPool
+from support.audit_support import self_signed_certificate
 from support.servers import ThreadedServer
 
 Script = Callable[[socket.socket, int], None]
@@ -255,3 +258,39 @@ def test_reading_pauses_while_the_proxy_holds_unsent_bytes() -> None:
         upstream.close()
     assert total == size
     assert held < HIGH_WATER + 1024 * 1024  # one read past the mark at most, never the 16 MiB
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted", "untrusted"])
+def test_an_https_upstream_is_verified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trusted: bool
+) -> None:
+    """TLS to the upstream with the default verification: its certificate must be trusted (the
+    system's store, or ``SSL_CERT_FILE``), else the answer is 502."""
+    cert, key = self_signed_certificate(tmp_path)
+    if trusted:
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    else:
+        other = tmp_path / "other"
+        other.mkdir()
+        monkeypatch.setenv("SSL_CERT_FILE", str(self_signed_certificate(other)[0]))
+
+    async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"over tls"})
+
+    upstream = ThreadedServer(hello, ssl_certfile=str(cert), ssl_keyfile=str(key)).start()
+    proxy = ThreadedServer(
+        UpstreamProxy(f"https://127.0.0.1:{upstream.port}"), proxy_headers=False
+    ).start()
+    try:
+        answer = httpx.get(proxy.url + "/x", timeout=10)
+    finally:
+        proxy.stop()
+        upstream.stop()
+    if trusted:
+        assert (answer.status_code, answer.text) == (200, "over tls")
+    else:
+        assert answer.status_code == 502
+        assert answer.json()["error"]["code"] == "UPSTREAM_UNAVAILABLE"

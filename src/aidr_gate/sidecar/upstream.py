@@ -289,6 +289,14 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.close()
 
+    def abort(self) -> None:
+        """Close at once, without TLS's closing handshake (the pool is closing with the loop)."""
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.abort()
+        else:
+            self.pool.forget(self)
+
     def close(self) -> None:
         """Close the connection (the pool forgets it when the transport reports it lost)."""
         self._cancel_timer()
@@ -410,5 +418,5 @@ class UpstreamPool:
             self._sweeper.cancel()
             self._sweeper = None
         for conn in list(self._open):
-            conn.close()
+            conn.abort()
         self._idle.clear()
