@@ -259,17 +259,21 @@ class UpstreamConnection(asyncio.Protocol):
             await self._wait()
 
     async def pieces(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; ends when the answer is complete."""
+        """The body as it arrives: whatever has arrived since the last piece, as one (as aiohttp's
+        ``iter_any`` gave it: a read holding many small chunks of a stream is one send, not one
+        per chunk); ends when the answer is complete."""
         while True:
             pieces = self._pieces
-            while pieces:
-                piece = pieces.popleft()
-                self._held -= len(piece)
-                if self._paused and self._held <= HIGH_WATER // 2 and self.transport is not None:
+            if pieces:
+                piece = pieces.popleft() if len(pieces) == 1 else b"".join(pieces)
+                pieces.clear()
+                self._held = 0
+                if self._paused and self.transport is not None:
                     self._paused = False
                     self._last = self.loop.time()
                     self.transport.resume_reading()
                 yield piece
+                continue
             if self.done:
                 return
             if self.error is not None:
