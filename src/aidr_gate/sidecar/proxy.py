@@ -94,7 +94,8 @@ class UpstreamProxy:
             base.host or "127.0.0.1",
             base.port or (443 if base.scheme == "https" else 80),
             tls=base.scheme == "https",
-            size=s.pool_size,
+            # One upstream host: a per-host limit, when set, is the pool's limit too.
+            size=min(s.pool_size, s.pool_size_per_host or s.pool_size),
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
             keepalive_timeout=s.keepalive_timeout,
