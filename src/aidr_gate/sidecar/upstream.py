@@ -28,6 +28,8 @@ from typing import cast
 
 import httptools
 
+from aidr_gate.errors import AidrGateError
+
 # Bytes of response body held for the proxy before reading from the upstream pauses.
 HIGH_WATER = 65_536
 # Bytes of response head (status line and headers) accepted at most (aiohttp's 8190 a line).
@@ -35,8 +37,10 @@ MAX_HEAD_BYTES = 65_536
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
-class UpstreamBroken(ConnectionError):
-    """The upstream closed the connection, or answered something that is not HTTP/1.1."""
+class UpstreamBroken(AidrGateError, ConnectionError):
+    """The upstream closed the connection, or answered something that is not HTTP/1.1.
+
+    A ``ConnectionError`` too: the proxy answers every ``OSError`` of the exchange with 502."""
 
 
 class UpstreamConnection(asyncio.Protocol):
