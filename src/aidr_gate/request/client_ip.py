@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
+from aidr_gate.request.bounded import store_bounded
+
 __all__ = [
     "DEFAULT_TRUSTED_PROXIES",
     "ClientIP",
@@ -179,6 +181,8 @@ class TrustedProxies:
             h is ProxyHeader.FORWARDED for h in self.headers
         )
         self._wanted: dict[bytes, int] = {name.encode(): i for i, name in enumerate(self._names)}
+        # What a caller that reads the headers once collects for resolve() (see its docstring).
+        self.header_names: frozenset[bytes] = frozenset(self._wanted)
         self._wanted_lengths = frozenset(len(name) for name in self._wanted)
         # "x-forwarded-for[-2]" and the like, built once so a walk allocates no label.
         self._labels: tuple[tuple[str, ...], ...] = tuple(
@@ -214,11 +218,7 @@ class TrustedProxies:
         parsed = self._parse_uncached(text)
         if len(text) > MAX_HOP_CHARS:  # refused at once; keeping it would fill the cache with junk
             return parsed
-        hops = self._hops
-        if len(hops) >= self.cache_size:
-            # Clearing costs one burst of re-parses; an LRU costs every hit (see bench/origin.py).
-            hops.clear()
-        hops[text] = parsed
+        store_bounded(self._hops, self.cache_size, text, parsed)
         return parsed
 
     def _parse_uncached(self, text: str) -> _Parsed:
@@ -245,24 +245,23 @@ class TrustedProxies:
             return hit
         parsed = _forwarded_elements(line.decode("latin-1"))
         if len(line) <= MAX_CACHED_LINE:  # a long line is parsed each time, never kept
-            cache = self._forwarded
-            if len(cache) >= self.cache_size:
-                cache.clear()
-            cache[line] = parsed
+            store_bounded(self._forwarded, self.cache_size, line, parsed)
         return parsed
 
     # -- the walk ----------------------------------------------------------------------------------
 
     def resolve(self, peer: str | None, headers: Iterable[tuple[bytes, bytes]]) -> ClientIP:
-        """The client address of one request: ASGI peer host and raw ASGI headers in, never raises."""
+        """The client address of one request: ASGI peer host and raw ASGI headers in, never raises.
+
+        Only the lines named in :attr:`header_names` are read, so a caller that has read the
+        headers already may pass just those lines, in request order (names compared lower-cased,
+        repeated lines all kept): the answer is the same, without a second scan of every header.
+        """
         try:
             known = self._peers.get(peer)
             if known is None:
                 known = self._peer(peer)
-                peers = self._peers
-                if len(peers) >= self.cache_size:
-                    peers.clear()
-                peers[peer] = known
+                store_bounded(self._peers, self.cache_size, peer, known)
             if isinstance(known, str):
                 return self._walk(known, headers)
             return known
@@ -309,14 +308,11 @@ class TrustedProxies:
             if type(first) is not bytes or len(first) > MAX_CACHED_LINE:
                 return self._walk_lines(first_index, [first], peer, ())
             key = (peer, first_index, first)
-            walks = self._walks
-            hit = walks.get(key)
+            hit = self._walks.get(key)
             if hit is not None:
                 return hit
             answer = self._walk_lines(first_index, [first], peer, ())
-            if len(walks) >= self.cache_size:
-                walks.clear()
-            walks[key] = answer
+            store_bounded(self._walks, self.cache_size, key, answer)
             return answer
         index = min(found)  # positions follow the configured order: the first listed wins
         notes: tuple[str, ...] = ()
