@@ -244,7 +244,7 @@ def test_reading_pauses_while_the_proxy_holds_unsent_bytes() -> None:
         conn.send(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", None, False, False)
         await conn.response_head()
         await asyncio.sleep(0.5)  # the upstream writes as fast as it can; nobody reads
-        held = conn._held
+        held = conn.response.held
         total = 0
         async for piece in conn.pieces():
             total += len(piece)

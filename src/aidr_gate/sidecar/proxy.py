@@ -230,12 +230,13 @@ class UpstreamProxy:
         response_started = False
         try:
             conn = await _request(pool, method, head, body, stream, chunked)
-            result.status = conn.status
+            answer = conn.response
+            result.status = answer.status
             await send(
                 {
                     "type": "http.response.start",
-                    "status": conn.status,
-                    "headers": response_headers(conn.raw_headers),
+                    "status": answer.status,
+                    "headers": response_headers(answer.raw_headers),
                 }
             )
             response_started = True
@@ -287,7 +288,7 @@ class UpstreamProxy:
         started: float,
     ) -> None:
         """The response body, piece by piece as the upstream sends it."""
-        length = conn.content_length
+        length = conn.response.content_length
         received = 0
         async for piece in conn.pieces():
             received += len(piece)
@@ -425,7 +426,7 @@ async def _request(
             return conn
         except UpstreamBroken:
             conn.finish(reuse=False)
-            if not (retry and conn.reused and not conn.headers_done):
+            if not (retry and conn.reused and not conn.response.headers_done):
                 raise
             retry = False
         except BaseException:

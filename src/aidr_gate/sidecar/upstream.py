@@ -43,83 +43,31 @@ class UpstreamBroken(AidrGateError, ConnectionError):
     A ``ConnectionError`` too: the proxy answers every ``OSError`` of the exchange with 502."""
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One connection to the upstream, carrying one exchange at a time."""
+class UpstreamResponse:
+    """What the parser has read of the answer to the exchange in progress (httptools' callbacks).
 
-    def __init__(self, pool: UpstreamPool) -> None:
-        self.pool = pool
-        self.loop = pool.loop
-        self.transport: asyncio.Transport | None = None
+    One per connection, reset for each exchange; the connection is woken at each step.
+    """
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
         self.parser = httptools.HttpResponseParser(self)
-        self.idle_since = 0.0
-        self.lost = False
-        self.reused = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._drained: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self.writing = False  # a streamed body is being sent: the read timeout waits for its end
-        self._writer: asyncio.Future[None] | None = None
-        self._reset(head=False)
+        self.reset(head=False)
 
-    def _reset(self, head: bool) -> None:
-        self.head = head  # a HEAD request: the answer has no body, whatever its length says
+    def reset(self, head: bool) -> None:
+        """A new exchange; *head*: a HEAD request, whose answer has no body whatever its length."""
+        self.head = head
         self.status = 0
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
         self.headers_done = False
         self.done = False
-        self.error: BaseException | None = None
         self.keep_alive = False
-        self._until_eof = False
+        self.until_eof = False  # a body delimited by the end of the connection
+        self.pieces: deque[bytes] = deque()
+        self.held = 0
         self._head_bytes = 0
-        self._pieces: deque[bytes] = deque()
-        self._held = 0
-        self._paused = False
-        self._last = self.loop.time()
         self._interim = False
-
-    # -- asyncio.Protocol --------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):  # requests go out whole: no Nagle delay
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        self._last = self.loop.time()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(UpstreamBroken("the upstream switched protocols"))
-        except httptools.HttpParserError as exc:
-            self._fail(exc.__context__ or UpstreamBroken(f"not HTTP/1.1: {exc}"))
-
-    def eof_received(self) -> bool:
-        return False  # close the transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self.headers_done and self._until_eof and not self.done:
-            self.done = True  # a body delimited by the end of the connection
-        elif not self.done:
-            self.error = self.error or UpstreamBroken("the upstream closed the connection")
-        self._cancel_timer()
-        self._wake()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_exception(UpstreamBroken("the upstream closed the connection"))
-        self.pool.forget(self)
-
-    def pause_writing(self) -> None:
-        if self._drained is None or self._drained.done():
-            self._drained = self.loop.create_future()
-
-    def resume_writing(self) -> None:
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    # -- httptools callbacks -----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self.raw_headers = []
@@ -146,22 +94,21 @@ class UpstreamConnection(asyncio.Protocol):
             elif lower == b"transfer-encoding":
                 chunked = chunked or b"chunked" in value.lower()
         bodiless = self.head or status in (204, 304)
-        self._until_eof = not (bodiless or chunked or self.content_length is not None)
+        self.until_eof = not (bodiless or chunked or self.content_length is not None)
         self.headers_done = True
         if self.head:
             self.done = True
             self.keep_alive = False  # llhttp would wait for the body the length announces
-        self._wake()
+        self.conn.wake()
 
     def on_body(self, body: bytes) -> None:
         if self.head:
             return
-        self._pieces.append(body)
-        self._held += len(body)
-        if self._held > HIGH_WATER and not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
-        self._wake()
+        self.pieces.append(body)
+        self.held += len(body)
+        if self.held > HIGH_WATER:
+            self.conn.pause_reading()
+        self.conn.wake()
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -169,41 +116,132 @@ class UpstreamConnection(asyncio.Protocol):
             self._head_bytes = 0
             return
         self.done = True
-        self._wake()
+        self.conn.wake()
 
-    # -- the exchange ------------------------------------------------------------------------------
 
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+class _ReadTimer:
+    """``read_timeout``: fails the exchange when the upstream sends nothing for that long while
+    the proxy waits for it. One timer an exchange, looking again when bytes came meanwhile."""
 
-    def _fail(self, error: BaseException) -> None:
-        self.error = error
-        self.keep_alive = False
-        self._wake()
-        if self.transport is not None:
-            self.transport.close()
+    __slots__ = ("_conn", "_handle")
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self._conn = conn
+        self._handle: asyncio.TimerHandle | None = None
 
-    def _check_timeout(self) -> None:
-        """Fires read_timeout after the last byte; reschedules when bytes came meanwhile."""
-        self._timer = None
-        timeout = self.pool.read_timeout
-        waiting = self._waiter is not None and not self._waiter.done()
-        idle = self.loop.time() - self._last
-        if waiting and not self._paused and not self.writing and idle >= timeout:
-            self._fail(TimeoutError("the upstream sent nothing within read_timeout"))
+    def start(self) -> None:
+        """Start counting for a new exchange."""
+        conn = self._conn
+        self._handle = conn.loop.call_later(conn.pool.read_timeout, self._check)
+
+    def cancel(self) -> None:
+        """The exchange is over."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        conn = self._conn
+        self._handle = None
+        timeout = conn.pool.read_timeout
+        idle = conn.loop.time() - conn.last
+        if conn.waiting_for_upstream() and idle >= timeout:
+            conn.fail(TimeoutError("the upstream sent nothing within read_timeout"))
             return
         # Not due, or the proxy is not waiting for the upstream (it is sending to the client, or
         # still sending the body): look again when it would be, or a whole timeout later (never
         # in a tight loop).
         delay = timeout - idle if idle < timeout else timeout
-        self._timer = self.loop.call_later(delay, self._check_timeout)
+        self._handle = conn.loop.call_later(delay, self._check)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to the upstream, carrying one exchange at a time."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.response = UpstreamResponse(self)
+        self.idle_since = 0.0
+        self.lost = False
+        self.reused = False
+        self.error: BaseException | None = None
+        self.last = self.loop.time()  # when the upstream last sent a byte (or the body went)
+        self.writing = False  # a streamed body is being sent: the read timeout waits for its end
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._timer = _ReadTimer(self)
+        self._writer: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # requests go out whole: no Nagle delay
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.last = self.loop.time()
+        try:
+            self.response.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.fail(UpstreamBroken("the upstream switched protocols"))
+        except httptools.HttpParserError as exc:
+            self.fail(exc.__context__ or UpstreamBroken(f"not HTTP/1.1: {exc}"))
+
+    # eof_received is asyncio.Protocol's: the transport closes itself at the upstream's end.
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        response = self.response
+        if response.headers_done and response.until_eof and not response.done:
+            response.done = True  # a body delimited by the end of the connection
+        elif not response.done:
+            self.error = self.error or UpstreamBroken("the upstream closed the connection")
+        self._timer.cancel()
+        self.wake()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_exception(UpstreamBroken("the upstream closed the connection"))
+        self.pool.forget(self)
+
+    def pause_writing(self) -> None:
+        if self._drained is None or self._drained.done():
+            self._drained = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # -- the exchange ------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """The parser has something new, or the exchange failed: the waiting proxy goes on."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        """End the exchange with *error* (raised to the proxy) and close the connection."""
+        self.error = error
+        self.response.keep_alive = False
+        self.wake()
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause_reading(self) -> None:
+        """More is held for the proxy than HIGH_WATER: the upstream waits (a slow client)."""
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def waiting_for_upstream(self) -> bool:
+        """True while the proxy waits for bytes the upstream has not sent."""
+        waiting = self._waiter is not None and not self._waiter.done()
+        return waiting and not self._paused and not self.writing
 
     async def _wait(self) -> None:
         """Until the parser has something new (or the connection failed)."""
@@ -216,11 +254,11 @@ class UpstreamConnection(asyncio.Protocol):
     def send(self, head: bytes, body: bytes | None, streamed: bool, head_request: bool) -> None:
         """Write a request (its body too when given as bytes); start the read timeout."""
         assert self.transport is not None
-        self._reset(head=head_request)
+        self.response.reset(head=head_request)
+        self.error = None
         self.transport.write(head + body if body else head)
-        if not streamed:
-            self._last = self.loop.time()
-        self._timer = self.loop.call_later(self.pool.read_timeout, self._check_timeout)
+        self.last = self.loop.time()
+        self._timer.start()
 
     def stream_body(self, body: AsyncIterator[bytes], chunked: bool) -> None:
         """Send a streamed request body beside the exchange (the answer may come before its end);
@@ -233,7 +271,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         error = writer.exception()
         if error is not None:
-            self._fail(error)
+            self.fail(error)
 
     async def _write_stream(self, body: AsyncIterator[bytes], chunked: bool) -> None:
         """Send a streamed request body, waiting whenever the transport's buffer is full."""
@@ -252,12 +290,12 @@ class UpstreamConnection(asyncio.Protocol):
                 await self._drained
         if chunked:
             self.transport.write(b"0\r\n\r\n")
-        self._last = self.loop.time()
+        self.last = self.loop.time()
         self.writing = False
 
     async def response_head(self) -> None:
         """Until the status and headers are in."""
-        while not self.headers_done:
+        while not self.response.headers_done:
             if self.error is not None:
                 raise self.error
             await self._wait()
@@ -266,19 +304,20 @@ class UpstreamConnection(asyncio.Protocol):
         """The body as it arrives: whatever has arrived since the last piece, as one (as aiohttp's
         ``iter_any`` gave it: a read holding many small chunks of a stream is one send, not one
         per chunk); ends when the answer is complete."""
+        response = self.response
         while True:
-            pieces = self._pieces
+            pieces = response.pieces
             if pieces:
                 piece = pieces.popleft() if len(pieces) == 1 else b"".join(pieces)
                 pieces.clear()
-                self._held = 0
+                response.held = 0
                 if self._paused and self.transport is not None:
                     self._paused = False
-                    self._last = self.loop.time()
+                    self.last = self.loop.time()
                     self.transport.resume_reading()
                 yield piece
                 continue
-            if self.done:
+            if response.done:
                 return
             if self.error is not None:
                 raise self.error
@@ -286,20 +325,22 @@ class UpstreamConnection(asyncio.Protocol):
 
     def finish(self, reuse: bool) -> None:
         """The exchange is over: back to the pool when complete and kept alive, else closed."""
-        self._cancel_timer()
-        self._pieces.clear()
+        self._timer.cancel()
+        response = self.response
+        response.pieces.clear()
         writer, self._writer = self._writer, None
         if writer is not None and not writer.done():
             writer.cancel()  # the upstream answered before the body's end: not reusable
             reuse = False
-        if reuse and self.done and self.keep_alive and self.error is None and not self.lost:
+        complete = response.done and response.keep_alive
+        if reuse and complete and self.error is None and not self.lost:
             self.pool.put_back(self)
         else:
             self.close()
 
     def abort(self) -> None:
         """Close at once, without TLS's closing handshake (the pool is closing with the loop)."""
-        self._cancel_timer()
+        self._timer.cancel()
         if self.transport is not None:
             self.transport.abort()
         else:
@@ -307,7 +348,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close the connection (the pool forgets it when the transport reports it lost)."""
-        self._cancel_timer()
+        self._timer.cancel()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         elif self.transport is None or self.lost:
