@@ -4,42 +4,46 @@
 means (the view's health, backing off); this module is the protocol itself: two Lua scripts (one
 call per chunk of keys), which keys are due for a write or a read, and merging the replies into the
 tracker's tables (see :mod:`aidr_gate.patterns.shared` for the data model in Redis).
+
+The round runs on the event loop that serves requests: every loop below yields after a slice of
+``wire.STALL`` seconds (:class:`~aidr_gate.patterns.wire.Slices`), and a chunk is one call whose
+arguments and reply are a few strings (records joined by ``\\x1e``), so that neither redis-py nor
+this module spends long on one call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 from aidr_gate.patterns.settings import RedisSettings
 from aidr_gate.patterns.tracker import PatternTracker
+from aidr_gate.patterns.wire import Script, Slices, Wire, bulk
 
 Key = tuple[str, str]  # (a Subject, the key)
-# Round trips are cut into chunks of keys, with a yield to the event loop between
-# chunks, so merging a large view never holds requests up for long.
-CHUNK = 256  # keys per round trip at most
-# Seconds of work the exchange does between two yields to the event loop, about: a request
-# arriving meanwhile waits no longer than this.
-STALL = 20e-6
-# Keys per round trip at least. A floor of 32 (fewer, larger calls: redis-py spends tens of
-# microseconds per call) made more rounds complete under load but raised the p99 a loop turn
-# spends by about 0.1 ms (bench/patterns.py, 2026-12-02 17:32): small chunks are kept.
-MIN_CHUNK = 1
-_SEP = "\x1f"
+CHUNK = 512  # keys per call at most
+# Items a read call may bring back, about (the local rows' sizes): its reply is parsed in one go.
+READ_ITEMS = 2048
+_SEP = "\x1f"  # between the fields of a record
+_RS = "\x1e"  # between the records of a chunk (one per key)
 TRIM_EVERY = 16  # a key's sorted set is trimmed about one write in this many
 
 
-# Writes of one chunk. ARGV: ttl, trim-below score, capacity, replica; then one per key, in KEYS
-# order: "s" (or "t": and trim) and score, member, score, member... joined by \x1f (a sorted set
-# of items by last-seen time, ZADD GT: a later time wins whoever wrote it), or "c" and this
-# replica's counts (its field of the key's hash). Item names never hold \x1f (ids and codes).
+# Writes of one chunk. ARGV: ttl, trim-below score, capacity, replica, then the records, one per
+# key in KEYS order, joined by \x1e: "s" (or "t": and trim) and score, member, score, member...
+# joined by \x1f (a sorted set of items by last-seen time, ZADD GT: a later time wins whoever
+# wrote it), or "c" and this replica's counts (its field of the key's hash). Item names never
+# hold \x1e or \x1f (ids and codes; one that does is not shared).
 _WRITE = """
 local ttl, low, cap, replica = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local records, pos = ARGV[5], 1
 for i, key in ipairs(KEYS) do
-  local arg = ARGV[i + 4]
+  local stop = string.find(records, "\\30", pos, true)
+  local arg = string.sub(records, pos, stop and stop - 1 or -1)
+  pos = (stop or #records) + 1
   local kind, body = string.sub(arg, 1, 1), string.sub(arg, 2)
   if kind == "c" then
     redis.call("HSET", key, replica, body)
@@ -63,18 +67,20 @@ end
 return #KEYS
 """
 # Reads of one chunk: per key, the items seen since ARGV[1] with their times (a sorted set: "s"
-# at position i of ARGV[2]) or every replica's counts (a hash: "c"), as flat lists.
+# at position i of ARGV[2]) or every replica's counts (a hash: "c"), each a flat list joined by
+# \x1f; the chunk's records joined by \x1e (one string: one object for the client to make).
 _READ = """
 local out = {}
 for i, key in ipairs(KEYS) do
   if string.sub(ARGV[2], i, i) == "s" then
-    out[i] = redis.call("ZRANGEBYSCORE", key, ARGV[1], "+inf", "WITHSCORES")
+    out[i] = table.concat(redis.call("ZRANGEBYSCORE", key, ARGV[1], "+inf", "WITHSCORES"), "\\31")
   else
-    out[i] = redis.call("HGETALL", key)
+    out[i] = table.concat(redis.call("HGETALL", key), "\\31")
   end
 end
-return out
+return table.concat(out, "\\30")
 """
+WRITE, READ = Script(_WRITE), Script(_READ)
 
 
 def _encode(windows: tuple[float, ...], at: float, values: list[float]) -> str:
@@ -106,93 +112,99 @@ class Exchange:
         self.tracker = tracker
         self.settings = settings  # the pace in force (``SharedState.pace`` replaces it)
         self.replica = replica
-        self.client: Any = None
+        self.wire: Wire | None = None
         self.flushed_at = 0.0  # when the last round that succeeded began
         self._replied = replied  # called after each reply: the view is being refreshed
-        self._scripts: tuple[Any, ...] = ()
         self._watched: dict[Key, float] = {}
         self._trims = 0
         self._cursor = 0
         self._read_at: dict[Key, float] = {}
         self._rotation: list[Key] = []
-        self._chunk = 8  # keys per round trip: adapted to the CPU their handling takes
+        self._running = asyncio.Lock()
 
     def connect(self, client: Any) -> None:
-        """Use *client* (redis-py's asyncio client) and register the two scripts with it."""
-        self.client = client
-        self._scripts = (client.register_script(_WRITE), client.register_script(_READ))
+        """Use *client* (redis-py's asyncio client): one connection of its pool."""
+        self.wire = Wire(client)
 
-    def _key(self, subject: str, kind: str, key: str) -> str:
-        return f"{self.settings.prefix}{subject}:{kind}:{key}"
+    def _key(self, subject: str, kind: str, key: str) -> bytes:
+        return bulk(f"{self.settings.prefix}{subject}:{kind}:{key}")
 
     async def run(self, now: float, changed: set[Key]) -> None:
         """One round: note what changed, write what is news, read back what is due."""
+        async with self._running:  # a round called while the background one runs waits for it
+            await self._run(now, changed)
+
+    async def _run(self, now: float, changed: set[Key]) -> None:
+        wire = self.wire
+        assert wire is not None, "connect() first"
+        slices = Slices()
         watched = self._watched
+        tracker = self.tracker
+        resolution = max(self.settings.interval, min(tracker.windows or (60.0,)) / 20)
+        refresh = 2 * self.settings.interval
+        budget = self.settings.max_batch
+        read_at = self._read_at
+        writes: list[Key] = []
+        reads: list[Key] = []
+        # *changed* is this round's own set (requests note their keys in a new one meanwhile).
         for entry in changed:
             watched.pop(entry, None)
             watched[entry] = now  # most recently changed last
-        writes = await self._write(now, changed)
-        reads = self._reads_due(now, changed)
+            if self._due(entry, now, resolution):
+                writes.append(entry)
+            # What changed here is read again at most every other round: a change another
+            # replica made is seen within about three intervals.
+            if len(reads) < budget and now - read_at.get(entry, 0.0) >= refresh:
+                reads.append(entry)
+            if slices.over():
+                await slices.pause()
+        self._trims += 1
+        await self._write(now, writes, slices)
+        await self._rotate(now, changed, reads, slices)
         if not writes and not reads:
-            await self.client.ping()  # nothing to exchange: still find out whether Redis is there
-        await self._read(now, reads)
+            await wire.ping()  # nothing to exchange: still find out whether Redis is there
+        await self._read(now, reads, slices)
+        if len(read_at) > 2 * max(len(watched), 1024):
+            await self._forget_reads(slices)
 
-    async def _write(self, now: float, changed: set[Key]) -> list[Key]:
+    async def _write(self, now: float, writes: list[Key], slices: Slices) -> None:
         """Write what is news: an item this replica has not shared, or counts and last-seen times
         not shared for ``resolution`` seconds (a window's edge moves by at most that much)."""
-        tracker = self.tracker
-        resolution = max(self.settings.interval, min(tracker.windows or (60.0,)) / 20)
-        writes = [k for k in changed if self._due(k, now, resolution)]
-        self._trims += 1
-        start = 0
-        while start < len(writes):
-            # One script call per chunk: redis-py spends far more per command than per argument.
-            began = time.thread_time()
-            size = self._chunk
-            keys, args = self._write_args(now, writes[start : start + size])
-            start += size
-            self._adapt(time.thread_time() - began)
-            if keys:
-                await self._scripts[0](keys=keys, args=args, client=self.client)
-                self._replied()
-            await asyncio.sleep(0)
-        return writes
-
-    def _write_args(self, now: float, chunk: list[Key]) -> tuple[list[str], list[str | float]]:
-        """The write script's keys and arguments for *chunk* (see ``_WRITE``)."""
+        wire = self.wire
+        assert wire is not None
         tracker = self.tracker
         horizon = max(tracker.horizon, 1.0)
         since = max(now - horizon, self.flushed_at - 2 * self.settings.interval)
-        keys: list[str] = []
         cap = max((tracker.capacity, *tracker.capacities.values()))  # a trim bound, for size only
-        args: list[str | float] = [int(horizon) + 60, now - horizon, cap, self.replica]
-        for subject, key in chunk:
+        head = [bulk(str(int(horizon) + 60)), bulk(repr(now - horizon)), bulk(str(cap))]
+        head.append(bulk(self.replica))
+        keys: list[bytes] = []
+        records: list[str] = []
+        for position, (subject, key) in enumerate(writes, 1):
             held = tracker.table(subject).rows.get(key)
-            row = held if tracker.tracks_sets(subject) else None
-            if row is not None:
-                row.news, row.flushed = False, now
+            if held is not None and tracker.tracks_sets(subject):
+                held.news, held.flushed = False, now
                 keys.append(self._key(subject, "s", key))
                 # Trimming is for size only (reads ask for the window): now and then.
                 trim = (self._trims + len(key)) % TRIM_EVERY == 0
-                # One argument per key: redis-py encodes each argument in Python.
-                packed = _SEP.join(
-                    f"{at:.3f}{_SEP}{item}"
-                    for item, at in row.items_since(since)
-                    if _SEP not in item
-                )
-                args.append(("t" if trim else "s") + packed)
+                records.append(("t" if trim else "s") + _packed(held.seen, since))
             srow = held.shares if held is not None and tracker.tracks_shares(subject) else None
             if srow is not None:
                 srow.flushed = now
                 keys.append(self._key(subject, "c", key))
                 values = srow.decayed(now, tracker.share_windows)
-                args.append("c" + _encode(tracker.share_windows, now, values))
-        return keys, args
+                records.append("c" + _encode(tracker.share_windows, now, values))
+            if keys and (len(keys) >= CHUNK or position == len(writes)):
+                await wire.call(WRITE, keys, [*head, bulk(_RS.join(records))])
+                self._replied()
+                keys, records = [], []
+                slices.until = 0.0  # a reply arrived in this slice: yield before going on
+            if slices.over():
+                await slices.pause()
 
-    def _reads_due(self, now: float, changed: set[Key]) -> list[Key]:
-        """What changed here (read again at most every other round: a change another replica
-        made is seen within about three intervals), and a rotating slice of the other keys seen
-        within ``watch``; at most ``max_batch`` keys."""
+    async def _rotate(self, now: float, changed: set[Key], reads: list[Key], s: Slices) -> None:
+        """Forget what was not seen within ``watch``, and add to *reads* a rotating slice of the
+        other keys still watched; at most ``max_batch`` keys in all."""
         watched = self._watched
         cutoff = now - self.settings.watch
         while watched:
@@ -200,57 +212,76 @@ class Exchange:
             if watched[first] >= cutoff:
                 break
             del watched[first]
+            if s.over():
+                await s.pause()
         budget = self.settings.max_batch
-        refresh = 2 * self.settings.interval
-        read_at = self._read_at
-        reads = [k for k in changed if now - read_at.get(k, 0.0) >= refresh][:budget]
-        if len(reads) < budget and watched:
-            if self._cursor >= len(self._rotation):
-                self._rotation, self._cursor = list(watched), 0
-            take = min(max(budget // 4, 1), budget - len(reads))
-            for entry in self._rotation[self._cursor : self._cursor + take]:
-                if entry in watched and entry not in changed:
-                    reads.append(entry)
-            self._cursor += take
-        if len(read_at) > 2 * max(len(watched), 1024):
-            self._read_at = {k: t for k, t in read_at.items() if k in watched}
-        return reads
+        if len(reads) >= budget or not watched:
+            return
+        if self._cursor >= len(self._rotation):
+            # A copy of the keys watched, made a slice at a time (nothing else changes *watched*
+            # while a round runs: rounds do not overlap).
+            rotation: list[Key] = []
+            keys = iter(watched)
+            while part := list(islice(keys, 256)):
+                rotation += part
+                await s.pause()
+            self._rotation, self._cursor = rotation, 0
+        take = min(max(budget // 4, 1), budget - len(reads))
+        for entry in self._rotation[self._cursor : self._cursor + take]:
+            if entry in watched and entry not in changed:
+                reads.append(entry)
+            if s.over():
+                await s.pause()
+        self._cursor += take
 
-    async def _read(self, now: float, reads: list[Key]) -> None:
+    async def _forget_reads(self, s: Slices) -> None:
+        """Keep the read times of the keys still watched only (a slice at a time)."""
+        watched = self._watched
+        kept: dict[Key, float] = {}
+        items = iter(self._read_at.items())
+        while part := list(islice(items, 256)):
+            for entry, at in part:
+                if entry in watched:
+                    kept[entry] = at
+            await s.pause()
+        self._read_at = kept
+
+    async def _read(self, now: float, reads: list[Key], slices: Slices) -> None:
         """Read *reads* back in chunks and merge the fleet's view into the tables."""
+        wire = self.wire
+        assert wire is not None
         tracker = self.tracker
-        low = now - max(tracker.horizon, 1.0)
-        start = 0
-        while start < len(reads):
-            chunk = reads[start : start + self._chunk]
-            start += len(chunk)
-            keys: list[str] = []
-            kinds: list[str] = []
-            for entry in chunk:
-                self._read_at[entry] = now
-                subject, key = entry
-                if tracker.tracks_sets(subject):
-                    keys.append(self._key(subject, "s", key))
-                    kinds.append("s")
-                if tracker.tracks_shares(subject):
-                    keys.append(self._key(subject, "c", key))
-                    kinds.append("c")
-            replies = await self._scripts[1](
-                keys=keys, args=[low, "".join(kinds)], client=self.client
-            )
-            self._replied()
-            began = time.thread_time()
-            self._merge(now, chunk, replies)
-            self._adapt(time.thread_time() - began)
-            await asyncio.sleep(0)  # let requests through between chunks
-
-    def _adapt(self, spent: float) -> None:
-        """Size the next chunk so that the work between two yields stays near ``STALL`` (this
-        thread's CPU time: a scheduler's preemption on a shared machine is not work)."""
-        if spent > STALL and self._chunk > MIN_CHUNK:
-            self._chunk = max(MIN_CHUNK, self._chunk // 2)
-        elif spent < STALL / 2 and self._chunk < CHUNK:
-            self._chunk = min(CHUNK, self._chunk * 2)
+        low = bulk(repr(now - max(tracker.horizon, 1.0)))
+        read_at = self._read_at
+        chunk: list[Key] = []
+        keys: list[bytes] = []
+        kinds: list[str] = []
+        items = 0
+        for position, entry in enumerate(reads, 1):
+            read_at[entry] = now
+            subject, key = entry
+            chunk.append(entry)
+            if tracker.tracks_sets(subject):
+                keys.append(self._key(subject, "s", key))
+                kinds.append("s")
+                held = tracker.table(subject).rows.get(key)
+                items += 1 + (held.held() if held is not None else 0)
+            if tracker.tracks_shares(subject):
+                keys.append(self._key(subject, "c", key))
+                kinds.append("c")
+                items += 2
+            last = position == len(reads)
+            if keys and (last or len(keys) >= CHUNK or items >= READ_ITEMS):
+                reply = await wire.call(READ, keys, [low, bulk("".join(kinds))])
+                self._replied()
+                await slices.pause()  # the reply was read in this slice: yield before the merge
+                text = reply.decode() if isinstance(reply, bytes) else str(reply)
+                records = text.split(_RS)
+                if len(records) == len(keys):  # else a record held \x1e: nothing to trust
+                    await self._merge(now, chunk, records, slices)
+                chunk, keys, kinds, items = [], [], [], 0
+            elif slices.over():
+                await slices.pause()
 
     def _due(self, entry: Key, now: float, resolution: float) -> bool:
         """True when a key changed here holds something to share."""
@@ -264,34 +295,37 @@ class Exchange:
         srow = row.shares if tracker.tracks_shares(subject) else None
         return srow is not None and now - srow.flushed >= resolution
 
-    def _merge(self, now: float, chunk: list[Key], replies: list[Any]) -> None:
+    async def _merge(self, now: float, chunk: list[Key], records: list[str], s: Slices) -> None:
         tracker = self.tracker
         horizon = max(tracker.horizon, 1.0)
         windows = tracker.share_windows
         position = 0
         for subject, key in chunk:
+            if s.over():
+                await s.pause()
             table = tracker.table(subject)
             if tracker.tracks_sets(subject):
-                items = replies[position]
+                record = records[position]
                 position += 1
-                if items:
-                    pairs = [(items[n], float(items[n + 1])) for n in range(0, len(items), 2)]
+                if record:
+                    parts = record.split(_SEP)
+                    pairs = [(parts[n], float(parts[n + 1])) for n in range(0, len(parts) - 1, 2)]
                     table.merged(key, pairs, tracker.capacity_of(subject), horizon, now)
             if not tracker.tracks_shares(subject):
                 continue
-            fields = replies[position]
+            record = records[position]
             position += 1
             held = table.rows.get(key)
             srow = held.shares if held is not None else None
             if srow is None or srow.windows != len(windows):
                 continue
             others = [0.0] * (3 * len(windows))
-            pairs = fields or []
-            for n in range(0, len(pairs) - 1, 2):
-                replica, text = pairs[n], pairs[n + 1]
+            fields = record.split(_SEP) if record else []
+            for n in range(0, len(fields) - 1, 2):
+                replica, text = fields[n], fields[n + 1]
                 if replica == self.replica:
                     continue
-                decoded = _decode(str(text), windows)
+                decoded = _decode(text, windows)
                 if decoded is None:
                     continue
                 at, values = decoded
@@ -300,6 +334,15 @@ class Exchange:
                     for k in range(3 * index, 3 * index + 3):
                         others[k] += values[k] * keep
             srow.take_others(others, now)
+
+
+def _packed(seen: dict[str, float], since: float) -> str:
+    """The items of a set seen after *since*: time, item, time, item... joined by ``\\x1f``."""
+    return _SEP.join(
+        f"{at:.3f}{_SEP}{item}"
+        for item, at in seen.items()
+        if at > since and _SEP not in item and _RS not in item
+    )
 
 
 def _decay(elapsed: float, tau: float) -> float:
