@@ -24,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from aidr_gate.asgi.deadlines import Deadlines
 from aidr_gate.asgi.streams import AdmittedStream, StreamBook
 from aidr_gate.audit.record import AuditEvent, RequestContext
 from aidr_gate.audit.trail import AuditTrail
@@ -34,6 +35,7 @@ from aidr_gate.limits import LIMITS, BufferBudget, Limits
 from aidr_gate.patterns.runtime import pattern_tracker_for
 from aidr_gate.patterns.settings import PATTERNS
 from aidr_gate.request.geo import ReloadResult
+from aidr_gate.request.headers import HeaderPlan
 from aidr_gate.request.identity import Authenticator
 from aidr_gate.request.jwks import FileKeys, RemoteJwks
 from aidr_gate.request.origin import OriginResolver, build_origin_resolver
@@ -75,6 +77,13 @@ class Serving:
     settings: MiddlewareSettings
     config: GateConfig | None = None
     limits: Limits = field(default_factory=Limits)
+    # The headers a request's one pass collects for these stages (the token, the model header,
+    # the content type, the trusted forwarding headers): derived, built with the rest.
+    headers: HeaderPlan = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        plan = HeaderPlan(self.settings.models.header, self.origin.proxies.header_names)
+        object.__setattr__(self, "headers", plan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +178,7 @@ class Runtime:
         # Request bodies held at once, across every request this runtime gates: one budget for
         # the runtime's life (a reload resizes it; bodies in flight give back what they took).
         self.budget = BufferBudget(limits.max_buffered_bytes)
+        self.deadlines = Deadlines()  # of the request bodies being read: one timer for all
         # A database registry's cache (None for a file loaded whole with the policy): started and
         # closed here, kept across reloads, its changes rechecking the admitted streams.
         self.registry = registry

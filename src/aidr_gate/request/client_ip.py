@@ -256,18 +256,38 @@ class TrustedProxies:
     def resolve(self, peer: str | None, headers: Iterable[tuple[bytes, bytes]]) -> ClientIP:
         """The client address of one request: ASGI peer host and raw ASGI headers in, never raises."""
         try:
-            known = self._peers.get(peer)
-            if known is None:
-                known = self._peer(peer)
-                peers = self._peers
-                if len(peers) >= self.cache_size:
-                    peers.clear()
-                peers[peer] = known
+            known = self._known_peer(peer)
             if isinstance(known, str):
                 return self._walk(known, headers)
             return known
         except Exception as exc:  # never raise out of the hot path: fail closed, say why
             return ClientIP(None, "peer", None, (f"client address not resolved: {exc!r:.120}",))
+
+    def resolve_collected(self, peer: str | None, lines: list[tuple[int, bytes]]) -> ClientIP:
+        """:meth:`resolve` of headers already collected in one pass over them: the forwarding
+        lines as ``(position in trusted_headers, line)``, in the order they came."""
+        try:
+            known = self._known_peer(peer)
+            if isinstance(known, str):
+                return self._walk_collected(known, lines)
+            return known
+        except Exception as exc:  # never raise out of the hot path: fail closed, say why
+            return ClientIP(None, "peer", None, (f"client address not resolved: {exc!r:.120}",))
+
+    @property
+    def header_names(self) -> tuple[bytes, ...]:
+        """The trusted forwarding headers' names, lower case, in their configured order."""
+        return tuple(self._wanted)
+
+    def _known_peer(self, peer: str | None) -> ClientIP | str:
+        known = self._peers.get(peer)
+        if known is None:
+            known = self._peer(peer)
+            peers = self._peers
+            if len(peers) >= self.cache_size:
+                peers.clear()
+            peers[peer] = known
+        return known
 
     def _peer(self, peer: object) -> ClientIP | str:
         """The answer for an untrusted or unusable peer, or the canonical text of a trusted one."""
@@ -283,10 +303,7 @@ class TrustedProxies:
     def _walk(self, peer: str, headers: Iterable[tuple[bytes, bytes]]) -> ClientIP:
         wanted = self._wanted
         lengths = self._wanted_lengths
-        # The first forwarding line seen; a dict of every line only once there is a second.
-        first_index = -1
-        first: bytes = b""
-        found: dict[int, list[bytes]] | None = None
+        lines: list[tuple[int, bytes]] = []
         for name, value in headers:
             if len(name) in lengths:
                 index = wanted.get(name)
@@ -297,15 +314,14 @@ class TrustedProxies:
                     index = wanted.get(name.lower())
                     if index is None:
                         continue
-                if first_index < 0:
-                    first_index, first = index, value
-                    continue
-                if found is None:
-                    found = {first_index: [first]}
-                found.setdefault(index, []).append(value)
-        if first_index < 0:
+                lines.append((index, value))
+        return self._walk_collected(peer, lines)
+
+    def _walk_collected(self, peer: str, lines: list[tuple[int, bytes]]) -> ClientIP:
+        if not lines:
             return ClientIP(peer, "peer", peer, (_NO_HEADER,))
-        if found is None:
+        if len(lines) == 1:
+            first_index, first = lines[0]
             if type(first) is not bytes or len(first) > MAX_CACHED_LINE:
                 return self._walk_lines(first_index, [first], peer, ())
             key = (peer, first_index, first)
@@ -318,6 +334,9 @@ class TrustedProxies:
                 walks.clear()
             walks[key] = answer
             return answer
+        found: dict[int, list[bytes]] = {}
+        for position, line in lines:
+            found.setdefault(position, []).append(line)
         index = min(found)  # positions follow the configured order: the first listed wins
         notes: tuple[str, ...] = ()
         if len(found) > 1:

@@ -77,6 +77,16 @@ class OriginResolver:
                 ip=None, resolved_by="error", notes=(f"origin not resolved: {exc!r:.120}",)
             )
 
+    def resolve_collected(self, peer: str | None, lines: list[tuple[int, bytes]]) -> Origin:
+        """:meth:`resolve` of forwarding lines collected in one pass over the headers (see
+        :meth:`TrustedProxies.resolve_collected`); never raises."""
+        try:
+            return self._origin(self.proxies.resolve_collected(peer, lines))
+        except Exception as exc:  # fail closed: no IP, no country, and why
+            return Origin(
+                ip=None, resolved_by="error", notes=(f"origin not resolved: {exc!r:.120}",)
+            )
+
     def resolve_ip(self, ip: str, *, resolved_by: str = "declared") -> Origin:
         """The origin of an address given by hand (``check --ip``, replay); never raises."""
         try:
