@@ -52,13 +52,14 @@ class HeaderPlan:
         seen = SeenHeaders()
         values = seen.values
         get = self._slots.get
+        lengths = self._lengths
         size = 0
         for name, value in headers:
             size += len(name) + len(value)
             slots = get(name)
             if slots is None:
                 # ASGI names are lower case; lowering (which allocates) keeps a stray spelling.
-                if len(name) not in self._lengths or name.islower():
+                if len(name) not in lengths or name.islower():
                     continue
                 slots = get(name.lower())
                 if slots is None:
