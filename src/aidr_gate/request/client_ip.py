@@ -30,10 +30,13 @@ cached by their text in a bounded dict, so a warm request costs dictionary looku
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from typing import TypeVar
+
+_T = TypeVar("_T")  # what a walk reads: the headers, or the lines collected from them
 
 __all__ = [
     "DEFAULT_TRUSTED_PROXIES",
@@ -255,21 +258,20 @@ class TrustedProxies:
 
     def resolve(self, peer: str | None, headers: Iterable[tuple[bytes, bytes]]) -> ClientIP:
         """The client address of one request: ASGI peer host and raw ASGI headers in, never raises."""
-        try:
-            known = self._known_peer(peer)
-            if isinstance(known, str):
-                return self._walk(known, headers)
-            return known
-        except Exception as exc:  # never raise out of the hot path: fail closed, say why
-            return ClientIP(None, "peer", None, (f"client address not resolved: {exc!r:.120}",))
+        return self._resolve(peer, headers, self._walk)
 
     def resolve_collected(self, peer: str | None, lines: list[tuple[int, bytes]]) -> ClientIP:
         """:meth:`resolve` of headers already collected in one pass over them: the forwarding
         lines as ``(position in trusted_headers, line)``, in the order they came."""
+        return self._resolve(peer, lines, self._walk_collected)
+
+    def _resolve(
+        self, peer: str | None, given: _T, walk: Callable[[str, _T], ClientIP]
+    ) -> ClientIP:
         try:
             known = self._known_peer(peer)
-            if isinstance(known, str):
-                return self._walk_collected(known, lines)
+            if isinstance(known, str):  # a trusted peer: its forwarding headers are walked
+                return walk(known, given)
             return known
         except Exception as exc:  # never raise out of the hot path: fail closed, say why
             return ClientIP(None, "peer", None, (f"client address not resolved: {exc!r:.120}",))
