@@ -1,27 +1,52 @@
 """One exception tree with stable reason codes.
 
-Every failure the gate can meet maps to a class here. Each class carries a stable ``reason`` code and
-the HTTP ``status`` the gate answers with; the same code appears in responses, audit records and
-metric labels, so renaming one is a breaking change. Reason codes a policy pack defines for its own
-rules are plain strings and live in the pack, not here.
+Every failure the gate can meet maps to a class here. Each class names its stable ``reason``
+code; the HTTP ``status`` the gate answers with and the ``stage`` that failed come from the code's
+entry in the reason registry (:mod:`aidr_gate.reasons`), where the sentence clients read is too.
+The same code appears in responses, audit records and metric labels, so renaming one is a
+breaking change. Reason codes a policy pack defines for its own rules are plain strings and live
+in the pack; the bundled packs' are in the registry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from aidr_gate.reasons import REASONS, Kind, of_kind
 
 
 class AidrGateError(Exception):
     """Root of every error aidr_gate raises on purpose."""
 
     reason: ClassVar[str] = "GATE_ERROR"
-    status: ClassVar[int] = 403
+    # From the code's registry entry, for every class (see __init_subclass__): never by hand.
+    status: ClassVar[int]
+    stage: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _adopt(cls)
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message or self.reason)
         self.message = message or self.reason
+
+
+def _adopt(cls: type[AidrGateError]) -> None:
+    """Give *cls* the status and stage of its code's registry entry. A class whose code has no
+    entry (one defined outside aidr_gate) keeps what it inherits or states; a test holds every
+    class of aidr_gate to the registry."""
+    entry = REASONS.get(cls.reason)
+    if entry is None or entry.status is None:
+        return
+    cls.status = entry.status
+    cls.stage = str(entry.stage)
+
+
+_adopt(AidrGateError)
 
 
 # --- configuration -------------------------------------------------------------------------------
@@ -47,7 +72,6 @@ class ConfigError(AidrGateError):
     """A configuration, policy pack, registry or catalogue is invalid; raised at load, never per request."""
 
     reason = "CONFIG_INVALID"
-    status = 503
 
     def __init__(self, problems: Sequence[Problem] | Problem) -> None:
         self.problems: tuple[Problem, ...] = (
@@ -73,14 +97,12 @@ class RequestError(AidrGateError):
     """The request cannot be decided because of how it was sent."""
 
     reason = "REQUEST_INVALID"
-    status = 400
 
 
 class BodyTooLarge(RequestError):
     """The request body is longer than the configured limit for model extraction."""
 
     reason = "BODY_TOO_LARGE"
-    status = 413
 
 
 class BodyTooComplex(RequestError):
@@ -89,7 +111,6 @@ class BodyTooComplex(RequestError):
     unparsed."""
 
     reason = "BODY_TOO_COMPLEX"
-    status = 413
 
 
 class BodyNotJSON(RequestError):
@@ -142,14 +163,12 @@ class HeadersTooLarge(RequestError):
     checked before any token is verified."""
 
     reason = "HEADERS_TOO_LARGE"
-    status = 431
 
 
 class BodyTimeout(RequestError):
     """The body the gate must read did not arrive within ``limits.body_timeout`` seconds."""
 
     reason = "BODY_TIMEOUT"
-    status = 408
 
 
 class BufferBudgetExhausted(AidrGateError):
@@ -157,7 +176,6 @@ class BufferBudgetExhausted(AidrGateError):
     ``limits.max_buffered_bytes``: answered 503 with ``Retry-After``, the body unread."""
 
     reason = "BUFFER_BUDGET_EXHAUSTED"
-    status = 503
 
 
 # --- identity (401) -------------------------------------------------------------------------------
@@ -167,7 +185,6 @@ class IdentityError(AidrGateError):
     """The caller's identity could not be verified; answered with 401 and WWW-Authenticate."""
 
     reason = "IDENTITY_INVALID"
-    status = 401
 
 
 class TokenMissing(IdentityError):
@@ -249,7 +266,6 @@ class OriginError(AidrGateError):
     """The client's network origin could not be resolved; packs treat it as an unknown country."""
 
     reason = "ORIGIN_UNRESOLVED"
-    status = 403
 
 
 # --- policy and the gate itself --------------------------------------------------------------------
@@ -259,21 +275,18 @@ class PolicyEvaluationError(AidrGateError):
     """Evaluating the policy raised; the request is denied (fail closed)."""
 
     reason = "POLICY_EVALUATION_FAILED"
-    status = 403
 
 
 class AuditUnavailable(AidrGateError):
     """The audit trail can be written nowhere, not even the local spool ("no audit, no access")."""
 
     reason = "AUDIT_UNAVAILABLE"
-    status = 503
 
 
 class GateNotReady(AidrGateError):
     """The gate has no loaded state to decide with."""
 
     reason = "GATE_NOT_READY"
-    status = 503
 
 
 class ScreeningUnavailable(AidrGateError):
@@ -282,7 +295,6 @@ class ScreeningUnavailable(AidrGateError):
     what the gate holds may no longer be the lists in force: the request is denied (fail closed)."""
 
     reason = "SCREENING_UNAVAILABLE"
-    status = 503
 
 
 class RegistryUnavailable(AidrGateError):
@@ -290,7 +302,6 @@ class RegistryUnavailable(AidrGateError):
     the configured ``max_staleness`` (or was never cached): the request is denied (fail closed)."""
 
     reason = "REGISTRY_UNAVAILABLE"
-    status = 503
 
 
 class AccessRevoked(AidrGateError):
@@ -299,43 +310,11 @@ class AccessRevoked(AidrGateError):
     reasons of the deny that caused it."""
 
     reason = "ACCESS_REVOKED"
-    status = 403
 
 
 # --- reasons the bundled packs give ---------------------------------------------------------------
 
 # The reason codes of the rules in the packs aidr_gate ships (``policies/``), with what each
-# means. Packs may define their own; these are the ones the README's table documents, and a test
-# keeps the packs, this table and the README in step.
-PACK_REASONS: Mapping[str, str] = {
-    "ALLOWED": "no rule matched: the pack's default",
-    "EMBARGOED_JURISDICTION": "network, headquarters or parent country under a comprehensive US embargo",
-    "EMBARGOED_REGION": "network origin in a region an OFAC program covers whole (Crimea, Sevastopol)",
-    "REGION_UNCERTAIN": "origin in a country with restricted regions whose region cannot be told",
-    "ENTITY_DENIED": "the registry marks the entity as denied",
-    "RESTRICTED_PARTY": "the entity is a listed party (a confirmed screening hit)",
-    "RESTRICTED_PARTY_OWNED": "owned 50%+ in aggregate by SDN-listed parties (OFAC 50 Percent Rule)",
-    "RESTRICTED_PARTY_AFFILIATE": "owned 50%+ in aggregate by listed parties (BIS Affiliates rule)",
-    "RESTRICTED_PARTY_PENDING_REVIEW": "an unreviewed hit matching a listed name word for word",
-    "RESTRICTED_PARTY_POTENTIAL": "an unreviewed screening hit (entity or owners), logged for review",
-    "SCREENING_PENDING": "the entity is not yet screened against the lists in use",
-    "OWNERSHIP_UNKNOWN": "owners unknown or incomplete for a controlled model (BIS Red Flag 29)",
-    "TIER3_CONTROLLED_MODEL": "a controlled model for a Tier 3 effective jurisdiction",
-    "ANONYMIZED_ORIGIN": "a VPN, Tor, proxy or hosting origin for a controlled model",
-    "NETWORK_COUNTRY_UNKNOWN": "no network country for a controlled model",
-    "HEADQUARTERS_UNKNOWN": "no headquarters country for a controlled model",
-    "NO_VALID_AGREEMENT": "Tier 2 and a controlled model without a valid agreement",
-    "ORIGIN_TIER_WORSE_THAN_HEADQUARTERS": "the network country's tier is worse than the headquarters'",
-    "D5_HEADQUARTERED_CONTROLLED_MODEL": "a controlled model, headquarters or parent in D:5, Macau or Hong Kong",
-    "EU_RUSSIA_AI_SERVICES": "an entity established in Russia (EU 19th package): no AI model",
-    "EU_RUSSIA_CONTROLLED": "ultimate parent in Russia (UNCONFIRMED reach of the EU ban), logged",
-    "EU_RUSSIA_NETWORK_ORIGIN": "a Russian network origin alone, logged (the EU ban is on establishment)",
-    "EU_SANCTIONED_REGION": "origin in Crimea or Sevastopol under the EU regime, logged",
-    "UAE_NAMED_RECIPIENT": "UNCONFIRMED: a named UAE recipient using a controlled model, logged",
-    # Access patterns over time (patterns/; policies/examples/patterns.yaml).
-    "ORIGIN_VELOCITY": "one token used from more countries within a window than the pack allows",
-    "INTERMEDIARY_SUSPECTED": "one client address or network fronting many entities within a window",
-    "ANONYMIZER_SHIFT": "an entity's recent traffic mostly through VPN, Tor, proxy or hosting origins",
-    "PATTERNS_DEGRADED": "the fleet's shared pattern view is lost; the pack will not decide on one "
-    "replica's counts alone",
-}
+# means: the registry's pack entries. Packs may define their own; a test keeps the packs, the
+# registry and the README in step.
+PACK_REASONS: Mapping[str, str] = MappingProxyType({r.code: r.when for r in of_kind(Kind.PACK)})

@@ -427,14 +427,13 @@ class Gate:
         """A deny for a stage that failed before the policy could run (bad token, bad body...)."""
         state = state or self._state
         when = self._clock() if at is None else at
-        stage = _stage_of(error)
         return Decision(
             decision_id=self._ids.next(),
             at=when,
             effect=Effect.DENY,
             status=error.status,
             reasons=(error.reason,),
-            rule=f"gate/{stage}",
+            rule=f"gate/{error.stage}",  # the stage of its code's registry entry
             # The engine's shared reference (the status in force at *when*): a new one per
             # refusal would make every refused request a class of its own in the audit trail's
             # facts cache.
@@ -577,19 +576,3 @@ def jurisdiction_of(
     if claimed_hq is not None:
         return claimed_hq, claimed_parent, "claims", ()
     return None, None, "none", ()
-
-
-def _stage_of(error: AidrGateError) -> str:
-    if isinstance(error, errors.IdentityError):
-        return "identity"
-    if isinstance(error, errors.RequestError | errors.BufferBudgetExhausted):
-        return "request"
-    if isinstance(error, errors.OriginError):
-        return "origin"
-    if isinstance(error, errors.AuditUnavailable):
-        return "audit"
-    if isinstance(error, errors.RegistryUnavailable):
-        return "registry"
-    if isinstance(error, errors.ScreeningUnavailable):
-        return "screening"
-    return "policy"

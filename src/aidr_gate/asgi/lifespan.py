@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-from aidr_gate.asgi.responses import json_error, json_headers
+from aidr_gate.asgi.responses import own_answer
 from aidr_gate.asgi.types import ASGIApp, Message, Receive, Scope, Send
 from aidr_gate.errors import ConfigError, GateNotReady
 from aidr_gate.runtime import Runtime
@@ -164,24 +164,17 @@ async def not_ready(scope: Scope, receive: Receive, send: Send, error: Exception
     goes to the log (once per attempt, not once per refused request), never to the caller."""
     if not isinstance(error, GateNotReady):
         logger.error("the gate cannot start; refusing requests: %s", error, exc_info=error)
-    body = json_error(
-        503,
-        GateNotReady.reason,
-        "the access gate is not ready; try again shortly",
-        None,
-        (GateNotReady.reason,),
-    )
-    headers = [*json_headers(len(body)), (b"retry-after", b"1")]
+    status, body, headers = own_answer(GateNotReady.reason)
     if scope["type"] == "websocket":
         if (await receive()).get("type") != "websocket.connect":
             return
         if "websocket.http.response" in scope.get("extensions", {}):
-            start = {"type": "websocket.http.response.start", "status": 503, "headers": headers}
+            start = {"type": "websocket.http.response.start", "status": status, "headers": headers}
             await send(start)
             await send({"type": "websocket.http.response.body", "body": body})
             return
         await send({"type": "websocket.accept"})
         await send({"type": "websocket.close", "code": WS_TRY_AGAIN_LATER})
         return
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

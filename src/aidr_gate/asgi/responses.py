@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from aidr_gate.decision import Decision
+from aidr_gate.reasons import REASONS, Kind
 
 # The ``type`` field, by HTTP status (the openai SDK maps the status to its exception class).
 _TYPES = {
@@ -18,39 +19,16 @@ _TYPES = {
     504: "upstream_timeout",
 }
 
-# Plain-language messages for the gate's own reason codes; pack reasons get a generic sentence.
-_MESSAGES = {
-    "IDENTITY_INVALID": "The bearer token could not be verified.",
-    "TOKEN_MISSING": "A bearer token is required.",
-    "TOKEN_MALFORMED": "The bearer token is malformed.",
-    "TOKEN_EXPIRED": "The bearer token has expired.",
-    "TOKEN_NOT_YET_VALID": "The bearer token is not valid yet.",
-    "TOKEN_SIGNATURE_INVALID": "The bearer token's signature does not verify.",
-    "TOKEN_ISSUER_INVALID": "The bearer token was issued by an issuer this gate does not trust.",
-    "TOKEN_AUDIENCE_INVALID": "The bearer token is not meant for this service.",
-    "TOKEN_CLAIM_MISSING": "The bearer token lacks a required claim.",
-    "TOKEN_CLAIM_INVALID": "A claim in the bearer token has an invalid value.",
-    "TOKEN_ALGORITHM_NOT_ALLOWED": "The bearer token uses an algorithm this gate does not accept.",
-    "TOKEN_KEY_UNKNOWN": "The bearer token was signed with a key this gate does not know.",
-    "TOKEN_KEYS_UNAVAILABLE": "The gate cannot verify tokens right now.",
-    "BODY_TOO_LARGE": "The request body is too large.",
-    "BODY_NOT_JSON": "The request body must be a JSON object.",
-    "BODY_INCOMPLETE": "The request body was not received in full.",
-    "BODY_NOT_FORM": "The request body must be a multipart form with one model field.",
-    "MODEL_MISSING": "The request must name a model.",
-    "HEADER_REPEATED": "The request repeats a header that must come once.",
-    "MODEL_CONFLICT": "The request names different models in different places.",
-    "FORM_AMBIGUOUS": "The form has a part that parsers could read differently.",
-    "HEADERS_TOO_LARGE": "The request's headers are too large or too many.",
-    "BODY_TIMEOUT": "The request body did not arrive in time.",
-    "BODY_TOO_COMPLEX": "The request body holds too many JSON objects and arrays.",
-    "BUFFER_BUDGET_EXHAUSTED": "The service is holding too many uploads; try again shortly.",
-    "AUDIT_UNAVAILABLE": "The service cannot record requests right now and refuses them.",
-    "POLICY_EVALUATION_FAILED": "The request could not be evaluated and is refused.",
-    "GATE_NOT_READY": "The gate is not ready.",
-    "REGISTRY_UNAVAILABLE": "The registry of customers cannot be reached; the request is refused.",
-    "SCREENING_UNAVAILABLE": "Restricted-party screening is out of date; the request is refused.",
-    "ACCESS_REVOKED": "Access ended while the response was streaming.",
+# The sentences of the gate's refusals, from the registry, as one dict read per deny; pack
+# reasons get the policy sentence (the sidecar's own codes are never a decision's).
+_MESSAGES: dict[str, str] = {
+    code: r.message for code, r in REASONS.items() if r.kind is Kind.REFUSAL and r.message
+}
+# ``Retry-After`` of the codes whose answer carries one (every 503 of the gate).
+_RETRY_AFTER: dict[str, tuple[bytes, bytes]] = {
+    code: (b"retry-after", str(r.retry_after).encode())
+    for code, r in REASONS.items()
+    if r.retry_after is not None
 }
 
 
@@ -120,6 +98,28 @@ def error_headers(decision: Decision, length: int) -> list[tuple[bytes, bytes]]:
     headers = json_headers(length)
     if decision.status == 401:
         headers.append((b"www-authenticate", www_authenticate(decision.reasons[0])))
-    elif decision.status == 503:  # the budget, the audit trail, the registry: try again shortly
-        headers.append((b"retry-after", b"1"))
+    elif decision.reasons:  # the budget, the audit trail, the registry: try again shortly
+        retry = _RETRY_AFTER.get(decision.reasons[0])
+        if retry is not None:
+            headers.append(retry)
     return headers
+
+
+def own_answer(
+    code: str, decision_id: str | None = None
+) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, body and headers of an answer with one code of the gate's or the sidecar's own
+    where no deny decision is answered (the sidecar's failures, a gate that could not start): all
+    from the code's registry entry."""
+    reason = REASONS[code]
+    if reason.status is None or reason.message is None:
+        raise ValueError(f"{code} is not a code clients are answered with")
+    if not decision_id:
+        message = reason.undecided or reason.message
+    else:
+        message = f"{reason.message} ({code}; decision {decision_id})"
+    body = json_error(reason.status, code, message, decision_id, (code,))
+    headers = json_headers(len(body))
+    if reason.retry_after is not None:
+        headers.append((b"retry-after", str(reason.retry_after).encode()))
+    return reason.status, body, headers

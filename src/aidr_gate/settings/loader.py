@@ -24,6 +24,7 @@ from aidr_gate.document import (
 )
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.policy.pack import bundled_pack_dir, find_pack_file
+from aidr_gate.settings.across import check_across
 from aidr_gate.settings.identity import IDENTITY, IdentityConfig
 from aidr_gate.settings.schema import KeyDoc, Section, subkeys
 from aidr_gate.settings.sections import SECTIONS
@@ -178,6 +179,7 @@ def config_from_document(document: Document) -> tuple[GateConfig | None, Checker
         if isinstance(raw, dict):
             raw_sections[name] = raw
         values[name] = section.read(check, raw, base_dir)
+    check_across(check, values)
     if policy is None or mode_text is None or values[REGISTRY.name] is None or catalog is None:
         return None, check
     config = GateConfig(

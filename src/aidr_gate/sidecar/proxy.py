@@ -28,7 +28,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from aidr_gate.asgi.responses import json_error, json_headers
+from aidr_gate.asgi.responses import own_answer
 from aidr_gate.asgi.types import Message, Receive, Scope, Send
 from aidr_gate.settings.proxy import ProxySettings, upstream_problem
 from aidr_gate.stages import CLIENT_DISCONNECTED, UPSTREAM_STATE_KEY, UpstreamResult
@@ -70,12 +70,6 @@ UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
 UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
 UPSTREAM_FAILED_MIDSTREAM = "UPSTREAM_FAILED_MIDSTREAM"
 PATH_NOT_CANONICAL = "PATH_NOT_CANONICAL"
-
-_MESSAGES = {
-    UPSTREAM_UNAVAILABLE: "The model server is unavailable.",
-    UPSTREAM_TIMEOUT: "The model server did not answer in time.",
-    PATH_NOT_CANONICAL: "The request path must not contain '.' or '..' segments.",
-}
 # A header value the upstream can read as it is; anything else is percent-encoded.
 _PLAIN_VALUE = re.compile(r"[\x21-\x7e]{1,512}")
 _HOST_VALUE = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
@@ -258,7 +252,7 @@ class UpstreamProxy:
             # Gated as written, such a path could reach another route at an upstream that
             # normalises it: refuse rather than forward.
             result.error = PATH_NOT_CANONICAL
-            await self._error(scope, send, 400, PATH_NOT_CANONICAL)
+            await self._error(scope, send, PATH_NOT_CANONICAL)
             result.seconds = time.perf_counter() - started
             return
         task = asyncio.current_task()
@@ -342,7 +336,7 @@ class UpstreamProxy:
             response.release()
             response = None
         except TimeoutError:
-            await self._failed(scope, send, result, UPSTREAM_TIMEOUT, 504, response_started)
+            await self._failed(scope, send, result, UPSTREAM_TIMEOUT, response_started)
         except _ClientGone:
             watch.client_gone = True
             result.error = CLIENT_DISCONNECTED
@@ -351,7 +345,7 @@ class UpstreamProxy:
                 result.error = CLIENT_DISCONNECTED
                 return
             logger.warning("upstream request failed: %s", type(exc).__name__)
-            await self._failed(scope, send, result, UPSTREAM_UNAVAILABLE, 502, response_started)
+            await self._failed(scope, send, result, UPSTREAM_UNAVAILABLE, response_started)
         finally:
             if response is not None:
                 # Not read to the end (cancelled, timed out, cut): close the connection rather
@@ -364,7 +358,6 @@ class UpstreamProxy:
         send: Send,
         result: UpstreamResult,
         code: str,
-        status: int,
         response_started: bool,
     ) -> None:
         if response_started:
@@ -374,22 +367,16 @@ class UpstreamProxy:
             logger.warning("upstream failed mid-response (%s); cutting the stream", code)
             return
         result.error = code
-        await self._error(scope, send, status, code)
+        await self._error(scope, send, code)
 
-    async def _error(self, scope: Scope, send: Send, status: int, code: str) -> None:
-        """An error answer in the shape of the gate's denials (and OpenAI's errors)."""
+    async def _error(self, scope: Scope, send: Send, code: str) -> None:
+        """An error answer in the shape of the gate's denials (and OpenAI's errors); its status
+        and sentence are the code's registry entry."""
         decision = (scope.get("state") or {}).get(self.settings.state_key)
         decision_id = decision.decision_id if decision is not None else None
-        message = _MESSAGES[code] + (f" ({code}; decision {decision_id})" if decision_id else "")
-        payload = json_error(status, code, message, decision_id, (code,))
+        status, payload, headers = own_answer(code, decision_id)
         with contextlib.suppress(OSError):
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": json_headers(len(payload)),
-                }
-            )
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": payload, "more_body": False})
 
 
