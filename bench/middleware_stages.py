@@ -97,7 +97,7 @@ def _replace(stage: str, runtime: Any, decision: Any) -> None:
     elif stage == "policy":
         runtime.gate.decide = lambda **_: decision
     elif stage == "origin":
-        type(runtime.serving.origin).resolve_collected = lambda *_: evidence.origin
+        type(runtime.serving.origin).resolve = lambda *_: evidence.origin
     elif stage == "caller":
 
         async def known(*_: Any) -> Any:

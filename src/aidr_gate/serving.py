@@ -33,5 +33,5 @@ class Serving:
     headers: HeaderPlan = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        plan = HeaderPlan(self.settings.models.header, self.origin.proxies.header_names)
+        plan = HeaderPlan(self.settings.models.header, self.origin.forwarding_headers)
         object.__setattr__(self, "headers", plan)

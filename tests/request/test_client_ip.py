@@ -354,6 +354,29 @@ def test_spoofing_matrix(
     assert result.peer == (str(canonical) if canonical else None)
 
 
+OTHER_LINES = [
+    (b"host", b"api.example"),
+    (b"x-forwarded-proto", b"https"),
+    (b"forwarded-for", b"x"),
+]
+
+
+@pytest.mark.parametrize(
+    ("proxies", "peer", "headers"),
+    [pytest.param(case[1], case[2], case[3], id=case[0]) for case in MATRIX],
+)
+def test_the_forwarding_lines_alone_give_the_same_answer(
+    proxies: str, peer: str | None, headers: list[Header]
+) -> None:
+    """A caller that read the headers once may pass only the lines in ``header_names``."""
+    resolver = PROXIES[proxies]
+    lines = asgi(headers)
+    mixed = [OTHER_LINES[0], *lines[:1], OTHER_LINES[1], *lines[1:], OTHER_LINES[2]]
+    picked = [(name, value) for name, value in mixed if name.lower() in resolver.header_names]
+    assert resolver.header_names == {h.value.encode() for h in resolver.headers}
+    assert resolver.resolve(peer, picked) == resolver.resolve(peer, mixed)
+
+
 def test_matrix_is_large_enough() -> None:
     """The issue asks for at least 30 spoofing cases."""
     assert len(MATRIX) >= 30
@@ -607,5 +630,5 @@ def test_the_one_header_pass_resolves_as_the_walk_does(
     plan = HeaderPlan(None, trust.header_names)
     raw = [(b"host", b"gate"), *asgi(headers), (b"authorization", b"Bearer x")]
     walked = trust.resolve(peer, raw)
-    collected = trust.resolve_collected(peer, plan.scan(raw).forwarded)
+    collected = trust.resolve(peer, plan.scan(raw).forwarded)
     assert collected == walked

@@ -103,6 +103,21 @@ def test_resolve_behind_proxies(resolver: OriginResolver) -> None:
     assert json.loads(json.dumps(origin.to_dict()))["anonymizer"] == ["vpn"]
 
 
+def test_the_forwarding_headers_are_named_for_a_one_pass_caller(resolver: OriginResolver) -> None:
+    """The names ``resolve`` reads are the configured ones; those lines alone give the origin."""
+    assert resolver.forwarding_headers == {b"forwarded", b"x-forwarded-for"}
+    headers = [
+        (b"host", b"api.example"),
+        (b"forwarded", b"for=81.2.69.200"),
+        (b"x-forwarded-for", b"6.6.6.6"),
+        (b"user-agent", b"openai/1.0"),
+    ]
+    picked = [pair for pair in headers if pair[0] in resolver.forwarding_headers]
+    origin = resolver.resolve("10.0.0.2", picked)
+    assert origin == resolver.resolve("10.0.0.2", headers)
+    assert (origin.ip, origin.country) == ("81.2.69.200", "GB")
+
+
 def test_resolve_forwarded_ipv6(resolver: OriginResolver) -> None:
     """Forwarded with a quoted IPv6 address and port, preferred over X-Forwarded-For."""
     headers = [

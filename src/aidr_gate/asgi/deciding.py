@@ -80,7 +80,7 @@ async def decide_request(
     asked = _Asked()
     state = serving.state
     try:
-        asked.origin = serving.origin.resolve_collected(peer(scope), seen.forwarded)
+        asked.origin = serving.origin.resolve(peer(scope), seen.forwarded)
         _models_named_outside_the_body(asked, serving, seen, path)
         await _caller(asked, serving, seen)
         if asked.error is None and not runtime.audit_accepting:

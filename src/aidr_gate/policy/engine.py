@@ -265,44 +265,18 @@ class PolicyEngine:
     def _build_segments(
         pack: Pack, compiled: list[_CompiledRule]
     ) -> tuple[list[float], list[_Segment]]:
-        tier_members = pack.tiers.members if pack.tiers else {}
-        dated: list[Membership | RegionMember | Window] = [
-            m for g in pack.groups.values() for m in g.members
-        ]
-        dated += [m for ms in tier_members.values() for m in ms]
-        dated += [m for g in pack.region_groups.values() for m in (*g.regions, *g.uncertain)]
-        dated += [w for rule in pack.rules for w in rule.during]
-        bounds = sorted({t for m in dated for t in (m.since, m.until) if t is not None})
-        bounds = sorted({*bounds, *(c.since for c in pack.status_history)})
+        bounds = _segment_bounds(pack)
         segments: list[_Segment] = []
         for index in range(len(bounds) + 1):
             # A moment inside segment ``index``: ``[bounds[index-1], bounds[index])``.
             probe = bounds[index - 1] if index > 0 else (bounds[0] - 1.0 if bounds else 0.0)
-            tiers: dict[str, str] = {}
-            for tier, members in tier_members.items():
-                for member in members:
-                    if member.holds_at(probe):
-                        tiers[member.country] = tier
-            groups: dict[str, set[str]] = {}
-            for group in pack.groups.values():
-                for member in group.members:
-                    if member.holds_at(probe):
-                        groups.setdefault(member.country, set()).add(group.id)
-            rules = tuple(
-                c
-                for rule, c in zip(pack.rules, compiled, strict=True)
-                if not rule.during or any(w.holds_at(probe) for w in rule.during)
-            )
             segments.append(
                 _Segment(
-                    tiers,
-                    {c: frozenset(g) for c, g in groups.items()},
-                    rules,
+                    _country_tiers(pack, probe),
+                    _country_groups(pack, probe),
+                    _rules_in_force(pack, compiled, probe),
                     *_region_tables(pack, probe),
-                    refs=(
-                        PolicyRef(pack.id, pack.digest, pack.status_at(probe), False),
-                        PolicyRef(pack.id, pack.digest, pack.status_at(probe), True),
-                    ),
+                    refs=_policy_refs(pack, probe),
                 )
             )
         return bounds, segments
@@ -488,6 +462,56 @@ class PolicyEngine:
     def countries_changing(self) -> Iterable[float]:
         """The instants at which some country changes tier or group."""
         return tuple(self._bounds)
+
+
+def _segment_bounds(pack: Pack) -> list[float]:
+    """Every instant at which a dated list entry, a rule's window or the pack's status changes."""
+    tier_members = pack.tiers.members if pack.tiers else {}
+    dated: list[Membership | RegionMember | Window] = [
+        m for g in pack.groups.values() for m in g.members
+    ]
+    dated += [m for ms in tier_members.values() for m in ms]
+    dated += [m for g in pack.region_groups.values() for m in (*g.regions, *g.uncertain)]
+    dated += [w for rule in pack.rules for w in rule.during]
+    bounds = {t for m in dated for t in (m.since, m.until) if t is not None}
+    return sorted({*bounds, *(c.since for c in pack.status_history)})
+
+
+def _country_tiers(pack: Pack, probe: float) -> dict[str, str]:
+    tiers: dict[str, str] = {}
+    for tier, members in (pack.tiers.members if pack.tiers else {}).items():
+        for member in members:
+            if member.holds_at(probe):
+                tiers[member.country] = tier
+    return tiers
+
+
+def _country_groups(pack: Pack, probe: float) -> dict[str, frozenset[str]]:
+    groups: dict[str, set[str]] = {}
+    for group in pack.groups.values():
+        for member in group.members:
+            if member.holds_at(probe):
+                groups.setdefault(member.country, set()).add(group.id)
+    return {c: frozenset(g) for c, g in groups.items()}
+
+
+def _rules_in_force(
+    pack: Pack, compiled: list[_CompiledRule], probe: float
+) -> tuple[_CompiledRule, ...]:
+    return tuple(
+        c
+        for rule, c in zip(pack.rules, compiled, strict=True)
+        if not rule.during or any(w.holds_at(probe) for w in rule.during)
+    )
+
+
+def _policy_refs(pack: Pack, probe: float) -> tuple[PolicyRef, PolicyRef]:
+    """The pack reference outside and inside the legal window, with the status in force then."""
+    status = pack.status_at(probe)
+    return (
+        PolicyRef(pack.id, pack.digest, status, False),
+        PolicyRef(pack.id, pack.digest, status, True),
+    )
 
 
 def _region_tables(

@@ -180,17 +180,25 @@ class Replayer:
             self._not_a_decision(tree, line, file, number)
             return
         at = self.clock.parse(decision.get("at"))
-        self._note_seen(at, tree.get("policy"))
-        registry = tree.get("registry")
-        if type(registry) is dict:
-            revision = registry.get("revision")
-            tally.recorded_registries[revision if type(revision) is str else "unknown"] += 1
+        self._note_seen(at, tree)
         rule = decision.get("rule")
         reasons = decision.get("reasons")
         old_reason = reasons[0] if type(reasons) is list and reasons else UNKNOWN
         if type(rule) is str and rule.startswith("gate/"):
             self._gate_record(rule, decision, old_reason)
             return
+        self._redecide(tree, decision, at, old_reason, file, number)
+
+    def _redecide(
+        self,
+        tree: dict[str, Any],
+        decision: dict[str, Any],
+        at: float | None,
+        old_reason: object,
+        file: str,
+        number: int,
+    ) -> None:
+        """A policy decision: re-decided from its evidence, or listed as one that cannot be."""
         old = decision.get("effect")
         try:
             check_schema(tree)
@@ -202,24 +210,9 @@ class Replayer:
         except MissingEvidence as exc:
             self._cannot(decision, at, old, file, number, exc.why)
             return
-        when = at if self.options.at is None else self.options.at
-        if self.patterns is not None:
-            signals = self.patterns.signals(
-                tree,
-                at=at,
-                when=when,
-                network_country=inputs.network_country,
-                headquarters=inputs.headquarters,
-                anonymizer=inputs.anonymizer,
-            )
-            verdict = self._decide(inputs, when, signals)
-        else:
-            slot = bisect_right(inputs.bounds, when)
-            known = inputs.verdicts.get(slot)
-            if known is None:
-                known = inputs.verdicts[slot] = self._decide(inputs, when)
-            verdict = known
+        verdict = self._verdict(tree, inputs, at)
         new = verdict[0]
+        tally = self.tally
         tally.transitions[(old, new)] += 1
         tally.entity_records[inputs.entity_label] += 1
         tally.list_versions[inputs.list_version or NONE] += 1
@@ -245,6 +238,26 @@ class Replayer:
             decision,
         )
 
+    def _verdict(self, tree: dict[str, Any], inputs: Inputs, at: float) -> Verdict:
+        """The new verdict: shared by the combination's records in one stretch of time, unless
+        the pack tests pattern signals, which change record by record."""
+        when = at if self.options.at is None else self.options.at
+        if self.patterns is not None:
+            signals = self.patterns.signals(
+                tree,
+                at=at,
+                when=when,
+                network_country=inputs.network_country,
+                headquarters=inputs.headquarters,
+                anonymizer=inputs.anonymizer,
+            )
+            return self._decide(inputs, when, signals)
+        slot = bisect_right(inputs.bounds, when)
+        known = inputs.verdicts.get(slot)
+        if known is None:
+            known = inputs.verdicts[slot] = self._decide(inputs, when)
+        return known
+
     def _not_a_decision(self, tree: dict[str, Any], line: bytes, file: str, number: int) -> None:
         """A JSON object without ``aidr.decision``: a checkpoint, a foreign line or a bad record."""
         tally = self.tally
@@ -262,9 +275,15 @@ class Replayer:
             why = exc.why
         self._cannot(None, None, None, file, number, why)
 
-    def _note_seen(self, at: float | None, policy: Any) -> None:
-        """The time range read, and the pack the record was decided under."""
+    def _note_seen(self, at: float | None, tree: dict[str, Any]) -> None:
+        """The time range read, the pack the record was decided under and the registry's
+        revision it saw."""
         tally = self.tally
+        registry = tree.get("registry")
+        if type(registry) is dict:
+            revision = registry.get("revision")
+            tally.recorded_registries[revision if type(revision) is str else "unknown"] += 1
+        policy = tree.get("policy")
         if at is not None:
             first = tally.first_at
             if first is None or at < first:

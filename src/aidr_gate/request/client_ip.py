@@ -30,13 +30,12 @@ cached by their text in a bounded dict, so a warm request costs dictionary looku
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
-from typing import TypeVar
 
-_T = TypeVar("_T")  # what a walk reads: the headers, or the lines collected from them
+from aidr_gate.request.bounded import store_bounded
 
 __all__ = [
     "DEFAULT_TRUSTED_PROXIES",
@@ -182,6 +181,8 @@ class TrustedProxies:
             h is ProxyHeader.FORWARDED for h in self.headers
         )
         self._wanted: dict[bytes, int] = {name.encode(): i for i, name in enumerate(self._names)}
+        # What a caller that reads the headers once collects for resolve() (see its docstring).
+        self.header_names: frozenset[bytes] = frozenset(self._wanted)
         self._wanted_lengths = frozenset(len(name) for name in self._wanted)
         # "x-forwarded-for[-2]" and the like, built once so a walk allocates no label.
         self._labels: tuple[tuple[str, ...], ...] = tuple(
@@ -217,11 +218,7 @@ class TrustedProxies:
         parsed = self._parse_uncached(text)
         if len(text) > MAX_HOP_CHARS:  # refused at once; keeping it would fill the cache with junk
             return parsed
-        hops = self._hops
-        if len(hops) >= self.cache_size:
-            # Clearing costs one burst of re-parses; an LRU costs every hit (see bench/origin.py).
-            hops.clear()
-        hops[text] = parsed
+        store_bounded(self._hops, self.cache_size, text, parsed)
         return parsed
 
     def _parse_uncached(self, text: str) -> _Parsed:
@@ -248,48 +245,28 @@ class TrustedProxies:
             return hit
         parsed = _forwarded_elements(line.decode("latin-1"))
         if len(line) <= MAX_CACHED_LINE:  # a long line is parsed each time, never kept
-            cache = self._forwarded
-            if len(cache) >= self.cache_size:
-                cache.clear()
-            cache[line] = parsed
+            store_bounded(self._forwarded, self.cache_size, line, parsed)
         return parsed
 
     # -- the walk ----------------------------------------------------------------------------------
 
     def resolve(self, peer: str | None, headers: Iterable[tuple[bytes, bytes]]) -> ClientIP:
-        """The client address of one request: ASGI peer host and raw ASGI headers in, never raises."""
-        return self._resolve(peer, headers, self._walk)
+        """The client address of one request: ASGI peer host and raw ASGI headers in, never raises.
 
-    def resolve_collected(self, peer: str | None, lines: list[tuple[int, bytes]]) -> ClientIP:
-        """:meth:`resolve` of headers already collected in one pass over them: the forwarding
-        lines as ``(position in trusted_headers, line)``, in the order they came."""
-        return self._resolve(peer, lines, self._walk_collected)
-
-    def _resolve(
-        self, peer: str | None, given: _T, walk: Callable[[str, _T], ClientIP]
-    ) -> ClientIP:
+        Only the lines named in :attr:`header_names` are read, so a caller that has read the
+        headers already may pass just those lines, in request order (names compared lower-cased,
+        repeated lines all kept): the answer is the same, without a second scan of every header.
+        """
         try:
-            known = self._known_peer(peer)
-            if isinstance(known, str):  # a trusted peer: its forwarding headers are walked
-                return walk(known, given)
+            known = self._peers.get(peer)
+            if known is None:
+                known = self._peer(peer)
+                store_bounded(self._peers, self.cache_size, peer, known)
+            if isinstance(known, str):
+                return self._walk(known, headers)
             return known
         except Exception as exc:  # never raise out of the hot path: fail closed, say why
             return ClientIP(None, "peer", None, (f"client address not resolved: {exc!r:.120}",))
-
-    @property
-    def header_names(self) -> tuple[bytes, ...]:
-        """The trusted forwarding headers' names, lower case, in their configured order."""
-        return tuple(self._wanted)
-
-    def _known_peer(self, peer: str | None) -> ClientIP | str:
-        known = self._peers.get(peer)
-        if known is None:
-            known = self._peer(peer)
-            peers = self._peers
-            if len(peers) >= self.cache_size:
-                peers.clear()
-            peers[peer] = known
-        return known
 
     def _peer(self, peer: object) -> ClientIP | str:
         """The answer for an untrusted or unusable peer, or the canonical text of a trusted one."""
@@ -305,7 +282,10 @@ class TrustedProxies:
     def _walk(self, peer: str, headers: Iterable[tuple[bytes, bytes]]) -> ClientIP:
         wanted = self._wanted
         lengths = self._wanted_lengths
-        lines: list[tuple[int, bytes]] = []
+        # The first forwarding line seen; a dict of every line only once there is a second.
+        first_index = -1
+        first: bytes = b""
+        found: dict[int, list[bytes]] | None = None
         for name, value in headers:
             if len(name) in lengths:
                 index = wanted.get(name)
@@ -316,29 +296,24 @@ class TrustedProxies:
                     index = wanted.get(name.lower())
                     if index is None:
                         continue
-                lines.append((index, value))
-        return self._walk_collected(peer, lines)
-
-    def _walk_collected(self, peer: str, lines: list[tuple[int, bytes]]) -> ClientIP:
-        if not lines:
+                if first_index < 0:
+                    first_index, first = index, value
+                    continue
+                if found is None:
+                    found = {first_index: [first]}
+                found.setdefault(index, []).append(value)
+        if first_index < 0:
             return ClientIP(peer, "peer", peer, (_NO_HEADER,))
-        if len(lines) == 1:
-            first_index, first = lines[0]
+        if found is None:
             if type(first) is not bytes or len(first) > MAX_CACHED_LINE:
                 return self._walk_lines(first_index, [first], peer, ())
             key = (peer, first_index, first)
-            walks = self._walks
-            hit = walks.get(key)
+            hit = self._walks.get(key)
             if hit is not None:
                 return hit
             answer = self._walk_lines(first_index, [first], peer, ())
-            if len(walks) >= self.cache_size:
-                walks.clear()
-            walks[key] = answer
+            store_bounded(self._walks, self.cache_size, key, answer)
             return answer
-        found: dict[int, list[bytes]] = {}
-        for position, line in lines:
-            found.setdefault(position, []).append(line)
         index = min(found)  # positions follow the configured order: the first listed wins
         notes: tuple[str, ...] = ()
         if len(found) > 1:

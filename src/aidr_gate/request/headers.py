@@ -24,10 +24,10 @@ def single_header_value(
     return found
 
 
-# Where a collected header goes in :attr:`SeenHeaders.values`; the trusted forwarding headers
-# come after these, in their configured order.
+# Where a collected header goes in :attr:`SeenHeaders.values`; the trusted forwarding headers are
+# kept apart, every line in request order (:meth:`TrustedProxies.resolve` walks them).
 AUTHORIZATION, MODEL, CONTENT_TYPE = 0, 1, 2
-_SINGLE = 3
+_FORWARDING = 3
 
 
 class HeaderPlan:
@@ -36,14 +36,13 @@ class HeaderPlan:
 
     __slots__ = ("_lengths", "_slots", "names")
 
-    def __init__(self, model_header: bytes | None, forwarding: tuple[bytes, ...]) -> None:
-        names: list[bytes | None] = [b"authorization", model_header, b"content-type"]
-        names += forwarding
-        self.names: tuple[bytes | None, ...] = tuple(names)
+    def __init__(self, model_header: bytes | None, forwarding: Iterable[bytes]) -> None:
+        self.names: tuple[bytes | None, ...] = (b"authorization", model_header, b"content-type")
         slots: dict[bytes, tuple[int, ...]] = {}
-        for slot, name in enumerate(names):
-            if name is not None:  # a name may serve twice (a model header named like another)
-                slots[name] = (*slots.get(name, ()), slot)
+        named = [(slot, name) for slot, name in enumerate(self.names) if name is not None]
+        named += [(_FORWARDING, name) for name in sorted(forwarding)]
+        for slot, name in named:  # a name may serve twice (a model header named like another)
+            slots[name] = (*slots.get(name, ()), slot)
         self._slots = slots
         self._lengths = frozenset(len(name) for name in slots)
 
@@ -65,8 +64,8 @@ class HeaderPlan:
                 if slots is None:
                     continue
             for slot in slots:
-                if slot >= _SINGLE:
-                    seen.forwarded.append((slot - _SINGLE, value))
+                if slot == _FORWARDING:
+                    seen.forwarded.append((name, value))
                 elif values[slot] is None:
                     values[slot] = value
                 else:
@@ -83,7 +82,7 @@ class SeenHeaders:
     def __init__(self) -> None:
         self.values: list[bytes | None] = [None, None, None]
         self.repeated = 0  # bit per slot of a header that came more than once
-        self.forwarded: list[tuple[int, bytes]] = []  # (position in trusted_headers, line)
+        self.forwarded: list[tuple[bytes, bytes]] = []  # the forwarding lines, in request order
         self.size = 0  # bytes of names and values
 
     def single(self, slot: int, names: HeaderPlan, error: type[AidrGateError]) -> bytes | None:

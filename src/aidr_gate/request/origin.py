@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.facts import Origin
+from aidr_gate.request.bounded import store_bounded
 from aidr_gate.request.client_ip import ClientIP, TrustedProxies, normalize_ip
 from aidr_gate.request.geo import (
     DEFAULT_RELOAD_CHECK_INTERVAL,
@@ -68,20 +69,19 @@ class OriginResolver:
         # returns the very same answer object, so a database swap invalidates it without bookkeeping.
         self._origins: dict[_OriginKey, tuple[GeoResult, Origin]] = {}
 
+    @property
+    def forwarding_headers(self) -> frozenset[bytes]:
+        """The lower-case header names :meth:`resolve` reads (the trusted forwarding headers)."""
+        return self.proxies.header_names
+
     def resolve(self, peer: str | None, headers: Iterable[tuple[bytes, bytes]]) -> Origin:
-        """The origin of one request from the ASGI peer host and raw ASGI headers; never raises."""
+        """The origin of one request from the ASGI peer host and raw ASGI headers; never raises.
+
+        *headers* may be only the lines named by :attr:`forwarding_headers`, in request order, when
+        the caller has read the headers once already (see :meth:`TrustedProxies.resolve`).
+        """
         try:
             return self._origin(self.proxies.resolve(peer, headers))
-        except Exception as exc:  # fail closed: no IP, no country, and why
-            return Origin(
-                ip=None, resolved_by="error", notes=(f"origin not resolved: {exc!r:.120}",)
-            )
-
-    def resolve_collected(self, peer: str | None, lines: list[tuple[int, bytes]]) -> Origin:
-        """:meth:`resolve` of forwarding lines collected in one pass over the headers (see
-        :meth:`TrustedProxies.resolve_collected`); never raises."""
-        try:
-            return self._origin(self.proxies.resolve_collected(peer, lines))
         except Exception as exc:  # fail closed: no IP, no country, and why
             return Origin(
                 ip=None, resolved_by="error", notes=(f"origin not resolved: {exc!r:.120}",)
@@ -115,10 +115,7 @@ class OriginResolver:
         if cached is not None and cached[0] is geo:
             return cached[1]
         origin = _build(client, geo)
-        origins = self._origins
-        if len(origins) >= self.cache_size:
-            origins.clear()
-        origins[key] = (geo, origin)
+        store_bounded(self._origins, self.cache_size, key, (geo, origin))
         return origin
 
     def resolve_for_check(

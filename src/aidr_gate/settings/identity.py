@@ -79,53 +79,25 @@ def read_identity(check: Checker, raw: Any, base_dir: Path) -> IdentityConfig | 
     algorithms: tuple[str, ...] = ()
     if "algorithms" in data:
         algorithms = _algorithms(check, data["algorithms"], at("algorithms"))
-    jwks_url = key_file = None
-    if ("jwks_url" in data) == ("key_file" in data):
-        check.error(SECTION, "give exactly one of jwks_url and key_file")
-    if "jwks_url" in data:
-        jwks_url = _url(check, data["jwks_url"], at("jwks_url"))
-    if "key_file" in data:
-        text = check.string(data["key_file"], at("key_file"))
-        key_file = _resolve(base_dir, text) if text is not None else None
-
-    def seconds(key: str, default: float, minimum: float, maximum: float | None = None) -> float:
-        value = check.number(data.get(key, default), at(key), minimum=minimum)
-        if value is not None and maximum is not None and value > maximum:
-            check.error(at(key), f"must be at most {maximum:g}, not {value:g}")
-        return default if value is None else value
-
-    def whole(key: str, default: int, minimum: int, maximum: int) -> int:
-        value = check.integer(data.get(key, default), at(key), minimum=minimum)
-        if value is not None and value > maximum:
-            check.error(at(key), f"must be at most {maximum}, not {value}")
-        return default if value is None else value
-
-    leeway = seconds("leeway", DEFAULT_LEEWAY, 0, MAX_LEEWAY)
-    refresh_min = seconds("refresh_min", DEFAULT_REFRESH_MIN, 0.01)
-    refresh_max = seconds("refresh_max", DEFAULT_REFRESH_MAX, 0.01)
+    jwks_url, key_file = _key_source(check, data, base_dir)
+    leeway = _seconds(check, data, "leeway", DEFAULT_LEEWAY, 0, MAX_LEEWAY)
+    refresh_min = _seconds(check, data, "refresh_min", DEFAULT_REFRESH_MIN, 0.01)
+    refresh_max = _seconds(check, data, "refresh_max", DEFAULT_REFRESH_MAX, 0.01)
     if refresh_max < refresh_min:
         check.error(at("refresh_max"), f"must be at least refresh_min ({refresh_min:g})")
-    unknown_kid_interval = seconds("unknown_kid_interval", DEFAULT_UNKNOWN_KID_INTERVAL, 0.01)
-    http_timeout = seconds("http_timeout", DEFAULT_HTTP_TIMEOUT, 0.01, 60)
-    reload_interval = seconds("reload_interval", DEFAULT_RELOAD_INTERVAL, 0)
-    cache_size = whole("cache_size", DEFAULT_CACHE_SIZE, 0, 10_000_000)
-    max_token_length = whole("max_token_length", DEFAULT_MAX_TOKEN_LENGTH, 64, 1024 * 1024)
-    max_jwks_bytes = whole("max_jwks_bytes", DEFAULT_MAX_JWKS_BYTES, 1024, 16 * 1024 * 1024)
-
-    required = tuple(
-        check.each(
-            data.get("required_claims", []),
-            at("required_claims"),
-            lambda v, p: _claim_name(check, v, p),
-        )
-        or ()
+    unknown_kid_interval = _seconds(
+        check, data, "unknown_kid_interval", DEFAULT_UNKNOWN_KID_INTERVAL, 0.01
     )
-    entity_claim = _claim_name(check, data.get("entity_claim", "sub"), at("entity_claim")) or "sub"
-    hq_claim = parent_claim = None
-    if data.get("headquarters_claim") is not None:
-        hq_claim = _claim_name(check, data["headquarters_claim"], at("headquarters_claim"))
-    if data.get("parent_claim") is not None:
-        parent_claim = _claim_name(check, data["parent_claim"], at("parent_claim"))
+    http_timeout = _seconds(check, data, "http_timeout", DEFAULT_HTTP_TIMEOUT, 0.01, 60)
+    reload_interval = _seconds(check, data, "reload_interval", DEFAULT_RELOAD_INTERVAL, 0)
+    cache_size = _whole(check, data, "cache_size", DEFAULT_CACHE_SIZE, 0, 10_000_000)
+    max_token_length = _whole(
+        check, data, "max_token_length", DEFAULT_MAX_TOKEN_LENGTH, 64, 1024 * 1024
+    )
+    max_jwks_bytes = _whole(
+        check, data, "max_jwks_bytes", DEFAULT_MAX_JWKS_BYTES, 1024, 16 * 1024 * 1024
+    )
+    required, entity_claim, hq_claim, parent_claim = _claims(check, data)
 
     if key_file is not None and algorithms:
         _check_key_file(check, key_file, algorithms, at("key_file"))
@@ -150,6 +122,70 @@ def read_identity(check: Checker, raw: Any, base_dir: Path) -> IdentityConfig | 
         reload_interval=reload_interval,
         file=check.document.file,
     )
+
+
+def _key_source(
+    check: Checker, data: dict[str, Any], base_dir: Path
+) -> tuple[str | None, Path | None]:
+    """Where the keys come from: exactly one of a JWKS URL and a key file."""
+    jwks_url = key_file = None
+    if ("jwks_url" in data) == ("key_file" in data):
+        check.error(SECTION, "give exactly one of jwks_url and key_file")
+    if "jwks_url" in data:
+        jwks_url = _url(check, data["jwks_url"], join(SECTION, "jwks_url"))
+    if "key_file" in data:
+        text = check.string(data["key_file"], join(SECTION, "key_file"))
+        key_file = _resolve(base_dir, text) if text is not None else None
+    return jwks_url, key_file
+
+
+def _seconds(
+    check: Checker,
+    data: dict[str, Any],
+    key: str,
+    default: float,
+    minimum: float,
+    maximum: float | None = None,
+) -> float:
+    where = join(SECTION, key)
+    value = check.number(data.get(key, default), where, minimum=minimum)
+    if value is not None and maximum is not None and value > maximum:
+        check.error(where, f"must be at most {maximum:g}, not {value:g}")
+    return default if value is None else value
+
+
+def _whole(
+    check: Checker, data: dict[str, Any], key: str, default: int, minimum: int, maximum: int
+) -> int:
+    where = join(SECTION, key)
+    value = check.integer(data.get(key, default), where, minimum=minimum)
+    if value is not None and value > maximum:
+        check.error(where, f"must be at most {maximum}, not {value}")
+    return default if value is None else value
+
+
+def _claims(
+    check: Checker, data: dict[str, Any]
+) -> tuple[tuple[str, ...], str, str | None, str | None]:
+    """The required claims, and the claims naming the entity, headquarters and parent."""
+    required = tuple(
+        check.each(
+            data.get("required_claims", []),
+            join(SECTION, "required_claims"),
+            lambda v, p: _claim_name(check, v, p),
+        )
+        or ()
+    )
+    entity_value = data.get("entity_claim", "sub")
+    entity_claim = _claim_name(check, entity_value, join(SECTION, "entity_claim")) or "sub"
+    hq_claim = parent_claim = None
+    if data.get("headquarters_claim") is not None:
+        hq_claim = _claim_name(
+            check, data["headquarters_claim"], join(SECTION, "headquarters_claim")
+        )
+    if data.get("parent_claim") is not None:
+        parent_claim = _claim_name(check, data["parent_claim"], join(SECTION, "parent_claim"))
+    return required, entity_claim, hq_claim, parent_claim
 
 
 def _strings(check: Checker, value: Any, path: str) -> tuple[str, ...]:

@@ -180,52 +180,75 @@ def _overrides(check: Checker, raw: Any, path: str) -> tuple[OverrideEntry, ...]
     if len(items) > MAX_OVERRIDES:
         check.error(path, f"at most {MAX_OVERRIDES} entries (use a database for more)")
         return ()
-    flags = [flag.value for flag in AnonymizerFlag]
     out: list[OverrideEntry] = []
     seen: dict[IPv4Network | IPv6Network, int] = {}
     for index, item in enumerate(items):
         where = join(path, index)
-        data = check.mapping(
-            item, where, keys=subkeys(GEOIP_KEYS, "overrides"), required=("network",)
-        )
-        if data is None or data.get("network") is None:
+        entry = _override(check, item, where)
+        if entry is None:
             continue
-        network = _cidr(check)(data["network"], join(where, "network"))
-        country = None
-        if data.get("country") is not None:
-            country = check.country(data["country"], join(where, "country"))
-        region = None
-        if data.get("region") is not None:
-            # A region names its country ("UA-43" is in UA): given alone, it sets both.
-            region = region_code(check, data["region"], join(where, "region"))
-            if region is not None and country is None and data.get("country") is None:
-                country = region[:2]
-            elif region is not None and country is not None and region[:2] != country:
-                check.error(join(where, "region"), f"{region} is not in {country}")
-        anonymizer = None
-        if "anonymizer" in data:
-            names = check.each(
-                data["anonymizer"],
-                join(where, "anonymizer"),
-                lambda v, p: check.string(v, p, choices=flags),
-            )
-            anonymizer = frozenset(AnonymizerFlag(n) for n in names or ())
-        elif data.get("country") is None and data.get("region") is None:
-            check.error(where, "give a country, a region, an anonymizer list, or several")
-        note = None
-        if data.get("note") is not None:
-            note = check.string(data["note"], join(where, "note"))
-        if network is None:
-            continue
-        if network in seen:
+        if entry.network in seen:
             check.error(
                 join(where, "network"),
-                f"{network} is already listed at {join(path, seen[network])}",
+                f"{entry.network} is already listed at {join(path, seen[entry.network])}",
             )
             continue
-        seen[network] = index
-        out.append(OverrideEntry(network, country, anonymizer, note, region))
+        seen[entry.network] = index
+        out.append(entry)
     return tuple(out)
+
+
+def _override(check: Checker, item: Any, where: str) -> OverrideEntry | None:
+    """One entry of ``geoip.overrides``; None when its network cannot be read."""
+    data = check.mapping(item, where, keys=subkeys(GEOIP_KEYS, "overrides"), required=("network",))
+    if data is None or data.get("network") is None:
+        return None
+    network = _cidr(check)(data["network"], join(where, "network"))
+    country, region = _override_place(check, data, where)
+    anonymizer = _override_anonymizer(check, data, where)
+    note = None
+    if data.get("note") is not None:
+        note = check.string(data["note"], join(where, "note"))
+    if network is None:
+        return None
+    return OverrideEntry(network, country, anonymizer, note, region)
+
+
+def _override_place(
+    check: Checker, data: dict[str, Any], where: str
+) -> tuple[str | None, str | None]:
+    """An entry's country and region; a region given alone names its country too."""
+    country = None
+    if data.get("country") is not None:
+        country = check.country(data["country"], join(where, "country"))
+    region = None
+    if data.get("region") is not None:
+        # A region names its country ("UA-43" is in UA): given alone, it sets both.
+        region = region_code(check, data["region"], join(where, "region"))
+        if region is not None and country is None and data.get("country") is None:
+            country = region[:2]
+        elif region is not None and country is not None and region[:2] != country:
+            check.error(join(where, "region"), f"{region} is not in {country}")
+    return country, region
+
+
+_FLAG_NAMES = [flag.value for flag in AnonymizerFlag]
+
+
+def _override_anonymizer(
+    check: Checker, data: dict[str, Any], where: str
+) -> frozenset[AnonymizerFlag] | None:
+    """An entry's anonymizer flags (None: the database's stand); an entry must set something."""
+    if "anonymizer" not in data:
+        if data.get("country") is None and data.get("region") is None:
+            check.error(where, "give a country, a region, an anonymizer list, or several")
+        return None
+    names = check.each(
+        data["anonymizer"],
+        join(where, "anonymizer"),
+        lambda v, p: check.string(v, p, choices=_FLAG_NAMES),
+    )
+    return frozenset(AnonymizerFlag(n) for n in names or ())
 
 
 def _cidr(check: Checker) -> Callable[[Any, str], IPv4Network | IPv6Network | None]:

@@ -1,7 +1,8 @@
 """Metrics and traces of the gate: one table of metrics, cheap recording, exporters on request.
 
 - :mod:`~aidr_gate.telemetry.table`: every metric (name, type, unit, labels, help).
-- :mod:`~aidr_gate.telemetry.record`: :class:`Telemetry`, what the request path and events call.
+- :mod:`~aidr_gate.telemetry.record`: :class:`Telemetry`, what the request path and events call;
+  :mod:`~aidr_gate.telemetry.counts` adds to the cells for it.
 - :mod:`~aidr_gate.telemetry.settings`: the ``telemetry:`` configuration section.
 - :mod:`~aidr_gate.telemetry.prometheus` and :mod:`~aidr_gate.telemetry.otlp`: the exporters,
   which need the ``telemetry`` install extra; :mod:`~aidr_gate.telemetry.export` builds them.

@@ -1,7 +1,8 @@
 """Telemetry: what the gate records per decision and per event, and what it reads when collected.
 
-Per decision the request path adds to a few in-process cells (:mod:`aidr_gate.telemetry.store`)
-and, when a tracer records, emits one ``aidr_gate.decide`` span. Gauges, ages and the audit
+Per decision the request path adds to a few in-process cells (:mod:`aidr_gate.telemetry.counts`
+counts into them, :mod:`aidr_gate.telemetry.store` bounds them) and, when a tracer records, emits
+one ``aidr_gate.decide`` span. Gauges, ages and the audit
 trail's counters are read from the watched objects only when metrics are collected
 (:mod:`aidr_gate.telemetry.sources`). With nothing configured and no OpenTelemetry SDK set by the
 host, :meth:`Telemetry.record` returns at once.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from random import random
@@ -29,8 +29,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import ProxyTracerProvider, SpanKind, Status, StatusCode, Tracer
 
-from aidr_gate.countries import COUNTRY_CODES
 from aidr_gate.decision import Decision, Effect
+from aidr_gate.telemetry.counts import Counts
 from aidr_gate.telemetry.settings import TelemetrySettings
 from aidr_gate.telemetry.sources import (
     AuditSource,
@@ -45,11 +45,7 @@ from aidr_gate.telemetry.sources import (
 from aidr_gate.telemetry.spans import span_attributes
 from aidr_gate.telemetry.store import OTHER, Cells, HistogramPoint, Labels, Point
 from aidr_gate.telemetry.table import (
-    DECISION_BUCKETS,
     METRICS,
-    RELOAD_COMPONENTS,
-    RELOAD_RESULTS,
-    UPSTREAM_BUCKETS,
     Kind,
     MetricSpec,
 )
@@ -63,7 +59,6 @@ if TYPE_CHECKING:
     from aidr_gate.stores.cache import RegistryView
 
 INSTRUMENTATION = "aidr_gate"
-UNKNOWN_COUNTRY = "unknown"
 
 # Where opentelemetry-api keeps the global providers: None until a host sets one (or names one in
 # OTEL_PYTHON_*_PROVIDER, loaded by the first get_tracer/get_meter). Its proxies read the same
@@ -100,29 +95,10 @@ class Telemetry:
         self.started_ns = time.time_ns()
         # Our exporters read the cells: count every decision. Otherwise only while a host SDK does.
         self.counting = self.settings.exporting
-        limit = self.settings.max_series
-        self.cells = {
-            spec.name: Cells(spec, limit)
-            for spec in METRICS
-            if spec.kind is not Kind.GAUGE and spec.source.value == "recorded"
-        }
+        self.counts = Counts(self.settings, counting=self.counting)
+        self.cells = self.counts.cells
         self._entities_on = self.settings.labels.entities
-        self._entities_max = self.settings.labels.max_entities
-        self._entity_names: set[str] = set()
-        # Hot-path aliases: one attribute load each instead of a lookup by name.
-        self._decisions = self.cells["aidr_gate.decisions"]
-        self._network = self.cells["aidr_gate.network.decisions"]
-        self._entities = self.cells["aidr_gate.entity.decisions"]
-        self._duration = self.cells["aidr_gate.decision.duration"]
-        self._shadow = self.cells["aidr_gate.shadow.disagreements"]
-        self._upstream = self.cells["aidr_gate.upstream.responses"]
-        self._upstream_time = self.cells["aidr_gate.upstream.duration"]
         self._restart_pending = 0
-        if self.counting:
-            reloads = self.cells["aidr_gate.reloads"]
-            for component in RELOAD_COMPONENTS:
-                for result in RELOAD_RESULTS:
-                    reloads.cell((component, result), (component, result))
         self._sources: dict[str, Source] = {}
         self._own_tracer = tracer is not None
         # With a tracer of ours: the share of decisions outside any span that start one (a
@@ -148,11 +124,11 @@ class Telemetry:
         """Count one decision, record its time, and emit its span."""
         host_meter = not self._proxied or _metrics_api._METER_PROVIDER is not None
         if self.counting or host_meter:
-            self._count(decision, seconds)
+            self.counts.decision(decision, seconds)
             if host_meter:
                 self._host_decision_time.record(seconds, {"aidr.effect": decision.effect.value})
         if self._own_tracer or not self._proxied or trace._TRACER_PROVIDER is not None:
-            if self._root_ratio < 1.0 and self._unsampled_root():
+            if self._root_ratio < 1.0 and _unsampled_root(self._root_ratio):
                 return
             span = self._tracer.start_span("aidr_gate.decide", kind=SpanKind.INTERNAL)
             if span.is_recording():
@@ -162,60 +138,6 @@ class Telemetry:
                     span.set_status(Status(StatusCode.ERROR, reason))
             span.end()
 
-    def _unsampled_root(self) -> bool:
-        """True for a decision outside any span that the root ratio leaves untraced."""
-        if trace.get_current_span().get_span_context().is_valid:
-            return False
-        return random() >= self._root_ratio  # noqa: S311 - sampling, not secrecy
-
-    def _count(self, decision: Decision, seconds: float) -> None:
-        # Keys are the values the decision already holds (StrEnum members hash as their text);
-        # label strings are built once per new series, on a miss.
-        effect = decision.effect
-        reasons = decision.reasons
-        reason = reasons[0] if reasons else "NONE"
-        key = (effect, reason, decision.mode, decision.policy.id)
-        cell = self._decisions.series.get(key)
-        if cell is None:
-            cell = self._decisions.cell(
-                key, (effect.value, reason, decision.mode.value, decision.policy.id)
-            )
-        cell[0] += 1
-        timing = self._duration.series.get(effect)
-        if timing is None:
-            timing = self._duration.cell(effect, (effect.value,))
-        timing[0] += seconds
-        timing[2 + bisect_left(DECISION_BUCKETS, seconds)] += 1
-        origin = decision.evidence.origin
-        country = origin.country if origin is not None else None
-        where = self._network.series.get((effect, country))
-        if where is None:
-            label = country if country in COUNTRY_CODES else UNKNOWN_COUNTRY
-            where = self._network.cell((effect, country), (effect.value, label))
-        where[0] += 1
-        shadow = decision.shadow
-        if shadow is not None and not shadow.agrees:
-            other = shadow.outcome.effect
-            self._add(self._shadow, (effect.value, other.value, shadow.policy.id))
-        if self._entities_on:
-            self._count_entity(effect, decision.evidence.entity_id)
-
-    def _count_entity(self, effect: Effect, entity_id: str | None) -> None:
-        name = entity_id or ""
-        if name not in self._entity_names:
-            if len(self._entity_names) >= self._entities_max:
-                name = OTHER
-            else:
-                self._entity_names.add(name)
-        self._add(self._entities, (effect.value, name))
-
-    @staticmethod
-    def _add(cells: Cells, labels: Labels, amount: float = 1) -> None:
-        cell = cells.series.get(labels)
-        if cell is None:
-            cell = cells.cell(labels, labels)
-        cell[0] += amount
-
     # -- events ----------------------------------------------------------------------------------
 
     def _counts(self) -> bool:
@@ -224,7 +146,7 @@ class Telemetry:
     def reload(self, component: str, ok: bool) -> None:
         """Count a reload attempt of *component* (policy, identity, geoip, ...)."""
         if self._counts():
-            self._add(self.cells["aidr_gate.reloads"], (component, "ok" if ok else "failed"))
+            self.counts.add("aidr_gate.reloads", (component, "ok" if ok else "failed"))
 
     def restart_pending(self, settings: int) -> None:
         """Say how many changed settings wait for a restart (0 when none)."""
@@ -235,31 +157,20 @@ class Telemetry:
         host_meter = self._host_meter()
         if not (self.counting or host_meter):
             return
-        # Keyed by the raw values (once per request in the sidecar); labels built on a miss only.
-        cell = self._upstream.series.get((status, error))
-        if cell is None:
-            code = str(status) if status is not None and 100 <= status <= 599 else ""
-            cell = self._upstream.cell((status, error), (code, error or ""))
-        cell[0] += 1
-        if seconds is not None:
-            timing = self._upstream_time.series.get(())
-            if timing is None:
-                timing = self._upstream_time.cell((), ())
-            timing[0] += seconds
-            timing[2 + bisect_left(UPSTREAM_BUCKETS, seconds)] += 1
-            if host_meter:
-                self._host_histograms["aidr_gate.upstream.duration"].record(seconds)
+        self.counts.upstream(status, seconds, error)
+        if seconds is not None and host_meter:
+            self._host_histograms["aidr_gate.upstream.duration"].record(seconds)
 
     def stream_cut(self, reason: str) -> None:
         """Count an admitted stream ended because a change now denies it."""
         if self._counts():
-            self._add(self.cells["aidr_gate.streams.cut"], (reason,))
+            self.counts.add("aidr_gate.streams.cut", (reason,))
 
     def response_aborted(self, reason: str) -> None:
         """Count a response left incomplete (its connection closed) because its audit record
         was not stored: under ``fsync: always``, answered means recorded."""
         if self._counts():
-            self._add(self.cells["aidr_gate.responses.aborted"], (reason,))
+            self.counts.add("aidr_gate.responses.aborted", (reason,))
 
     def truncated(self, part: str) -> None:
         """Count an audit record cut to its caps: ``value`` (one field) or ``record`` (the whole).
@@ -268,7 +179,7 @@ class Telemetry:
         writer's thread, where records are rendered, may be that thread for this counter).
         """
         if self._counts():
-            self._add(self.cells["aidr_gate.audit.records.truncated"], (part,))
+            self.counts.add("aidr_gate.audit.records.truncated", (part,))
 
     # -- watched objects -------------------------------------------------------------------------
 
@@ -351,6 +262,13 @@ class Telemetry:
         if spec.opt_in and not self._entities_on:
             return []
         return read_sources(self._sources).get(name, [])
+
+
+def _unsampled_root(ratio: float) -> bool:
+    """True for a decision outside any span that the root ratio leaves untraced."""
+    if trace.get_current_span().get_span_context().is_valid:
+        return False
+    return random() >= ratio  # noqa: S311 - sampling, not secrecy
 
 
 def attributes(spec: MetricSpec, labels: Labels) -> dict[str, str]:

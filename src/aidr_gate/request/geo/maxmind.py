@@ -42,6 +42,7 @@ import maxminddb
 
 from aidr_gate.errors import ConfigError
 from aidr_gate.facts import NO_FLAGS, AnonymizerFlag, CountrySource, RegionSource
+from aidr_gate.request.bounded import store_bounded
 from aidr_gate.request.geo.resolver import (
     DEFAULT_CACHE_SIZE,
     GeoResult,
@@ -50,7 +51,6 @@ from aidr_gate.request.geo.resolver import (
     classify,
     failed_lookup,
     known_country,
-    store_bounded,
 )
 
 __all__ = [

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, IPv6Network
 
 from aidr_gate.facts import AnonymizerFlag, CountrySource, RegionSource
+from aidr_gate.request.bounded import store_bounded
 from aidr_gate.request.client_ip import normalize_ip, normalize_network
 from aidr_gate.request.geo.resolver import (
     DEFAULT_CACHE_SIZE,
@@ -89,9 +90,7 @@ class OverrideCountryResolver:
                 match = self._find(ip)
             except Exception as exc:  # never raise per request; fail closed
                 return failed_lookup(exc)
-            if len(self._match) >= self.cache_size:
-                self._match.clear()
-            self._match[ip] = match
+            store_bounded(self._match, self.cache_size, ip, match)
         except Exception as exc:  # unhashable input
             return failed_lookup(exc)
         base = self.inner.lookup(ip)
@@ -101,9 +100,7 @@ class OverrideCountryResolver:
         if cached is not None and cached[0] is base:
             return cached[1]
         result = _overridden(match, base)
-        if len(self._answers) >= self.cache_size:
-            self._answers.clear()
-        self._answers[ip] = (base, result)
+        store_bounded(self._answers, self.cache_size, ip, (base, result))
         return result
 
     def _find(self, ip: str) -> OverrideEntry | None:

@@ -2,8 +2,8 @@
 
 Every resolver resolves private, reserved, loopback, link-local, multicast and not-found addresses to
 an unknown country (``None``) with a note, normalises IPv4-mapped IPv6 first (databases written with
-mmdb-writer do not alias ``::ffff:a.b.c.d``), and caches answers per IP in a bounded dict: the steps
-:func:`classify` and :func:`store_bounded` here.
+mmdb-writer do not alias ``::ffff:a.b.c.d``), and caches answers per IP in a bounded dict
+(:func:`~aidr_gate.request.bounded.store_bounded`): :func:`classify` here is the first step.
 
 :class:`IptoccCountryResolver` is the embedded default, so a fresh install runs with no licence key
 and no network. ``iptocc`` carries the RIRs' delegation data in its wheel: the country a block is
@@ -24,6 +24,7 @@ import iptocc
 
 from aidr_gate.countries import is_country_code
 from aidr_gate.facts import NO_FLAGS, AnonymizerFlag, CountrySource, RegionSource
+from aidr_gate.request.bounded import store_bounded
 from aidr_gate.request.client_ip import normalize_ip
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
     "failed_lookup",
     "known_country",
     "special_address",
-    "store_bounded",
 ]
 
 DEFAULT_CACHE_SIZE = 65536
@@ -151,13 +151,6 @@ def classify(ip: str) -> str | GeoResult:
     if address.version == 4 and ":" not in ip:
         return ip
     return str(address)
-
-
-def store_bounded(cache: dict[str, GeoResult], size: int, key: str, result: GeoResult) -> None:
-    # Clearing when full costs one burst of misses; an LRU costs on every hit (bench/origin.py).
-    if len(cache) >= size:
-        cache.clear()
-    cache[key] = result
 
 
 def known_country(code: str, notes: list[str]) -> str | None:

@@ -1,4 +1,4 @@
-"""Inline SVG bar charts for the HTML report: no script, no library, no network.
+"""Inline SVG charts for the HTML report pages: no script, no library, no network.
 
 Each chart is an ``<svg role="img">`` with a ``<title>`` and ``<desc>`` for screen readers, a
 ``<title>`` per bar for tooltips, and ``data-*`` attributes naming what each bar shows, so the
@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
+from aidr_gate.pages.shell import esc, number
+
 FONT = "font-family:system-ui,-apple-system,'Segoe UI',sans-serif;font-size:12px"
 
 
@@ -24,17 +26,9 @@ class Series:
     color: str
 
 
-def _attr(value: object) -> str:
-    return escape(str(value), quote=True)
-
-
-def _fmt(value: int) -> str:
-    return f"{value:,}"
-
-
-def _open(chart_id: str, title: str, description: str, width: int, height: int) -> list[str]:
+def open_chart(chart_id: str, title: str, description: str, width: int, height: int) -> list[str]:
     """The ``<svg>`` start tag with its title and description (named by ``aria-labelledby``)."""
-    ident = _attr(chart_id)
+    ident = esc(chart_id)
     return [
         f'<svg xmlns="http://www.w3.org/2000/svg" id="{ident}" class="chart" role="img" '
         f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
@@ -72,14 +66,14 @@ def grouped_bars(
     peak = max([1, *(v for by_group in values.values() for v in by_group.values())])
     slot = plot_w / max(1, len(groups))
     bar_w = min(48.0, slot * 0.8 / max(1, len(series)))
-    out = _open(chart_id, title, description, width, height)
+    out = open_chart(chart_id, title, description, width, height)
     out.extend(_legend(series, left, 16))
     for tick in range(5):
         value = peak * tick / 4
         y = top + plot_h - plot_h * tick / 4
         out.append(
             f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>'
-            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(round(value))}</text>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{number(round(value))}</text>'
         )
     for g_index, group in enumerate(groups):
         cluster = left + slot * g_index + (slot - bar_w * len(series)) / 2
@@ -89,13 +83,13 @@ def grouped_bars(
             x = cluster + s_index * bar_w
             y = top + plot_h - h
             out.append(
-                f'<g class="bar" data-group="{_attr(group)}" data-series="{_attr(s.key)}" '
+                f'<g class="bar" data-group="{esc(group)}" data-series="{esc(s.key)}" '
                 f'data-value="{value}">'
-                f"<title>{escape(group)}, {escape(s.label)}: {_fmt(value)}</title>"
+                f"<title>{escape(group)}, {escape(s.label)}: {number(value)}</title>"
                 f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w - 3:.1f}" height="{h:.1f}" '
                 f'fill="{s.color}"/>'
                 f'<text x="{x + (bar_w - 3) / 2:.1f}" y="{y - 4:.1f}" text-anchor="middle">'
-                f"{_fmt(value)}</text></g>"
+                f"{number(value)}</text></g>"
             )
         out.append(
             f'<text class="group-label" x="{left + slot * (g_index + 0.5):.1f}" '
@@ -125,7 +119,7 @@ def stacked_rows(
     height = top + row_height * max(1, len(rows)) + 10
     plot_w = width - left - right
     peak = max([1, *(sum(parts.values()) for _, parts in rows)])
-    out = _open(chart_id, title, description, width, height)
+    out = open_chart(chart_id, title, description, width, height)
     out.extend(_legend(series, 8, 16))
     if not rows:
         out.append(f'<text x="{left}" y="{top + 16}">No flips.</text>')
@@ -134,7 +128,7 @@ def stacked_rows(
         shown = label if len(label) <= 28 else label[:27] + "…"
         total = sum(parts.values())
         out.append(
-            f'<g class="row" data-label="{_attr(label)}" data-total="{total}">'
+            f'<g class="row" data-label="{esc(label)}" data-total="{total}">'
             f'<text class="row-label" x="{left - 6}" y="{y + row_height * 0.65:.1f}" '
             f'text-anchor="end">{escape(shown)}</text>'
         )
@@ -145,15 +139,15 @@ def stacked_rows(
                 continue
             w = plot_w * value / peak
             out.append(
-                f'<g class="bar" data-series="{_attr(s.key)}" data-value="{value}">'
-                f"<title>{escape(label)}, {escape(s.label)}: {_fmt(value)}</title>"
+                f'<g class="bar" data-series="{esc(s.key)}" data-value="{value}">'
+                f"<title>{escape(label)}, {escape(s.label)}: {number(value)}</title>"
                 f'<rect x="{x:.1f}" y="{y + 3}" width="{max(w, 1):.1f}" '
                 f'height="{row_height - 6}" fill="{s.color}"/></g>'
             )
             x += w
         out.append(
             f'<text class="row-total" x="{x + 6:.1f}" y="{y + row_height * 0.65:.1f}">'
-            f"{_fmt(total)}</text></g>"
+            f"{number(total)}</text></g>"
         )
     out.append("</svg>")
     return "".join(out)
