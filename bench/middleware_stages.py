@@ -15,7 +15,6 @@ Run: .venv/bin/python bench/middleware_stages.py [--rounds 15]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,8 @@ from typing import Any
 
 import uvloop
 
-from middleware import BODY, PATH, setup
+from metrics import call, headers_for
+from middleware import setup
 from serving import describe_machine
 
 CHUNK = 400
@@ -38,41 +38,6 @@ STAGES = {
     "origin": "the client IP and GeoIP",
     "caller": "the token (a cache hit)",
 }
-
-
-def _scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": PATH,
-        "raw_path": PATH.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
-
-
-async def _request(app: Any, headers: list[tuple[bytes, bytes]], statuses: list[int]) -> None:
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": BODY, "more_body": False}
-        await asyncio.sleep(3600)
-        raise AssertionError("not reached")
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
-    await app(_scope(headers), receive, send)
 
 
 def _replace(stage: str, runtime: Any, decision: Any) -> None:
@@ -118,49 +83,30 @@ async def _measure(stage: str, rounds: int) -> list[float]:
         await runtime.start()
         bare = build_model_app(token_delay=0)
         gated = AIDRGateMiddleware(build_model_app(token_delay=0), runtime=runtime)
-        headers = [
-            (b"host", b"127.0.0.1:8000"),
-            (b"user-agent", b"wrk"),
-            (b"authorization", f"Bearer {token}".encode()),
-            (b"content-type", b"application/json"),
-            (b"x-forwarded-for", b"8.8.8.8"),
-            (b"content-length", str(len(BODY)).encode()),
-        ]
-        statuses: list[int] = []
-        for _ in range(1000):  # warm: the token, the caches
-            await _request(gated, headers, statuses)
+        headers = headers_for(token)
+        statuses = [await call(gated, headers) for _ in range(1000)]  # warm: token, caches
         if set(statuses) != {200}:
             raise SystemExit(f"the gated demo app answered {sorted(set(statuses))}")
-        _replace(stage, runtime, await _last_decision(runtime, gated, headers))
+        scopes: list[Any] = []
+
+        async def watched(scope: Any, receive: Any, send: Any) -> None:
+            await gated(scope, receive, send)
+            scopes.append(scope)
+
+        await call(watched, headers)  # the decision the stages are replaced with
+        _replace(stage, runtime, scopes[0]["state"][runtime.serving.settings.state_key])
         differences = []
         for _ in range(rounds):
             started = time.process_time()
             for _ in range(CHUNK):
-                await _request(bare, headers, statuses)
+                await call(bare, headers)
             base = time.process_time() - started
             started = time.process_time()
             for _ in range(CHUNK):
-                await _request(gated, headers, statuses)
+                await call(gated, headers)
             differences.append((time.process_time() - started - base) / CHUNK * 1e6)
         await runtime.close()
         return differences
-
-
-async def _last_decision(runtime: Any, gated: Any, headers: list[tuple[bytes, bytes]]) -> Any:
-    """The decision of one more gated request (the scope's state holds it)."""
-    scope = _scope(headers)
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        sent = True
-        return {"type": "http.request", "body": BODY, "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        return None
-
-    await gated(scope, receive, send)
-    return scope["state"][runtime.serving.settings.state_key]
 
 
 def main() -> None:
