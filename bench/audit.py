@@ -111,8 +111,8 @@ class PlainTrail(AuditTrail):
 
     async def start(self) -> None:
         await super().start()
-        # The writer task has not run yet: its first batch already links with this chain.
-        self.chain = NewlineChain(self.chain.next_seq)
+        # The writer thread has no batch yet: its first batch already links with this chain.
+        self.writer.chain = NewlineChain(self.chain.next_seq)
 
 
 def _write_all(fd: int, data: bytes, sync: bool) -> None:
@@ -266,6 +266,8 @@ async def main() -> None:
     print(f"{len(events)} events; {os.cpu_count()} CPUs")
     record_sizes(events)
     compression(events[:20_000])
+    await loop_cost(events[:5_000], args.rounds)
+    await overload(events[:10_000])
     render_us, link_us = core(events[:10_000])
     print(f"single thread: render {render_us:.1f} µs/record, render+chain {link_us:.1f} µs/record")
     rates: dict[str, list[float]] = {}
@@ -306,6 +308,116 @@ async def main() -> None:
         "trail vs bare writer (queue, futures, journal; no chain): "
         f"{ratio('writer, plain', 'trail, plain', rates) - 1:+.1%} throughput"
     )
+
+
+# The headers a client sends (wrk's, the middleware bench's load): none of them is recorded.
+RAW_HEADERS = [
+    (b"host", b"127.0.0.1:8000"),
+    (b"authorization", b"Bearer eyJhbGciOiJFZERTQSJ9.eyJpc3MiOiJodHRwczovL2lkcCJ9.c2ln"),
+    (b"content-type", b"application/json"),
+    (b"content-length", b"98"),
+]
+
+
+async def _loop_pass(audit: AuditTrail | None, events: list[AuditEvent], count: int) -> float:
+    """Event-loop CPU µs per request of what the middleware does for its record (the allowed
+    headers, the context, ``Runtime.record``), yielding to the loop every 8 requests."""
+    from aidr_gate.runtime import Runtime
+
+    runtime = Runtime.__new__(Runtime)  # only its recorded_headers() and record() are used
+    runtime.audit = audit
+    started = time.thread_time()
+    for i in range(count):
+        decision = events[i % len(events)].decision
+        context = RequestContext(
+            "POST",
+            "/v1/chat/completions",
+            "http",
+            "1.1",
+            runtime.recorded_headers(RAW_HEADERS),
+            200,
+            200,
+            850_000,
+            42,
+        )
+        await runtime.record(decision, context)
+        if i % 8 == 7:
+            await asyncio.sleep(0)
+    return (time.thread_time() - started) / count * 1e6
+
+
+async def loop_cost(events: list[AuditEvent], rounds: int) -> None:
+    """What a record costs the event loop itself, in-process: the trail (default file journal,
+    ``fsync: interval``, its writer thread running) against none, interleaved rounds, median of
+    the per-round differences. Only the loop's own work: bench/middleware.py measures a server."""
+    differences = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(max(3, rounds)):
+            directory = Path(tmp) / str(r)
+            config = AuditConfig(
+                directory=directory,
+                sinks=(FileSinkConfig(name="file", path=directory / "audit.jsonl"),),
+            )
+            audit = AuditTrail(config)
+            await audit.start()
+            await _loop_pass(audit, events, 2_000)  # warm
+            with_trail = await _loop_pass(audit, events, 20_000)
+            await audit.close(30)
+            without = await _loop_pass(None, events, 20_000)
+            differences.append(with_trail - without)
+    median = statistics.median(differences)
+    print(
+        f"event loop per record, in-process (headers, context, Runtime.record; writer running): "
+        f"+{median:.2f} µs (rounds {min(differences):.2f} .. {max(differences):.2f})   "
+        f"target <= 10   {'OK' if median <= 10 else 'MISSED'}"
+    )
+
+
+async def overload(events: list[AuditEvent]) -> None:
+    """Records arriving far faster than a slow disk takes them, under ``on_failure: deny``,
+    through the runtime's own path (``Runtime.record``), all at once: while the queue is full new
+    requests are refused (the middleware answers 503 and records the refusal too), and every
+    request already admitted waits for its record. Nothing may be lost."""
+    from aidr_gate.runtime import Runtime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        config = AuditConfig(
+            directory=directory,
+            sinks=(FileSinkConfig(name="file", path=directory / "audit.jsonl"),),
+            queue_size=256,
+            batch_size=64,
+        )
+        audit = AuditTrail(config)
+        store = audit.stores.store
+
+        def slow_disk(
+            data: bytes, lines: int, first: int, position: tuple[int, str] | None
+        ) -> bool:
+            time.sleep(0.002)  # 2 ms a batch of at most 64: about 30,000 records/s at best
+            return store(data, lines, first, position)
+
+        audit.stores.store = slow_disk  # type: ignore[method-assign]
+        runtime = Runtime.__new__(Runtime)  # only its record() path is used here
+        runtime.audit = audit
+        await audit.start()
+        refused = 0
+
+        async def request(event: AuditEvent) -> None:
+            nonlocal refused
+            if not audit.accepting:
+                refused += 1
+            assert event.request is not None
+            await runtime.record(event.decision, event.request)
+
+        await asyncio.gather(*(request(e) for e in events))
+        await audit.close(60)
+        lost = audit.stats().lost
+        print(
+            f"overload under on_failure deny: {len(events)} requests at once, queue of "
+            f"{config.queue_size}: {refused} refused while it was full, {audit.written} written, "
+            f"{lost} lost   target 0 lost   {'OK' if lost == 0 else 'MISSED'}"
+        )
 
 
 def record_sizes(events: list[AuditEvent]) -> None:

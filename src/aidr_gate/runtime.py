@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aidr_gate.asgi.deadlines import Deadlines
 from aidr_gate.asgi.streams import AdmittedStream, StreamBook
-from aidr_gate.audit.record import AuditEvent, RequestContext
+from aidr_gate.audit.record import RequestContext
 from aidr_gate.audit.trail import AuditTrail
 from aidr_gate.decision import Decision
 from aidr_gate.errors import Problem
@@ -305,13 +305,9 @@ class Runtime:
         audit = self.audit
         if audit is None:
             return True
-        stored = audit.submit(AuditEvent(decision, context))
-        # fsync always: answered means recorded. A backlog under on_failure deny: the request
-        # waits for its record (backpressure) rather than the record being lost.
-        if audit.durable_on_await or audit.backlogged:
-            # Shielded: the future is shared by every record of its batch, and a cancelled request
-            # (a client gone) must not cancel the others' wait.
-            return bool(await asyncio.shield(stored))
-        return True
-
-    # -- reloading -----------------------------------------------------------------------------
+        # Queued as it is, with no future unless the request must wait: fsync always, or a
+        # backlog under on_failure deny (backpressure rather than a lost record).
+        waiting = audit.record(decision, context)
+        # Shielded: the future is shared by every record of its batch, and a cancelled request
+        # (a client gone) must not cancel the others' wait.
+        return True if waiting is None else bool(await asyncio.shield(waiting))

@@ -432,7 +432,7 @@ def test_no_audit_no_access(tmp_path: Path) -> None:
         assert ok.status_code == 200
         assert runtime.audit is not None
         # The trail refuses records (as when even its spool cannot be written).
-        runtime.audit._storable = False
+        runtime.audit.stores.storable = False
         refused = await client.post(
             "/v1/chat/completions",
             json=chat("llama-3.1-405b"),
@@ -440,7 +440,7 @@ def test_no_audit_no_access(tmp_path: Path) -> None:
         )
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "AUDIT_UNAVAILABLE"
-        runtime.audit._storable = True
+        runtime.audit.stores.storable = True
 
     run_in_process(env, scenario)
 
@@ -548,7 +548,7 @@ def test_no_body_is_read_from_a_request_refused_before_its_body_matters(
         if refusal == "AUDIT_UNAVAILABLE":
             token = env.token("lab-us").encode()
             assert runtime.audit is not None
-            runtime.audit._storable = False  # as when even its spool cannot be written
+            runtime.audit.stores.storable = False  # as when even its spool cannot be written
 
         async def receive() -> dict[str, Any]:
             reads.append("body")
@@ -567,7 +567,7 @@ def test_no_body_is_read_from_a_request_refused_before_its_body_matters(
         }
         await gate(scope, receive, send)
         if runtime.audit is not None:
-            runtime.audit._storable = True
+            runtime.audit.stores.storable = True
         await runtime.close()
         return sent[0]["status"], json.loads(sent[1]["body"])
 

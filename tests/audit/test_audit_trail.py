@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -464,14 +465,28 @@ def test_records_a_sink_missed_and_the_journal_lost_are_counted(
     assert [r["chain"]["seq"] for r in records([out])] == list(range(gone, 15))
 
 
+def wrap_store(trail: AuditTrail, before: Callable[[], None]) -> None:
+    """Run *before* ahead of each batch the trail's writer thread stores."""
+    store = trail.stores.store
+
+    def wrapped(data: bytes, lines: int, first: int, position: tuple[int, str] | None) -> bool:
+        before()
+        return store(data, lines, first, position)
+
+    trail.stores.store = wrapped  # type: ignore[method-assign]
+
+
 class CountingTrail(AuditTrail):
-    """A trail that counts the batches its I/O thread stores."""
+    """A trail that counts the batches its writer thread stores."""
 
     batches = 0
 
-    def _store(self, data: bytes, lines: int, first: int, position: tuple[int, str] | None) -> bool:
+    def __init__(self, config: AuditConfig) -> None:
+        super().__init__(config)
+        wrap_store(self, self._count)
+
+    def _count(self) -> None:
         self.batches += 1
-        return super()._store(data, lines, first, position)
 
 
 def test_records_trickling_in_are_written_in_batches_at_most_once_per_linger(
@@ -576,11 +591,11 @@ def test_no_linger_under_fsync_always_nor_on_close(tmp_path: Path) -> None:
 
 
 class SlowStoreTrail(AuditTrail):
-    """A trail whose I/O thread takes a while over each batch (a slow disk)."""
+    """A trail whose writer thread takes a while over each batch (a slow disk)."""
 
-    def _store(self, data: bytes, lines: int, first: int, position: tuple[int, str] | None) -> bool:
-        time.sleep(0.5)
-        return super()._store(data, lines, first, position)
+    def __init__(self, config: AuditConfig) -> None:
+        super().__init__(config)
+        wrap_store(self, lambda: time.sleep(0.5))
 
 
 def test_a_close_timeout_does_not_cancel_a_batch_being_written(
@@ -638,11 +653,9 @@ def test_an_overload_under_deny_loses_no_record(tmp_path: Path) -> None:
     from aidr_gate.runtime import Runtime
 
     class SlowDisk(AuditTrail):
-        def _store(
-            self, data: bytes, lines: int, first: int, position: tuple[int, str] | None
-        ) -> bool:
-            time.sleep(0.02)
-            return super()._store(data, lines, first, position)
+        def __init__(self, config: AuditConfig) -> None:
+            super().__init__(config)
+            wrap_store(self, lambda: time.sleep(0.02))
 
     async def run() -> tuple[int, int, AuditTrail]:
         trail = SlowDisk(file_config(tmp_path, queue_size=8, batch_size=4))

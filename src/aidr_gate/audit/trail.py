@@ -1,16 +1,18 @@
-"""The audit trail: a queue, one writer thread that renders and chains, the journal, the outboxes.
+"""The audit trail: the event loop's side of it, and the pieces it joins.
 
-``submit()`` only appends to a queue and returns a future; it never waits for a sink, and it is all
-the event loop does for a record. The writer thread (``writer.py``) takes batches, renders each
-event, links it into the hash chain, appends the batch to the journal (the rotating file sink) and
-fsyncs it per policy; every delivery sink's outbox gets the same linked lines. The future resolves
-``True`` once the record is stored as the journal's fsync policy promises (``always``: on disk),
-``False`` if it could be stored nowhere (counted as lost and logged). With the ``deny`` failure
-policy, :attr:`AuditTrail.accepting` turns False while records cannot be stored or the queue is
-full, and the middleware refuses new requests with 503 (``AuditUnavailable``): no audit, no
-access. A full queue never loses a record under ``deny``: a request whose record finds it full
-waits for it to be stored before it is answered (:attr:`AuditTrail.backlogged`), backpressure
-rather than loss.
+:meth:`AuditTrail.record` (the runtime's path) only appends the record's ``(decision, request)``
+to the writer's queue and counts it; no lock, no future, unless the caller must wait for the
+record: under ``fsync: always`` (answered means on disk) and, under ``on_failure: deny``, while
+the queue is full (backpressure rather than a lost record). Then it returns a future shared by
+the records queued before the writer takes its next batch (``tickets.py``). The writer thread
+(``writer.py``) takes batches, renders each event, links it into the hash chain and hands the
+batch to the stores (``stores.py``: the journal, its spool, the locks, recovery); each batch comes
+back here once (:meth:`AuditTrail._stored`): counters, futures, every delivery sink's outbox gets
+the same linked lines. A future resolves ``True`` once its records are stored as the journal's
+fsync policy promises (``always``: on disk), ``False`` if one could be stored nowhere (counted as
+lost and logged). With the ``deny`` failure policy, :attr:`AuditTrail.accepting` turns False while
+records cannot be stored or the queue is full, and the middleware refuses new requests with 503
+(``AuditUnavailable``): no audit, no access.
 """
 
 from __future__ import annotations
@@ -18,55 +20,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
-from aidr_gate.audit.chain import GENESIS, Chain, Signer, load_private_key, parse_link
+from aidr_gate.audit.chain import Chain, Signer, load_private_key
 from aidr_gate.audit.delivery import Outbox, SinkStats
 from aidr_gate.audit.ecs import EcsRenderer
-from aidr_gate.audit.lock import (
-    DIRECTORY_LOCK,
-    MAX_SLOTS,
-    AuditWriterBusy,
-    WriterLock,
-    lock_path_for_journal,
-)
 from aidr_gate.audit.ocsf import OcsfRenderer
-from aidr_gate.audit.reader import read_tail
-from aidr_gate.audit.record import AuditEvent, Redactor, Renderer
-from aidr_gate.audit.recovery import backfill, read_state, write_state
-from aidr_gate.audit.sinks import DeliverySink
+from aidr_gate.audit.record import AuditEvent, Redactor, Renderer, RequestContext
+from aidr_gate.audit.recovery import backfill
 from aidr_gate.audit.sinks.file import FileJournal
-from aidr_gate.audit.spool import Spool
-from aidr_gate.audit.writer import IO_THREAD, SPOOL_THREAD, WriterThread, name_thread
+from aidr_gate.audit.stores import TrailStores, build_sink, split_lines
+from aidr_gate.audit.tickets import Tickets
+from aidr_gate.audit.writer import SPOOL_THREAD, BatchWriter, name_thread
+from aidr_gate.decision import Decision
 from aidr_gate.errors import ConfigError, Problem
-from aidr_gate.settings.audit import (
-    AuditConfig,
-    FailurePolicy,
-    FileSinkConfig,
-    FsyncPolicy,
-    HttpSinkConfig,
-    RecordFormat,
-    StdoutSinkConfig,
-    SyslogSinkConfig,
-)
+from aidr_gate.settings.audit import AuditConfig, FailurePolicy, RecordFormat
+
+__all__ = ["AuditTrail", "TrailStats", "build_sink", "split_lines"]
 
 logger = logging.getLogger("aidr_gate.audit")
-
-
-def split_lines(data: bytes) -> list[bytes]:
-    """The lines of a joined batch, each with its newline.
-
-    ``bytes.splitlines`` breaks at ``\\n``, ``\\r`` and ``\\r\\n`` only, and a JSON record
-    holds neither raw: its encoder escapes every control character.
-    """
-    return data.splitlines(keepends=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,22 +59,7 @@ class TrailStats:
     sinks: tuple[SinkStats, ...]
 
 
-def build_sink(config: StdoutSinkConfig | SyslogSinkConfig | HttpSinkConfig) -> DeliverySink:
-    """The delivery sink for a sink configuration."""
-    if isinstance(config, StdoutSinkConfig):
-        from aidr_gate.audit.sinks.stdout import StdoutSink
-
-        return StdoutSink(config)
-    if isinstance(config, SyslogSinkConfig):
-        from aidr_gate.audit.sinks.syslog import SyslogSink
-
-        return SyslogSink(config)
-    from aidr_gate.audit.sinks.http import HttpSink
-
-    return HttpSink(config)
-
-
-class AuditTrail(WriterThread):
+class AuditTrail:
     """Records every decision, chained, durable, delivered; see the module docstring."""
 
     def __init__(
@@ -117,22 +78,6 @@ class AuditTrail(WriterThread):
                 else EcsRenderer(self.redactor)
             )
         self.renderer = renderer
-        self._clock = clock
-        self._queue: deque[AuditEvent] = deque()
-        # Events submitted in the same stretch (until the writer takes a batch) share one future:
-        # [first index, last index, future]. Futures resolve in order, as batches are stored.
-        self._tickets: deque[list[Any]] = deque()
-        self._open_ticket: asyncio.Future[bool] | None = None
-        self._accepted = 0  # index of the next accepted event
-        self._taken = 0  # events the writer has taken
-        self._failed: list[tuple[int, int]] = []  # index ranges of batches that could not be stored
-        self._settled = 0  # events whose batch was stored or lost (counted on the event loop)
-        # The writer thread and the event loop meet here: the queue, the open ticket, the flags.
-        self._cv = threading.Condition(threading.Lock())
-        self._sleeping = False  # the writer waits for any record
-        self._lingering = False  # the writer waits for a full batch or the end of its linger
-        self._stop = False
-        self._abandon = False  # close() timed out: the writer stops after the batch in hand
         # Startup, and the delivery sinks' spools and cursors: a thread of their own.
         self._io = ThreadPoolExecutor(
             1,
@@ -140,19 +85,7 @@ class AuditTrail(WriterThread):
             initializer=name_thread,
             initargs=(SPOOL_THREAD,),
         )
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._writer: threading.Thread | None = None
-        self._writer_done: asyncio.Future[None] | None = None
-        self._started = False
-        self._closing = False
-        self._closed = False
-        self._journal_failed = False
-        self._storable = True
-        self.journal: FileJournal | None = None
-        self._journal_spool: Spool | None = None
-        self._fsync_always = False
-        self.outboxes: list[Outbox] = []
-        self._build_stores(config)
+        self.stores = TrailStores(config, self._io, clock)
         self.signer: Signer | None = None
         if config.signing is not None:
             try:
@@ -167,38 +100,40 @@ class AuditTrail(WriterThread):
                 every_seconds=config.signing.every_seconds,
                 clock=clock,
             )
-        self.chain = Chain()
+        self.writer = BatchWriter(config, renderer, self.stores, self.signer, self._stored)
+        self._tickets = Tickets()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._accepted = 0  # index of the next record queued
+        self._settled = 0  # records whose batch was stored or lost (counted on the event loop)
+        self._started = False
+        self._closing = False
+        self._closed = False
         self.submitted = 0
         self.written = 0
-        self.spooled = 0
         self.lost = 0
         self._last_loss_log = 0.0
-        self.recovered_torn = 0
-        self._lock = WriterLock()
 
-    def _build_stores(self, config: AuditConfig) -> None:
-        """The journal, its spool and the delivery outboxes for *config* (nothing opened yet)."""
-        self.config = config
-        journal_config = config.journal
-        self.journal = FileJournal(journal_config, clock=self._clock) if journal_config else None
-        self._journal_spool = (
-            Spool(config.spool_directory / journal_config.name, journal_config.spool_max_bytes)
-            if journal_config
-            else None
-        )
-        self._fsync_always = (
-            journal_config is not None and journal_config.fsync is FsyncPolicy.ALWAYS
-        )
-        self.outboxes = []
-        for sink_config in config.sinks:
-            if isinstance(sink_config, FileSinkConfig):
-                continue
-            spool = Spool(
-                config.spool_directory / sink_config.name, sink_config.delivery.spool_max_bytes
-            )
-            self.outboxes.append(
-                Outbox(build_sink(sink_config), sink_config.delivery, spool, self._io)
-            )
+    # -- the pieces, as callers name them ---------------------------------------------------------
+
+    @property
+    def journal(self) -> FileJournal | None:
+        """The file sink's journal, if any."""
+        return self.stores.journal
+
+    @property
+    def outboxes(self) -> list[Outbox]:
+        """The delivery sinks' outboxes."""
+        return self.stores.outboxes
+
+    @property
+    def chain(self) -> Chain:
+        """The hash chain (advanced by the writer thread)."""
+        return self.writer.chain
+
+    @property
+    def recovered_torn(self) -> int:
+        """Torn lines the start found at the journal's end."""
+        return self.stores.recovered_torn
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -208,27 +143,26 @@ class AuditTrail(WriterThread):
             return
         loop = asyncio.get_running_loop()
         self._loop = loop
+        stores = self.stores
         try:
             if self.config.per_process:
-                self._build_stores(await loop.run_in_executor(self._io, self._claim_slot))
-            seq, digest = await loop.run_in_executor(self._io, self._recover)
-            self.chain = Chain(seq + 1, digest)
+                stores.build(await loop.run_in_executor(self._io, stores.claim_slot))
+                self.config = stores.config
+            seq, digest = await loop.run_in_executor(self._io, stores.recover)
             logger.info(
                 "audit trail: chain continues at seq %d (%s sinks)",
                 seq + 1,
-                1 + len(self.outboxes) if self.journal else len(self.outboxes),
+                1 + len(stores.outboxes) if stores.journal else len(stores.outboxes),
             )
-            for outbox in self.outboxes:
+            for outbox in stores.outboxes:
                 await outbox.open(seq)
-                if self.journal is not None:
-                    await loop.run_in_executor(self._io, backfill, self.journal, outbox, seq)
+                if stores.journal is not None:
+                    await loop.run_in_executor(self._io, backfill, stores.journal, outbox, seq)
                 await outbox.start()
         except BaseException:
             await self._abandon_start()
             raise
-        self._writer_done = loop.create_future()
-        self._writer = threading.Thread(target=self._writer_main, name=IO_THREAD, daemon=True)
-        self._writer.start()
+        self.writer.start(loop, seq + 1, digest)
         self._started = True
 
     async def _abandon_start(self) -> None:
@@ -244,79 +178,7 @@ class AuditTrail(WriterThread):
             with contextlib.suppress(Exception):
                 await loop.run_in_executor(self._io, partial(journal.close, 0.1))
         self._io.shutdown(wait=False)
-        self._lock.release()
-
-    def _recover(self) -> tuple[int, str]:
-        """On the I/O thread: the last (seq, hash) of the chain, from the journal or the state file.
-
-        Locks the directory and the journal first (see ``lock.py``): nothing is read or written
-        while another process may be writing.
-        """
-        self.config.directory.mkdir(parents=True, exist_ok=True)
-        if not self._lock.held:  # a claimed process slot is locked already
-            self._lock_stores(self.config)
-        if self.journal is None:
-            return read_state(self.config.directory / "chain.tail")
-        recovery = self.journal.recover()
-        self.recovered_torn = recovery.torn
-        spool = self._journal_spool
-        if spool is not None:
-            spool.open()
-            if not spool.empty:  # records the journal could not take before: put them in place
-                self._drain_journal_spool()
-        tail = recovery.tail
-        if spool is not None and not spool.empty:
-            raise OSError(f"audit journal {self.journal.path} cannot take its spooled records")
-        if self.journal.written:  # the spool was drained into it: the tail moved
-            tail = read_tail(self.journal.path) or tail
-        if tail is None:
-            return -1, GENESIS
-        return tail.seq, tail.hash
-
-    def _lock_stores(self, config: AuditConfig) -> None:
-        """Lock *config*'s directory and journal for this process; raise AuditWriterBusy."""
-        try:
-            directory = config.directory
-            self._lock.acquire(directory / DIRECTORY_LOCK, f"the audit directory {directory}")
-            journal = config.journal
-            if journal is not None:
-                path = journal.path
-                self._lock.acquire(lock_path_for_journal(path), f"the audit journal {path}")
-        except BaseException:
-            self._lock.release()
-            raise
-
-    def _claim_slot(self) -> AuditConfig:
-        """On the I/O thread: the first process slot (``p0``, ``p1``, ...) no other process holds.
-
-        A restarted process takes the lowest free slot, so each slot's chain goes on across
-        restarts, always written by one process at a time.
-        """
-        for slot in range(MAX_SLOTS):
-            config = self.config.in_slot(slot)
-            try:
-                self._lock_stores(config)
-            except AuditWriterBusy:
-                continue
-            logger.info("audit trail: this process writes slot p%d (%s)", slot, config.directory)
-            return config
-        raise AuditWriterBusy(
-            f"all {MAX_SLOTS} process slots of the audit directory {self.config.directory} are "
-            "held by other processes"
-        )
-
-    def _drain_journal_spool(self) -> None:
-        spool = self._journal_spool
-        journal = self.journal
-        if spool is None or journal is None:
-            return
-        while True:
-            lines, used = spool.read(4096)
-            if not lines:
-                return
-            link = parse_link(lines[0], check=False)
-            journal.write_data(b"".join(lines), len(lines), link.seq if link else 0)
-            spool.consume(used, len(lines))
+        self.stores.lock.release()
 
     async def close(self, timeout: float | None = None) -> None:
         """Write what is queued, deliver what can be delivered, all within *timeout* seconds."""
@@ -326,28 +188,14 @@ class AuditTrail(WriterThread):
         self._closed = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.config.shutdown_timeout if timeout is None else timeout)
-        with self._cv:  # no more lingering: write what is queued, then stop
-            self._stop = True
-            self._cv.notify()
-        done = self._writer_done
-        if done is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(done), max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                with self._cv:
-                    self._abandon = True
-                # The batch in hand is finished, counted and handed to the sinks, never
-                # abandoned half way; nothing after it is taken.
-                await done
-        if self._queue:
-            left = len(self._queue)
-            self._queue.clear()
+        await self.writer.stop(deadline)
+        queue = self.writer.queue
+        if queue:
+            left = len(queue)
+            queue.clear()
             self._settled += left
             self._lose(left, "the shutdown timeout passed before they were written")
-        for _, _, future in self._tickets:
-            if not future.done():
-                future.set_result(False)
-        self._tickets.clear()
+        self._tickets.abandon()
         closed = await asyncio.gather(
             *(o.close(deadline) for o in self.outboxes), return_exceptions=True
         )
@@ -360,7 +208,7 @@ class AuditTrail(WriterThread):
                 self._io, partial(journal.close, max(0.1, deadline - loop.time()))
             )
         self._io.shutdown(wait=True)
-        self._lock.release()  # after the journal and every spool are closed
+        self.stores.lock.release()  # after the journal and every spool are closed
         logger.info(
             "audit trail closed: %d written, %d lost, last seq %d",
             self.written,
@@ -375,16 +223,17 @@ class AuditTrail(WriterThread):
         """False when new requests must be refused (``deny`` policy and records cannot be stored)."""
         if self.config.on_failure is FailurePolicy.ALLOW:
             return True
-        if self._closing or not self._storable:
+        if self._closing or not self.stores.storable:
             return False
-        if len(self._queue) >= self.config.queue_size:
+        if len(self.writer.queue) >= self.config.queue_size:
             return False
-        return all(o.storable for o in self.outboxes)
+        outboxes = self.stores.outboxes  # none by default: no generator on the request path
+        return not outboxes or all(o.storable for o in outboxes)
 
     @property
     def durable_on_await(self) -> bool:
         """True when awaiting :meth:`submit`'s future means the record is on disk (fsync always)."""
-        return self._fsync_always
+        return self.stores.fsync_always
 
     @property
     def backlogged(self) -> bool:
@@ -395,42 +244,56 @@ class AuditTrail(WriterThread):
         """
         return (
             self.config.on_failure is FailurePolicy.DENY
-            and len(self._queue) >= self.config.queue_size
+            and len(self.writer.queue) >= self.config.queue_size
         )
 
-    def submit(self, event: AuditEvent) -> asyncio.Future[bool]:
-        """Queue one event; never blocks. The future resolves when the record is stored.
+    def record(
+        self, decision: Decision, request: RequestContext | None
+    ) -> asyncio.Future[bool] | None:
+        """Queue one record; never blocks. A future to await when the caller must wait for it
+        (``fsync: always``, or a backlog under ``deny``), else None.
 
-        Events submitted before the writer takes its next batch share one future (cheaper than a
-        future each); it resolves ``True`` when all of them are stored, ``False`` if any is lost.
-        Await it through ``asyncio.shield``: cancelling an awaiter cancels the shared future.
-        Under ``allow`` a full queue loses the record (counted); under ``deny`` the queue takes
-        it and the caller waits (:attr:`backlogged`).
+        The future is shared by the records queued before the writer takes its next batch
+        (``tickets.py``): await it through ``asyncio.shield``, as cancelling an awaiter would
+        cancel the others' wait. It resolves ``True`` when they are all stored, ``False`` if
+        one is lost. Under ``allow`` a full queue loses the record (counted).
         """
+        return self._queue((decision, request), False)
+
+    def submit(self, event: AuditEvent) -> asyncio.Future[bool]:
+        """Queue one event and return its future, whatever the durability policy (see
+        :meth:`record`; for callers that wait for every record)."""
+        future = self._queue(event, True)
+        if future is None:  # pragma: no cover - asked for one, _queue always makes it
+            raise RuntimeError("the audit trail made no future for a submitted event")
+        return future
+
+    def _queue(
+        self, item: tuple[Decision, RequestContext | None] | AuditEvent, wait: bool
+    ) -> asyncio.Future[bool] | None:
         self.submitted += 1
-        loop = self._loop or asyncio.get_running_loop()
-        full = len(self._queue) >= self.config.queue_size
-        if self._closing or (full and self.config.on_failure is FailurePolicy.ALLOW):
+        writer = self.writer
+        queue = writer.queue
+        config = self.config
+        full = len(queue) >= config.queue_size
+        if self._closing or (full and config.on_failure is FailurePolicy.ALLOW):
             self._lose(1, "submitted after close" if self._closing else "the audit queue is full")
-            lost: asyncio.Future[bool] = loop.create_future()
+            if not wait and not self.stores.fsync_always:
+                return None
+            lost: asyncio.Future[bool] = (self._loop or asyncio.get_running_loop()).create_future()
             lost.set_result(False)
             return lost
-        queue = self._queue
-        with self._cv:
-            queue.append(event)
-            index = self._accepted
-            self._accepted = index + 1
-            ticket = self._open_ticket
-            if ticket is None:
-                ticket = self._open_ticket = loop.create_future()
-                self._tickets.append([index, index, ticket])
-            else:
-                self._tickets[-1][1] = index
-            # The writer is woken only when it sleeps, or when a full batch ends its linger: not
-            # once per record.
-            if self._sleeping or (self._lingering and len(queue) >= self.config.batch_size):
-                self._cv.notify()
-        return ticket
+        index = self._accepted
+        queue.append(item)
+        self._accepted = index + 1
+        future = None
+        if wait or self.stores.fsync_always or len(queue) >= config.queue_size:
+            # The last: a backlog under deny (allow lost the record above): backpressure.
+            loop = self._loop or asyncio.get_running_loop()
+            future = self._tickets.join(index, writer.taken, loop)
+        if writer.wants_wake:
+            writer.wake()
+        return future
 
     async def drain(self, *, sinks: bool = False) -> None:
         """Wait until everything submitted is written (and, with *sinks*, delivered everywhere)."""
@@ -447,44 +310,6 @@ class AuditTrail(WriterThread):
             self._last_loss_log = now
             logger.error("audit: %d records LOST (%s); %d lost in total", count, why, self.lost)
 
-    def _store(self, data: bytes, lines: int, first: int, position: tuple[int, str] | None) -> bool:
-        """On the I/O thread: write to the journal (or its spool); True when stored."""
-        stored = True
-        journal = self.journal
-        if journal is not None:
-            try:
-                if self._journal_failed:
-                    self._drain_journal_spool()
-                    self._journal_failed = False
-                    logger.warning("audit journal %s is writable again", journal.path)
-                journal.write_data(data, lines, first)
-            except OSError as exc:
-                if not self._journal_failed:
-                    logger.error("audit journal %s failed (%s); spooling", journal.path, exc)
-                self._journal_failed = True
-                stored = self._spool_journal(split_lines(data), first)
-        elif position is not None:
-            try:
-                write_state(self.config.directory / "chain.tail", position)
-            except OSError as exc:
-                logger.error("audit: cannot save the chain position: %s", exc)
-        self._storable = stored
-        return stored
-
-    def _spool_journal(self, lines: list[bytes], first: int) -> bool:
-        spool = self._journal_spool
-        if spool is None:
-            return False
-        try:
-            spool.append(lines, first)
-            if self._fsync_always:
-                spool.sync()
-        except OSError as exc:
-            logger.error("audit journal spool %s failed too: %s", spool.directory, exc)
-            return False
-        self.spooled += len(lines)
-        return True
-
     def _stored(
         self,
         span: tuple[int, int] | None,
@@ -500,33 +325,19 @@ class AuditTrail(WriterThread):
         else:
             self._lose(count, "the journal and its spool could not be written")
         if span is not None:
-            self._settle(span, stored)
-        if self.outboxes:
+            self._tickets.settle(span[0], span[1], stored)
+        outboxes = self.outboxes
+        if outboxes:
             lines = split_lines(data)
-            for outbox in self.outboxes:
+            for outbox in outboxes:
                 outbox.offer(lines, first)
-        spills = [(o, s) for o in self.outboxes if (s := o.take_spill()) is not None]
-        if spills:
-            loop = asyncio.get_running_loop()
-            spill_job = loop.run_in_executor(
-                self._io, lambda: [outbox.spill(*spill) for outbox, spill in spills]
-            )
-            spill_job.add_done_callback(partial(self._spilled, spills))
-
-    def _settle(self, span: tuple[int, int], stored: bool) -> None:
-        """Resolve every future whose events are all written now (batches complete in order)."""
-        first, end = span
-        if not stored:
-            self._failed.append((first, end))
-        tickets = self._tickets
-        while tickets and tickets[0][1] < end:
-            low, high, future = tickets.popleft()
-            ok = not any(a <= high and low < b for a, b in self._failed)
-            if not future.done():
-                future.set_result(ok)
-        horizon = tickets[0][0] if tickets else end
-        if self._failed:
-            self._failed = [(a, b) for a, b in self._failed if b > horizon]
+            spills = [(o, s) for o in outboxes if (s := o.take_spill()) is not None]
+            if spills:
+                loop = asyncio.get_running_loop()
+                spill_job = loop.run_in_executor(
+                    self._io, lambda: [outbox.spill(*spill) for outbox, spill in spills]
+                )
+                spill_job.add_done_callback(partial(self._spilled, spills))
 
     @staticmethod
     def _spilled(
@@ -565,16 +376,18 @@ class AuditTrail(WriterThread):
         """A snapshot of every counter."""
         sinks: list[SinkStats] = []
         pending = self._accepted - self._settled
+        stores = self.stores
+        spool = stores.journal_spool
         if self.journal is not None:
             sinks.append(
                 SinkStats(
                     name=self.journal.name,
                     kind="file",
-                    state="spooling" if self._journal_failed else "up",
+                    state="spooling" if stores.journal_failed else "up",
                     delivered=self.written,
                     pending=pending,
-                    spooled=self.spooled,
-                    spool_bytes=max(0, self._journal_spool.bytes) if self._journal_spool else 0,
+                    spooled=stores.spooled,
+                    spool_bytes=max(0, spool.bytes) if spool is not None else 0,
                     lost=self.lost,
                     rejected=0,
                     failures=0,
@@ -585,7 +398,7 @@ class AuditTrail(WriterThread):
             submitted=self.submitted,
             written=self.written,
             pending=pending,
-            spooled=self.spooled,
+            spooled=stores.spooled,
             lost=self.lost,
             last_seq=self.chain.last_seq,
             accepting=self.accepting,
