@@ -18,6 +18,7 @@ from aidr_gate.errors import AidrGateError
 from aidr_gate.replay.evidence import MissingEvidence
 from aidr_gate.request.jwks import FetchError
 from aidr_gate.request.keys import KeySetError
+from aidr_gate.sidecar.upstream import UpstreamBroken
 
 
 def _public_exceptions() -> dict[str, type[BaseException]]:
@@ -51,6 +52,7 @@ def test_every_public_exception_derives_from_the_root() -> None:
         SinkError,
         SinkRejected,
         MissingEvidence,
+        UpstreamBroken,
     ):
         assert f"{cls.__module__}.{cls.__name__}" in found
 
@@ -62,6 +64,7 @@ def test_standard_bases_callers_rely_on_are_kept() -> None:
     assert issubclass(FetchError, KeySetError)
     assert issubclass(AuditWriterBusy, OSError)
     assert issubclass(SpoolFull, OSError)
+    assert issubclass(UpstreamBroken, OSError)  # the proxy's 502 for any failed exchange
     busy = AuditWriterBusy("held by pid 7")
     assert str(busy) == busy.message == "held by pid 7"
     assert SinkError("refused", delivered=3).delivered == 3
