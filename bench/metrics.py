@@ -198,7 +198,7 @@ async def rounds_of(
     gated = AIDRGateMiddleware(minimal_app, config=str(config))  # type: ignore[arg-type]
     headers = headers_for(token)
     await timed(gated, headers, 500)  # warm: keys, caches, the runtime's first start
-    runtime = gated._runtime
+    runtime = gated.runtime
     assert runtime is not None
     for telemetry in telemetries.values():
         telemetry.watch_runtime(runtime)  # as the runtime does: read at collection only

@@ -252,7 +252,7 @@ def test_the_source_scan_sees_the_codes_outside_the_registry() -> None:
         ("MODELS_LISTED", "gate.py"),
         ("UPSTREAM_TIMEOUT", "sidecar/proxy.py"),
         ("CLIENT_DISCONNECTED", "stages.py"),
-        ("AUDIT_NOT_STORED", "asgi/middleware.py"),
+        ("AUDIT_NOT_STORED", "asgi/http.py"),
     ]:
         assert where in found[code], (code, found.get(code))
     assert "AUDIT_FILE" not in found  # a metavar, also written as a Problem's path

@@ -18,6 +18,7 @@ from aidr_gate.request.client_ip import (
     normalize_ip,
     normalize_network,
 )
+from aidr_gate.request.headers import HeaderPlan
 
 INTERNAL = ["127.0.0.0/8", "::1", "10.0.0.0/8", "fd00::/8"]
 PROXIES = {
@@ -614,3 +615,20 @@ def test_a_zone_id_is_dropped_in_either_header(header: str, value: str) -> None:
     assert proxies.resolve("fd00::1%eth0", []).ip == "fd00::1"
     assert proxies.is_trusted("fd00::1%eth0")
     assert normalize_ip("::ffff:10.1.2.3%eth1") == ip_address("10.1.2.3")
+
+
+@pytest.mark.parametrize(
+    ("proxies", "peer", "headers"),
+    [pytest.param(case[1], case[2], case[3], id=case[0]) for case in MATRIX],
+)
+def test_the_one_header_pass_resolves_as_the_walk_does(
+    proxies: str, peer: str | None, headers: list[Header]
+) -> None:
+    """The middleware collects the forwarding lines in its one pass over the headers: what they
+    resolve to is what the resolver's own walk over the same headers gives."""
+    trust = PROXIES[proxies]
+    plan = HeaderPlan(None, trust.header_names)
+    raw = [(b"host", b"gate"), *asgi(headers), (b"authorization", b"Bearer x")]
+    walked = trust.resolve(peer, raw)
+    collected = trust.resolve(peer, plan.scan(raw).forwarded)
+    assert collected == walked

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from aidr_gate.asgi.deadlines import Deadlines
 from aidr_gate.asgi.types import Message, Receive
 from aidr_gate.errors import (
     BodyIncomplete,
@@ -174,14 +175,20 @@ class BufferedBody:
 
 
 async def read_body_within(
-    receive: Receive, limit: int, budget: BufferBudget, limits: Limits
+    receive: Receive,
+    limit: int,
+    budget: BufferBudget,
+    limits: Limits,
+    deadlines: Deadlines | None = None,
 ) -> BufferedBody:
     """:func:`read_body` within ``limits.body_timeout`` (else :class:`BodyTimeout`, 408) and the
     process-wide *budget* (else :class:`BufferBudgetExhausted`, 503); the bytes read stay taken
-    from the budget until :meth:`BufferedBody.release`."""
+    from the budget until :meth:`BufferedBody.release`. *deadlines*: the runtime's one timer for
+    every read in flight (else a timer of this read's own)."""
     body = BufferedBody([], False, size=0, budget=budget)
+    seconds = limits.body_timeout
     try:
-        async with asyncio.timeout(limits.body_timeout):
+        async with asyncio.timeout(seconds) if deadlines is None else deadlines.within(seconds):
             await read_body(receive, limit, body)
     except TimeoutError:
         body.release()
@@ -236,17 +243,26 @@ def replay(body: BufferedBody, receive: Receive) -> Receive:
     """
     pending = body.chunks[::-1]  # popped from the end: O(1) a chunk
     body.chunks = []
-    more_after = not body.complete
-    if not pending:
-        pending = [b""]
+    return _Replayed(pending or [b""], not body.complete, receive)
 
-    async def replayed() -> Message:
+
+class _Replayed:
+    """The buffered chunks, then the server's receive (a class: no closure per request)."""
+
+    __slots__ = ("_more_after", "_pending", "_receive")
+
+    def __init__(self, pending: list[bytes], more_after: bool, receive: Receive) -> None:
+        self._pending = pending
+        self._more_after = more_after
+        self._receive = receive
+
+    async def __call__(self) -> Message:
+        pending = self._pending
         if pending:
             chunk = pending.pop()
-            return {"type": "http.request", "body": chunk, "more_body": bool(pending) or more_after}
-        return await receive()
-
-    return replayed
+            more = bool(pending) or self._more_after
+            return {"type": "http.request", "body": chunk, "more_body": more}
+        return await self._receive()
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
