@@ -26,19 +26,18 @@ def _budget_holds_the_largest_body(check: Checker, values: Mapping[str, Any]) ->
     if not isinstance(limits, Limits) or not isinstance(middleware, MiddlewareSettings):
         return
     models = middleware.models
-    for key, allowed in (
-        ("max_form_bytes", models.max_form_bytes),
-        ("max_body_bytes", models.max_body_bytes),
-    ):
-        if limits.max_buffered_bytes < allowed:
-            check.warn(
-                f"{LIMITS.name}.max_buffered_bytes",
-                f"{_mib(limits.max_buffered_bytes)} is less than {MIDDLEWARE.name}.{key} "
-                f"({_mib(allowed)}): a body between the two is accepted by the middleware but can "
-                "never be buffered, so it is always refused 503 BUFFER_BUDGET_EXHAUSTED; raise "
-                f"max_buffered_bytes to at least {allowed} or lower {key}",
-            )
-            return  # the larger of the two is named; one warning says what to change
+    # One warning, naming the larger limit: raising the budget to it clears both.
+    allowed, key = max(
+        (models.max_form_bytes, "max_form_bytes"), (models.max_body_bytes, "max_body_bytes")
+    )
+    if limits.max_buffered_bytes < allowed:
+        check.warn(
+            f"{LIMITS.name}.max_buffered_bytes",
+            f"{_mib(limits.max_buffered_bytes)} is less than {MIDDLEWARE.name}.{key} "
+            f"({_mib(allowed)}): a body between the two is accepted by the middleware but can "
+            "never be buffered, so it is always refused 503 BUFFER_BUDGET_EXHAUSTED; raise "
+            f"max_buffered_bytes to at least {allowed} or lower {key}",
+        )
 
 
 ACROSS: tuple[Callable[[Checker, Mapping[str, Any]], None], ...] = (_budget_holds_the_largest_body,)
