@@ -7,13 +7,7 @@ from pathlib import Path
 
 import pytest
 
-# Re-exported for tests that import them from here; new ones import tests/support/environment.
-from support.environment import EXAMPLES as EXAMPLES
-from support.environment import IN_CI as IN_CI
-from support.environment import POLICIES as POLICIES
-from support.environment import ROOT as ROOT
-from support.environment import SHARED_TESTDATA as SHARED_TESTDATA
-from support.environment import require_tool as require_tool
+from support.environment import EXAMPLES
 from support.servers import close_test_clients
 
 

@@ -29,7 +29,7 @@ from test_deploy import (
 )
 
 from aidr_gate.cli import EXIT_OK, main
-from conftest import require_tool
+from support.environment import require_tool
 
 FLEET = KUBE.parent / "fleet"
 SECRET = "aidr-gate-registry"

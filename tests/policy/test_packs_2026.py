@@ -20,7 +20,7 @@ from aidr_gate.registry import Agreement, AgreementStatus, Entity
 from aidr_gate.replay.diff import diff_packs, render_diff
 from aidr_gate.replay.report import build_report
 from aidr_gate.replay.run import ReplayOptions, replay_files
-from conftest import EXAMPLES, ROOT
+from support.environment import EXAMPLES, ROOT
 from support.replay_support import write_trail
 
 BUNDLED = sorted(p.stem for p in bundled_pack_dir().glob("*.yaml"))

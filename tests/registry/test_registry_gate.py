@@ -22,7 +22,7 @@ from aidr_gate.cli import main as cli_main
 from aidr_gate.demo.model_server import build_model_app
 from aidr_gate.errors import ConfigError
 from aidr_gate.runtime import Runtime
-from conftest import EXAMPLES
+from support.environment import EXAMPLES
 from support.gate_env import IP, GateEnv, make_gate_env
 from support.jwks_server import jwks_of, rsa_key
 from support.postgres_server import wait_until

@@ -11,7 +11,7 @@ from aidr_gate.errors import ConfigError
 from aidr_gate.settings.loader import config_from_text
 from aidr_gate.stores.base import store_kind
 from aidr_gate.stores.settings import RegistrySettings
-from conftest import EXAMPLES
+from support.environment import EXAMPLES
 
 _BASE = f"policy: aidr-2025-01\ncatalog: {EXAMPLES / 'models.yaml'}\n"
 

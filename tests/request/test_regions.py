@@ -19,7 +19,7 @@ from aidr_gate.policy.pack import load_pack
 from aidr_gate.registry import Entity
 from aidr_gate.request.geo import MaxMindCountryResolver, OverrideCountryResolver, OverrideEntry
 from aidr_gate.request.origin import OriginResolver, origin_resolver_for
-from conftest import EXAMPLES, IN_CI, SHARED_TESTDATA
+from support.environment import EXAMPLES, IN_CI, SHARED_TESTDATA
 from support.mmdb_files import write_city_db, write_country_db
 
 CITY_TEST = SHARED_TESTDATA / "maxmind" / "GeoIP2-City-Test.mmdb"

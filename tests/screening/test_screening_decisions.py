@@ -18,7 +18,7 @@ from aidr_gate.registry import Entity, registry_from_document
 from aidr_gate.screening.facts import ScreeningTable, screening_table
 from aidr_gate.screening.screen import screen_registry
 from aidr_gate.screening.store import CSL, ListSnapshot, ListSource, load_snapshot
-from conftest import EXAMPLES
+from support.environment import EXAMPLES
 
 CONFIRM_PETROV = (
     "{entry: 'sdn:101', name: Ivan Sergeevich Petrov, decision: confirmed, by: c.o,"

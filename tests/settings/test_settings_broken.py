@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from aidr_gate.settings.sections import SECTIONS
-from conftest import EXAMPLES
+from support.environment import EXAMPLES
 from support.gate_env import GateEnv, make_gate_env
 from support.servers import free_port
 

@@ -18,7 +18,7 @@ from aidr_gate.settings.loader import TOP
 from aidr_gate.settings.reference import LISTS, key_paths, markdown
 from aidr_gate.settings.schema import KeyDoc
 from aidr_gate.settings.sections import SECTIONS
-from conftest import ROOT
+from support.environment import ROOT
 
 README = (ROOT / "README.md").read_text()
 

@@ -14,7 +14,7 @@ from typing import Any
 import openai
 
 from aidr_gate.cli import main as cli_main
-from conftest import EXAMPLES
+from support.environment import EXAMPLES
 from support.gate_env import GateEnv, make_gate_env
 
 LONG_PROMPT = " ".join(f"word{i}" for i in range(12))  # the demo echoes 12 words: 18 chunks
