@@ -1,0 +1,139 @@
+"""What the middleware costs in instructions: the same on any machine, busy or quiet.
+
+Server CPU per request (bench/middleware.py) is the measure the targets are stated in, but it moves
+with the machine: on a two-core VM about twice as slow as the one the targets were set on, bare
+costs 230 µs instead of 131, and two runs of the same code an hour apart differ by 30 µs. An
+instruction count does not: ``valgrind --tool=callgrind`` counts the instructions every thread of
+the process executes, the same for the same code and inputs whatever else the machine does. So a
+change to the hot path can be judged here, exactly, before the slower wrk rounds confirm it.
+
+Each variant drives N chat completions through ASGI on uvloop in one process (the demo model app;
+bench/middleware.py's configuration: an Ed25519 token, the embedded GeoIP data, X-Forwarded-For):
+bare; gated with the audit trail cut out (``no-audit``); gated with the default audit trail (a
+file journal, ``fsync: interval``, ECS records), its writer thread counted too. Each runs twice
+under callgrind, with N = LOW and N = HIGH requests; the difference over HIGH - LOW is the
+instructions per request, start-up and shutdown cancelling out. Printed: each variant's count and
+what the gate, and the audit trail within it, add. No sockets: uvicorn's and the kernel's share is
+not in these counts (bench/middleware.py has it).
+
+Run: .venv/bin/python bench/instructions.py [--low 200] [--high 1200] [--variant gated ...]
+(needs valgrind: apt-get install valgrind; about two minutes a variant, two at a time)
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from metrics import call, headers_for
+from middleware import setup
+from serving import describe_machine
+
+VARIANTS = ("bare", "no-audit", "gated")
+VALGRIND_HINT = "valgrind not found: apt-get install valgrind (Debian, Ubuntu)"
+
+
+async def drive(variant: str, count: int) -> None:
+    """Send *count* chat completions through *variant*'s app, then close it."""
+    from aidr_gate.asgi.middleware import AIDRGateMiddleware
+    from aidr_gate.demo.model_server import build_model_app
+    from aidr_gate.runtime import Runtime
+
+    with tempfile.TemporaryDirectory(prefix="aidr-instructions-") as scratch:
+        config, token = setup(Path(scratch))
+        headers = headers_for(token)
+        runtime: Any = None
+        app: Any = build_model_app(token_delay=0)
+        if variant != "bare":
+            runtime = Runtime.from_config(str(config))
+            if variant == "no-audit":
+                runtime.audit = None  # as bench/middleware.py's no-audit variant
+            await runtime.start()
+            app = AIDRGateMiddleware(app, runtime=runtime)
+        statuses = {await call(app, headers) for _ in range(count)}
+        if statuses != {200}:
+            raise SystemExit(f"{variant} answered {sorted(statuses)}")
+        if runtime is not None:
+            await runtime.close()  # the writer's last batches are in the count
+
+
+def instructions(variant: str, count: int, scratch: Path) -> int:
+    """Instructions executed by every thread of one run of *variant* with *count* requests."""
+    out = scratch / f"{variant}.{count}.cg"
+    subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            __file__,
+            "--drive",
+            variant,
+            str(count),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    totals = re.findall(rb"^(?:summary|totals): (\d+)", out.read_bytes(), re.MULTILINE)
+    if not totals:
+        raise SystemExit(f"callgrind wrote no totals for {variant} ({count})")
+    return int(totals[-1])
+
+
+def main() -> None:
+    """Count each variant at two sizes, two runs at a time, and print the differences."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--low", type=int, default=200)
+    parser.add_argument("--high", type=int, default=1200)
+    parser.add_argument("--variant", action="append", choices=VARIANTS)
+    parser.add_argument("--drive", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.drive is not None:
+        import uvloop
+
+        uvloop.run(drive(args.drive[0], int(args.drive[1])))
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit(VALGRIND_HINT)
+    variants = args.variant or list(VARIANTS)
+    print(f"aidr_gate instructions per request (callgrind, in-process): {describe_machine()}")
+    print(f"N = {args.low} and {args.high} requests a variant; (I_high - I_low) / (high - low)\n")
+    with (
+        tempfile.TemporaryDirectory(prefix="aidr-callgrind-") as scratch,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        runs = {
+            (variant, count): pool.submit(instructions, variant, count, Path(scratch))
+            for variant in variants
+            for count in (args.low, args.high)
+        }
+        per_request = {
+            variant: (runs[variant, args.high].result() - runs[variant, args.low].result())
+            / (args.high - args.low)
+            for variant in variants
+        }
+    for variant, count in per_request.items():
+        print(f"   {variant:10} {count:>12,.0f} instructions/request")
+    bare = per_request.get("bare")
+    unaudited = per_request.get("no-audit")
+    gated = per_request.get("gated")
+    if bare is not None and gated is not None:
+        print(
+            f"\n   the gate adds            {gated - bare:>12,.0f}  ({gated / bare - 1:+.0%} of bare)"
+        )
+    if bare is not None and unaudited is not None:
+        print(f"   of which the decision    {unaudited - bare:>12,.0f}")
+    if unaudited is not None and gated is not None:
+        print(f"   of which the audit trail {gated - unaudited:>12,.0f}  (loop and writer thread)")
+
+
+if __name__ == "__main__":
+    main()
