@@ -10,7 +10,9 @@ change to the hot path can be judged here, exactly, before the slower wrk rounds
 Each variant drives N chat completions through ASGI on uvloop in one process (the demo model app;
 bench/middleware.py's configuration: an Ed25519 token, the embedded GeoIP data, X-Forwarded-For):
 bare; gated with the audit trail cut out (``no-audit``); gated with the default audit trail (a
-file journal, ``fsync: interval``, ECS records), its writer thread counted too. Each runs twice
+file journal, ``fsync: interval``, ECS records), its writer thread counted too, lingering 1 s for
+a batch instead of 50 ms (see ``drive``: under callgrind the program runs 50 times slower, and
+batches should hold as many records as at full speed). Each runs twice
 under callgrind, with N = LOW and N = HIGH requests; the difference over HIGH - LOW is the
 instructions per request, start-up and shutdown cancelling out. Printed: each variant's count and
 what the gate, and the audit trail within it, add. No sockets: uvicorn's and the kernel's share is
@@ -48,6 +50,11 @@ async def drive(variant: str, count: int) -> None:
 
     with tempfile.TemporaryDirectory(prefix="aidr-instructions-") as scratch:
         config, token = setup(Path(scratch))
+        # The writer takes a batch at most once per linger. Under callgrind this process runs
+        # some 50 times slower, so the default 50 ms would gather about 2 records a batch where
+        # full speed gathers a hundred: per-batch costs would weigh 50 times too much. The
+        # maximum linger (1 s) gathers about 40 here, within a few percent of full speed.
+        config.write_text(config.read_text() + "  batch_linger: 1.0\n")
         headers = headers_for(token)
         runtime: Any = None
         app: Any = build_model_app(token_delay=0)

@@ -258,6 +258,27 @@ def test_redactor_allow_list() -> None:
     )
 
 
+def test_repeated_header_tuples_are_redacted_once_and_every_cut_is_counted() -> None:
+    redactor = Redactor(["user-agent", "x-request-id"], max_value=16)
+    pairs = (("user-agent", "OpenAI/Python 1.54"), ("x-request-id", "Bearer abc"))
+    first = redactor.headers(pairs)
+    assert first == {
+        "user-agent": "OpenAI/Python 1.54"[:16] + "...[TRUNCATED]",
+        "x-request-id": REDACTED,
+    }
+    assert redactor.values_cut == 1
+    assert redactor.headers(pairs) == first
+    assert redactor.values_cut == 2  # a tuple with a cut value is worked out (and counted) again
+    plain = (("user-agent", "curl/8"),)
+    kept = redactor.headers(plain)
+    assert redactor.headers(plain) is kept  # remembered: the same mapping, not worked out again
+    assert redactor.headers(tuple(plain)) == {"user-agent": "curl/8"}
+    for n in range(3000):  # bounded, whatever the number of distinct tuples
+        redactor.headers((("user-agent", f"agent/{n}"),))
+    assert len(redactor._recorded) <= 1024
+    assert redactor.headers((("user-agent", "agent/2999"),)) == {"user-agent": "agent/2999"}
+
+
 @pytest.mark.parametrize(
     ("path", "clean"),
     [

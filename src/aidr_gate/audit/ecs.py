@@ -9,6 +9,7 @@ Members without a value are left out. :meth:`EcsRenderer.fields` states the reco
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -109,7 +110,7 @@ def address_member(origin: Origin, place: str, country: str) -> bytes:
 
 
 def request_values(
-    event: AuditEvent, redactor_headers: dict[str, str]
+    event: AuditEvent, redactor_headers: Mapping[str, str]
 ) -> tuple[bytes | None, bytes | None]:
     """``aidr.request`` and ``aidr.upstream`` (``None`` when it says nothing)."""
     request = event.request

@@ -203,7 +203,8 @@ def trusted_spelling(name: bytes, reserved: frozenset[bytes]) -> bool:
     """True for any spelling of a header only the sidecar may set."""
     if name.startswith(TRUSTED_PREFIX) or name in reserved:
         return True
-    if b"_" not in name and name.islower():
+    # find, not ``in``: CPython 3.11's ``bytes in bytes`` formats and drops a TypeError first.
+    if name.find(b"_") < 0 and name.islower():
         return False  # the common case: an ASGI name, already as the upstream reads it
     spelled = folded(name)
     return spelled.startswith(TRUSTED_PREFIX) or spelled in reserved
