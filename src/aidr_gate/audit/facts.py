@@ -21,7 +21,7 @@ evidence (:func:`full_tree` gives the whole tree a record reads back to).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,7 +215,7 @@ def request_tree(request: RequestContext | None) -> dict[str, Any]:
 
 
 def full_tree(
-    event: AuditEvent, headers: Callable[[RequestContext], dict[str, str]]
+    event: AuditEvent, headers: Callable[[RequestContext], Mapping[str, str]]
 ) -> dict[str, Any]:
     """The whole evidence tree of *event*, as schema 1 records carried it under ``aidr``.
 
@@ -248,5 +248,5 @@ def full_tree(
         **request_tree(event.request),
     }
     if event.request is not None:
-        out["request"]["headers"] = headers(event.request)
+        out["request"]["headers"] = dict(headers(event.request))
     return out
