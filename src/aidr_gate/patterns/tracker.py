@@ -22,7 +22,7 @@ from aidr_gate.facts import Identity, Origin
 from aidr_gate.patterns.reach import Need, capacities
 from aidr_gate.patterns.settings import PatternSettings, RedisSettings
 from aidr_gate.patterns.signals import DEGRADED_KEY, Measure, SignalKey, Subject, parse_signal_key
-from aidr_gate.patterns.sketches import COUNTS, FIRST_AT, OLDEST, TOUCHED, Row, Shares
+from aidr_gate.patterns.sketches import COUNTS, FIRST_AT, MORE, OLDEST, TOUCHED, Row, Shares
 
 
 class SharedHealthView(Protocol):
@@ -189,8 +189,12 @@ class Plan:
                 more = row.more
             if more is None:  # the only item, seen at *at* or later: inside every window
                 out.update(self.ones)
-            else:
-                self.windows(row, at, out)
+            else:  # windows(), inline: the key's items are all held (first is not None)
+                oldest = row[OLDEST]
+                held = len(row) - MORE + 1
+                for name, seconds in self.counts:
+                    since = at - seconds
+                    out[name] = held if since < oldest else row.count(since)
         elif self.sets:
             self.windows(row, at, out)
         if taus:
