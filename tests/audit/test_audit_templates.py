@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import msgspec
 import orjson
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aidr_gate.audit import AuditEvent, EcsRenderer, Ending, OcsfRenderer, Redactor, RequestContext
+from aidr_gate.audit.ecs import _Slot
 from aidr_gate.audit.record import _Clock
 from aidr_gate.decision import Decision, Mode
 from aidr_gate.errors import AuditUnavailable, BodyNotJSON, TokenExpired
@@ -104,6 +106,65 @@ def test_template_render_equals_the_dict_path(decision: Decision, request: Reque
         assert renderer.render(ev) == expected, renderer.name
         assert renderer.compiled
         assert TOKEN.encode() not in expected
+
+
+def _ecs_members_by_dicts(redactor: Redactor, request: RequestContext) -> dict[str, Any]:
+    """ECS's per-request members as plain dicts (the definition the fast paths must match)."""
+    http: dict[str, Any] = {"request": {"method": request.method}}
+    if request.body_bytes is not None:
+        http["request"]["body"] = {"bytes": request.body_bytes}
+    if request.status is not None:
+        http["response"] = {"status_code": request.status}
+    headers = redactor.headers(request.headers)
+    member: dict[str, Any] = {"ending": request.ending.value}
+    if request.cut_of is not None:
+        member["cut_of"] = request.cut_of
+    if others := {k: v for k, v in headers.items() if k != "user-agent"}:
+        member["headers"] = others
+    upstream = {
+        k: v
+        for k, v in (
+            ("status", request.upstream_status),
+            ("duration_us", request.upstream_duration_us),
+            ("error", request.upstream_error),
+        )
+        if v is not None
+    }
+    out = {
+        "http": http,
+        "url": {"path": redactor.path(request.path), "scheme": request.scheme},
+        "request": member,
+        "upstream": upstream or None,
+    }
+    if "user-agent" in headers:
+        out["user_agent"] = {"original": headers["user-agent"]}
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(decision=decisions(), request=requests(), cut=st.booleans())
+def test_ecs_per_request_members_are_the_dicts_they_stand_for(
+    decision: Decision, request: RequestContext, cut: bool
+) -> None:
+    if cut:
+        request = msgspec.structs.replace(request, cut_of="01a2", ending=Ending.CUT)
+    renderer = EcsRenderer(Redactor(("user-agent", "x-request-id", "x-tenant")))
+    for _ in range(2):  # the first time worked out, the second remembered
+        values, _ = renderer.slot_values(
+            AuditEvent(decision, request), renderer.book.shared(decision)
+        )
+        parsed = {
+            name: None if values[slot] is None else orjson.loads(values[slot] or b"")
+            for name, slot in (
+                ("http", _Slot.HTTP),
+                ("url", _Slot.URL),
+                ("request", _Slot.REQUEST),
+                ("upstream", _Slot.UPSTREAM),
+                ("user_agent", _Slot.USER_AGENT),
+            )
+        }
+        got = {k: v for k, v in parsed.items() if v is not None or k != "user_agent"}
+        assert got == _ecs_members_by_dicts(renderer.redactor, request)
 
 
 def test_ocsf_records_of_one_class_and_activity_share_one_template() -> None:

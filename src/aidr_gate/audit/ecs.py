@@ -15,7 +15,14 @@ from typing import Any
 import orjson
 
 from aidr_gate.audit.facts import Shared
-from aidr_gate.audit.record import DATASET, SCHEMA_VERSION, AuditEvent
+from aidr_gate.audit.record import (
+    DATASET,
+    SCHEMA_VERSION,
+    AuditEvent,
+    Ending,
+    Redactor,
+    RequestContext,
+)
 from aidr_gate.audit.template import Places, TemplateRenderer, Values, presence, put
 from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.facts import Identity, Origin
@@ -24,6 +31,9 @@ _TYPE_ALLOWED = ["access", "allowed"]
 _TYPE_DENIED = ["access", "denied"]
 _CATEGORY = ["web", "iam"]
 _dumps = orjson.dumps
+# HTTP methods as JSON string contents (a method outside these is serialised by orjson).
+_METHODS = {m: m.encode() for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")}
+_REMEMBERED_PATH = 256  # longer paths (ids in them, say) are redacted each time
 
 
 class _Slot:
@@ -109,27 +119,44 @@ def address_member(origin: Origin, place: str, country: str) -> bytes:
     return _dumps(member)
 
 
+# ``aidr.request`` of a request that says nothing but how it ended (most), by ending.
+_ENDED = {ending: _dumps({"ending": ending.value}) for ending in Ending}
+
+
 def request_values(
     event: AuditEvent, redactor_headers: Mapping[str, str]
 ) -> tuple[bytes | None, bytes | None]:
-    """``aidr.request`` and ``aidr.upstream`` (``None`` when it says nothing)."""
+    """``aidr.request`` and ``aidr.upstream`` (``None`` when it says nothing).
+
+    The usual values are written without a dict: an upstream's status and time as two ints, a
+    request with only its ending from a table (the bytes ``orjson`` gives for the same dict).
+    """
     request = event.request
     if request is None:
         return None, None
-    member: dict[str, Any] = {"ending": request.ending.value}
-    if request.cut_of is not None:
-        member["cut_of"] = request.cut_of  # the admitted request whose stream this record ends
-    others = {k: v for k, v in redactor_headers.items() if k != "user-agent"}
-    if others:
-        member["headers"] = others
+    if request.cut_of is None and (
+        not redactor_headers or (len(redactor_headers) == 1 and "user-agent" in redactor_headers)
+    ):
+        ended = _ENDED[request.ending]
+    else:
+        member: dict[str, Any] = {"ending": request.ending.value}
+        if request.cut_of is not None:
+            member["cut_of"] = request.cut_of  # the admitted request whose stream this ends
+        others = {k: v for k, v in redactor_headers.items() if k != "user-agent"}
+        if others:
+            member["headers"] = others
+        ended = _dumps(member)
+    status, duration = request.upstream_status, request.upstream_duration_us
+    if request.upstream_error is None and type(status) is int and type(duration) is int:
+        return ended, b'{"status":%d,"duration_us":%d}' % (status, duration)
     upstream: dict[str, Any] = {}
-    if request.upstream_status is not None:
-        upstream["status"] = request.upstream_status
-    if request.upstream_duration_us is not None:
-        upstream["duration_us"] = request.upstream_duration_us
+    if status is not None:
+        upstream["status"] = status
+    if duration is not None:
+        upstream["duration_us"] = duration
     if request.upstream_error is not None:
         upstream["error"] = request.upstream_error
-    return _dumps(member), (_dumps(upstream) if upstream else None)
+    return ended, (_dumps(upstream) if upstream else None)
 
 
 class EcsRenderer(TemplateRenderer):
@@ -137,6 +164,11 @@ class EcsRenderer(TemplateRenderer):
 
     name = "ecs"
     places = _PLACES
+
+    def __init__(self, redactor: Redactor | None = None, limit: int = 4096) -> None:
+        super().__init__(redactor, limit)
+        self._urls: dict[tuple[str, str], bytes] = {}
+        self._agents: dict[str, bytes] = {}
 
     def identity_members(self, identity: Identity) -> tuple[bytes | None, ...]:
         """ECS ``user`` and ``aidr.identity``."""
@@ -150,6 +182,48 @@ class EcsRenderer(TemplateRenderer):
     def origin_members(self, origin: Origin) -> tuple[bytes | None, ...]:
         """ECS ``client`` and ``aidr.origin``."""
         return address_member(origin, "geo", "country_iso_code"), origin_member(origin)
+
+    def _http(self, request: RequestContext) -> bytes:
+        """ECS ``http``: the method, the body's size, the status sent."""
+        method, size, status = request.method, request.body_bytes, request.status
+        if type(size) is int and type(status) is int and method in _METHODS:
+            return (
+                b'{"request":{"method":"%b","body":{"bytes":%d}},"response":{"status_code":%d}}'
+                % (
+                    _METHODS[method],
+                    size,
+                    status,
+                )
+            )
+        http: dict[str, Any] = {"request": {"method": method}}
+        if size is not None:
+            http["request"]["body"] = {"bytes": size}
+        if status is not None:
+            http["response"] = {"status_code": status}
+        return _dumps(http)
+
+    def _url(self, path: str, scheme: str) -> bytes:
+        """ECS ``url``: the redacted path and the scheme; remembered per short path (a few
+        paths make most traffic), never for one the redactor cuts (each cut is counted)."""
+        key = (path, scheme)
+        known = self._urls.get(key)
+        if known is None:
+            known = _dumps({"path": self.redactor.path(path), "scheme": scheme})
+            if len(path) <= _REMEMBERED_PATH:
+                if len(self._urls) >= self._limit:
+                    self._urls.clear()
+                self._urls[key] = known
+        return known
+
+    def _agent(self, agent: str) -> bytes:
+        """ECS ``user_agent`` (the redactor's value), remembered per value."""
+        known = self._agents.get(agent)
+        if known is None:
+            known = _dumps({"original": agent})
+            if len(self._agents) >= self._limit:
+                self._agents.clear()
+            self._agents[agent] = known
+        return known
 
     def slot_values(
         self, event: AuditEvent, shared: Shared, *, facts_inline: bool = False
@@ -173,19 +247,12 @@ class EcsRenderer(TemplateRenderer):
         if request is not None:
             if request.gate_us is not None:
                 values[_Slot.DURATION] = b"%d" % (request.gate_us * 1000)
-            http: dict[str, Any] = {"request": {"method": request.method}}
-            if request.body_bytes is not None:
-                http["request"]["body"] = {"bytes": request.body_bytes}
-            if request.status is not None:
-                http["response"] = {"status_code": request.status}
-            values[_Slot.HTTP] = _dumps(http)
-            values[_Slot.URL] = _dumps(
-                {"path": self.redactor.path(request.path), "scheme": request.scheme}
-            )
+            values[_Slot.HTTP] = self._http(request)
+            values[_Slot.URL] = self._url(request.path, request.scheme)
             headers = self.redactor.headers(request.headers)
             agent = headers.get("user-agent")
             if agent is not None:
-                values[_Slot.USER_AGENT] = _dumps({"original": agent})
+                values[_Slot.USER_AGENT] = self._agent(agent)
             values[_Slot.REQUEST], values[_Slot.UPSTREAM] = request_values(event, headers)
         return values, presence(values)
 
