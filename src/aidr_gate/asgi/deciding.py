@@ -82,7 +82,8 @@ async def decide_request(
     try:
         asked.origin = serving.origin.resolve(peer(scope), seen.forwarded)
         _models_named_outside_the_body(asked, serving, seen, path)
-        await _caller(asked, serving, seen)
+        if not _known_caller(asked, serving, seen):
+            await _caller(asked, serving, seen)
         if asked.error is None and not runtime.audit_accepting:
             # Refused whatever the body says: it is not read.
             asked.error = AuditUnavailable("audit records cannot be written")
@@ -152,6 +153,18 @@ def _models_named_outside_the_body(
     if path_model is not None:
         asked.named.append(path_model)
     asked.model_id = asked.named[0] if asked.named else None
+
+
+def _known_caller(asked: _Asked, serving: Serving, seen: SeenHeaders) -> bool:
+    """The caller from the token cache, or its refusal, without a coroutine (most requests);
+    False when the token is new and must be verified (:func:`_caller`)."""
+    try:
+        authorization = seen.single(AUTHORIZATION, serving.headers, TokenMalformed)
+        asked.identity = serving.identity.known(authorization)
+    except IdentityError as exc:
+        asked.error = exc.with_traceback(None)  # no frame cycle keeping the body alive
+        return True
+    return asked.identity is not None
 
 
 async def _caller(asked: _Asked, serving: Serving, seen: SeenHeaders) -> None:

@@ -192,18 +192,36 @@ class Authenticator:
         A cached token returns without suspending; a new one costs one signature check, and an
         unknown kid may wait for the (shared, rate-limited) JWKS refetch.
         """
-        token = bearer_token(authorization, self._max_length)
-        when = self._clock() if now is None else now
-        digest = _sha256(token).digest()
-        cached = self._verified.get(digest, when)
+        token, digest, when, cached = self._seen(authorization, now)
         if cached is not None:
             return cached
-        self._refused.raise_if_refused(digest, when)
         try:
             return await self._authenticate(token, digest, when)
         except IdentityError as exc:
             self._refused.remember(digest, exc, when)
             raise
+
+    def known(
+        self, authorization: bytes | str | None, *, now: float | None = None
+    ) -> Identity | None:
+        """The identity of a token verified before (a cache hit), without a coroutine: the
+        request path tries this first and awaits :meth:`authenticate` only for a new token
+        (``None``). Raises IdentityError as :meth:`authenticate` would for a malformed header or
+        a token refused before."""
+        return self._seen(authorization, now)[3]
+
+    def _seen(
+        self, authorization: bytes | str | None, now: float | None
+    ) -> tuple[bytes, bytes, float, Identity | None]:
+        """The token, its digest, the time, and its cached identity (raising a remembered
+        refusal)."""
+        token = bearer_token(authorization, self._max_length)
+        when = self._clock() if now is None else now
+        digest = _sha256(token).digest()
+        cached = self._verified.get(digest, when)
+        if cached is None:
+            self._refused.raise_if_refused(digest, when)
+        return token, digest, when, cached
 
     async def _authenticate(self, token: bytes, digest: bytes, when: float) -> Identity:
         with _fail_closed():
