@@ -654,6 +654,34 @@ def test_repeat_caller_is_served_from_the_cache_without_suspending() -> None:
     assert "token" not in repr(second).lower()
 
 
+def test_known_reads_the_cache_and_the_refusals_without_verifying(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = _counting_signature_checks(monkeypatch)
+    auth = _authenticator()
+    header = _bearer(EC.sign(claims()))
+    assert auth.known(header) is None  # new: the request path awaits authenticate() for it
+    assert calls[0] == 0
+    first = auth.authenticate_sync(header)
+    hit = auth.known(header)
+    assert hit is not None and hit.cached is True
+    assert msgspec.structs.replace(hit, cached=False) == first
+    forged = _bearer(_tamper(ED.sign(claims())))
+    assert auth.known(forged) is None
+    with pytest.raises(TokenSignatureInvalid):
+        auth.authenticate_sync(forged)
+    checks = calls[0]
+    with pytest.raises(TokenSignatureInvalid):
+        auth.known(forged)  # remembered: refused again with no signature check
+    assert calls[0] == checks
+    with pytest.raises(TokenMalformed):
+        auth.known("Basic abc")
+    now = time.time()
+    short = _bearer(RSA.sign(claims(exp=int(now) + 5)))
+    auth.authenticate_sync(short, now=now)
+    assert auth.known(short, now=now + 6) is None  # never served past exp
+
+
 def test_cache_is_never_served_past_exp() -> None:
     auth = _authenticator(leeway=0)
     now = time.time()
