@@ -14,33 +14,71 @@ file journal, ``fsync: interval``, ECS records), its writer thread counted too, 
 a batch instead of 50 ms (see ``drive``: under callgrind the program runs 50 times slower, and
 batches should hold as many records as at full speed). Each runs twice
 under callgrind, with N = LOW and N = HIGH requests; the difference over HIGH - LOW is the
-instructions per request, start-up and shutdown cancelling out. Printed: each variant's count and
-what the gate, and the audit trail within it, add. No sockets: uvicorn's and the kernel's share is
-not in these counts (bench/middleware.py has it).
+instructions per request, start-up and shutdown cancelling out. The sidecar's two variants drive
+``aidr-gate serve``'s app the same way, in front of the demo model server in a process of its own
+(not counted): the plain proxy (``sidecar-off``) and the gate with the demo's configuration
+(``sidecar-on``, as bench/sidecar.py runs them). Printed: each variant's count and what the gate,
+and the audit trail within it, add. No server: uvicorn's and the kernel's share of a request is
+not in these counts (bench/middleware.py and bench/sidecar.py have it).
 
 Run: .venv/bin/python bench/instructions.py [--low 200] [--high 1200] [--variant gated ...]
-(needs valgrind: apt-get install valgrind; about two minutes a variant, two at a time)
+(needs valgrind: apt-get install valgrind; runs two at a time, about 4 minutes for all five variants)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from loadgen import free_port
 from metrics import call, headers_for
 from middleware import setup
 from serving import describe_machine
 
-VARIANTS = ("bare", "no-audit", "gated")
+VARIANTS = ("bare", "no-audit", "gated", "sidecar-off", "sidecar-on")
+SIDECAR = ("sidecar-off", "sidecar-on")
+MODEL_SERVER_ARGS = ("--token-delay", "0", "--port")
 VALGRIND_HINT = "valgrind not found: apt-get install valgrind (Debian, Ubuntu)"
+
+
+async def drive_sidecar(variant: str, count: int, upstream: str) -> None:
+    """Send *count* chat completions through the sidecar, to the model server at *upstream*
+    (a process of its own, not counted): the plain proxy (``sidecar-off``) or ``aidr-gate
+    serve``'s app with the demo's configuration (``sidecar-on``, as bench/sidecar.py runs it)."""
+    from aidr_gate.demo.tour import token as demo_token
+    from aidr_gate.demo.tour import write_setup
+    from aidr_gate.sidecar.app import build_sidecar
+    from aidr_gate.sidecar.proxy import UpstreamProxy
+
+    with tempfile.TemporaryDirectory(prefix="aidr-instructions-") as scratch:
+        config, key = write_setup(Path(scratch), fsync="interval")
+        # The 1 s linger of drive(), for the same reason.
+        config.write_text(config.read_text() + "  batch_linger: 1.0\n")
+        headers = headers_for(demo_token(key, "lab-us", lifetime=3600))
+        if variant == "sidecar-off":
+            proxy = UpstreamProxy(upstream)
+            await proxy.start()
+            statuses = {await call(proxy, headers) for _ in range(count)}
+            await proxy.close()
+        else:
+            app = build_sidecar(config, upstream)
+            await app.startup()
+            statuses = {await call(app, headers) for _ in range(count)}
+            await app.shutdown()  # the writer's last batches are in the count
+        if statuses != {200}:
+            raise SystemExit(f"{variant} answered {sorted(statuses)}")
 
 
 async def drive(variant: str, count: int) -> None:
@@ -72,7 +110,7 @@ async def drive(variant: str, count: int) -> None:
             await runtime.close()  # the writer's last batches are in the count
 
 
-def instructions(variant: str, count: int, scratch: Path) -> int:
+def instructions(variant: str, count: int, scratch: Path, upstream: str) -> int:
     """Instructions executed by every thread of one run of *variant* with *count* requests."""
     out = scratch / f"{variant}.{count}.cg"
     subprocess.run(
@@ -85,6 +123,7 @@ def instructions(variant: str, count: int, scratch: Path) -> int:
             "--drive",
             variant,
             str(count),
+            upstream,
         ],
         check=True,
         # A fixed string hash: dict probes, so counts, are the same from run to run.
@@ -104,24 +143,30 @@ def main() -> None:
     parser.add_argument("--low", type=int, default=200)
     parser.add_argument("--high", type=int, default=1200)
     parser.add_argument("--variant", action="append", choices=VARIANTS)
-    parser.add_argument("--drive", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--drive", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive is not None:
         import uvloop
 
-        uvloop.run(drive(args.drive[0], int(args.drive[1])))
+        variant, count, upstream = args.drive[0], int(args.drive[1]), args.drive[2]
+        if variant in SIDECAR:
+            uvloop.run(drive_sidecar(variant, count, upstream))
+        else:
+            uvloop.run(drive(variant, count))
         return
     if shutil.which("valgrind") is None:
         raise SystemExit(VALGRIND_HINT)
     variants = args.variant or list(VARIANTS)
     print(f"aidr_gate instructions per request (callgrind, in-process): {describe_machine()}")
     print(f"N = {args.low} and {args.high} requests a variant; (I_high - I_low) / (high - low)\n")
-    with (
-        tempfile.TemporaryDirectory(prefix="aidr-callgrind-") as scratch,
-        ThreadPoolExecutor(2) as pool,
-    ):
+    with contextlib.ExitStack() as stack:
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="aidr-callgrind-"))
+        upstream = "-"
+        if any(v in SIDECAR for v in variants):
+            upstream = stack.enter_context(model_server(Path(scratch)))
+        pool = stack.enter_context(ThreadPoolExecutor(2))
         runs = {
-            (variant, count): pool.submit(instructions, variant, count, Path(scratch))
+            (variant, count): pool.submit(instructions, variant, count, Path(scratch), upstream)
             for variant in variants
             for count in (args.low, args.high)
         }
@@ -143,6 +188,39 @@ def main() -> None:
         print(f"   of which the decision    {unaudited - bare:>12,.0f}")
     if unaudited is not None and gated is not None:
         print(f"   of which the audit trail {gated - unaudited:>12,.0f}  (loop and writer thread)")
+    off, on = per_request.get("sidecar-off"), per_request.get("sidecar-on")
+    if off is not None and on is not None:
+        print(f"\n   the sidecar's gate adds  {on - off:>12,.0f}  (sidecar-on - sidecar-off)")
+
+
+@contextlib.contextmanager
+def model_server(scratch: Path) -> Iterator[str]:
+    """The demo model server in a process of its own (not counted), as bench/sidecar.py runs
+    it; its URL."""
+    port = free_port()
+    log = scratch / "upstream.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aidr_gate.demo.model_server", *MODEL_SERVER_ARGS, str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(
+                        f"the model server did not start:\n{log.read_text()}"
+                    ) from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
 
 
 if __name__ == "__main__":
