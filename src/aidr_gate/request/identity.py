@@ -251,13 +251,9 @@ class Authenticator:
         inside a running event loop it never does I/O and refuses with TokenKeysUnavailable instead.
         An unknown kid does not trigger a refetch here.
         """
-        token = bearer_token(authorization, self._max_length)
-        when = self._clock() if now is None else now
-        digest = _sha256(token).digest()
-        cached = self._verified.get(digest, when)
+        token, digest, when, cached = self._seen(authorization, now)
         if cached is not None:
             return cached
-        self._refused.raise_if_refused(digest, when)
         try:
             with _fail_closed():
                 parsed = parse_token(token, self._algorithms)
