@@ -269,6 +269,14 @@ def test_repeated_header_tuples_are_redacted_once_and_every_cut_is_counted() -> 
     assert redactor.values_cut == 1
     assert redactor.headers(pairs) == first
     assert redactor.values_cut == 2  # a tuple with a cut value is worked out (and counted) again
+    secret = (("user-agent", f"Bearer {TOKEN}"),)
+    assert redactor.headers(secret) == {"user-agent": REDACTED}
+    assert secret not in redactor._recorded  # a credential is not remembered past its request
+    renderer = EcsRenderer(Redactor())
+    clean, keyed = "/v1/chat/completions", f"/v1/keys/{TOKEN}/chat"
+    for path in (clean, keyed, clean + "?api_key=k"):
+        assert TOKEN.encode() not in renderer._url(path, "https")
+    assert list(renderer._urls) == [(clean, "https")]  # only the path recorded as it came
     plain = (("user-agent", "curl/8"),)
     kept = redactor.headers(plain)
     assert redactor.headers(plain) is kept  # remembered: the same mapping, not worked out again

@@ -34,6 +34,8 @@ _dumps = orjson.dumps
 # HTTP methods as JSON string contents (a method outside these is serialised by orjson).
 _METHODS = {m: m.encode() for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")}
 _REMEMBERED_PATH = 256  # longer paths (ids in them, say) are redacted each time
+# ECS ``http`` of a request with a method above, a body size and a status (the dict's bytes).
+_USUAL_HTTP = b'{"request":{"method":"%b","body":{"bytes":%d}},"response":{"status_code":%d}}'
 
 
 class _Slot:
@@ -187,14 +189,7 @@ class EcsRenderer(TemplateRenderer):
         """ECS ``http``: the method, the body's size, the status sent."""
         method, size, status = request.method, request.body_bytes, request.status
         if type(size) is int and type(status) is int and method in _METHODS:
-            return (
-                b'{"request":{"method":"%b","body":{"bytes":%d}},"response":{"status_code":%d}}'
-                % (
-                    _METHODS[method],
-                    size,
-                    status,
-                )
-            )
+            return _USUAL_HTTP % (_METHODS[method], size, status)
         http: dict[str, Any] = {"request": {"method": method}}
         if size is not None:
             http["request"]["body"] = {"bytes": size}
@@ -204,12 +199,14 @@ class EcsRenderer(TemplateRenderer):
 
     def _url(self, path: str, scheme: str) -> bytes:
         """ECS ``url``: the redacted path and the scheme; remembered per short path (a few
-        paths make most traffic), never for one the redactor cuts (each cut is counted)."""
+        paths make most traffic), never for one the redactor changes (a query, a credential, a
+        cut: none is held longer than its request, and each cut is counted)."""
         key = (path, scheme)
         known = self._urls.get(key)
         if known is None:
-            known = _dumps({"path": self.redactor.path(path), "scheme": scheme})
-            if len(path) <= _REMEMBERED_PATH:
+            recorded = self.redactor.path(path)
+            known = _dumps({"path": recorded, "scheme": scheme})
+            if recorded == path and len(path) <= _REMEMBERED_PATH:
                 if len(self._urls) >= self._limit:
                     self._urls.clear()
                 self._urls[key] = known

@@ -198,7 +198,8 @@ class Redactor:
 
         A tuple of pairs seen before gets the same mapping again (shared: read it, never change
         it). Kept: at most ``_RECORDED_KEYS`` tuples of at most ``_RECORDED_CHARS`` characters,
-        and only those with no value cut, so that every cut is counted when it happens.
+        and only those with no value cut (every cut is counted when it happens) and none
+        redacted (a credential is not held in memory longer than its request).
         """
         if type(pairs) is tuple:
             seen = self._recorded.get(pairs)
@@ -209,6 +210,7 @@ class Redactor:
             if (
                 cuts == self.values_cut
                 and sum(len(n) + len(v) for n, v in pairs) <= _RECORDED_CHARS
+                and REDACTED not in recorded.values()
             ):
                 if len(self._recorded) >= _RECORDED_KEYS:
                     self._recorded.clear()
