@@ -82,8 +82,9 @@ async def decide_request(
     try:
         asked.origin = serving.origin.resolve(peer(scope), seen.forwarded)
         _models_named_outside_the_body(asked, serving, seen, path)
-        if not _known_caller(asked, serving, seen):
-            await _caller(asked, serving, seen)
+        new_token = _known_caller(asked, serving, seen)
+        if new_token is not None:
+            await _verified_caller(asked, serving, new_token)
         if asked.error is None and not runtime.audit_accepting:
             # Refused whatever the body says: it is not read.
             asked.error = AuditUnavailable("audit records cannot be written")
@@ -155,24 +156,27 @@ def _models_named_outside_the_body(
     asked.model_id = asked.named[0] if asked.named else None
 
 
-def _known_caller(asked: _Asked, serving: Serving, seen: SeenHeaders) -> bool:
-    """The caller from the token cache, or its refusal, without a coroutine (most requests);
-    False when the token is new and must be verified (:func:`_caller`)."""
+def _known_caller(asked: _Asked, serving: Serving, seen: SeenHeaders) -> bytes | None:
+    """The verified caller. Who is calling comes first: a 401 outranks a bad header, and the gate
+    reads (and parses, for up to 32 MiB of form) no body of a caller it cannot identify.
+
+    Most requests are settled here, without a coroutine: a token the cache holds, or one it
+    refused before, or a header that is no token. Returned: the Authorization value of a new
+    token, which :func:`_verified_caller` verifies; None when settled.
+    """
     try:
+        # Two Authorization headers are refused: the app might read the other one.
         authorization = seen.single(AUTHORIZATION, serving.headers, TokenMalformed)
         asked.identity = serving.identity.known(authorization)
     except IdentityError as exc:
         asked.error = exc.with_traceback(None)  # no frame cycle keeping the body alive
-        return True
-    return asked.identity is not None
+        return None
+    return authorization if asked.identity is None else None
 
 
-async def _caller(asked: _Asked, serving: Serving, seen: SeenHeaders) -> None:
-    """The verified caller. Who is calling comes first: a 401 outranks a bad header, and the gate
-    reads (and parses, for up to 32 MiB of form) no body of a caller it cannot identify."""
+async def _verified_caller(asked: _Asked, serving: Serving, authorization: bytes) -> None:
+    """A new token, verified (a signature check, perhaps a key refetch)."""
     try:
-        # Two Authorization headers are refused: the app might read the other one.
-        authorization = seen.single(AUTHORIZATION, serving.headers, TokenMalformed)
         asked.identity = await serving.identity.authenticate(authorization)
     except IdentityError as exc:
         asked.error = exc.with_traceback(None)  # no frame cycle keeping the body alive
