@@ -1,11 +1,15 @@
-"""What the middleware costs in instructions: the same on any machine, busy or quiet.
+"""What the middleware and the sidecar cost in instructions: nearly the same on any machine.
 
 Server CPU per request (bench/middleware.py) is the measure the targets are stated in, but it moves
 with the machine: on a two-core VM about twice as slow as the one the targets were set on, bare
 costs 230 µs instead of 131, and two runs of the same code an hour apart differ by 30 µs. An
 instruction count does not: ``valgrind --tool=callgrind`` counts the instructions every thread of
-the process executes, the same for the same code and inputs whatever else the machine does. So a
-change to the hot path can be judged here, exactly, before the slower wrk rounds confirm it.
+the process executes, the same for the same code and inputs whatever else the machine does, but
+for the audit writer's batches: they are timed, so how many records a batch holds (and what
+per-batch work weighs per record) follows the process's speed. Repeated runs agree within about
+1% (seen: 500,747 and 501,319 for the sidecar's gate; 497,864 with the test suite running
+beside). A change of a few thousand instructions a request can be judged here before the slower
+wrk rounds confirm it.
 
 Each variant drives N chat completions through ASGI on uvloop in one process (the demo model app;
 bench/middleware.py's configuration: an Ed25519 token, the embedded GeoIP data, X-Forwarded-For):
@@ -32,11 +36,9 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,12 +47,27 @@ from typing import Any
 from loadgen import free_port
 from metrics import call, headers_for
 from middleware import setup
-from serving import describe_machine
+from serving import describe_machine, stop_all
+from sidecar import start as start_child
 
 VARIANTS = ("bare", "no-audit", "gated", "sidecar-off", "sidecar-on")
 SIDECAR = ("sidecar-off", "sidecar-on")
-MODEL_SERVER_ARGS = ("--token-delay", "0", "--port")
 VALGRIND_HINT = "valgrind not found: apt-get install valgrind (Debian, Ubuntu)"
+
+
+def linger_long(config: Path) -> None:
+    """Set the audit trail of *config* (its last section) to linger 1 s for a batch.
+
+    The writer takes a batch at most once per linger. Under callgrind a process runs some 50
+    times slower, so the default 50 ms would gather about 2 records a batch where full speed
+    gathers a hundred: per-batch costs would weigh 50 times too much. The maximum linger (1 s)
+    gathers about 40 here, within a few percent of full speed.
+    """
+    text = config.read_text()
+    if text.rstrip().splitlines()[-1].startswith(" ") and "\naudit:\n" in text:
+        config.write_text(text.rstrip("\n") + "\n  batch_linger: 1.0\n")
+    else:  # the bench's own configurations end with their audit section
+        raise SystemExit(f"{config}: the audit section is not the last")
 
 
 async def drive_sidecar(variant: str, count: int, upstream: str) -> None:
@@ -64,8 +81,7 @@ async def drive_sidecar(variant: str, count: int, upstream: str) -> None:
 
     with tempfile.TemporaryDirectory(prefix="aidr-instructions-") as scratch:
         config, key = write_setup(Path(scratch), fsync="interval")
-        # The 1 s linger of drive(), for the same reason.
-        config.write_text(config.read_text() + "  batch_linger: 1.0\n")
+        linger_long(config)
         headers = headers_for(demo_token(key, "lab-us", lifetime=3600))
         if variant == "sidecar-off":
             proxy = UpstreamProxy(upstream)
@@ -89,11 +105,7 @@ async def drive(variant: str, count: int) -> None:
 
     with tempfile.TemporaryDirectory(prefix="aidr-instructions-") as scratch:
         config, token = setup(Path(scratch))
-        # The writer takes a batch at most once per linger. Under callgrind this process runs
-        # some 50 times slower, so the default 50 ms would gather about 2 records a batch where
-        # full speed gathers a hundred: per-batch costs would weigh 50 times too much. The
-        # maximum linger (1 s) gathers about 40 here, within a few percent of full speed.
-        config.write_text(config.read_text() + "  batch_linger: 1.0\n")
+        linger_long(config)
         headers = headers_for(token)
         runtime: Any = None
         app: Any = build_model_app(token_delay=0)
@@ -195,32 +207,15 @@ def main() -> None:
 
 @contextlib.contextmanager
 def model_server(scratch: Path) -> Iterator[str]:
-    """The demo model server in a process of its own (not counted), as bench/sidecar.py runs
-    it; its URL."""
+    """The demo model server in a process of its own (not counted), started as bench/sidecar.py
+    starts it; its URL."""
     port = free_port()
-    log = scratch / "upstream.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "aidr_gate.demo.model_server", *MODEL_SERVER_ARGS, str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    args = ["-m", "aidr_gate.demo.model_server", "--port", str(port), "--token-delay", "0"]
+    process = start_child(args, port, "/health", scratch / "upstream.log")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(
-                        f"the model server did not start:\n{log.read_text()}"
-                    ) from None
-                time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        stop_all([process])
 
 
 if __name__ == "__main__":
