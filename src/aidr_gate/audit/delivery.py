@@ -77,6 +77,7 @@ class Outbox:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._stopping = False  # close() gave up waiting: the worker stops at its next step
         self.cursor = -1
         self.down = False
         self.storable = True
@@ -250,7 +251,7 @@ class Outbox:
         return True
 
     async def _worker(self) -> None:
-        while True:
+        while not self._stopping:
             if self._inflight is None:
                 self._wake.clear()
                 if not await self._next_batch():
@@ -264,7 +265,7 @@ class Outbox:
 
     async def _deliver(self) -> None:
         attempt = 0
-        while self._inflight:
+        while self._inflight and not self._stopping:
             lines = self._inflight
             try:
                 await self.sink.send(lines)
@@ -301,7 +302,7 @@ class Outbox:
                 await asyncio.sleep(delay / 2 + self._rng() * delay / 2)
                 continue
             await self._acknowledge(len(lines))
-        if self.down:
+        if self.down and not self._inflight:
             self.down = False
             logger.warning("audit sink %s is back; delivering in order", self.sink.name)
 
@@ -350,8 +351,13 @@ class Outbox:
             if remaining > 0:
                 # The worker's own failure is reported below, never raised into the trail's close.
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(task), remaining)
+                    async with asyncio.timeout(remaining):
+                        await asyncio.shield(task)
             if not task.done():
+                # Python 3.11 can lose a cancellation (asyncio.wait_for does, when what it waits
+                # for ends in the same step): the flag stops the worker at its next step anyway,
+                # so a sink that is down cannot keep the close retrying for ever.
+                self._stopping = True
                 task.cancel()
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await task

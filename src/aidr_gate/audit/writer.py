@@ -146,7 +146,8 @@ class BatchWriter:
             return
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(asyncio.shield(done), max(0.0, deadline - loop.time()))
+            async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                await asyncio.shield(done)
         except TimeoutError:
             with self._cv:
                 self._abandon = True

@@ -177,7 +177,8 @@ class SharedState:
             self._task = None
         if self._client is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.round(), self.settings.timeout * 2)
+                async with asyncio.timeout(self.settings.timeout * 2):
+                    await self.round()
             with contextlib.suppress(Exception):
                 await self._client.aclose()
             self._client = None
@@ -199,7 +200,8 @@ class SharedState:
         try:
             # Each call has its own timeout (a server gone or hung fails the round at once); this
             # bound is a safety net only: a busy, healthy round may take long.
-            await asyncio.wait_for(self.exchange.run(now, changed), ROUND_LIMIT)
+            async with asyncio.timeout(ROUND_LIMIT):
+                await self.exchange.run(now, changed)
         except Exception as exc:  # any Redis failure only degrades; the next round retries
             if len(self.dirty) < self.tracker.settings.max_keys:
                 self.dirty |= changed

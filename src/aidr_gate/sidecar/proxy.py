@@ -106,7 +106,8 @@ class UpstreamProxy:
         host = self.upstream.host or "127.0.0.1"
         port = self.upstream.port or (443 if self.upstream.scheme == "https" else 80)
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            async with asyncio.timeout(timeout):
+                _, writer = await asyncio.open_connection(host, port)
         except (OSError, TimeoutError):
             return False
         writer.close()

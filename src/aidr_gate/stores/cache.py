@@ -313,7 +313,8 @@ class EntityCache:
         if self._feed.task is None:
             self._feed.task = asyncio.create_task(self._feed.run(self._apply, self._lost))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._synced.wait(), wait)
+            async with asyncio.timeout(wait):
+                await self._synced.wait()
 
     async def close(self) -> None:
         """Stop following the store and close it."""
@@ -412,7 +413,8 @@ class SnapshotView:
         if self._feed.task is None:
             self._feed.task = asyncio.create_task(self._feed.run(self._apply, self._lost))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._synced.wait(), wait)
+            async with asyncio.timeout(wait):
+                await self._synced.wait()
 
     async def close(self) -> None:
         """Stop following the store."""

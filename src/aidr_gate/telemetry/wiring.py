@@ -133,7 +133,8 @@ class TelemetryWiring:
         if server is not None and task is not None:
             server.should_exit = True
             try:
-                await asyncio.wait_for(task, LISTENER_TIMEOUT)
+                async with asyncio.timeout(LISTENER_TIMEOUT):
+                    await task
             except (TimeoutError, Exception):
                 logger.warning("the metrics listener did not stop cleanly")
         if self.exporters is not None:

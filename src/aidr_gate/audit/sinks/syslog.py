@@ -118,15 +118,13 @@ class SyslogSink:
         await self._drop()
         config = self.config
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
+            async with asyncio.timeout(config.timeout):
+                reader, writer = await asyncio.open_connection(
                     config.host,
                     config.port,
                     ssl=self._tls,
                     server_hostname=(config.server_name or config.host) if self._tls else None,
-                ),
-                config.timeout,
-            )
+                )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise SinkError(
                 f"syslog {config.transport} {config.host}:{config.port}: {exc}"
@@ -142,7 +140,8 @@ class SyslogSink:
             frames.append(b"%d %b" % (len(message), message))
         try:
             writer.write(b"".join(frames))
-            await asyncio.wait_for(writer.drain(), self.config.timeout)
+            async with asyncio.timeout(self.config.timeout):
+                await writer.drain()
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             await self._drop()
             raise SinkError(f"syslog {self.config.transport}: {exc}") from None
@@ -152,7 +151,8 @@ class SyslogSink:
         if writer is not None:
             writer.close()
             with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
 
     async def close(self) -> None:
         """Close the connection or socket."""
