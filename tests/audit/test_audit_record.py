@@ -272,6 +272,16 @@ def test_repeated_header_tuples_are_redacted_once_and_every_cut_is_counted() -> 
     secret = (("user-agent", f"Bearer {TOKEN}"),)
     assert redactor.headers(secret) == {"user-agent": REDACTED}
     assert secret not in redactor._recorded  # a credential is not remembered past its request
+    # Redacted inside a value, not as the whole value: a URL keeps its base, repeats are joined.
+    referer = Redactor(["referer", "x-forwarded-client"])
+    for hidden in (
+        (("referer", "https://app.example/p?api_key=sk-live-123"),),
+        (("x-forwarded-client", "web"), ("x-forwarded-client", f"Bearer {TOKEN}")),
+    ):
+        recorded = referer.headers(hidden)
+        assert any(REDACTED in value for value in recorded.values())
+        assert "sk-live-123" not in str(recorded) and TOKEN not in str(recorded)
+        assert hidden not in referer._recorded
     renderer = EcsRenderer(Redactor())
     clean, keyed = "/v1/chat/completions", f"/v1/keys/{TOKEN}/chat"
     for path in (clean, keyed, clean + "?api_key=k"):

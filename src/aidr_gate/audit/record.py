@@ -198,8 +198,9 @@ class Redactor:
 
         A tuple of pairs seen before gets the same mapping again (shared: read it, never change
         it). Kept: at most ``_RECORDED_KEYS`` tuples of at most ``_RECORDED_CHARS`` characters,
-        and only those with no value cut (every cut is counted when it happens) and none
-        redacted (a credential is not held in memory longer than its request).
+        and only those with no value cut (every cut is counted when it happens) and nothing
+        redacted in any value (the tuple, the key, holds the raw value: a credential is not held
+        in memory longer than its request).
         """
         if type(pairs) is tuple:
             seen = self._recorded.get(pairs)
@@ -210,7 +211,8 @@ class Redactor:
             if (
                 cuts == self.values_cut
                 and sum(len(n) + len(v) for n, v in pairs) <= _RECORDED_CHARS
-                and REDACTED not in recorded.values()
+                # In any value: a URL keeps its base, a repeated header is joined.
+                and not any(REDACTED in value for value in recorded.values())
             ):
                 if len(self._recorded) >= _RECORDED_KEYS:
                     self._recorded.clear()
