@@ -19,10 +19,12 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from aidr_gate.facts import Identity, Origin
+from aidr_gate.patterns.compiled import Observe, build_observe
+from aidr_gate.patterns.plans import Plan, Table
 from aidr_gate.patterns.reach import Need, capacities
 from aidr_gate.patterns.settings import PatternSettings, RedisSettings
 from aidr_gate.patterns.signals import DEGRADED_KEY, Measure, SignalKey, Subject, parse_signal_key
-from aidr_gate.patterns.sketches import COUNTS, FIRST_AT, MORE, OLDEST, TOUCHED, Row, Shares
+from aidr_gate.patterns.sketches import COUNTS
 
 
 class SharedHealthView(Protocol):
@@ -53,57 +55,6 @@ class Sharing(Protocol):
 
 Signals = Mapping[str, float]
 NO_SIGNALS: Signals = {}
-# How many times a recently seen key at the front of a full table is moved back before one is
-# evicted anyway: eviction stays O(1) amortised.
-_SECOND_CHANCES = 8
-
-
-class Table:
-    """Keys to their rows, at most *limit*; the least recently seen are evicted first."""
-
-    __slots__ = ("evicted", "limit", "rows", "spare")
-
-    def __init__(self, limit: int, spare: float) -> None:
-        self.rows: dict[str, Row] = {}
-        self.limit = limit
-        self.spare = spare  # a key seen within this many seconds gets a second chance
-        self.evicted = 0
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def add(self, key: str, at: float) -> Row:
-        """A new, empty row for *key* (evicting first when the table is full)."""
-        if len(self.rows) >= self.limit:
-            self.make_room(at)
-        row = self.rows[key] = Row()
-        return row
-
-    def merged(
-        self, key: str, items: list[tuple[str, float]], capacity: int, horizon: float, now: float
-    ) -> None:
-        """Take another replica's items of *key* (not empty) into its row, made if need be."""
-        row = self.rows.get(key)
-        if row is None:
-            row = self.add(key, now)
-        news = row.news  # what another replica told is no news of this one's
-        row.merge(items, capacity, horizon)
-        row.news = news
-
-    def make_room(self, at: float) -> None:
-        """Evict until one more key fits (insertion order, sparing the recently seen a few times)."""
-        rows = self.rows
-        chances = _SECOND_CHANCES
-        while len(rows) >= self.limit:
-            key = next(iter(rows))
-            row = rows.pop(key)
-            if chances and row.touched > at - self.spare:
-                chances -= 1
-                rows[key] = row  # to the back of the line
-                continue
-            self.evicted += 1
-
-
 NETWORK_CACHE = 65_536  # client addresses whose prefix is remembered
 SUBJECTS = (Subject.TOKEN, Subject.ENTITY, Subject.ADDRESS, Subject.NETWORK)
 _SHARE_MEASURES = (Measure.ANONYMIZER_SHARE, Measure.WORSE_SHARE)
@@ -119,113 +70,16 @@ def network_of(ip: str, v4: int, v6: int) -> str | None:
     return str(ipaddress.ip_network(f"{address}/{bits}", strict=False))
 
 
-class Plan:
-    """One subject's part of the tracker: its table, and what a request counts and reads in it.
+class PatternTracker:
+    """Bounded signal state and the signals of each request (see the module docstring).
 
-    Built by :meth:`PatternTracker.want`; per request the tracker calls :meth:`count` (or
-    :meth:`read`) once per subject it tracks, which does every window of that subject on one row.
+    ``observe(at, identity, origin, worse)`` counts one request, then gives the signals wanted
+    (the request itself included): a function :meth:`want` writes out for the plans
+    (:mod:`~aidr_gate.patterns.compiled`), its source in ``observe_source``.
     """
 
-    __slots__ = (
-        "capacity",
-        "counts",
-        "horizon",
-        "ones",
-        "sets",
-        "shares",
-        "subject",
-        "table",
-        "taus",
-    )
-
-    def __init__(self, subject: str, table: Table) -> None:
-        self.subject = subject
-        self.table = table
-        self.sets = False  # distinct items counted (countries or entities)
-        self.taus: tuple[float, ...] = ()  # the windows of the shares counted (time constants)
-        self.counts: tuple[tuple[str, float], ...] = ()  # (signal, window) of each count
-        self.ones: dict[str, float] = {}  # each count at 1 (a key holding one item, seen now)
-        # (signal, index of its window's request count, index of its share's count, window)
-        self.shares: tuple[tuple[str, int, int, float], ...] = ()
-        self.capacity = 0  # distinct items kept per key
-        self.horizon = 0.0  # the longest window of the tracker (what a full key may forget)
-
-    def count(
-        self,
-        key: str,
-        item: str | None,
-        at: float,
-        anonymous: bool,
-        worse: bool,
-        out: dict[str, float],
-    ) -> None:
-        """Count one request in *key*'s row and write this subject's signals into *out*.
-
-        The usual requests (an item the key holds seen again, the shares this replica's alone,
-        windows that start before anything the key holds) are done here, without a call per
-        window: this runs once per subject and request.
-        """
-        table = self.table
-        row = table.rows.get(key)
-        taus = self.taus
-        if row is None:
-            if item is None and not taus:
-                return  # nothing to count and nothing held: the signals stay 0
-            row = table.add(key, at)
-        if item is not None and self.sets:
-            more = row.more
-            if item == row.first:
-                if at > row[FIRST_AT]:
-                    row[FIRST_AT] = at
-                if at > row[TOUCHED]:
-                    row[TOUCHED] = at
-            elif more is not None and (index := more.get(item)) is not None:
-                if at > row[index]:
-                    row[index] = at
-                if at > row[TOUCHED]:
-                    row[TOUCHED] = at
-            else:
-                row.add(item, at, self.capacity, self.horizon)
-                more = row.more
-            if more is None:  # the only item, seen at *at* or later: inside every window
-                out.update(self.ones)
-            else:  # windows(), inline: the key's items are all held (first is not None)
-                oldest = row[OLDEST]
-                held = len(row) - MORE + 1
-                for name, seconds in self.counts:
-                    since = at - seconds
-                    out[name] = held if since < oldest else row.count(since)
-        elif self.sets:
-            self.windows(row, at, out)
-        if taus:
-            shares = row.shares
-            if shares is None:
-                shares = row.shares = Shares(len(taus))
-            if at > row[TOUCHED]:
-                row[TOUCHED] = at
-            shares.note(at, anonymous, worse, taus, self.shares, out)
-
-    def windows(self, row: Row, at: float, out: dict[str, float]) -> None:
-        """Write the distinct counts of *row* in each window into *out*."""
-        oldest, held = row[OLDEST], row.held()
-        for name, seconds in self.counts:
-            since = at - seconds
-            out[name] = held if since < oldest else row.count(since)
-
-    def read(self, key: str, at: float, out: dict[str, float]) -> None:
-        """Write this subject's signals for *key* into *out*, counting nothing."""
-        row = self.table.rows.get(key)
-        if row is None:
-            return
-        shares = row.shares
-        if shares is not None:
-            shares.answer(at, self.shares, out)
-        if self.sets:
-            self.windows(row, at, out)
-
-
-class PatternTracker:
-    """Bounded signal state and the signals of each request (see the module docstring)."""
+    observe: Observe
+    observe_source: str
 
     def __init__(
         self,
@@ -248,7 +102,7 @@ class PatternTracker:
         self.subjects: frozenset[str] = frozenset()
         self.needs_worse = False
         self._degraded_wanted = False
-        self._prefixes: dict[str, str | None] = {}
+        self.prefixes: dict[str, str | None] = {}  # client address to network (``network_of``)
         # One table per subject: a row per key holds all of the key's windows.
         self.tokens: Table = Table(limit, 0.0)
         self.entities: Table = Table(limit, 0.0)
@@ -319,6 +173,9 @@ class PatternTracker:
         self._network = tracked.get(Subject.NETWORK)
         self._plans = tracked
         self._zeros = zeros
+        self.observe, self.observe_source = build_observe(
+            self, tracked, zeros, DEGRADED_KEY in self._pack_keys
+        )
         self.computed = tuple(zeros)
         self.subjects = frozenset(tracked)
         self._degraded_wanted = DEGRADED_KEY in self._pack_keys
@@ -343,7 +200,6 @@ class PatternTracker:
                 zeros[k.name] = 0
         for subject, plan in plans.items():
             plan.counts = tuple(counts[subject])
-            plan.ones = dict.fromkeys((name for name, _ in plan.counts), 1)
             plan.shares = tuple(shares[subject])
             plan.sets = bool(plan.counts)
             plan.taus = self.share_windows if plan.shares else ()
@@ -397,7 +253,7 @@ class PatternTracker:
 
     def network_of(self, ip: str) -> str | None:
         """The network prefix of a client address (remembered for the next requests)."""
-        prefixes = self._prefixes
+        prefixes = self.prefixes
         network = prefixes.get(ip, "")
         if network == "":
             if len(prefixes) >= NETWORK_CACHE:
@@ -408,53 +264,10 @@ class PatternTracker:
 
     # -- per request ------------------------------------------------------------------------------
 
-    def observe(self, at: float, identity: Identity | None, origin: Origin, worse: bool) -> Signals:
-        """Count one request, then give the signals wanted (the request itself included)."""
-        if identity is None:
-            return self._blank()
-        out = self._zeros.copy()
-        entity = identity.entity_id
-        country = origin.country
-        anonymous = bool(origin.anonymizer)
-        shared = self.shared
-        dirty = shared.dirty if shared is not None else None
-        plan = self._token
-        if plan is not None:
-            subject = identity.subject
-            if subject is not None:
-                key = entity + "\x1f" + subject
-                plan.count(key, country, at, anonymous, worse, out)
-                if dirty is not None:
-                    dirty.add((Subject.TOKEN, key))
-        plan = self._entity
-        if plan is not None:
-            plan.count(entity, country, at, anonymous, worse, out)
-            if dirty is not None:
-                dirty.add((Subject.ENTITY, entity))
-        ip = origin.ip
-        if ip is not None:
-            plan = self._address
-            if plan is not None:
-                plan.count(ip, entity, at, anonymous, worse, out)
-                if dirty is not None:
-                    dirty.add((Subject.ADDRESS, ip))
-            plan = self._network
-            if plan is not None:
-                network = self._prefixes.get(ip, "")  # "": not remembered yet
-                if network == "":
-                    network = self.network_of(ip)
-                if network is not None:
-                    plan.count(network, entity, at, anonymous, worse, out)
-                    if dirty is not None:
-                        dirty.add((Subject.NETWORK, network))
-        if shared is not None or self._degraded_wanted:
-            out[DEGRADED_KEY] = 1.0 if shared is not None and shared.degraded else 0.0
-        return out
-
     def signals(self, at: float, identity: Identity | None, origin: Origin) -> Signals:
         """The signals wanted for a request like this one, without counting it."""
         if identity is None:
-            return self._blank()
+            return self.blank()
         out = self._zeros.copy()
         entity = identity.entity_id
         plan = self._token
@@ -477,7 +290,8 @@ class PatternTracker:
             out[DEGRADED_KEY] = 1.0 if self.degraded else 0.0
         return out
 
-    def _blank(self) -> dict[str, float]:
+    def blank(self) -> dict[str, float]:
+        """The signals of a request without an identity: all 0."""
         out = dict.fromkeys(self.computed, 0.0)
         if self.reports_degraded:
             out[DEGRADED_KEY] = 1.0 if self.degraded else 0.0
