@@ -40,7 +40,7 @@ def test_defaults_without_a_section(
     assert config.format is RecordFormat.ECS
     assert config.on_failure is FailurePolicy.DENY
     assert (config.queue_size, config.batch_size, config.shutdown_timeout) == (10_000, 512, 5.0)
-    assert config.batch_linger == 0.05
+    assert config.batch_linger == 0.1
     assert config.headers == ("user-agent", "x-request-id", "traceparent")
     assert config.signing is None
     (journal,) = config.sinks
