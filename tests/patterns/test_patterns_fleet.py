@@ -160,12 +160,17 @@ def test_a_token_hopping_three_countries_is_denied_on_both_replicas(fleet: Fleet
     assert verdicts == ["ORIGIN_VELOCITY", "ORIGIN_VELOCITY"], verdicts
     assert elapsed <= FLAG_WITHIN, f"flagged on both replicas only after {elapsed:.2f} s"
     # An uncontrolled model is allowed, and the record says why it was flagged.
-    client = fleet.client(1, token, IP["US"])
-    reply = client.chat.completions.with_raw_response.create(
-        model="aurora-mini", messages=[{"role": "user", "content": "hi"}]
-    )
-    decision_id = reply.headers["x-aidr-decision-id"]
+    logged_ids = []
     for replica in (0, 1):
+        reply = fleet.client(replica, token, IP["US"]).chat.completions.with_raw_response.create(
+            model="aurora-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+        logged_ids.append(reply.headers["x-aidr-decision-id"])
+    for replica in (0, 1):
+        # Records reach the file in batches, in order: once this one is there, so are the denies.
+        logged = _wait_record(fleet, replica, logged_ids[replica])
+        assert logged["decision"]["effect"] == "log"
+        assert logged["decision"]["reasons"] == ["ORIGIN_VELOCITY"]
         denied = [
             r
             for r in fleet.records(replica)
@@ -174,9 +179,6 @@ def test_a_token_hopping_three_countries_is_denied_on_both_replicas(fleet: Fleet
         assert denied, f"replica {replica} recorded no ORIGIN_VELOCITY deny"
         assert denied[-1]["signals"]["origin_countries_1m"] == 3
         assert denied[-1]["signals"]["patterns_degraded"] == 0
-    logged = _wait_record(fleet, 1, decision_id)
-    assert logged["decision"]["effect"] == "log"
-    assert logged["decision"]["reasons"] == ["ORIGIN_VELOCITY"]
 
 
 def _wait_record(fleet: Fleet, replica: int, decision_id: str) -> dict[str, Any]:
