@@ -88,10 +88,15 @@ def traffic(rng: random.Random, count: int) -> list[Seen]:
 
 
 EVERY_FAMILY = [f"{family.name}_{window}" for family in FAMILIES for window in ("30s", "10m")]
-EXAMPLE_THREE = ["origin_countries_1m", "origin_countries_1h", "network_entities_1h"]
+EXAMPLE_PACK_SIGNALS = [  # policies/examples/patterns.yaml
+    "origin_countries_1m",
+    "origin_countries_1h",
+    "network_entities_1h",
+    "entity_anonymizer_share_1h",
+]
 SIGNAL_SETS = [
     EVERY_FAMILY,
-    [*EXAMPLE_THREE, "entity_anonymizer_share_1h"],  # the example pack's four
+    EXAMPLE_PACK_SIGNALS,
     ["network_entities_10m"],
     ["address_entities_30s", "patterns_degraded"],
     ["anonymizer_share_10m", "worse_origin_share_30s"],

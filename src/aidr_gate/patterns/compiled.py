@@ -24,7 +24,7 @@ from math import exp
 from typing import Protocol, cast
 
 from aidr_gate.facts import Identity, Origin
-from aidr_gate.patterns.plans import Plan
+from aidr_gate.patterns.plans import SUBJECT_SEPARATOR, Plan
 from aidr_gate.patterns.signals import DEGRADED_KEY, Subject
 from aidr_gate.patterns.sketches import AT, COUNTS, FIRST_AT, MORE, OLDEST, TOUCHED, Shares
 
@@ -56,12 +56,12 @@ class Observer(Protocol):
         """The signals of a request without an identity."""
 
 
-# Per subject: the expression of its key, of the item it counts, and what the key needs.
+# Per subject: the names of its key and of the item it counts, as the function's locals.
 _KEYS = {
-    Subject.TOKEN: ("token_key", "country", "subject is not None"),
-    Subject.ENTITY: ("entity", "country", ""),
-    Subject.ADDRESS: ("ip", "entity", ""),  # within ``if ip is not None``
-    Subject.NETWORK: ("network", "entity", ""),  # likewise, then ``if network is not None``
+    Subject.TOKEN: ("token_key", "country"),
+    Subject.ENTITY: ("entity", "country"),
+    Subject.ADDRESS: ("ip", "entity"),  # within ``if ip is not None``
+    Subject.NETWORK: ("network", "entity"),  # likewise
 }
 
 
@@ -147,7 +147,7 @@ def _shares(plan: Plan, subject: str) -> list[str]:
 def _subject(plan: Plan) -> list[str]:
     """One subject's block: find or make the key's row, count, and note the key as changed."""
     subject = plan.subject
-    key, item, needs = _KEYS[subject]
+    key, item = _KEYS[subject]
     body = [f"row = rows_{subject}.get({key})", "if row is None:"]
     if plan.taus:
         body.append(f"    row = add_{subject}({key}, at)")
@@ -163,16 +163,17 @@ def _subject(plan: Plan) -> list[str]:
         body += ["if row is not None:", *_indent(inner or ["pass"], 1)]
     body += ["if dirty is not None:", f"    dirty.add(({subject!r}, {key}))"]
     if subject == Subject.TOKEN:
-        body.insert(0, 'token_key = entity + "\\x1f" + subject')
+        made = [f"token_key = entity + {SUBJECT_SEPARATOR!r} + subject"]  # as token_key() makes it
+        return ["if subject is not None:", *_indent(made + body, 1)]
     if subject == Subject.NETWORK:
-        body = [
+        return [
             'network = prefixes.get(ip, "")  # "": not remembered yet',
             'if network == "":',
             "    network = network_of(ip)",
             "if network is not None:",
             *_indent(body, 1),
         ]
-    return [f"if {needs}:", *_indent(body, 1)] if needs else body
+    return body
 
 
 def source_for(plans: Mapping[str, Plan], degraded_tested: bool) -> str:

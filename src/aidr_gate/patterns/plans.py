@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from aidr_gate.patterns.sketches import OLDEST, Row
 
+# Between the entity and the subject in a token's key.
+SUBJECT_SEPARATOR = "\x1f"
+
+
+def token_key(entity: str, subject: str) -> str:
+    """The key of one token subject of one entity in the token table."""
+    return entity + SUBJECT_SEPARATOR + subject
+
+
 # How many times a recently seen key at the front of a full table is moved back before one is
 # evicted anyway: eviction stays O(1) amortised.
 _SECOND_CHANCES = 8

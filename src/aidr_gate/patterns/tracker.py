@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from aidr_gate.facts import Identity, Origin
 from aidr_gate.patterns.compiled import Observe, build_observe
-from aidr_gate.patterns.plans import Plan, Table
+from aidr_gate.patterns.plans import Plan, Table, token_key
 from aidr_gate.patterns.reach import Need, capacities
 from aidr_gate.patterns.settings import PatternSettings, RedisSettings
 from aidr_gate.patterns.signals import DEGRADED_KEY, Measure, SignalKey, Subject, parse_signal_key
@@ -272,7 +272,7 @@ class PatternTracker:
         entity = identity.entity_id
         plan = self._token
         if plan is not None and identity.subject is not None:
-            plan.read(entity + "\x1f" + identity.subject, at, out)
+            plan.read(token_key(entity, identity.subject), at, out)
         plan = self._entity
         if plan is not None:
             plan.read(entity, at, out)
