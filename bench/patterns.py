@@ -78,7 +78,8 @@ def traffic(count: int, seed: int = 3) -> tuple[list[Entity], list[Request]]:
     tokens = [(f"org-{i % 2000:04d}", f"user-{i}", rng.choice(COUNTRIES)) for i in range(20_000)]
     addresses = [f"198.{18 + i // 256 % 2}.{i % 256}.{rng.randrange(1, 255)}" for i in range(5000)]
     vpn = frozenset({AnonymizerFlag.VPN})
-    identities = [Identity(e, subject=s) for e, s, _ in tokens]
+    # Entity ids interned, as the claims reader gives them (one string object per entity).
+    identities = [Identity(sys.intern(e), subject=s) for e, s, _ in tokens]
     out: list[Request] = []
     for _ in range(count):
         index = rng.randrange(len(tokens))

@@ -112,6 +112,15 @@ def test_tables_are_bounded_whatever_the_number_of_keys() -> None:
     assert tracker.tokens.evicted > 0
 
 
+def test_every_address_of_a_network_gives_one_network_object() -> None:
+    # The network table then finds its key by identity, as the entity tables do (test_claims).
+    tracker = PatternTracker(wanted=["network_entities_1h"])
+    first, second = tracker.network_of("198.51.100.7"), tracker.network_of("198.51.100.200")
+    assert first == "198.51.100.0/24"
+    assert first is second
+    assert tracker.network_of("not an address") is None
+
+
 # -- pack conditions ------------------------------------------------------------------------------
 
 

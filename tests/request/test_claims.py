@@ -57,6 +57,15 @@ def test_good_claims_make_the_identity() -> None:
     )
 
 
+def test_one_entity_is_one_string_object_whatever_the_token() -> None:
+    # Tokens decode to fresh strings; the tables keyed by entity find an interned one by identity.
+    rules = ClaimRules(CONFIG)
+    first = rules.identity({**GOOD, "org": {"id": "".join(["acme", "-se"])}}, "ES256", None, NOW)
+    second = rules.identity({**GOOD, "org": {"id": "".join(["acme-", "se"])}}, "ES256", None, NOW)
+    assert first.entity_id == "acme-se"
+    assert first.entity_id is second.entity_id
+
+
 def test_countries_are_read_only_when_configured() -> None:
     plain = IdentityConfig(issuers=(ISS,), audiences=("gate",), algorithms=("ES256",))
     identity = ClaimRules(plain).identity({**GOOD, "hq": "not a country"}, "ES256", None, NOW)

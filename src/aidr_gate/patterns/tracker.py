@@ -14,6 +14,7 @@ back into the same tables; the request path never waits for it.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
@@ -67,7 +68,9 @@ def network_of(ip: str, v4: int, v6: int) -> str | None:
     except ValueError:
         return None
     bits = v4 if address.version == 4 else v6
-    return str(ipaddress.ip_network(f"{address}/{bits}", strict=False))
+    # Interned: every address of a network gives the same string object, which the network
+    # table then finds by identity (as the claims reader does for entity ids).
+    return sys.intern(str(ipaddress.ip_network(f"{address}/{bits}", strict=False)))
 
 
 class PatternTracker:

@@ -6,6 +6,7 @@ Reading a registry file into these is :mod:`aidr_gate.registry.reader`'s job.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -282,7 +283,9 @@ class InMemoryRegistry:
     def __init__(
         self, entities: Iterable[Entity], source: str = "<memory>", revision: str | None = None
     ) -> None:
-        self._entities: dict[str, Entity] = {e.id: e for e in entities}
+        # Interned keys, as the claims reader interns a token's entity id: a lookup finds its
+        # key by identity.
+        self._entities: dict[str, Entity] = {sys.intern(e.id): e for e in entities}
         self.source = source
         self.revision = revision  # the file's SHA-256 once loaded by the gate (audit records)
 

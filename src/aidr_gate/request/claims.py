@@ -11,6 +11,7 @@ the claimed countries.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -146,7 +147,11 @@ def _entity(path: ClaimPath) -> ClaimReader:
             or not entity.isprintable()
         ):
             raise TokenClaimInvalid(f"entity claim {path.name} is not a short string")
-        return entity
+        # One string object per entity id, whatever the token: the tables keyed by entity (the
+        # registry, the pattern tracker) then find their key by identity, without reading its
+        # bytes, which on a large table is a cache miss per lookup. Interned strings are freed
+        # when the last identity and row holding them go.
+        return sys.intern(entity)
 
     return read
 
