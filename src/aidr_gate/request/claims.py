@@ -151,7 +151,7 @@ def _entity(path: ClaimPath) -> ClaimReader:
         # registry, the pattern tracker) then find their key by identity, without reading its
         # bytes, which on a large table is a cache miss per lookup. Interned strings are freed
         # when the last identity and row holding them go.
-        return sys.intern(entity)
+        return sys.intern(str(entity))  # str(): intern refuses a subclass of str
 
     return read
 
