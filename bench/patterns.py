@@ -53,6 +53,7 @@ from aidr_gate.patterns.shared import SharedState
 from aidr_gate.patterns.tracker import PatternTracker
 from aidr_gate.policy.pack import load_pack
 from aidr_gate.registry import Entity
+from aidr_gate.registry.model import ENTITY_IDS
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -78,8 +79,8 @@ def traffic(count: int, seed: int = 3) -> tuple[list[Entity], list[Request]]:
     tokens = [(f"org-{i % 2000:04d}", f"user-{i}", rng.choice(COUNTRIES)) for i in range(20_000)]
     addresses = [f"198.{18 + i // 256 % 2}.{i % 256}.{rng.randrange(1, 255)}" for i in range(5000)]
     vpn = frozenset({AnonymizerFlag.VPN})
-    # Entity ids interned, as the claims reader gives them (one string object per entity).
-    identities = [Identity(sys.intern(e), subject=s) for e, s, _ in tokens]
+    # One object per entity id, as the claims reader gives them (ENTITY_IDS).
+    identities = [Identity(ENTITY_IDS.one(e), subject=s) for e, s, _ in tokens]
     out: list[Request] = []
     for _ in range(count):
         index = rng.randrange(len(tokens))

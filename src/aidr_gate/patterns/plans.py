@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from aidr_gate.patterns.sketches import OLDEST, Row
 
 # Between the entity and the subject in a token's key.
@@ -51,8 +49,8 @@ class Table:
     ) -> None:
         """Take another replica's items of *key* (not empty) into its row, made if need be."""
         row = self.rows.get(key)
-        if row is None:  # interned, as requests' entity ids and networks are (found by identity)
-            row = self.add(sys.intern(key), now)
+        if row is None:
+            row = self.add(key, now)
         news = row.news  # what another replica told is no news of this one's
         row.merge(items, capacity, horizon)
         row.news = news

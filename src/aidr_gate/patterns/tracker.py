@@ -14,7 +14,6 @@ back into the same tables; the request path never waits for it.
 from __future__ import annotations
 
 import ipaddress
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
@@ -26,6 +25,7 @@ from aidr_gate.patterns.reach import Need, capacities
 from aidr_gate.patterns.settings import PatternSettings, RedisSettings
 from aidr_gate.patterns.signals import DEGRADED_KEY, Measure, SignalKey, Subject, parse_signal_key
 from aidr_gate.patterns.sketches import COUNTS
+from aidr_gate.request.bounded import StringPool, store_bounded
 
 
 class SharedHealthView(Protocol):
@@ -68,9 +68,7 @@ def network_of(ip: str, v4: int, v6: int) -> str | None:
     except ValueError:
         return None
     bits = v4 if address.version == 4 else v6
-    # Interned: every address of a network gives the same string object, which the network
-    # table then finds by identity (as the claims reader does for entity ids).
-    return sys.intern(str(ipaddress.ip_network(f"{address}/{bits}", strict=False)))
+    return str(ipaddress.ip_network(f"{address}/{bits}", strict=False))
 
 
 class PatternTracker:
@@ -106,6 +104,7 @@ class PatternTracker:
         self.needs_worse = False
         self._degraded_wanted = False
         self.prefixes: dict[str, str | None] = {}  # client address to network (``network_of``)
+        self._networks = StringPool(NETWORK_CACHE)
         # One table per subject: a row per key holds all of the key's windows.
         self.tokens: Table = Table(limit, 0.0)
         self.entities: Table = Table(limit, 0.0)
@@ -259,10 +258,11 @@ class PatternTracker:
         prefixes = self.prefixes
         network = prefixes.get(ip, "")
         if network == "":
-            if len(prefixes) >= NETWORK_CACHE:
-                prefixes.clear()
             settings = self.settings
-            network = prefixes[ip] = network_of(ip, settings.ipv4_prefix, settings.ipv6_prefix)
+            network = network_of(ip, settings.ipv4_prefix, settings.ipv6_prefix)
+            if network is not None:  # one object per network: its table finds it by identity
+                network = self._networks.one(network)
+            store_bounded(prefixes, NETWORK_CACHE, ip, network)
         return network
 
     # -- per request ------------------------------------------------------------------------------

@@ -6,13 +6,13 @@ Reading a registry file into these is :mod:`aidr_gate.registry.reader`'s job.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
 from aidr_gate.document import format_instant, parse_instant
+from aidr_gate.request.bounded import StringPool
 
 
 class AgreementStatus(StrEnum):
@@ -277,15 +277,18 @@ class EntityRegistry(Protocol):
     def __iter__(self) -> Iterator[Entity]: ...
 
 
+# One object per entity id, shared by the claims reader (a token's entity) and the registries'
+# keys: a table keyed by entity then finds its key by identity (StringPool says why).
+ENTITY_IDS = StringPool(65_536)
+
+
 class InMemoryRegistry:
     """A registry held in a dict; the file loader builds one of these."""
 
     def __init__(
         self, entities: Iterable[Entity], source: str = "<memory>", revision: str | None = None
     ) -> None:
-        # Interned keys, as the claims reader interns a token's entity id: a lookup finds its
-        # key by identity.
-        self._entities: dict[str, Entity] = {sys.intern(e.id): e for e in entities}
+        self._entities: dict[str, Entity] = {ENTITY_IDS.one(e.id): e for e in entities}
         self.source = source
         self.revision = revision  # the file's SHA-256 once loaded by the gate (audit records)
 

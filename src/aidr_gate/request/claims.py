@@ -11,7 +11,6 @@ the claimed countries.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from aidr_gate.errors import (
     TokenNotYetValid,
 )
 from aidr_gate.facts import Identity
+from aidr_gate.registry.model import ENTITY_IDS
 from aidr_gate.settings.identity import IdentityConfig
 
 __all__ = ["MAX_ENTITY_LENGTH", "ClaimPath", "ClaimRules"]
@@ -147,11 +147,9 @@ def _entity(path: ClaimPath) -> ClaimReader:
             or not entity.isprintable()
         ):
             raise TokenClaimInvalid(f"entity claim {path.name} is not a short string")
-        # One string object per entity id, whatever the token: the tables keyed by entity (the
-        # registry, the pattern tracker) then find their key by identity, without reading its
-        # bytes, which on a large table is a cache miss per lookup. Interned strings are freed
-        # when the last identity and row holding them go.
-        return sys.intern(str(entity))  # str(): intern refuses a subclass of str
+        # One object per entity id whatever the token: the tables keyed by entity (the
+        # registry, the pattern tracker) find it by identity.
+        return ENTITY_IDS.one(entity)
 
     return read
 
