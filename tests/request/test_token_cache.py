@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from aidr_gate.bounded import store_bounded
 from aidr_gate.errors import (
     IdentityError,
     TokenKeysUnavailable,
@@ -14,7 +15,6 @@ from aidr_gate.errors import (
     TokenSignatureInvalid,
 )
 from aidr_gate.facts import Identity
-from aidr_gate.request.bounded import store_bounded
 from aidr_gate.request.token_cache import SETTLED, RefusedTokens, VerifiedTokens
 
 

@@ -24,6 +24,7 @@ from aidr_gate.audit.record import (
     RequestContext,
 )
 from aidr_gate.audit.template import Places, TemplateRenderer, Values, presence, put
+from aidr_gate.bounded import store_bounded
 from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.facts import Identity, Origin
 
@@ -207,9 +208,7 @@ class EcsRenderer(TemplateRenderer):
             recorded = self.redactor.path(path)
             known = _dumps({"path": recorded, "scheme": scheme})
             if recorded == path and len(path) <= _REMEMBERED_PATH:
-                if len(self._urls) >= self._limit:
-                    self._urls.clear()
-                self._urls[key] = known
+                store_bounded(self._urls, self._limit, key, known)
         return known
 
     def _agent(self, agent: str) -> bytes:
@@ -217,9 +216,7 @@ class EcsRenderer(TemplateRenderer):
         known = self._agents.get(agent)
         if known is None:
             known = _dumps({"original": agent})
-            if len(self._agents) >= self._limit:
-                self._agents.clear()
-            self._agents[agent] = known
+            store_bounded(self._agents, self._limit, agent, known)
         return known
 
     def slot_values(

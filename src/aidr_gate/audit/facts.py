@@ -35,6 +35,7 @@ from aidr_gate.audit.record import (
     _Clock,
     compact,
 )
+from aidr_gate.bounded import store_bounded
 from aidr_gate.decision import Decision, Effect, Mode
 from aidr_gate.facts import Identity, Origin
 
@@ -133,9 +134,7 @@ class FactsBook:
         if hit is not None and hit.refs == refs:
             return hit
         built = _build(decision, refs)
-        if len(self._shared) >= self._limit:
-            self._shared.clear()
-        self._shared[key] = built
+        store_bounded(self._shared, self._limit, key, built)
         return built
 
     def due(self, shared: Shared) -> bool:

@@ -29,6 +29,7 @@ import orjson
 
 from aidr_gate.audit.chain import parse_link
 from aidr_gate.audit.compression import READ_ERRORS, compressed, decompress, reading
+from aidr_gate.bounded import store_bounded
 
 # Where the ``aidr`` tree starts in a rendered schema 1 line: ECS puts it last before the chain
 # member, OCSF inside ``unmapped``. JSON escapes every quote inside strings, so this byte sequence
@@ -250,9 +251,7 @@ class RecordReader:
         if isinstance(facts_ref, dict) and isinstance(facts_ref.get("id"), str):
             facts = facts_ref  # the first record of its class in the file: kept for the others
             facts_ref = facts_ref["id"]
-            if len(self.facts) >= FACTS_LIMIT:
-                self.facts.clear()
-            self.facts[facts_ref] = facts
+            store_bounded(self.facts, FACTS_LIMIT, facts_ref, facts)
         elif isinstance(facts_ref, str):
             facts = self.facts.get(facts_ref)
         tree = _ocsf_parts(record, aidr) if ocsf else _ecs_parts(record, aidr)

@@ -23,6 +23,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import msgspec
 import orjson
 
+from aidr_gate.bounded import store_bounded
 from aidr_gate.decision import Decision, Mode
 from aidr_gate.document import format_instant
 from aidr_gate.settings.audit import ALWAYS_REDACTED, DEFAULT_HEADERS
@@ -214,9 +215,7 @@ class Redactor:
                 # In any value: a URL keeps its base, a repeated header is joined.
                 and not any(REDACTED in value for value in recorded.values())
             ):
-                if len(self._recorded) >= _RECORDED_KEYS:
-                    self._recorded.clear()
-                self._recorded[pairs] = recorded
+                store_bounded(self._recorded, _RECORDED_KEYS, pairs, recorded)
             return recorded
         return self._headers(pairs)
 
@@ -358,9 +357,7 @@ class ObjectCache(Generic[K]):
         if hit is not None and hit[0] is obj:
             return hit[1]
         value = compact(self._build(obj))
-        if len(self._items) >= self._limit:
-            self._items.clear()
-        self._items[id(obj)] = (obj, value)
+        store_bounded(self._items, self._limit, id(obj), (obj, value))
         return value
 
 

@@ -25,6 +25,7 @@ import orjson
 
 from aidr_gate.audit.facts import FactsBook, Shared
 from aidr_gate.audit.record import AuditEvent, ObjectCache, Redactor, _Clock, renderable
+from aidr_gate.bounded import store_bounded
 from aidr_gate.facts import Identity, Origin
 
 logger = logging.getLogger("aidr_gate.audit")
@@ -203,9 +204,8 @@ class TemplateRenderer:
                 )
                 self.compiled = False
                 return orjson.dumps(self.fields(event, shared, values))
-            if len(self._templates) >= self._limit:
-                self._templates.clear()
-            hit = self._templates[key] = (shared, template)
+            hit = (shared, template)
+            store_bounded(self._templates, self._limit, key, hit)
         text, pick = hit[1]
         return text % pick(values)
 

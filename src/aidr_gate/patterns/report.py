@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 from aidr_gate.audit.reader import RecordReader
 from aidr_gate.audit.verify import Finding, chains_of
+from aidr_gate.bounded import store_bounded
 from aidr_gate.facts import AnonymizerFlag, Identity, Origin
 from aidr_gate.patterns.settings import PatternSettings
 from aidr_gate.patterns.tracker import PatternTracker, network_of
@@ -257,11 +258,8 @@ class _Run:
         caller = (row.entity, row.subject)
         identity = self.identities.get(caller)
         if identity is None:
-            if len(self.identities) >= 100_000:
-                self.identities.clear()
-            identity = self.identities[caller] = Identity(
-                row.entity, subject=row.subject, method="declared"
-            )
+            identity = Identity(row.entity, subject=row.subject, method="declared")
+            store_bounded(self.identities, 100_000, caller, identity)
         origin = Origin(
             ip=row.ip, country=row.country, anonymizer=_FLAG if row.anonymous else _NO_FLAG
         )
@@ -285,11 +283,9 @@ class _Run:
     def _count_network(self, row: Row, ip: str, fronted: float, signals: dict[str, float]) -> None:
         network = self.prefixes.get(ip)
         if network is None:
-            if len(self.prefixes) >= 100_000:
-                self.prefixes.clear()
             settings = self.options.settings
             network = network_of(ip, settings.ipv4_prefix, settings.ipv6_prefix) or ip
-            self.prefixes[ip] = network
+            store_bounded(self.prefixes, 100_000, ip, network)
         net = self.tally.networks.get(network)
         if net is None:
             net = self.tally.networks[network] = NetworkStats(network)

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
+from aidr_gate.bounded import StringPool, store_bounded
 from aidr_gate.facts import Identity, Origin
 from aidr_gate.patterns.compiled import Observe, build_observe
 from aidr_gate.patterns.plans import Plan, Table, token_key
@@ -25,7 +26,6 @@ from aidr_gate.patterns.reach import Need, capacities
 from aidr_gate.patterns.settings import PatternSettings, RedisSettings
 from aidr_gate.patterns.signals import DEGRADED_KEY, Measure, SignalKey, Subject, parse_signal_key
 from aidr_gate.patterns.sketches import COUNTS
-from aidr_gate.request.bounded import StringPool, store_bounded
 
 
 class SharedHealthView(Protocol):

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from aidr_gate.bounded import StringPool
 from aidr_gate.document import format_instant, parse_instant
-from aidr_gate.request.bounded import StringPool
 
 
 class AgreementStatus(StrEnum):

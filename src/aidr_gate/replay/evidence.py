@@ -20,6 +20,7 @@ import orjson
 
 from aidr_gate.audit.chain import CHECKPOINT_ACTION
 from aidr_gate.audit.reader import aidr_tree as aidr_tree  # re-exported: bench/replay.py
+from aidr_gate.bounded import store_bounded
 from aidr_gate.catalog import Model, ModelCatalog
 from aidr_gate.document import parse_instant
 from aidr_gate.errors import AidrGateError
@@ -71,9 +72,7 @@ class Clock:
         # minute prefix is not a UTC minute.
         utc = len(text) == 24 and text[16] == ":" and text[19] == "." and text[23] == "Z"
         if at is not None and utc:
-            if len(self._minutes) >= _MINUTE_MEMO_LIMIT:
-                self._minutes.clear()
-            self._minutes[text[:17]] = int(at) - int(at) % 60
+            store_bounded(self._minutes, _MINUTE_MEMO_LIMIT, text[:17], int(at) - int(at) % 60)
         return at
 
 
@@ -254,9 +253,7 @@ class EvidenceReader:
         if hit is not None:
             return hit
         built = self._build(entity_raw, model_raw, origin, identity, tree.get("screening"))
-        if len(self._memo) >= _KEY_MEMO_LIMIT:
-            self._memo.clear()
-        self._memo[key] = built
+        store_bounded(self._memo, _KEY_MEMO_LIMIT, key, built)
         return built
 
     def _build(

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
-from aidr_gate.request.bounded import store_bounded
+from aidr_gate.bounded import store_bounded
 
 __all__ = [
     "DEFAULT_TRUSTED_PROXIES",

@@ -17,6 +17,7 @@ import orjson
 
 from aidr_gate.asgi.deadlines import Deadlines
 from aidr_gate.asgi.types import Message, Receive
+from aidr_gate.bounded import store_bounded
 from aidr_gate.errors import (
     BodyIncomplete,
     BodyNotJSON,
@@ -120,10 +121,7 @@ class ModelSources:
             return found
         model = self._match(path)
         if len(path) <= MAX_CACHED_PATH:
-            cache = self._found
-            if len(cache) >= PATH_CACHE_SIZE:
-                cache.clear()
-            cache[path] = model
+            store_bounded(self._found, PATH_CACHE_SIZE, path, model)
         return model
 
     def _match(self, path: str) -> str | None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from aidr_gate.bounded import store_bounded
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.facts import Origin
-from aidr_gate.request.bounded import store_bounded
 from aidr_gate.request.client_ip import ClientIP, TrustedProxies, normalize_ip
 from aidr_gate.request.geo import (
     DEFAULT_RELOAD_CHECK_INTERVAL,

@@ -40,9 +40,9 @@ from typing import Any
 
 import maxminddb
 
+from aidr_gate.bounded import store_bounded
 from aidr_gate.errors import ConfigError
 from aidr_gate.facts import NO_FLAGS, AnonymizerFlag, CountrySource, RegionSource
-from aidr_gate.request.bounded import store_bounded
 from aidr_gate.request.geo.resolver import (
     DEFAULT_CACHE_SIZE,
     GeoResult,

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, IPv6Network
 
+from aidr_gate.bounded import store_bounded
 from aidr_gate.facts import AnonymizerFlag, CountrySource, RegionSource
-from aidr_gate.request.bounded import store_bounded
 from aidr_gate.request.client_ip import normalize_ip, normalize_network
 from aidr_gate.request.geo.resolver import (
     DEFAULT_CACHE_SIZE,

@@ -3,7 +3,7 @@
 Every resolver resolves private, reserved, loopback, link-local, multicast and not-found addresses to
 an unknown country (``None``) with a note, normalises IPv4-mapped IPv6 first (databases written with
 mmdb-writer do not alias ``::ffff:a.b.c.d``), and caches answers per IP in a bounded dict
-(:func:`~aidr_gate.request.bounded.store_bounded`): :func:`classify` here is the first step.
+(:func:`~aidr_gate.bounded.store_bounded`): :func:`classify` here is the first step.
 
 :class:`IptoccCountryResolver` is the embedded default, so a fresh install runs with no licence key
 and no network. ``iptocc`` carries the RIRs' delegation data in its wheel: the country a block is
@@ -22,9 +22,9 @@ from typing import Protocol
 
 import iptocc
 
+from aidr_gate.bounded import store_bounded
 from aidr_gate.countries import is_country_code
 from aidr_gate.facts import NO_FLAGS, AnonymizerFlag, CountrySource, RegionSource
-from aidr_gate.request.bounded import store_bounded
 from aidr_gate.request.client_ip import normalize_ip
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aidr_gate.request.bounded import StringPool
+from aidr_gate.bounded import StringPool
 
 
 def fresh(text: str) -> str:

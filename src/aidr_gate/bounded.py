@@ -1,11 +1,12 @@
-"""The bounded caches of the request stages: one policy, written once.
+"""Bounded memos: one policy, written once, for every cache that is a plain dict.
 
-Every per-request cache in :mod:`aidr_gate.request` (hop parses, peers, walks, GeoIP answers,
-override matches, built origins) is a plain dict that is cleared whole when full. Clearing costs one
-burst of misses; an LRU would cost on every hit, which is what these caches exist to make cheap
-(``bench/origin.py`` measures a dict hit against ``cachetools.LRUCache``). The token caches are the
-exception (:mod:`aidr_gate.request.token_cache`): a miss there is a signature check, so they evict
-oldest first instead.
+The request stages' caches (hop parses, peers, walks, GeoIP answers, override matches, built
+origins), the audit renderer's memos (recorded headers, URL and agent fragments, templates, shared
+facts), the readers' (facts records, replayed evidence) and the tracker's are plain dicts cleared
+whole when full. Clearing costs one burst of misses; an LRU would cost on every hit, which is what
+these caches exist to make cheap (``bench/origin.py`` measures a dict hit against
+``cachetools.LRUCache``). The token caches are the exception (:mod:`aidr_gate.request.token_cache`):
+a miss there is a signature check, so they evict oldest first instead.
 """
 
 from __future__ import annotations
