@@ -12,7 +12,6 @@ waiting for a restart, never as reloaded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -39,6 +38,7 @@ from aidr_gate.settings.origin import GEOIP, NETWORK
 from aidr_gate.settings.sections import SECTIONS
 from aidr_gate.stores.cache import RegistryView
 from aidr_gate.stores.settings import REGISTRY, open_registry, registry_summary
+from aidr_gate.tasks import stop_task
 from aidr_gate.telemetry import Telemetry
 from aidr_gate.telemetry.wiring import count_geoip_reload, count_reload
 
@@ -180,10 +180,7 @@ class Reloader:
     async def close(self) -> None:
         """Stop every watch."""
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await stop_task(task)
         self._tasks.clear()
         await self._stop_geoip_watch()
 
@@ -197,10 +194,7 @@ class Reloader:
 
     async def _stop_geoip_watch(self) -> None:
         task, self._geoip_watch = self._geoip_watch, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_task(task)
 
     def _watched_files(self) -> list[Path]:
         if self._served.serving.config is None:

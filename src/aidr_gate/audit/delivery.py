@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from aidr_gate.audit.sinks import DeliverySink, SinkError, SinkRejected
 from aidr_gate.audit.spool import Spool, line_seq
 from aidr_gate.settings.audit import DeliveryConfig
+from aidr_gate.tasks import stop_task
 
 logger = logging.getLogger("aidr_gate.audit")
 
@@ -358,9 +359,7 @@ class Outbox:
                 # for ends in the same step): the flag stops the worker at its next step anyway,
                 # so a sink that is down cannot keep the close retrying for ever.
                 self._stopping = True
-                task.cancel()
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await task
+                await stop_task(task)
         leftovers: list[bytes] = []
         first = 0
         if self._inflight and not self._inflight_spool_bytes:

@@ -31,6 +31,7 @@ from typing import Any
 from aidr_gate.patterns.exchange import Exchange, Key
 from aidr_gate.patterns.settings import RedisSettings
 from aidr_gate.patterns.tracker import PatternTracker
+from aidr_gate.tasks import stop_task
 
 logger = logging.getLogger("aidr_gate.patterns")
 
@@ -170,11 +171,8 @@ class SharedState:
 
     async def close(self) -> None:
         """Stop the background task, write what is pending (best effort) and disconnect."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await stop_task(task)  # a cancel redis-py's writes swallow on 3.11 is sent again
         if self._client is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self.settings.timeout * 2):

@@ -10,7 +10,6 @@ fails and refetches on every unknown ``kid``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from aidr_gate.request.keys import KeySet, KeySetError, build_key_set, parse_key_file
+from aidr_gate.tasks import stop_task
 
 logger = logging.getLogger("aidr_gate.jwks")
 
@@ -250,7 +250,7 @@ class FileKeys(_KeyStore):
 
     async def close(self) -> None:
         """Stop watching the file."""
-        await _cancel(self._task)
+        await stop_task(self._task)
         self._task = None
 
     async def refetch_for_unknown_kid(self) -> bool:
@@ -404,9 +404,9 @@ class RemoteJwks(_KeyStore):
 
     async def close(self) -> None:
         """Stop refreshing, cancel a fetch in flight and close the HTTP session we opened."""
-        await _cancel(self._task)
+        await stop_task(self._task)
         self._task = None
-        await _cancel(self._inflight)
+        await stop_task(self._inflight)
         self._inflight = None
         if self._owns_session and self._session is not None:
             await self._session.close()
@@ -473,11 +473,3 @@ def _log_loaded(key_set: KeySet) -> None:
         ", ".join(key_set.key_ids),
         f"; skipped {'; '.join(key_set.skipped)}" if key_set.skipped else "",
     )
-
-
-async def _cancel(task: asyncio.Task[Any] | None) -> None:
-    if task is None or task.done():
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

@@ -32,6 +32,7 @@ from aidr_gate.settings.loader import GateConfig, read_config
 from aidr_gate.settings.proxy import PROXY, SidecarSettings, upstream_problem
 from aidr_gate.sidecar.proxy import UpstreamProxy
 from aidr_gate.stores.settings import registry_detail
+from aidr_gate.tasks import stop_task
 from aidr_gate.telemetry.wiring import count_upstream
 
 logger = logging.getLogger("aidr_gate.sidecar")
@@ -91,10 +92,7 @@ class SidecarApp:
         if self._closed:
             return
         self._closed = True
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+        await stop_task(self._probe)
         await self.proxy.close()
         await self.runtime.close()
 

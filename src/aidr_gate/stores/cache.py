@@ -23,6 +23,7 @@ from typing import Final, Literal, Protocol
 from aidr_gate.errors import AidrGateError
 from aidr_gate.registry import Entity
 from aidr_gate.stores.base import RegistryChange, RegistryStore
+from aidr_gate.tasks import stop_task
 
 log = logging.getLogger("aidr_gate.registry")
 
@@ -319,10 +320,7 @@ class EntityCache:
     async def close(self) -> None:
         """Stop following the store and close it."""
         task, self._feed.task = self._feed.task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         if self._expiry is not None:
             self._expiry.cancel()
         for pending in list(self._inflight.values()):
@@ -419,10 +417,7 @@ class SnapshotView:
     async def close(self) -> None:
         """Stop following the store."""
         task, self._feed.task = self._feed.task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         if self._feed.opened:
             await self._store.close()
 

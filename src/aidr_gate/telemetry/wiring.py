@@ -13,7 +13,6 @@ Nothing here runs per request except :func:`count_upstream` (a dict lookup and a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import socket
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from aidr_gate.errors import ConfigError, Problem
 from aidr_gate.settings.loader import GateConfig
 from aidr_gate.stages import UPSTREAM_STATE_KEY
+from aidr_gate.tasks import stop_task
 from aidr_gate.telemetry.export import Exporters
 from aidr_gate.telemetry.record import Telemetry
 from aidr_gate.telemetry.settings import TelemetrySettings, telemetry_settings
@@ -118,9 +118,7 @@ class TelemetryWiring:
         while not server.started:
             if task.done() or loop.time() > deadline:
                 sock.close()
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    task.cancel()
-                    await task
+                await stop_task(task)
                 raise OSError(f"the metrics listener on {host}:{port} did not start")
             await asyncio.sleep(0.005)
         self._server, self._task = server, task
