@@ -214,16 +214,20 @@ class Runtime:
 
     async def close(self, timeout: float = 10.0) -> None:
         """Stop background work and flush the audit trail within *timeout* seconds."""
-        await self._reloader.close()
-        shared = self.gate.patterns.shared
-        if shared is not None:
-            await shared.close()
-        await self.streams.close()
-        if self.registry is not None:
-            self._unwatch()
-            await self.registry.close()
-        if self.audit is not None:
-            await self.audit.close(timeout)
+        try:
+            await self._reloader.close()
+            shared = self.gate.patterns.shared
+            if shared is not None:
+                await shared.close()
+            await self.streams.close()
+            if self.registry is not None:
+                self._unwatch()
+                await self.registry.close()
+        finally:
+            # Whatever stopped the steps above (a shutdown cancelled, a failure), the trail is
+            # still written out and closed: no record is lost to them.
+            if self.audit is not None:
+                await self.audit.close(timeout)
         await self.identity.close()
         self.origin.close()
         await self.wiring.close()  # last: the final export has the audit trail's final counts

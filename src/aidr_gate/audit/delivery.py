@@ -359,7 +359,9 @@ class Outbox:
                 # for ends in the same step): the flag stops the worker at its next step anyway,
                 # so a sink that is down cannot keep the close retrying for ever.
                 self._stopping = True
-                await stop_task(task)
+                # Cancelled itself meanwhile, the close still spools what is left: kept, not lost.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stop_task(task)
         leftovers: list[bytes] = []
         first = 0
         if self._inflight and not self._inflight_spool_bytes:

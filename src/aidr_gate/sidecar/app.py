@@ -92,9 +92,11 @@ class SidecarApp:
         if self._closed:
             return
         self._closed = True
-        await stop_task(self._probe)
-        await self.proxy.close()
-        await self.runtime.close()
+        try:
+            await stop_task(self._probe)
+            await self.proxy.close()
+        finally:
+            await self.runtime.close()  # flushes the audit trail, whatever stopped the above
 
     def describe(self) -> str:
         """One line on what the sidecar adds: upstream, pool and timeouts, where audit goes."""
