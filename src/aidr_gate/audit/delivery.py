@@ -359,7 +359,7 @@ class Outbox:
                 # for ends in the same step): the flag stops the worker at its next step anyway,
                 # so a sink that is down cannot keep the close retrying for ever.
                 self._stopping = True
-                # Cancelled itself meanwhile, the close still spools what is left: kept, not lost.
+                # If this close is cancelled meanwhile, it still spools what is left (below).
                 with contextlib.suppress(asyncio.CancelledError):
                     await stop_task(task)
         leftovers: list[bytes] = []
