@@ -36,12 +36,7 @@ async def stop_task(task: asyncio.Task[Any] | None, grace: float = STOP_GRACE) -
     """
     if task is None:
         return True
-    if task.done():
-        # What it raised was its awaiters' to read, or the reason the caller stops it: read here
-        # too, so asyncio does not log it with its traceback when the task is collected.
-        if not task.cancelled():
-            task.exception()
-        return True
+    was_running = not task.done()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
     wait = _FIRST_WAIT
@@ -55,13 +50,15 @@ async def stop_task(task: asyncio.Task[Any] | None, grace: float = STOP_GRACE) -
         task.cancel()
         await asyncio.wait((task,), timeout=min(wait, remaining))
         wait = _AGAIN
-    if not task.cancelled():
-        error = task.exception()  # retrieved, so asyncio does not report it again
-        if error is not None:
-            logger.error(
-                "task %s failed as it was stopped: %s: %s",
-                task.get_name(),
-                type(error).__name__,
-                error,
-            )
+    # Read what it raised either way, so asyncio does not log it with its traceback when the task
+    # is collected; a task that had ended before was its awaiters' to report, so only a failure
+    # on the way out is logged here.
+    error = None if task.cancelled() else task.exception()
+    if error is not None and was_running:
+        logger.error(
+            "task %s failed as it was stopped: %s: %s",
+            task.get_name(),
+            type(error).__name__,
+            error,
+        )
     return True

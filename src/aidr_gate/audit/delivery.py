@@ -355,11 +355,11 @@ class Outbox:
                     async with asyncio.timeout(remaining):
                         await asyncio.shield(task)
             if not task.done():
-                # Python 3.11 can lose a cancellation (asyncio.wait_for does, when what it waits
-                # for ends in the same step): the flag stops the worker at its next step anyway,
-                # so a sink that is down cannot keep the close retrying for ever.
+                # stop_task sends a cancel Python 3.11 lost again, for a bounded time; the flag
+                # also ends the worker's loop at its next step, so a sink that is down cannot keep
+                # it retrying. A cancel of this close itself is held off: what is left is still
+                # spooled below, kept rather than lost.
                 self._stopping = True
-                # If this close is cancelled meanwhile, it still spools what is left (below).
                 with contextlib.suppress(asyncio.CancelledError):
                     await stop_task(task)
         leftovers: list[bytes] = []
